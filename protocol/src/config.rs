@@ -1,0 +1,453 @@
+//! The gateway configuration: TOML shape, defaults, validation.
+//!
+//! The supervisor parses and validates the file; workers receive the
+//! validated [`Config`] over their control channel (bincode), so both sides
+//! share these types. Every field has a default, so an empty file (or no file)
+//! is the embedded default: listen on `127.0.0.1:8080`, one worker per core.
+//! Unknown keys are errors: a typo must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. The message names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Plaintext listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Worker processes; `None` means one per core.
+    pub workers: Option<u16>,
+    /// Directory for internal sockets; a private one is made when unset.
+    pub runtime_dir: Option<PathBuf>,
+    /// Joins an upstream id and a tool/prompt name on multi-upstream endpoints.
+    pub namespace_separator: String,
+    pub limits: Limits,
+    pub sessions: Sessions,
+    pub diagnostics: Diagnostics,
+    pub shutdown: Shutdown,
+    pub upstream: Vec<Upstream>,
+    pub endpoint: Vec<Endpoint>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            workers: None,
+            runtime_dir: None,
+            namespace_separator: "__".to_owned(),
+            limits: Limits::default(),
+            sessions: Sessions::default(),
+            diagnostics: Diagnostics::default(),
+            shutdown: Shutdown::default(),
+            upstream: Vec::new(),
+            endpoint: Vec::new(),
+        }
+    }
+}
+
+/// Request limits, enforced before any work is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request head the supervisor peeks at (and workers accept).
+    pub max_head_bytes: u32,
+    /// Largest request body a worker reads.
+    pub max_body_bytes: u32,
+    /// Time a client has to send a complete request head.
+    pub header_timeout_ms: u64,
+    /// Keep-alive connections idle this long are closed.
+    pub idle_timeout_ms: u64,
+    /// Open connections per worker; beyond it new connections get 503.
+    pub max_connections_per_worker: u32,
+    /// How long a connection for a restarting worker waits in the supervisor.
+    pub dispatch_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            max_connections_per_worker: 10_000,
+            dispatch_wait_ms: 5_000,
+        }
+    }
+}
+
+/// Session lifetime policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sessions {
+    /// A session unused this long ends and its upstream sessions are closed.
+    pub idle_timeout_secs: u64,
+    /// An upstream session idle this long is probed before it is reused.
+    pub upstream_probe_after_secs: u64,
+    /// Grace period for closing one upstream session (DELETE upstream).
+    pub upstream_close_grace_ms: u64,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 30 * 60,
+            upstream_probe_after_secs: 60,
+            upstream_close_grace_ms: 2_000,
+        }
+    }
+}
+
+/// Diagnostics meant for tests and debugging, off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Diagnostics {
+    /// Add `x-mcpgw-worker: slot/generation/pid` to every response.
+    pub worker_header: bool,
+}
+
+/// Graceful stop policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// In-flight requests get this long to finish after SIGTERM.
+    pub grace_ms: u64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { grace_ms: 30_000 }
+    }
+}
+
+/// How the gateway talks to an upstream server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    #[default]
+    #[serde(rename = "streamable-http")]
+    StreamableHttp,
+}
+
+/// One upstream MCP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `[A-Za-z0-9_-]{1,64}`; used in namespaced names, logs and metrics.
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub transport: Transport,
+    /// Extra request headers (credentials for this upstream live here).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Bound on one request to this upstream, streaming answers included.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_request_timeout_ms() -> u64 {
+    300_000
+}
+
+/// A path that serves a chosen set of upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub path: String,
+    pub upstreams: Vec<String>,
+}
+
+/// The default endpoint when none is configured.
+pub const DEFAULT_ENDPOINT_PATH: &str = "/mcp";
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check everything serde cannot: ranges, references, uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is required"));
+        }
+        if let Some(w) = self.workers
+            && !(1..=256).contains(&w)
+        {
+            return Err(invalid("workers", format!("must be 1..=256, got {w}")));
+        }
+        if self.namespace_separator.is_empty()
+            || !self
+                .namespace_separator
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Err(invalid(
+                "namespace_separator",
+                "must be non-empty printable ASCII without '/'",
+            ));
+        }
+        let l = &self.limits;
+        if !(1024..=1024 * 1024).contains(&l.max_head_bytes) {
+            return Err(invalid("limits.max_head_bytes", "must be 1024..=1048576"));
+        }
+        for (key, v) in [
+            ("limits.max_body_bytes", u64::from(l.max_body_bytes)),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            (
+                "limits.max_connections_per_worker",
+                u64::from(l.max_connections_per_worker),
+            ),
+            ("sessions.idle_timeout_secs", self.sessions.idle_timeout_secs),
+            (
+                "sessions.upstream_close_grace_ms",
+                self.sessions.upstream_close_grace_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if u.id.is_empty()
+                || u.id.len() > 64
+                || !u
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    key("id"),
+                    format!("{:?} must match [A-Za-z0-9_-]{{1,64}}", u.id),
+                ));
+            }
+            if !seen.insert(u.id.as_str()) {
+                return Err(invalid(key("id"), format!("duplicate upstream id {:?}", u.id)));
+            }
+            check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
+            for (name, value) in &u.headers {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    return Err(invalid(key("headers"), format!("{name:?} is not a header name")));
+                }
+                if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    return Err(invalid(
+                        key("headers"),
+                        format!("value of {name:?} contains control characters"),
+                    ));
+                }
+            }
+            if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
+                return Err(invalid(key("timeouts"), "timeouts must be greater than 0"));
+            }
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        for (i, e) in self.endpoint.iter().enumerate() {
+            let key = |field: &str| format!("endpoint[{i}].{field}");
+            if !e.path.starts_with('/')
+                || e.path.contains(['?', '#'])
+                || e.path.bytes().any(|b| !b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    key("path"),
+                    format!("{:?} must be an absolute path without query", e.path),
+                ));
+            }
+            if !paths.insert(e.path.as_str()) {
+                return Err(invalid(key("path"), format!("duplicate path {:?}", e.path)));
+            }
+            if e.upstreams.is_empty() {
+                return Err(invalid(key("upstreams"), "must name at least one upstream"));
+            }
+            for name in &e.upstreams {
+                if !seen.contains(name.as_str()) {
+                    return Err(invalid(
+                        key("upstreams"),
+                        format!("{name:?} is not a configured upstream id"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Worker count in force: the configured one, else one per core.
+    pub fn worker_count(&self) -> u16 {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| u16::try_from(n.get()).unwrap_or(256).min(256))
+                .unwrap_or(1)
+        })
+    }
+
+    /// The endpoints in force: the configured ones, or `/mcp` serving all.
+    pub fn effective_endpoints(&self) -> Vec<Endpoint> {
+        if self.endpoint.is_empty() {
+            vec![Endpoint {
+                path: DEFAULT_ENDPOINT_PATH.to_owned(),
+                upstreams: self.upstream.iter().map(|u| u.id.clone()).collect(),
+            }]
+        } else {
+            self.endpoint.clone()
+        }
+    }
+}
+
+impl Limits {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+}
+
+/// `http://host[:port]/path` only, for now: the reason says what is wrong.
+fn check_upstream_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            format!("{url:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)")
+        } else {
+            format!("{url:?} must start with http://")
+        });
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{url:?} needs a host (and no user info)"));
+    }
+    if url.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!("{url:?} contains spaces or non-ASCII characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = Config::parse("").expect("valid");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+        assert!(c.worker_count() >= 1);
+        assert_eq!(c.effective_endpoints()[0].path, "/mcp");
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let c = Config::parse(
+            r#"
+            listen = ["127.0.0.1:8080"]
+            workers = 4
+            [[upstream]]
+            id = "counter"
+            url = "http://127.0.0.1:3101/mcp"
+            headers = { "X-Api-Key" = "k" }
+            [[endpoint]]
+            path = "/counter/mcp"
+            upstreams = ["counter"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.worker_count(), 4);
+        assert_eq!(c.upstream[0].transport, Transport::StreamableHttp);
+        assert_eq!(c.effective_endpoints()[0].upstreams, vec!["counter"]);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("workers = 0").starts_with("workers:"));
+        assert!(err("listen = []").starts_with("listen:"));
+        assert!(err("bogus = 1").contains("bogus"));
+        assert!(err("[limits]\nmax_body_bytes = 0").starts_with("limits.max_body_bytes:"));
+        assert!(
+            err("[[upstream]]\nid = \"a b\"\nurl = \"http://x/\"").starts_with("upstream[0].id:")
+        );
+        assert!(
+            err("[[upstream]]\nid = \"a\"\nurl = \"ftp://x/\"").starts_with("upstream[0].url:")
+        );
+        assert!(err(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\n[[upstream]]\nid = \"a\"\nurl = \"http://y/\""
+        )
+        .contains("duplicate"));
+        assert!(
+            err("[[endpoint]]\npath = \"/x\"\nupstreams = [\"nope\"]")
+                .starts_with("endpoint[0].upstreams:")
+        );
+        assert!(err("[[endpoint]]\npath = \"x\"\nupstreams = []").starts_with("endpoint[0].path:"));
+    }
+
+    #[test]
+    fn survives_the_control_channel_encoding() {
+        let c = Config::parse(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaders = { k = \"v\" }",
+        )
+        .expect("valid");
+        let bytes = bincode::serde::encode_to_vec(&c, bincode::config::standard()).expect("enc");
+        let (back, _): (Config, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,120 @@
+//! Messages on a worker's control channel (supervisor ⇄ worker).
+//!
+//! The supervisor sends [`ToWorker`], the worker sends [`FromWorker`]; the
+//! first message each way is the handshake ([`ToWorker::Init`] /
+//! [`FromWorker::Ready`]) and carries [`PROTOCOL_VERSION`], so a worker exec'd
+//! from a different build is refused instead of misreading frames.
+//! Connections themselves travel on a separate socket ([`crate::fdpass`]) so
+//! that a burst of accepts never queues behind control traffic.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// Bumped on any change to these types or their encoding.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A worker process: its slot in the pool and which incarnation of that slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerId {
+    pub slot: u16,
+    pub generation: u32,
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.slot, self.generation)
+    }
+}
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// First message: who the worker is and what it serves.
+    Init {
+        protocol: u32,
+        id: WorkerId,
+        /// Number of slots in the pool (the routing hash's modulus).
+        slots: u16,
+        /// Private directory holding every worker's internal socket.
+        runtime_dir: PathBuf,
+        config: Box<Config>,
+    },
+    /// Stop taking connections, finish in-flight requests within the grace
+    /// period, close upstream sessions, exit 0.
+    Shutdown { grace_ms: u64 },
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The worker serves: its internal socket is bound and it takes fds.
+    Ready {
+        protocol: u32,
+        id: WorkerId,
+        pid: u32,
+    },
+    /// Open client connections, sent when it changes (at most every 50 ms);
+    /// the supervisor balances new sessions by it.
+    Load { connections: u32 },
+}
+
+/// Where a handed-over connection was accepted; sent with its fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// Index into the configured listeners.
+    pub listener: u16,
+}
+
+impl ConnMeta {
+    pub const WIRE_LEN: usize = 4;
+    const MAGIC: u8 = 0xc7;
+
+    pub fn encode(self) -> [u8; Self::WIRE_LEN] {
+        let l = self.listener.to_le_bytes();
+        [Self::MAGIC, PROTOCOL_VERSION as u8, l[0], l[1]]
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        match bytes {
+            [Self::MAGIC, v, l0, l1] if u32::from(*v) == PROTOCOL_VERSION => Some(Self {
+                listener: u16::from_le_bytes([*l0, *l1]),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encode")
+    }
+
+    #[test]
+    fn golden_bytes() {
+        // Wire compatibility between a supervisor and the workers it execs.
+        assert_eq!(enc(&ToWorker::Shutdown { grace_ms: 300 }), [1, 251, 44, 1]);
+        assert_eq!(enc(&FromWorker::Load { connections: 7 }), [1, 7]);
+        assert_eq!(
+            enc(&FromWorker::Ready {
+                protocol: 1,
+                id: WorkerId { slot: 2, generation: 3 },
+                pid: 9
+            }),
+            [0, 1, 2, 3, 9]
+        );
+    }
+
+    #[test]
+    fn conn_meta_round_trips_and_rejects_garbage() {
+        let m = ConnMeta { listener: 513 };
+        assert_eq!(ConnMeta::decode(&m.encode()), Some(m));
+        assert_eq!(ConnMeta::decode(&[0, 1, 2, 3]), None);
+        assert_eq!(ConnMeta::decode(&[]), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! Passing accepted connections from the supervisor to a worker, and the fd
+//! plumbing around exec. The only module in mcpgw allowed `unsafe`.
+//!
+//! Connections travel on a `SOCK_SEQPACKET` socket pair: one message is one
+//! [`ConnMeta`] header plus exactly one fd in `SCM_RIGHTS`, so message
+//! boundaries need no framing and a message can never carry half a header.
+//! Received fds arrive with `MSG_CMSG_CLOEXEC` and are owned (`OwnedFd`) at
+//! once; truncated control data or an unexpected fd count is an error and
+//! every fd that did arrive is closed.
+//!
+//! Exec plumbing: [`raise_above_stdio`] moves a child's socket ends out of the
+//! way of their target numbers in the parent; [`install_in_child`] (for
+//! `pre_exec`) puts them at fixed numbers without touching any other fd;
+//! [`take_inherited`] claims such an fd in the child exactly once.
+
+#![allow(unsafe_code)]
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::control::ConnMeta;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FdPassError {
+    #[error("creating the connection socket pair: {0}")]
+    SocketPair(nix::Error),
+    #[error("sending a connection to the worker: {0}")]
+    Send(io::Error),
+    #[error("receiving a connection from the supervisor: {0}")]
+    Recv(io::Error),
+    #[error("control data was truncated; the fds that arrived were closed")]
+    Truncated,
+    #[error("expected one fd with the message, got {0}")]
+    FdCount(usize),
+    #[error("malformed connection header ({0} bytes)")]
+    Header(usize),
+}
+
+/// A blocking `SOCK_SEQPACKET` pair, both ends close-on-exec.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), FdPassError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(FdPassError::SocketPair)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` keeps the same fd open for as long as the `AsyncFd`
+    // lives, which is what registration requires.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+/// The supervisor's end: sends connections to one worker.
+pub struct ConnSender {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ConnSender {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        set_nonblocking(&fd)?;
+        Ok(Self {
+            fd: register(fd, Interest::WRITABLE)?,
+        })
+    }
+
+    /// Send `conn` with its header. The caller still owns `conn` and closes
+    /// its copy afterwards (the kernel holds a reference in flight).
+    pub async fn send(&self, meta: ConnMeta, conn: impl AsFd) -> Result<(), FdPassError> {
+        let header = meta.encode();
+        let raw = [conn.as_fd().as_raw_fd()];
+        loop {
+            let mut guard = self.fd.writable().await.map_err(FdPassError::Send)?;
+            let res = guard.try_io(|inner| {
+                sendmsg::<()>(
+                    inner.get_ref().as_raw_fd(),
+                    &[IoSlice::new(&header)],
+                    &[ControlMessage::ScmRights(&raw)],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            });
+            match res {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => return Err(FdPassError::Send(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The worker's end: receives connections from the supervisor.
+pub struct ConnReceiver {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ConnReceiver {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        set_nonblocking(&fd)?;
+        Ok(Self {
+            fd: register(fd, Interest::READABLE)?,
+        })
+    }
+
+    /// The next connection, or `None` once the supervisor closed its end.
+    pub async fn recv(&self) -> Result<Option<(ConnMeta, OwnedFd)>, FdPassError> {
+        loop {
+            let mut guard = self.fd.readable().await.map_err(FdPassError::Recv)?;
+            match guard.try_io(|inner| recv_one(inner.get_ref().as_raw_fd())) {
+                Ok(Ok(res)) => return res,
+                Ok(Err(e)) => return Err(FdPassError::Recv(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// One `recvmsg`; `Err(io WouldBlock)` is surfaced through the outer io error
+/// so `try_io` can clear readiness.
+fn recv_one(sock: RawFd) -> io::Result<Result<Option<(ConnMeta, OwnedFd)>, FdPassError>> {
+    let mut header = [0u8; ConnMeta::WIRE_LEN + 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut header)];
+    let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(msg) => msg,
+        Err(nix::Error::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+        Err(nix::Error::EINTR) => return Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) => return Ok(Err(FdPassError::Recv(e.into()))),
+    };
+    let mut fds: Vec<OwnedFd> = Vec::with_capacity(1);
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: the kernel just installed this fd in our table
+                    // for us (SCM_RIGHTS); nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+    }
+    let bytes = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    drop(iov);
+    if bytes == 0 && fds.is_empty() {
+        return Ok(Ok(None));
+    }
+    if truncated {
+        return Ok(Err(FdPassError::Truncated));
+    }
+    if fds.len() != 1 {
+        return Ok(Err(FdPassError::FdCount(fds.len())));
+    }
+    let Some(meta) = ConnMeta::decode(&header[..bytes.min(header.len())]) else {
+        return Ok(Err(FdPassError::Header(bytes)));
+    };
+    Ok(Ok(fds.pop().map(|fd| (meta, fd))))
+}
+
+/// Duplicate `fd` to a number ≥ 10 (close-on-exec), so that installing a
+/// child's fds at 3, 4, … in `pre_exec` can never overwrite another of them.
+pub fn raise_above_stdio(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Arrange for each `(fd, target)` to appear at number `target` (3..10) in
+/// the child `cmd` starts, without close-on-exec; no other fd is inherited.
+/// The fds are raised with [`raise_above_stdio`] first so that no `dup2`
+/// can overwrite another source. They stay open as long as `cmd` lives.
+pub fn install_on_exec(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd)>) {
+    use std::os::unix::process::CommandExt;
+    let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    // SAFETY: the closure runs between fork and exec and only calls dup2
+    // (async-signal-safe); it allocates nothing (`pairs` is built before).
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep_open = &fds;
+            install_in_child(&pairs)
+        });
+    }
+}
+
+/// For `pre_exec`: place each `(source, target)` fd at `target` without
+/// close-on-exec. Sources must be ≥ 10 ([`raise_above_stdio`]) and targets
+/// below 10. Only async-signal-safe calls (`dup2`).
+fn install_in_child(pairs: &[(RawFd, RawFd)]) -> io::Result<()> {
+    for &(source, target) in pairs {
+        if source < 10 || !(3..10).contains(&target) {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: dup2 on fds the parent owns for this child; async-signal-safe.
+        if unsafe { libc_dup2(source, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "dup2"]
+    fn libc_dup2(oldfd: RawFd, newfd: RawFd) -> RawFd;
+}
+
+/// Claim an fd inherited across exec at a fixed number. Marks it close-on-exec
+/// so it does not leak further (e.g. into stdio upstream children).
+/// Call at most once per number, early in `main`.
+pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a number we do not own yet only queries/sets flags;
+    // EBADF tells us it is not open.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    // SAFETY: the fd is open (fcntl succeeded) and by contract nothing else
+    // in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[tokio::test]
+    async fn a_connection_crosses_with_its_header() {
+        let (a, b) = seqpacket_pair().expect("pair");
+        let tx = ConnSender::new(a).expect("tx");
+        let rx = ConnReceiver::new(b).expect("rx");
+        let (mut mine, theirs) = UnixStream::pair().expect("stream pair");
+        tx.send(ConnMeta { listener: 3 }, &theirs).await.expect("send");
+        drop(theirs);
+        let (meta, fd) = rx.recv().await.expect("recv").expect("some");
+        assert_eq!(meta, ConnMeta { listener: 3 });
+        let mut got = UnixStream::from(fd);
+        mine.write_all(b"hi").expect("write");
+        let mut buf = [0u8; 2];
+        got.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"hi");
+        let flags = fcntl(got.as_fd(), FcntlArg::F_GETFD).expect("getfd");
+        assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+    }
+
+    #[tokio::test]
+    async fn closed_sender_is_none_and_missing_fd_is_an_error() {
+        let (a, b) = seqpacket_pair().expect("pair");
+        let rx = ConnReceiver::new(b).expect("rx");
+        nix::sys::socket::send(a.as_raw_fd(), &ConnMeta { listener: 0 }.encode(), MsgFlags::empty())
+            .expect("send");
+        assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
+        drop(a);
+        assert!(rx.recv().await.expect("eof").is_none());
+    }
+
+    #[test]
+    fn raised_fds_are_above_the_install_range() {
+        let (a, _b) = seqpacket_pair().expect("pair");
+        let raised = raise_above_stdio(&a).expect("dup");
+        assert!(raised.as_raw_fd() >= 10);
+        assert!(install_in_child(&[(3, 4)]).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! What the mcpgw supervisor and its workers must agree on, and nothing else.
+//!
+//! Module map:
+//! - [`config`]: the TOML configuration, its defaults and its validation.
+//! - [`session_id`]: the session-id format (mint, parse, validate).
+//! - [`routing`]: the rendezvous hash that maps a session id to a worker slot.
+//! - [`control`]: the messages exchanged on a worker's control channel.
+//! - [`channel`]: length-prefixed bincode framing for those messages.
+//! - [`fdpass`]: handing connections (file descriptors) to workers; the only
+//!   module allowed `unsafe`.
+//! - [`headers`]: HTTP header names both processes read or write.
+//!
+//! Runtime policy (when to restart, how to balance) lives in the processes,
+//! not here.
+
+pub mod channel;
+pub mod config;
+pub mod control;
+pub mod fdpass;
+pub mod headers;
+pub mod routing;
+pub mod session_id;

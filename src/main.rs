@@ -1,0 +1,136 @@
+//! `mcpgw`: the one binary. `serve` (the default) runs the supervisor,
+//! `worker` is what the supervisor execs for each worker process, and
+//! `check-config` validates a file without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mcpgw_protocol::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "mcpgw", version, about = "A gateway for the Model Context Protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without one, the embedded defaults apply.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Listen address; replaces `listen` from the file. Repeatable.
+    #[arg(long)]
+    listen: Vec<std::net::SocketAddr>,
+    /// Worker processes; replaces `workers` from the file.
+    #[arg(long)]
+    workers: Option<u16>,
+    /// Log format: `text`, or `json` (the default under journald).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (supervisor and workers). The default.
+    Serve(ServeArgs),
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Internal: a worker process, started by `mcpgw serve`.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        slot: u16,
+        #[arg(long)]
+        generation: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Some(Command::Serve(a)) => a.log_format,
+        _ => cli.serve.log_format,
+    };
+    init_logging(log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("mcpgw: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::CheckConfig { file }) => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok ({} upstreams, {} endpoints, {} workers)",
+                file.display(),
+                config.upstream.len(),
+                config.effective_endpoints().len(),
+                config.worker_count()
+            );
+            Ok(())
+        }
+        Some(Command::Worker { slot, generation }) => {
+            mcpgw_worker::run(mcpgw_worker::Args { slot, generation })
+                .with_context(|| format!("worker {slot}/{generation}"))
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if args.workers.is_some() {
+        config.workers = args.workers;
+    }
+    config.validate().context("command-line overrides")?;
+    mcpgw_supervisor::run(config)?;
+    Ok(())
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = EnvFilter::try_from_env("MCPGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        // systemd sets JOURNAL_STREAM when stderr goes to the journal.
+        None => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,201 @@
+//! One accepted connection, from `accept` to the worker that serves it.
+//!
+//! Peek the head (bounded in size and time), pick the worker (the session's
+//! owner by rendezvous hash, else the least loaded), hand the fd over and
+//! drop our copy. A connection whose owner is restarting waits for it for
+//! `limits.dispatch_wait_ms`, then gets 503 with `Retry-After`. Heads that are
+//! too large, too slow or not HTTP are answered here, never passed on.
+//! Nothing here reads bodies or knows what MCP is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpgw_protocol::config::Limits;
+use mcpgw_protocol::control::ConnMeta;
+use mcpgw_protocol::routing;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use crate::peek::{Head, peek_head};
+use crate::pool::{Pool, Worker};
+
+/// What a dispatch task needs; shared by all of them.
+pub(crate) struct Dispatcher {
+    pub pool: Arc<Pool>,
+    pub max_head: usize,
+    pub header_timeout: Duration,
+    pub wait_for_worker: Duration,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(pool: Arc<Pool>, limits: &Limits) -> Self {
+        Self {
+            pool,
+            max_head: limits.max_head_bytes as usize,
+            header_timeout: limits.header_timeout(),
+            wait_for_worker: Duration::from_millis(limits.dispatch_wait_ms),
+        }
+    }
+
+    pub(crate) async fn dispatch(&self, stream: TcpStream, meta: ConnMeta) {
+        let peer = stream.peer_addr().ok();
+        let head = match timeout(self.header_timeout, peek_head(&stream, self.max_head)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => {
+                debug!(?peer, error = %e, "connection failed before its request head");
+                return;
+            }
+            Err(_) => {
+                info!(?peer, timeout_ms = self.header_timeout.as_millis() as u64,
+                    "request head not received in time; closing");
+                return reject(stream, Reject::Timeout).await;
+            }
+        };
+        let session = match head {
+            Head::Complete { session } => session,
+            Head::Closed => return,
+            Head::TooLarge => {
+                info!(?peer, limit = self.max_head, "request head too large");
+                return reject(stream, Reject::HeadTooLarge).await;
+            }
+            Head::Malformed => {
+                info!(?peer, "request is not HTTP/1.x");
+                return reject(stream, Reject::Malformed).await;
+            }
+        };
+        let worker = match session {
+            Some(id) => {
+                let slot = routing::slot_for(&id, self.pool.len());
+                self.owner(slot, None).await
+            }
+            None => self.pool.least_loaded(),
+        };
+        let Some(mut worker) = worker else {
+            warn!(?peer, "no worker is serving; answering 503");
+            return reject(stream, Reject::Unavailable).await;
+        };
+        // A send can fail if the worker died after we picked it; wait once for
+        // its slot's replacement.
+        loop {
+            match worker.conns.send(meta, &stream).await {
+                Ok(()) => {
+                    worker.note_dispatched();
+                    return;
+                }
+                Err(e) => {
+                    debug!(worker = %worker.id, error = %e, "handing the connection over failed");
+                    match self.owner(worker.id.slot, Some(worker.id.generation)).await {
+                        Some(next) => worker = next,
+                        None => return reject(stream, Reject::Unavailable).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The serving worker of `slot`, waiting (bounded) while it restarts.
+    /// `not_generation` skips a worker already found dead.
+    async fn owner(&self, slot: u16, not_generation: Option<u32>) -> Option<Arc<Worker>> {
+        let mut rx = self.pool.slots[usize::from(slot)].subscribe();
+        let deadline = Instant::now() + self.wait_for_worker;
+        let found = timeout_at(
+            deadline,
+            rx.wait_for(|w| {
+                w.as_ref()
+                    .is_some_and(|w| Some(w.id.generation) != not_generation)
+            }),
+        )
+        .await;
+        match found {
+            Ok(Ok(w)) => w.clone(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Reject {
+    HeadTooLarge,
+    Timeout,
+    Malformed,
+    Unavailable,
+}
+
+impl Reject {
+    /// The whole HTTP response. A cold path: built when needed.
+    fn response(self) -> String {
+        let (status, extra, body) = match self {
+            Reject::HeadTooLarge => (
+                "431 Request Header Fields Too Large",
+                "",
+                "request head too large\n",
+            ),
+            Reject::Timeout => ("408 Request Timeout", "", "request head not received in time\n"),
+            Reject::Malformed => ("400 Bad Request", "", "request is not HTTP/1.x\n"),
+            Reject::Unavailable => (
+                "503 Service Unavailable",
+                "retry-after: 1\r\n",
+                "no worker is available; retry\n",
+            ),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}content-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// Answer a connection the supervisor will not pass on, then close it
+/// without resetting: stop writing, drain briefly, close.
+async fn reject(mut stream: TcpStream, why: Reject) {
+    let response = why.response();
+    let _ = timeout(Duration::from_secs(2), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 256 * 1024usize;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_well_formed_http() {
+        for (why, code) in [
+            (Reject::HeadTooLarge, 431),
+            (Reject::Timeout, 408),
+            (Reject::Malformed, 400),
+            (Reject::Unavailable, 503),
+        ] {
+            let text = why.response();
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut resp = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(at) = resp.parse(text.as_bytes()).expect("parse")
+            else {
+                panic!("incomplete response for {code}");
+            };
+            assert_eq!(resp.code, Some(code));
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name == "content-length")
+                .map(|h| std::str::from_utf8(h.value).expect("ascii").parse::<usize>())
+                .expect("content-length")
+                .expect("number");
+            assert_eq!(len, text.len() - at);
+        }
+    }
+}

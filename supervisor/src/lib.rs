@@ -1,0 +1,395 @@
+//! The mcpgw supervisor: small, boring, hard to crash. It binds the
+//! listeners, starts and restarts worker processes, and hands every accepted
+//! connection to one of them. It never parses a body and never talks to an
+//! upstream.
+//!
+//! Module map:
+//! - [`listeners`]: binding the public sockets and accepting on them.
+//! - [`peek`]: reading a request head with `MSG_PEEK`, bounded.
+//! - [`dispatch`]: one connection from accept to its worker.
+//! - [`pool`]: slots, the worker serving each, spawning a worker process.
+//! - [`runtime_dir`]: the private directory for internal sockets.
+//! - this file: the main loop, which turns child exits, worker messages,
+//!   timers and signals into [`Event`]s and handles them one at a time.
+
+mod dispatch;
+pub mod listeners;
+mod peek;
+mod pool;
+pub mod runtime_dir;
+
+use std::io::Write;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpgw_protocol::channel::ChannelError;
+use mcpgw_protocol::config::Config;
+use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{error, info, warn};
+
+use crate::dispatch::Dispatcher;
+use crate::pool::{Pool, Worker};
+use crate::runtime_dir::RuntimeDir;
+
+pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
+
+/// Why the supervisor could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] listeners::ListenError),
+    #[error(transparent)]
+    RuntimeDir(#[from] runtime_dir::RuntimeDirError),
+    #[error("installing the handler for {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Run the gateway until it is told to stop. Returns after a clean drain.
+pub fn run(config: Config) -> Result<(), SupervisorError> {
+    // One thread: the supervisor's work per connection is a peek and a
+    // sendmsg; the workers do everything else.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(SupervisorError::Runtime)?;
+    rt.block_on(run_async(config))
+}
+
+/// Where the supervisor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Workers are starting; not every slot has served yet.
+    Starting,
+    Running,
+    /// Stopped accepting; waiting for workers to finish and exit.
+    Draining,
+}
+
+#[derive(Debug)]
+enum Event {
+    Exited { id: WorkerId, status: Option<ExitStatus> },
+    Message { id: WorkerId, msg: FromWorker },
+    ControlFailed { id: WorkerId, error: ChannelError },
+    RestartDue { slot: u16 },
+}
+
+/// What the main loop knows of one slot beyond who serves it.
+struct SlotLife {
+    /// The worker started most recently in this slot (serving or not).
+    current: Option<Arc<Worker>>,
+    next_generation: u32,
+    started_at: Instant,
+    /// Consecutive exits soon after start; drives the restart backoff.
+    quick_failures: u32,
+    alive: bool,
+}
+
+struct Supervisor {
+    config: Arc<Config>,
+    pool: Arc<Pool>,
+    runtime_dir: RuntimeDir,
+    events: mpsc::UnboundedSender<Event>,
+    life: Vec<SlotLife>,
+    phase: Phase,
+    stop_accepting: watch::Sender<bool>,
+    in_flight: Arc<listeners::InFlight>,
+}
+
+/// A worker that exits sooner than this after starting counts as a crash
+/// loop for the backoff.
+const QUICK_EXIT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+async fn run_async(config: Config) -> Result<(), SupervisorError> {
+    let config = Arc::new(config);
+    let slots = config.worker_count();
+    let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
+    let bound = listeners::bind_all(&config.listen).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for l in &bound {
+            let addr = l.local_addr().map_err(listeners::ListenError::LocalAddr)?;
+            info!(%addr, "listening");
+            let _ = writeln!(out, "mcpgw listening http://{addr}");
+        }
+        let _ = out.flush();
+    }
+
+    let pool = Arc::new(Pool::new(slots));
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let in_flight = Arc::new(listeners::InFlight::default());
+    let dispatcher = Arc::new(Dispatcher::new(pool.clone(), &config.limits));
+    for (index, listener) in bound.into_iter().enumerate() {
+        tokio::spawn(listeners::accept_loop(
+            listener,
+            index as u16,
+            dispatcher.clone(),
+            in_flight.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
+    let mut sup = Supervisor {
+        config,
+        pool,
+        runtime_dir,
+        events,
+        life: (0..slots)
+            .map(|_| SlotLife {
+                current: None,
+                next_generation: 0,
+                started_at: Instant::now(),
+                quick_failures: 0,
+                alive: false,
+            })
+            .collect(),
+        phase: Phase::Starting,
+        stop_accepting,
+        in_flight,
+    };
+    for slot in 0..slots {
+        sup.start_worker(slot);
+    }
+
+    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut sighup = install(SignalKind::hangup(), "SIGHUP")?;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let deadline = drain_deadline;
+        tokio::select! {
+            Some(ev) = events_rx.recv() => sup.handle(ev),
+            _ = sigterm.recv() => drain_deadline = Some(sup.on_stop_signal("SIGTERM", drain_deadline).await),
+            _ = sigint.recv() => drain_deadline = Some(sup.on_stop_signal("SIGINT", drain_deadline).await),
+            _ = sighup.recv() => {
+                warn!("SIGHUP received: configuration reload is not available in this version; \
+                       the running configuration stays in force");
+            }
+            _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                warn!("drain deadline passed; killing the workers that are left");
+                sup.kill_all();
+                drain_deadline = None;
+            }
+        }
+        if sup.phase == Phase::Draining && sup.life.iter().all(|l| !l.alive) {
+            break;
+        }
+    }
+    info!("all workers exited; supervisor stops");
+    sup.runtime_dir.remove();
+    Ok(())
+}
+
+fn install(kind: SignalKind, name: &'static str) -> Result<tokio::signal::unix::Signal, SupervisorError> {
+    signal(kind).map_err(|source| SupervisorError::Signal { signal: name, source })
+}
+
+impl Supervisor {
+    fn start_worker(&mut self, slot: u16) {
+        let life = &mut self.life[usize::from(slot)];
+        let id = WorkerId {
+            slot,
+            generation: life.next_generation,
+        };
+        life.next_generation += 1;
+        life.started_at = Instant::now();
+        let (worker, mut child, mut control_rx) = match pool::spawn(id) {
+            Ok(started) => started,
+            Err(e) => {
+                error!(worker = %id, error = %e, "cannot start worker");
+                life.quick_failures += 1;
+                self.schedule_restart(slot);
+                return;
+            }
+        };
+        info!(worker = %id, pid = worker.pid, "worker started");
+        life.current = Some(worker.clone());
+        life.alive = true;
+
+        let init = ToWorker::Init {
+            protocol: PROTOCOL_VERSION,
+            id,
+            slots: self.pool.len(),
+            runtime_dir: self.runtime_dir.path().to_owned(),
+            config: Box::new((*self.config).clone()),
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.control.lock().await.send(&init).await {
+                let _ = events.send(Event::ControlFailed { id, error: e });
+                return;
+            }
+            loop {
+                match control_rx.recv().await {
+                    Ok(Some(msg)) => {
+                        if events.send(Event::Message { id, msg }).is_err() {
+                            return;
+                        }
+                    }
+                    // EOF: the worker is exiting; its exit event follows.
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = events.send(Event::ControlFailed { id, error });
+                        return;
+                    }
+                }
+            }
+        });
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let _ = events.send(Event::Exited { id, status });
+        });
+    }
+
+    fn schedule_restart(&self, slot: u16) {
+        let failures = self.life[usize::from(slot)].quick_failures;
+        let delay = if failures == 0 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(100) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
+        };
+        if !delay.is_zero() {
+            warn!(slot, failures, delay_ms = delay.as_millis() as u64, "worker keeps exiting; backing off");
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::RestartDue { slot });
+        });
+    }
+
+    fn is_current(&self, id: WorkerId) -> Option<&Arc<Worker>> {
+        self.life
+            .get(usize::from(id.slot))
+            .and_then(|l| l.current.as_ref())
+            .filter(|w| w.id == id)
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Message { id, msg } => self.on_message(id, msg),
+            Event::ControlFailed { id, error } => {
+                error!(worker = %id, %error, "control channel broke; killing the worker");
+                if let Some(w) = self.is_current(id) {
+                    kill(w.pid);
+                }
+            }
+            Event::Exited { id, status } => self.on_exit(id, status),
+            Event::RestartDue { slot } => {
+                if self.phase != Phase::Draining {
+                    self.start_worker(slot);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, id: WorkerId, msg: FromWorker) {
+        let Some(worker) = self.is_current(id).cloned() else {
+            return;
+        };
+        match msg {
+            FromWorker::Ready { protocol, pid, .. } => {
+                if protocol != PROTOCOL_VERSION {
+                    error!(worker = %id, protocol, expected = PROTOCOL_VERSION,
+                        "worker speaks another control protocol; killing it");
+                    kill(worker.pid);
+                    return;
+                }
+                info!(worker = %id, pid, "worker serving");
+                if self.phase == Phase::Draining {
+                    return;
+                }
+                self.pool.slots[usize::from(id.slot)].set(Some(worker));
+                if self.phase == Phase::Starting
+                    && self.pool.slots.iter().all(|s| s.serving().is_some())
+                {
+                    self.phase = Phase::Running;
+                    info!(workers = self.pool.len(), "ready");
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "mcpgw ready workers={}", self.pool.len());
+                    let _ = out.flush();
+                }
+            }
+            FromWorker::Load { connections } => worker.note_report(connections),
+        }
+    }
+
+    fn on_exit(&mut self, id: WorkerId, status: Option<ExitStatus>) {
+        let slot = usize::from(id.slot);
+        if self.is_current(id).is_none() {
+            return;
+        }
+        let life = &mut self.life[slot];
+        life.alive = false;
+        life.current = None;
+        self.pool.slots[slot].set(None);
+        let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+        if self.phase == Phase::Draining {
+            info!(worker = %id, %status, "worker exited");
+            return;
+        }
+        warn!(worker = %id, %status, "worker exited unexpectedly; restarting its slot");
+        if life.started_at.elapsed() < QUICK_EXIT {
+            life.quick_failures += 1;
+        } else {
+            life.quick_failures = 0;
+        }
+        self.schedule_restart(id.slot);
+    }
+
+    /// First stop signal: drain. A second one: stop now.
+    async fn on_stop_signal(&mut self, name: &str, deadline: Option<Instant>) -> Instant {
+        if self.phase == Phase::Draining {
+            warn!(signal = name, "second stop signal; killing workers now");
+            self.kill_all();
+            return deadline.unwrap_or_else(Instant::now);
+        }
+        info!(signal = name, "stopping: no new connections; draining workers");
+        self.phase = Phase::Draining;
+        let _ = self.stop_accepting.send(true);
+        // Connections already accepted get to their worker before it is told
+        // to stop, so none is accepted and then dropped.
+        self.in_flight
+            .wait_idle(self.config.limits.header_timeout() + Duration::from_secs(1))
+            .await;
+        let grace_ms = self.config.shutdown.grace_ms;
+        for life in &self.life {
+            let Some(w) = life.current.clone() else { continue };
+            tokio::spawn(async move {
+                if w.control.lock().await.send(&ToWorker::Shutdown { grace_ms }).await.is_err() {
+                    kill(w.pid);
+                }
+            });
+        }
+        Instant::now() + Duration::from_millis(grace_ms) + Duration::from_secs(5)
+    }
+
+    fn kill_all(&self) {
+        for w in self.life.iter().filter_map(|l| l.current.as_ref()) {
+            kill(w.pid);
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 0
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+

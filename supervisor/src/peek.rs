@@ -1,0 +1,162 @@
+//! Reading a request head without consuming it.
+//!
+//! The supervisor routes on the `Mcp-Session-Id` header, but the worker must
+//! read the request as if it had accepted the connection itself. So the head
+//! is read with `MSG_PEEK`: the bytes stay in the kernel's receive queue and
+//! travel with the fd. Peeking is bounded in size (`limits.max_head_bytes`)
+//! and in time (`limits.header_timeout_ms`, measured by the caller).
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use mcpgw_protocol::headers::MCP_SESSION_ID;
+use mcpgw_protocol::session_id::SessionId;
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// What the head says about routing, or why there is no usable head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// A complete head; `session` is the id if one was sent and well-formed.
+    /// A malformed id routes like no id: the worker answers it with 400.
+    Complete { session: Option<SessionId> },
+    /// The peer closed before sending a complete head.
+    Closed,
+    /// No complete head within the size bound.
+    TooLarge,
+    /// Not HTTP/1.x.
+    Malformed,
+}
+
+const MAX_HEADERS: usize = 100;
+const FIRST_PEEK: usize = 2048;
+
+/// Peek until a complete head is in the receive queue. Not bounded in time:
+/// the caller wraps it in a timeout.
+pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head> {
+    let mut buf = vec![0u8; FIRST_PEEK.min(max)];
+    let mut seen = 0usize;
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = recv(
+                stream.as_raw_fd(),
+                &mut buf,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)?;
+            // Same bytes as last time: nothing new yet. Reporting WouldBlock
+            // clears readiness so the next `readable()` waits for new data
+            // instead of spinning.
+            if n == seen && n != 0 && n < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match peeked {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        seen = n;
+        match parse(&buf[..n]) {
+            Parsed::Done(head) => return Ok(head),
+            Parsed::Partial if n == buf.len() => {
+                if buf.len() >= max {
+                    return Ok(Head::TooLarge);
+                }
+                buf.resize(max, 0);
+            }
+            Parsed::Partial => {}
+        }
+    }
+}
+
+enum Parsed {
+    Done(Head),
+    Partial,
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {
+            let session = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(MCP_SESSION_ID))
+                .and_then(|h| SessionId::parse(h.value.trim_ascii()).ok());
+            Parsed::Done(Head::Complete { session })
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Done(Head::TooLarge),
+        Err(_) => Parsed::Done(Head::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        (c, s)
+    }
+
+    const ID: &str = "abcdefghijklmnopqrstuvwxyz";
+
+    #[tokio::test]
+    async fn finds_the_session_and_leaves_the_bytes() {
+        let (mut c, s) = pair().await;
+        let req = format!("POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {ID}\r\n\r\n{{}}");
+        c.write_all(req.as_bytes()).await.expect("write");
+        let head = peek_head(&s, 16384).await.expect("peek");
+        assert_eq!(
+            head,
+            Head::Complete {
+                session: Some(SessionId::parse(ID.as_bytes()).expect("id"))
+            }
+        );
+        let mut all = vec![0u8; req.len()];
+        s.try_read(&mut all).expect("bytes still queued");
+        assert_eq!(all, req.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_head_sent_in_pieces() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHo").await.expect("write");
+        let task = tokio::spawn(async move { peek_head(&s, 16384).await });
+        tokio::task::yield_now().await;
+        c.write_all(b"st: x\r\nmcp-session-id: bad\r\n\r\n").await.expect("write");
+        assert_eq!(
+            task.await.expect("join").expect("peek"),
+            Head::Complete { session: None }
+        );
+    }
+
+    #[tokio::test]
+    async fn bounds_size_and_reports_close_and_garbage() {
+        let (mut c, s) = pair().await;
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(5000));
+        c.write_all(big.as_bytes()).await.expect("write");
+        assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::TooLarge);
+
+        let (mut c, s) = pair().await;
+        c.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.expect("write");
+        assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::Malformed);
+
+        let (c, s) = pair().await;
+        drop(c);
+        assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::Closed);
+    }
+}

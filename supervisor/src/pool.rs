@@ -1,0 +1,167 @@
+//! The worker pool: one slot per worker process, each slot's current worker,
+//! and how a worker process is started.
+//!
+//! A slot is either serving (it has a [`Worker`] that said `Ready`) or not
+//! (starting or restarting). Dispatch tasks read slots directly and wait on a
+//! slot's `watch` while it restarts; the supervisor's main loop is the only
+//! writer. Workers are `mcpgw worker` exec'd from `/proc/self/exe`, so a
+//! restarted worker always runs the supervisor's own build, with the control
+//! socket at fd 3 and the connection socket at fd 4.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use mcpgw_protocol::channel::{self, Receiver, Sender};
+use mcpgw_protocol::control::{FromWorker, ToWorker, WorkerId};
+use mcpgw_protocol::fdpass::{self, ConnSender};
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, watch};
+
+/// fd numbers a worker finds its sockets at.
+pub const WORKER_CONTROL_FD: i32 = 3;
+pub const WORKER_CONN_FD: i32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("creating the control socket pair: {0}")]
+    ControlPair(std::io::Error),
+    #[error(transparent)]
+    ConnPair(#[from] fdpass::FdPassError),
+    #[error("preparing fds for the worker: {0}")]
+    Fds(std::io::Error),
+    #[error("starting the worker process: {0}")]
+    Exec(std::io::Error),
+}
+
+/// A worker that is serving.
+pub(crate) struct Worker {
+    pub(crate) id: WorkerId,
+    pub(crate) pid: u32,
+    pub(crate) conns: ConnSender,
+    pub(crate) control: Mutex<Sender<ToWorker>>,
+    /// Connections open in the worker, as it last reported.
+    reported: AtomicU32,
+    /// Connections handed over since that report.
+    since_report: AtomicU32,
+}
+
+impl Worker {
+    /// Estimated open connections: the last report plus what was sent since.
+    pub(crate) fn load(&self) -> u32 {
+        self.reported
+            .load(Ordering::Relaxed)
+            .saturating_add(self.since_report.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn note_dispatched(&self) {
+        self.since_report.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_report(&self, connections: u32) {
+        self.reported.store(connections, Ordering::Relaxed);
+        self.since_report.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One slot of the pool.
+pub(crate) struct Slot {
+    current: watch::Sender<Option<Arc<Worker>>>,
+}
+
+impl Slot {
+    pub(crate) fn serving(&self) -> Option<Arc<Worker>> {
+        self.current.borrow().clone()
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Arc<Worker>>> {
+        self.current.subscribe()
+    }
+
+    pub(crate) fn set(&self, worker: Option<Arc<Worker>>) {
+        self.current.send_replace(worker);
+    }
+}
+
+/// All slots. Fixed size for the life of the supervisor.
+pub(crate) struct Pool {
+    pub(crate) slots: Box<[Slot]>,
+    /// Rotates the starting point of least-loaded picks so ties spread.
+    rotor: AtomicUsize,
+}
+
+impl Pool {
+    pub(crate) fn new(slots: u16) -> Self {
+        Self {
+            slots: (0..slots)
+                .map(|_| Slot {
+                    current: watch::Sender::new(None),
+                })
+                .collect(),
+            rotor: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u16 {
+        self.slots.len() as u16
+    }
+
+    /// The serving worker with the fewest open connections, if any serves.
+    pub(crate) fn least_loaded(&self) -> Option<Arc<Worker>> {
+        let n = self.slots.len();
+        let start = self.rotor.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut best: Option<Arc<Worker>> = None;
+        for i in 0..n {
+            let Some(w) = self.slots[(start + i) % n].serving() else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|b| w.load() < b.load()) {
+                best = Some(w);
+            }
+        }
+        best
+    }
+}
+
+/// fork+exec `mcpgw worker` for `id`, with its two sockets at fixed fds.
+/// The returned [`Worker`] is not serving until it says `Ready`.
+pub(crate) fn spawn(id: WorkerId) -> Result<(Arc<Worker>, Child, Receiver<FromWorker>), SpawnError> {
+    let (ctrl_parent, ctrl_child) =
+        std::os::unix::net::UnixStream::pair().map_err(SpawnError::ControlPair)?;
+    let (conn_parent, conn_child) = fdpass::seqpacket_pair()?;
+    let ctrl_child =
+        fdpass::raise_above_stdio(&OwnedFd::from(ctrl_child)).map_err(SpawnError::Fds)?;
+    let conn_child = fdpass::raise_above_stdio(&conn_child).map_err(SpawnError::Fds)?;
+
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("worker")
+        .arg("--slot")
+        .arg(id.slot.to_string())
+        .arg("--generation")
+        .arg(id.generation.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    fdpass::install_on_exec(
+        &mut cmd,
+        vec![(ctrl_child, WORKER_CONTROL_FD), (conn_child, WORKER_CONN_FD)],
+    );
+    let child = Command::from(cmd).spawn().map_err(SpawnError::Exec)?;
+    // The command (and with it the child's socket ends) is gone now, so the
+    // parent holds only its own ends: EOF on them means the worker is gone.
+
+    ctrl_parent.set_nonblocking(true).map_err(SpawnError::Fds)?;
+    let ctrl = tokio::net::UnixStream::from_std(ctrl_parent).map_err(SpawnError::Fds)?;
+    let (control_tx, control_rx) = channel::split(ctrl);
+    let conns = ConnSender::new(conn_parent).map_err(SpawnError::Fds)?;
+    let worker = Arc::new(Worker {
+        id,
+        pid: child.id().unwrap_or(0),
+        conns,
+        control: Mutex::new(control_tx),
+        reported: AtomicU32::new(0),
+        since_report: AtomicU32::new(0),
+    });
+    Ok((worker, child, control_rx))
+}

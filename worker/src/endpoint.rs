@@ -1,0 +1,788 @@
+//! The MCP Streamable HTTP endpoint (stateful protocol, 2025-03-26 to
+//! 2025-11-25): one HTTP request in, one answer out.
+//!
+//! Order of work per request: find the endpoint by path; find the session
+//! (forward to its owner worker if another one owns it); enforce content type,
+//! `Accept`, body size and protocol version; read only the envelope; then
+//! either answer locally (initialize, ping, merged lists) or pass the client's
+//! bytes to the one upstream the request belongs to and stream its answer
+//! back. Every refusal is a JSON-RPC error with the right HTTP status.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, WORKER};
+use mcpgw_protocol::routing;
+use mcpgw_protocol::session_id::SessionId;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::body::{self, Body};
+use crate::federation::{self, Endpoint, ListKind};
+use crate::jsonrpc::{self, Kind};
+use crate::sessions::Session;
+use crate::upstream::{UpstreamError, read_answer};
+use crate::{Ctx, versions};
+
+/// Where a connection came from: the public listeners, or a sibling worker
+/// forwarding a request for a session this worker owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Public,
+    Internal,
+}
+
+/// Error code conventional for an unknown or expired session.
+const SESSION_NOT_FOUND: i32 = -32001;
+/// MCP's code for an unknown resource.
+const RESOURCE_NOT_FOUND: i32 = -32002;
+
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Response<Body> {
+    let mut resp = route(&ctx, req, origin).await;
+    if let Some(v) = &ctx.worker_header {
+        // A forwarded answer already names the owner that served it.
+        resp.headers_mut().entry(WORKER).or_insert_with(|| v.clone());
+    }
+    resp
+}
+
+/// Path of the worker's own status on its internal socket (never public).
+const SNAPSHOT_PATH: &str = "/_mcpgw/snapshot";
+
+async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Response<Body> {
+    if origin == Origin::Internal && req.uri().path() == SNAPSHOT_PATH {
+        return snapshot(ctx);
+    }
+    let Some(endpoint) = ctx.endpoints.get(req.uri().path()).cloned() else {
+        return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
+    };
+    let accept = Accept::of(&req);
+    let session = match req.headers().get(MCP_SESSION_ID) {
+        None => None,
+        Some(raw) => match SessionId::parse(raw.as_bytes()) {
+            Err(e) => {
+                info!(error = %e, "malformed Mcp-Session-Id");
+                return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+                    "null",
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("invalid Mcp-Session-Id: {e}"),
+                    None,
+                ));
+            }
+            Ok(id) => match ctx.sessions.get(&id) {
+                Some(s) if Arc::ptr_eq(&s.endpoint, &endpoint) => Some(s),
+                Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
+                None => {
+                    let owner = routing::slot_for(&id, ctx.slots);
+                    if owner != ctx.id.slot && origin == Origin::Public {
+                        return ctx.forwarder.forward(owner, req).await;
+                    }
+                    return session_not_found(accept, &id, "unknown or expired");
+                }
+            },
+        },
+    };
+    match *req.method() {
+        Method::POST => post(ctx, endpoint, session, accept, req).await,
+        Method::GET => get(ctx, session, accept),
+        Method::DELETE => delete(ctx, session, accept).await,
+        _ => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE\n");
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            r
+        }
+    }
+}
+
+/// Which answer formats the client takes.
+#[derive(Debug, Clone, Copy)]
+struct Accept {
+    json: bool,
+    sse: bool,
+}
+
+impl Accept {
+    fn of<B>(req: &Request<B>) -> Self {
+        let mut a = Accept { json: false, sse: false };
+        let mut any = false;
+        for v in req.headers().get_all(ACCEPT) {
+            let Ok(v) = v.to_str() else { continue };
+            for item in v.split(',') {
+                any = true;
+                let media = item.split(';').next().unwrap_or("").trim();
+                match media {
+                    "application/json" | "application/*" => a.json = true,
+                    "text/event-stream" | "text/*" => a.sse = true,
+                    "*/*" => {
+                        a.json = true;
+                        a.sse = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !any {
+            // No Accept at all: be lenient and answer JSON (and allow GET).
+            a = Accept { json: true, sse: true };
+        }
+        a
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A JSON-RPC message as JSON, or as one SSE event for SSE-only clients.
+fn rpc(accept: Accept, status: StatusCode, message: Bytes) -> Response<Body> {
+    let (body, ct) = if accept.json || !accept.sse {
+        (message, "application/json")
+    } else {
+        (crate::sse::message_event(&message), "text/event-stream")
+    };
+    let mut r = Response::new(body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+fn session_not_found(accept: Accept, id: &SessionId, why: &str) -> Response<Body> {
+    debug!(session = %id, why, "session not found");
+    rpc(accept, StatusCode::NOT_FOUND, jsonrpc::error(
+        "null",
+        SESSION_NOT_FOUND,
+        "Session not found; initialize a new session",
+        None,
+    ))
+}
+
+fn is_json_content_type<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn post(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if !is_json_content_type(&req) {
+        return rpc(accept, StatusCode::UNSUPPORTED_MEDIA_TYPE, jsonrpc::error(
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
+            None,
+        ));
+    }
+    if !accept.json && !accept.sse {
+        return plain(
+            StatusCode::NOT_ACCEPTABLE,
+            "Accept must include application/json or text/event-stream\n",
+        );
+    }
+    let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
+    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            info!(limit = ctx.max_body, "request body too large");
+            return rpc(accept, StatusCode::PAYLOAD_TOO_LARGE, jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &format!("request body exceeds {} bytes", ctx.max_body),
+                None,
+            ));
+        }
+        Err(e) => {
+            debug!(error = %e, "reading the request body failed");
+            return plain(StatusCode::BAD_REQUEST, "could not read the request body\n");
+        }
+    };
+    if jsonrpc::is_batch(&body) {
+        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "JSON-RPC batches are not supported; send one message per request",
+            None,
+        ));
+    }
+    let Some(env) = jsonrpc::parse(&body) else {
+        info!("request body is not a JSON-RPC message");
+        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            "null",
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the body is not a JSON object",
+            None,
+        ));
+    };
+    let Some(session) = session else {
+        return sessionless(ctx, endpoint, accept, &env, header_version.as_ref());
+    };
+    session.touch();
+    if let Some(v) = &header_version {
+        match versions::lookup(v.as_bytes()) {
+            Some(v) if v == session.version => {}
+            _ => {
+                return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+                    env.id_raw(),
+                    jsonrpc::INVALID_REQUEST,
+                    &format!(
+                        "MCP-Protocol-Version {:?} does not match the session's {}",
+                        String::from_utf8_lossy(v.as_bytes()),
+                        session.version
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
+    match env.kind() {
+        Kind::Request(method) => request(ctx, &session, method, &env, &body, accept).await,
+        // Client notifications and answers to server requests are accepted;
+        // relaying them upstream is the job of the full-surface work.
+        Kind::Notification(_) | Kind::Response => accepted(),
+        Kind::Invalid => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
+            None,
+        )),
+    }
+}
+
+fn accepted() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+/// A POST without a session: only `initialize` may open one.
+fn sessionless(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    accept: Accept,
+    env: &jsonrpc::Envelope<'_>,
+    header_version: Option<&HeaderValue>,
+) -> Response<Body> {
+    match env.kind() {
+        Kind::Request("initialize") => initialize(ctx, endpoint, accept, env),
+        Kind::Request("server/discover") => {
+            // The stateless 2026-07-28 protocol is not served yet; this error
+            // makes current clients fall back to `initialize`.
+            let requested = header_version
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("2026-07-28");
+            rpc(accept, StatusCode::OK, jsonrpc::error(
+                env.id_raw(),
+                jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version: this server speaks the initialize handshake",
+                Some(&versions::unsupported_data(requested)),
+            ))
+        }
+        _ => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: missing Mcp-Session-Id header; send initialize first",
+            None,
+        )),
+    }
+}
+
+fn initialize(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    accept: Accept,
+    env: &jsonrpc::Envelope<'_>,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(rename = "protocolVersion", borrow)]
+        protocol_version: Cow<'a, str>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, "initialize needs params");
+    };
+    let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) else {
+        return invalid_params(accept, id, "initialize needs params.protocolVersion (a string)");
+    };
+    let version = versions::negotiate(&p.protocol_version);
+    let Some(init_params) =
+        jsonrpc::with_member(params.get(), "protocolVersion", &jsonrpc::json_string(version))
+    else {
+        return invalid_params(accept, id, "initialize params must be an object");
+    };
+    let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slots) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot mint a session id");
+            return rpc(accept, StatusCode::INTERNAL_SERVER_ERROR, jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "cannot create a session right now",
+                None,
+            ));
+        }
+    };
+    let session = Arc::new(Session::new(session_id, endpoint, version, init_params.into_boxed_str()));
+    ctx.sessions.insert(session);
+    info!(session = %session_id, version, requested = %p.protocol_version, "session created");
+    let result = format!(
+        concat!(
+            "{{\"protocolVersion\":\"{}\",\"capabilities\":{{\"tools\":{{}},\"prompts\":{{}},",
+            "\"resources\":{{}},\"logging\":{{}},\"completions\":{{}}}},",
+            "\"serverInfo\":{{\"name\":\"mcpgw\",\"version\":\"{}\"}}}}"
+        ),
+        version,
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut r = rpc(accept, StatusCode::OK, jsonrpc::result(id, &result));
+    if let Ok(v) = HeaderValue::from_str(session_id.as_str()) {
+        r.headers_mut().insert(MCP_SESSION_ID, v);
+    }
+    r
+}
+
+fn invalid_params(accept: Accept, id: &str, message: &str) -> Response<Body> {
+    rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None))
+}
+
+/// A request inside a session.
+async fn request(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    method: &str,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    let id = env.id_raw();
+    let namespaced = session.endpoint.namespaced();
+    match method {
+        "initialize" => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "this session is already initialized",
+            None,
+        )),
+        "ping" => rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}")),
+        "tools/call" => by_name(ctx, session, env, body, accept, "tool").await,
+        "prompts/get" => by_name(ctx, session, env, body, accept, "prompt").await,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            #[derive(Deserialize)]
+            struct P<'a> {
+                #[serde(borrow)]
+                uri: Cow<'a, str>,
+            }
+            match env.params.and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok()) {
+                Some(p) => by_uri(ctx, session, &p.uri, body.clone(), id, accept).await,
+                None => invalid_params(accept, id, &format!("{method} needs params.uri")),
+            }
+        }
+        "completion/complete" => complete(ctx, session, env, body, accept).await,
+        m if !namespaced => {
+            // One upstream: the gateway is transparent, lists and methods it
+            // does not know included.
+            let _ = m;
+            passthrough(ctx, session, 0, body.clone(), id, accept).await
+        }
+        m => {
+            if let Some(kind) = ListKind::from_method(m) {
+                #[derive(Deserialize, Default)]
+                struct P {
+                    #[serde(default)]
+                    cursor: Option<String>,
+                }
+                let p: P = env
+                    .params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or_default();
+                return match federation::merged_list(&ctx.registry, session, kind, p.cursor.as_deref()).await {
+                    Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
+                    Err(e) => invalid_params(accept, id, &e.to_string()),
+                };
+            }
+            if m == "logging/setLevel" {
+                return broadcast(ctx, session, m, env, accept).await;
+            }
+            rpc(accept, StatusCode::OK, jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("Method not found: {m}"),
+                None,
+            ))
+        }
+    }
+}
+
+/// `tools/call` and `prompts/get`: route by `params.name`, strip the
+/// namespace, pass through.
+async fn by_name(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+    what: &str,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+    };
+    let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
+        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+    };
+    let Some((pos, upstream_name)) = session.endpoint.resolve(&p.name) else {
+        info!(session = %session.id, name = %p.name, what, "unknown name");
+        return invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
+    };
+    let body = if upstream_name == p.name {
+        body.clone()
+    } else {
+        match rewrite_params(body, params.get(), "name", upstream_name) {
+            Some(b) => b,
+            None => return invalid_params(accept, id, "params must be an object"),
+        }
+    };
+    passthrough(ctx, session, pos, body, id, accept).await
+}
+
+/// The body with `params.<key>` replaced by `value` (a string); everything
+/// else copied byte for byte.
+fn rewrite_params(body: &[u8], params: &str, key: &str, value: &str) -> Option<Bytes> {
+    let new_params = jsonrpc::with_member(params, key, &jsonrpc::json_string(value))?;
+    let text = std::str::from_utf8(body).ok()?;
+    jsonrpc::with_member(text, "params", &new_params).map(Bytes::from)
+}
+
+/// Route by resource URI: the learned map, else the single upstream, else
+/// ask each upstream in turn until one knows it.
+async fn by_uri(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    uri: &str,
+    body: Bytes,
+    id: &str,
+    accept: Accept,
+) -> Response<Body> {
+    if !session.endpoint.namespaced() {
+        return passthrough(ctx, session, 0, body, id, accept).await;
+    }
+    let known = session.resource_routes.lock().ok().and_then(|m| m.get(uri).copied());
+    if let Some(pos) = known {
+        return passthrough(ctx, session, pos, body, id, accept).await;
+    }
+    let mut last_error = None;
+    for pos in 0..session.endpoint.upstreams.len() {
+        let server = &session.endpoint.upstreams[pos];
+        let deadline = Instant::now() + server.request_timeout;
+        let attempt = async {
+            let us = ctx.registry.get(session, pos).await?;
+            let resp = us.send(body.clone(), deadline).await?;
+            read_answer(server, resp, deadline).await
+        };
+        match attempt.await {
+            Ok(message) => match jsonrpc::answer(&message) {
+                Some(jsonrpc::Answer::Result(_)) => {
+                    if let Ok(mut m) = session.resource_routes.lock() {
+                        m.insert(uri.to_owned(), pos);
+                    }
+                    return rpc(accept, StatusCode::OK, message);
+                }
+                _ => last_error = Some(message),
+            },
+            Err(e) => debug!(upstream = %server.id, error = %e, "resource lookup failed"),
+        }
+    }
+    let message = last_error.unwrap_or_else(|| {
+        jsonrpc::error(id, RESOURCE_NOT_FOUND, &format!("Resource not found: {uri}"), None)
+    });
+    rpc(accept, StatusCode::OK, message)
+}
+
+/// `completion/complete`: by prompt name or resource URI in `params.ref`.
+async fn complete(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct Ref<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        uri: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "ref", borrow)]
+        reference: Ref<'a>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, "completion/complete needs params.ref");
+    };
+    let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
+        return invalid_params(accept, id, "completion/complete needs params.ref");
+    };
+    match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
+        ("ref/prompt", Some(name), _) => {
+            let Some((pos, upstream_name)) = session.endpoint.resolve(&name) else {
+                return invalid_params(accept, id, &format!("Unknown prompt: {name}"));
+            };
+            let body = if upstream_name == name {
+                body.clone()
+            } else {
+                let Ok(obj) = serde_json::from_str::<jsonrpc::RawObject<'_>>(params.get()) else {
+                    return invalid_params(accept, id, "params must be an object");
+                };
+                let Some(new_ref) = obj
+                    .get("ref")
+                    .and_then(|r| jsonrpc::with_member(r.get(), "name", &jsonrpc::json_string(upstream_name)))
+                else {
+                    return invalid_params(accept, id, "params.ref must be an object");
+                };
+                match std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|text| {
+                        let new_params = jsonrpc::with_member(params.get(), "ref", &new_ref)?;
+                        jsonrpc::with_member(text, "params", &new_params)
+                    }) {
+                    Some(b) => Bytes::from(b),
+                    None => return invalid_params(accept, id, "params must be an object"),
+                }
+            };
+            passthrough(ctx, session, pos, body, id, accept).await
+        }
+        ("ref/resource", _, Some(uri)) => by_uri(ctx, session, &uri, body.clone(), id, accept).await,
+        _ => invalid_params(accept, id, "params.ref must be ref/prompt with name or ref/resource with uri"),
+    }
+}
+
+/// Send the same request to every upstream of the session (e.g.
+/// `logging/setLevel`); succeed if any upstream did.
+async fn broadcast(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    method: &str,
+    env: &jsonrpc::Envelope<'_>,
+    accept: Accept,
+) -> Response<Body> {
+    let params = env.params.map(|p| p.get().to_owned());
+    let mut set = tokio::task::JoinSet::new();
+    for pos in 0..session.endpoint.upstreams.len() {
+        let (ctx, session, params, method) = (ctx.clone(), session.clone(), params.clone(), method.to_owned());
+        set.spawn(async move {
+            let deadline = Instant::now() + session.endpoint.upstreams[pos].request_timeout;
+            let us = ctx.registry.get(&session, pos).await.ok()?;
+            let answer = us.call(&method, params.as_deref(), deadline).await.ok()?;
+            matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_))).then_some(())
+        });
+    }
+    let mut any = false;
+    while let Some(r) = set.join_next().await {
+        any |= matches!(r, Ok(Some(())));
+    }
+    let id = env.id_raw();
+    if any {
+        rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))
+    } else {
+        rpc(accept, StatusCode::OK, jsonrpc::error(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("no upstream accepted {method}"),
+            None,
+        ))
+    }
+}
+
+/// The hot path: the client's bytes to upstream `pos` of the session, the
+/// upstream's answer streamed back. A 404 from the upstream (it forgot the
+/// session) starts a new upstream session and retries once: the request was
+/// not processed. Other failures are answered, never retried, so a tool
+/// call is never run twice.
+async fn passthrough(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    pos: usize,
+    body: Bytes,
+    id: &str,
+    accept: Accept,
+) -> Response<Body> {
+    let server = session.endpoint.upstreams[pos].clone();
+    let deadline = Instant::now() + server.request_timeout;
+    let mut retried = false;
+    loop {
+        let us = match ctx.registry.get(session, pos).await {
+            Ok(us) => us,
+            Err(e) => return upstream_failure(accept, id, session, &e),
+        };
+        match us.send(body.clone(), deadline).await {
+            Ok(resp) => return relay(resp, accept, id, deadline, &server).await,
+            Err(e) => {
+                if e.evicts() {
+                    ctx.registry.evict(session, pos, &us, &e).await;
+                }
+                if matches!(e, UpstreamError::SessionGone { .. }) && !retried {
+                    warn!(session = %session.id, upstream = %server.id,
+                        "upstream lost its session; starting a new upstream session (its state is gone)");
+                    retried = true;
+                    continue;
+                }
+                return upstream_failure(accept, id, session, &e);
+            }
+        }
+    }
+}
+
+fn upstream_failure(accept: Accept, id: &str, session: &Session, e: &UpstreamError) -> Response<Body> {
+    warn!(session = %session.id, error = %e, "upstream request failed");
+    rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None))
+}
+
+/// Pass an upstream answer back in a format the client takes: streamed
+/// untouched when it does, reduced to the one response when not.
+async fn relay(
+    resp: Response<hyper::body::Incoming>,
+    accept: Accept,
+    id: &str,
+    deadline: Instant,
+    server: &crate::upstream::UpstreamServer,
+) -> Response<Body> {
+    let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let upstream_sse = ct.trim_start().starts_with("text/event-stream");
+    let upstream_json = ct.trim_start().starts_with("application/json");
+    if (upstream_sse && accept.sse) || (upstream_json && accept.json) {
+        let ct = if upstream_sse { "text/event-stream" } else { "application/json" };
+        let mut r = Response::new(body::with_deadline(resp.into_body(), deadline));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        if upstream_sse {
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        return r;
+    }
+    if !(upstream_sse || upstream_json) {
+        let e = UpstreamError::Protocol {
+            upstream: server.id.clone(),
+            reason: format!("answer has content type {ct:?}"),
+        };
+        return rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None));
+    }
+    match read_answer(server, resp, deadline).await {
+        Ok(message) => rpc(accept, StatusCode::OK, message),
+        Err(e) => rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None)),
+    }
+}
+
+/// The session's server stream: open until the session ends or the worker
+/// stops, with keep-alive comments so proxies do not time it out.
+fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Response<Body> {
+    let Some(session) = session else {
+        return plain(StatusCode::BAD_REQUEST, "GET needs an Mcp-Session-Id header\n");
+    };
+    if !accept.sse {
+        return plain(StatusCode::NOT_ACCEPTABLE, "GET needs Accept: text/event-stream\n");
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let mut closed = session.close_signal();
+    let mut stopping = ctx.stopping.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = became_true(&mut closed) => break,
+                _ = became_true(&mut stopping) => break,
+                _ = tick.tick() => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut r = Response::new(body::channel(rx));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// End the session: close its upstream sessions (bounded), then answer.
+async fn delete(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Response<Body> {
+    let Some(session) = session else {
+        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "DELETE needs an Mcp-Session-Id header",
+            None,
+        ));
+    };
+    if let Some(s) = ctx.sessions.remove(&session.id) {
+        info!(session = %s.id, "session ended by the client");
+        ctx.registry.close_sessions(&[s]).await;
+    }
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+/// This worker's sessions and upstream sessions as JSON.
+fn snapshot(ctx: &Ctx) -> Response<Body> {
+    let sessions = ctx.sessions.all();
+    let snap = ctx.registry.snapshot(&sessions);
+    let per_upstream: serde_json::Map<String, serde_json::Value> = snap
+        .per_upstream
+        .iter()
+        .map(|(id, count, oldest)| {
+            (
+                id.to_string(),
+                serde_json::json!({"upstream_sessions": count, "oldest_age_secs": oldest.as_secs_f64()}),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "worker": ctx.id.to_string(),
+        "sessions": sessions.len(),
+        "upstreams": per_upstream,
+        "upstream_session_creates": snap.creates,
+        "upstream_session_reuses": snap.reuses,
+        "upstream_session_evictions": snap.evictions,
+        "upstream_probe_failures": snap.probe_failures,
+    });
+    let mut r = Response::new(body::full(doc.to_string()));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

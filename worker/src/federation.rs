@@ -1,0 +1,396 @@
+//! Endpoints ("virtual servers") and how several upstreams appear as one.
+//!
+//! An endpoint with one upstream is transparent: names, cursors and results
+//! pass unchanged. With several, tool and prompt names are namespaced as
+//! `{upstream id}{separator}{name}` (separator from config, `__` by default),
+//! lists are fetched from every upstream concurrently and merged, an upstream
+//! that fails drops out of the list with a warning, and pagination uses a
+//! gateway cursor that records, per upstream, the upstream's own cursor.
+//! Resource URIs are not rewritten; `resources/read` is routed by the URI →
+//! upstream map learned from `resources/list`, falling back to asking every
+//! upstream.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use mcpgw_protocol::config::Config;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::jsonrpc::{self, Answer, RawObject};
+use crate::registry::Registry;
+use crate::sessions::Session;
+use crate::upstream::{Servers, UpstreamServer};
+
+pub(crate) struct Endpoint {
+    pub path: Box<str>,
+    pub upstreams: Box<[Arc<UpstreamServer>]>,
+    separator: Box<str>,
+}
+
+impl Endpoint {
+    pub(crate) fn namespaced(&self) -> bool {
+        self.upstreams.len() > 1
+    }
+
+    /// Which upstream a public tool/prompt name belongs to, and its name
+    /// there. `None` when no upstream matches.
+    pub(crate) fn resolve<'n>(&self, public: &'n str) -> Option<(usize, &'n str)> {
+        if !self.namespaced() {
+            return (!self.upstreams.is_empty()).then_some((0, public));
+        }
+        self.upstreams.iter().enumerate().find_map(|(pos, u)| {
+            public
+                .strip_prefix(u.id.as_ref())
+                .and_then(|rest| rest.strip_prefix(self.separator.as_ref()))
+                .map(|name| (pos, name))
+        })
+    }
+
+    fn public_name(&self, pos: usize, name: &str) -> String {
+        let mut s = String::with_capacity(self.upstreams[pos].id.len() + self.separator.len() + name.len());
+        s.push_str(&self.upstreams[pos].id);
+        s.push_str(&self.separator);
+        s.push_str(name);
+        s
+    }
+}
+
+/// Build the endpoint table from a validated config.
+pub(crate) fn endpoints(config: &Config, servers: &Servers) -> HashMap<Box<str>, Arc<Endpoint>> {
+    config
+        .effective_endpoints()
+        .into_iter()
+        .map(|e| {
+            let upstreams = e
+                .upstreams
+                .iter()
+                .filter_map(|id| servers.iter().find(|s| s.id.as_ref() == id).cloned())
+                .collect();
+            let ep = Endpoint {
+                path: e.path.clone().into_boxed_str(),
+                upstreams,
+                separator: config.namespace_separator.clone().into_boxed_str(),
+            };
+            (ep.path.clone(), Arc::new(ep))
+        })
+        .collect()
+}
+
+/// The four list methods and what differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub(crate) fn from_method(m: &str) -> Option<Self> {
+        Some(match m {
+            "tools/list" => Self::Tools,
+            "prompts/list" => Self::Prompts,
+            "resources/list" => Self::Resources,
+            "resources/templates/list" => Self::ResourceTemplates,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    fn items_key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    fn renames(self) -> bool {
+        matches!(self, Self::Tools | Self::Prompts)
+    }
+}
+
+/// Why a merged list could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListError {
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+/// One page of a list over every upstream of a multi-upstream endpoint.
+/// Returns the raw `result` object.
+pub(crate) async fn merged_list(
+    registry: &Arc<Registry>,
+    session: &Arc<Session>,
+    kind: ListKind,
+    cursor: Option<&str>,
+) -> Result<String, ListError> {
+    let n = session.endpoint.upstreams.len();
+    let wanted: Vec<(usize, Option<String>)> = match cursor {
+        None => (0..n).map(|pos| (pos, None)).collect(),
+        Some(c) => decode_cursor(c, n).ok_or(ListError::BadCursor)?,
+    };
+    let mut set = JoinSet::new();
+    for (pos, upstream_cursor) in wanted {
+        let registry = registry.clone();
+        let session = session.clone();
+        set.spawn(async move {
+            let page = fetch_page(&registry, &session, pos, kind, upstream_cursor.as_deref()).await;
+            (pos, page)
+        });
+    }
+    let mut pages: Vec<(usize, Page)> = Vec::with_capacity(n);
+    while let Some(joined) = set.join_next().await {
+        if let Ok((pos, Some(page))) = joined {
+            pages.push((pos, page));
+        }
+    }
+    // Deterministic order: by upstream position, as configured.
+    pages.sort_by_key(|(pos, _)| *pos);
+
+    let mut out = String::with_capacity(pages.iter().map(|(_, p)| p.bytes).sum::<usize>() + 64);
+    out.push('{');
+    jsonrpc::push_json_string(&mut out, kind.items_key());
+    out.push_str(":[");
+    let mut first = true;
+    let mut routes = Vec::new();
+    let mut next = Vec::new();
+    for (pos, page) in &pages {
+        for item in &page.items {
+            let rendered = render_item(&session.endpoint, *pos, kind, item.get(), &mut routes);
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&rendered);
+        }
+        if let Some(c) = &page.next_cursor {
+            next.push((*pos, c.clone()));
+        }
+    }
+    out.push(']');
+    if !next.is_empty() {
+        out.push_str(",\"nextCursor\":");
+        jsonrpc::push_json_string(&mut out, &encode_cursor(&next));
+    }
+    out.push('}');
+    if !routes.is_empty()
+        && let Ok(mut map) = session.resource_routes.lock()
+    {
+        map.extend(routes);
+    }
+    Ok(out)
+}
+
+fn render_item<'i>(
+    endpoint: &Endpoint,
+    pos: usize,
+    kind: ListKind,
+    raw: &'i str,
+    routes: &mut Vec<(String, usize)>,
+) -> Cow<'i, str> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct WithUri<'a> {
+        #[serde(borrow)]
+        uri: Cow<'a, str>,
+    }
+    if kind == ListKind::Resources
+        && let Ok(r) = serde_json::from_str::<WithUri<'_>>(raw)
+    {
+        routes.push((r.uri.into_owned(), pos));
+    }
+    if !kind.renames() {
+        return Cow::Borrowed(raw);
+    }
+    let Ok(named) = serde_json::from_str::<Named<'_>>(raw) else {
+        return Cow::Borrowed(raw);
+    };
+    let public = jsonrpc::json_string(&endpoint.public_name(pos, &named.name));
+    jsonrpc::with_member(raw, "name", &public).map_or(Cow::Borrowed(raw), Cow::Owned)
+}
+
+struct Page {
+    /// Keeps the raw items' backing text alive.
+    items: Vec<Box<RawValue>>,
+    next_cursor: Option<String>,
+    bytes: usize,
+}
+
+/// One page from one upstream; `None` (with a log line) when it fails.
+async fn fetch_page(
+    registry: &Registry,
+    session: &Session,
+    pos: usize,
+    kind: ListKind,
+    cursor: Option<&str>,
+) -> Option<Page> {
+    #[derive(Deserialize)]
+    struct ListResult {
+        #[serde(rename = "nextCursor", default)]
+        next_cursor: Option<String>,
+    }
+    let server = &session.endpoint.upstreams[pos];
+    let params = cursor.map(|c| {
+        let mut p = String::from("{\"cursor\":");
+        jsonrpc::push_json_string(&mut p, c);
+        p.push('}');
+        p
+    });
+    let deadline = Instant::now() + server.request_timeout;
+    let us = match registry.get(session, pos).await {
+        Ok(us) => us,
+        Err(e) => {
+            warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
+            return None;
+        }
+    };
+    let answer = match us.call(kind.method(), params.as_deref(), deadline).await {
+        Ok(a) => a,
+        Err(e) => {
+            if e.evicts() {
+                registry.evict(session, pos, &us, &e).await;
+            }
+            warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
+            return None;
+        }
+    };
+    let result = match jsonrpc::answer(&answer) {
+        Some(Answer::Result(r)) => r,
+        Some(Answer::Error { code, message }) => {
+            // A server without this capability answers -32601: not a failure.
+            if code == i64::from(jsonrpc::METHOD_NOT_FOUND) {
+                debug!(upstream = %server.id, method = kind.method(), "upstream does not implement it");
+            } else {
+                warn!(upstream = %server.id, code, %message, method = kind.method(), "upstream list failed; left out");
+            }
+            return None;
+        }
+        None => {
+            warn!(upstream = %server.id, method = kind.method(), "upstream list answer is not JSON-RPC; left out");
+            return None;
+        }
+    };
+    let obj: RawObject<'_> = serde_json::from_str(result.get()).ok()?;
+    let items: Vec<Box<RawValue>> = obj
+        .get(kind.items_key())
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    let next_cursor = serde_json::from_str::<ListResult>(result.get())
+        .ok()
+        .and_then(|r| r.next_cursor);
+    Some(Page {
+        bytes: result.get().len(),
+        items,
+        next_cursor,
+    })
+}
+
+/// Gateway cursor: hex of a JSON array of `[position, upstream cursor]`.
+fn encode_cursor(parts: &[(usize, String)]) -> String {
+    let json = serde_json::to_string(parts).unwrap_or_default();
+    let mut hex = String::with_capacity(json.len() * 2);
+    for b in json.bytes() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+fn decode_cursor(cursor: &str, upstreams: usize) -> Option<Vec<(usize, Option<String>)>> {
+    if cursor.len() % 2 != 0 || cursor.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    let parts: Vec<(usize, String)> = serde_json::from_slice(&bytes?).ok()?;
+    if parts.is_empty() || parts.iter().any(|(pos, _)| *pos >= upstreams) {
+        return None;
+    }
+    Some(parts.into_iter().map(|(p, c)| (p, Some(c))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgw_protocol::config::Upstream;
+
+    fn endpoint(ids: &[&str]) -> Endpoint {
+        Endpoint {
+            path: "/mcp".into(),
+            upstreams: ids
+                .iter()
+                .map(|id| {
+                    Arc::new(
+                        UpstreamServer::new(&Upstream {
+                            id: (*id).to_owned(),
+                            url: "http://127.0.0.1:1/mcp".to_owned(),
+                            transport: Default::default(),
+                            headers: Default::default(),
+                            connect_timeout_ms: 1,
+                            request_timeout_ms: 1,
+                        })
+                        .expect("server"),
+                    )
+                })
+                .collect(),
+            separator: "__".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolve_by_prefix_only_when_namespaced() {
+        let one = endpoint(&["a"]);
+        assert_eq!(one.resolve("a__x"), Some((0, "a__x")));
+        let two = endpoint(&["a", "a_b"]);
+        assert_eq!(two.resolve("a__x"), Some((0, "x")));
+        assert_eq!(two.resolve("a_b__x"), Some((1, "x")));
+        assert_eq!(two.resolve("c__x"), None);
+        assert_eq!(two.resolve("x"), None);
+    }
+
+    #[tokio::test]
+    async fn items_are_renamed_and_resources_recorded() {
+        let two = endpoint(&["a", "b"]);
+        let mut routes = Vec::new();
+        let tool = render_item(&two, 1, ListKind::Tools, r#"{"name":"inc","inputSchema":{"type":"object"}}"#, &mut routes);
+        assert_eq!(tool, r#"{"name":"b__inc","inputSchema":{"type":"object"}}"#);
+        let res = render_item(&two, 0, ListKind::Resources, r#"{"uri":"x://1","name":"one"}"#, &mut routes);
+        assert_eq!(res, r#"{"uri":"x://1","name":"one"}"#);
+        assert_eq!(routes, vec![("x://1".to_owned(), 0)]);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let parts = vec![(0, "p2".to_owned()), (2, "\"q\"".to_owned())];
+        let c = encode_cursor(&parts);
+        assert_eq!(
+            decode_cursor(&c, 3),
+            Some(vec![(0, Some("p2".to_owned())), (2, Some("\"q\"".to_owned()))])
+        );
+        assert_eq!(decode_cursor(&c, 2), None);
+        assert_eq!(decode_cursor("zz", 3), None);
+        assert_eq!(decode_cursor("abc", 3), None);
+        assert_eq!(decode_cursor(&encode_cursor(&[]), 3), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! JSON-RPC 2.0 messages as raw bytes.
+//!
+//! The gateway reads only what routing needs (`id`, `method`, a few params)
+//! and rewrites only what must change, splicing raw JSON: tool arguments,
+//! results and unknown fields are never parsed into values and re-encoded,
+//! so nothing a newer client or server sends is lost in transit.
+//! Also: the error codes and the builders for the answers the gateway makes
+//! itself.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+pub(crate) const PARSE_ERROR: i32 = -32700;
+pub(crate) const INVALID_REQUEST: i32 = -32600;
+pub(crate) const METHOD_NOT_FOUND: i32 = -32601;
+pub(crate) const INVALID_PARAMS: i32 = -32602;
+pub(crate) const INTERNAL_ERROR: i32 = -32603;
+/// 2026-07-28: the request's protocol version is not supported here.
+pub(crate) const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
+
+/// The top level of one JSON-RPC message, borrowed from the request body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Envelope<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub error: Option<&'a RawValue>,
+}
+
+/// What kind of message an envelope is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Kind<'e> {
+    Request(&'e str),
+    Notification(&'e str),
+    Response,
+    Invalid,
+}
+
+impl Envelope<'_> {
+    pub(crate) fn kind(&self) -> Kind<'_> {
+        match (&self.method, self.id) {
+            (Some(m), Some(id)) if id.get() != "null" => Kind::Request(m),
+            (Some(m), None) => Kind::Notification(m),
+            (None, Some(_)) if self.result.is_some() || self.error.is_some() => Kind::Response,
+            _ => Kind::Invalid,
+        }
+    }
+
+    /// The id as raw JSON, `null` when absent (for error answers).
+    pub(crate) fn id_raw(&self) -> &str {
+        self.id.map_or("null", RawValue::get)
+    }
+}
+
+/// Parse one message; `None` when the body is not a JSON object at all.
+pub(crate) fn parse(body: &[u8]) -> Option<Envelope<'_>> {
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str(text).ok()
+}
+
+/// Whether a body is a JSON array (a batch) rather than one message.
+pub(crate) fn is_batch(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[')
+}
+
+/// A JSON object's members in order, values left raw.
+pub(crate) struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(RawObject(members))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl RawObject<'_> {
+    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+/// Rebuild the JSON object `raw` with member `key` set to `value` (raw JSON),
+/// added if absent. Every other member is copied byte for byte.
+pub(crate) fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {
+    let obj: RawObject<'_> = serde_json::from_str(raw).ok()?;
+    let mut out = String::with_capacity(raw.len() + value.len() + key.len() + 4);
+    out.push('{');
+    let mut replaced = false;
+    for (k, v) in &obj.0 {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        push_json_string(&mut out, k);
+        out.push(':');
+        if k == key {
+            out.push_str(value);
+            replaced = true;
+        } else {
+            out.push_str(v.get());
+        }
+    }
+    if !replaced {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        push_json_string(&mut out, key);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// Append `s` as a JSON string literal.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+pub(crate) fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_string(&mut out, s);
+    out
+}
+
+/// A request the gateway sends on its own account.
+pub(crate) fn request(id: &str, method: &str, params: Option<&str>) -> Bytes {
+    let mut out = String::with_capacity(64 + params.map_or(0, str::len));
+    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+    push_json_string(&mut out, id);
+    out.push_str(",\"method\":");
+    push_json_string(&mut out, method);
+    if let Some(p) = params {
+        out.push_str(",\"params\":");
+        out.push_str(p);
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// A notification the gateway sends on its own account.
+pub(crate) fn notification(method: &str) -> Bytes {
+    let mut out = String::from("{\"jsonrpc\":\"2.0\",\"method\":");
+    push_json_string(&mut out, method);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// A success answer with a raw result.
+pub(crate) fn result(id_raw: &str, result_raw: &str) -> Bytes {
+    let mut out = String::with_capacity(40 + id_raw.len() + result_raw.len());
+    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+    out.push_str(id_raw);
+    out.push_str(",\"result\":");
+    out.push_str(result_raw);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// An error answer; `data_raw` is raw JSON when present.
+pub(crate) fn error(id_raw: &str, code: i32, message: &str, data_raw: Option<&str>) -> Bytes {
+    let mut out = String::with_capacity(64 + message.len());
+    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+    out.push_str(id_raw);
+    let _ = write!(out, ",\"error\":{{\"code\":{code},\"message\":");
+    push_json_string(&mut out, message);
+    if let Some(d) = data_raw {
+        out.push_str(",\"data\":");
+        out.push_str(d);
+    }
+    out.push_str("}}");
+    Bytes::from(out)
+}
+
+/// The `result` (or the error) of an answer the gateway asked for itself.
+pub(crate) enum Answer<'a> {
+    Result(&'a RawValue),
+    Error { code: i64, message: String },
+}
+
+pub(crate) fn answer(message: &[u8]) -> Option<Answer<'_>> {
+    #[derive(Deserialize)]
+    struct ErrorObj {
+        code: i64,
+        #[serde(default)]
+        message: String,
+    }
+    let env = parse(message)?;
+    if let Some(r) = env.result {
+        return Some(Answer::Result(r));
+    }
+    let e: ErrorObj = serde_json::from_str(env.error?.get()).ok()?;
+    Some(Answer::Error {
+        code: e.code,
+        message: e.message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let k = |s: &str| parse(s.as_bytes()).map(|e| format!("{:?}", e.kind()));
+        assert_eq!(k(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).as_deref(), Some("Request(\"ping\")"));
+        assert_eq!(k(r#"{"jsonrpc":"2.0","method":"n"}"#).as_deref(), Some("Notification(\"n\")"));
+        assert_eq!(k(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).as_deref(), Some("Response"));
+        assert_eq!(k(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).as_deref(), Some("Invalid"));
+        assert_eq!(k(r#"{"id":1}"#).as_deref(), Some("Invalid"));
+        assert!(parse(b"{nope").is_none());
+        assert!(parse(b"[1]").is_none());
+        assert!(is_batch(b"  [{}]"));
+    }
+
+    #[test]
+    fn escaped_method_names_still_parse() {
+        let e = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#).expect("parse");
+        assert_eq!(e.kind(), Kind::Request("tools/call"));
+    }
+
+    #[test]
+    fn with_member_replaces_and_keeps_everything_else() {
+        let raw = r#"{"name":"a__inc","arguments":{"x":[1,2,{"y":"\u00e9"}]},"_meta":{"progressToken":7},"zz":1}"#;
+        let out = with_member(raw, "name", &json_string("inc")).expect("object");
+        assert_eq!(
+            out,
+            r#"{"name":"inc","arguments":{"x":[1,2,{"y":"\u00e9"}]},"_meta":{"progressToken":7},"zz":1}"#
+        );
+        let added = with_member(r#"{}"#, "cursor", "\"c\"").expect("object");
+        assert_eq!(added, r#"{"cursor":"c"}"#);
+        assert!(with_member("[1]", "a", "1").is_none());
+    }
+
+    #[test]
+    fn builders_produce_valid_json() {
+        let e = error("7", INVALID_PARAMS, "Unknown tool: \"x\"\n", Some(r#"{"a":1}"#));
+        let v: serde_json::Value = serde_json::from_slice(&e).expect("json");
+        assert_eq!(v["error"]["code"], -32602);
+        assert_eq!(v["error"]["message"], "Unknown tool: \"x\"\n");
+        let r = request("mcpgw-1", "tools/list", Some(r#"{"cursor":"c"}"#));
+        let v: serde_json::Value = serde_json::from_slice(&r).expect("json");
+        assert_eq!(v["params"]["cursor"], "c");
+        assert!(matches!(answer(&result("1", "{\"ok\":true}")), Some(Answer::Result(_))));
+        assert!(matches!(answer(&e), Some(Answer::Error { code: -32602, .. })));
+    }
+}

@@ -1,0 +1,368 @@
+//! An mcpgw worker process: it serves the connections the supervisor hands
+//! it, owns the MCP sessions routed to it and their upstream sessions, and
+//! shares nothing in memory with its siblings.
+//!
+//! Module map:
+//! - this file: start-up (inherited fds, handshake), the serving loop, the
+//!   control loop and shutdown; [`Ctx`] is what every request sees.
+//! - [`endpoint`]: the MCP Streamable HTTP endpoint (one request → answer).
+//! - [`federation`]: endpoints, namespacing, merged lists.
+//! - [`sessions`]: the downstream sessions this worker owns.
+//! - [`registry`]: one upstream session per (session, upstream server).
+//! - [`upstream`]: the HTTP client side of one upstream server.
+//! - [`forward`]: requests for sessions another worker owns.
+//! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
+
+mod body;
+mod endpoint;
+mod federation;
+mod forward;
+mod jsonrpc;
+mod registry;
+mod sessions;
+mod sse;
+pub mod upstream;
+mod versions;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use mcpgw_protocol::channel::{self, ChannelError, Sender};
+use mcpgw_protocol::config::Config;
+use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::fdpass::{self, ConnReceiver};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::endpoint::Origin;
+use crate::federation::Endpoint;
+use crate::forward::Forwarder;
+use crate::registry::Registry;
+use crate::sessions::Sessions;
+use crate::upstream::{Servers, UpstreamServer};
+
+/// fd numbers the supervisor puts our sockets at (see `mcpgw-supervisor`).
+pub const CONTROL_FD: i32 = 3;
+pub const CONN_FD: i32 = 4;
+
+/// Who this worker is, from its command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Args {
+    pub slot: u16,
+    pub generation: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("taking inherited fd {fd}: {source} (is this process started by `mcpgw serve`?)")]
+    InheritedFd { fd: i32, source: std::io::Error },
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("control channel: {0}")]
+    Control(#[from] ChannelError),
+    #[error("the supervisor closed the control channel before the handshake")]
+    NoInit,
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("binding the internal socket {path}: {source}")]
+    Internal {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] upstream::ServerConfigError),
+}
+
+/// What every request handler sees.
+pub(crate) struct Ctx {
+    pub id: WorkerId,
+    pub slots: u16,
+    pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    pub sessions: Sessions,
+    pub registry: Arc<Registry>,
+    pub forwarder: Forwarder,
+    pub worker_header: Option<HeaderValue>,
+    pub max_body: usize,
+    /// Flips to true when the worker starts to stop; open streams end on it.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Run a worker until the supervisor tells it to stop (or disappears).
+pub fn run(args: Args) -> Result<(), WorkerError> {
+    let take = |fd| fdpass::take_inherited(fd).map_err(|source| WorkerError::InheritedFd { fd, source });
+    let control = take(CONTROL_FD)?;
+    let conns = take(CONN_FD)?;
+    // One thread per worker process; the pool has one worker per core.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    rt.block_on(serve(args, control, conns))
+}
+
+async fn serve(
+    args: Args,
+    control: std::os::fd::OwnedFd,
+    conns: std::os::fd::OwnedFd,
+) -> Result<(), WorkerError> {
+    let control = std::os::unix::net::UnixStream::from(control);
+    control.set_nonblocking(true).map_err(ChannelError::Io)?;
+    let control = tokio::net::UnixStream::from_std(control).map_err(ChannelError::Io)?;
+    let (mut tx, mut rx) = channel::split::<FromWorker, ToWorker>(control);
+    let Some(init) = rx.recv().await? else {
+        return Err(WorkerError::NoInit);
+    };
+    let ToWorker::Init {
+        protocol,
+        id,
+        slots,
+        runtime_dir,
+        config,
+    } = init
+    else {
+        return Err(WorkerError::Handshake("first message was not Init".into()));
+    };
+    if protocol != PROTOCOL_VERSION || id.slot != args.slot || id.generation != args.generation {
+        return Err(WorkerError::Handshake(format!(
+            "Init for {id} protocol {protocol}, but this is {}/{} protocol {PROTOCOL_VERSION}",
+            args.slot, args.generation
+        )));
+    }
+
+    let (stop_tx, stopping) = watch::channel(false);
+    let ctx = Arc::new(build_ctx(id, slots, &config, runtime_dir.clone(), stopping)?);
+
+    let path = forward::socket_path(&runtime_dir, id.slot);
+    let _ = std::fs::remove_file(&path);
+    let internal = UnixListener::bind(&path).map_err(|source| WorkerError::Internal {
+        path: path.clone(),
+        source,
+    })?;
+    let receiver = ConnReceiver::new(conns).map_err(|e| WorkerError::Handshake(e.to_string()))?;
+
+    let pid = std::process::id();
+    tx.send(&FromWorker::Ready {
+        protocol: PROTOCOL_VERSION,
+        id,
+        pid,
+    })
+    .await?;
+    info!(worker = %id, pid, "serving");
+
+    let open = Arc::new(AtomicU32::new(0));
+    tokio::spawn(report_load(tx, open.clone()));
+    tokio::spawn(expire_sessions(ctx.clone(), Duration::from_secs(config.sessions.idle_timeout_secs)));
+
+    // Control messages arrive through a task so a half-read frame is never
+    // dropped by the select below.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Option<ToWorker>>(4);
+    tokio::spawn(async move {
+        loop {
+            let msg = match rx.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    error!(error = %e, "control channel broke");
+                    None
+                }
+            };
+            let end = msg.is_none();
+            if ctl_tx.send(msg).await.is_err() || end {
+                return;
+            }
+        }
+    });
+
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.limits.header_timeout())
+        .max_buf_size((config.limits.max_head_bytes as usize).max(8192));
+    let graceful = GracefulShutdown::new();
+    let cap = config.limits.max_connections_per_worker;
+
+    let grace = loop {
+        tokio::select! {
+            conn = receiver.recv() => match conn {
+                Ok(Some((_meta, fd))) => {
+                    let std = std::net::TcpStream::from(fd);
+                    if let Err(e) = std.set_nonblocking(true) {
+                        warn!(error = %e, "handed-over connection unusable");
+                        continue;
+                    }
+                    let Ok(stream) = TcpStream::from_std(std) else { continue };
+                    if open.load(Ordering::Relaxed) >= cap {
+                        warn!(cap, "connection cap reached; answering 503");
+                        tokio::spawn(refuse_over_cap(stream));
+                        continue;
+                    }
+                    let guard = ConnGuard::new(&open);
+                    let ctx = ctx.clone();
+                    let svc = service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(endpoint::handle(ctx, req, Origin::Public).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(error = %e, "connection ended with an error");
+                        }
+                        drop(guard);
+                    });
+                }
+                Ok(None) => {
+                    warn!("the supervisor closed the connection channel; stopping");
+                    break 1_000;
+                }
+                Err(e) => warn!(error = %e, "receiving a connection failed"),
+            },
+            accepted = internal.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    let svc = service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(endpoint::handle(ctx, req, Origin::Internal).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(error = %e, "internal connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "internal accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            msg = ctl_rx.recv() => match msg.flatten() {
+                Some(ToWorker::Shutdown { grace_ms }) => {
+                    info!(grace_ms, "shutdown requested");
+                    break grace_ms;
+                }
+                Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
+                None => {
+                    warn!("the supervisor is gone; stopping");
+                    break 1_000;
+                }
+            },
+        }
+    };
+
+    // Stop taking work, end open streams, let in-flight requests finish.
+    drop(receiver);
+    drop(internal);
+    let _ = std::fs::remove_file(&path);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_millis(grace), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(open = open.load(Ordering::Relaxed), "grace period over; cutting the connections left");
+    }
+    let all = ctx.sessions.take_all();
+    if !all.is_empty() {
+        info!(sessions = all.len(), "closing upstream sessions");
+        ctx.registry.close_sessions(&all).await;
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+fn build_ctx(
+    id: WorkerId,
+    slots: u16,
+    config: &Config,
+    runtime_dir: std::path::PathBuf,
+    stopping: watch::Receiver<bool>,
+) -> Result<Ctx, WorkerError> {
+    let servers: Servers = config
+        .upstream
+        .iter()
+        .map(|u| UpstreamServer::new(u).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?
+        .into();
+    let worker_header = config
+        .diagnostics
+        .worker_header
+        .then(|| HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok())
+        .flatten();
+    Ok(Ctx {
+        id,
+        slots,
+        endpoints: federation::endpoints(config, &servers),
+        sessions: Sessions::default(),
+        registry: Arc::new(Registry::new(
+            Duration::from_secs(config.sessions.upstream_probe_after_secs),
+            Duration::from_millis(config.sessions.upstream_close_grace_ms),
+        )),
+        forwarder: Forwarder::new(runtime_dir, id.slot, Duration::from_millis(config.limits.dispatch_wait_ms)),
+        worker_header,
+        max_body: config.limits.max_body_bytes as usize,
+        stopping,
+    })
+}
+
+/// Counts an open client connection for as long as it lives.
+struct ConnGuard(Arc<AtomicU32>);
+
+impl ConnGuard {
+    fn new(open: &Arc<AtomicU32>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tell the supervisor how many connections are open when it changes, so it
+/// can send new sessions to the least-loaded worker.
+async fn report_load(mut tx: Sender<FromWorker>, open: Arc<AtomicU32>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = open.load(Ordering::Relaxed);
+        if now != last {
+            if tx.send(&FromWorker::Load { connections: now }).await.is_err() {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
+/// End sessions that have been idle longer than the configured timeout.
+async fn expire_sessions(ctx: Arc<Ctx>, ttl: Duration) {
+    let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let expired = ctx.sessions.take_expired(ttl);
+        if !expired.is_empty() {
+            info!(count = expired.len(), "sessions expired after being idle");
+            ctx.registry.close_sessions(&expired).await;
+        }
+    }
+}
+
+async fn refuse_over_cap(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}

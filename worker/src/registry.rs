@@ -1,0 +1,177 @@
+//! The upstream registry: for every (downstream session, upstream server)
+//! pair exactly one upstream MCP session, never shared, reused for every call
+//! of its session, closed when the session ends.
+//!
+//! Each downstream session has one cell per upstream of its endpoint
+//! ([`SessionUpstreams`]). A cell's async lock is held only while the upstream
+//! session is created or probed, so concurrent first calls create exactly
+//! one, and calls on an existing one run concurrently. Reuse after an idle
+//! period is checked with a probe; a transport failure evicts (only the
+//! session that failed, never a newer one). Closing runs concurrently and is
+//! bounded: a close that hangs is abandoned with a warning.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::sessions::Session;
+use crate::upstream::{UpstreamError, UpstreamSession};
+
+type Cell = Mutex<Option<Arc<UpstreamSession>>>;
+
+/// One cell per upstream position of the session's endpoint.
+pub(crate) struct SessionUpstreams {
+    cells: Box<[Cell]>,
+}
+
+impl SessionUpstreams {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            cells: (0..n).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+}
+
+/// Counters the snapshot (and later the metrics) read.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub creates: AtomicU64,
+    pub reuses: AtomicU64,
+    pub probe_failures: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub(crate) struct Registry {
+    probe_after: Duration,
+    probe_timeout: Duration,
+    close_grace: Duration,
+    pub counters: Counters,
+}
+
+impl Registry {
+    pub(crate) fn new(probe_after: Duration, close_grace: Duration) -> Self {
+        Self {
+            probe_after,
+            probe_timeout: Duration::from_secs(2),
+            close_grace,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The upstream session of `session` for upstream position `pos`,
+    /// created on first use.
+    pub(crate) async fn get(
+        &self,
+        session: &Session,
+        pos: usize,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        let server = session.endpoint.upstreams[pos].clone();
+        let mut cell = session.upstreams.cells[pos].lock().await;
+        if let Some(existing) = cell.as_ref() {
+            if existing.idle_for() < self.probe_after || existing.probe(self.probe_timeout).await {
+                existing.touch();
+                self.counters.reuses.fetch_add(1, Ordering::Relaxed);
+                return Ok(existing.clone());
+            }
+            self.counters.probe_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            warn!(session = %session.id, upstream = %server.id, "idle upstream session failed its probe; recreating it");
+            if let Some(old) = cell.take() {
+                let grace = self.close_grace;
+                tokio::spawn(async move { old.close(grace).await });
+            }
+        }
+        let created = UpstreamSession::initialize(server, &session.init_params).await?;
+        self.counters.creates.fetch_add(1, Ordering::Relaxed);
+        if session.is_closed() {
+            // The session ended while we were creating: do not leak this one.
+            created.close(self.close_grace).await;
+            return Ok(created);
+        }
+        *cell = Some(created.clone());
+        Ok(created)
+    }
+
+    /// Drop `failed` from its cell after a transport error, unless the cell
+    /// already holds a newer upstream session.
+    pub(crate) async fn evict(&self, session: &Session, pos: usize, failed: &Arc<UpstreamSession>, why: &UpstreamError) {
+        let mut cell = session.upstreams.cells[pos].lock().await;
+        if cell.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, failed)) {
+            *cell = None;
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            info!(session = %session.id, upstream = %failed.server.id, reason = %why, "upstream session evicted");
+        }
+    }
+
+    /// Close every upstream session of these (already removed) sessions,
+    /// concurrently; returns within about two grace periods whatever happens.
+    pub(crate) async fn close_sessions(&self, sessions: &[Arc<Session>]) {
+        let mut taken = Vec::new();
+        for s in sessions {
+            for cell in s.upstreams.cells.iter() {
+                // A cell locked by an in-flight create: that create sees the
+                // session closed and closes its result itself.
+                if let Ok(mut guard) = cell.try_lock()
+                    && let Some(us) = guard.take()
+                {
+                    taken.push(us);
+                }
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        let grace = self.close_grace;
+        let mut set = JoinSet::new();
+        for us in taken {
+            set.spawn(async move { us.close(grace).await });
+        }
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace * 2, all).await.is_err() {
+            warn!(left = set.len(), "upstream session closes did not finish in time; abandoning them");
+            set.abort_all();
+        }
+    }
+
+    /// Counts and ages for the admin API and metrics.
+    pub(crate) fn snapshot(&self, sessions: &[Arc<Session>]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for s in sessions {
+            for (pos, cell) in s.upstreams.cells.iter().enumerate() {
+                if let Ok(guard) = cell.try_lock()
+                    && let Some(us) = guard.as_ref()
+                {
+                    let id = s.endpoint.upstreams[pos].id.clone();
+                    let age = us.age();
+                    match snap.per_upstream.iter_mut().find(|e| e.0 == id) {
+                        Some(e) => {
+                            e.1 += 1;
+                            e.2 = e.2.max(age);
+                        }
+                        None => snap.per_upstream.push((id, 1, age)),
+                    }
+                }
+            }
+        }
+        snap.creates = self.counters.creates.load(Ordering::Relaxed);
+        snap.reuses = self.counters.reuses.load(Ordering::Relaxed);
+        snap.evictions = self.counters.evictions.load(Ordering::Relaxed);
+        snap.probe_failures = self.counters.probe_failures.load(Ordering::Relaxed);
+        snap
+    }
+}
+
+/// What the registry holds right now.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// (upstream id, live upstream sessions, oldest age).
+    pub per_upstream: Vec<(Arc<str>, usize, Duration)>,
+    pub creates: u64,
+    pub reuses: u64,
+    pub evictions: u64,
+    pub probe_failures: u64,
+}

@@ -1,0 +1,139 @@
+//! The downstream sessions this worker owns.
+//!
+//! A [`Session`] is created by `initialize` on this worker (its id hashes to
+//! this worker's slot) and lives until DELETE, idle expiry or shutdown. It
+//! holds what later requests need: the endpoint it was opened on, the
+//! negotiated version, the client's initialize parameters (replayed to each
+//! upstream), and its upstream sessions ([`crate::registry`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpgw_protocol::session_id::SessionId;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::federation::Endpoint;
+use crate::registry::SessionUpstreams;
+
+pub(crate) struct Session {
+    pub id: SessionId,
+    pub endpoint: Arc<Endpoint>,
+    /// Negotiated protocol version; one of [`crate::versions::SUPPORTED`].
+    pub version: &'static str,
+    /// The client's `initialize` params with the negotiated version, raw.
+    pub init_params: Box<str>,
+    pub upstreams: SessionUpstreams,
+    /// URI → endpoint upstream position, learned from `resources/list`.
+    pub resource_routes: Mutex<HashMap<String, usize>>,
+    last_used: Mutex<Instant>,
+    /// Flips to true when the session ends; its open streams close on it.
+    closed: watch::Sender<bool>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: SessionId,
+        endpoint: Arc<Endpoint>,
+        version: &'static str,
+        init_params: Box<str>,
+    ) -> Self {
+        let upstreams = SessionUpstreams::new(endpoint.upstreams.len());
+        Self {
+            id,
+            endpoint,
+            version,
+            init_params,
+            upstreams,
+            resource_routes: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(Instant::now()),
+            closed: watch::Sender::new(false),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self, now: Instant) -> Duration {
+        self.last_used
+            .lock()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t))
+    }
+
+    pub(crate) fn close_signal(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    fn mark_closed(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+/// All sessions this worker owns.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<SessionId, Arc<Session>>>,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&self, s: Arc<Session>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(s.id, s);
+        }
+    }
+
+    pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
+        self.map.lock().ok()?.get(id).cloned()
+    }
+
+    /// Remove a session and mark it closed; the caller closes its upstreams.
+    pub(crate) fn remove(&self, id: &SessionId) -> Option<Arc<Session>> {
+        let s = self.map.lock().ok()?.remove(id)?;
+        s.mark_closed();
+        Some(s)
+    }
+
+    /// Remove and return every session idle longer than `ttl`.
+    pub(crate) fn take_expired(&self, ttl: Duration) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        let Ok(mut m) = self.map.lock() else {
+            return Vec::new();
+        };
+        let expired: Vec<SessionId> = m
+            .values()
+            .filter(|s| s.idle_for(now) > ttl)
+            .map(|s| s.id)
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| m.remove(id))
+            .inspect(|s| s.mark_closed())
+            .collect()
+    }
+
+    /// Remove every session (shutdown).
+    pub(crate) fn take_all(&self) -> Vec<Arc<Session>> {
+        let Ok(mut m) = self.map.lock() else {
+            return Vec::new();
+        };
+        m.drain()
+            .map(|(_, s)| s)
+            .inspect(|s| s.mark_closed())
+            .collect()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,390 @@
+//! Talking to one upstream MCP server over Streamable HTTP.
+//!
+//! [`UpstreamServer`] is a configured server with its own HTTP connection
+//! pool, shared by every upstream session to it in this worker.
+//! [`UpstreamSession`] is one logical MCP session on that server, owned by
+//! exactly one downstream session (the registry enforces that): it knows its
+//! `Mcp-Session-Id` and negotiated version, sends requests on it, probes it
+//! and closes it. Answers come back as `application/json` or as an SSE stream;
+//! [`read_answer`] reduces either to the one JSON-RPC response the gateway
+//! asked for, while call answers are passed through untouched by the caller.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mcpgw_protocol::config::Upstream;
+use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use serde::Deserialize;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, warn};
+
+use crate::jsonrpc::{self, Answer};
+use crate::sse;
+
+/// Largest answer the gateway buffers for itself (lists, initialize).
+const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("upstream {upstream} is unreachable: {source}")]
+    Transport {
+        upstream: Arc<str>,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {upstream} did not answer within {timeout_ms} ms")]
+    Timeout { upstream: Arc<str>, timeout_ms: u64 },
+    #[error("upstream {upstream} no longer knows its session (HTTP 404)")]
+    SessionGone { upstream: Arc<str> },
+    #[error("upstream {upstream} answered HTTP {status}")]
+    Status { upstream: Arc<str>, status: StatusCode },
+    #[error("upstream {upstream} sent an unusable answer: {reason}")]
+    Protocol { upstream: Arc<str>, reason: String },
+    #[error("upstream {upstream} refused initialize: {message}")]
+    Initialize { upstream: Arc<str>, message: String },
+}
+
+impl UpstreamError {
+    /// Errors after which the upstream session must not be reused: the
+    /// connection failed or the server forgot the session. A tool error, a
+    /// timeout or an HTTP error status leaves it in place.
+    pub(crate) fn evicts(&self) -> bool {
+        matches!(self, Self::Transport { .. } | Self::SessionGone { .. })
+    }
+}
+
+/// A configured upstream server and its connection pool.
+pub(crate) struct UpstreamServer {
+    pub id: Arc<str>,
+    uri: Uri,
+    headers: HeaderMap,
+    client: Client<HttpConnector, Full<Bytes>>,
+    pub request_timeout: Duration,
+}
+
+/// What went wrong building a server from its (validated) config.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {id}: {reason}")]
+pub struct ServerConfigError {
+    id: String,
+    reason: String,
+}
+
+impl UpstreamServer {
+    pub(crate) fn new(cfg: &Upstream) -> Result<Self, ServerConfigError> {
+        let bad = |reason: String| ServerConfigError {
+            id: cfg.id.clone(),
+            reason,
+        };
+        let uri: Uri = cfg
+            .url
+            .parse()
+            .map_err(|e| bad(format!("url {:?}: {e}", cfg.url)))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|e| bad(format!("header {k:?}: {e}")))?;
+            headers.insert(name, value);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Self {
+            id: Arc::from(cfg.id.as_str()),
+            uri,
+            headers,
+            client,
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        })
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        session: Option<&HeaderValue>,
+        version: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri.clone();
+        let h = req.headers_mut();
+        h.reserve(self.headers.len() + 4);
+        for (k, v) in &self.headers {
+            h.insert(k, v.clone());
+        }
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        if let Some(s) = session {
+            h.insert(MCP_SESSION_ID, s.clone());
+        }
+        if let Some(v) = version {
+            h.insert(MCP_PROTOCOL_VERSION, v.clone());
+        }
+        req
+    }
+
+    /// Send and wait for the answer's head, bounded by `deadline`.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match timeout_at(deadline, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(source)) => Err(UpstreamError::Transport {
+                upstream: self.id.clone(),
+                source,
+            }),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    fn timeout_error(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            upstream: self.id.clone(),
+            timeout_ms: self.request_timeout.as_millis() as u64,
+        }
+    }
+
+    fn protocol_error(&self, reason: impl Into<String>) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.id.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One MCP session on an upstream server, owned by one downstream session.
+pub(crate) struct UpstreamSession {
+    pub server: Arc<UpstreamServer>,
+    /// `None` for a server that runs without sessions.
+    session_id: Option<HeaderValue>,
+    version: HeaderValue,
+    created: Instant,
+    last_used: Mutex<Instant>,
+    next_id: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct InitializeResult<'a> {
+    #[serde(rename = "protocolVersion", borrow)]
+    protocol_version: std::borrow::Cow<'a, str>,
+}
+
+impl UpstreamSession {
+    /// `initialize` + `notifications/initialized` with the downstream
+    /// client's own parameters (capabilities, clientInfo, version).
+    pub(crate) async fn initialize(
+        server: Arc<UpstreamServer>,
+        init_params: &str,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let deadline = Instant::now() + server.request_timeout;
+        let body = jsonrpc::request("mcpgw-init", "initialize", Some(init_params));
+        let req = server.request(Method::POST, None, None, body);
+        let resp = server.send(req, deadline).await?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Status {
+                upstream: server.id.clone(),
+                status: resp.status(),
+            });
+        }
+        let session_id = resp.headers().get(MCP_SESSION_ID).cloned();
+        let message = read_answer(&server, resp, deadline).await?;
+        let version = match jsonrpc::answer(&message) {
+            Some(Answer::Result(r)) => serde_json::from_str::<InitializeResult<'_>>(r.get())
+                .map_err(|e| server.protocol_error(format!("initialize result: {e}")))?
+                .protocol_version
+                .into_owned(),
+            Some(Answer::Error { code, message }) => {
+                return Err(UpstreamError::Initialize {
+                    upstream: server.id.clone(),
+                    message: format!("{message} ({code})"),
+                });
+            }
+            None => return Err(server.protocol_error("initialize answer is not JSON-RPC")),
+        };
+        let version = HeaderValue::from_str(&version)
+            .map_err(|_| server.protocol_error(format!("protocol version {version:?}")))?;
+        let session = Arc::new(Self {
+            server,
+            session_id,
+            version,
+            created: Instant::now(),
+            last_used: Mutex::new(Instant::now()),
+            next_id: AtomicU64::new(1),
+        });
+        let note = session.server.request(
+            Method::POST,
+            session.session_id.as_ref(),
+            Some(&session.version),
+            jsonrpc::notification("notifications/initialized"),
+        );
+        let resp = session.server.send(note, deadline).await?;
+        if !resp.status().is_success() {
+            warn!(upstream = %session.server.id, status = %resp.status(),
+                "upstream refused notifications/initialized; continuing");
+        }
+        debug!(upstream = %session.server.id, version = ?session.version, "upstream session created");
+        Ok(session)
+    }
+
+    pub(crate) fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_used.lock().map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    pub(crate) fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Send a client message (raw bytes, already rewritten where needed) and
+    /// return the answer's head; the caller streams or reads the body.
+    pub(crate) async fn send(
+        &self,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.touch();
+        let req = self.server.request(
+            Method::POST,
+            self.session_id.as_ref(),
+            Some(&self.version),
+            body,
+        );
+        let resp = self.server.send(req, deadline).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
+                upstream: self.server.id.clone(),
+            }),
+            status => Err(UpstreamError::Status {
+                upstream: self.server.id.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// A request on the gateway's own account; returns the whole answer.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        params: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Bytes, UpstreamError> {
+        let id = format!("mcpgw-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let resp = self
+            .send(jsonrpc::request(&id, method, params), deadline)
+            .await?;
+        read_answer(&self.server, resp, deadline).await
+    }
+
+    /// Is the session still usable? `ping`, else a cheap list call for
+    /// servers that do not implement ping.
+    pub(crate) async fn probe(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        match self.call("ping", None, deadline).await {
+            Ok(answer) => match jsonrpc::answer(&answer) {
+                Some(Answer::Result(_)) => true,
+                Some(Answer::Error { .. }) => self.call("tools/list", None, deadline).await.is_ok(),
+                None => false,
+            },
+            Err(e) => {
+                debug!(upstream = %self.server.id, error = %e, "probe failed");
+                false
+            }
+        }
+    }
+
+    /// End the session upstream (HTTP DELETE), bounded by `bound`.
+    pub(crate) async fn close(&self, bound: Duration) {
+        let Some(id) = &self.session_id else { return };
+        let req = self
+            .server
+            .request(Method::DELETE, Some(id), Some(&self.version), Bytes::new());
+        match self.server.send(req, Instant::now() + bound).await {
+            Ok(resp) => {
+                let status = resp.status();
+                if !(status.is_success()
+                    || status == StatusCode::NOT_FOUND
+                    || status == StatusCode::METHOD_NOT_ALLOWED)
+                {
+                    warn!(upstream = %self.server.id, %status, "upstream refused session DELETE");
+                }
+            }
+            Err(e) => warn!(upstream = %self.server.id, error = %e, "closing upstream session failed; abandoning it"),
+        }
+    }
+}
+
+/// Reduce an answer (JSON or SSE) to the one JSON-RPC response in it.
+pub(crate) async fn read_answer(
+    server: &UpstreamServer,
+    resp: Response<Incoming>,
+    deadline: Instant,
+) -> Result<Bytes, UpstreamError> {
+    let is_sse = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    if !is_sse {
+        let collected = timeout_at(
+            deadline,
+            http_body_util::Limited::new(body, MAX_BUFFERED_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| server.timeout_error())?
+        .map_err(|e| server.protocol_error(format!("reading the answer: {e}")))?;
+        return Ok(collected.to_bytes());
+    }
+    let mut parser = sse::Parser::default();
+    let mut total = 0usize;
+    loop {
+        let frame = timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| server.timeout_error())?;
+        let Some(frame) = frame else {
+            return Err(server.protocol_error("event stream ended without a response"));
+        };
+        let frame = frame.map_err(|e| server.protocol_error(format!("reading the stream: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > MAX_BUFFERED_ANSWER {
+            return Err(server.protocol_error("answer too large"));
+        }
+        parser.push(&data);
+        while let Some(event) = parser.next_event() {
+            if let Some(env) = jsonrpc::parse(event.data.as_bytes())
+                && env.kind() == jsonrpc::Kind::Response
+            {
+                return Ok(Bytes::from(event.data));
+            }
+        }
+    }
+}
+
+/// Every configured upstream server of this worker, by index.
+pub(crate) type Servers = Arc<[Arc<UpstreamServer>]>;

@@ -26,7 +26,8 @@ pub(crate) const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
 /// The top level of one JSON-RPC message, borrowed from the request body.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Envelope<'a> {
-    #[serde(borrow, default)]
+    /// `Some("null")` for an explicit null (invalid in MCP), `None` if absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub method: Option<Cow<'a, str>>,
@@ -36,6 +37,11 @@ pub(crate) struct Envelope<'a> {
     pub result: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub error: Option<&'a RawValue>,
+}
+
+/// Keep an explicit `null` distinguishable from an absent member.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// What kind of message an envelope is.
@@ -65,6 +71,10 @@ impl Envelope<'_> {
 
 /// Parse one message; `None` when the body is not a JSON object at all.
 pub(crate) fn parse(body: &[u8]) -> Option<Envelope<'_>> {
+    // serde would also take an array as a struct (sequence form).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     let text = std::str::from_utf8(body).ok()?;
     serde_json::from_str(text).ok()
 }

@@ -34,15 +34,17 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    /// Names carry the upstream id unless there is exactly one upstream
+    /// (with none, lists are empty and every name is unknown).
     pub(crate) fn namespaced(&self) -> bool {
-        self.upstreams.len() > 1
+        self.upstreams.len() != 1
     }
 
     /// Which upstream a public tool/prompt name belongs to, and its name
     /// there. `None` when no upstream matches.
     pub(crate) fn resolve<'n>(&self, public: &'n str) -> Option<(usize, &'n str)> {
         if !self.namespaced() {
-            return (!self.upstreams.is_empty()).then_some((0, public));
+            return Some((0, public));
         }
         self.upstreams.iter().enumerate().find_map(|(pos, u)| {
             public
@@ -360,6 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_resolve_by_prefix_only_when_namespaced() {
+        assert_eq!(endpoint(&[]).resolve("x"), None);
         let one = endpoint(&["a"]);
         assert_eq!(one.resolve("a__x"), Some((0, "a__x")));
         let two = endpoint(&["a", "a_b"]);

@@ -9,6 +9,7 @@
 //! - [`dispatch`]: one connection from accept to its worker.
 //! - [`pool`]: slots, the worker serving each, spawning a worker process.
 //! - [`runtime_dir`]: the private directory for internal sockets.
+//! - [`systemd`]: readiness notification and socket activation.
 //! - this file: the main loop, which turns child exits, worker messages,
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
@@ -17,6 +18,7 @@ pub mod listeners;
 mod peek;
 mod pool;
 pub mod runtime_dir;
+mod systemd;
 
 use std::io::Write;
 use std::process::ExitStatus;
@@ -55,13 +57,16 @@ pub enum SupervisorError {
 
 /// Run the gateway until it is told to stop. Returns after a clean drain.
 pub fn run(config: Config) -> Result<(), SupervisorError> {
+    // Before any thread exists: these fds and variables are process-wide.
+    let activated = systemd::take_activated();
+    let notifier = systemd::Notifier::from_env();
     // One thread: the supervisor's work per connection is a peek and a
     // sendmsg; the workers do everything else.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(SupervisorError::Runtime)?;
-    rt.block_on(run_async(config))
+    rt.block_on(run_async(config, activated, notifier))
 }
 
 /// Where the supervisor is in its life.
@@ -102,6 +107,7 @@ struct Supervisor {
     phase: Phase,
     stop_accepting: watch::Sender<bool>,
     in_flight: Arc<listeners::InFlight>,
+    notifier: systemd::Notifier,
 }
 
 /// A worker that exits sooner than this after starting counts as a crash
@@ -109,11 +115,21 @@ struct Supervisor {
 const QUICK_EXIT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-async fn run_async(config: Config) -> Result<(), SupervisorError> {
+async fn run_async(
+    config: Config,
+    activated: Vec<(String, std::os::fd::OwnedFd)>,
+    notifier: systemd::Notifier,
+) -> Result<(), SupervisorError> {
     let config = Arc::new(config);
     let slots = config.worker_count();
     let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
-    let bound = listeners::bind_all(&config.listen).await?;
+    let bound = if activated.is_empty() {
+        listeners::bind_all(&config.listen)?
+    } else {
+        let names: Vec<&str> = activated.iter().map(|(n, _)| n.as_str()).collect();
+        info!(?names, "using sockets from systemd; `listen` in the config is not used");
+        listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())?
+    };
     {
         let mut out = std::io::stdout().lock();
         for l in &bound {
@@ -156,6 +172,7 @@ async fn run_async(config: Config) -> Result<(), SupervisorError> {
         phase: Phase::Starting,
         stop_accepting,
         in_flight,
+        notifier,
     };
     for slot in 0..slots {
         sup.start_worker(slot);
@@ -165,12 +182,18 @@ async fn run_async(config: Config) -> Result<(), SupervisorError> {
     let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
     let mut sighup = install(SignalKind::hangup(), "SIGHUP")?;
     let mut drain_deadline: Option<Instant> = None;
+    let mut watchdog = tokio::time::interval(sup.notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
     loop {
         let deadline = drain_deadline;
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev),
             _ = sigterm.recv() => drain_deadline = Some(sup.on_stop_signal("SIGTERM", drain_deadline).await),
             _ = sigint.recv() => drain_deadline = Some(sup.on_stop_signal("SIGINT", drain_deadline).await),
+            _ = watchdog.tick() => {
+                if sup.notifier.watchdog_period().is_some() && sup.healthy() {
+                    sup.notifier.notify("WATCHDOG=1");
+                }
+            }
             _ = sighup.recv() => {
                 warn!("SIGHUP received: configuration reload is not available in this version; \
                        the running configuration stays in force");
@@ -311,11 +334,13 @@ impl Supervisor {
                     return;
                 }
                 self.pool.slots[usize::from(id.slot)].set(Some(worker));
+                self.report_status();
                 if self.phase == Phase::Starting
                     && self.pool.slots.iter().all(|s| s.serving().is_some())
                 {
                     self.phase = Phase::Running;
                     info!(workers = self.pool.len(), "ready");
+                    self.notifier.notify("READY=1");
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "mcpgw ready workers={}", self.pool.len());
                     let _ = out.flush();
@@ -346,6 +371,7 @@ impl Supervisor {
             life.quick_failures = 0;
         }
         self.schedule_restart(id.slot);
+        self.report_status();
     }
 
     /// First stop signal: drain. A second one: stop now.
@@ -357,6 +383,7 @@ impl Supervisor {
         }
         info!(signal = name, "stopping: no new connections; draining workers");
         self.phase = Phase::Draining;
+        self.notifier.notify("STOPPING=1\nSTATUS=draining");
         let _ = self.stop_accepting.send(true);
         // Connections already accepted get to their worker before it is told
         // to stop, so none is accepted and then dropped.
@@ -373,6 +400,21 @@ impl Supervisor {
             });
         }
         Instant::now() + Duration::from_millis(grace_ms) + Duration::from_secs(5)
+    }
+
+    /// Healthy enough to pet the watchdog: some worker serves and no slot is
+    /// in a crash loop.
+    fn healthy(&self) -> bool {
+        self.pool.slots.iter().any(|s| s.serving().is_some())
+            && self.life.iter().all(|l| l.quick_failures < 3)
+    }
+
+    fn report_status(&self) {
+        let serving = self.pool.slots.iter().filter(|s| s.serving().is_some()).count();
+        self.notifier.notify(&format!(
+            "STATUS=serving with {serving} of {} workers",
+            self.pool.len()
+        ));
     }
 
     fn kill_all(&self) {

@@ -7,6 +7,7 @@
 //! reach a worker before the workers are told to stop.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,15 +28,29 @@ pub enum ListenError {
     },
     #[error("reading a listener's local address: {0}")]
     LocalAddr(std::io::Error),
+    #[error("using a socket passed by systemd: {0}")]
+    Adopt(std::io::Error),
 }
 
 const BACKLOG: u32 = 4096;
 
-pub(crate) async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
+pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     addrs
         .iter()
         .map(|&addr| bind(addr).map_err(|source| ListenError::Bind { addr, source }))
         .collect()
+}
+
+/// Listeners handed over by systemd socket activation.
+pub(crate) fn adopt(fds: Vec<OwnedFd>) -> Result<Vec<TcpListener>, ListenError> {
+    fds.into_iter()
+        .map(|fd| {
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true)?;
+            TcpListener::from_std(std)
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(ListenError::Adopt)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

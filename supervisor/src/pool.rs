@@ -143,6 +143,9 @@ pub(crate) fn spawn(id: WorkerId) -> Result<(Arc<Worker>, Child, Receiver<FromWo
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    for var in crate::systemd::VARIABLES {
+        cmd.env_remove(var);
+    }
     fdpass::install_on_exec(
         &mut cmd,
         vec![(ctrl_child, WORKER_CONTROL_FD), (conn_child, WORKER_CONN_FD)],

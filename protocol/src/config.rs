@@ -82,10 +82,10 @@ pub struct Limits {
     pub max_head_bytes: u32,
     /// Largest request body a worker reads.
     pub max_body_bytes: u32,
-    /// Time a client has to send a complete request head.
+    /// Time a client has to send a complete request head. It also bounds how
+    /// long a keep-alive connection may sit idle between requests (the timer
+    /// runs whenever the connection waits for a head).
     pub header_timeout_ms: u64,
-    /// Keep-alive connections idle this long are closed.
-    pub idle_timeout_ms: u64,
     /// Open connections per worker; beyond it new connections get 503.
     pub max_connections_per_worker: u32,
     /// How long a connection for a restarting worker waits in the supervisor.
@@ -98,7 +98,6 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_body_bytes: 4 * 1024 * 1024,
             header_timeout_ms: 10_000,
-            idle_timeout_ms: 120_000,
             max_connections_per_worker: 10_000,
             dispatch_wait_ms: 5_000,
         }
@@ -248,7 +247,6 @@ impl Config {
         for (key, v) in [
             ("limits.max_body_bytes", u64::from(l.max_body_bytes)),
             ("limits.header_timeout_ms", l.header_timeout_ms),
-            ("limits.idle_timeout_ms", l.idle_timeout_ms),
             (
                 "limits.max_connections_per_worker",
                 u64::from(l.max_connections_per_worker),

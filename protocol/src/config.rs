@@ -43,6 +43,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Plaintext listeners.
     pub listen: Vec<SocketAddr>,
+    /// Metrics and the admin API; never on a public listener.
+    pub admin_listen: SocketAddr,
     /// Worker processes; `None` means one per core.
     pub workers: Option<u16>,
     /// Directory for internal sockets; a private one is made when unset.
@@ -61,6 +63,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             workers: None,
             runtime_dir: None,
             namespace_separator: "__".to_owned(),
@@ -223,6 +226,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(invalid("listen", "at least one address is required"));
+        }
+        let admin = self.admin_listen;
+        if admin.port() != 0 && self.listen.contains(&admin) {
+            return Err(invalid("admin_listen", format!("{admin} is also a public listener")));
         }
         if let Some(w) = self.workers
             && !(1..=256).contains(&w)

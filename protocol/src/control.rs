@@ -45,6 +45,19 @@ pub enum ToWorker {
     /// Stop taking connections, finish in-flight requests within the grace
     /// period, close upstream sessions, exit 0.
     Shutdown { grace_ms: u64 },
+    /// Send metrics and status back as [`FromWorker::Gathered`] with `id`.
+    Gather { id: u64 },
+}
+
+/// A worker's answer to [`ToWorker::Gather`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gathered {
+    /// Prometheus text exposition of the worker's registry.
+    pub metrics: String,
+    pub sessions: u32,
+    pub connections: u32,
+    /// (upstream id, live upstream sessions, oldest one's age in ms).
+    pub upstream_sessions: Vec<(String, u32, u64)>,
 }
 
 /// Worker → supervisor.
@@ -59,6 +72,7 @@ pub enum FromWorker {
     /// Open client connections, sent when it changes (at most every 50 ms);
     /// the supervisor balances new sessions by it.
     Load { connections: u32 },
+    Gathered { id: u64, data: Box<Gathered> },
 }
 
 /// Where a handed-over connection was accepted; sent with its fd.

@@ -18,21 +18,30 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::peek::{Head, peek_head};
 use crate::pool::{Pool, Worker};
 
 /// What a dispatch task needs; shared by all of them.
 pub(crate) struct Dispatcher {
     pub pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    /// Per-slot handles, made once: no label lookup per connection.
+    dispatched: Box<[prometheus::IntCounter]>,
     pub max_head: usize,
     pub header_timeout: Duration,
     pub wait_for_worker: Duration,
 }
 
 impl Dispatcher {
-    pub(crate) fn new(pool: Arc<Pool>, limits: &Limits) -> Self {
+    pub(crate) fn new(pool: Arc<Pool>, limits: &Limits, metrics: Arc<Metrics>) -> Self {
+        let dispatched = (0..pool.len())
+            .map(|slot| metrics.dispatched.with_label_values(&[&slot.to_string()]))
+            .collect();
         Self {
             pool,
+            metrics,
+            dispatched,
             max_head: limits.max_head_bytes as usize,
             header_timeout: limits.header_timeout(),
             wait_for_worker: Duration::from_millis(limits.dispatch_wait_ms),
@@ -40,6 +49,7 @@ impl Dispatcher {
     }
 
     pub(crate) async fn dispatch(&self, stream: TcpStream, meta: ConnMeta) {
+        let accepted = Instant::now();
         let peer = stream.peer_addr().ok();
         let head = match timeout(self.header_timeout, peek_head(&stream, self.max_head)).await {
             Ok(Ok(head)) => head,
@@ -50,7 +60,7 @@ impl Dispatcher {
             Err(_) => {
                 info!(?peer, timeout_ms = self.header_timeout.as_millis() as u64,
                     "request head not received in time; closing");
-                return reject(stream, Reject::Timeout).await;
+                return self.reject(stream, Reject::Timeout).await;
             }
         };
         let session = match head {
@@ -58,11 +68,11 @@ impl Dispatcher {
             Head::Closed => return,
             Head::TooLarge => {
                 info!(?peer, limit = self.max_head, "request head too large");
-                return reject(stream, Reject::HeadTooLarge).await;
+                return self.reject(stream, Reject::HeadTooLarge).await;
             }
             Head::Malformed => {
                 info!(?peer, "request is not HTTP/1.x");
-                return reject(stream, Reject::Malformed).await;
+                return self.reject(stream, Reject::Malformed).await;
             }
         };
         let worker = match session {
@@ -74,7 +84,7 @@ impl Dispatcher {
         };
         let Some(mut worker) = worker else {
             warn!(?peer, "no worker is serving; answering 503");
-            return reject(stream, Reject::Unavailable).await;
+            return self.reject(stream, Reject::Unavailable).await;
         };
         // A send can fail if the worker died after we picked it; wait once for
         // its slot's replacement.
@@ -82,17 +92,28 @@ impl Dispatcher {
             match worker.conns.send(meta, &stream).await {
                 Ok(()) => {
                     worker.note_dispatched();
+                    if let Some(c) = self.dispatched.get(usize::from(worker.id.slot)) {
+                        c.inc();
+                    }
+                    self.metrics
+                        .dispatch_seconds
+                        .observe(accepted.elapsed().as_secs_f64());
                     return;
                 }
                 Err(e) => {
                     debug!(worker = %worker.id, error = %e, "handing the connection over failed");
                     match self.owner(worker.id.slot, Some(worker.id.generation)).await {
                         Some(next) => worker = next,
-                        None => return reject(stream, Reject::Unavailable).await,
+                        None => return self.reject(stream, Reject::Unavailable).await,
                     }
                 }
             }
         }
+    }
+
+    async fn reject(&self, stream: TcpStream, why: Reject) {
+        self.metrics.rejected.with_label_values(&[why.label()]).inc();
+        reject(stream, why).await;
     }
 
     /// The serving worker of `slot`, waiting (bounded) while it restarts.
@@ -124,6 +145,15 @@ enum Reject {
 }
 
 impl Reject {
+    fn label(self) -> &'static str {
+        match self {
+            Reject::HeadTooLarge => "head_too_large",
+            Reject::Timeout => "head_timeout",
+            Reject::Malformed => "malformed",
+            Reject::Unavailable => "unavailable",
+        }
+    }
+
     /// The whole HTTP response. A cold path: built when needed.
     fn response(self) -> String {
         let (status, extra, body) = match self {

@@ -5,6 +5,8 @@
 //!
 //! Module map:
 //! - [`listeners`]: binding the public sockets and accepting on them.
+//! - [`admin`]: the admin listener (`/metrics`, JSON status), gathered from
+//!   the workers; [`metrics`]: the supervisor's own metrics and merging.
 //! - [`peek`]: reading a request head with `MSG_PEEK`, bounded.
 //! - [`dispatch`]: one connection from accept to its worker.
 //! - [`pool`]: slots, the worker serving each, spawning a worker process.
@@ -13,8 +15,10 @@
 //! - this file: the main loop, which turns child exits, worker messages,
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
+mod admin;
 mod dispatch;
 pub mod listeners;
+mod metrics;
 mod peek;
 mod pool;
 pub mod runtime_dir;
@@ -48,6 +52,8 @@ pub enum SupervisorError {
     Listen(#[from] listeners::ListenError),
     #[error(transparent)]
     RuntimeDir(#[from] runtime_dir::RuntimeDirError),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("installing the handler for {signal}: {source}")]
     Signal {
         signal: &'static str,
@@ -108,6 +114,8 @@ struct Supervisor {
     stop_accepting: watch::Sender<bool>,
     in_flight: Arc<listeners::InFlight>,
     notifier: systemd::Notifier,
+    metrics: Arc<metrics::Metrics>,
+    gatherer: Arc<admin::Gatherer>,
 }
 
 /// A worker that exits sooner than this after starting counts as a crash
@@ -130,6 +138,7 @@ async fn run_async(
         info!(?names, "using sockets from systemd; `listen` in the config is not used");
         listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())?
     };
+    let admin_listener = listeners::bind_all(&[config.admin_listen])?.remove(0);
     {
         let mut out = std::io::stdout().lock();
         for l in &bound {
@@ -137,14 +146,28 @@ async fn run_async(
             info!(%addr, "listening");
             let _ = writeln!(out, "mcpgw listening http://{addr}");
         }
+        let addr = admin_listener.local_addr().map_err(listeners::ListenError::LocalAddr)?;
+        info!(%addr, "admin listening");
+        let _ = writeln!(out, "mcpgw admin http://{addr}");
         let _ = out.flush();
     }
+    let metrics = Arc::new(metrics::Metrics::new()?);
+    let gatherer = Arc::new(admin::Gatherer::default());
 
     let pool = Arc::new(Pool::new(slots));
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (stop_accepting, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(listeners::InFlight::default());
-    let dispatcher = Arc::new(Dispatcher::new(pool.clone(), &config.limits));
+    let dispatcher = Arc::new(Dispatcher::new(pool.clone(), &config.limits, metrics.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin::Admin {
+            pool: pool.clone(),
+            gatherer: gatherer.clone(),
+            metrics: metrics.clone(),
+        }),
+        stop_rx.clone(),
+    ));
     for (index, listener) in bound.into_iter().enumerate() {
         tokio::spawn(listeners::accept_loop(
             listener,
@@ -173,6 +196,8 @@ async fn run_async(
         stop_accepting,
         in_flight,
         notifier,
+        metrics,
+        gatherer,
     };
     for slot in 0..slots {
         sup.start_worker(slot);
@@ -347,6 +372,7 @@ impl Supervisor {
                 }
             }
             FromWorker::Load { connections } => worker.note_report(connections),
+            FromWorker::Gathered { id: request, data } => self.gatherer.deliver(request, id, data),
         }
     }
 
@@ -365,6 +391,7 @@ impl Supervisor {
             return;
         }
         warn!(worker = %id, %status, "worker exited unexpectedly; restarting its slot");
+        self.metrics.restarts.with_label_values(&[&id.slot.to_string()]).inc();
         if life.started_at.elapsed() < QUICK_EXIT {
             life.quick_failures += 1;
         } else {
@@ -411,6 +438,7 @@ impl Supervisor {
 
     fn report_status(&self) {
         let serving = self.pool.slots.iter().filter(|s| s.serving().is_some()).count();
+        self.metrics.workers_serving.set(serving as i64);
         self.notifier.notify(&format!(
             "STATUS=serving with {serving} of {} workers",
             self.pool.len()

@@ -41,6 +41,7 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) conns: ConnSender,
     pub(crate) control: Mutex<Sender<ToWorker>>,
+    pub(crate) started: std::time::Instant,
     /// Connections open in the worker, as it last reported.
     reported: AtomicU32,
     /// Connections handed over since that report.
@@ -163,6 +164,7 @@ pub(crate) fn spawn(id: WorkerId) -> Result<(Arc<Worker>, Child, Receiver<FromWo
         pid: child.id().unwrap_or(0),
         conns,
         control: Mutex::new(control_tx),
+        started: std::time::Instant::now(),
         reported: AtomicU32::new(0),
         since_report: AtomicU32::new(0),
     });

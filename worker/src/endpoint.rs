@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::body::{self, Body};
 use crate::federation::{self, Endpoint, ListKind};
 use crate::jsonrpc::{self, Kind};
+use crate::metrics;
 use crate::sessions::Session;
 use crate::upstream::{UpstreamError, read_answer};
 use crate::{Ctx, versions};
@@ -58,8 +59,11 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, origin: Origin
 const SNAPSHOT_PATH: &str = "/_mcpgw/snapshot";
 
 async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Response<Body> {
-    if origin == Origin::Internal && req.uri().path() == SNAPSHOT_PATH {
-        return snapshot(ctx);
+    if origin == Origin::Internal {
+        if req.uri().path() == SNAPSHOT_PATH {
+            return snapshot(ctx);
+        }
+        ctx.metrics.forwarded.with_label_values(&["in"]).inc();
     }
     let Some(endpoint) = ctx.endpoints.get(req.uri().path()).cloned() else {
         return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
@@ -83,6 +87,7 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
                 None => {
                     let owner = routing::slot_for(&id, ctx.slots);
                     if owner != ctx.id.slot && origin == Origin::Public {
+                        ctx.metrics.forwarded.with_label_values(&["out"]).inc();
                         return ctx.forwarder.forward(owner, req).await;
                     }
                     return session_not_found(accept, &id, "unknown or expired");
@@ -175,12 +180,37 @@ fn is_json_content_type<B>(req: &Request<B>) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// POST, counted and timed by method and outcome.
 async fn post(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let mut method = "other";
+    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
+    let outcome = match resp.status().as_u16() {
+        200..=299 => "ok",
+        400..=499 => "rejected",
+        _ => "error",
+    };
+    ctx.metrics.requests.with_label_values(&[method, outcome]).inc();
+    ctx.metrics
+        .duration
+        .with_label_values(&[method])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn post_inner(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    req: Request<Incoming>,
+    method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
         return rpc(accept, StatusCode::UNSUPPORTED_MEDIA_TYPE, jsonrpc::error(
@@ -229,6 +259,12 @@ async fn post(
             "Parse error: the body is not a JSON object",
             None,
         ));
+    };
+    *method_label = match env.kind() {
+        Kind::Request(m) => metrics::method_label(m),
+        Kind::Notification(_) => "notification",
+        Kind::Response => "response",
+        Kind::Invalid => "other",
     };
     let Some(session) = session else {
         return sessionless(ctx, endpoint, accept, &env, header_version.as_ref());
@@ -639,7 +675,7 @@ async fn passthrough(
     loop {
         let us = match ctx.registry.get(session, pos).await {
             Ok(us) => us,
-            Err(e) => return upstream_failure(accept, id, session, &e),
+            Err(e) => return upstream_failure(ctx, accept, id, session, &e),
         };
         match us.send(body.clone(), deadline).await {
             Ok(resp) => return relay(resp, accept, id, deadline, &server).await,
@@ -653,14 +689,21 @@ async fn passthrough(
                     retried = true;
                     continue;
                 }
-                return upstream_failure(accept, id, session, &e);
+                return upstream_failure(ctx, accept, id, session, &e);
             }
         }
     }
 }
 
-fn upstream_failure(accept: Accept, id: &str, session: &Session, e: &UpstreamError) -> Response<Body> {
+fn upstream_failure(ctx: &Ctx, accept: Accept, id: &str, session: &Session, e: &UpstreamError) -> Response<Body> {
     warn!(session = %session.id, error = %e, "upstream request failed");
+    if !matches!(e, UpstreamError::Initialize { .. }) {
+        // Initialize failures are counted where the registry makes them.
+        ctx.metrics
+            .upstream_errors
+            .with_label_values(&[e.upstream(), e.kind()])
+            .inc();
+    }
     rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None))
 }
 
@@ -762,9 +805,9 @@ async fn delete(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -
 /// This worker's sessions and upstream sessions as JSON.
 fn snapshot(ctx: &Ctx) -> Response<Body> {
     let sessions = ctx.sessions.all();
-    let snap = ctx.registry.snapshot(&sessions);
-    let per_upstream: serde_json::Map<String, serde_json::Value> = snap
-        .per_upstream
+    let per_upstream: serde_json::Map<String, serde_json::Value> = ctx
+        .registry
+        .snapshot(&sessions)
         .iter()
         .map(|(id, count, oldest)| {
             (
@@ -777,10 +820,6 @@ fn snapshot(ctx: &Ctx) -> Response<Body> {
         "worker": ctx.id.to_string(),
         "sessions": sessions.len(),
         "upstreams": per_upstream,
-        "upstream_session_creates": snap.creates,
-        "upstream_session_reuses": snap.reuses,
-        "upstream_session_evictions": snap.evictions,
-        "upstream_probe_failures": snap.probe_failures,
     });
     let mut r = Response::new(body::full(doc.to_string()));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

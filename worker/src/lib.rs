@@ -11,6 +11,7 @@
 //! - [`registry`]: one upstream session per (session, upstream server).
 //! - [`upstream`]: the HTTP client side of one upstream server.
 //! - [`forward`]: requests for sessions another worker owns.
+//! - [`metrics`]: this worker's Prometheus registry.
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
 
 mod body;
@@ -18,6 +19,7 @@ mod endpoint;
 mod federation;
 mod forward;
 mod jsonrpc;
+mod metrics;
 mod registry;
 mod sessions;
 mod sse;
@@ -81,6 +83,8 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Upstream(#[from] upstream::ServerConfigError),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// What every request handler sees.
@@ -90,6 +94,7 @@ pub(crate) struct Ctx {
     pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
     pub sessions: Sessions,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<metrics::Metrics>,
     pub forwarder: Forwarder,
     pub worker_header: Option<HeaderValue>,
     pub max_body: usize,
@@ -160,7 +165,8 @@ async fn serve(
     info!(worker = %id, pid, "serving");
 
     let open = Arc::new(AtomicU32::new(0));
-    tokio::spawn(report_load(tx, open.clone()));
+    let tx = Arc::new(tokio::sync::Mutex::new(tx));
+    tokio::spawn(report_load(tx.clone(), open.clone()));
     tokio::spawn(expire_sessions(ctx.clone(), Duration::from_secs(config.sessions.idle_timeout_secs)));
 
     // Control messages arrive through a task so a half-read frame is never
@@ -250,6 +256,15 @@ async fn serve(
                     break grace_ms;
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
+                Some(ToWorker::Gather { id }) => {
+                    let data = Box::new(gathered(&ctx, open.load(Ordering::Relaxed)));
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tx.lock().await.send(&FromWorker::Gathered { id, data }).await {
+                            warn!(error = %e, "answering a gather failed");
+                        }
+                    });
+                }
                 None => {
                     warn!("the supervisor is gone; stopping");
                     break 1_000;
@@ -296,15 +311,18 @@ fn build_ctx(
         .worker_header
         .then(|| HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok())
         .flatten();
+    let metrics = Arc::new(metrics::Metrics::new()?);
     Ok(Ctx {
         id,
         slots,
         endpoints: federation::endpoints(config, &servers),
-        sessions: Sessions::default(),
+        sessions: Sessions::new(metrics.sessions.clone()),
         registry: Arc::new(Registry::new(
             Duration::from_secs(config.sessions.upstream_probe_after_secs),
             Duration::from_millis(config.sessions.upstream_close_grace_ms),
+            metrics.clone(),
         )),
+        metrics,
         forwarder: Forwarder::new(runtime_dir, id.slot, Duration::from_millis(config.limits.dispatch_wait_ms)),
         worker_header,
         max_body: config.limits.max_body_bytes as usize,
@@ -330,7 +348,7 @@ impl Drop for ConnGuard {
 
 /// Tell the supervisor how many connections are open when it changes, so it
 /// can send new sessions to the least-loaded worker.
-async fn report_load(mut tx: Sender<FromWorker>, open: Arc<AtomicU32>) {
+async fn report_load(tx: Arc<tokio::sync::Mutex<Sender<FromWorker>>>, open: Arc<AtomicU32>) {
     let mut last = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -338,11 +356,27 @@ async fn report_load(mut tx: Sender<FromWorker>, open: Arc<AtomicU32>) {
         tick.tick().await;
         let now = open.load(Ordering::Relaxed);
         if now != last {
-            if tx.send(&FromWorker::Load { connections: now }).await.is_err() {
+            if tx.lock().await.send(&FromWorker::Load { connections: now }).await.is_err() {
                 return;
             }
             last = now;
         }
+    }
+}
+
+/// Metrics and status for the supervisor's admin listener.
+fn gathered(ctx: &Ctx, connections: u32) -> mcpgw_protocol::control::Gathered {
+    let sessions = ctx.sessions.all();
+    mcpgw_protocol::control::Gathered {
+        metrics: ctx.metrics.render(),
+        sessions: sessions.len() as u32,
+        connections,
+        upstream_sessions: ctx
+            .registry
+            .snapshot(&sessions)
+            .into_iter()
+            .map(|(id, n, oldest)| (id.to_string(), n as u32, oldest.as_millis() as u64))
+            .collect(),
     }
 }
 

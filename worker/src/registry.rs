@@ -11,13 +11,13 @@
 //! bounded: a close that hangs is abandoned with a warning.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::sessions::Session;
 use crate::upstream::{UpstreamError, UpstreamSession};
 
@@ -36,30 +36,35 @@ impl SessionUpstreams {
     }
 }
 
-/// Counters the snapshot (and later the metrics) read.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub creates: AtomicU64,
-    pub reuses: AtomicU64,
-    pub probe_failures: AtomicU64,
-    pub evictions: AtomicU64,
-}
-
 pub(crate) struct Registry {
     probe_after: Duration,
     probe_timeout: Duration,
     close_grace: Duration,
-    pub counters: Counters,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub(crate) fn new(probe_after: Duration, close_grace: Duration) -> Self {
+    pub(crate) fn new(probe_after: Duration, close_grace: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             probe_after,
             probe_timeout: Duration::from_secs(2),
             close_grace,
-            counters: Counters::default(),
+            metrics,
         }
+    }
+
+    fn event(&self, upstream: &str, event: &str) {
+        self.metrics
+            .upstream_session_events
+            .with_label_values(&[upstream, event])
+            .inc();
+    }
+
+    fn live(&self, upstream: &str, delta: i64) {
+        self.metrics
+            .upstream_sessions
+            .with_label_values(&[upstream])
+            .add(delta);
     }
 
     /// The upstream session of `session` for upstream position `pos`,
@@ -74,24 +79,35 @@ impl Registry {
         if let Some(existing) = cell.as_ref() {
             if existing.idle_for() < self.probe_after || existing.probe(self.probe_timeout).await {
                 existing.touch();
-                self.counters.reuses.fetch_add(1, Ordering::Relaxed);
+                self.event(&server.id, "reused");
                 return Ok(existing.clone());
             }
-            self.counters.probe_failures.fetch_add(1, Ordering::Relaxed);
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.event(&server.id, "probe_failed");
             warn!(session = %session.id, upstream = %server.id, "idle upstream session failed its probe; recreating it");
             if let Some(old) = cell.take() {
+                self.live(&server.id, -1);
                 let grace = self.close_grace;
                 tokio::spawn(async move { old.close(grace).await });
             }
         }
-        let created = UpstreamSession::initialize(server, &session.init_params).await?;
-        self.counters.creates.fetch_add(1, Ordering::Relaxed);
+        let created = match UpstreamSession::initialize(server.clone(), &session.init_params).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&server.id, e.kind()])
+                    .inc();
+                return Err(e);
+            }
+        };
+        self.event(&server.id, "created");
         if session.is_closed() {
             // The session ended while we were creating: do not leak this one.
             created.close(self.close_grace).await;
+            self.event(&server.id, "closed");
             return Ok(created);
         }
+        self.live(&server.id, 1);
         *cell = Some(created.clone());
         Ok(created)
     }
@@ -102,7 +118,8 @@ impl Registry {
         let mut cell = session.upstreams.cells[pos].lock().await;
         if cell.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, failed)) {
             *cell = None;
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.live(&failed.server.id, -1);
+            self.event(&failed.server.id, "evicted");
             info!(session = %session.id, upstream = %failed.server.id, reason = %why, "upstream session evicted");
         }
     }
@@ -125,6 +142,10 @@ impl Registry {
         if taken.is_empty() {
             return;
         }
+        for us in &taken {
+            self.live(&us.server.id, -1);
+            self.event(&us.server.id, "closed");
+        }
         let grace = self.close_grace;
         let mut set = JoinSet::new();
         for us in taken {
@@ -137,41 +158,26 @@ impl Registry {
         }
     }
 
-    /// Counts and ages for the admin API and metrics.
-    pub(crate) fn snapshot(&self, sessions: &[Arc<Session>]) -> Snapshot {
-        let mut snap = Snapshot::default();
+    /// Live upstream sessions per upstream, with the oldest one's age.
+    pub(crate) fn snapshot(&self, sessions: &[Arc<Session>]) -> Vec<(Arc<str>, usize, Duration)> {
+        let mut per_upstream: Vec<(Arc<str>, usize, Duration)> = Vec::new();
         for s in sessions {
             for (pos, cell) in s.upstreams.cells.iter().enumerate() {
                 if let Ok(guard) = cell.try_lock()
                     && let Some(us) = guard.as_ref()
                 {
-                    let id = s.endpoint.upstreams[pos].id.clone();
+                    let id = &s.endpoint.upstreams[pos].id;
                     let age = us.age();
-                    match snap.per_upstream.iter_mut().find(|e| e.0 == id) {
+                    match per_upstream.iter_mut().find(|e| &e.0 == id) {
                         Some(e) => {
                             e.1 += 1;
                             e.2 = e.2.max(age);
                         }
-                        None => snap.per_upstream.push((id, 1, age)),
+                        None => per_upstream.push((id.clone(), 1, age)),
                     }
                 }
             }
         }
-        snap.creates = self.counters.creates.load(Ordering::Relaxed);
-        snap.reuses = self.counters.reuses.load(Ordering::Relaxed);
-        snap.evictions = self.counters.evictions.load(Ordering::Relaxed);
-        snap.probe_failures = self.counters.probe_failures.load(Ordering::Relaxed);
-        snap
+        per_upstream
     }
-}
-
-/// What the registry holds right now.
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    /// (upstream id, live upstream sessions, oldest age).
-    pub per_upstream: Vec<(Arc<str>, usize, Duration)>,
-    pub creates: u64,
-    pub reuses: u64,
-    pub evictions: u64,
-    pub probe_failures: u64,
 }

@@ -77,16 +77,28 @@ impl Session {
     }
 }
 
-/// All sessions this worker owns.
-#[derive(Default)]
+/// All sessions this worker owns; keeps the sessions gauge in step.
 pub(crate) struct Sessions {
     map: Mutex<HashMap<SessionId, Arc<Session>>>,
+    gauge: prometheus::IntGauge,
 }
 
 impl Sessions {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            gauge,
+        }
+    }
+
+    fn sync_gauge(&self, m: &HashMap<SessionId, Arc<Session>>) {
+        self.gauge.set(m.len() as i64);
+    }
+
     pub(crate) fn insert(&self, s: Arc<Session>) {
         if let Ok(mut m) = self.map.lock() {
             m.insert(s.id, s);
+            self.sync_gauge(&m);
         }
     }
 
@@ -96,7 +108,9 @@ impl Sessions {
 
     /// Remove a session and mark it closed; the caller closes its upstreams.
     pub(crate) fn remove(&self, id: &SessionId) -> Option<Arc<Session>> {
-        let s = self.map.lock().ok()?.remove(id)?;
+        let mut m = self.map.lock().ok()?;
+        let s = m.remove(id)?;
+        self.sync_gauge(&m);
         s.mark_closed();
         Some(s)
     }
@@ -112,11 +126,13 @@ impl Sessions {
             .filter(|s| s.idle_for(now) > ttl)
             .map(|s| s.id)
             .collect();
-        expired
+        let out: Vec<Arc<Session>> = expired
             .iter()
             .filter_map(|id| m.remove(id))
             .inspect(|s| s.mark_closed())
-            .collect()
+            .collect();
+        self.sync_gauge(&m);
+        out
     }
 
     /// Remove every session (shutdown).
@@ -124,10 +140,9 @@ impl Sessions {
         let Ok(mut m) = self.map.lock() else {
             return Vec::new();
         };
-        m.drain()
-            .map(|(_, s)| s)
-            .inspect(|s| s.mark_closed())
-            .collect()
+        let out = m.drain().map(|(_, s)| s).inspect(|s| s.mark_closed()).collect();
+        self.sync_gauge(&m);
+        out
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {

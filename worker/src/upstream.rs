@@ -53,6 +53,29 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
+    pub(crate) fn upstream(&self) -> &str {
+        match self {
+            Self::Transport { upstream, .. }
+            | Self::Timeout { upstream, .. }
+            | Self::SessionGone { upstream }
+            | Self::Status { upstream, .. }
+            | Self::Protocol { upstream, .. }
+            | Self::Initialize { upstream, .. } => upstream,
+        }
+    }
+
+    /// Bounded label for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Transport { .. } => "transport",
+            Self::Timeout { .. } => "timeout",
+            Self::SessionGone { .. } => "session_gone",
+            Self::Status { .. } => "status",
+            Self::Protocol { .. } => "protocol",
+            Self::Initialize { .. } => "initialize",
+        }
+    }
+
     /// Errors after which the upstream session must not be reused: the
     /// connection failed or the server forgot the session. A tool error, a
     /// timeout or an HTTP error status leaves it in place.

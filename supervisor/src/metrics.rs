@@ -1,0 +1,175 @@
+//! The supervisor's own metrics, and merging every worker's exposition into
+//! one page under a `worker` label.
+//!
+//! Workers render their registries as Prometheus text; the supervisor does not
+//! decode them into values. It groups sample lines by metric family (so each
+//! family appears once, as the format requires) and inserts the `worker`
+//! label into each sample line.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// `worker` (slot).
+    pub dispatched: IntCounterVec,
+    pub dispatch_seconds: Histogram,
+    /// `reason` (head_too_large, head_timeout, malformed, unavailable).
+    pub rejected: IntCounterVec,
+    /// `worker` (slot).
+    pub restarts: IntCounterVec,
+    pub workers_serving: IntGauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let dispatched = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_connections_dispatched_total",
+                "Connections handed to a worker, by worker slot.",
+            ),
+            &["worker"],
+        )?;
+        let dispatch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "mcpgw_dispatch_duration_seconds",
+                "From accept to the fd handed to a worker (includes waiting for the request head).",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+            ]),
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_connections_rejected_total",
+                "Connections the supervisor answered itself, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let restarts = IntCounterVec::new(
+            Opts::new("mcpgw_worker_restarts_total", "Worker processes restarted, by slot."),
+            &["worker"],
+        )?;
+        let workers_serving = IntGauge::new("mcpgw_workers_serving", "Worker processes serving.")?;
+        let build = IntGaugeVec::new(
+            Opts::new("mcpgw_build_info", "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(dispatched.clone()))?;
+        registry.register(Box::new(dispatch_seconds.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(workers_serving.clone()))?;
+        registry.register(Box::new(build))?;
+        Ok(Self {
+            registry,
+            dispatched,
+            dispatch_seconds,
+            rejected,
+            restarts,
+            workers_serving,
+        })
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One exposition page from the supervisor's text and each worker's.
+pub(crate) fn merge(own: &str, workers: &[(u16, String)]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: HashMap<String, Family> = HashMap::new();
+    add(&mut order, &mut families, own, None);
+    for (slot, text) in workers {
+        add(&mut order, &mut families, text, Some(*slot));
+    }
+    let mut out = String::with_capacity(own.len() + workers.iter().map(|w| w.1.len()).sum::<usize>());
+    for name in &order {
+        let Some(f) = families.get(name) else { continue };
+        for line in [&f.help, &f.kind].into_iter().flatten() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for s in &f.samples {
+            out.push_str(s);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Family {
+    help: Option<String>,
+    kind: Option<String>,
+    samples: Vec<String>,
+}
+
+fn add(order: &mut Vec<String>, families: &mut HashMap<String, Family>, text: &str, slot: Option<u16>) {
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+            let name = rest.split(' ').next().unwrap_or("").to_owned();
+            let f = families.entry(name.clone()).or_insert_with(|| {
+                order.push(name.clone());
+                Family::default()
+            });
+            let slot_for_line = if line.starts_with("# HELP ") { &mut f.help } else { &mut f.kind };
+            slot_for_line.get_or_insert_with(|| line.to_owned());
+            current = name;
+        } else if line.is_empty() || line.starts_with('#') {
+            continue;
+        } else {
+            let sample = match slot {
+                None => line.to_owned(),
+                Some(slot) => with_worker_label(line, slot),
+            };
+            families
+                .entry(current.clone())
+                .or_insert_with(|| {
+                    order.push(current.clone());
+                    Family::default()
+                })
+                .samples
+                .push(sample);
+        }
+    }
+}
+
+fn with_worker_label(sample: &str, slot: u16) -> String {
+    let name_end = sample.find(['{', ' ']).unwrap_or(sample.len());
+    let (name, rest) = sample.split_at(name_end);
+    match rest.strip_prefix('{') {
+        Some(labels) => format!("{name}{{worker=\"{slot}\",{labels}"),
+        None => format!("{name}{{worker=\"{slot}\"}}{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_appear_once_with_worker_labels() {
+        let own = "# HELP a_total A.\n# TYPE a_total counter\na_total 1\n";
+        let w = "# HELP b B.\n# TYPE b gauge\nb 2\n# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_sum 4\nh_count 3\n";
+        let merged = merge(own, &[(0, w.to_owned()), (1, w.to_owned())]);
+        assert_eq!(merged.matches("# TYPE b gauge").count(), 1, "{merged}");
+        assert!(merged.contains("a_total 1\n"));
+        assert!(merged.contains("b{worker=\"0\"} 2\nb{worker=\"1\"} 2\n"), "{merged}");
+        assert!(merged.contains("h_bucket{worker=\"1\",le=\"1\"} 3\n"), "{merged}");
+        assert!(merged.contains("h_count{worker=\"0\"} 3\n"));
+        // Families stay contiguous: h's samples follow h's TYPE line.
+        let h = merged.find("# TYPE h").expect("h");
+        assert!(merged[h..].lines().skip(1).take(6).all(|l| l.starts_with('h')), "{merged}");
+    }
+}

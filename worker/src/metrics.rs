@@ -1,0 +1,149 @@
+//! This worker's Prometheus metrics.
+//!
+//! Each worker keeps its own registry; the supervisor gathers every worker's
+//! text exposition over the control channel and merges them under a `worker`
+//! label (so no metric here carries one). Label values are bounded: MCP
+//! methods outside the known set count as `other`, upstream ids come from the
+//! config, and nothing carries a session id or an argument.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Methods counted by name; anything else is `other`.
+const KNOWN_METHODS: [&str; 17] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "notification",
+    "response",
+    "other",
+];
+
+/// Bounded label value for an MCP method.
+pub(crate) fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// `method`, `outcome` (ok, error, rejected).
+    pub requests: IntCounterVec,
+    /// `method`.
+    pub duration: HistogramVec,
+    pub sessions: IntGauge,
+    /// `upstream`.
+    pub upstream_sessions: IntGaugeVec,
+    /// `upstream`, `event` (created, reused, probe_failed, evicted, closed).
+    pub upstream_session_events: IntCounterVec,
+    /// `upstream`, `kind` (transport, timeout, session_gone, status, protocol, initialize).
+    pub upstream_errors: IntCounterVec,
+    /// `direction` (out: sent to the owner, in: received for a session we own).
+    pub forwarded: IntCounterVec,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("mcpgw_requests_total", "MCP messages handled, by method and outcome."),
+            &["method", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mcpgw_request_duration_seconds",
+                "Time to the answer's head, by MCP method.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["method"],
+        )?;
+        let sessions = IntGauge::new("mcpgw_sessions_active", "Downstream MCP sessions owned.")?;
+        let upstream_sessions = IntGaugeVec::new(
+            Opts::new("mcpgw_upstream_sessions_active", "Live upstream MCP sessions, by upstream."),
+            &["upstream"],
+        )?;
+        let upstream_session_events = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_upstream_session_events_total",
+                "Upstream session life events, by upstream and event.",
+            ),
+            &["upstream", "event"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("mcpgw_upstream_errors_total", "Failed upstream requests, by upstream and kind."),
+            &["upstream", "kind"],
+        )?;
+        let forwarded = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_forwarded_requests_total",
+                "Requests forwarded between workers to a session's owner.",
+            ),
+            &["direction"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(upstream_sessions.clone()))?;
+        registry.register(Box::new(upstream_session_events.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(forwarded.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            sessions,
+            upstream_sessions,
+            upstream_session_events,
+            upstream_errors,
+            forwarded,
+        })
+    }
+
+    /// The text exposition of everything registered.
+    pub(crate) fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded() {
+        assert_eq!(method_label("tools/call"), "tools/call");
+        assert_eq!(method_label("x/".repeat(100).as_str()), "other");
+    }
+
+    #[test]
+    fn renders_text_exposition() {
+        let m = Metrics::new().expect("metrics");
+        m.requests.with_label_values(&["ping", "ok"]).inc();
+        m.upstream_sessions.with_label_values(&["a"]).set(2);
+        let text = m.render();
+        assert!(text.contains("mcpgw_requests_total{method=\"ping\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("mcpgw_upstream_sessions_active{upstream=\"a\"} 2"), "{text}");
+    }
+}

@@ -12,16 +12,18 @@
 //! - [`pool`]: slots, the worker serving each, spawning a worker process.
 //! - [`runtime_dir`]: the private directory for internal sockets.
 //! - [`systemd`]: readiness notification and socket activation.
+//! - [`status`]: `mcpgw status`, a client of the admin API.
 //! - this file: the main loop, which turns child exits, worker messages,
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
 mod admin;
 mod dispatch;
-pub mod listeners;
+mod listeners;
 mod metrics;
 mod peek;
 mod pool;
-pub mod runtime_dir;
+mod runtime_dir;
+mod status;
 mod systemd;
 
 use std::io::Write;
@@ -42,6 +44,9 @@ use crate::pool::{Pool, Worker};
 use crate::runtime_dir::RuntimeDir;
 
 pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
+pub use crate::listeners::ListenError;
+pub use crate::runtime_dir::RuntimeDirError;
+pub use crate::status::{StatusError, status};
 
 /// Why the supervisor could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +54,9 @@ pub enum SupervisorError {
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Listen(#[from] listeners::ListenError),
+    Listen(#[from] ListenError),
     #[error(transparent)]
-    RuntimeDir(#[from] runtime_dir::RuntimeDirError),
+    RuntimeDir(#[from] RuntimeDirError),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("installing the handler for {signal}: {source}")]

@@ -1,0 +1,101 @@
+//! `mcpgw status`: the admin API's view of a running gateway, as a table.
+//!
+//! A plain blocking HTTP/1.1 GET of `/admin/workers` on the admin listener;
+//! it runs outside the gateway and needs no async runtime.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot reach the admin listener at {addr}: {source} (is mcpgw running? see admin_listen)")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reading from {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("unexpected answer from {addr}: {what}")]
+    Answer { addr: SocketAddr, what: String },
+}
+
+/// Fetch the workers' status and render it as a table.
+pub fn status(addr: SocketAddr) -> Result<String, StatusError> {
+    let io = |source| StatusError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|source| StatusError::Connect { addr, source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    write!(
+        stream,
+        "GET /admin/workers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let bad = |what: &str| StatusError::Answer {
+        addr,
+        what: what.to_owned(),
+    };
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP head"))?;
+    if !raw.starts_with(b"HTTP/1.1 200") {
+        return Err(bad(&String::from_utf8_lossy(&raw[..split.min(80)])));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&raw[split + 4..]).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    Ok(render(&doc))
+}
+
+fn render(doc: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<6} {:<10} {:<8} {:>9} {:>11} {:>8}  {}\n",
+        "SLOT", "GENERATION", "PID", "UPTIME", "CONNECTIONS", "SESSIONS", "UPSTREAM SESSIONS"
+    );
+    let empty = Vec::new();
+    for w in doc["workers"].as_array().unwrap_or(&empty) {
+        let upstreams: Vec<String> = w["upstream_sessions"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|u| format!("{}={}", u["upstream"].as_str().unwrap_or("?"), u["count"]))
+            .collect();
+        let answered = w["answered"].as_bool().unwrap_or(false);
+        let num = |k: &str| if answered { w[k].to_string() } else { "-".to_owned() };
+        out.push_str(&format!(
+            "{:<6} {:<10} {:<8} {:>8}s {:>11} {:>8}  {}\n",
+            w["slot"],
+            w["generation"],
+            w["pid"],
+            w["uptime_secs"],
+            num("connections"),
+            num("sessions"),
+            if answered { upstreams.join(" ") } else { "(no answer)".to_owned() }
+        ));
+    }
+    out.push_str(&format!("sessions: {}\n", doc["sessions"]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_row_per_worker() {
+        let doc = serde_json::json!({"workers":[
+            {"slot":0,"generation":2,"pid":10,"uptime_secs":5,"answered":true,"connections":1,"sessions":3,
+             "upstream_sessions":[{"upstream":"a","count":3,"oldest_age_secs":1.0}]},
+            {"slot":1,"generation":0,"pid":11,"uptime_secs":5,"answered":false}],"sessions":3});
+        let t = render(&doc);
+        assert_eq!(t.lines().count(), 4, "{t}");
+        assert!(t.lines().nth(1).is_some_and(|l| l.contains("a=3") && l.starts_with('0')), "{t}");
+        assert!(t.contains("(no answer)"));
+        assert!(t.ends_with("sessions: 3\n"));
+    }
+}

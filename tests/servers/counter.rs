@@ -1,0 +1,572 @@
+//! `counter-server`: a small stateful MCP server (Streamable HTTP, protocol 2025-03-26,
+//! 2025-06-18 and 2025-11-25) that the end-to-end tests put behind the gateway.
+//!
+//! Its state is one counter per MCP session, so that any sharing or re-creation of
+//! upstream sessions by the gateway shows up as a wrong count (ContextForge #4205). It
+//! also counts what it received (`GET /stats`) so tests can assert on how many upstream
+//! sessions the gateway opened and closed.
+//!
+//! It owns only test-server behaviour; the harness that starts it lives in
+//! `support/counter.rs`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+const SUPPORTED_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+const LATEST_VERSION: &str = "2025-11-25";
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+/// How often an open GET stream carries a comment, so that idle-timeout handling of
+/// long-lived streams in the gateway gets exercised.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
+/// Upper bound for the `slow` tool, so a mistaken argument cannot hang a test run.
+const MAX_SLOW_MS: u64 = 120_000;
+
+#[derive(Parser, Debug)]
+#[command(about = "Stateful counter MCP server for mcpgw tests")]
+struct Args {
+    /// Address to listen on; use port 0 for an ephemeral port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Answer every request as `text/event-stream` instead of `application/json`.
+    #[arg(long)]
+    sse: bool,
+    /// Server name reported in `serverInfo` and in prompt text.
+    #[arg(long, default_value = "counter")]
+    name: String,
+    /// Paginate `tools/list` with at most this many tools per page.
+    #[arg(long)]
+    page_size: Option<usize>,
+}
+
+struct Session {
+    count: u64,
+    /// Dropped with the session; open GET streams watch it to end when the session does.
+    _alive: watch::Sender<()>,
+    alive_rx: watch::Receiver<()>,
+}
+
+#[derive(Default)]
+struct Stats {
+    initialize: AtomicU64,
+    delete: AtomicU64,
+    tools_call: AtomicU64,
+    ping: AtomicU64,
+    slow_in_flight: AtomicU64,
+}
+
+struct Server {
+    name: String,
+    sse: bool,
+    page_size: Option<usize>,
+    sessions: Mutex<HashMap<String, Session>>,
+    stats: Stats,
+}
+
+impl Server {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        // A panic while holding the lock cannot leave the map half-updated (every
+        // critical section is a single insert/remove/increment), so poisoning is ignored.
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A JSON-RPC error object.
+struct RpcError {
+    code: i64,
+    message: String,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(-32602, message)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    let server = Arc::new(Server {
+        name: args.name,
+        sse: args.sse,
+        page_size: args.page_size.filter(|&n| n > 0),
+        sessions: Mutex::new(HashMap::new()),
+        stats: Stats::default(),
+    });
+    let app = Router::new()
+        .route("/mcp", get(get_mcp).post(post_mcp).delete(delete_mcp))
+        .route("/stats", get(stats))
+        .with_state(server.clone());
+
+    // The harness waits for exactly this line; it must be flushed before serving.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "counter-server listening http://{local}")?;
+    stdout.flush()?;
+    drop(stdout);
+    eprintln!(
+        "[{}] listening on {local} (sse={}, page_size={:?})",
+        server.name, server.sse, server.page_size
+    );
+
+    // Small SSE writes must not wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn stats(State(srv): State<Arc<Server>>) -> Response {
+    let live = srv.sessions().len();
+    let s = &srv.stats;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "initialize": s.initialize.load(Ordering::SeqCst),
+            "delete": s.delete.load(Ordering::SeqCst),
+            "live_sessions": live,
+            "tools_call": s.tools_call.load(Ordering::SeqCst),
+            "ping": s.ping.load(Ordering::SeqCst),
+            "slow_in_flight": s.slow_in_flight.load(Ordering::SeqCst),
+        }),
+    )
+}
+
+/// Why a request's session is not usable, as the HTTP answer the transport spec asks for.
+enum SessionProblem {
+    Missing,
+    Unknown,
+    BadVersion(String),
+}
+
+impl SessionProblem {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::Missing => (StatusCode::BAD_REQUEST, "missing Mcp-Session-Id".to_owned()),
+            Self::Unknown => (StatusCode::NOT_FOUND, "unknown session".to_owned()),
+            Self::BadVersion(v) => (
+                StatusCode::BAD_REQUEST,
+                format!("unsupported MCP-Protocol-Version {v:?}"),
+            ),
+        };
+        json_response(status, &error_message(&Value::Null, -32600, &message))
+    }
+}
+
+/// Returns the session id named by the request, if it exists and the request's
+/// protocol-version header (when present) is one this server speaks.
+fn check_session(srv: &Server, headers: &HeaderMap) -> Result<String, SessionProblem> {
+    if let Some(v) = headers.get(VERSION_HEADER) {
+        let v = v.to_str().unwrap_or_default();
+        if !SUPPORTED_VERSIONS.contains(&v) {
+            return Err(SessionProblem::BadVersion(v.to_owned()));
+        }
+    }
+    let id = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(SessionProblem::Missing)?;
+    if srv.sessions().contains_key(id) {
+        Ok(id.to_owned())
+    } else {
+        Err(SessionProblem::Unknown)
+    }
+}
+
+async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    let msg: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &error_message(&Value::Null, -32700, &format!("parse error: {e}")),
+            );
+        }
+    };
+    let Some(obj) = msg.as_object() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &error_message(
+                &Value::Null,
+                -32600,
+                "expected one JSON-RPC object (batches are not supported)",
+            ),
+        );
+    };
+    let id = obj.get("id").cloned();
+    let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        // A response to a server-initiated request; this server sends none, so accept and drop.
+        if obj.contains_key("result") || obj.contains_key("error") {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &error_message(&id.unwrap_or(Value::Null), -32600, "missing method"),
+        );
+    };
+
+    if method == "initialize" {
+        return initialize(&srv, id.unwrap_or(Value::Null), &params);
+    }
+    let session = match check_session(&srv, &headers) {
+        Ok(s) => s,
+        Err(problem) => return problem.into_response(),
+    };
+    let Some(id) = id else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let answer = match dispatch(&srv, &session, method, &params).await {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => error_message(&id, e.code, &e.message),
+    };
+    rpc_response(&srv, &answer, None)
+}
+
+fn initialize(srv: &Server, id: Value, params: &Value) -> Response {
+    srv.stats.initialize.fetch_add(1, Ordering::SeqCst);
+    let requested = params.get("protocolVersion").and_then(Value::as_str);
+    let version = requested
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .unwrap_or(LATEST_VERSION);
+    let session_id = match mint_session_id() {
+        Ok(s) => s,
+        Err(e) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &error_message(&id, -32603, &format!("no randomness: {e}")),
+            );
+        }
+    };
+    let (alive, alive_rx) = watch::channel(());
+    srv.sessions().insert(
+        session_id.clone(),
+        Session {
+            count: 0,
+            _alive: alive,
+            alive_rx,
+        },
+    );
+    eprintln!(
+        "[{}] initialize -> session {session_id} ({version})",
+        srv.name
+    );
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": {
+            "tools": {}, "prompts": {}, "resources": {}, "logging": {}, "completions": {}
+        },
+        "serverInfo": {"name": srv.name, "version": "1.0.0"},
+    });
+    rpc_response(
+        srv,
+        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Some(&session_id),
+    )
+}
+
+fn mint_session_id() -> Result<String, getrandom::Error> {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw)?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn dispatch(
+    srv: &Server,
+    session: &str,
+    method: &str,
+    params: &Value,
+) -> Result<Value, RpcError> {
+    match method {
+        "ping" => {
+            srv.stats.ping.fetch_add(1, Ordering::SeqCst);
+            Ok(json!({}))
+        }
+        "tools/list" => list_tools(srv, params),
+        "tools/call" => {
+            srv.stats.tools_call.fetch_add(1, Ordering::SeqCst);
+            call_tool(srv, session, params).await
+        }
+        "prompts/list" => Ok(json!({"prompts": [{
+            "name": "greeting",
+            "description": "Greets someone by name",
+            "arguments": [{"name": "name", "description": "Who to greet", "required": true}],
+        }]})),
+        "prompts/get" => get_prompt(srv, params),
+        "resources/list" => Ok(json!({"resources": [{
+            "uri": "counter://value",
+            "name": "value",
+            "description": "This session's counter",
+            "mimeType": "text/plain",
+        }]})),
+        "resources/templates/list" => Ok(json!({"resourceTemplates": [{
+            "uriTemplate": "counter://sessions/{id}",
+            "name": "session",
+            "description": "A session's counter",
+            "mimeType": "text/plain",
+        }]})),
+        "resources/read" => read_resource(srv, session, params),
+        "completion/complete" => Ok(json!({
+            "completion": {"values": ["alice", "bob"], "total": 2, "hasMore": false}
+        })),
+        "logging/setLevel" => Ok(json!({})),
+        other => Err(RpcError::new(-32601, format!("method not found: {other}"))),
+    }
+}
+
+fn tool_definitions() -> Vec<Value> {
+    let no_args = json!({"type": "object", "properties": {}});
+    let count_schema = json!({
+        "type": "object",
+        "properties": {"count": {"type": "integer"}},
+        "required": ["count"],
+    });
+    vec![
+        json!({
+            "name": "increment",
+            "description": "Adds 1 to this session's counter and returns the new value",
+            "inputSchema": no_args,
+            "outputSchema": count_schema,
+        }),
+        json!({
+            "name": "get_count",
+            "description": "Returns this session's counter",
+            "inputSchema": no_args,
+            "outputSchema": count_schema,
+        }),
+        json!({
+            "name": "slow",
+            "description": "Sleeps for `ms` milliseconds, then answers",
+            "inputSchema": {
+                "type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0}},
+                "required": ["ms"],
+            },
+        }),
+        json!({
+            "name": "fail",
+            "description": "Always returns a tool error",
+            "inputSchema": no_args,
+        }),
+    ]
+}
+
+fn list_tools(srv: &Server, params: &Value) -> Result<Value, RpcError> {
+    let tools = tool_definitions();
+    let Some(page) = srv.page_size else {
+        return Ok(json!({ "tools": tools }));
+    };
+    // Cursors are opaque to clients; here they are just "p" + the offset of the next page.
+    let start = match params.get("cursor") {
+        None | Some(Value::Null) => 0,
+        Some(c) => c
+            .as_str()
+            .and_then(|c| c.strip_prefix('p'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n < tools.len())
+            .ok_or_else(|| RpcError::invalid_params(format!("invalid cursor {c}")))?,
+    };
+    let end = (start + page).min(tools.len());
+    let mut result = json!({ "tools": tools[start..end] });
+    if end < tools.len() {
+        result["nextCursor"] = json!(format!("p{end}"));
+    }
+    Ok(result)
+}
+
+async fn call_tool(srv: &Server, session: &str, params: &Value) -> Result<Value, RpcError> {
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params("tools/call without a tool name"))?;
+    match name {
+        "increment" | "get_count" => {
+            let mut sessions = srv.sessions();
+            let s = sessions
+                .get_mut(session)
+                .ok_or_else(|| RpcError::new(-32600, "session ended"))?;
+            if name == "increment" {
+                s.count += 1;
+            }
+            Ok(count_result(s.count))
+        }
+        "slow" => {
+            let ms = params
+                .pointer("/arguments/ms")
+                .and_then(Value::as_u64)
+                .filter(|&ms| ms <= MAX_SLOW_MS)
+                .ok_or_else(|| {
+                    RpcError::invalid_params(format!(
+                        "slow needs an integer argument ms <= {MAX_SLOW_MS}"
+                    ))
+                })?;
+            let _in_flight = InFlight::enter(&srv.stats.slow_in_flight);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({"content": [{"type": "text", "text": "slept"}], "isError": false}))
+        }
+        "fail" => Ok(json!({
+            "content": [{"type": "text", "text": "fail: this tool always fails"}],
+            "isError": true,
+        })),
+        other => Err(RpcError::invalid_params(format!("Unknown tool: {other}"))),
+    }
+}
+
+fn count_result(count: u64) -> Value {
+    json!({
+        "content": [{"type": "text", "text": count.to_string()}],
+        "structuredContent": {"count": count},
+        "isError": false,
+    })
+}
+
+/// Counts a request as in flight until it is answered or dropped (client gone).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn get_prompt(srv: &Server, params: &Value) -> Result<Value, RpcError> {
+    let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+    if name != "greeting" {
+        return Err(RpcError::invalid_params(format!("Unknown prompt: {name}")));
+    }
+    let who = params
+        .pointer("/arguments/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params("greeting needs the argument name"))?;
+    Ok(json!({
+        "description": "A greeting",
+        "messages": [{
+            "role": "user",
+            "content": {"type": "text", "text": format!("Hello, {who} from {}", srv.name)},
+        }],
+    }))
+}
+
+fn read_resource(srv: &Server, session: &str, params: &Value) -> Result<Value, RpcError> {
+    let uri = params.get("uri").and_then(Value::as_str).unwrap_or("");
+    let sessions = srv.sessions();
+    let target = if uri == "counter://value" {
+        Some(session)
+    } else {
+        uri.strip_prefix("counter://sessions/")
+    };
+    let count = target
+        .and_then(|id| sessions.get(id))
+        .map(|s| s.count)
+        .ok_or_else(|| RpcError::new(-32002, format!("Resource not found: {uri}")))?;
+    Ok(json!({"contents": [{"uri": uri, "mimeType": "text/plain", "text": count.to_string()}]}))
+}
+
+async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    let session = match check_session(&srv, &headers) {
+        Ok(s) => s,
+        Err(problem) => return problem.into_response(),
+    };
+    let Some(alive) = srv.sessions().get(&session).map(|s| s.alive_rx.clone()) else {
+        return SessionProblem::Unknown.into_response();
+    };
+    // The stream ends when the session is deleted (its watch sender is dropped).
+    let stream = futures_util::stream::unfold((alive, true), |(mut alive, first)| async move {
+        if first {
+            return Some((
+                Ok::<_, Infallible>(Bytes::from_static(b": open\n\n")),
+                (alive, false),
+            ));
+        }
+        let ended = tokio::select! {
+            _ = tokio::time::sleep(STREAM_KEEPALIVE) => false,
+            _ = alive.changed() => true,
+        };
+        (!ended).then(|| (Ok(Bytes::from_static(b": keepalive\n\n")), (alive, false)))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    set_content_type(&mut response, "text/event-stream");
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn delete_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    // Counted per request received, so a gateway that deletes twice is visible.
+    srv.stats.delete.fetch_add(1, Ordering::SeqCst);
+    let session = match check_session(&srv, &headers) {
+        Ok(s) => s,
+        Err(problem) => return problem.into_response(),
+    };
+    srv.sessions().remove(&session);
+    eprintln!("[{}] delete session {session}", srv.name);
+    StatusCode::OK.into_response()
+}
+
+fn error_message(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+fn set_content_type(response: &mut Response, value: &'static str) {
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    set_content_type(&mut response, "application/json");
+    response
+}
+
+/// Answers a JSON-RPC request in the configured format: JSON, or one SSE event and close.
+fn rpc_response(srv: &Server, message: &Value, session_id: Option<&str>) -> Response {
+    let mut response = if srv.sse {
+        let mut r = Response::new(Body::from(format!("event: message\ndata: {message}\n\n")));
+        set_content_type(&mut r, "text/event-stream");
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
+    } else {
+        json_response(StatusCode::OK, message)
+    };
+    if let Some(id) = session_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert(SESSION_HEADER, id);
+    }
+    response
+}

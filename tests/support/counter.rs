@@ -1,0 +1,124 @@
+//! Starting the `counter-server` test upstream and reading what it counted.
+//!
+//! The server itself is `servers/counter.rs`; start it with [`crate::start_counter!`],
+//! which supplies the binary's path from the calling test crate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use serde::Deserialize;
+
+use crate::http::{HttpConn, Request};
+use crate::mcp::McpClient;
+use crate::process::{ChildGuard, LineReader, TempDir};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_PREFIX: &str = "counter-server listening http://";
+
+/// Command-line options of `counter-server`.
+#[derive(Debug, Clone, Default)]
+pub struct CounterOpts {
+    pub sse: bool,
+    pub name: Option<String>,
+    pub page_size: Option<usize>,
+}
+
+impl CounterOpts {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// What the server has received (`GET /stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Stats {
+    pub initialize: u64,
+    pub delete: u64,
+    pub live_sessions: u64,
+    pub tools_call: u64,
+    pub ping: u64,
+    pub slow_in_flight: u64,
+}
+
+/// A running `counter-server`, killed on drop.
+#[derive(Debug)]
+pub struct CounterServer {
+    child: ChildGuard,
+    pub addr: SocketAddr,
+    pub name: String,
+    _dir: TempDir,
+}
+
+impl CounterServer {
+    pub fn start(exe: &Path, opts: CounterOpts) -> Result<Self> {
+        let name = opts.name.clone().unwrap_or_else(|| "counter".to_owned());
+        let dir = TempDir::new("mcpgw-counter")?;
+        let log = dir.path().join("stderr.log");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--listen", "127.0.0.1:0", "--name", &name]);
+        if opts.sse {
+            cmd.arg("--sse");
+        }
+        if let Some(n) = opts.page_size {
+            cmd.args(["--page-size", &n.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = ChildGuard::spawn(&format!("counter-server {name}"), cmd, Some(log))?;
+        let stdout = child.take_stdout().context("no stdout pipe")?;
+        let lines = LineReader::new(stdout);
+        let line = lines
+            .next_line(Instant::now() + STARTUP_TIMEOUT)
+            .with_context(|| format!("counter-server {name} did not start: {}", child.log_tail()))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "counter-server {name} exited at start: {}",
+                    child.log_tail()
+                )
+            })?;
+        let addr = line
+            .strip_prefix(READY_PREFIX)
+            .ok_or_else(|| anyhow!("unexpected first line from counter-server: {line:?}"))?
+            .parse()
+            .with_context(|| format!("address in {line:?}"))?;
+        Ok(Self {
+            child,
+            addr,
+            name,
+            _dir: dir,
+        })
+    }
+
+    /// The MCP endpoint URL, for gateway configs.
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// A client talking to this server directly (no gateway).
+    pub fn client(&self) -> McpClient {
+        McpClient::new(self.addr, "/mcp")
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut conn = HttpConn::connect(self.addr).await?;
+        let response = conn.send(&Request::get("/stats")).await?;
+        ensure!(
+            response.status == 200,
+            "/stats answered {}",
+            response.status
+        );
+        Ok(serde_json::from_value(response.json()?)?)
+    }
+
+    /// Kills the server now (for dead-upstream tests); its port is then closed.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+}

@@ -1,0 +1,284 @@
+//! Building and starting the real `mcpgw` binary.
+//!
+//! The binary is built once per test binary with a nested `cargo build -p mcpgw` into the
+//! same target directory as the running test (or taken from `MCPGW_BIN` if set, to test
+//! another build). Each [`Gateway`] gets a private directory holding its config and its
+//! stderr log; the log is printed if the test fails. The gateway runs in its own process
+//! group and the whole group (supervisor and workers) is SIGKILLed on drop.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::Signal;
+
+use crate::mcp::McpClient;
+use crate::process::{ChildGuard, LineReader, TempDir};
+
+/// Startup includes forking workers; generous because CI machines are slow and shared.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const LISTENING_PREFIX: &str = "mcpgw listening http://";
+const READY_PREFIX: &str = "mcpgw ready workers=";
+
+/// The path of an up-to-date `mcpgw` binary, built on first use.
+pub fn gateway_binary() -> Result<&'static Path> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_gateway().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn build_gateway() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("MCPGW_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    // The test executable is <target>/debug/deps/<name>-<hash>.
+    let exe = std::env::current_exe()?;
+    let target_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot derive the target dir from {}", exe.display()))?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("tests crate has no parent dir"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(&cargo)
+        .args(["build", "-p", "mcpgw", "--bin", "mcpgw", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cargo} build -p mcpgw"))?;
+    if !output.status.success() {
+        bail!(
+            "`cargo build -p mcpgw` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let bin = target_dir.join("debug").join("mcpgw");
+    if !bin.is_file() {
+        bail!("cargo built mcpgw but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+/// One `[[upstream]]` entry.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub id: String,
+    pub url: String,
+}
+
+/// One `[[endpoint]]` entry.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub path: String,
+    pub upstreams: Vec<String>,
+}
+
+/// The parts of the gateway's TOML config that tests vary. Unset limits keep the
+/// gateway's defaults. Always listens on one ephemeral port with the worker header on.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub workers: usize,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub endpoints: Vec<EndpointConfig>,
+    pub namespace_separator: Option<String>,
+    pub max_head_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub grace_ms: Option<u64>,
+    /// Raw TOML appended at the end, for settings this struct does not name.
+    pub extra: String,
+}
+
+impl GatewayConfig {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers,
+            upstreams: Vec::new(),
+            endpoints: Vec::new(),
+            namespace_separator: None,
+            max_head_bytes: None,
+            max_body_bytes: None,
+            header_timeout_ms: None,
+            grace_ms: None,
+            extra: String::new(),
+        }
+    }
+
+    pub fn upstream(mut self, id: &str, url: &str) -> Self {
+        self.upstreams.push(UpstreamConfig {
+            id: id.to_owned(),
+            url: url.to_owned(),
+        });
+        self
+    }
+
+    pub fn endpoint(mut self, path: &str, upstreams: &[&str]) -> Self {
+        self.endpoints.push(EndpointConfig {
+            path: path.to_owned(),
+            upstreams: upstreams.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        self
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "listen = [\"127.0.0.1:0\"]");
+        let _ = writeln!(t, "admin_listen = \"127.0.0.1:0\"");
+        let _ = writeln!(t, "workers = {}", self.workers);
+        if let Some(sep) = &self.namespace_separator {
+            let _ = writeln!(t, "namespace_separator = {}", quote(sep));
+        }
+        let limits = [
+            ("max_head_bytes", self.max_head_bytes),
+            ("max_body_bytes", self.max_body_bytes),
+            ("header_timeout_ms", self.header_timeout_ms),
+        ];
+        if limits.iter().any(|(_, v)| v.is_some()) {
+            let _ = writeln!(t, "\n[limits]");
+            for (key, value) in limits {
+                if let Some(v) = value {
+                    let _ = writeln!(t, "{key} = {v}");
+                }
+            }
+        }
+        let _ = writeln!(t, "\n[diagnostics]\nworker_header = true");
+        if let Some(grace) = self.grace_ms {
+            let _ = writeln!(t, "\n[shutdown]\ngrace_ms = {grace}");
+        }
+        for up in &self.upstreams {
+            let _ = writeln!(
+                t,
+                "\n[[upstream]]\nid = {}\nurl = {}",
+                quote(&up.id),
+                quote(&up.url)
+            );
+        }
+        for ep in &self.endpoints {
+            let ids: Vec<String> = ep.upstreams.iter().map(|s| quote(s)).collect();
+            let _ = writeln!(
+                t,
+                "\n[[endpoint]]\npath = {}\nupstreams = [{}]",
+                quote(&ep.path),
+                ids.join(", ")
+            );
+        }
+        if !self.extra.is_empty() {
+            let _ = writeln!(t, "\n{}", self.extra);
+        }
+        t
+    }
+}
+
+/// A TOML basic string (JSON string escapes are valid TOML escapes).
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// A running gateway: supervisor plus workers, killed as a group on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    // Dropped first, so its log file (in `_dir`) still exists when a failure prints it.
+    child: ChildGuard,
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    pub listeners: Vec<SocketAddr>,
+    /// Worker count announced by the `mcpgw ready` line.
+    pub workers: usize,
+    _stdout: LineReader,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Writes `config`, starts `mcpgw serve` and waits for its ready line.
+    pub fn start(config: &GatewayConfig) -> Result<Self> {
+        let bin = gateway_binary()?;
+        let dir = TempDir::new("mcpgw-gateway")?;
+        let config_path = dir.path().join("mcpgw.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        let log = dir.path().join("stderr.log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = ChildGuard::spawn("mcpgw", cmd, Some(log))?;
+        let stdout = LineReader::new(child.take_stdout().context("no stdout pipe")?);
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut listeners = Vec::new();
+        let mut seen = Vec::new();
+        let workers = loop {
+            let line = match stdout.next_line(deadline) {
+                Ok(Some(line)) => line,
+                Ok(None) => bail!(
+                    "mcpgw exited before it was ready (stdout: {seen:?}); config:\n{}\nstderr:\n{}",
+                    config.to_toml(),
+                    child.log_tail()
+                ),
+                Err(e) => bail!(
+                    "mcpgw not ready within {STARTUP_TIMEOUT:?}: {e} (stdout: {seen:?}); stderr:\n{}",
+                    child.log_tail()
+                ),
+            };
+            if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                listeners.push(
+                    addr.trim()
+                        .parse()
+                        .with_context(|| format!("address in {line:?}"))?,
+                );
+            } else if let Some(n) = line.strip_prefix(READY_PREFIX) {
+                break n
+                    .trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("worker count in {line:?}"))?;
+            }
+            seen.push(line);
+        };
+        let addr = *listeners.first().ok_or_else(|| {
+            anyhow!("mcpgw was ready without a `{LISTENING_PREFIX}` line: {seen:?}")
+        })?;
+        Ok(Self {
+            child,
+            addr,
+            listeners,
+            workers,
+            _stdout: stdout,
+            _dir: dir,
+        })
+    }
+
+    /// A client for the default `/mcp` endpoint.
+    pub fn client(&self) -> McpClient {
+        McpClient::new(self.addr, "/mcp")
+    }
+
+    /// A client for an endpoint path.
+    pub fn client_at(&self, path: &str) -> McpClient {
+        McpClient::new(self.addr, path)
+    }
+
+    /// The supervisor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Sends a signal to the supervisor only.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        self.child.signal(signal)
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        self.child.wait_exit(within).await
+    }
+}

@@ -17,5 +17,12 @@ if ! "$venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet mcp==2.3.0
 fi
 
+# promtool (Debian package prometheus) checks the /metrics page.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "test-all: installing promtool (Debian package prometheus)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 cargo build --workspace --bins
 cargo test --workspace

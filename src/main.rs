@@ -1,6 +1,7 @@
 //! `mcpgw`: the one binary. `serve` (the default) runs the supervisor,
 //! `worker` is what the supervisor execs for each worker process, and
-//! `check-config` validates a file without starting anything.
+//! `check-config` validates a file without starting anything, `status` shows
+//! a running gateway through its admin listener.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,12 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Show the workers, sessions and upstream sessions of a running gateway.
+    Status {
+        /// The gateway's admin listener (`admin_listen`).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
     /// Internal: a worker process, started by `mcpgw serve`.
     #[command(hide = true)]
     Worker {
@@ -90,6 +97,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.effective_endpoints().len(),
                 config.worker_count()
             );
+            Ok(())
+        }
+        Some(Command::Status { admin }) => {
+            print!("{}", mcpgw_supervisor::status(admin)?);
             Ok(())
         }
         Some(Command::Worker { slot, generation }) => {

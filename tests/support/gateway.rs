@@ -23,6 +23,7 @@ use crate::process::{ChildGuard, LineReader, TempDir};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LISTENING_PREFIX: &str = "mcpgw listening http://";
 const READY_PREFIX: &str = "mcpgw ready workers=";
+const ADMIN_PREFIX: &str = "mcpgw admin http://";
 
 /// The path of an up-to-date `mcpgw` binary, built on first use.
 pub fn gateway_binary() -> Result<&'static Path> {
@@ -96,6 +97,8 @@ pub struct GatewayConfig {
     pub grace_ms: Option<u64>,
     /// Raw TOML appended at the end, for settings this struct does not name.
     pub extra: String,
+    /// Extra environment variables for the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayConfig {
@@ -110,6 +113,7 @@ impl GatewayConfig {
             header_timeout_ms: None,
             grace_ms: None,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -193,6 +197,8 @@ pub struct Gateway {
     pub listeners: Vec<SocketAddr>,
     /// Worker count announced by the `mcpgw ready` line.
     pub workers: usize,
+    /// The admin listener (metrics, admin API).
+    pub admin: Option<SocketAddr>,
     _stdout: LineReader,
     _dir: TempDir,
 }
@@ -212,11 +218,13 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
+        cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = ChildGuard::spawn("mcpgw", cmd, Some(log))?;
         let stdout = LineReader::new(child.take_stdout().context("no stdout pipe")?);
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut listeners = Vec::new();
+        let mut admin = None;
         let mut seen = Vec::new();
         let workers = loop {
             let line = match stdout.next_line(deadline) {
@@ -237,6 +245,12 @@ impl Gateway {
                         .parse()
                         .with_context(|| format!("address in {line:?}"))?,
                 );
+            } else if let Some(addr) = line.strip_prefix(ADMIN_PREFIX) {
+                admin = Some(
+                    addr.trim()
+                        .parse()
+                        .with_context(|| format!("address in {line:?}"))?,
+                );
             } else if let Some(n) = line.strip_prefix(READY_PREFIX) {
                 break n
                     .trim()
@@ -253,6 +267,7 @@ impl Gateway {
             addr,
             listeners,
             workers,
+            admin,
             _stdout: stdout,
             _dir: dir,
         })

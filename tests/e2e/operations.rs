@@ -1,0 +1,256 @@
+//! Operating the gateway: metrics on the admin listener (merged over workers,
+//! valid for `promtool`), the admin API and `mcpgw status`, systemd readiness
+//! notification and socket activation. Real binary, real processes.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcpgw_tests::http::{HttpConn, Request};
+use mcpgw_tests::process::{ChildGuard, LineReader, TempDir};
+use mcpgw_tests::gateway::gateway_binary;
+use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, McpClient, start_counter};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+/// Sessions (each with one `increment`) until every worker slot owns one.
+async fn sessions_on_every_worker(gateway: &Gateway) -> Vec<McpClient> {
+    let mut clients = Vec::new();
+    let mut slots = BTreeSet::new();
+    for _ in 0..64 {
+        let mut c = gateway.client();
+        let reply = c.initialize().await.expect("initialize");
+        slots.insert(reply.worker().expect("worker header").slot);
+        c.call_tool("increment", json!({})).await.expect("increment");
+        clients.push(c);
+        if slots.len() == gateway.workers {
+            return clients;
+        }
+    }
+    panic!("64 sessions did not cover {} workers: {slots:?}", gateway.workers);
+}
+
+async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
+    let admin = gateway.admin.expect("the gateway announced its admin listener");
+    let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
+    let resp = conn.send(&Request::get(path)).await.expect("admin answer");
+    (resp.status, resp.text())
+}
+
+fn sum_of(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn started(workers: usize) -> (CounterServer, Gateway) {
+    let counter = start_counter!().expect("start counter-server");
+    let gateway = Gateway::start(&GatewayConfig::new(workers).upstream("counter", &counter.url()))
+        .expect("start mcpgw");
+    (counter, gateway)
+}
+
+#[tokio::test]
+async fn metrics_merge_every_worker_and_pass_promtool() {
+    let (_counter, gateway) = started(2).await;
+    let mut clients = sessions_on_every_worker(&gateway).await;
+    let unknown = clients[0]
+        .call_tool("no_such_tool", json!({}))
+        .await
+        .expect("call");
+    assert!(unknown.error().is_some());
+
+    let (status, text) = admin_get(&gateway, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    for slot in 0..gateway.workers {
+        let line = format!("mcpgw_requests_total{{worker=\"{slot}\",method=\"tools/call\",outcome=\"ok\"}}");
+        assert!(text.contains(&line), "missing {line} in:\n{text}");
+    }
+    let n = clients.len() as f64;
+    assert_eq!(sum_of(&text, "mcpgw_sessions_active{"), n, "{text}");
+    assert_eq!(
+        sum_of(&text, "mcpgw_upstream_sessions_active{"),
+        n,
+        "one upstream session per session:\n{text}"
+    );
+    let created: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("mcpgw_upstream_session_events_total{") && l.contains("event=\"created\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(created, n, "one upstream session created per session:\n{text}");
+    assert!(sum_of(&text, "mcpgw_connections_dispatched_total{") >= n, "{text}");
+    assert!(text.contains("mcpgw_build_info{version=\""), "{text}");
+    assert_eq!(text.matches("# TYPE mcpgw_requests_total ").count(), 1, "{text}");
+    for c in &clients {
+        let id = c.session_id().expect("session id");
+        assert!(!text.contains(id), "a label carries session id {id}");
+    }
+
+    let dir = TempDir::new("mcpgw-metrics").expect("temp dir");
+    let page = dir.path().join("metrics.txt");
+    std::fs::write(&page, &text).expect("write metrics");
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&page).expect("open"))
+        .output()
+        .expect("promtool is installed (Debian package prometheus; scripts/test-all.sh installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for c in &mut clients {
+        c.delete().await.expect("delete");
+    }
+    let (_, text) = admin_get(&gateway, "/metrics").await;
+    assert_eq!(sum_of(&text, "mcpgw_sessions_active{"), 0.0, "{text}");
+    assert_eq!(sum_of(&text, "mcpgw_upstream_sessions_active{"), 0.0, "{text}");
+}
+
+#[tokio::test]
+async fn admin_api_and_status_command_show_workers_and_sessions() {
+    let (_counter, gateway) = started(2).await;
+    let clients = sessions_on_every_worker(&gateway).await;
+
+    let (status, body) = admin_get(&gateway, "/admin/workers").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    let workers = doc["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), gateway.workers, "{doc}");
+    assert!(workers.iter().all(|w| w["answered"] == true && w["pid"].as_u64().is_some()), "{doc}");
+    assert_eq!(doc["sessions"], clients.len(), "{doc}");
+    let upstream_sessions: u64 = workers
+        .iter()
+        .flat_map(|w| w["upstream_sessions"].as_array().cloned().unwrap_or_default())
+        .map(|u| u["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(upstream_sessions, clients.len() as u64, "{doc}");
+
+    let (status, _) = admin_get(&gateway, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = admin_get(&gateway, "/nope").await;
+    assert_eq!(status, 404);
+
+    let admin = gateway.admin.expect("admin").to_string();
+    let bin = gateway_binary().expect("mcpgw binary");
+    let out = Command::new(bin)
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("run mcpgw status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(table.lines().count(), gateway.workers + 2, "{table}");
+    assert!(table.contains("counter="), "{table}");
+    assert!(table.ends_with(&format!("sessions: {}\n", clients.len())), "{table}");
+
+    // Nothing listening: a clear error and a non-zero exit.
+    drop(gateway);
+    let out = Command::new(bin)
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("run mcpgw status");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin listener"));
+}
+
+/// Datagrams from the gateway to `$NOTIFY_SOCKET`, read until `want` appears.
+fn read_notifications(sock: &std::os::unix::net::UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while !seen.iter().any(|m| m.lines().any(|l| l == want)) {
+        assert!(Instant::now() < deadline, "no {want} within 30 s; got {seen:?}");
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn systemd_is_told_ready_status_and_stopping() {
+    let counter = start_counter!().expect("start counter-server");
+    let dir = TempDir::new("mcpgw-notify").expect("temp dir");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
+    config.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    let mut gateway = Gateway::start(&config).expect("start mcpgw");
+
+    let mut seen = Vec::new();
+    read_notifications(&sock, "READY=1", &mut seen);
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=serving with 2 of 2 workers")),
+        "{seen:?}"
+    );
+    gateway.signal(Signal::SIGTERM).expect("SIGTERM");
+    read_notifications(&sock, "STOPPING=1", &mut seen);
+    let status = gateway.wait_exit(Duration::from_secs(30)).await.expect("exit");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn socket_activation_serves_on_the_passed_socket() {
+    let counter = start_counter!().expect("start counter-server");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // The child must inherit it: clear close-on-exec on our copy.
+    nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .expect("clear CLOEXEC");
+    let dir = TempDir::new("mcpgw-activation").expect("temp dir");
+    let config_path = dir.path().join("mcpgw.toml");
+    let mut file = std::fs::File::create(&config_path).expect("config");
+    // `listen` names a port that is never bound: systemd's socket wins.
+    file.write_all(
+        GatewayConfig::new(1)
+            .upstream("counter", &counter.url())
+            .to_toml()
+            .as_bytes(),
+    )
+    .expect("write config");
+    let bin = gateway_binary().expect("mcpgw binary");
+    // As systemd does: the socket at fd 3, LISTEN_PID naming the process that
+    // execs mcpgw (the shell's own pid, kept across exec).
+    let script = format!(
+        "exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=public exec \"$0\" serve --config \"$1\"",
+        fd = listener.as_raw_fd()
+    );
+    // bash, not sh: dash cannot redirect fd numbers above 9.
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(bin)
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"));
+    let mut child = ChildGuard::spawn("mcpgw", cmd, Some(dir.path().join("stderr.log"))).expect("spawn");
+    drop(listener);
+    let lines = LineReader::new(child.take_stdout().expect("stdout"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut announced = None;
+    loop {
+        let line = lines
+            .next_line(deadline)
+            .expect("gateway output")
+            .unwrap_or_else(|| panic!("mcpgw exited: {}", child.log_tail()));
+        if let Some(a) = line.strip_prefix("mcpgw listening http://") {
+            announced = Some(a.trim().to_owned());
+        }
+        if line.starts_with("mcpgw ready") {
+            break;
+        }
+    }
+    assert_eq!(announced.as_deref(), Some(addr.to_string().as_str()));
+    let mut client = McpClient::new(addr, "/mcp");
+    client.initialize().await.expect("initialize on the activated socket");
+    assert_eq!(client.count("increment").await.expect("increment"), 1);
+    child.signal(Signal::SIGTERM).expect("SIGTERM");
+    assert!(child.wait_exit(Duration::from_secs(30)).await.expect("exit").success());
+}

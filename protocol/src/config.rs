@@ -229,7 +229,10 @@ impl Config {
         }
         let admin = self.admin_listen;
         if admin.port() != 0 && self.listen.contains(&admin) {
-            return Err(invalid("admin_listen", format!("{admin} is also a public listener")));
+            return Err(invalid(
+                "admin_listen",
+                format!("{admin} is also a public listener"),
+            ));
         }
         if let Some(w) = self.workers
             && !(1..=256).contains(&w)
@@ -258,7 +261,10 @@ impl Config {
                 "limits.max_connections_per_worker",
                 u64::from(l.max_connections_per_worker),
             ),
-            ("sessions.idle_timeout_secs", self.sessions.idle_timeout_secs),
+            (
+                "sessions.idle_timeout_secs",
+                self.sessions.idle_timeout_secs,
+            ),
             (
                 "sessions.upstream_close_grace_ms",
                 self.sessions.upstream_close_grace_ms,
@@ -284,7 +290,10 @@ impl Config {
                 ));
             }
             if !seen.insert(u.id.as_str()) {
-                return Err(invalid(key("id"), format!("duplicate upstream id {:?}", u.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("duplicate upstream id {:?}", u.id),
+                ));
             }
             check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
             for (name, value) in &u.headers {
@@ -293,7 +302,10 @@ impl Config {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
                 {
-                    return Err(invalid(key("headers"), format!("{name:?} is not a header name")));
+                    return Err(invalid(
+                        key("headers"),
+                        format!("{name:?} is not a header name"),
+                    ));
                 }
                 if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
                     return Err(invalid(
@@ -368,7 +380,9 @@ impl Limits {
 fn check_upstream_url(url: &str) -> Result<(), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(if url.starts_with("https://") {
-            format!("{url:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)")
+            format!(
+                "{url:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)"
+            )
         } else {
             format!("{url:?} must start with http://")
         });
@@ -418,7 +432,9 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        Config::parse(text).expect_err("must be refused").to_string()
+        Config::parse(text)
+            .expect_err("must be refused")
+            .to_string()
     }
 
     #[test]

@@ -71,8 +71,13 @@ pub enum FromWorker {
     },
     /// Open client connections, sent when it changes (at most every 50 ms);
     /// the supervisor balances new sessions by it.
-    Load { connections: u32 },
-    Gathered { id: u64, data: Box<Gathered> },
+    Load {
+        connections: u32,
+    },
+    Gathered {
+        id: u64,
+        data: Box<Gathered>,
+    },
 }
 
 /// Where a handed-over connection was accepted; sent with its fd.
@@ -117,7 +122,10 @@ mod tests {
         assert_eq!(
             enc(&FromWorker::Ready {
                 protocol: 1,
-                id: WorkerId { slot: 2, generation: 3 },
+                id: WorkerId {
+                    slot: 2,
+                    generation: 3
+                },
                 pid: 9
             }),
             [0, 1, 2, 3, 9]

@@ -159,7 +159,6 @@ fn recv_one(sock: RawFd) -> io::Result<Result<Option<(ConnMeta, OwnedFd)>, FdPas
     }
     let bytes = msg.bytes;
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    drop(iov);
     if bytes == 0 && fds.is_empty() {
         return Ok(Ok(None));
     }
@@ -246,7 +245,9 @@ mod tests {
         let tx = ConnSender::new(a).expect("tx");
         let rx = ConnReceiver::new(b).expect("rx");
         let (mut mine, theirs) = UnixStream::pair().expect("stream pair");
-        tx.send(ConnMeta { listener: 3 }, &theirs).await.expect("send");
+        tx.send(ConnMeta { listener: 3 }, &theirs)
+            .await
+            .expect("send");
         drop(theirs);
         let (meta, fd) = rx.recv().await.expect("recv").expect("some");
         assert_eq!(meta, ConnMeta { listener: 3 });
@@ -263,8 +264,12 @@ mod tests {
     async fn closed_sender_is_none_and_missing_fd_is_an_error() {
         let (a, b) = seqpacket_pair().expect("pair");
         let rx = ConnReceiver::new(b).expect("rx");
-        nix::sys::socket::send(a.as_raw_fd(), &ConnMeta { listener: 0 }.encode(), MsgFlags::empty())
-            .expect("send");
+        nix::sys::socket::send(
+            a.as_raw_fd(),
+            &ConnMeta { listener: 0 }.encode(),
+            MsgFlags::empty(),
+        )
+        .expect("send");
         assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
         drop(a);
         assert!(rx.recv().await.expect("eof").is_none());

@@ -53,7 +53,12 @@ mod tests {
         let a = id("abcdefghijklmnopqrstuvwxyz");
         let b = id("zzzzzzzzzzzzzzzzzzzzzzzzz2");
         assert_eq!(
-            [slot_for(&a, 4), slot_for(&b, 4), slot_for(&a, 7), slot_for(&b, 7)],
+            [
+                slot_for(&a, 4),
+                slot_for(&b, 4),
+                slot_for(&a, 7),
+                slot_for(&b, 7)
+            ],
             GOLDEN
         );
     }
@@ -71,7 +76,10 @@ mod tests {
         for c in counts {
             assert!((700..1300).contains(&c), "uneven spread: {counts:?}");
         }
-        let moved = ids.iter().filter(|i| slot_for(i, 4) != slot_for(i, 5)).count();
+        let moved = ids
+            .iter()
+            .filter(|i| slot_for(i, 4) != slot_for(i, 5))
+            .count();
         // Rendezvous: growing 4 → 5 slots moves about a fifth, never more.
         assert!(moved < ids.len() * 3 / 10, "moved {moved}");
         assert!(ids.iter().all(|i| {

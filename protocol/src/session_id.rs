@@ -73,7 +73,11 @@ impl SessionId {
         // 26 * 5 = 130 bits: the first character carries the top 3 bits.
         for (i, slot) in out.iter_mut().enumerate() {
             let shift = 5 * (LEN - 1 - i);
-            let digit = if shift >= 128 { 0 } else { (value >> shift) & 0x1f };
+            let digit = if shift >= 128 {
+                0
+            } else {
+                (value >> shift) & 0x1f
+            };
             *slot = ALPHABET[digit as usize];
         }
         Self(out)

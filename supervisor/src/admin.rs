@@ -74,8 +74,15 @@ impl Gatherer {
                 }
             }
         };
-        if tokio::time::timeout(GATHER_DEADLINE, collect).await.is_err() {
-            warn!(answered = answers.len(), asked = workers.len(), "not every worker answered the gather in time");
+        if tokio::time::timeout(GATHER_DEADLINE, collect)
+            .await
+            .is_err()
+        {
+            warn!(
+                answered = answers.len(),
+                asked = workers.len(),
+                "not every worker answered the gather in time"
+            );
         }
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&id);
@@ -97,7 +104,11 @@ pub(crate) struct Admin {
     pub metrics: Arc<Metrics>,
 }
 
-pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
@@ -136,7 +147,11 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 .filter_map(|(w, a)| a.map(|a| (w.id.slot, a.metrics)))
                 .collect();
             let page = metrics::merge(&admin.metrics.render(), &workers);
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", page)
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                page,
+            )
         }
         (&Method::GET, "/admin/workers") => {
             let gathered = admin.gatherer.gather(&admin.pool).await;
@@ -146,17 +161,26 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             if admin.pool.slots.iter().any(|s| s.serving().is_some()) {
                 reply(StatusCode::OK, "text/plain", "ok\n".to_owned())
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no worker is serving\n".to_owned())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no worker is serving\n".to_owned(),
+                )
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     }
 }
 
 fn reply(status: StatusCode, ct: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
@@ -186,6 +210,10 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
             v
         })
         .collect();
-    let sessions: u64 = gathered.iter().filter_map(|(_, a)| a.as_ref()).map(|a| u64::from(a.sessions)).sum();
+    let sessions: u64 = gathered
+        .iter()
+        .filter_map(|(_, a)| a.as_ref())
+        .map(|a| u64::from(a.sessions))
+        .sum();
     serde_json::json!({ "workers": workers, "sessions": sessions }).to_string()
 }

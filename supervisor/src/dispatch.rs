@@ -58,8 +58,11 @@ impl Dispatcher {
                 return;
             }
             Err(_) => {
-                info!(?peer, timeout_ms = self.header_timeout.as_millis() as u64,
-                    "request head not received in time; closing");
+                info!(
+                    ?peer,
+                    timeout_ms = self.header_timeout.as_millis() as u64,
+                    "request head not received in time; closing"
+                );
                 return self.reject(stream, Reject::Timeout).await;
             }
         };
@@ -112,7 +115,10 @@ impl Dispatcher {
     }
 
     async fn reject(&self, stream: TcpStream, why: Reject) {
-        self.metrics.rejected.with_label_values(&[why.label()]).inc();
+        self.metrics
+            .rejected
+            .with_label_values(&[why.label()])
+            .inc();
         reject(stream, why).await;
     }
 
@@ -162,7 +168,11 @@ impl Reject {
                 "",
                 "request head too large\n",
             ),
-            Reject::Timeout => ("408 Request Timeout", "", "request head not received in time\n"),
+            Reject::Timeout => (
+                "408 Request Timeout",
+                "",
+                "request head not received in time\n",
+            ),
             Reject::Malformed => ("400 Bad Request", "", "request is not HTTP/1.x\n"),
             Reject::Unavailable => (
                 "503 Service Unavailable",
@@ -213,8 +223,7 @@ mod tests {
             let text = why.response();
             let mut headers = [httparse::EMPTY_HEADER; 8];
             let mut resp = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(at) = resp.parse(text.as_bytes()).expect("parse")
-            else {
+            let httparse::Status::Complete(at) = resp.parse(text.as_bytes()).expect("parse") else {
                 panic!("incomplete response for {code}");
             };
             assert_eq!(resp.code, Some(code));
@@ -222,7 +231,11 @@ mod tests {
                 .headers
                 .iter()
                 .find(|h| h.name == "content-length")
-                .map(|h| std::str::from_utf8(h.value).expect("ascii").parse::<usize>())
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .expect("ascii")
+                        .parse::<usize>()
+                })
                 .expect("content-length")
                 .expect("number");
             assert_eq!(len, text.len() - at);

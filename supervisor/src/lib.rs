@@ -43,8 +43,8 @@ use crate::dispatch::Dispatcher;
 use crate::pool::{Pool, Worker};
 use crate::runtime_dir::RuntimeDir;
 
-pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 pub use crate::listeners::ListenError;
+pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 pub use crate::runtime_dir::RuntimeDirError;
 pub use crate::status::{StatusError, status};
 
@@ -92,10 +92,21 @@ enum Phase {
 
 #[derive(Debug)]
 enum Event {
-    Exited { id: WorkerId, status: Option<ExitStatus> },
-    Message { id: WorkerId, msg: FromWorker },
-    ControlFailed { id: WorkerId, error: ChannelError },
-    RestartDue { slot: u16 },
+    Exited {
+        id: WorkerId,
+        status: Option<ExitStatus>,
+    },
+    Message {
+        id: WorkerId,
+        msg: FromWorker,
+    },
+    ControlFailed {
+        id: WorkerId,
+        error: ChannelError,
+    },
+    RestartDue {
+        slot: u16,
+    },
 }
 
 /// What the main loop knows of one slot beyond who serves it.
@@ -140,7 +151,10 @@ async fn run_async(
         listeners::bind_all(&config.listen)?
     } else {
         let names: Vec<&str> = activated.iter().map(|(n, _)| n.as_str()).collect();
-        info!(?names, "using sockets from systemd; `listen` in the config is not used");
+        info!(
+            ?names,
+            "using sockets from systemd; `listen` in the config is not used"
+        );
         listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())?
     };
     let admin_listener = listeners::bind_all(&[config.admin_listen])?.remove(0);
@@ -151,7 +165,9 @@ async fn run_async(
             info!(%addr, "listening");
             let _ = writeln!(out, "mcpgw listening http://{addr}");
         }
-        let addr = admin_listener.local_addr().map_err(listeners::ListenError::LocalAddr)?;
+        let addr = admin_listener
+            .local_addr()
+            .map_err(listeners::ListenError::LocalAddr)?;
         info!(%addr, "admin listening");
         let _ = writeln!(out, "mcpgw admin http://{addr}");
         let _ = out.flush();
@@ -163,7 +179,11 @@ async fn run_async(
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (stop_accepting, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(listeners::InFlight::default());
-    let dispatcher = Arc::new(Dispatcher::new(pool.clone(), &config.limits, metrics.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        pool.clone(),
+        &config.limits,
+        metrics.clone(),
+    ));
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(admin::Admin {
@@ -212,7 +232,11 @@ async fn run_async(
     let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
     let mut sighup = install(SignalKind::hangup(), "SIGHUP")?;
     let mut drain_deadline: Option<Instant> = None;
-    let mut watchdog = tokio::time::interval(sup.notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = tokio::time::interval(
+        sup.notifier
+            .watchdog_period()
+            .unwrap_or(Duration::from_secs(3600)),
+    );
     loop {
         let deadline = drain_deadline;
         tokio::select! {
@@ -243,8 +267,14 @@ async fn run_async(
     Ok(())
 }
 
-fn install(kind: SignalKind, name: &'static str) -> Result<tokio::signal::unix::Signal, SupervisorError> {
-    signal(kind).map_err(|source| SupervisorError::Signal { signal: name, source })
+fn install(
+    kind: SignalKind,
+    name: &'static str,
+) -> Result<tokio::signal::unix::Signal, SupervisorError> {
+    signal(kind).map_err(|source| SupervisorError::Signal {
+        signal: name,
+        source,
+    })
 }
 
 impl Supervisor {
@@ -313,7 +343,12 @@ impl Supervisor {
             (Duration::from_millis(100) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
         };
         if !delay.is_zero() {
-            warn!(slot, failures, delay_ms = delay.as_millis() as u64, "worker keeps exiting; backing off");
+            warn!(
+                slot,
+                failures,
+                delay_ms = delay.as_millis() as u64,
+                "worker keeps exiting; backing off"
+            );
         }
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -396,7 +431,10 @@ impl Supervisor {
             return;
         }
         warn!(worker = %id, %status, "worker exited unexpectedly; restarting its slot");
-        self.metrics.restarts.with_label_values(&[&id.slot.to_string()]).inc();
+        self.metrics
+            .restarts
+            .with_label_values(&[&id.slot.to_string()])
+            .inc();
         if life.started_at.elapsed() < QUICK_EXIT {
             life.quick_failures += 1;
         } else {
@@ -413,7 +451,10 @@ impl Supervisor {
             self.kill_all();
             return deadline.unwrap_or_else(Instant::now);
         }
-        info!(signal = name, "stopping: no new connections; draining workers");
+        info!(
+            signal = name,
+            "stopping: no new connections; draining workers"
+        );
         self.phase = Phase::Draining;
         self.notifier.notify("STOPPING=1\nSTATUS=draining");
         let _ = self.stop_accepting.send(true);
@@ -424,9 +465,17 @@ impl Supervisor {
             .await;
         let grace_ms = self.config.shutdown.grace_ms;
         for life in &self.life {
-            let Some(w) = life.current.clone() else { continue };
+            let Some(w) = life.current.clone() else {
+                continue;
+            };
             tokio::spawn(async move {
-                if w.control.lock().await.send(&ToWorker::Shutdown { grace_ms }).await.is_err() {
+                if w.control
+                    .lock()
+                    .await
+                    .send(&ToWorker::Shutdown { grace_ms })
+                    .await
+                    .is_err()
+                {
                     kill(w.pid);
                 }
             });
@@ -442,7 +491,12 @@ impl Supervisor {
     }
 
     fn report_status(&self) {
-        let serving = self.pool.slots.iter().filter(|s| s.serving().is_some()).count();
+        let serving = self
+            .pool
+            .slots
+            .iter()
+            .filter(|s| s.serving().is_some())
+            .count();
         self.metrics.workers_serving.set(serving as i64);
         self.notifier.notify(&format!(
             "STATUS=serving with {serving} of {} workers",
@@ -467,4 +521,3 @@ fn kill(pid: u32) {
         );
     }
 }
-

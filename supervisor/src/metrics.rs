@@ -52,12 +52,18 @@ impl Metrics {
             &["reason"],
         )?;
         let restarts = IntCounterVec::new(
-            Opts::new("mcpgw_worker_restarts_total", "Worker processes restarted, by slot."),
+            Opts::new(
+                "mcpgw_worker_restarts_total",
+                "Worker processes restarted, by slot.",
+            ),
             &["worker"],
         )?;
         let workers_serving = IntGauge::new("mcpgw_workers_serving", "Worker processes serving.")?;
         let build = IntGaugeVec::new(
-            Opts::new("mcpgw_build_info", "Build information; the value is always 1."),
+            Opts::new(
+                "mcpgw_build_info",
+                "Build information; the value is always 1.",
+            ),
             &["version"],
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -92,9 +98,12 @@ pub(crate) fn merge(own: &str, workers: &[(u16, String)]) -> String {
     for (slot, text) in workers {
         add(&mut order, &mut families, text, Some(*slot));
     }
-    let mut out = String::with_capacity(own.len() + workers.iter().map(|w| w.1.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(own.len() + workers.iter().map(|w| w.1.len()).sum::<usize>());
     for name in &order {
-        let Some(f) = families.get(name) else { continue };
+        let Some(f) = families.get(name) else {
+            continue;
+        };
         for line in [&f.help, &f.kind].into_iter().flatten() {
             out.push_str(line);
             out.push('\n');
@@ -114,16 +123,28 @@ struct Family {
     samples: Vec<String>,
 }
 
-fn add(order: &mut Vec<String>, families: &mut HashMap<String, Family>, text: &str, slot: Option<u16>) {
+fn add(
+    order: &mut Vec<String>,
+    families: &mut HashMap<String, Family>,
+    text: &str,
+    slot: Option<u16>,
+) {
     let mut current = String::new();
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
             let name = rest.split(' ').next().unwrap_or("").to_owned();
             let f = families.entry(name.clone()).or_insert_with(|| {
                 order.push(name.clone());
                 Family::default()
             });
-            let slot_for_line = if line.starts_with("# HELP ") { &mut f.help } else { &mut f.kind };
+            let slot_for_line = if line.starts_with("# HELP ") {
+                &mut f.help
+            } else {
+                &mut f.kind
+            };
             slot_for_line.get_or_insert_with(|| line.to_owned());
             current = name;
         } else if line.is_empty() || line.starts_with('#') {
@@ -165,11 +186,24 @@ mod tests {
         let merged = merge(own, &[(0, w.to_owned()), (1, w.to_owned())]);
         assert_eq!(merged.matches("# TYPE b gauge").count(), 1, "{merged}");
         assert!(merged.contains("a_total 1\n"));
-        assert!(merged.contains("b{worker=\"0\"} 2\nb{worker=\"1\"} 2\n"), "{merged}");
-        assert!(merged.contains("h_bucket{worker=\"1\",le=\"1\"} 3\n"), "{merged}");
+        assert!(
+            merged.contains("b{worker=\"0\"} 2\nb{worker=\"1\"} 2\n"),
+            "{merged}"
+        );
+        assert!(
+            merged.contains("h_bucket{worker=\"1\",le=\"1\"} 3\n"),
+            "{merged}"
+        );
         assert!(merged.contains("h_count{worker=\"0\"} 3\n"));
         // Families stay contiguous: h's samples follow h's TYPE line.
         let h = merged.find("# TYPE h").expect("h");
-        assert!(merged[h..].lines().skip(1).take(6).all(|l| l.starts_with('h')), "{merged}");
+        assert!(
+            merged[h..]
+                .lines()
+                .skip(1)
+                .take(6)
+                .all(|l| l.starts_with('h')),
+            "{merged}"
+        );
     }
 }

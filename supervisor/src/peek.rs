@@ -107,7 +107,9 @@ mod tests {
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let c = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
         let (s, _) = l.accept().await.expect("accept");
         (c, s)
     }
@@ -134,10 +136,14 @@ mod tests {
     #[tokio::test]
     async fn waits_for_a_head_sent_in_pieces() {
         let (mut c, s) = pair().await;
-        c.write_all(b"GET /mcp HTTP/1.1\r\nHo").await.expect("write");
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
         let task = tokio::spawn(async move { peek_head(&s, 16384).await });
         tokio::task::yield_now().await;
-        c.write_all(b"st: x\r\nmcp-session-id: bad\r\n\r\n").await.expect("write");
+        c.write_all(b"st: x\r\nmcp-session-id: bad\r\n\r\n")
+            .await
+            .expect("write");
         assert_eq!(
             task.await.expect("join").expect("peek"),
             Head::Complete { session: None }
@@ -152,7 +158,9 @@ mod tests {
         assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::TooLarge);
 
         let (mut c, s) = pair().await;
-        c.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.expect("write");
+        c.write_all(b"\x16\x03\x01garbage\r\n\r\n")
+            .await
+            .expect("write");
         assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::Malformed);
 
         let (c, s) = pair().await;

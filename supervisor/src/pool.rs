@@ -127,7 +127,9 @@ impl Pool {
 
 /// fork+exec `mcpgw worker` for `id`, with its two sockets at fixed fds.
 /// The returned [`Worker`] is not serving until it says `Ready`.
-pub(crate) fn spawn(id: WorkerId) -> Result<(Arc<Worker>, Child, Receiver<FromWorker>), SpawnError> {
+pub(crate) fn spawn(
+    id: WorkerId,
+) -> Result<(Arc<Worker>, Child, Receiver<FromWorker>), SpawnError> {
     let (ctrl_parent, ctrl_child) =
         std::os::unix::net::UnixStream::pair().map_err(SpawnError::ControlPair)?;
     let (conn_parent, conn_child) = fdpass::seqpacket_pair()?;
@@ -149,7 +151,10 @@ pub(crate) fn spawn(id: WorkerId) -> Result<(Arc<Worker>, Child, Receiver<FromWo
     }
     fdpass::install_on_exec(
         &mut cmd,
-        vec![(ctrl_child, WORKER_CONTROL_FD), (conn_child, WORKER_CONN_FD)],
+        vec![
+            (ctrl_child, WORKER_CONTROL_FD),
+            (conn_child, WORKER_CONN_FD),
+        ],
     );
     let child = Command::from(cmd).spawn().map_err(SpawnError::Exec)?;
     // The command (and with it the child's socket ends) is gone now, so the

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach the admin listener at {addr}: {source} (is mcpgw running? see admin_listen)")]
+    #[error(
+        "cannot reach the admin listener at {addr}: {source} (is mcpgw running? see admin_listen)"
+    )]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
@@ -28,7 +30,9 @@ pub fn status(addr: SocketAddr) -> Result<String, StatusError> {
     let io = |source| StatusError::Io { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|source| StatusError::Connect { addr, source })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     write!(
         stream,
         "GET /admin/workers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -66,7 +70,13 @@ fn render(doc: &serde_json::Value) -> String {
             .map(|u| format!("{}={}", u["upstream"].as_str().unwrap_or("?"), u["count"]))
             .collect();
         let answered = w["answered"].as_bool().unwrap_or(false);
-        let num = |k: &str| if answered { w[k].to_string() } else { "-".to_owned() };
+        let num = |k: &str| {
+            if answered {
+                w[k].to_string()
+            } else {
+                "-".to_owned()
+            }
+        };
         out.push_str(&format!(
             "{:<6} {:<10} {:<8} {:>8}s {:>11} {:>8}  {}\n",
             w["slot"],
@@ -75,7 +85,11 @@ fn render(doc: &serde_json::Value) -> String {
             w["uptime_secs"],
             num("connections"),
             num("sessions"),
-            if answered { upstreams.join(" ") } else { "(no answer)".to_owned() }
+            if answered {
+                upstreams.join(" ")
+            } else {
+                "(no answer)".to_owned()
+            }
         ));
     }
     out.push_str(&format!("sessions: {}\n", doc["sessions"]));
@@ -94,7 +108,12 @@ mod tests {
             {"slot":1,"generation":0,"pid":11,"uptime_secs":5,"answered":false}],"sessions":3});
         let t = render(&doc);
         assert_eq!(t.lines().count(), 4, "{t}");
-        assert!(t.lines().nth(1).is_some_and(|l| l.contains("a=3") && l.starts_with('0')), "{t}");
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("a=3") && l.starts_with('0')),
+            "{t}"
+        );
         assert!(t.contains("(no answer)"));
         assert!(t.ends_with("sessions: 3\n"));
     }

@@ -107,7 +107,10 @@ pub(crate) fn take_activated() -> Vec<(String, OwnedFd)> {
     for i in 0..count.min(64) {
         match mcpgw_protocol::fdpass::take_inherited(FIRST + i) {
             Ok(fd) => out.push((
-                names.get(i as usize).cloned().unwrap_or_else(|| "unknown".to_owned()),
+                names
+                    .get(i as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".to_owned()),
                 fd,
             )),
             Err(e) => warn!(fd = FIRST + i, error = %e, "socket activation fd is not open"),

@@ -102,5 +102,3 @@ impl HttpBody for ChannelBody {
             .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
-
-

@@ -46,11 +46,17 @@ const SESSION_NOT_FOUND: i32 = -32001;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i32 = -32002;
 
-pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Response<Body> {
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    origin: Origin,
+) -> Response<Body> {
     let mut resp = route(&ctx, req, origin).await;
     if let Some(v) = &ctx.worker_header {
         // A forwarded answer already names the owner that served it.
-        resp.headers_mut().entry(WORKER).or_insert_with(|| v.clone());
+        resp.headers_mut()
+            .entry(WORKER)
+            .or_insert_with(|| v.clone());
     }
     resp
 }
@@ -74,12 +80,16 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
         Some(raw) => match SessionId::parse(raw.as_bytes()) {
             Err(e) => {
                 info!(error = %e, "malformed Mcp-Session-Id");
-                return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-                    "null",
-                    jsonrpc::INVALID_REQUEST,
-                    &format!("invalid Mcp-Session-Id: {e}"),
-                    None,
-                ));
+                return rpc(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::error(
+                        "null",
+                        jsonrpc::INVALID_REQUEST,
+                        &format!("invalid Mcp-Session-Id: {e}"),
+                        None,
+                    ),
+                );
             }
             Ok(id) => match ctx.sessions.get(&id) {
                 Some(s) if Arc::ptr_eq(&s.endpoint, &endpoint) => Some(s),
@@ -101,7 +111,8 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
         Method::DELETE => delete(ctx, session, accept).await,
         _ => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE\n");
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r
         }
     }
@@ -116,7 +127,10 @@ struct Accept {
 
 impl Accept {
     fn of<B>(req: &Request<B>) -> Self {
-        let mut a = Accept { json: false, sse: false };
+        let mut a = Accept {
+            json: false,
+            sse: false,
+        };
         let mut any = false;
         for v in req.headers().get_all(ACCEPT) {
             let Ok(v) = v.to_str() else { continue };
@@ -136,7 +150,10 @@ impl Accept {
         }
         if !any {
             // No Accept at all: be lenient and answer JSON (and allow GET).
-            a = Accept { json: true, sse: true };
+            a = Accept {
+                json: true,
+                sse: true,
+            };
         }
         a
     }
@@ -145,7 +162,10 @@ impl Accept {
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(Bytes::from_static(text.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -158,18 +178,23 @@ fn rpc(accept: Accept, status: StatusCode, message: Bytes) -> Response<Body> {
     };
     let mut r = Response::new(body::full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
 fn session_not_found(accept: Accept, id: &SessionId, why: &str) -> Response<Body> {
     debug!(session = %id, why, "session not found");
-    rpc(accept, StatusCode::NOT_FOUND, jsonrpc::error(
-        "null",
-        SESSION_NOT_FOUND,
-        "Session not found; initialize a new session",
-        None,
-    ))
+    rpc(
+        accept,
+        StatusCode::NOT_FOUND,
+        jsonrpc::error(
+            "null",
+            SESSION_NOT_FOUND,
+            "Session not found; initialize a new session",
+            None,
+        ),
+    )
 }
 
 fn is_json_content_type<B>(req: &Request<B>) -> bool {
@@ -196,7 +221,10 @@ async fn post(
         400..=499 => "rejected",
         _ => "error",
     };
-    ctx.metrics.requests.with_label_values(&[method, outcome]).inc();
+    ctx.metrics
+        .requests
+        .with_label_values(&[method, outcome])
+        .inc();
     ctx.metrics
         .duration
         .with_label_values(&[method])
@@ -213,12 +241,16 @@ async fn post_inner(
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
-        return rpc(accept, StatusCode::UNSUPPORTED_MEDIA_TYPE, jsonrpc::error(
-            "null",
-            jsonrpc::INVALID_REQUEST,
-            "Content-Type must be application/json",
-            None,
-        ));
+        return rpc(
+            accept,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "Content-Type must be application/json",
+                None,
+            ),
+        );
     }
     if !accept.json && !accept.sse {
         return plain(
@@ -231,12 +263,16 @@ async fn post_inner(
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             info!(limit = ctx.max_body, "request body too large");
-            return rpc(accept, StatusCode::PAYLOAD_TOO_LARGE, jsonrpc::error(
-                "null",
-                jsonrpc::INVALID_REQUEST,
-                &format!("request body exceeds {} bytes", ctx.max_body),
-                None,
-            ));
+            return rpc(
+                accept,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                jsonrpc::error(
+                    "null",
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("request body exceeds {} bytes", ctx.max_body),
+                    None,
+                ),
+            );
         }
         Err(e) => {
             debug!(error = %e, "reading the request body failed");
@@ -244,21 +280,29 @@ async fn post_inner(
         }
     };
     if jsonrpc::is_batch(&body) {
-        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            "null",
-            jsonrpc::INVALID_REQUEST,
-            "JSON-RPC batches are not supported; send one message per request",
-            None,
-        ));
+        return rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC batches are not supported; send one message per request",
+                None,
+            ),
+        );
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
-        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            "null",
-            jsonrpc::PARSE_ERROR,
-            "Parse error: the body is not a JSON object",
-            None,
-        ));
+        return rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                "null",
+                jsonrpc::PARSE_ERROR,
+                "Parse error: the body is not a JSON object",
+                None,
+            ),
+        );
     };
     *method_label = match env.kind() {
         Kind::Request(m) => metrics::method_label(m),
@@ -274,16 +318,20 @@ async fn post_inner(
         match versions::lookup(v.as_bytes()) {
             Some(v) if v == session.version => {}
             _ => {
-                return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-                    env.id_raw(),
-                    jsonrpc::INVALID_REQUEST,
-                    &format!(
-                        "MCP-Protocol-Version {:?} does not match the session's {}",
-                        String::from_utf8_lossy(v.as_bytes()),
-                        session.version
+                return rpc(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::error(
+                        env.id_raw(),
+                        jsonrpc::INVALID_REQUEST,
+                        &format!(
+                            "MCP-Protocol-Version {:?} does not match the session's {}",
+                            String::from_utf8_lossy(v.as_bytes()),
+                            session.version
+                        ),
+                        None,
                     ),
-                    None,
-                ));
+                );
             }
         }
     }
@@ -292,12 +340,16 @@ async fn post_inner(
         // Client notifications and answers to server requests are accepted;
         // relaying them upstream is the job of the full-surface work.
         Kind::Notification(_) | Kind::Response => accepted(),
-        Kind::Invalid => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            env.id_raw(),
-            jsonrpc::INVALID_REQUEST,
-            "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
-            None,
-        )),
+        Kind::Invalid => rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                env.id_raw(),
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
+                None,
+            ),
+        ),
     }
 }
 
@@ -323,19 +375,27 @@ fn sessionless(
             let requested = header_version
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("2026-07-28");
-            rpc(accept, StatusCode::OK, jsonrpc::error(
-                env.id_raw(),
-                jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
-                "Unsupported protocol version: this server speaks the initialize handshake",
-                Some(&versions::unsupported_data(requested)),
-            ))
+            rpc(
+                accept,
+                StatusCode::OK,
+                jsonrpc::error(
+                    env.id_raw(),
+                    jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+                    "Unsupported protocol version: this server speaks the initialize handshake",
+                    Some(&versions::unsupported_data(requested)),
+                ),
+            )
         }
-        _ => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            env.id_raw(),
-            jsonrpc::INVALID_REQUEST,
-            "Bad Request: missing Mcp-Session-Id header; send initialize first",
-            None,
-        )),
+        _ => rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                env.id_raw(),
+                jsonrpc::INVALID_REQUEST,
+                "Bad Request: missing Mcp-Session-Id header; send initialize first",
+                None,
+            ),
+        ),
     }
 }
 
@@ -355,27 +415,42 @@ fn initialize(
         return invalid_params(accept, id, "initialize needs params");
     };
     let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) else {
-        return invalid_params(accept, id, "initialize needs params.protocolVersion (a string)");
+        return invalid_params(
+            accept,
+            id,
+            "initialize needs params.protocolVersion (a string)",
+        );
     };
     let version = versions::negotiate(&p.protocol_version);
-    let Some(init_params) =
-        jsonrpc::with_member(params.get(), "protocolVersion", &jsonrpc::json_string(version))
-    else {
+    let Some(init_params) = jsonrpc::with_member(
+        params.get(),
+        "protocolVersion",
+        &jsonrpc::json_string(version),
+    ) else {
         return invalid_params(accept, id, "initialize params must be an object");
     };
     let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slots) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot mint a session id");
-            return rpc(accept, StatusCode::INTERNAL_SERVER_ERROR, jsonrpc::error(
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                "cannot create a session right now",
-                None,
-            ));
+            return rpc(
+                accept,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                jsonrpc::error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "cannot create a session right now",
+                    None,
+                ),
+            );
         }
     };
-    let session = Arc::new(Session::new(session_id, endpoint, version, init_params.into_boxed_str()));
+    let session = Arc::new(Session::new(
+        session_id,
+        endpoint,
+        version,
+        init_params.into_boxed_str(),
+    ));
     ctx.sessions.insert(session);
     info!(session = %session_id, version, requested = %p.protocol_version, "session created");
     let result = format!(
@@ -395,7 +470,11 @@ fn initialize(
 }
 
 fn invalid_params(accept: Accept, id: &str, message: &str) -> Response<Body> {
-    rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None))
+    rpc(
+        accept,
+        StatusCode::OK,
+        jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None),
+    )
 }
 
 /// A request inside a session.
@@ -410,12 +489,16 @@ async fn request(
     let id = env.id_raw();
     let namespaced = session.endpoint.namespaced();
     match method {
-        "initialize" => rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            id,
-            jsonrpc::INVALID_REQUEST,
-            "this session is already initialized",
-            None,
-        )),
+        "initialize" => rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                id,
+                jsonrpc::INVALID_REQUEST,
+                "this session is already initialized",
+                None,
+            ),
+        ),
         "ping" => rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}")),
         "tools/call" => by_name(ctx, session, env, body, accept, "tool").await,
         "prompts/get" => by_name(ctx, session, env, body, accept, "prompt").await,
@@ -425,7 +508,10 @@ async fn request(
                 #[serde(borrow)]
                 uri: Cow<'a, str>,
             }
-            match env.params.and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok()) {
+            match env
+                .params
+                .and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok())
+            {
                 Some(p) => by_uri(ctx, session, &p.uri, body.clone(), id, accept).await,
                 None => invalid_params(accept, id, &format!("{method} needs params.uri")),
             }
@@ -448,7 +534,14 @@ async fn request(
                     .params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or_default();
-                return match federation::merged_list(&ctx.registry, session, kind, p.cursor.as_deref()).await {
+                return match federation::merged_list(
+                    &ctx.registry,
+                    session,
+                    kind,
+                    p.cursor.as_deref(),
+                )
+                .await
+                {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
                     Err(e) => invalid_params(accept, id, &e.to_string()),
                 };
@@ -456,12 +549,16 @@ async fn request(
             if m == "logging/setLevel" {
                 return broadcast(ctx, session, m, env, accept).await;
             }
-            rpc(accept, StatusCode::OK, jsonrpc::error(
-                id,
-                jsonrpc::METHOD_NOT_FOUND,
-                &format!("Method not found: {m}"),
-                None,
-            ))
+            rpc(
+                accept,
+                StatusCode::OK,
+                jsonrpc::error(
+                    id,
+                    jsonrpc::METHOD_NOT_FOUND,
+                    &format!("Method not found: {m}"),
+                    None,
+                ),
+            )
         }
     }
 }
@@ -524,7 +621,11 @@ async fn by_uri(
     if !session.endpoint.namespaced() {
         return passthrough(ctx, session, 0, body, id, accept).await;
     }
-    let known = session.resource_routes.lock().ok().and_then(|m| m.get(uri).copied());
+    let known = session
+        .resource_routes
+        .lock()
+        .ok()
+        .and_then(|m| m.get(uri).copied());
     if let Some(pos) = known {
         return passthrough(ctx, session, pos, body, id, accept).await;
     }
@@ -551,7 +652,12 @@ async fn by_uri(
         }
     }
     let message = last_error.unwrap_or_else(|| {
-        jsonrpc::error(id, RESOURCE_NOT_FOUND, &format!("Resource not found: {uri}"), None)
+        jsonrpc::error(
+            id,
+            RESOURCE_NOT_FOUND,
+            &format!("Resource not found: {uri}"),
+            None,
+        )
     });
     rpc(accept, StatusCode::OK, message)
 }
@@ -596,26 +702,29 @@ async fn complete(
                 let Ok(obj) = serde_json::from_str::<jsonrpc::RawObject<'_>>(params.get()) else {
                     return invalid_params(accept, id, "params must be an object");
                 };
-                let Some(new_ref) = obj
-                    .get("ref")
-                    .and_then(|r| jsonrpc::with_member(r.get(), "name", &jsonrpc::json_string(upstream_name)))
-                else {
+                let Some(new_ref) = obj.get("ref").and_then(|r| {
+                    jsonrpc::with_member(r.get(), "name", &jsonrpc::json_string(upstream_name))
+                }) else {
                     return invalid_params(accept, id, "params.ref must be an object");
                 };
-                match std::str::from_utf8(body)
-                    .ok()
-                    .and_then(|text| {
-                        let new_params = jsonrpc::with_member(params.get(), "ref", &new_ref)?;
-                        jsonrpc::with_member(text, "params", &new_params)
-                    }) {
+                match std::str::from_utf8(body).ok().and_then(|text| {
+                    let new_params = jsonrpc::with_member(params.get(), "ref", &new_ref)?;
+                    jsonrpc::with_member(text, "params", &new_params)
+                }) {
                     Some(b) => Bytes::from(b),
                     None => return invalid_params(accept, id, "params must be an object"),
                 }
             };
             passthrough(ctx, session, pos, body, id, accept).await
         }
-        ("ref/resource", _, Some(uri)) => by_uri(ctx, session, &uri, body.clone(), id, accept).await,
-        _ => invalid_params(accept, id, "params.ref must be ref/prompt with name or ref/resource with uri"),
+        ("ref/resource", _, Some(uri)) => {
+            by_uri(ctx, session, &uri, body.clone(), id, accept).await
+        }
+        _ => invalid_params(
+            accept,
+            id,
+            "params.ref must be ref/prompt with name or ref/resource with uri",
+        ),
     }
 }
 
@@ -631,7 +740,12 @@ async fn broadcast(
     let params = env.params.map(|p| p.get().to_owned());
     let mut set = tokio::task::JoinSet::new();
     for pos in 0..session.endpoint.upstreams.len() {
-        let (ctx, session, params, method) = (ctx.clone(), session.clone(), params.clone(), method.to_owned());
+        let (ctx, session, params, method) = (
+            ctx.clone(),
+            session.clone(),
+            params.clone(),
+            method.to_owned(),
+        );
         set.spawn(async move {
             let deadline = Instant::now() + session.endpoint.upstreams[pos].request_timeout;
             let us = ctx.registry.get(&session, pos).await.ok()?;
@@ -647,12 +761,16 @@ async fn broadcast(
     if any {
         rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))
     } else {
-        rpc(accept, StatusCode::OK, jsonrpc::error(
-            id,
-            jsonrpc::INTERNAL_ERROR,
-            &format!("no upstream accepted {method}"),
-            None,
-        ))
+        rpc(
+            accept,
+            StatusCode::OK,
+            jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                &format!("no upstream accepted {method}"),
+                None,
+            ),
+        )
     }
 }
 
@@ -695,7 +813,13 @@ async fn passthrough(
     }
 }
 
-fn upstream_failure(ctx: &Ctx, accept: Accept, id: &str, session: &Session, e: &UpstreamError) -> Response<Body> {
+fn upstream_failure(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
     warn!(session = %session.id, error = %e, "upstream request failed");
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
@@ -704,7 +828,11 @@ fn upstream_failure(ctx: &Ctx, accept: Accept, id: &str, session: &Session, e: &
             .with_label_values(&[e.upstream(), e.kind()])
             .inc();
     }
-    rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None))
+    rpc(
+        accept,
+        StatusCode::OK,
+        jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+    )
 }
 
 /// Pass an upstream answer back in a format the client takes: streamed
@@ -716,15 +844,25 @@ async fn relay(
     deadline: Instant,
     server: &crate::upstream::UpstreamServer,
 ) -> Response<Body> {
-    let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let upstream_sse = ct.trim_start().starts_with("text/event-stream");
     let upstream_json = ct.trim_start().starts_with("application/json");
     if (upstream_sse && accept.sse) || (upstream_json && accept.json) {
-        let ct = if upstream_sse { "text/event-stream" } else { "application/json" };
+        let ct = if upstream_sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         let mut r = Response::new(body::with_deadline(resp.into_body(), deadline));
-        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
         if upstream_sse {
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
         return r;
     }
@@ -733,11 +871,19 @@ async fn relay(
             upstream: server.id.clone(),
             reason: format!("answer has content type {ct:?}"),
         };
-        return rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None));
+        return rpc(
+            accept,
+            StatusCode::OK,
+            jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+        );
     }
     match read_answer(server, resp, deadline).await {
         Ok(message) => rpc(accept, StatusCode::OK, message),
-        Err(e) => rpc(accept, StatusCode::OK, jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None)),
+        Err(e) => rpc(
+            accept,
+            StatusCode::OK,
+            jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+        ),
     }
 }
 
@@ -745,10 +891,16 @@ async fn relay(
 /// stops, with keep-alive comments so proxies do not time it out.
 fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Response<Body> {
     let Some(session) = session else {
-        return plain(StatusCode::BAD_REQUEST, "GET needs an Mcp-Session-Id header\n");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "GET needs an Mcp-Session-Id header\n",
+        );
     };
     if !accept.sse {
-        return plain(StatusCode::NOT_ACCEPTABLE, "GET needs Accept: text/event-stream\n");
+        return plain(
+            StatusCode::NOT_ACCEPTABLE,
+            "GET needs Accept: text/event-stream\n",
+        );
     }
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let mut closed = session.close_signal();
@@ -769,8 +921,10 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
         }
     });
     let mut r = Response::new(body::channel(rx));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -786,12 +940,16 @@ async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 /// End the session: close its upstream sessions (bounded), then answer.
 async fn delete(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Response<Body> {
     let Some(session) = session else {
-        return rpc(accept, StatusCode::BAD_REQUEST, jsonrpc::error(
-            "null",
-            jsonrpc::INVALID_REQUEST,
-            "DELETE needs an Mcp-Session-Id header",
-            None,
-        ));
+        return rpc(
+            accept,
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "DELETE needs an Mcp-Session-Id header",
+                None,
+            ),
+        );
     };
     if let Some(s) = ctx.sessions.remove(&session.id) {
         info!(session = %s.id, "session ended by the client");
@@ -822,6 +980,7 @@ fn snapshot(ctx: &Ctx) -> Response<Body> {
         "upstreams": per_upstream,
     });
     let mut r = Response::new(body::full(doc.to_string()));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

@@ -55,7 +55,8 @@ impl Endpoint {
     }
 
     fn public_name(&self, pos: usize, name: &str) -> String {
-        let mut s = String::with_capacity(self.upstreams[pos].id.len() + self.separator.len() + name.len());
+        let mut s =
+            String::with_capacity(self.upstreams[pos].id.len() + self.separator.len() + name.len());
         s.push_str(&self.upstreams[pos].id);
         s.push_str(&self.separator);
         s.push_str(name);
@@ -318,7 +319,7 @@ fn encode_cursor(parts: &[(usize, String)]) -> String {
 }
 
 fn decode_cursor(cursor: &str, upstreams: usize) -> Option<Vec<(usize, Option<String>)>> {
-    if cursor.len() % 2 != 0 || cursor.len() > 64 * 1024 {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 64 * 1024 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..cursor.len())
@@ -376,9 +377,21 @@ mod tests {
     async fn items_are_renamed_and_resources_recorded() {
         let two = endpoint(&["a", "b"]);
         let mut routes = Vec::new();
-        let tool = render_item(&two, 1, ListKind::Tools, r#"{"name":"inc","inputSchema":{"type":"object"}}"#, &mut routes);
+        let tool = render_item(
+            &two,
+            1,
+            ListKind::Tools,
+            r#"{"name":"inc","inputSchema":{"type":"object"}}"#,
+            &mut routes,
+        );
         assert_eq!(tool, r#"{"name":"b__inc","inputSchema":{"type":"object"}}"#);
-        let res = render_item(&two, 0, ListKind::Resources, r#"{"uri":"x://1","name":"one"}"#, &mut routes);
+        let res = render_item(
+            &two,
+            0,
+            ListKind::Resources,
+            r#"{"uri":"x://1","name":"one"}"#,
+            &mut routes,
+        );
         assert_eq!(res, r#"{"uri":"x://1","name":"one"}"#);
         assert_eq!(routes, vec![("x://1".to_owned(), 0)]);
     }
@@ -389,7 +402,10 @@ mod tests {
         let c = encode_cursor(&parts);
         assert_eq!(
             decode_cursor(&c, 3),
-            Some(vec![(0, Some("p2".to_owned())), (2, Some("\"q\"".to_owned()))])
+            Some(vec![
+                (0, Some("p2".to_owned())),
+                (2, Some("\"q\"".to_owned()))
+            ])
         );
         assert_eq!(decode_cursor(&c, 2), None);
         assert_eq!(decode_cursor("zz", 3), None);

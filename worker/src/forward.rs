@@ -59,13 +59,14 @@ impl Forwarder {
                 }
             }
         };
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(owner, error = %e, "handshake with owner failed");
-                return unavailable();
-            }
-        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(owner, error = %e, "handshake with owner failed");
+                    return unavailable();
+                }
+            };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "forward connection ended with an error");
@@ -94,9 +95,15 @@ impl Forwarder {
 }
 
 fn unavailable() -> Response<Body> {
-    let mut r = Response::new(body::full(&b"the worker that owns this session is unavailable; retry\n"[..]));
+    let mut r = Response::new(body::full(
+        &b"the worker that owns this session is unavailable; retry\n"[..],
+    ));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

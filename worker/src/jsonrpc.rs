@@ -253,10 +253,22 @@ mod tests {
     #[test]
     fn kinds() {
         let k = |s: &str| parse(s.as_bytes()).map(|e| format!("{:?}", e.kind()));
-        assert_eq!(k(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).as_deref(), Some("Request(\"ping\")"));
-        assert_eq!(k(r#"{"jsonrpc":"2.0","method":"n"}"#).as_deref(), Some("Notification(\"n\")"));
-        assert_eq!(k(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).as_deref(), Some("Response"));
-        assert_eq!(k(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).as_deref(), Some("Invalid"));
+        assert_eq!(
+            k(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).as_deref(),
+            Some("Request(\"ping\")")
+        );
+        assert_eq!(
+            k(r#"{"jsonrpc":"2.0","method":"n"}"#).as_deref(),
+            Some("Notification(\"n\")")
+        );
+        assert_eq!(
+            k(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).as_deref(),
+            Some("Response")
+        );
+        assert_eq!(
+            k(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).as_deref(),
+            Some("Invalid")
+        );
         assert_eq!(k(r#"{"id":1}"#).as_deref(), Some("Invalid"));
         assert!(parse(b"{nope").is_none());
         assert!(parse(b"[1]").is_none());
@@ -284,14 +296,25 @@ mod tests {
 
     #[test]
     fn builders_produce_valid_json() {
-        let e = error("7", INVALID_PARAMS, "Unknown tool: \"x\"\n", Some(r#"{"a":1}"#));
+        let e = error(
+            "7",
+            INVALID_PARAMS,
+            "Unknown tool: \"x\"\n",
+            Some(r#"{"a":1}"#),
+        );
         let v: serde_json::Value = serde_json::from_slice(&e).expect("json");
         assert_eq!(v["error"]["code"], -32602);
         assert_eq!(v["error"]["message"], "Unknown tool: \"x\"\n");
         let r = request("mcpgw-1", "tools/list", Some(r#"{"cursor":"c"}"#));
         let v: serde_json::Value = serde_json::from_slice(&r).expect("json");
         assert_eq!(v["params"]["cursor"], "c");
-        assert!(matches!(answer(&result("1", "{\"ok\":true}")), Some(Answer::Result(_))));
-        assert!(matches!(answer(&e), Some(Answer::Error { code: -32602, .. })));
+        assert!(matches!(
+            answer(&result("1", "{\"ok\":true}")),
+            Some(Answer::Result(_))
+        ));
+        assert!(matches!(
+            answer(&e),
+            Some(Answer::Error { code: -32602, .. })
+        ));
     }
 }

@@ -104,7 +104,8 @@ pub(crate) struct Ctx {
 
 /// Run a worker until the supervisor tells it to stop (or disappears).
 pub fn run(args: Args) -> Result<(), WorkerError> {
-    let take = |fd| fdpass::take_inherited(fd).map_err(|source| WorkerError::InheritedFd { fd, source });
+    let take =
+        |fd| fdpass::take_inherited(fd).map_err(|source| WorkerError::InheritedFd { fd, source });
     let control = take(CONTROL_FD)?;
     let conns = take(CONN_FD)?;
     // One thread per worker process; the pool has one worker per core.
@@ -145,7 +146,13 @@ async fn serve(
     }
 
     let (stop_tx, stopping) = watch::channel(false);
-    let ctx = Arc::new(build_ctx(id, slots, &config, runtime_dir.clone(), stopping)?);
+    let ctx = Arc::new(build_ctx(
+        id,
+        slots,
+        &config,
+        runtime_dir.clone(),
+        stopping,
+    )?);
 
     let path = forward::socket_path(&runtime_dir, id.slot);
     let _ = std::fs::remove_file(&path);
@@ -167,7 +174,10 @@ async fn serve(
     let open = Arc::new(AtomicU32::new(0));
     let tx = Arc::new(tokio::sync::Mutex::new(tx));
     tokio::spawn(report_load(tx.clone(), open.clone()));
-    tokio::spawn(expire_sessions(ctx.clone(), Duration::from_secs(config.sessions.idle_timeout_secs)));
+    tokio::spawn(expire_sessions(
+        ctx.clone(),
+        Duration::from_secs(config.sessions.idle_timeout_secs),
+    ));
 
     // Control messages arrive through a task so a half-read frame is never
     // dropped by the select below.
@@ -282,7 +292,10 @@ async fn serve(
         .await
         .is_err()
     {
-        warn!(open = open.load(Ordering::Relaxed), "grace period over; cutting the connections left");
+        warn!(
+            open = open.load(Ordering::Relaxed),
+            "grace period over; cutting the connections left"
+        );
     }
     let all = ctx.sessions.take_all();
     if !all.is_empty() {
@@ -309,7 +322,15 @@ fn build_ctx(
     let worker_header = config
         .diagnostics
         .worker_header
-        .then(|| HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok())
+        .then(|| {
+            HeaderValue::from_str(&format!(
+                "{}/{}/{}",
+                id.slot,
+                id.generation,
+                std::process::id()
+            ))
+            .ok()
+        })
         .flatten();
     let metrics = Arc::new(metrics::Metrics::new()?);
     Ok(Ctx {
@@ -323,7 +344,11 @@ fn build_ctx(
             metrics.clone(),
         )),
         metrics,
-        forwarder: Forwarder::new(runtime_dir, id.slot, Duration::from_millis(config.limits.dispatch_wait_ms)),
+        forwarder: Forwarder::new(
+            runtime_dir,
+            id.slot,
+            Duration::from_millis(config.limits.dispatch_wait_ms),
+        ),
         worker_header,
         max_body: config.limits.max_body_bytes as usize,
         stopping,
@@ -356,7 +381,13 @@ async fn report_load(tx: Arc<tokio::sync::Mutex<Sender<FromWorker>>>, open: Arc<
         tick.tick().await;
         let now = open.load(Ordering::Relaxed);
         if now != last {
-            if tx.lock().await.send(&FromWorker::Load { connections: now }).await.is_err() {
+            if tx
+                .lock()
+                .await
+                .send(&FromWorker::Load { connections: now })
+                .await
+                .is_err()
+            {
                 return;
             }
             last = now;

@@ -62,7 +62,10 @@ impl Metrics {
     pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("mcpgw_requests_total", "MCP messages handled, by method and outcome."),
+            Opts::new(
+                "mcpgw_requests_total",
+                "MCP messages handled, by method and outcome.",
+            ),
             &["method", "outcome"],
         )?;
         let duration = HistogramVec::new(
@@ -71,13 +74,17 @@ impl Metrics {
                 "Time to the answer's head, by MCP method.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
             ]),
             &["method"],
         )?;
         let sessions = IntGauge::new("mcpgw_sessions_active", "Downstream MCP sessions owned.")?;
         let upstream_sessions = IntGaugeVec::new(
-            Opts::new("mcpgw_upstream_sessions_active", "Live upstream MCP sessions, by upstream."),
+            Opts::new(
+                "mcpgw_upstream_sessions_active",
+                "Live upstream MCP sessions, by upstream.",
+            ),
             &["upstream"],
         )?;
         let upstream_session_events = IntCounterVec::new(
@@ -88,7 +95,10 @@ impl Metrics {
             &["upstream", "event"],
         )?;
         let upstream_errors = IntCounterVec::new(
-            Opts::new("mcpgw_upstream_errors_total", "Failed upstream requests, by upstream and kind."),
+            Opts::new(
+                "mcpgw_upstream_errors_total",
+                "Failed upstream requests, by upstream and kind.",
+            ),
             &["upstream", "kind"],
         )?;
         let forwarded = IntCounterVec::new(
@@ -143,7 +153,13 @@ mod tests {
         m.requests.with_label_values(&["ping", "ok"]).inc();
         m.upstream_sessions.with_label_values(&["a"]).set(2);
         let text = m.render();
-        assert!(text.contains("mcpgw_requests_total{method=\"ping\",outcome=\"ok\"} 1"), "{text}");
-        assert!(text.contains("mcpgw_upstream_sessions_active{upstream=\"a\"} 2"), "{text}");
+        assert!(
+            text.contains("mcpgw_requests_total{method=\"ping\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcpgw_upstream_sessions_active{upstream=\"a\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -90,7 +90,8 @@ impl Registry {
                 tokio::spawn(async move { old.close(grace).await });
             }
         }
-        let created = match UpstreamSession::initialize(server.clone(), &session.init_params).await {
+        let created = match UpstreamSession::initialize(server.clone(), &session.init_params).await
+        {
             Ok(c) => c,
             Err(e) => {
                 self.metrics
@@ -114,7 +115,13 @@ impl Registry {
 
     /// Drop `failed` from its cell after a transport error, unless the cell
     /// already holds a newer upstream session.
-    pub(crate) async fn evict(&self, session: &Session, pos: usize, failed: &Arc<UpstreamSession>, why: &UpstreamError) {
+    pub(crate) async fn evict(
+        &self,
+        session: &Session,
+        pos: usize,
+        failed: &Arc<UpstreamSession>,
+        why: &UpstreamError,
+    ) {
         let mut cell = session.upstreams.cells[pos].lock().await;
         if cell.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, failed)) {
             *cell = None;
@@ -153,7 +160,10 @@ impl Registry {
         }
         let all = async { while set.join_next().await.is_some() {} };
         if tokio::time::timeout(grace * 2, all).await.is_err() {
-            warn!(left = set.len(), "upstream session closes did not finish in time; abandoning them");
+            warn!(
+                left = set.len(),
+                "upstream session closes did not finish in time; abandoning them"
+            );
             set.abort_all();
         }
     }

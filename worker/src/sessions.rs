@@ -140,7 +140,11 @@ impl Sessions {
         let Ok(mut m) = self.map.lock() else {
             return Vec::new();
         };
-        let out = m.drain().map(|(_, s)| s).inspect(|s| s.mark_closed()).collect();
+        let out = m
+            .drain()
+            .map(|(_, s)| s)
+            .inspect(|s| s.mark_closed())
+            .collect();
         self.sync_gauge(&m);
         out
     }

@@ -100,7 +100,8 @@ mod tests {
 
     #[test]
     fn parses_events_split_anywhere() {
-        let stream = b": hi\nevent: message\nid: 7\ndata: {\"a\":\ndata: 1}\n\r\ndata: x\r\r\ndata: y\n\n";
+        let stream =
+            b": hi\nevent: message\nid: 7\ndata: {\"a\":\ndata: 1}\n\r\ndata: x\r\r\ndata: y\n\n";
         for split in 0..stream.len() {
             let mut p = Parser::default();
             let mut got = Vec::new();

@@ -45,7 +45,10 @@ pub(crate) enum UpstreamError {
     #[error("upstream {upstream} no longer knows its session (HTTP 404)")]
     SessionGone { upstream: Arc<str> },
     #[error("upstream {upstream} answered HTTP {status}")]
-    Status { upstream: Arc<str>, status: StatusCode },
+    Status {
+        upstream: Arc<str>,
+        status: StatusCode,
+    },
     #[error("upstream {upstream} sent an unusable answer: {reason}")]
     Protocol { upstream: Arc<str>, reason: String },
     #[error("upstream {upstream} refused initialize: {message}")]
@@ -113,7 +116,8 @@ impl UpstreamServer {
             .map_err(|e| bad(format!("url {:?}: {e}", cfg.url)))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(format!("header {k:?}: {e}")))?;
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| bad(format!("header {k:?}: {e}")))?;
             let value = HeaderValue::from_str(v).map_err(|e| bad(format!("header {k:?}: {e}")))?;
             headers.insert(name, value);
         }
@@ -275,7 +279,9 @@ impl UpstreamSession {
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
-        self.last_used.lock().map_or(Duration::ZERO, |t| t.elapsed())
+        self.last_used
+            .lock()
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     pub(crate) fn age(&self) -> Duration {
@@ -356,7 +362,9 @@ impl UpstreamSession {
                     warn!(upstream = %self.server.id, %status, "upstream refused session DELETE");
                 }
             }
-            Err(e) => warn!(upstream = %self.server.id, error = %e, "closing upstream session failed; abandoning it"),
+            Err(e) => {
+                warn!(upstream = %self.server.id, error = %e, "closing upstream session failed; abandoning it")
+            }
         }
     }
 }
@@ -393,7 +401,9 @@ pub(crate) async fn read_answer(
             return Err(server.protocol_error("event stream ended without a response"));
         };
         let frame = frame.map_err(|e| server.protocol_error(format!("reading the stream: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         total += data.len();
         if total > MAX_BUFFERED_ANSWER {
             return Err(server.protocol_error("answer too large"));

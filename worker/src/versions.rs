@@ -44,7 +44,8 @@ mod tests {
         assert_eq!(negotiate("2026-07-28"), LATEST);
         assert_eq!(lookup(b"2025-06-18"), Some("2025-06-18"));
         assert_eq!(lookup(b"1999-01-01"), None);
-        let d: serde_json::Value = serde_json::from_str(&unsupported_data("2026-07-28")).expect("json");
+        let d: serde_json::Value =
+            serde_json::from_str(&unsupported_data("2026-07-28")).expect("json");
         assert_eq!(d["supported"][0], "2025-03-26");
         assert_eq!(d["requested"], "2026-07-28");
     }

@@ -613,35 +613,19 @@ async fn sse_upstream_answers_reach_sse_and_json_clients() {
     );
 
     let mut json_only = gateway.client().with_accept("application/json");
-    let init = json_only.initialize().await.expect("initialize");
-    assert_eq!(
-        init.response.media_type().as_deref(),
-        Some("application/json")
-    );
-    for expected in 1..=3 {
-        let reply = json_only
-            .call_tool("increment", json!({}))
-            .await
-            .expect("increment");
-        assert_eq!(
-            reply.response.media_type().as_deref(),
-            Some("application/json")
-        );
-        assert_eq!(reply.count().expect("count"), expected);
-    }
+    json_only_increments(&mut json_only, 3).await;
     assert_eq!(both.count("get_count").await.expect("get_count"), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_only_client_gets_json_answers() {
-    let (_counter, gateway) = counter_behind_gateway(2);
-    let mut client = gateway.client().with_accept("application/json");
+/// Initialize a JSON-only client and increment `times`, checking that every
+/// answer is `application/json` and counts up from 1.
+async fn json_only_increments(client: &mut McpClient, times: u64) {
     let init = client.initialize().await.expect("initialize");
     assert_eq!(
         init.response.media_type().as_deref(),
         Some("application/json")
     );
-    for expected in 1..=2 {
+    for expected in 1..=times {
         let reply = client
             .call_tool("increment", json!({}))
             .await
@@ -652,6 +636,13 @@ async fn json_only_client_gets_json_answers() {
         );
         assert_eq!(reply.count().expect("count"), expected);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_only_client_gets_json_answers() {
+    let (_counter, gateway) = counter_behind_gateway(2);
+    let mut client = gateway.client().with_accept("application/json");
+    json_only_increments(&mut client, 2).await;
     let list = client
         .request("tools/list", Value::Null)
         .await

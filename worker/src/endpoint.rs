@@ -80,15 +80,12 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
         Some(raw) => match SessionId::parse(raw.as_bytes()) {
             Err(e) => {
                 info!(error = %e, "malformed Mcp-Session-Id");
-                return rpc(
+                return rpc_error(
                     accept,
                     StatusCode::BAD_REQUEST,
-                    jsonrpc::error(
-                        "null",
-                        jsonrpc::INVALID_REQUEST,
-                        &format!("invalid Mcp-Session-Id: {e}"),
-                        None,
-                    ),
+                    "null",
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("invalid Mcp-Session-Id: {e}"),
                 );
             }
             Ok(id) => match ctx.sessions.get(&id) {
@@ -183,17 +180,25 @@ fn rpc(accept: Accept, status: StatusCode, message: Bytes) -> Response<Body> {
     r
 }
 
+/// A JSON-RPC error made by the gateway itself.
+fn rpc_error(
+    accept: Accept,
+    status: StatusCode,
+    id: &str,
+    code: i32,
+    message: &str,
+) -> Response<Body> {
+    rpc(accept, status, jsonrpc::error(id, code, message, None))
+}
+
 fn session_not_found(accept: Accept, id: &SessionId, why: &str) -> Response<Body> {
     debug!(session = %id, why, "session not found");
-    rpc(
+    rpc_error(
         accept,
         StatusCode::NOT_FOUND,
-        jsonrpc::error(
-            "null",
-            SESSION_NOT_FOUND,
-            "Session not found; initialize a new session",
-            None,
-        ),
+        "null",
+        SESSION_NOT_FOUND,
+        "Session not found; initialize a new session",
     )
 }
 
@@ -241,15 +246,12 @@ async fn post_inner(
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
-        return rpc(
+        return rpc_error(
             accept,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            jsonrpc::error(
-                "null",
-                jsonrpc::INVALID_REQUEST,
-                "Content-Type must be application/json",
-                None,
-            ),
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
         );
     }
     if !accept.json && !accept.sse {
@@ -263,15 +265,12 @@ async fn post_inner(
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             info!(limit = ctx.max_body, "request body too large");
-            return rpc(
+            return rpc_error(
                 accept,
                 StatusCode::PAYLOAD_TOO_LARGE,
-                jsonrpc::error(
-                    "null",
-                    jsonrpc::INVALID_REQUEST,
-                    &format!("request body exceeds {} bytes", ctx.max_body),
-                    None,
-                ),
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &format!("request body exceeds {} bytes", ctx.max_body),
             );
         }
         Err(e) => {
@@ -280,28 +279,22 @@ async fn post_inner(
         }
     };
     if jsonrpc::is_batch(&body) {
-        return rpc(
+        return rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                "null",
-                jsonrpc::INVALID_REQUEST,
-                "JSON-RPC batches are not supported; send one message per request",
-                None,
-            ),
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "JSON-RPC batches are not supported; send one message per request",
         );
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
-        return rpc(
+        return rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                "null",
-                jsonrpc::PARSE_ERROR,
-                "Parse error: the body is not a JSON object",
-                None,
-            ),
+            "null",
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the body is not a JSON object",
         );
     };
     *method_label = match env.kind() {
@@ -318,18 +311,15 @@ async fn post_inner(
         match versions::lookup(v.as_bytes()) {
             Some(v) if v == session.version => {}
             _ => {
-                return rpc(
+                return rpc_error(
                     accept,
                     StatusCode::BAD_REQUEST,
-                    jsonrpc::error(
-                        env.id_raw(),
-                        jsonrpc::INVALID_REQUEST,
-                        &format!(
-                            "MCP-Protocol-Version {:?} does not match the session's {}",
-                            String::from_utf8_lossy(v.as_bytes()),
-                            session.version
-                        ),
-                        None,
+                    env.id_raw(),
+                    jsonrpc::INVALID_REQUEST,
+                    &format!(
+                        "MCP-Protocol-Version {:?} does not match the session's {}",
+                        String::from_utf8_lossy(v.as_bytes()),
+                        session.version
                     ),
                 );
             }
@@ -340,15 +330,12 @@ async fn post_inner(
         // Client notifications and answers to server requests are accepted;
         // relaying them upstream is the job of the full-surface work.
         Kind::Notification(_) | Kind::Response => accepted(),
-        Kind::Invalid => rpc(
+        Kind::Invalid => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                env.id_raw(),
-                jsonrpc::INVALID_REQUEST,
-                "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
-                None,
-            ),
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
         ),
     }
 }
@@ -386,15 +373,12 @@ fn sessionless(
                 ),
             )
         }
-        _ => rpc(
+        _ => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                env.id_raw(),
-                jsonrpc::INVALID_REQUEST,
-                "Bad Request: missing Mcp-Session-Id header; send initialize first",
-                None,
-            ),
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: missing Mcp-Session-Id header; send initialize first",
         ),
     }
 }
@@ -433,15 +417,12 @@ fn initialize(
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot mint a session id");
-            return rpc(
+            return rpc_error(
                 accept,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                jsonrpc::error(
-                    id,
-                    jsonrpc::INTERNAL_ERROR,
-                    "cannot create a session right now",
-                    None,
-                ),
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "cannot create a session right now",
             );
         }
     };
@@ -470,11 +451,7 @@ fn initialize(
 }
 
 fn invalid_params(accept: Accept, id: &str, message: &str) -> Response<Body> {
-    rpc(
-        accept,
-        StatusCode::OK,
-        jsonrpc::error(id, jsonrpc::INVALID_PARAMS, message, None),
-    )
+    rpc_error(accept, StatusCode::OK, id, jsonrpc::INVALID_PARAMS, message)
 }
 
 /// A request inside a session.
@@ -489,15 +466,12 @@ async fn request(
     let id = env.id_raw();
     let namespaced = session.endpoint.namespaced();
     match method {
-        "initialize" => rpc(
+        "initialize" => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                id,
-                jsonrpc::INVALID_REQUEST,
-                "this session is already initialized",
-                None,
-            ),
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "this session is already initialized",
         ),
         "ping" => rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}")),
         "tools/call" => by_name(ctx, session, env, body, accept, "tool").await,
@@ -549,15 +523,12 @@ async fn request(
             if m == "logging/setLevel" {
                 return broadcast(ctx, session, m, env, accept).await;
             }
-            rpc(
+            rpc_error(
                 accept,
                 StatusCode::OK,
-                jsonrpc::error(
-                    id,
-                    jsonrpc::METHOD_NOT_FOUND,
-                    &format!("Method not found: {m}"),
-                    None,
-                ),
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("Method not found: {m}"),
             )
         }
     }
@@ -761,15 +732,12 @@ async fn broadcast(
     if any {
         rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))
     } else {
-        rpc(
+        rpc_error(
             accept,
             StatusCode::OK,
-            jsonrpc::error(
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                &format!("no upstream accepted {method}"),
-                None,
-            ),
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("no upstream accepted {method}"),
         )
     }
 }
@@ -828,10 +796,12 @@ fn upstream_failure(
             .with_label_values(&[e.upstream(), e.kind()])
             .inc();
     }
-    rpc(
+    rpc_error(
         accept,
         StatusCode::OK,
-        jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+        id,
+        jsonrpc::INTERNAL_ERROR,
+        &e.to_string(),
     )
 }
 
@@ -871,18 +841,22 @@ async fn relay(
             upstream: server.id.clone(),
             reason: format!("answer has content type {ct:?}"),
         };
-        return rpc(
+        return rpc_error(
             accept,
             StatusCode::OK,
-            jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &e.to_string(),
         );
     }
     match read_answer(server, resp, deadline).await {
         Ok(message) => rpc(accept, StatusCode::OK, message),
-        Err(e) => rpc(
+        Err(e) => rpc_error(
             accept,
             StatusCode::OK,
-            jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None),
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &e.to_string(),
         ),
     }
 }
@@ -940,15 +914,12 @@ async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 /// End the session: close its upstream sessions (bounded), then answer.
 async fn delete(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Response<Body> {
     let Some(session) = session else {
-        return rpc(
+        return rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            jsonrpc::error(
-                "null",
-                jsonrpc::INVALID_REQUEST,
-                "DELETE needs an Mcp-Session-Id header",
-                None,
-            ),
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "DELETE needs an Mcp-Session-Id header",
         );
     };
     if let Some(s) = ctx.sessions.remove(&session.id) {

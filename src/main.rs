@@ -111,18 +111,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    let ServeArgs {
+        config: path,
+        listen,
+        workers,
+        ..
+    } = args;
+    // The same steps at start and on every reload: the file (if any), then
+    // the command-line overrides, then validation.
+    let load = move || -> anyhow::Result<Config> {
+        let mut config = match &path {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if !listen.is_empty() {
+            config.listen.clone_from(&listen);
+        }
+        if workers.is_some() {
+            config.workers = workers;
+        }
+        config.validate().context("command-line overrides")?;
+        Ok(config)
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if args.workers.is_some() {
-        config.workers = args.workers;
-    }
-    config.validate().context("command-line overrides")?;
-    mcpgw_supervisor::run(config)?;
+    let config = load()?;
+    mcpgw_supervisor::run(config, Box::new(move || load().map_err(|e| format!("{e:#}"))))?;
     Ok(())
 }
 

@@ -47,6 +47,8 @@ pub enum ToWorker {
     Shutdown { grace_ms: u64 },
     /// Send metrics and status back as [`FromWorker::Gathered`] with `id`.
     Gather { id: u64 },
+    /// Apply a new (validated) configuration; answer [`FromWorker::Reloaded`].
+    Reload { id: u64, config: Box<Config> },
 }
 
 /// A worker's answer to [`ToWorker::Gather`].
@@ -78,6 +80,8 @@ pub enum FromWorker {
         id: u64,
         data: Box<Gathered>,
     },
+    /// A reload was applied (`error: None`) or could not be.
+    Reloaded { id: u64, error: Option<String> },
 }
 
 /// Where a handed-over connection was accepted; sent with its fd.

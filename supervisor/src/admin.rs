@@ -30,25 +30,48 @@ use crate::pool::{Pool, Worker};
 
 const GATHER_DEADLINE: Duration = Duration::from_secs(2);
 
-type Answer = (WorkerId, Box<Gathered>);
+/// A worker's answer to a scattered request.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Gathered(Box<Gathered>),
+    /// `None`: applied; `Some`: why not.
+    Reloaded(Option<String>),
+}
 
-/// Open gather requests, by id.
+/// Open scatter/gather requests, by id.
 #[derive(Default)]
 pub(crate) struct Gatherer {
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Answer>>>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<(WorkerId, Answer)>>>,
 }
 
 impl Gatherer {
-    pub(crate) fn deliver(&self, id: u64, from: WorkerId, data: Box<Gathered>) {
+    pub(crate) fn deliver(&self, id: u64, from: WorkerId, answer: Answer) {
         let tx = self.pending.lock().ok().and_then(|p| p.get(&id).cloned());
         if let Some(tx) = tx {
-            let _ = tx.send((from, data));
+            let _ = tx.send((from, answer));
         }
     }
 
-    /// Ask every serving worker; return each with its answer, if it came.
+    /// Metrics and status from every serving worker.
     async fn gather(&self, pool: &Pool) -> Vec<(Arc<Worker>, Option<Box<Gathered>>)> {
+        self.scatter(pool, |id| ToWorker::Gather { id })
+            .await
+            .into_iter()
+            .map(|(w, a)| match a {
+                Some(Answer::Gathered(g)) => (w, Some(g)),
+                _ => (w, None),
+            })
+            .collect()
+    }
+
+    /// Send `make(id)` to every serving worker; return each with its
+    /// answer, if it came before the deadline.
+    pub(crate) async fn scatter(
+        &self,
+        pool: &Pool,
+        make: impl Fn(u64) -> ToWorker,
+    ) -> Vec<(Arc<Worker>, Option<Answer>)> {
         let workers: Vec<Arc<Worker>> = pool.slots.iter().filter_map(|s| s.serving()).collect();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -57,13 +80,14 @@ impl Gatherer {
         }
         for w in &workers {
             let w = w.clone();
+            let msg = make(id);
             tokio::spawn(async move {
-                if let Err(e) = w.control.lock().await.send(&ToWorker::Gather { id }).await {
-                    debug!(worker = %w.id, error = %e, "gather request not sent");
+                if let Err(e) = w.control.lock().await.send(&msg).await {
+                    debug!(worker = %w.id, error = %e, "scattered request not sent");
                 }
             });
         }
-        let mut answers: HashMap<WorkerId, Box<Gathered>> = HashMap::new();
+        let mut answers: HashMap<WorkerId, Answer> = HashMap::new();
         let collect = async {
             while answers.len() < workers.len() {
                 match rx.recv().await {
@@ -102,6 +126,10 @@ pub(crate) struct Admin {
     pub pool: Arc<Pool>,
     pub gatherer: Arc<Gatherer>,
     pub metrics: Arc<Metrics>,
+    /// To ask the main loop for a reload (and hear how it went).
+    pub events: mpsc::UnboundedSender<crate::Event>,
+    /// The configuration in force, already redacted, as JSON.
+    pub config_json: Arc<Mutex<String>>,
 }
 
 pub(crate) async fn serve(
@@ -156,6 +184,28 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/admin/workers") => {
             let gathered = admin.gatherer.gather(&admin.pool).await;
             reply(StatusCode::OK, "application/json", workers_json(&gathered))
+        }
+        (&Method::POST, "/admin/reload") => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if admin.events.send(crate::Event::ReloadRequested { reply: Some(tx) }).is_err() {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".to_owned());
+            }
+            let (status, doc) = match rx.await {
+                Ok(Ok(message)) => (StatusCode::OK, serde_json::json!({"result": "ok", "message": message})),
+                Ok(Err(error)) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"result": "failed", "error": error}),
+                ),
+                Err(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"result": "failed", "error": "the supervisor is stopping"}),
+                ),
+            };
+            reply(status, "application/json", doc.to_string())
+        }
+        (&Method::GET, "/admin/config") => {
+            let doc = admin.config_json.lock().map(|c| c.clone()).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", doc)
         }
         (&Method::GET, "/healthz") => {
             if admin.pool.slots.iter().any(|s| s.serving().is_some()) {
@@ -216,4 +266,36 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
         .map(|a| u64::from(a.sessions))
         .sum();
     serde_json::json!({ "workers": workers, "sessions": sessions }).to_string()
+}
+
+/// The configuration as JSON with every upstream header value (credentials
+/// live there) replaced by `"<redacted>"`.
+pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
+    let mut doc = serde_json::to_value(config).unwrap_or_default();
+    if let Some(upstreams) = doc.get_mut("upstream").and_then(|u| u.as_array_mut()) {
+        for u in upstreams {
+            if let Some(headers) = u.get_mut("headers").and_then(|h| h.as_object_mut()) {
+                for v in headers.values_mut() {
+                    *v = serde_json::Value::from("<redacted>");
+                }
+            }
+        }
+    }
+    doc.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_redacted() {
+        let c = mcpgw_protocol::config::Config::parse(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\nheaders = { Authorization = \"Bearer s3cret\" }",
+        )
+        .expect("config");
+        let doc = redacted_config(&c);
+        assert!(!doc.contains("s3cret"), "{doc}");
+        assert!(doc.contains("\"Authorization\":\"<redacted>\""), "{doc}");
+    }
 }

@@ -7,7 +7,7 @@
 //! too large, too slow or not HTTP are answered here, never passed on.
 //! Nothing here reads bodies or knows what MCP is.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mcpgw_protocol::config::Limits;
@@ -28,9 +28,25 @@ pub(crate) struct Dispatcher {
     metrics: Arc<Metrics>,
     /// Per-slot handles, made once: no label lookup per connection.
     dispatched: Box<[prometheus::IntCounter]>,
-    pub max_head: usize,
-    pub header_timeout: Duration,
-    pub wait_for_worker: Duration,
+    /// Replaced by a reload; copied once per connection.
+    limits: RwLock<DispatchLimits>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DispatchLimits {
+    max_head: usize,
+    header_timeout: Duration,
+    wait_for_worker: Duration,
+}
+
+impl From<&Limits> for DispatchLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            max_head: limits.max_head_bytes as usize,
+            header_timeout: limits.header_timeout(),
+            wait_for_worker: Duration::from_millis(limits.dispatch_wait_ms),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -42,16 +58,29 @@ impl Dispatcher {
             pool,
             metrics,
             dispatched,
-            max_head: limits.max_head_bytes as usize,
-            header_timeout: limits.header_timeout(),
-            wait_for_worker: Duration::from_millis(limits.dispatch_wait_ms),
+            limits: RwLock::new(limits.into()),
+        }
+    }
+
+    pub(crate) fn set_limits(&self, limits: &Limits) {
+        match self.limits.write() {
+            Ok(mut l) => *l = limits.into(),
+            Err(poisoned) => *poisoned.into_inner() = limits.into(),
+        }
+    }
+
+    fn limits(&self) -> DispatchLimits {
+        match self.limits.read() {
+            Ok(l) => *l,
+            Err(poisoned) => *poisoned.into_inner(),
         }
     }
 
     pub(crate) async fn dispatch(&self, stream: TcpStream, meta: ConnMeta) {
         let accepted = Instant::now();
+        let limits = self.limits();
         let peer = stream.peer_addr().ok();
-        let head = match timeout(self.header_timeout, peek_head(&stream, self.max_head)).await {
+        let head = match timeout(limits.header_timeout, peek_head(&stream, limits.max_head)).await {
             Ok(Ok(head)) => head,
             Ok(Err(e)) => {
                 debug!(?peer, error = %e, "connection failed before its request head");
@@ -60,7 +89,7 @@ impl Dispatcher {
             Err(_) => {
                 info!(
                     ?peer,
-                    timeout_ms = self.header_timeout.as_millis() as u64,
+                    timeout_ms = limits.header_timeout.as_millis() as u64,
                     "request head not received in time; closing"
                 );
                 return self.reject(stream, Reject::Timeout).await;
@@ -70,7 +99,7 @@ impl Dispatcher {
             Head::Complete { session } => session,
             Head::Closed => return,
             Head::TooLarge => {
-                info!(?peer, limit = self.max_head, "request head too large");
+                info!(?peer, limit = limits.max_head, "request head too large");
                 return self.reject(stream, Reject::HeadTooLarge).await;
             }
             Head::Malformed => {
@@ -81,7 +110,7 @@ impl Dispatcher {
         let worker = match session {
             Some(id) => {
                 let slot = routing::slot_for(&id, self.pool.len());
-                self.owner(slot, None).await
+                self.owner(slot, None, limits.wait_for_worker).await
             }
             None => self.pool.least_loaded(),
         };
@@ -105,7 +134,10 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     debug!(worker = %worker.id, error = %e, "handing the connection over failed");
-                    match self.owner(worker.id.slot, Some(worker.id.generation)).await {
+                    match self
+                        .owner(worker.id.slot, Some(worker.id.generation), limits.wait_for_worker)
+                        .await
+                    {
                         Some(next) => worker = next,
                         None => return self.reject(stream, Reject::Unavailable).await,
                     }
@@ -124,9 +156,9 @@ impl Dispatcher {
 
     /// The serving worker of `slot`, waiting (bounded) while it restarts.
     /// `not_generation` skips a worker already found dead.
-    async fn owner(&self, slot: u16, not_generation: Option<u32>) -> Option<Arc<Worker>> {
+    async fn owner(&self, slot: u16, not_generation: Option<u32>, wait: Duration) -> Option<Arc<Worker>> {
         let mut rx = self.pool.slots[usize::from(slot)].subscribe();
-        let deadline = Instant::now() + self.wait_for_worker;
+        let deadline = Instant::now() + wait;
         let found = timeout_at(
             deadline,
             rx.wait_for(|w| {

@@ -66,8 +66,13 @@ pub enum SupervisorError {
     },
 }
 
+/// Reads the configuration again for a reload (the file plus any
+/// command-line overrides); the error says what is wrong with it.
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
+
 /// Run the gateway until it is told to stop. Returns after a clean drain.
-pub fn run(config: Config) -> Result<(), SupervisorError> {
+/// `source` is asked again on SIGHUP and `POST /admin/reload`.
+pub fn run(config: Config, source: ConfigSource) -> Result<(), SupervisorError> {
     // Before any thread exists: these fds and variables are process-wide.
     let activated = systemd::take_activated();
     let notifier = systemd::Notifier::from_env();
@@ -77,7 +82,7 @@ pub fn run(config: Config) -> Result<(), SupervisorError> {
         .enable_all()
         .build()
         .map_err(SupervisorError::Runtime)?;
-    rt.block_on(run_async(config, activated, notifier))
+    rt.block_on(run_async(config, source, activated, notifier))
 }
 
 /// Where the supervisor is in its life.
@@ -91,7 +96,7 @@ enum Phase {
 }
 
 #[derive(Debug)]
-enum Event {
+pub(crate) enum Event {
     Exited {
         id: WorkerId,
         status: Option<ExitStatus>,
@@ -107,6 +112,10 @@ enum Event {
     RestartDue {
         slot: u16,
     },
+    /// From the admin API; SIGHUP is handled in the loop directly.
+    ReloadRequested {
+        reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    },
 }
 
 /// What the main loop knows of one slot beyond who serves it.
@@ -118,10 +127,21 @@ struct SlotLife {
     /// Consecutive exits soon after start; drives the restart backoff.
     quick_failures: u32,
     alive: bool,
+    /// Which configuration the current worker was started with.
+    config_generation: u64,
 }
 
 struct Supervisor {
     config: Arc<Config>,
+    /// Bumped by every applied reload.
+    config_generation: u64,
+    source: ConfigSource,
+    /// Public listeners by configured address, each with its own stop switch.
+    listeners: Vec<(std::net::SocketAddr, watch::Sender<bool>)>,
+    /// Listening sockets came from systemd: `listen` changes cannot apply.
+    socket_activated: bool,
+    dispatcher: Arc<Dispatcher>,
+    config_json: Arc<std::sync::Mutex<String>>,
     pool: Arc<Pool>,
     runtime_dir: RuntimeDir,
     events: mpsc::UnboundedSender<Event>,
@@ -141,13 +161,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 async fn run_async(
     config: Config,
+    source: ConfigSource,
     activated: Vec<(String, std::os::fd::OwnedFd)>,
     notifier: systemd::Notifier,
 ) -> Result<(), SupervisorError> {
     let config = Arc::new(config);
     let slots = config.worker_count();
     let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
-    let bound = if activated.is_empty() {
+    let socket_activated = !activated.is_empty();
+    let bound = if !socket_activated {
         listeners::bind_all(&config.listen)?
     } else {
         let names: Vec<&str> = activated.iter().map(|(n, _)| n.as_str()).collect();
@@ -179,6 +201,7 @@ async fn run_async(
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (stop_accepting, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(listeners::InFlight::default());
+    let config_json = Arc::new(std::sync::Mutex::new(admin::redacted_config(&config)));
     let dispatcher = Arc::new(Dispatcher::new(
         pool.clone(),
         &config.limits,
@@ -190,21 +213,38 @@ async fn run_async(
             pool: pool.clone(),
             gatherer: gatherer.clone(),
             metrics: metrics.clone(),
+            events: events.clone(),
+            config_json: config_json.clone(),
         }),
-        stop_rx.clone(),
+        stop_rx,
     ));
+    let mut public = Vec::new();
     for (index, listener) in bound.into_iter().enumerate() {
+        // Keyed by the configured address (which may say port 0), so a reload
+        // compares like with like.
+        let addr = match config.listen.get(index) {
+            Some(configured) if !socket_activated => *configured,
+            _ => listener.local_addr().map_err(ListenError::LocalAddr)?,
+        };
+        let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(listeners::accept_loop(
             listener,
             index as u16,
             dispatcher.clone(),
             in_flight.clone(),
-            stop_rx.clone(),
+            stop_rx,
         ));
+        public.push((addr, stop));
     }
 
     let mut sup = Supervisor {
         config,
+        config_generation: 0,
+        source,
+        listeners: public,
+        socket_activated,
+        dispatcher,
+        config_json,
         pool,
         runtime_dir,
         events,
@@ -215,6 +255,7 @@ async fn run_async(
                 started_at: Instant::now(),
                 quick_failures: 0,
                 alive: false,
+                config_generation: 0,
             })
             .collect(),
         phase: Phase::Starting,
@@ -240,7 +281,7 @@ async fn run_async(
     loop {
         let deadline = drain_deadline;
         tokio::select! {
-            Some(ev) = events_rx.recv() => sup.handle(ev),
+            Some(ev) = events_rx.recv() => sup.handle(ev).await,
             _ = sigterm.recv() => drain_deadline = Some(sup.on_stop_signal("SIGTERM", drain_deadline).await),
             _ = sigint.recv() => drain_deadline = Some(sup.on_stop_signal("SIGINT", drain_deadline).await),
             _ = watchdog.tick() => {
@@ -249,8 +290,8 @@ async fn run_async(
                 }
             }
             _ = sighup.recv() => {
-                warn!("SIGHUP received: configuration reload is not available in this version; \
-                       the running configuration stays in force");
+                info!("SIGHUP: reloading the configuration");
+                let _ = sup.reload().await;
             }
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 warn!("drain deadline passed; killing the workers that are left");
@@ -298,6 +339,7 @@ impl Supervisor {
         info!(worker = %id, pid = worker.pid, "worker started");
         life.current = Some(worker.clone());
         life.alive = true;
+        life.config_generation = self.config_generation;
 
         let init = ToWorker::Init {
             protocol: PROTOCOL_VERSION,
@@ -307,6 +349,7 @@ impl Supervisor {
             config: Box::new((*self.config).clone()),
         };
         let events = self.events.clone();
+        let gatherer = self.gatherer.clone();
         tokio::spawn(async move {
             if let Err(e) = worker.control.lock().await.send(&init).await {
                 let _ = events.send(Event::ControlFailed { id, error: e });
@@ -314,6 +357,14 @@ impl Supervisor {
             }
             loop {
                 match control_rx.recv().await {
+                    // Answers to scattered requests go straight to whoever
+                    // waits for them: the main loop may be that waiter.
+                    Ok(Some(FromWorker::Gathered { id: request, data })) => {
+                        gatherer.deliver(request, id, admin::Answer::Gathered(data));
+                    }
+                    Ok(Some(FromWorker::Reloaded { id: request, error })) => {
+                        gatherer.deliver(request, id, admin::Answer::Reloaded(error));
+                    }
                     Ok(Some(msg)) => {
                         if events.send(Event::Message { id, msg }).is_err() {
                             return;
@@ -364,7 +415,7 @@ impl Supervisor {
             .filter(|w| w.id == id)
     }
 
-    fn handle(&mut self, ev: Event) {
+    async fn handle(&mut self, ev: Event) {
         match ev {
             Event::Message { id, msg } => self.on_message(id, msg),
             Event::ControlFailed { id, error } => {
@@ -377,6 +428,12 @@ impl Supervisor {
             Event::RestartDue { slot } => {
                 if self.phase != Phase::Draining {
                     self.start_worker(slot);
+                }
+            }
+            Event::ReloadRequested { reply } => {
+                let result = self.reload().await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
                 }
             }
         }
@@ -398,6 +455,21 @@ impl Supervisor {
                 if self.phase == Phase::Draining {
                     return;
                 }
+                let life = &mut self.life[usize::from(id.slot)];
+                if life.config_generation != self.config_generation {
+                    // Started before a reload finished: bring it up to date.
+                    life.config_generation = self.config_generation;
+                    let msg = ToWorker::Reload {
+                        id: u64::MAX,
+                        config: Box::new((*self.config).clone()),
+                    };
+                    let w = worker.clone();
+                    tokio::spawn(async move {
+                        if w.control.lock().await.send(&msg).await.is_err() {
+                            kill(w.pid);
+                        }
+                    });
+                }
                 self.pool.slots[usize::from(id.slot)].set(Some(worker));
                 self.report_status();
                 if self.phase == Phase::Starting
@@ -412,7 +484,8 @@ impl Supervisor {
                 }
             }
             FromWorker::Load { connections } => worker.note_report(connections),
-            FromWorker::Gathered { id: request, data } => self.gatherer.deliver(request, id, data),
+            // Delivered by the control reader (see `start_worker`).
+            FromWorker::Gathered { .. } | FromWorker::Reloaded { .. } => {}
         }
     }
 
@@ -458,6 +531,9 @@ impl Supervisor {
         self.phase = Phase::Draining;
         self.notifier.notify("STOPPING=1\nSTATUS=draining");
         let _ = self.stop_accepting.send(true);
+        for (_, stop) in &self.listeners {
+            let _ = stop.send(true);
+        }
         // Connections already accepted get to their worker before it is told
         // to stop, so none is accepted and then dropped.
         self.in_flight
@@ -481,6 +557,147 @@ impl Supervisor {
             });
         }
         Instant::now() + Duration::from_millis(grace_ms) + Duration::from_secs(5)
+    }
+
+    /// SIGHUP or `POST /admin/reload`: read the configuration again and, if
+    /// it is valid, apply it everywhere without dropping a request. An
+    /// invalid one is logged and counted, and the running one stays.
+    async fn reload(&mut self) -> Result<String, String> {
+        if self.phase == Phase::Draining {
+            return Err("the gateway is stopping".to_owned());
+        }
+        self.notifier.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            systemd::monotonic_usec()
+        ));
+        let result = self.apply_reload().await;
+        match &result {
+            Ok(message) => {
+                info!(%message, "reload applied");
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+            }
+            Err(error) => {
+                error!(%error, "reload refused; the running configuration stays in force");
+                self.metrics.reloads.with_label_values(&["failed"]).inc();
+            }
+        }
+        self.notifier.notify("READY=1");
+        self.report_status();
+        result
+    }
+
+    async fn apply_reload(&mut self) -> Result<String, String> {
+        let mut new = (self.source)()?;
+        let mut kept = Vec::new();
+        // What cannot change without a restart keeps its running value, and
+        // the log says so.
+        if new.worker_count() != self.pool.len() {
+            kept.push(format!(
+                "workers stays {} (changing the pool would move live sessions; restart to apply)",
+                self.pool.len()
+            ));
+            new.workers = Some(self.pool.len());
+        }
+        if new.admin_listen != self.config.admin_listen {
+            kept.push(format!("admin_listen stays {} (restart to apply)", self.config.admin_listen));
+            new.admin_listen = self.config.admin_listen;
+        }
+        if new.runtime_dir != self.config.runtime_dir {
+            kept.push("runtime_dir stays (restart to apply)".to_owned());
+            new.runtime_dir.clone_from(&self.config.runtime_dir);
+        }
+        if self.socket_activated && new.listen != self.config.listen {
+            kept.push("listen is ignored: the sockets come from systemd".to_owned());
+            new.listen.clone_from(&self.config.listen);
+        }
+        for k in &kept {
+            warn!("reload: {k}");
+        }
+        // Bind new listeners first: if that fails nothing has changed yet.
+        let added: Vec<std::net::SocketAddr> = new
+            .listen
+            .iter()
+            .filter(|a| !self.config.listen.contains(a))
+            .copied()
+            .collect();
+        let bound = if self.socket_activated {
+            Vec::new()
+        } else {
+            listeners::bind_all(&added).map_err(|e| e.to_string())?
+        };
+
+        let config = Arc::new(new);
+        self.config = config.clone();
+        self.config_generation += 1;
+        self.dispatcher.set_limits(&config.limits);
+        if let Ok(mut json) = self.config_json.lock() {
+            *json = admin::redacted_config(&config);
+        }
+        for life in self.life.iter_mut().filter(|l| l.current.is_some()) {
+            life.config_generation = self.config_generation;
+        }
+        if !self.socket_activated {
+            self.listeners.retain(|(addr, stop)| {
+                let keep = config.listen.contains(addr);
+                if !keep {
+                    info!(%addr, "reload: no longer listening");
+                    let _ = stop.send(true);
+                }
+                keep
+            });
+            for (addr, listener) in added.iter().copied().zip(bound) {
+                if let Ok(local) = listener.local_addr() {
+                    info!(%local, "reload: listening");
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "mcpgw listening http://{local}");
+                    let _ = out.flush();
+                }
+                let (stop, stop_rx) = watch::channel(false);
+                tokio::spawn(listeners::accept_loop(
+                    listener,
+                    0,
+                    self.dispatcher.clone(),
+                    self.in_flight.clone(),
+                    stop_rx,
+                ));
+                self.listeners.push((addr, stop));
+            }
+        }
+
+        let answers = self
+            .gatherer
+            .scatter(&self.pool, |id| ToWorker::Reload {
+                id,
+                config: Box::new((*config).clone()),
+            })
+            .await;
+        let mut failed = Vec::new();
+        for (worker, answer) in &answers {
+            match answer {
+                Some(admin::Answer::Reloaded(None)) => {}
+                Some(admin::Answer::Reloaded(Some(e))) => failed.push(format!("{}: {e}", worker.id)),
+                _ => failed.push(format!("{}: no answer", worker.id)),
+            }
+        }
+        if !failed.is_empty() {
+            // A worker that could not apply it would serve the old
+            // configuration: restart it, and it starts with the new one.
+            for (worker, answer) in &answers {
+                if !matches!(answer, Some(admin::Answer::Reloaded(None))) {
+                    kill(worker.pid);
+                }
+            }
+            return Err(format!(
+                "applied, but these workers were restarted to pick it up: {}",
+                failed.join("; ")
+            ));
+        }
+        let mut message = format!("applied in {} workers", answers.len());
+        if !kept.is_empty() {
+            message.push_str("; ");
+            message.push_str(&kept.join("; "));
+        }
+        Ok(message)
     }
 
     /// Healthy enough to pet the watchdog: some worker serves and no slot is

@@ -23,6 +23,8 @@ pub(crate) struct Metrics {
     /// `worker` (slot).
     pub restarts: IntCounterVec,
     pub workers_serving: IntGauge,
+    /// `result` (ok, failed).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +61,14 @@ impl Metrics {
             &["worker"],
         )?;
         let workers_serving = IntGauge::new("mcpgw_workers_serving", "Worker processes serving.")?;
+        let reloads = IntCounterVec::new(
+            Opts::new("mcpgw_reloads_total", "Configuration reloads, by result."),
+            &["result"],
+        )?;
+        // Both results appear from the start, so a dashboard sees zeros.
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
         let build = IntGaugeVec::new(
             Opts::new(
                 "mcpgw_build_info",
@@ -72,6 +82,7 @@ impl Metrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
         registry.register(Box::new(workers_serving.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(build))?;
         Ok(Self {
             registry,
@@ -80,6 +91,7 @@ impl Metrics {
             rejected,
             restarts,
             workers_serving,
+            reloads,
         })
     }
 

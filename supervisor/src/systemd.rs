@@ -85,6 +85,13 @@ fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// `RELOADING=1` must carry `CLOCK_MONOTONIC` in microseconds.
+pub(crate) fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
 /// Sockets passed by systemd socket activation, with their names
 /// (`FileDescriptorName=`; systemd's default name is "unknown").
 pub(crate) fn take_activated() -> Vec<(String, OwnedFd)> {

@@ -8,9 +8,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mcpgw_tests::gateway::gateway_binary;
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::process::{ChildGuard, LineReader, TempDir};
-use mcpgw_tests::gateway::gateway_binary;
 use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, McpClient, start_counter};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -23,17 +23,24 @@ async fn sessions_on_every_worker(gateway: &Gateway) -> Vec<McpClient> {
         let mut c = gateway.client();
         let reply = c.initialize().await.expect("initialize");
         slots.insert(reply.worker().expect("worker header").slot);
-        c.call_tool("increment", json!({})).await.expect("increment");
+        c.call_tool("increment", json!({}))
+            .await
+            .expect("increment");
         clients.push(c);
         if slots.len() == gateway.workers {
             return clients;
         }
     }
-    panic!("64 sessions did not cover {} workers: {slots:?}", gateway.workers);
+    panic!(
+        "64 sessions did not cover {} workers: {slots:?}",
+        gateway.workers
+    );
 }
 
 async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
-    let admin = gateway.admin.expect("the gateway announced its admin listener");
+    let admin = gateway
+        .admin
+        .expect("the gateway announced its admin listener");
     let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
     let resp = conn.send(&Request::get(path)).await.expect("admin answer");
     (resp.status, resp.text())
@@ -67,7 +74,9 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
     let (status, text) = admin_get(&gateway, "/metrics").await;
     assert_eq!(status, 200, "{text}");
     for slot in 0..gateway.workers {
-        let line = format!("mcpgw_requests_total{{worker=\"{slot}\",method=\"tools/call\",outcome=\"ok\"}}");
+        let line = format!(
+            "mcpgw_requests_total{{worker=\"{slot}\",method=\"tools/call\",outcome=\"ok\"}}"
+        );
         assert!(text.contains(&line), "missing {line} in:\n{text}");
     }
     let n = clients.len() as f64;
@@ -79,13 +88,25 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
     );
     let created: f64 = text
         .lines()
-        .filter(|l| l.starts_with("mcpgw_upstream_session_events_total{") && l.contains("event=\"created\""))
+        .filter(|l| {
+            l.starts_with("mcpgw_upstream_session_events_total{") && l.contains("event=\"created\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(created, n, "one upstream session created per session:\n{text}");
-    assert!(sum_of(&text, "mcpgw_connections_dispatched_total{") >= n, "{text}");
+    assert_eq!(
+        created, n,
+        "one upstream session created per session:\n{text}"
+    );
+    assert!(
+        sum_of(&text, "mcpgw_connections_dispatched_total{") >= n,
+        "{text}"
+    );
     assert!(text.contains("mcpgw_build_info{version=\""), "{text}");
-    assert_eq!(text.matches("# TYPE mcpgw_requests_total ").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("# TYPE mcpgw_requests_total ").count(),
+        1,
+        "{text}"
+    );
     for c in &clients {
         let id = c.session_id().expect("session id");
         assert!(!text.contains(id), "a label carries session id {id}");
@@ -98,7 +119,9 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&page).expect("open"))
         .output()
-        .expect("promtool is installed (Debian package prometheus; scripts/test-all.sh installs it)");
+        .expect(
+            "promtool is installed (Debian package prometheus; scripts/test-all.sh installs it)",
+        );
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}",
@@ -111,7 +134,11 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
     }
     let (_, text) = admin_get(&gateway, "/metrics").await;
     assert_eq!(sum_of(&text, "mcpgw_sessions_active{"), 0.0, "{text}");
-    assert_eq!(sum_of(&text, "mcpgw_upstream_sessions_active{"), 0.0, "{text}");
+    assert_eq!(
+        sum_of(&text, "mcpgw_upstream_sessions_active{"),
+        0.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -124,11 +151,21 @@ async fn admin_api_and_status_command_show_workers_and_sessions() {
     let doc: Value = serde_json::from_str(&body).expect("json");
     let workers = doc["workers"].as_array().expect("workers");
     assert_eq!(workers.len(), gateway.workers, "{doc}");
-    assert!(workers.iter().all(|w| w["answered"] == true && w["pid"].as_u64().is_some()), "{doc}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| w["answered"] == true && w["pid"].as_u64().is_some()),
+        "{doc}"
+    );
     assert_eq!(doc["sessions"], clients.len(), "{doc}");
     let upstream_sessions: u64 = workers
         .iter()
-        .flat_map(|w| w["upstream_sessions"].as_array().cloned().unwrap_or_default())
+        .flat_map(|w| {
+            w["upstream_sessions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .map(|u| u["count"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(upstream_sessions, clients.len() as u64, "{doc}");
@@ -145,10 +182,17 @@ async fn admin_api_and_status_command_show_workers_and_sessions() {
         .output()
         .expect("run mcpgw status");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(table.lines().count(), gateway.workers + 2, "{table}");
     assert!(table.contains("counter="), "{table}");
-    assert!(table.ends_with(&format!("sessions: {}\n", clients.len())), "{table}");
+    assert!(
+        table.ends_with(&format!("sessions: {}\n", clients.len())),
+        "{table}"
+    );
 
     // Nothing listening: a clear error and a non-zero exit.
     drop(gateway);
@@ -165,7 +209,10 @@ fn read_notifications(sock: &std::os::unix::net::UnixDatagram, want: &str, seen:
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = [0u8; 4096];
     while !seen.iter().any(|m| m.lines().any(|l| l == want)) {
-        assert!(Instant::now() < deadline, "no {want} within 30 s; got {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {want} within 30 s; got {seen:?}"
+        );
         if let Ok(n) = sock.recv(&mut buf) {
             seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
@@ -178,20 +225,27 @@ async fn systemd_is_told_ready_status_and_stopping() {
     let dir = TempDir::new("mcpgw-notify").expect("temp dir");
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
-    config.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    config
+        .env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
     let mut gateway = Gateway::start(&config).expect("start mcpgw");
 
     let mut seen = Vec::new();
     read_notifications(&sock, "READY=1", &mut seen);
     assert!(
-        seen.iter().any(|m| m.contains("STATUS=serving with 2 of 2 workers")),
+        seen.iter()
+            .any(|m| m.contains("STATUS=serving with 2 of 2 workers")),
         "{seen:?}"
     );
     gateway.signal(Signal::SIGTERM).expect("SIGTERM");
     read_notifications(&sock, "STOPPING=1", &mut seen);
-    let status = gateway.wait_exit(Duration::from_secs(30)).await.expect("exit");
+    let status = gateway
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exit");
     assert!(status.success(), "{status}");
 }
 
@@ -201,8 +255,11 @@ async fn socket_activation_serves_on_the_passed_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     // The child must inherit it: clear close-on-exec on our copy.
-    nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .expect("clear CLOEXEC");
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("clear CLOEXEC");
     let dir = TempDir::new("mcpgw-activation").expect("temp dir");
     let config_path = dir.path().join("mcpgw.toml");
     let mut file = std::fs::File::create(&config_path).expect("config");
@@ -230,7 +287,8 @@ async fn socket_activation_serves_on_the_passed_socket() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"));
-    let mut child = ChildGuard::spawn("mcpgw", cmd, Some(dir.path().join("stderr.log"))).expect("spawn");
+    let mut child =
+        ChildGuard::spawn("mcpgw", cmd, Some(dir.path().join("stderr.log"))).expect("spawn");
     drop(listener);
     let lines = LineReader::new(child.take_stdout().expect("stdout"));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -249,8 +307,142 @@ async fn socket_activation_serves_on_the_passed_socket() {
     }
     assert_eq!(announced.as_deref(), Some(addr.to_string().as_str()));
     let mut client = McpClient::new(addr, "/mcp");
-    client.initialize().await.expect("initialize on the activated socket");
+    client
+        .initialize()
+        .await
+        .expect("initialize on the activated socket");
     assert_eq!(client.count("increment").await.expect("increment"), 1);
     child.signal(Signal::SIGTERM).expect("SIGTERM");
-    assert!(child.wait_exit(Duration::from_secs(30)).await.expect("exit").success());
+    assert!(
+        child
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("exit")
+            .success()
+    );
+}
+
+/// The value of one un-labelled-by-worker supervisor sample, 0 when absent.
+async fn supervisor_metric(gateway: &Gateway, sample: &str) -> f64 {
+    let (_, text) = admin_get(gateway, "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_reloads(gateway: &Gateway, result: &str, count: f64) {
+    let sample = format!("mcpgw_reloads_total{{result=\"{result}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = supervisor_metric(gateway, &sample).await;
+        if n >= count {
+            assert_eq!(n, count, "more {result} reloads than expected");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sample} stayed {n}, wanted {count}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write_config(gateway: &Gateway, config: &GatewayConfig) {
+    std::fs::write(gateway.config_path(), config.to_toml()).expect("rewrite config");
+}
+
+async fn admin_post(gateway: &Gateway, path: &str) -> (u16, String) {
+    let admin = gateway.admin.expect("admin listener");
+    let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
+    let resp = conn.send(&Request::post(path, Vec::new())).await.expect("admin answer");
+    (resp.status, resp.text())
+}
+
+#[tokio::test]
+async fn sighup_reload_applies_upstream_changes_and_keeps_sessions() {
+    let first = start_counter!().expect("first counter-server");
+    let second = start_counter!().expect("second counter-server");
+    let base = |url: &str| GatewayConfig::new(2).upstream("counter", url);
+    let gateway = Gateway::start(&base(&first.url())).expect("start mcpgw");
+    let mut session = gateway.client();
+    session.initialize().await.expect("initialize");
+    assert_eq!(session.count("increment").await.expect("increment"), 1);
+    assert_eq!(session.count("increment").await.expect("increment"), 2);
+
+    // A change that does not touch connections keeps the upstream session.
+    let mut cosmetic = base(&first.url());
+    cosmetic.extra = "[sessions]\nidle_timeout_secs = 3600\n".to_owned();
+    write_config(&gateway, &cosmetic);
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "ok", 1.0).await;
+    assert_eq!(session.count("increment").await.expect("increment"), 3);
+    assert_eq!(first.stats().await.expect("stats").initialize, 1);
+
+    // An invalid file is refused; everything keeps working.
+    std::fs::write(gateway.config_path(), "workers = \"many\"\n").expect("write");
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "failed", 1.0).await;
+    assert_eq!(session.count("increment").await.expect("increment"), 4);
+
+    // A new URL: the old upstream session is closed (DELETE), the next call
+    // opens one on the new server; the client's session id stays valid.
+    write_config(&gateway, &base(&second.url()));
+    let (status, body) = admin_post(&gateway, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"result\":\"ok\""), "{body}");
+    wait_for_reloads(&gateway, "ok", 2.0).await;
+    let first_stats = first.stats().await.expect("stats");
+    assert_eq!(first_stats.delete, 1, "{first_stats:?}");
+    assert_eq!(session.count("increment").await.expect("increment"), 1);
+    assert_eq!(second.stats().await.expect("stats").initialize, 1);
+
+    // The config in force is served with credentials redacted.
+    let mut secret = base(&second.url());
+    secret.extra = String::new();
+    let toml = secret.to_toml().replace(
+        "[[upstream]]\nid = \"counter\"",
+        "[[upstream]]\nid = \"counter\"\nheaders = { \"X-Api-Key\" = \"s3cret\" }",
+    );
+    std::fs::write(gateway.config_path(), &toml).expect("write");
+    let (status, body) = admin_post(&gateway, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}\n{toml}");
+    let (_, config) = admin_get(&gateway, "/admin/config").await;
+    assert!(config.contains("X-Api-Key") && !config.contains("s3cret"), "{config}");
+    // A changed header is a connection change: that upstream session goes too.
+    assert_eq!(session.count("increment").await.expect("increment"), 1);
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_load_fail_no_request() {
+    let counter = start_counter!().expect("counter-server");
+    let config = GatewayConfig::new(2).upstream("counter", &counter.url());
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let stop = std::cell::Cell::new(false);
+    let client_loop = || async {
+        let mut client = gateway.client();
+        client.initialize().await.expect("initialize");
+        let mut calls = 0u64;
+        while !stop.get() {
+            let reply = client
+                .call_tool("increment", json!({}))
+                .await
+                .expect("no request may fail during a reload");
+            calls += 1;
+            assert_eq!(reply.count().expect("count"), calls, "state lost across a reload");
+        }
+        calls
+    };
+    let load = futures_util::future::join_all((0..4).map(|_| client_loop()));
+    let reloads = async {
+        for i in 0..20u64 {
+            // A different (cosmetic) value each time, so every reload changes something.
+            let mut next = config.clone();
+            next.extra = format!("[sessions]\nidle_timeout_secs = {}\n", 1800 + i);
+            write_config(&gateway, &next);
+            gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+            wait_for_reloads(&gateway, "ok", (i + 1) as f64).await;
+        }
+        stop.set(true);
+    };
+    let (calls, ()) = tokio::join!(load, reloads);
+    assert!(calls.iter().all(|c| *c > 0), "every client made progress: {calls:?}");
+    assert_eq!(counter.stats().await.expect("stats").initialize, 4);
 }

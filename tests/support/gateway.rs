@@ -284,6 +284,11 @@ impl Gateway {
     }
 
     /// The supervisor's pid.
+    /// The config file the gateway reads (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("mcpgw.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.pid()
     }

@@ -30,7 +30,7 @@ use crate::federation::{self, Endpoint, ListKind};
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::sessions::Session;
-use crate::upstream::{UpstreamError, read_answer};
+use crate::upstream::{UpstreamError, UpstreamServer, read_answer};
 use crate::{Ctx, versions};
 
 /// Where a connection came from: the public listeners, or a sibling worker
@@ -52,7 +52,7 @@ pub(crate) async fn handle(
     origin: Origin,
 ) -> Response<Body> {
     let mut resp = route(&ctx, req, origin).await;
-    if let Some(v) = &ctx.worker_header {
+    if let Some(v) = &ctx.live().worker_header {
         // A forwarded answer already names the owner that served it.
         resp.headers_mut()
             .entry(WORKER)
@@ -71,7 +71,7 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
         }
         ctx.metrics.forwarded.with_label_values(&["in"]).inc();
     }
-    let Some(endpoint) = ctx.endpoints.get(req.uri().path()).cloned() else {
+    let Some(endpoint) = ctx.live().endpoints.get(req.uri().path()).cloned() else {
         return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
     };
     let accept = Accept::of(&req);
@@ -89,7 +89,7 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
                 );
             }
             Ok(id) => match ctx.sessions.get(&id) {
-                Some(s) if Arc::ptr_eq(&s.endpoint, &endpoint) => Some(s),
+                Some(s) if s.endpoint().path == endpoint.path => Some(s),
                 Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
                 None => {
                     let owner = routing::slot_for(&id, ctx.slots);
@@ -261,16 +261,17 @@ async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
+    let max_body = ctx.live().max_body;
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            info!(limit = ctx.max_body, "request body too large");
+            info!(limit = max_body, "request body too large");
             return rpc_error(
                 accept,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "null",
                 jsonrpc::INVALID_REQUEST,
-                &format!("request body exceeds {} bytes", ctx.max_body),
+                &format!("request body exceeds {max_body} bytes"),
             );
         }
         Err(e) => {
@@ -464,7 +465,8 @@ async fn request(
     accept: Accept,
 ) -> Response<Body> {
     let id = env.id_raw();
-    let namespaced = session.endpoint.namespaced();
+    let endpoint = session.endpoint();
+    let namespaced = endpoint.namespaced();
     match method {
         "initialize" => rpc_error(
             accept,
@@ -495,7 +497,7 @@ async fn request(
             // One upstream: the gateway is transparent, lists and methods it
             // does not know included.
             let _ = m;
-            passthrough(ctx, session, 0, body.clone(), id, accept).await
+            passthrough(ctx, session, &endpoint.upstreams[0], body.clone(), id, accept).await
         }
         m => {
             if let Some(kind) = ListKind::from_method(m) {
@@ -556,7 +558,8 @@ async fn by_name(
     let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
         return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
     };
-    let Some((pos, upstream_name)) = session.endpoint.resolve(&p.name) else {
+    let endpoint = session.endpoint();
+    let Some((pos, upstream_name)) = endpoint.resolve(&p.name) else {
         info!(session = %session.id, name = %p.name, what, "unknown name");
         return invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
     };
@@ -568,7 +571,7 @@ async fn by_name(
             None => return invalid_params(accept, id, "params must be an object"),
         }
     };
-    passthrough(ctx, session, pos, body, id, accept).await
+    passthrough(ctx, session, &endpoint.upstreams[pos], body, id, accept).await
 }
 
 /// The body with `params.<key>` replaced by `value` (a string); everything
@@ -589,23 +592,24 @@ async fn by_uri(
     id: &str,
     accept: Accept,
 ) -> Response<Body> {
-    if !session.endpoint.namespaced() {
-        return passthrough(ctx, session, 0, body, id, accept).await;
+    let endpoint = session.endpoint();
+    if !endpoint.namespaced() {
+        return passthrough(ctx, session, &endpoint.upstreams[0], body, id, accept).await;
     }
     let known = session
         .resource_routes
         .lock()
         .ok()
-        .and_then(|m| m.get(uri).copied());
-    if let Some(pos) = known {
-        return passthrough(ctx, session, pos, body, id, accept).await;
+        .and_then(|m| m.get(uri).cloned())
+        .and_then(|upstream| endpoint.upstreams.iter().find(|u| u.id == upstream).cloned());
+    if let Some(server) = known {
+        return passthrough(ctx, session, &server, body, id, accept).await;
     }
     let mut last_error = None;
-    for pos in 0..session.endpoint.upstreams.len() {
-        let server = &session.endpoint.upstreams[pos];
-        let deadline = Instant::now() + server.request_timeout;
+    for server in endpoint.upstreams.iter() {
+        let deadline = Instant::now() + server.request_timeout();
         let attempt = async {
-            let us = ctx.registry.get(session, pos).await?;
+            let us = ctx.registry.get(session, server).await?;
             let resp = us.send(body.clone(), deadline).await?;
             read_answer(server, resp, deadline).await
         };
@@ -613,7 +617,7 @@ async fn by_uri(
             Ok(message) => match jsonrpc::answer(&message) {
                 Some(jsonrpc::Answer::Result(_)) => {
                     if let Ok(mut m) = session.resource_routes.lock() {
-                        m.insert(uri.to_owned(), pos);
+                        m.insert(uri.to_owned(), server.id.clone());
                     }
                     return rpc(accept, StatusCode::OK, message);
                 }
@@ -664,7 +668,8 @@ async fn complete(
     };
     match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
         ("ref/prompt", Some(name), _) => {
-            let Some((pos, upstream_name)) = session.endpoint.resolve(&name) else {
+            let endpoint = session.endpoint();
+            let Some((pos, upstream_name)) = endpoint.resolve(&name) else {
                 return invalid_params(accept, id, &format!("Unknown prompt: {name}"));
             };
             let body = if upstream_name == name {
@@ -686,7 +691,7 @@ async fn complete(
                     None => return invalid_params(accept, id, "params must be an object"),
                 }
             };
-            passthrough(ctx, session, pos, body, id, accept).await
+            passthrough(ctx, session, &endpoint.upstreams[pos], body, id, accept).await
         }
         ("ref/resource", _, Some(uri)) => {
             by_uri(ctx, session, &uri, body.clone(), id, accept).await
@@ -710,16 +715,17 @@ async fn broadcast(
 ) -> Response<Body> {
     let params = env.params.map(|p| p.get().to_owned());
     let mut set = tokio::task::JoinSet::new();
-    for pos in 0..session.endpoint.upstreams.len() {
-        let (ctx, session, params, method) = (
+    for server in session.endpoint().upstreams.iter() {
+        let (ctx, session, params, method, server) = (
             ctx.clone(),
             session.clone(),
             params.clone(),
             method.to_owned(),
+            server.clone(),
         );
         set.spawn(async move {
-            let deadline = Instant::now() + session.endpoint.upstreams[pos].request_timeout;
-            let us = ctx.registry.get(&session, pos).await.ok()?;
+            let deadline = Instant::now() + server.request_timeout();
+            let us = ctx.registry.get(&session, &server).await.ok()?;
             let answer = us.call(&method, params.as_deref(), deadline).await.ok()?;
             matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_))).then_some(())
         });
@@ -742,7 +748,7 @@ async fn broadcast(
     }
 }
 
-/// The hot path: the client's bytes to upstream `pos` of the session, the
+/// The hot path: the client's bytes to one upstream of the session, the
 /// upstream's answer streamed back. A 404 from the upstream (it forgot the
 /// session) starts a new upstream session and retries once: the request was
 /// not processed. Other failures are answered, never retried, so a tool
@@ -750,24 +756,23 @@ async fn broadcast(
 async fn passthrough(
     ctx: &Arc<Ctx>,
     session: &Arc<Session>,
-    pos: usize,
+    server: &Arc<UpstreamServer>,
     body: Bytes,
     id: &str,
     accept: Accept,
 ) -> Response<Body> {
-    let server = session.endpoint.upstreams[pos].clone();
-    let deadline = Instant::now() + server.request_timeout;
+    let deadline = Instant::now() + server.request_timeout();
     let mut retried = false;
     loop {
-        let us = match ctx.registry.get(session, pos).await {
+        let us = match ctx.registry.get(session, server).await {
             Ok(us) => us,
             Err(e) => return upstream_failure(ctx, accept, id, session, &e),
         };
         match us.send(body.clone(), deadline).await {
-            Ok(resp) => return relay(resp, accept, id, deadline, &server).await,
+            Ok(resp) => return relay(resp, accept, id, deadline, server).await,
             Err(e) => {
                 if e.evicts() {
-                    ctx.registry.evict(session, pos, &us, &e).await;
+                    ctx.registry.evict(session, &us, &e).await;
                 }
                 if matches!(e, UpstreamError::SessionGone { .. }) && !retried {
                     warn!(session = %session.id, upstream = %server.id,
@@ -812,7 +817,7 @@ async fn relay(
     accept: Accept,
     id: &str,
     deadline: Instant,
-    server: &crate::upstream::UpstreamServer,
+    server: &UpstreamServer,
 ) -> Response<Body> {
     let ct = resp
         .headers()

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::jsonrpc::{self, Answer, RawObject};
 use crate::registry::Registry;
 use crate::sessions::Session;
-use crate::upstream::{Servers, UpstreamServer};
+use crate::upstream::UpstreamServer;
 
 pub(crate) struct Endpoint {
     pub path: Box<str>,
@@ -65,7 +65,10 @@ impl Endpoint {
 }
 
 /// Build the endpoint table from a validated config.
-pub(crate) fn endpoints(config: &Config, servers: &Servers) -> HashMap<Box<str>, Arc<Endpoint>> {
+pub(crate) fn endpoints(
+    config: &Config,
+    servers: &HashMap<Arc<str>, Arc<UpstreamServer>>,
+) -> HashMap<Box<str>, Arc<Endpoint>> {
     config
         .effective_endpoints()
         .into_iter()
@@ -73,7 +76,7 @@ pub(crate) fn endpoints(config: &Config, servers: &Servers) -> HashMap<Box<str>,
             let upstreams = e
                 .upstreams
                 .iter()
-                .filter_map(|id| servers.iter().find(|s| s.id.as_ref() == id).cloned())
+                .filter_map(|id| servers.get(id.as_str()).cloned())
                 .collect();
             let ep = Endpoint {
                 path: e.path.clone().into_boxed_str(),
@@ -143,7 +146,8 @@ pub(crate) async fn merged_list(
     kind: ListKind,
     cursor: Option<&str>,
 ) -> Result<String, ListError> {
-    let n = session.endpoint.upstreams.len();
+    let endpoint = session.endpoint();
+    let n = endpoint.upstreams.len();
     let wanted: Vec<(usize, Option<String>)> = match cursor {
         None => (0..n).map(|pos| (pos, None)).collect(),
         Some(c) => decode_cursor(c, n).ok_or(ListError::BadCursor)?,
@@ -152,8 +156,9 @@ pub(crate) async fn merged_list(
     for (pos, upstream_cursor) in wanted {
         let registry = registry.clone();
         let session = session.clone();
+        let server = endpoint.upstreams[pos].clone();
         set.spawn(async move {
-            let page = fetch_page(&registry, &session, pos, kind, upstream_cursor.as_deref()).await;
+            let page = fetch_page(&registry, &session, &server, kind, upstream_cursor.as_deref()).await;
             (pos, page)
         });
     }
@@ -175,7 +180,7 @@ pub(crate) async fn merged_list(
     let mut next = Vec::new();
     for (pos, page) in &pages {
         for item in &page.items {
-            let rendered = render_item(&session.endpoint, *pos, kind, item.get(), &mut routes);
+            let rendered = render_item(&endpoint, *pos, kind, item.get(), &mut routes);
             if !first {
                 out.push(',');
             }
@@ -205,7 +210,7 @@ fn render_item<'i>(
     pos: usize,
     kind: ListKind,
     raw: &'i str,
-    routes: &mut Vec<(String, usize)>,
+    routes: &mut Vec<(String, Arc<str>)>,
 ) -> Cow<'i, str> {
     #[derive(Deserialize)]
     struct Named<'a> {
@@ -220,7 +225,7 @@ fn render_item<'i>(
     if kind == ListKind::Resources
         && let Ok(r) = serde_json::from_str::<WithUri<'_>>(raw)
     {
-        routes.push((r.uri.into_owned(), pos));
+        routes.push((r.uri.into_owned(), endpoint.upstreams[pos].id.clone()));
     }
     if !kind.renames() {
         return Cow::Borrowed(raw);
@@ -243,7 +248,7 @@ struct Page {
 async fn fetch_page(
     registry: &Registry,
     session: &Session,
-    pos: usize,
+    server: &Arc<UpstreamServer>,
     kind: ListKind,
     cursor: Option<&str>,
 ) -> Option<Page> {
@@ -252,15 +257,14 @@ async fn fetch_page(
         #[serde(rename = "nextCursor", default)]
         next_cursor: Option<String>,
     }
-    let server = &session.endpoint.upstreams[pos];
     let params = cursor.map(|c| {
         let mut p = String::from("{\"cursor\":");
         jsonrpc::push_json_string(&mut p, c);
         p.push('}');
         p
     });
-    let deadline = Instant::now() + server.request_timeout;
-    let us = match registry.get(session, pos).await {
+    let deadline = Instant::now() + server.request_timeout();
+    let us = match registry.get(session, server).await {
         Ok(us) => us,
         Err(e) => {
             warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
@@ -271,7 +275,7 @@ async fn fetch_page(
         Ok(a) => a,
         Err(e) => {
             if e.evicts() {
-                registry.evict(session, pos, &us, &e).await;
+                registry.evict(session, &us, &e).await;
             }
             warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
             return None;
@@ -393,7 +397,7 @@ mod tests {
             &mut routes,
         );
         assert_eq!(res, r#"{"uri":"x://1","name":"one"}"#);
-        assert_eq!(routes, vec![("x://1".to_owned(), 0)]);
+        assert_eq!(routes, vec![("x://1".to_owned(), Arc::from("a"))]);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::federation::Endpoint;
 use crate::forward::Forwarder;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
-use crate::upstream::{Servers, UpstreamServer};
+use crate::upstream::UpstreamServer;
 
 /// fd numbers the supervisor puts our sockets at (see `mcpgw-supervisor`).
 pub const CONTROL_FD: i32 = 3;
@@ -91,15 +91,91 @@ pub enum WorkerError {
 pub(crate) struct Ctx {
     pub id: WorkerId,
     pub slots: u16,
-    pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    /// What a reload replaces; a request reads it once ([`Ctx::live`]).
+    live: std::sync::RwLock<Arc<Live>>,
     pub sessions: Sessions,
     pub registry: Arc<Registry>,
     pub metrics: Arc<metrics::Metrics>,
     pub forwarder: Forwarder,
-    pub worker_header: Option<HeaderValue>,
-    pub max_body: usize,
     /// Flips to true when the worker starts to stop; open streams end on it.
     pub stopping: watch::Receiver<bool>,
+}
+
+/// The configuration in force and what is built from it.
+pub(crate) struct Live {
+    pub config: Arc<Config>,
+    /// Upstream servers by id; an unchanged server survives a reload with
+    /// its connection pool and upstream sessions.
+    pub servers: HashMap<Arc<str>, Arc<UpstreamServer>>,
+    pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    pub worker_header: Option<HeaderValue>,
+    pub max_body: usize,
+}
+
+impl Ctx {
+    pub(crate) fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_live(&self, live: Arc<Live>) {
+        match self.live.write() {
+            Ok(mut l) => *l = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+}
+
+impl Live {
+    /// Build from `config`, keeping the servers of `previous` whose
+    /// connection settings did not change. Returns the ids of servers that
+    /// were replaced or removed: their upstream sessions must go.
+    fn build(
+        id: WorkerId,
+        config: Arc<Config>,
+        previous: Option<&Live>,
+    ) -> Result<(Self, Vec<Arc<str>>), WorkerError> {
+        let mut servers = HashMap::new();
+        let mut gone = Vec::new();
+        for u in &config.upstream {
+            let kept = previous
+                .and_then(|p| p.servers.get(u.id.as_str()))
+                .filter(|old| old.adopt(u))
+                .cloned();
+            let server = match kept {
+                Some(s) => s,
+                None => {
+                    if previous.is_some_and(|p| p.servers.contains_key(u.id.as_str())) {
+                        gone.push(Arc::from(u.id.as_str()));
+                    }
+                    Arc::new(UpstreamServer::new(u)?)
+                }
+            };
+            servers.insert(server.id.clone(), server);
+        }
+        if let Some(p) = previous {
+            gone.extend(p.servers.keys().filter(|k| !servers.contains_key(*k)).cloned());
+        }
+        let worker_header = config
+            .diagnostics
+            .worker_header
+            .then(|| {
+                HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok()
+            })
+            .flatten();
+        Ok((
+            Self {
+                endpoints: federation::endpoints(&config, &servers),
+                max_body: config.limits.max_body_bytes as usize,
+                worker_header,
+                servers,
+                config,
+            },
+            gone,
+        ))
+    }
 }
 
 /// Run a worker until the supervisor tells it to stop (or disappears).
@@ -146,13 +222,8 @@ async fn serve(
     }
 
     let (stop_tx, stopping) = watch::channel(false);
-    let ctx = Arc::new(build_ctx(
-        id,
-        slots,
-        &config,
-        runtime_dir.clone(),
-        stopping,
-    )?);
+    let config: Arc<Config> = Arc::from(config);
+    let ctx = Arc::new(build_ctx(id, slots, config.clone(), runtime_dir.clone(), stopping)?);
 
     let path = forward::socket_path(&runtime_dir, id.slot);
     let _ = std::fs::remove_file(&path);
@@ -174,10 +245,7 @@ async fn serve(
     let open = Arc::new(AtomicU32::new(0));
     let tx = Arc::new(tokio::sync::Mutex::new(tx));
     tokio::spawn(report_load(tx.clone(), open.clone()));
-    tokio::spawn(expire_sessions(
-        ctx.clone(),
-        Duration::from_secs(config.sessions.idle_timeout_secs),
-    ));
+    tokio::spawn(expire_sessions(ctx.clone()));
 
     // Control messages arrive through a task so a half-read frame is never
     // dropped by the select below.
@@ -198,13 +266,9 @@ async fn serve(
         }
     });
 
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(config.limits.header_timeout())
-        .max_buf_size((config.limits.max_head_bytes as usize).max(8192));
+    let mut http = http_builder(&config);
     let graceful = GracefulShutdown::new();
-    let cap = config.limits.max_connections_per_worker;
+    let mut cap = config.limits.max_connections_per_worker;
 
     let grace = loop {
         tokio::select! {
@@ -266,6 +330,23 @@ async fn serve(
                     break grace_ms;
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
+                Some(ToWorker::Reload { id, config }) => {
+                    // Limits for new connections apply at once; the rest
+                    // (upstreams, endpoints, sessions) in a task, so closing
+                    // changed upstream sessions never stalls accepting.
+                    http = http_builder(&config);
+                    cap = config.limits.max_connections_per_worker;
+                    let (ctx, tx) = (ctx.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let error = reload(&ctx, *config).await.err().map(|e| e.to_string());
+                        if let Some(e) = &error {
+                            error!(error = %e, "reload failed; the previous configuration stays");
+                        }
+                        if let Err(e) = tx.lock().await.send(&FromWorker::Reloaded { id, error }).await {
+                            warn!(error = %e, "acknowledging a reload failed");
+                        }
+                    });
+                }
                 Some(ToWorker::Gather { id }) => {
                     let data = Box::new(gathered(&ctx, open.load(Ordering::Relaxed)));
                     let tx = tx.clone();
@@ -306,37 +387,29 @@ async fn serve(
     Ok(())
 }
 
+/// HTTP/1.1 settings for client connections, from the limits in force.
+fn http_builder(config: &Config) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.limits.header_timeout())
+        .max_buf_size((config.limits.max_head_bytes as usize).max(8192));
+    http
+}
+
 fn build_ctx(
     id: WorkerId,
     slots: u16,
-    config: &Config,
+    config: Arc<Config>,
     runtime_dir: std::path::PathBuf,
     stopping: watch::Receiver<bool>,
 ) -> Result<Ctx, WorkerError> {
-    let servers: Servers = config
-        .upstream
-        .iter()
-        .map(|u| UpstreamServer::new(u).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?
-        .into();
-    let worker_header = config
-        .diagnostics
-        .worker_header
-        .then(|| {
-            HeaderValue::from_str(&format!(
-                "{}/{}/{}",
-                id.slot,
-                id.generation,
-                std::process::id()
-            ))
-            .ok()
-        })
-        .flatten();
+    let (live, _) = Live::build(id, config.clone(), None)?;
     let metrics = Arc::new(metrics::Metrics::new()?);
     Ok(Ctx {
         id,
         slots,
-        endpoints: federation::endpoints(config, &servers),
+        live: std::sync::RwLock::new(Arc::new(live)),
         sessions: Sessions::new(metrics.sessions.clone()),
         registry: Arc::new(Registry::new(
             Duration::from_secs(config.sessions.upstream_probe_after_secs),
@@ -349,10 +422,49 @@ fn build_ctx(
             id.slot,
             Duration::from_millis(config.limits.dispatch_wait_ms),
         ),
-        worker_header,
-        max_body: config.limits.max_body_bytes as usize,
         stopping,
     })
+}
+
+/// Apply a new configuration: swap what requests read, move every session
+/// to its endpoint's new definition, and close upstream sessions whose
+/// server changed or went away. A session whose endpoint is gone ends.
+async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
+    let previous = ctx.live();
+    let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
+    let live = Arc::new(live);
+    ctx.set_live(live.clone());
+    let mut ended = Vec::new();
+    for session in ctx.sessions.all() {
+        let path = session.endpoint().path.clone();
+        match live.endpoints.get(&path) {
+            Some(endpoint) => {
+                let old = session.endpoint();
+                let mut close: Vec<Arc<str>> = gone.clone();
+                close.extend(
+                    old.upstreams
+                        .iter()
+                        .filter(|u| !endpoint.upstreams.iter().any(|n| n.id == u.id))
+                        .map(|u| u.id.clone()),
+                );
+                session.set_endpoint(endpoint.clone());
+                if !close.is_empty() {
+                    ctx.registry.close_upstreams(&session, &close).await;
+                }
+            }
+            None => {
+                if let Some(s) = ctx.sessions.remove(&session.id) {
+                    ended.push(s);
+                }
+            }
+        }
+    }
+    if !ended.is_empty() {
+        info!(sessions = ended.len(), "endpoint removed by reload; its sessions end");
+        ctx.registry.close_sessions(&ended).await;
+    }
+    info!(changed_or_removed = ?gone, "configuration reloaded");
+    Ok(())
 }
 
 /// Counts an open client connection for as long as it lives.
@@ -412,11 +524,11 @@ fn gathered(ctx: &Ctx, connections: u32) -> mcpgw_protocol::control::Gathered {
 }
 
 /// End sessions that have been idle longer than the configured timeout.
-async fn expire_sessions(ctx: Arc<Ctx>, ttl: Duration) {
-    let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut tick = tokio::time::interval(period);
+async fn expire_sessions(ctx: Arc<Ctx>) {
     loop {
-        tick.tick().await;
+        // Read each time: a reload may change the timeout.
+        let ttl = Duration::from_secs(ctx.live().config.sessions.idle_timeout_secs);
+        tokio::time::sleep((ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))).await;
         let expired = ctx.sessions.take_expired(ttl);
         if !expired.is_empty() {
             info!(count = expired.len(), "sessions expired after being idle");

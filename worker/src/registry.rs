@@ -2,14 +2,17 @@
 //! pair exactly one upstream MCP session, never shared, reused for every call
 //! of its session, closed when the session ends.
 //!
-//! Each downstream session has one cell per upstream of its endpoint
-//! ([`SessionUpstreams`]). A cell's async lock is held only while the upstream
+//! Each downstream session has one cell per upstream server it has used,
+//! keyed by upstream id ([`SessionUpstreams`]), so a reload that changes an
+//! endpoint's upstream list keeps the cells of the upstreams that stay. A
+//! cell's async lock is held only while the upstream
 //! session is created or probed, so concurrent first calls create exactly
 //! one, and calls on an existing one run concurrently. Reuse after an idle
 //! period is checked with a probe; a transport failure evicts (only the
 //! session that failed, never a newer one). Closing runs concurrently and is
 //! bounded: a close that hangs is abandoned with a warning.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,20 +22,34 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::sessions::Session;
-use crate::upstream::{UpstreamError, UpstreamSession};
+use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
 
 type Cell = Mutex<Option<Arc<UpstreamSession>>>;
 
-/// One cell per upstream position of the session's endpoint.
+/// A downstream session's upstream sessions, one cell per upstream id.
+#[derive(Default)]
 pub(crate) struct SessionUpstreams {
-    cells: Box<[Cell]>,
+    cells: std::sync::Mutex<HashMap<Arc<str>, Arc<Cell>>>,
 }
 
 impl SessionUpstreams {
-    pub(crate) fn new(n: usize) -> Self {
-        Self {
-            cells: (0..n).map(|_| Mutex::new(None)).collect(),
-        }
+    fn cell(&self, upstream: &Arc<str>) -> Arc<Cell> {
+        let Ok(mut cells) = self.cells.lock() else {
+            // A poisoned map only means a panic elsewhere; a fresh cell is safe.
+            return Arc::new(Mutex::new(None));
+        };
+        cells.entry(upstream.clone()).or_default().clone()
+    }
+
+    fn all(&self) -> Vec<(Arc<str>, Arc<Cell>)> {
+        self.cells
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn existing(&self, upstream: &str) -> Option<Arc<Cell>> {
+        self.cells.lock().ok()?.get(upstream).cloned()
     }
 }
 
@@ -67,22 +84,31 @@ impl Registry {
             .add(delta);
     }
 
-    /// The upstream session of `session` for upstream position `pos`,
-    /// created on first use.
+    /// The upstream session of `session` on `server`, created on first use.
     pub(crate) async fn get(
         &self,
         session: &Session,
-        pos: usize,
+        server: &Arc<UpstreamServer>,
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
-        let server = session.endpoint.upstreams[pos].clone();
-        let mut cell = session.upstreams.cells[pos].lock().await;
+        let cell = session.upstreams.cell(&server.id);
+        let mut cell = cell.lock().await;
+        if cell.as_ref().is_some_and(|us| !Arc::ptr_eq(&us.server, server)) {
+            // The upstream's connection settings changed (reload): the old
+            // upstream session belongs to the old server.
+            if let Some(old) = cell.take() {
+                self.live(&server.id, -1);
+                self.event(&server.id, "evicted_reload");
+                let grace = self.close_grace;
+                tokio::spawn(async move { old.close(grace).await });
+            }
+        }
         if let Some(existing) = cell.as_ref() {
             if existing.idle_for() < self.probe_after || existing.probe(self.probe_timeout).await {
                 existing.touch();
                 self.event(&server.id, "reused");
                 return Ok(existing.clone());
             }
-            self.event(&server.id, "probe_failed");
+            self.event(&server.id, "evicted_probe");
             warn!(session = %session.id, upstream = %server.id, "idle upstream session failed its probe; recreating it");
             if let Some(old) = cell.take() {
                 self.live(&server.id, -1);
@@ -118,15 +144,15 @@ impl Registry {
     pub(crate) async fn evict(
         &self,
         session: &Session,
-        pos: usize,
         failed: &Arc<UpstreamSession>,
         why: &UpstreamError,
     ) {
-        let mut cell = session.upstreams.cells[pos].lock().await;
+        let cell = session.upstreams.cell(&failed.server.id);
+        let mut cell = cell.lock().await;
         if cell.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, failed)) {
             *cell = None;
             self.live(&failed.server.id, -1);
-            self.event(&failed.server.id, "evicted");
+            self.event(&failed.server.id, "evicted_error");
             info!(session = %session.id, upstream = %failed.server.id, reason = %why, "upstream session evicted");
         }
     }
@@ -136,7 +162,7 @@ impl Registry {
     pub(crate) async fn close_sessions(&self, sessions: &[Arc<Session>]) {
         let mut taken = Vec::new();
         for s in sessions {
-            for cell in s.upstreams.cells.iter() {
+            for (_, cell) in s.upstreams.all() {
                 // A cell locked by an in-flight create: that create sees the
                 // session closed and closes its result itself.
                 if let Ok(mut guard) = cell.try_lock()
@@ -146,12 +172,34 @@ impl Registry {
                 }
             }
         }
+        self.close_all(taken, "closed").await;
+    }
+
+    /// Close the upstream sessions of `session` on these upstreams (a reload
+    /// changed or removed them), concurrently and bounded.
+    pub(crate) async fn close_upstreams(&self, session: &Session, upstreams: &[Arc<str>]) {
+        let mut taken = Vec::new();
+        for id in upstreams {
+            // The cell stays: a create in flight stores its result there, and
+            // the next use sees it belongs to an old server, or the session's
+            // end closes it.
+            if let Some(cell) = session.upstreams.existing(id)
+                && let Ok(mut guard) = cell.try_lock()
+                && let Some(us) = guard.take()
+            {
+                taken.push(us);
+            }
+        }
+        self.close_all(taken, "evicted_reload").await;
+    }
+
+    async fn close_all(&self, taken: Vec<Arc<UpstreamSession>>, event: &str) {
         if taken.is_empty() {
             return;
         }
         for us in &taken {
             self.live(&us.server.id, -1);
-            self.event(&us.server.id, "closed");
+            self.event(&us.server.id, event);
         }
         let grace = self.close_grace;
         let mut set = JoinSet::new();
@@ -172,18 +220,17 @@ impl Registry {
     pub(crate) fn snapshot(&self, sessions: &[Arc<Session>]) -> Vec<(Arc<str>, usize, Duration)> {
         let mut per_upstream: Vec<(Arc<str>, usize, Duration)> = Vec::new();
         for s in sessions {
-            for (pos, cell) in s.upstreams.cells.iter().enumerate() {
+            for (id, cell) in s.upstreams.all() {
                 if let Ok(guard) = cell.try_lock()
                     && let Some(us) = guard.as_ref()
                 {
-                    let id = &s.endpoint.upstreams[pos].id;
                     let age = us.age();
-                    match per_upstream.iter_mut().find(|e| &e.0 == id) {
+                    match per_upstream.iter_mut().find(|e| e.0 == id) {
                         Some(e) => {
                             e.1 += 1;
                             e.2 = e.2.max(age);
                         }
-                        None => per_upstream.push((id.clone(), 1, age)),
+                        None => per_upstream.push((id, 1, age)),
                     }
                 }
             }

@@ -19,14 +19,15 @@ use crate::registry::SessionUpstreams;
 
 pub(crate) struct Session {
     pub id: SessionId,
-    pub endpoint: Arc<Endpoint>,
+    /// Replaced when a reload rebuilds the endpoint; read it once per request.
+    endpoint: Mutex<Arc<Endpoint>>,
     /// Negotiated protocol version; one of [`crate::versions::SUPPORTED`].
     pub version: &'static str,
     /// The client's `initialize` params with the negotiated version, raw.
     pub init_params: Box<str>,
     pub upstreams: SessionUpstreams,
-    /// URI → endpoint upstream position, learned from `resources/list`.
-    pub resource_routes: Mutex<HashMap<String, usize>>,
+    /// URI → upstream id, learned from `resources/list`.
+    pub resource_routes: Mutex<HashMap<String, Arc<str>>>,
     last_used: Mutex<Instant>,
     /// Flips to true when the session ends; its open streams close on it.
     closed: watch::Sender<bool>,
@@ -39,16 +40,30 @@ impl Session {
         version: &'static str,
         init_params: Box<str>,
     ) -> Self {
-        let upstreams = SessionUpstreams::new(endpoint.upstreams.len());
         Self {
             id,
-            endpoint,
+            endpoint: Mutex::new(endpoint),
             version,
             init_params,
-            upstreams,
+            upstreams: SessionUpstreams::default(),
             resource_routes: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
             closed: watch::Sender::new(false),
+        }
+    }
+
+    /// The endpoint this session serves, as of now.
+    pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
+        match self.endpoint.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn set_endpoint(&self, endpoint: Arc<Endpoint>) {
+        match self.endpoint.lock() {
+            Ok(mut e) => *e = endpoint,
+            Err(poisoned) => *poisoned.into_inner() = endpoint,
         }
     }
 

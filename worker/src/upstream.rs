@@ -93,7 +93,11 @@ pub(crate) struct UpstreamServer {
     uri: Uri,
     headers: HeaderMap,
     client: Client<HttpConnector, Full<Bytes>>,
-    pub request_timeout: Duration,
+    /// Milliseconds; a reload may change it in place (it does not affect
+    /// connections, so upstream sessions stay).
+    request_timeout_ms: AtomicU64,
+    /// What this server was built from, to tell a reload what changed.
+    pub config: Upstream,
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -134,8 +138,27 @@ impl UpstreamServer {
             uri,
             headers,
             client,
-            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
+            config: cfg.clone(),
         })
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether `new` can keep this server's connections and upstream
+    /// sessions: only the request timeout may differ (it is applied here).
+    pub(crate) fn adopt(&self, new: &Upstream) -> bool {
+        let same = Upstream {
+            request_timeout_ms: self.config.request_timeout_ms,
+            ..new.clone()
+        } == self.config;
+        if same {
+            self.request_timeout_ms
+                .store(new.request_timeout_ms, Ordering::Relaxed);
+        }
+        same
     }
 
     fn request(
@@ -186,7 +209,7 @@ impl UpstreamServer {
     fn timeout_error(&self) -> UpstreamError {
         UpstreamError::Timeout {
             upstream: self.id.clone(),
-            timeout_ms: self.request_timeout.as_millis() as u64,
+            timeout_ms: self.request_timeout_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -222,7 +245,7 @@ impl UpstreamSession {
         server: Arc<UpstreamServer>,
         init_params: &str,
     ) -> Result<Arc<Self>, UpstreamError> {
-        let deadline = Instant::now() + server.request_timeout;
+        let deadline = Instant::now() + server.request_timeout();
         let body = jsonrpc::request("mcpgw-init", "initialize", Some(init_params));
         let req = server.request(Method::POST, None, None, body);
         let resp = server.send(req, deadline).await?;
@@ -418,6 +441,3 @@ pub(crate) async fn read_answer(
         }
     }
 }
-
-/// Every configured upstream server of this worker, by index.
-pub(crate) type Servers = Arc<[Arc<UpstreamServer>]>;

@@ -51,6 +51,25 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Bridge a stdio-only MCP client to a Streamable HTTP MCP server (JSON-RPC on
+    /// stdin/stdout, logs on stderr).
+    Wrapper {
+        /// The server's MCP endpoint, e.g. http://127.0.0.1:8080/mcp (http only).
+        #[arg(long)]
+        url: String,
+        /// A header for every request, as 'Name: Value'. Repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// File holding a bearer token, sent as `Authorization: Bearer <token>`.
+        #[arg(long)]
+        bearer_token_file: Option<PathBuf>,
+        /// Bound on each request, in seconds.
+        #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+        timeout: f64,
+        /// When the server loses the session, start a new one by replaying `initialize`.
+        #[arg(long)]
+        reinitialize: bool,
+    },
     /// Show the workers, sessions and upstream sessions of a running gateway.
     Status {
         /// The gateway's admin listener (`admin_listen`).
@@ -99,6 +118,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Wrapper {
+            url,
+            headers,
+            bearer_token_file,
+            timeout,
+            reinitialize,
+        }) => Ok(mcpgw_wrapper::run(&mcpgw_wrapper::Args {
+            url,
+            headers,
+            bearer_token_file,
+            timeout_secs: timeout,
+            reinitialize,
+        })?),
         Some(Command::Status { admin }) => {
             print!("{}", mcpgw_supervisor::status(admin)?);
             Ok(())

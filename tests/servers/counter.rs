@@ -6,6 +6,11 @@
 //! also counts what it received (`GET /stats`) so tests can assert on how many upstream
 //! sessions the gateway opened and closed.
 //!
+//! For the `mcpgw wrapper` tests it also has a hidden `ask_roots` tool (a server→client
+//! `roots/list` request inside a tools/call stream), a `--stateless` mode (no session id,
+//! routing headers required) and `POST /forget-sessions` (a server that lost its
+//! sessions); see the end of the file.
+//!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
 
@@ -53,6 +58,10 @@ struct Args {
     /// Paginate `tools/list` with at most this many tools per page.
     #[arg(long)]
     page_size: Option<usize>,
+    /// Hand out no session id (one shared counter) and require the 2026-07-28 routing
+    /// headers (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`) on every POST.
+    #[arg(long)]
+    stateless: bool,
 }
 
 struct Session {
@@ -77,6 +86,10 @@ struct Server {
     page_size: Option<usize>,
     sessions: Mutex<HashMap<String, Session>>,
     stats: Stats,
+    stateless: bool,
+    /// Server→client requests awaiting the client's response, by request id.
+    asked: Mutex<HashMap<String, Asked>>,
+    next_ask: AtomicU64,
 }
 
 impl Server {
@@ -118,10 +131,19 @@ async fn main() -> anyhow::Result<()> {
         page_size: args.page_size.filter(|&n| n > 0),
         sessions: Mutex::new(HashMap::new()),
         stats: Stats::default(),
+        stateless: args.stateless,
+        asked: Mutex::new(HashMap::new()),
+        next_ask: AtomicU64::new(1),
     });
+    if server.stateless {
+        server
+            .sessions()
+            .insert(STATELESS_SESSION.to_owned(), Session::new());
+    }
     let app = Router::new()
         .route("/mcp", get(get_mcp).post(post_mcp).delete(delete_mcp))
         .route("/stats", get(stats))
+        .route("/forget-sessions", axum::routing::post(forget_sessions))
         .with_state(server.clone());
 
     // The harness waits for exactly this line; it must be flushed before serving.
@@ -222,9 +244,9 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
     let id = obj.get("id").cloned();
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        // A response to a server-initiated request; this server sends none, so accept and drop.
+        // A response to a server-initiated request: `ask_roots` waits for it, others are dropped.
         if obj.contains_key("result") || obj.contains_key("error") {
-            return StatusCode::ACCEPTED.into_response();
+            return client_answered(&srv, &headers, &msg);
         }
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -232,16 +254,33 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
         );
     };
 
+    if srv.stateless
+        && let Err(problem) = check_routing_headers(&headers, method, &params)
+    {
+        let id = id.unwrap_or(Value::Null);
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &error_message(&id, -32600, &problem),
+        );
+    }
     if method == "initialize" {
         return initialize(&srv, id.unwrap_or(Value::Null), &params);
     }
-    let session = match check_session(&srv, &headers) {
-        Ok(s) => s,
-        Err(problem) => return problem.into_response(),
+    let session = if srv.stateless {
+        STATELESS_SESSION.to_owned()
+    } else {
+        match check_session(&srv, &headers) {
+            Ok(s) => s,
+            Err(problem) => return problem.into_response(),
+        }
     };
     let Some(id) = id else {
         return StatusCode::ACCEPTED.into_response();
     };
+    if method == "tools/call" && params.get("name").and_then(Value::as_str) == Some("ask_roots") {
+        srv.stats.tools_call.fetch_add(1, Ordering::SeqCst);
+        return ask_roots(srv, session, id);
+    }
     let answer = match dispatch(&srv, &session, method, &params).await {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         Err(e) => error_message(&id, e.code, &e.message),
@@ -255,6 +294,12 @@ fn initialize(srv: &Server, id: Value, params: &Value) -> Response {
     let version = requested
         .filter(|v| SUPPORTED_VERSIONS.contains(v))
         .unwrap_or(LATEST_VERSION);
+    if srv.stateless {
+        // No session: the answer carries no Mcp-Session-Id and nothing is remembered.
+        eprintln!("[{}] initialize without a session ({version})", srv.name);
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": initialize_result(srv, version)});
+        return rpc_response(srv, &answer, None);
+    }
     let session_id = match mint_session_id() {
         Ok(s) => s,
         Err(e) => {
@@ -277,18 +322,22 @@ fn initialize(srv: &Server, id: Value, params: &Value) -> Response {
         "[{}] initialize -> session {session_id} ({version})",
         srv.name
     );
-    let result = json!({
-        "protocolVersion": version,
-        "capabilities": {
-            "tools": {}, "prompts": {}, "resources": {}, "logging": {}, "completions": {}
-        },
-        "serverInfo": {"name": srv.name, "version": "1.0.0"},
-    });
+    let result = initialize_result(srv, version);
     rpc_response(
         srv,
         &json!({"jsonrpc": "2.0", "id": id, "result": result}),
         Some(&session_id),
     )
+}
+
+fn initialize_result(srv: &Server, version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": {
+            "tools": {}, "prompts": {}, "resources": {}, "logging": {}, "completions": {}
+        },
+        "serverInfo": {"name": srv.name, "version": "1.0.0"},
+    })
 }
 
 fn mint_session_id() -> Result<String, getrandom::Error> {
@@ -496,6 +545,9 @@ fn read_resource(srv: &Server, session: &str, params: &Value) -> Result<Value, R
 }
 
 async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if srv.stateless {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let session = match check_session(&srv, &headers) {
         Ok(s) => s,
         Err(problem) => return problem.into_response(),
@@ -528,6 +580,9 @@ async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response
 async fn delete_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
     // Counted per request received, so a gateway that deletes twice is visible.
     srv.stats.delete.fetch_add(1, Ordering::SeqCst);
+    if srv.stateless {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let session = match check_session(&srv, &headers) {
         Ok(s) => s,
         Err(problem) => return problem.into_response(),
@@ -569,4 +624,167 @@ fn rpc_response(srv: &Server, message: &Value, session_id: Option<&str>) -> Resp
         response.headers_mut().insert(SESSION_HEADER, id);
     }
     response
+}
+
+// ---- For the `mcpgw wrapper` tests -------------------------------------------------
+
+/// The one session a `--stateless` server keeps its counter in.
+const STATELESS_SESSION: &str = "stateless";
+/// How long `ask_roots` waits for the client's answer to its `roots/list`.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
+
+impl Session {
+    fn new() -> Self {
+        let (alive, alive_rx) = watch::channel(());
+        Self {
+            count: 0,
+            _alive: alive,
+            alive_rx,
+        }
+    }
+}
+
+/// A server→client request waiting for its response: who was asked, and where the
+/// answer goes.
+struct Asked {
+    session: String,
+    answer: tokio::sync::oneshot::Sender<Value>,
+}
+
+impl Server {
+    fn asked(&self) -> MutexGuard<'_, HashMap<String, Asked>> {
+        // Single insert/remove critical sections, as for `sessions`.
+        self.asked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `ask_roots` (not listed by `tools/list`, so the tool lists other tests assert on are
+/// unchanged): answers the tools/call with an SSE stream that first carries a
+/// `roots/list` request to the client, then, once the client's response has arrived
+/// (as its own POST, on the same session), the tool result: the client's roots.
+fn ask_roots(srv: Arc<Server>, session: String, id: Value) -> Response {
+    let ask_id = json!(format!(
+        "ask-{}",
+        srv.next_ask.fetch_add(1, Ordering::SeqCst)
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    srv.asked().insert(
+        ask_id.to_string(),
+        Asked {
+            session,
+            answer: tx,
+        },
+    );
+    let ask = json!({"jsonrpc": "2.0", "id": ask_id, "method": "roots/list", "params": {}});
+    let first = Bytes::from(format!("event: message\ndata: {ask}\n\n"));
+    let rest = async move {
+        let result = match tokio::time::timeout(ASK_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => match answer.get("result") {
+                Some(roots) => json!({
+                    "content": [{"type": "text", "text": roots.to_string()}],
+                    "structuredContent": roots,
+                    "isError": false,
+                }),
+                None => json!({
+                    "content": [{"type": "text", "text": format!("the client refused: {answer}")}],
+                    "isError": true,
+                }),
+            },
+            _ => {
+                srv.asked().remove(&ask_id.to_string());
+                json!({
+                    "content": [{"type": "text", "text": "no answer to roots/list"}],
+                    "isError": true,
+                })
+            }
+        };
+        let response = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        Ok::<_, Infallible>(Bytes::from(format!("event: message\ndata: {response}\n\n")))
+    };
+    use futures_util::StreamExt as _;
+    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(first) })
+        .chain(futures_util::stream::once(rest));
+    let mut response = Response::new(Body::from_stream(stream));
+    set_content_type(&mut response, "text/event-stream");
+    response
+}
+
+/// A client's response to a server→client request: handed to the `ask_roots` call that
+/// waits for it, if it comes on the session that was asked; anything else is dropped.
+fn client_answered(srv: &Server, headers: &HeaderMap, message: &Value) -> Response {
+    let key = message.get("id").map(Value::to_string).unwrap_or_default();
+    if !srv.asked().contains_key(&key) {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let session = if srv.stateless {
+        STATELESS_SESSION.to_owned()
+    } else {
+        match check_session(srv, headers) {
+            Ok(s) => s,
+            Err(problem) => return problem.into_response(),
+        }
+    };
+    let mut asked = srv.asked();
+    if asked.get(&key).is_some_and(|a| a.session != session) {
+        drop(asked);
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &error_message(
+                &Value::Null,
+                -32600,
+                "response on another session than the request",
+            ),
+        );
+    }
+    if let Some(waiting) = asked.remove(&key) {
+        let _ = waiting.answer.send(message.clone());
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `--stateless`: the routing headers must match the body, and no session id may come.
+fn check_routing_headers(headers: &HeaderMap, method: &str, params: &Value) -> Result<(), String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header(SESSION_HEADER).is_some() {
+        return Err("this server hands out no sessions, yet Mcp-Session-Id was sent".to_owned());
+    }
+    if header(METHOD_HEADER) != Some(method) {
+        return Err(format!(
+            "Mcp-Method {:?} does not match the method {method:?}",
+            header(METHOD_HEADER)
+        ));
+    }
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .or_else(|| params.get("uri").and_then(Value::as_str));
+    if let Some(name) = name
+        && header(NAME_HEADER) != Some(name)
+    {
+        return Err(format!(
+            "Mcp-Name {:?} does not match {name:?}",
+            header(NAME_HEADER)
+        ));
+    }
+    if method != "initialize" {
+        match header(VERSION_HEADER) {
+            Some(v) if SUPPORTED_VERSIONS.contains(&v) => {}
+            other => {
+                return Err(format!(
+                    "MCP-Protocol-Version missing or unsupported: {other:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /forget-sessions`: drops every session, as a server that restarted would
+/// (their GET streams end); returns how many there were.
+async fn forget_sessions(State(srv): State<Arc<Server>>) -> Response {
+    let forgotten: Vec<String> = srv.sessions().drain().map(|(id, _)| id).collect();
+    eprintln!("[{}] forgot {} sessions", srv.name, forgotten.len());
+    json_response(StatusCode::OK, &json!({"forgotten": forgotten.len()}))
 }

@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // stderr is also where logs go (and what journald captures).
             eprintln!("mcpgw: {e:#}");
             ExitCode::FAILURE
         }
@@ -109,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::CheckConfig { file }) => {
             let config = Config::load(&file)?;
+            config.check_tls_files()?;
             println!(
                 "{}: ok ({} upstreams, {} endpoints, {} workers)",
                 file.display(),
@@ -163,6 +164,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.workers = workers;
         }
         config.validate().context("command-line overrides")?;
+        config.check_tls_files()?;
         Ok(config)
     };
     let config = load()?;

@@ -45,6 +45,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Metrics and the admin API; never on a public listener.
     pub admin_listen: SocketAddr,
+    /// TLS listeners, terminated in the workers.
+    pub tls_listener: Vec<TlsListener>,
     /// Worker processes; `None` means one per core.
     pub workers: Option<u16>,
     /// Directory for internal sockets; a private one is made when unset.
@@ -64,6 +66,7 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            tls_listener: Vec::new(),
             workers: None,
             runtime_dir: None,
             namespace_separator: "__".to_owned(),
@@ -75,6 +78,16 @@ impl Default for Config {
             endpoint: Vec::new(),
         }
     }
+}
+
+/// A TLS listener: its address and PEM files (certificate chain, leaf
+/// first, and private key). Files are re-read on every reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Request limits, enforced before any work is done.
@@ -234,6 +247,17 @@ impl Config {
                 format!("{admin} is also a public listener"),
             ));
         }
+        let mut addrs: Vec<SocketAddr> = self.listen.iter().copied().filter(|a| a.port() != 0).collect();
+        addrs.push(admin);
+        for (i, t) in self.tls_listener.iter().enumerate() {
+            if t.addr.port() != 0 && addrs.contains(&t.addr) {
+                return Err(invalid(
+                    format!("tls_listener[{i}].addr"),
+                    format!("{} is already used by another listener", t.addr),
+                ));
+            }
+            addrs.push(t.addr);
+        }
         if let Some(w) = self.workers
             && !(1..=256).contains(&w)
         {
@@ -344,6 +368,17 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Read every TLS listener's files and check that they make a usable
+    /// server identity. Separate from [`Config::validate`] because it touches
+    /// the file system; run at start, on each reload and by `check-config`.
+    pub fn check_tls_files(&self) -> Result<(), ConfigError> {
+        for (i, t) in self.tls_listener.iter().enumerate() {
+            crate::tls::server_config(&t.cert, &t.key)
+                .map_err(|e| invalid(format!("tls_listener[{i}]"), e.to_string()))?;
         }
         Ok(())
     }

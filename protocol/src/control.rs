@@ -86,25 +86,36 @@ pub enum FromWorker {
 
 /// Where a handed-over connection was accepted; sent with its fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnMeta {
-    /// Index into the configured listeners.
-    pub listener: u16,
+pub enum ConnMeta {
+    /// A plaintext listener; the request head was peeked for routing.
+    Plain,
+    /// `tls_listener[index]`: the worker terminates TLS with that
+    /// listener's certificate.
+    Tls { index: u16 },
 }
 
 impl ConnMeta {
-    pub const WIRE_LEN: usize = 4;
+    pub const WIRE_LEN: usize = 5;
     const MAGIC: u8 = 0xc7;
 
     pub fn encode(self) -> [u8; Self::WIRE_LEN] {
-        let l = self.listener.to_le_bytes();
-        [Self::MAGIC, PROTOCOL_VERSION as u8, l[0], l[1]]
+        let (kind, index) = match self {
+            Self::Plain => (0, 0u16),
+            Self::Tls { index } => (1, index),
+        };
+        let i = index.to_le_bytes();
+        [Self::MAGIC, PROTOCOL_VERSION as u8, kind, i[0], i[1]]
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         match bytes {
-            [Self::MAGIC, v, l0, l1] if u32::from(*v) == PROTOCOL_VERSION => Some(Self {
-                listener: u16::from_le_bytes([*l0, *l1]),
-            }),
+            [Self::MAGIC, v, kind, i0, i1] if u32::from(*v) == PROTOCOL_VERSION => match kind {
+                0 => Some(Self::Plain),
+                1 => Some(Self::Tls {
+                    index: u16::from_le_bytes([*i0, *i1]),
+                }),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -138,9 +149,11 @@ mod tests {
 
     #[test]
     fn conn_meta_round_trips_and_rejects_garbage() {
-        let m = ConnMeta { listener: 513 };
-        assert_eq!(ConnMeta::decode(&m.encode()), Some(m));
-        assert_eq!(ConnMeta::decode(&[0, 1, 2, 3]), None);
+        for m in [ConnMeta::Plain, ConnMeta::Tls { index: 513 }] {
+            assert_eq!(ConnMeta::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(ConnMeta::decode(&[0, 1, 2, 3, 4]), None);
+        assert_eq!(ConnMeta::decode(&[0xc7, 1, 9, 0, 0]), None);
         assert_eq!(ConnMeta::decode(&[]), None);
     }
 }

@@ -245,12 +245,12 @@ mod tests {
         let tx = ConnSender::new(a).expect("tx");
         let rx = ConnReceiver::new(b).expect("rx");
         let (mut mine, theirs) = UnixStream::pair().expect("stream pair");
-        tx.send(ConnMeta { listener: 3 }, &theirs)
+        tx.send(ConnMeta::Tls { index: 3 }, &theirs)
             .await
             .expect("send");
         drop(theirs);
         let (meta, fd) = rx.recv().await.expect("recv").expect("some");
-        assert_eq!(meta, ConnMeta { listener: 3 });
+        assert_eq!(meta, ConnMeta::Tls { index: 3 });
         let mut got = UnixStream::from(fd);
         mine.write_all(b"hi").expect("write");
         let mut buf = [0u8; 2];
@@ -266,7 +266,7 @@ mod tests {
         let rx = ConnReceiver::new(b).expect("rx");
         nix::sys::socket::send(
             a.as_raw_fd(),
-            &ConnMeta { listener: 0 }.encode(),
+            &ConnMeta::Plain.encode(),
             MsgFlags::empty(),
         )
         .expect("send");

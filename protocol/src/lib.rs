@@ -9,6 +9,7 @@
 //! - [`fdpass`]: handing connections (file descriptors) to workers; the only
 //!   module allowed `unsafe`.
 //! - [`headers`]: HTTP header names both processes read or write.
+//! - [`tls`]: reading TLS certificates and keys, certificate expiry.
 //!
 //! Runtime policy (when to restart, how to balance) lives in the processes,
 //! not here.
@@ -20,3 +21,4 @@ pub mod fdpass;
 pub mod headers;
 pub mod routing;
 pub mod session_id;
+pub mod tls;

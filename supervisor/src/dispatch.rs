@@ -79,6 +79,14 @@ impl Dispatcher {
     pub(crate) async fn dispatch(&self, stream: TcpStream, meta: ConnMeta) {
         let accepted = Instant::now();
         let limits = self.limits();
+        if let ConnMeta::Tls { .. } = meta {
+            // Nothing to peek inside TLS: balance by load; the worker that
+            // terminates it forwards requests of sessions it does not own.
+            return match self.pool.least_loaded() {
+                Some(worker) => self.hand_over(stream, meta, worker, accepted, limits).await,
+                None => self.reject(stream, Reject::Unavailable).await,
+            };
+        }
         let peer = stream.peer_addr().ok();
         let head = match timeout(limits.header_timeout, peek_head(&stream, limits.max_head)).await {
             Ok(Ok(head)) => head,
@@ -114,12 +122,23 @@ impl Dispatcher {
             }
             None => self.pool.least_loaded(),
         };
-        let Some(mut worker) = worker else {
+        let Some(worker) = worker else {
             warn!(?peer, "no worker is serving; answering 503");
             return self.reject(stream, Reject::Unavailable).await;
         };
-        // A send can fail if the worker died after we picked it; wait once for
-        // its slot's replacement.
+        self.hand_over(stream, meta, worker, accepted, limits).await;
+    }
+
+    /// Pass the fd. A send can fail if the worker died after we picked it;
+    /// then wait (bounded) for its slot's replacement.
+    async fn hand_over(
+        &self,
+        stream: TcpStream,
+        meta: ConnMeta,
+        mut worker: Arc<Worker>,
+        accepted: Instant,
+        limits: DispatchLimits,
+    ) {
         loop {
             match worker.conns.send(meta, &stream).await {
                 Ok(()) => {

@@ -34,12 +34,14 @@ use std::time::Duration;
 use mcpgw_protocol::channel::ChannelError;
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
 use crate::dispatch::Dispatcher;
+use crate::listeners::ListenerKey;
 use crate::pool::{Pool, Worker};
 use crate::runtime_dir::RuntimeDir;
 
@@ -136,8 +138,8 @@ struct Supervisor {
     /// Bumped by every applied reload.
     config_generation: u64,
     source: ConfigSource,
-    /// Public listeners by configured address, each with its own stop switch.
-    listeners: Vec<(std::net::SocketAddr, watch::Sender<bool>)>,
+    /// Public listeners as configured, each with its own stop switch.
+    listeners: Vec<(ListenerKey, watch::Sender<bool>)>,
     /// Listening sockets came from systemd: `listen` changes cannot apply.
     socket_activated: bool,
     dispatcher: Arc<Dispatcher>,
@@ -169,24 +171,26 @@ async fn run_async(
     let slots = config.worker_count();
     let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
     let socket_activated = !activated.is_empty();
-    let bound = if !socket_activated {
-        listeners::bind_all(&config.listen)?
-    } else {
+    // Plain listeners come from systemd when it passes sockets; TLS ones
+    // are always ours.
+    let mut bound: Vec<(ListenerKey, TcpListener)> = Vec::new();
+    if socket_activated {
         let names: Vec<&str> = activated.iter().map(|(n, _)| n.as_str()).collect();
-        info!(
-            ?names,
-            "using sockets from systemd; `listen` in the config is not used"
-        );
-        listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())?
-    };
+        info!(?names, "using sockets from systemd; `listen` in the config is not used");
+        for l in listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())? {
+            let addr = l.local_addr().map_err(ListenError::LocalAddr)?;
+            bound.push((ListenerKey::Plain(addr), l));
+        }
+    }
+    let ours: Vec<ListenerKey> = ListenerKey::all(&config)
+        .into_iter()
+        .filter(|k| !(socket_activated && matches!(k, ListenerKey::Plain(_))))
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> = ours.iter().map(|k| k.addr()).collect();
+    bound.extend(ours.into_iter().zip(listeners::bind_all(&addrs)?));
     let admin_listener = listeners::bind_all(&[config.admin_listen])?.remove(0);
     {
         let mut out = std::io::stdout().lock();
-        for l in &bound {
-            let addr = l.local_addr().map_err(listeners::ListenError::LocalAddr)?;
-            info!(%addr, "listening");
-            let _ = writeln!(out, "mcpgw listening http://{addr}");
-        }
         let addr = admin_listener
             .local_addr()
             .map_err(listeners::ListenError::LocalAddr)?;
@@ -219,23 +223,15 @@ async fn run_async(
         stop_rx,
     ));
     let mut public = Vec::new();
-    for (index, listener) in bound.into_iter().enumerate() {
-        // Keyed by the configured address (which may say port 0), so a reload
-        // compares like with like.
-        let addr = match config.listen.get(index) {
-            Some(configured) if !socket_activated => *configured,
-            _ => listener.local_addr().map_err(ListenError::LocalAddr)?,
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(listeners::accept_loop(
+    for (key, listener) in bound {
+        public.push(listeners::serve_listener(
+            key,
             listener,
-            index as u16,
             dispatcher.clone(),
             in_flight.clone(),
-            stop_rx,
         ));
-        public.push((addr, stop));
     }
+    metrics.set_tls_expiry(&config);
 
     let mut sup = Supervisor {
         config,
@@ -614,18 +610,17 @@ impl Supervisor {
             warn!("reload: {k}");
         }
         // Bind new listeners first: if that fails nothing has changed yet.
-        let added: Vec<std::net::SocketAddr> = new
-            .listen
+        let wanted: Vec<ListenerKey> = ListenerKey::all(&new)
+            .into_iter()
+            .filter(|k| !(self.socket_activated && matches!(k, ListenerKey::Plain(_))))
+            .collect();
+        let added: Vec<ListenerKey> = wanted
             .iter()
-            .filter(|a| !self.config.listen.contains(a))
+            .filter(|k| !self.listeners.iter().any(|(have, _)| have == *k))
             .copied()
             .collect();
-        let bound = if self.socket_activated {
-            Vec::new()
-        } else {
-            listeners::bind_all(&added).map_err(|e| e.to_string())?
-        };
-
+        let addrs: Vec<std::net::SocketAddr> = added.iter().map(|k| k.addr()).collect();
+        let bound = listeners::bind_all(&addrs).map_err(|e| e.to_string())?;
         let config = Arc::new(new);
         self.config = config.clone();
         self.config_generation += 1;
@@ -636,33 +631,24 @@ impl Supervisor {
         for life in self.life.iter_mut().filter(|l| l.current.is_some()) {
             life.config_generation = self.config_generation;
         }
-        if !self.socket_activated {
-            self.listeners.retain(|(addr, stop)| {
-                let keep = config.listen.contains(addr);
-                if !keep {
-                    info!(%addr, "reload: no longer listening");
-                    let _ = stop.send(true);
-                }
-                keep
-            });
-            for (addr, listener) in added.iter().copied().zip(bound) {
-                if let Ok(local) = listener.local_addr() {
-                    info!(%local, "reload: listening");
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "mcpgw listening http://{local}");
-                    let _ = out.flush();
-                }
-                let (stop, stop_rx) = watch::channel(false);
-                tokio::spawn(listeners::accept_loop(
-                    listener,
-                    0,
-                    self.dispatcher.clone(),
-                    self.in_flight.clone(),
-                    stop_rx,
-                ));
-                self.listeners.push((addr, stop));
+        self.listeners.retain(|(key, stop)| {
+            let keep = wanted.contains(key)
+                || (self.socket_activated && matches!(key, ListenerKey::Plain(_)));
+            if !keep {
+                info!(addr = %key.addr(), "reload: no longer listening");
+                let _ = stop.send(true);
             }
+            keep
+        });
+        for (key, listener) in added.into_iter().zip(bound) {
+            self.listeners.push(listeners::serve_listener(
+                key,
+                listener,
+                self.dispatcher.clone(),
+                self.in_flight.clone(),
+            ));
         }
+        self.metrics.set_tls_expiry(&config);
 
         let answers = self
             .gatherer

@@ -6,6 +6,7 @@
 //! counts dispatch tasks so a drain can wait for accepted connections to
 //! reach a worker before the workers are told to stop.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -64,6 +65,49 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// A public listener as configured: what a reload compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKey {
+    Plain(SocketAddr),
+    Tls { index: u16, addr: SocketAddr },
+}
+
+impl ListenerKey {
+    /// Every public listener of `config`: `listen`, then `tls_listener`.
+    pub(crate) fn all(config: &mcpgw_protocol::config::Config) -> Vec<Self> {
+        let plain = config.listen.iter().map(|a| Self::Plain(*a));
+        let tls = config
+            .tls_listener
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Self::Tls {
+                index: i as u16,
+                addr: t.addr,
+            });
+        plain.chain(tls).collect()
+    }
+
+    pub(crate) fn addr(self) -> SocketAddr {
+        match self {
+            Self::Plain(a) | Self::Tls { addr: a, .. } => a,
+        }
+    }
+
+    pub(crate) fn meta(self) -> ConnMeta {
+        match self {
+            Self::Plain(_) => ConnMeta::Plain,
+            Self::Tls { index, .. } => ConnMeta::Tls { index },
+        }
+    }
+
+    pub(crate) fn scheme(self) -> &'static str {
+        match self {
+            Self::Plain(_) => "http",
+            Self::Tls { .. } => "https",
+        }
+    }
+}
+
 /// Dispatch tasks still running.
 #[derive(Default)]
 pub(crate) struct InFlight {
@@ -102,14 +146,32 @@ impl InFlight {
     }
 }
 
-pub(crate) async fn accept_loop(
+/// Announce `listener` on stdout and start accepting on it; returns the
+/// switch that stops it.
+pub(crate) fn serve_listener(
+    key: ListenerKey,
     listener: TcpListener,
-    index: u16,
+    dispatcher: Arc<Dispatcher>,
+    in_flight: Arc<InFlight>,
+) -> (ListenerKey, watch::Sender<bool>) {
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(%local, scheme = key.scheme(), "listening");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "mcpgw listening {}://{local}", key.scheme());
+        let _ = out.flush();
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, key.meta(), dispatcher, in_flight, stop_rx));
+    (key, stop)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    meta: ConnMeta,
     dispatcher: Arc<Dispatcher>,
     in_flight: Arc<InFlight>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let meta = ConnMeta { listener: index };
     loop {
         tokio::select! {
             // The only change ever sent is "stop".
@@ -136,5 +198,5 @@ pub(crate) async fn accept_loop(
             }
         }
     }
-    debug!(listener = index, "stopped accepting");
+    debug!(?meta, "stopped accepting");
 }

@@ -25,6 +25,8 @@ pub(crate) struct Metrics {
     pub workers_serving: IntGauge,
     /// `result` (ok, failed).
     pub reloads: IntCounterVec,
+    /// `listener` (configured address).
+    tls_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -83,6 +85,14 @@ impl Metrics {
         registry.register(Box::new(restarts.clone()))?;
         registry.register(Box::new(workers_serving.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        let tls_expiry = IntGaugeVec::new(
+            Opts::new(
+                "mcpgw_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS listener's certificate expires (Unix time).",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(tls_expiry.clone()))?;
         registry.register(Box::new(build))?;
         Ok(Self {
             registry,
@@ -92,7 +102,19 @@ impl Metrics {
             restarts,
             workers_serving,
             reloads,
+            tls_expiry,
         })
+    }
+
+    /// Re-read every TLS listener's certificate expiry (start and reload).
+    pub(crate) fn set_tls_expiry(&self, config: &mcpgw_protocol::config::Config) {
+        self.tls_expiry.reset();
+        for t in &config.tls_listener {
+            match mcpgw_protocol::tls::not_after(&t.cert) {
+                Ok(at) => self.tls_expiry.with_label_values(&[&t.addr.to_string()]).set(at),
+                Err(e) => tracing::warn!(cert = %t.cert.display(), error = %e, "cannot read certificate expiry"),
+            }
+        }
     }
 
     pub(crate) fn render(&self) -> String {

@@ -446,3 +446,182 @@ async fn twenty_reloads_under_load_fail_no_request() {
     assert!(calls.iter().all(|c| *c > 0), "every client made progress: {calls:?}");
     assert_eq!(counter.stats().await.expect("stats").initialize, 4);
 }
+
+/// A throwaway PKI made with the `openssl` command: a CA and leaf
+/// certificates for 127.0.0.1 signed by it.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = TempDir::new("mcpgw-pki").expect("temp dir");
+        let pki = Self { dir };
+        pki.openssl(&[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=mcpgw test CA",
+        ]);
+        std::fs::write(pki.path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        pki
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("the openssl command is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A new leaf key and certificate written to `cert.pem` / `key.pem`
+    /// (replacing the previous ones); returns the certificate's DER.
+    fn issue_leaf(&self) -> Vec<u8> {
+        self.openssl(&[
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1",
+        ]);
+        self.openssl(&[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "cert.pem", "-days", "7", "-extfile", "ext.cnf",
+        ]);
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_file(self.path("cert.pem")).expect("leaf").to_vec()
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(self.path("ca.pem")).expect("ca"))
+            .expect("trust the CA");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(pki: &Pki, addr: std::net::SocketAddr) -> Tls {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = pki.connector().connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls
+}
+
+fn peer_certificate(tls: &Tls) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().expect("server certificate")[0].to_vec()
+}
+
+/// One MCP POST over an open TLS connection (kept alive); returns the
+/// session id header, if any, and the JSON body.
+async fn tls_post(tls: &mut Tls, session: Option<&str>, body: &Value) -> (Option<String>, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(s) = session {
+        req.push_str(&format!("mcp-session-id: {s}\r\nmcp-protocol-version: 2025-11-25\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = tls.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed mid-answer: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(at)) = resp.parse(&buf) else { continue };
+        assert_eq!(resp.code, Some(200), "{}", String::from_utf8_lossy(&buf));
+        let header = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let len: usize = header("content-length")
+            .expect("the gateway answers JSON with a length")
+            .parse()
+            .expect("length");
+        if buf.len() >= at + len {
+            let json = serde_json::from_slice(&buf[at..at + len]).expect("JSON body");
+            return (header("mcp-session-id"), json);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_listener_serves_forwards_and_rotates_certificates_on_reload() {
+    let counter = start_counter!().expect("counter-server");
+    let pki = Pki::new();
+    let first = pki.issue_leaf();
+    let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
+    config.extra = format!(
+        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        pki.path("cert.pem").display().to_string(),
+        pki.path("key.pem").display().to_string()
+    );
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let addr = *gateway.tls_listeners.first().expect("a TLS listener");
+
+    let mut kept = tls_connect(&pki, addr).await;
+    assert_eq!(peer_certificate(&kept), first);
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize",
+        "params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (session, reply) = tls_post(&mut kept, None, &init).await;
+    let session = session.expect("session id");
+    assert_eq!(reply["result"]["protocolVersion"], "2025-11-25");
+    let call = |n: u64| json!({"jsonrpc":"2.0","id":n,"method":"tools/call","params":{"name":"increment","arguments":{}}});
+    // TLS connections are balanced by load, so some land on the worker that
+    // does not own the session and are forwarded: every call still counts.
+    for n in 1..=4u64 {
+        let mut fresh = tls_connect(&pki, addr).await;
+        let (_, reply) = tls_post(&mut fresh, Some(&session), &call(n)).await;
+        assert_eq!(reply["result"]["structuredContent"]["count"], n, "{reply}");
+    }
+
+    // Rotate the certificate in place and reload.
+    let second = pki.issue_leaf();
+    assert_ne!(first, second);
+    write_config(&gateway, &config);
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "ok", 1.0).await;
+    let mut fresh = tls_connect(&pki, addr).await;
+    assert_eq!(peer_certificate(&fresh), second, "new handshakes get the new certificate");
+    let (_, reply) = tls_post(&mut fresh, Some(&session), &call(5)).await;
+    assert_eq!(reply["result"]["structuredContent"]["count"], 5, "{reply}");
+    // The connection opened before the reload is still up, on its old certificate.
+    let (_, reply) = tls_post(&mut kept, Some(&session), &call(6)).await;
+    assert_eq!(reply["result"]["structuredContent"]["count"], 6, "{reply}");
+    assert_eq!(peer_certificate(&kept), first);
+
+    let (_, text) = admin_get(&gateway, "/metrics").await;
+    assert!(text.contains("mcpgw_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:0\"}"), "{text}");
+
+    // A key that does not match: the reload is refused and TLS keeps working.
+    std::fs::copy(pki.path("ca.key"), pki.path("key.pem")).expect("break the key");
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "failed", 1.0).await;
+    let mut fresh = tls_connect(&pki, addr).await;
+    assert_eq!(peer_certificate(&fresh), second);
+    let (_, reply) = tls_post(&mut fresh, Some(&session), &call(7)).await;
+    assert_eq!(reply["result"]["structuredContent"]["count"], 7, "{reply}");
+}

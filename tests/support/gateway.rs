@@ -24,6 +24,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LISTENING_PREFIX: &str = "mcpgw listening http://";
 const READY_PREFIX: &str = "mcpgw ready workers=";
 const ADMIN_PREFIX: &str = "mcpgw admin http://";
+const TLS_PREFIX: &str = "mcpgw listening https://";
 
 /// The path of an up-to-date `mcpgw` binary, built on first use.
 pub fn gateway_binary() -> Result<&'static Path> {
@@ -199,6 +200,8 @@ pub struct Gateway {
     pub workers: usize,
     /// The admin listener (metrics, admin API).
     pub admin: Option<SocketAddr>,
+    /// TLS listeners, in configuration order.
+    pub tls_listeners: Vec<SocketAddr>,
     _stdout: LineReader,
     _dir: TempDir,
 }
@@ -225,6 +228,7 @@ impl Gateway {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut listeners = Vec::new();
         let mut admin = None;
+        let mut tls_listeners = Vec::new();
         let mut seen = Vec::new();
         let workers = loop {
             let line = match stdout.next_line(deadline) {
@@ -241,6 +245,12 @@ impl Gateway {
             };
             if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
                 listeners.push(
+                    addr.trim()
+                        .parse()
+                        .with_context(|| format!("address in {line:?}"))?,
+                );
+            } else if let Some(addr) = line.strip_prefix(TLS_PREFIX) {
+                tls_listeners.push(
                     addr.trim()
                         .parse()
                         .with_context(|| format!("address in {line:?}"))?,
@@ -268,6 +278,7 @@ impl Gateway {
             listeners,
             workers,
             admin,
+            tls_listeners,
             _stdout: stdout,
             _dir: dir,
         })

@@ -39,7 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcpgw_protocol::channel::{self, ChannelError, Sender};
 use mcpgw_protocol::config::Config;
-use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::control::{ConnMeta, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener};
@@ -85,6 +85,8 @@ pub enum WorkerError {
     Upstream(#[from] upstream::ServerConfigError),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("TLS listener {0}")]
+    Tls(String),
 }
 
 /// What every request handler sees.
@@ -110,6 +112,9 @@ pub(crate) struct Live {
     pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
     pub worker_header: Option<HeaderValue>,
     pub max_body: usize,
+    /// One acceptor per `tls_listener`, by index. New handshakes use the
+    /// acceptor in force; live connections keep the one they started with.
+    pub tls: Vec<tokio_rustls::TlsAcceptor>,
 }
 
 impl Ctx {
@@ -165,8 +170,18 @@ impl Live {
                 HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok()
             })
             .flatten();
+        let tls = config
+            .tls_listener
+            .iter()
+            .map(|t| {
+                mcpgw_protocol::tls::server_config(&t.cert, &t.key)
+                    .map(tokio_rustls::TlsAcceptor::from)
+                    .map_err(|e| WorkerError::Tls(format!("{}: {e}", t.addr)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((
             Self {
+                tls,
                 endpoints: federation::endpoints(&config, &servers),
                 max_body: config.limits.max_body_bytes as usize,
                 worker_header,
@@ -273,7 +288,7 @@ async fn serve(
     let grace = loop {
         tokio::select! {
             conn = receiver.recv() => match conn {
-                Ok(Some((_meta, fd))) => {
+                Ok(Some((meta, fd))) => {
                     let std = std::net::TcpStream::from(fd);
                     if let Err(e) = std.set_nonblocking(true) {
                         warn!(error = %e, "handed-over connection unusable");
@@ -286,18 +301,43 @@ async fn serve(
                         continue;
                     }
                     let guard = ConnGuard::new(&open);
-                    let ctx = ctx.clone();
+                    let ctx2 = ctx.clone();
                     let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
+                        let ctx = ctx2.clone();
                         async move { Ok::<_, Infallible>(endpoint::handle(ctx, req, Origin::Public).await) }
                     });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(error = %e, "connection ended with an error");
+                    match meta {
+                        ConnMeta::Plain => {
+                            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                            tokio::spawn(async move {
+                                if let Err(e) = conn.await {
+                                    debug!(error = %e, "connection ended with an error");
+                                }
+                                drop(guard);
+                            });
                         }
-                        drop(guard);
-                    });
+                        ConnMeta::Tls { index } => {
+                            let Some(acceptor) = ctx.live().tls.get(usize::from(index)).cloned() else {
+                                warn!(index, "connection for a TLS listener that no longer exists; closing");
+                                continue;
+                            };
+                            let handshake_timeout = ctx.live().config.limits.header_timeout();
+                            let (http, watcher) = (http.clone(), graceful.watcher());
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        let conn = watcher.watch(http.serve_connection(TokioIo::new(tls), svc));
+                                        if let Err(e) = conn.await {
+                                            debug!(error = %e, "TLS connection ended with an error");
+                                        }
+                                    }
+                                    Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                                    Err(_) => info!("TLS handshake timed out"),
+                                }
+                                drop(guard);
+                            });
+                        }
+                    }
                 }
                 Ok(None) => {
                     warn!("the supervisor closed the connection channel; stopping");

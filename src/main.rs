@@ -12,7 +12,11 @@ use mcpgw_protocol::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "mcpgw", version, about = "A gateway for the Model Context Protocol")]
+#[command(
+    name = "mcpgw",
+    version,
+    about = "A gateway for the Model Context Protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -168,7 +172,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(config)
     };
     let config = load()?;
-    mcpgw_supervisor::run(config, Box::new(move || load().map_err(|e| format!("{e:#}"))))?;
+    mcpgw_supervisor::run(
+        config,
+        Box::new(move || load().map_err(|e| format!("{e:#}"))),
+    )?;
     Ok(())
 }
 

@@ -247,7 +247,12 @@ impl Config {
                 format!("{admin} is also a public listener"),
             ));
         }
-        let mut addrs: Vec<SocketAddr> = self.listen.iter().copied().filter(|a| a.port() != 0).collect();
+        let mut addrs: Vec<SocketAddr> = self
+            .listen
+            .iter()
+            .copied()
+            .filter(|a| a.port() != 0)
+            .collect();
         addrs.push(admin);
         for (i, t) in self.tls_listener.iter().enumerate() {
             if t.addr.port() != 0 && addrs.contains(&t.addr) {

@@ -81,7 +81,10 @@ pub enum FromWorker {
         data: Box<Gathered>,
     },
     /// A reload was applied (`error: None`) or could not be.
-    Reloaded { id: u64, error: Option<String> },
+    Reloaded {
+        id: u64,
+        error: Option<String>,
+    },
 }
 
 /// Where a handed-over connection was accepted; sent with its fd.

@@ -264,12 +264,8 @@ mod tests {
     async fn closed_sender_is_none_and_missing_fd_is_an_error() {
         let (a, b) = seqpacket_pair().expect("pair");
         let rx = ConnReceiver::new(b).expect("rx");
-        nix::sys::socket::send(
-            a.as_raw_fd(),
-            &ConnMeta::Plain.encode(),
-            MsgFlags::empty(),
-        )
-        .expect("send");
+        nix::sys::socket::send(a.as_raw_fd(), &ConnMeta::Plain.encode(), MsgFlags::empty())
+            .expect("send");
         assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
         drop(a);
         assert!(rx.recv().await.expect("eof").is_none());

@@ -187,11 +187,22 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         (&Method::POST, "/admin/reload") => {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if admin.events.send(crate::Event::ReloadRequested { reply: Some(tx) }).is_err() {
-                return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".to_owned());
+            if admin
+                .events
+                .send(crate::Event::ReloadRequested { reply: Some(tx) })
+                .is_err()
+            {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "stopping\n".to_owned(),
+                );
             }
             let (status, doc) = match rx.await {
-                Ok(Ok(message)) => (StatusCode::OK, serde_json::json!({"result": "ok", "message": message})),
+                Ok(Ok(message)) => (
+                    StatusCode::OK,
+                    serde_json::json!({"result": "ok", "message": message}),
+                ),
                 Ok(Err(error)) => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     serde_json::json!({"result": "failed", "error": error}),
@@ -204,7 +215,11 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             reply(status, "application/json", doc.to_string())
         }
         (&Method::GET, "/admin/config") => {
-            let doc = admin.config_json.lock().map(|c| c.clone()).unwrap_or_default();
+            let doc = admin
+                .config_json
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
             reply(StatusCode::OK, "application/json", doc)
         }
         (&Method::GET, "/healthz") => {

@@ -154,7 +154,11 @@ impl Dispatcher {
                 Err(e) => {
                     debug!(worker = %worker.id, error = %e, "handing the connection over failed");
                     match self
-                        .owner(worker.id.slot, Some(worker.id.generation), limits.wait_for_worker)
+                        .owner(
+                            worker.id.slot,
+                            Some(worker.id.generation),
+                            limits.wait_for_worker,
+                        )
                         .await
                     {
                         Some(next) => worker = next,
@@ -175,7 +179,12 @@ impl Dispatcher {
 
     /// The serving worker of `slot`, waiting (bounded) while it restarts.
     /// `not_generation` skips a worker already found dead.
-    async fn owner(&self, slot: u16, not_generation: Option<u32>, wait: Duration) -> Option<Arc<Worker>> {
+    async fn owner(
+        &self,
+        slot: u16,
+        not_generation: Option<u32>,
+        wait: Duration,
+    ) -> Option<Arc<Worker>> {
         let mut rx = self.pool.slots[usize::from(slot)].subscribe();
         let deadline = Instant::now() + wait;
         let found = timeout_at(

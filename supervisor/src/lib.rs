@@ -176,7 +176,10 @@ async fn run_async(
     let mut bound: Vec<(ListenerKey, TcpListener)> = Vec::new();
     if socket_activated {
         let names: Vec<&str> = activated.iter().map(|(n, _)| n.as_str()).collect();
-        info!(?names, "using sockets from systemd; `listen` in the config is not used");
+        info!(
+            ?names,
+            "using sockets from systemd; `listen` in the config is not used"
+        );
         for l in listeners::adopt(activated.into_iter().map(|(_, fd)| fd).collect())? {
             let addr = l.local_addr().map_err(ListenError::LocalAddr)?;
             bound.push((ListenerKey::Plain(addr), l));
@@ -198,7 +201,7 @@ async fn run_async(
         let _ = writeln!(out, "mcpgw admin http://{addr}");
         let _ = out.flush();
     }
-    let metrics = Arc::new(metrics::Metrics::new()?);
+    let metrics = Arc::new(metrics::Metrics::new(slots)?);
     let gatherer = Arc::new(admin::Gatherer::default());
 
     let pool = Arc::new(Pool::new(slots));
@@ -595,7 +598,10 @@ impl Supervisor {
             new.workers = Some(self.pool.len());
         }
         if new.admin_listen != self.config.admin_listen {
-            kept.push(format!("admin_listen stays {} (restart to apply)", self.config.admin_listen));
+            kept.push(format!(
+                "admin_listen stays {} (restart to apply)",
+                self.config.admin_listen
+            ));
             new.admin_listen = self.config.admin_listen;
         }
         if new.runtime_dir != self.config.runtime_dir {
@@ -661,7 +667,9 @@ impl Supervisor {
         for (worker, answer) in &answers {
             match answer {
                 Some(admin::Answer::Reloaded(None)) => {}
-                Some(admin::Answer::Reloaded(Some(e))) => failed.push(format!("{}: {e}", worker.id)),
+                Some(admin::Answer::Reloaded(Some(e))) => {
+                    failed.push(format!("{}: {e}", worker.id))
+                }
                 _ => failed.push(format!("{}: no answer", worker.id)),
             }
         }

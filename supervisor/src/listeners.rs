@@ -161,7 +161,13 @@ pub(crate) fn serve_listener(
         let _ = out.flush();
     }
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(listener, key.meta(), dispatcher, in_flight, stop_rx));
+    tokio::spawn(accept_loop(
+        listener,
+        key.meta(),
+        dispatcher,
+        in_flight,
+        stop_rx,
+    ));
     (key, stop)
 }
 

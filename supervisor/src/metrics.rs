@@ -30,7 +30,7 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(slots: u16) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let dispatched = IntCounterVec::new(
             Opts::new(
@@ -67,9 +67,12 @@ impl Metrics {
             Opts::new("mcpgw_reloads_total", "Configuration reloads, by result."),
             &["result"],
         )?;
-        // Both results appear from the start, so a dashboard sees zeros.
+        // Bounded label sets appear from the start, so a dashboard sees zeros.
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
+        }
+        for reason in ["head_too_large", "head_timeout", "malformed", "unavailable"] {
+            rejected.with_label_values(&[reason]);
         }
         let build = IntGaugeVec::new(
             Opts::new(
@@ -83,6 +86,9 @@ impl Metrics {
         registry.register(Box::new(dispatch_seconds.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
+        for slot in 0..slots {
+            restarts.with_label_values(&[&slot.to_string()]);
+        }
         registry.register(Box::new(workers_serving.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         let tls_expiry = IntGaugeVec::new(
@@ -111,8 +117,13 @@ impl Metrics {
         self.tls_expiry.reset();
         for t in &config.tls_listener {
             match mcpgw_protocol::tls::not_after(&t.cert) {
-                Ok(at) => self.tls_expiry.with_label_values(&[&t.addr.to_string()]).set(at),
-                Err(e) => tracing::warn!(cert = %t.cert.display(), error = %e, "cannot read certificate expiry"),
+                Ok(at) => self
+                    .tls_expiry
+                    .with_label_values(&[&t.addr.to_string()])
+                    .set(at),
+                Err(e) => {
+                    tracing::warn!(cert = %t.cert.display(), error = %e, "cannot read certificate expiry")
+                }
             }
         }
     }

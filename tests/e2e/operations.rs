@@ -129,6 +129,8 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    dashboard_matches_the_metrics(&dir, &text);
+
     for c in &mut clients {
         c.delete().await.expect("delete");
     }
@@ -139,6 +141,70 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
         0.0,
         "{text}"
     );
+}
+
+/// Every expression of the shipped Grafana dashboard parses (promtool) and
+/// names only metric families the gateway exports.
+fn dashboard_matches_the_metrics(dir: &TempDir, exposition: &str) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json");
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!exprs.is_empty());
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "  - record: dashboard:expr{i}\n    expr: {}\n",
+            serde_json::to_string(e).expect("quote")
+        ));
+    }
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, rules).expect("write rules");
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("mcpgw_"))
+        {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| families.contains(base))
+                .unwrap_or(name);
+            // Present only with TLS listeners / after an upstream failed.
+            let lazily_present = [
+                "mcpgw_tls_certificate_expiry_timestamp_seconds",
+                "mcpgw_upstream_errors_total",
+            ];
+            assert!(
+                families.contains(family) || lazily_present.contains(&family),
+                "the dashboard uses {name}, which /metrics does not export"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -340,7 +406,10 @@ async fn wait_for_reloads(gateway: &Gateway, result: &str, count: f64) {
             assert_eq!(n, count, "more {result} reloads than expected");
             return;
         }
-        assert!(Instant::now() < deadline, "{sample} stayed {n}, wanted {count}");
+        assert!(
+            Instant::now() < deadline,
+            "{sample} stayed {n}, wanted {count}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -352,7 +421,10 @@ fn write_config(gateway: &Gateway, config: &GatewayConfig) {
 async fn admin_post(gateway: &Gateway, path: &str) -> (u16, String) {
     let admin = gateway.admin.expect("admin listener");
     let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
-    let resp = conn.send(&Request::post(path, Vec::new())).await.expect("admin answer");
+    let resp = conn
+        .send(&Request::post(path, Vec::new()))
+        .await
+        .expect("admin answer");
     (resp.status, resp.text())
 }
 
@@ -405,7 +477,10 @@ async fn sighup_reload_applies_upstream_changes_and_keeps_sessions() {
     let (status, body) = admin_post(&gateway, "/admin/reload").await;
     assert_eq!(status, 200, "{body}\n{toml}");
     let (_, config) = admin_get(&gateway, "/admin/config").await;
-    assert!(config.contains("X-Api-Key") && !config.contains("s3cret"), "{config}");
+    assert!(
+        config.contains("X-Api-Key") && !config.contains("s3cret"),
+        "{config}"
+    );
     // A changed header is a connection change: that upstream session goes too.
     assert_eq!(session.count("increment").await.expect("increment"), 1);
 }
@@ -426,7 +501,11 @@ async fn twenty_reloads_under_load_fail_no_request() {
                 .await
                 .expect("no request may fail during a reload");
             calls += 1;
-            assert_eq!(reply.count().expect("count"), calls, "state lost across a reload");
+            assert_eq!(
+                reply.count().expect("count"),
+                calls,
+                "state lost across a reload"
+            );
         }
         calls
     };
@@ -443,7 +522,10 @@ async fn twenty_reloads_under_load_fail_no_request() {
         stop.set(true);
     };
     let (calls, ()) = tokio::join!(load, reloads);
-    assert!(calls.iter().all(|c| *c > 0), "every client made progress: {calls:?}");
+    assert!(
+        calls.iter().all(|c| *c > 0),
+        "every client made progress: {calls:?}"
+    );
     assert_eq!(counter.stats().await.expect("stats").initialize, 4);
 }
 
@@ -458,8 +540,21 @@ impl Pki {
         let dir = TempDir::new("mcpgw-pki").expect("temp dir");
         let pki = Self { dir };
         pki.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=mcpgw test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=mcpgw test CA",
         ]);
         std::fs::write(pki.path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
         pki
@@ -475,23 +570,52 @@ impl Pki {
             .current_dir(self.dir.path())
             .output()
             .expect("the openssl command is installed");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A new leaf key and certificate written to `cert.pem` / `key.pem`
     /// (replacing the previous ones); returns the certificate's DER.
     fn issue_leaf(&self) -> Vec<u8> {
         self.openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ]);
         self.openssl(&[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "7", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "7",
+            "-extfile",
+            "ext.cnf",
         ]);
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        CertificateDer::from_pem_file(self.path("cert.pem")).expect("leaf").to_vec()
+        CertificateDer::from_pem_file(self.path("cert.pem"))
+            .expect("leaf")
+            .to_vec()
     }
 
     fn connector(&self) -> tokio_rustls::TlsConnector {
@@ -517,13 +641,21 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 async fn tls_connect(pki: &Pki, addr: std::net::SocketAddr) -> Tls {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let tls = pki.connector().connect(name, tcp).await.expect("TLS handshake");
+    let tls = pki
+        .connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     tls
 }
 
 fn peer_certificate(tls: &Tls) -> Vec<u8> {
-    tls.get_ref().1.peer_certificates().expect("server certificate")[0].to_vec()
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("server certificate")[0]
+        .to_vec()
 }
 
 /// One MCP POST over an open TLS connection (kept alive); returns the
@@ -536,7 +668,9 @@ async fn tls_post(tls: &mut Tls, session: Option<&str>, body: &Value) -> (Option
         body.len()
     );
     if let Some(s) = session {
-        req.push_str(&format!("mcp-session-id: {s}\r\nmcp-protocol-version: 2025-11-25\r\n"));
+        req.push_str(&format!(
+            "mcp-session-id: {s}\r\nmcp-protocol-version: 2025-11-25\r\n"
+        ));
     }
     req.push_str("\r\n");
     req.push_str(&body);
@@ -545,11 +679,17 @@ async fn tls_post(tls: &mut Tls, session: Option<&str>, body: &Value) -> (Option
     let mut chunk = [0u8; 8192];
     loop {
         let n = tls.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "connection closed mid-answer: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(at)) = resp.parse(&buf) else { continue };
+        let Ok(httparse::Status::Complete(at)) = resp.parse(&buf) else {
+            continue;
+        };
         assert_eq!(resp.code, Some(200), "{}", String::from_utf8_lossy(&buf));
         let header = |name: &str| {
             resp.headers
@@ -605,7 +745,11 @@ async fn tls_listener_serves_forwards_and_rotates_certificates_on_reload() {
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_for_reloads(&gateway, "ok", 1.0).await;
     let mut fresh = tls_connect(&pki, addr).await;
-    assert_eq!(peer_certificate(&fresh), second, "new handshakes get the new certificate");
+    assert_eq!(
+        peer_certificate(&fresh),
+        second,
+        "new handshakes get the new certificate"
+    );
     let (_, reply) = tls_post(&mut fresh, Some(&session), &call(5)).await;
     assert_eq!(reply["result"]["structuredContent"]["count"], 5, "{reply}");
     // The connection opened before the reload is still up, on its old certificate.
@@ -614,7 +758,10 @@ async fn tls_listener_serves_forwards_and_rotates_certificates_on_reload() {
     assert_eq!(peer_certificate(&kept), first);
 
     let (_, text) = admin_get(&gateway, "/metrics").await;
-    assert!(text.contains("mcpgw_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:0\"}"), "{text}");
+    assert!(
+        text.contains("mcpgw_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:0\"}"),
+        "{text}"
+    );
 
     // A key that does not match: the reload is refused and TLS keeps working.
     std::fs::copy(pki.path("ca.key"), pki.path("key.pem")).expect("break the key");

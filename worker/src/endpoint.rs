@@ -497,7 +497,15 @@ async fn request(
             // One upstream: the gateway is transparent, lists and methods it
             // does not know included.
             let _ = m;
-            passthrough(ctx, session, &endpoint.upstreams[0], body.clone(), id, accept).await
+            passthrough(
+                ctx,
+                session,
+                &endpoint.upstreams[0],
+                body.clone(),
+                id,
+                accept,
+            )
+            .await
         }
         m => {
             if let Some(kind) = ListKind::from_method(m) {
@@ -601,7 +609,13 @@ async fn by_uri(
         .lock()
         .ok()
         .and_then(|m| m.get(uri).cloned())
-        .and_then(|upstream| endpoint.upstreams.iter().find(|u| u.id == upstream).cloned());
+        .and_then(|upstream| {
+            endpoint
+                .upstreams
+                .iter()
+                .find(|u| u.id == upstream)
+                .cloned()
+        });
     if let Some(server) = known {
         return passthrough(ctx, session, &server, body, id, accept).await;
     }

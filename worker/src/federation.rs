@@ -158,7 +158,14 @@ pub(crate) async fn merged_list(
         let session = session.clone();
         let server = endpoint.upstreams[pos].clone();
         set.spawn(async move {
-            let page = fetch_page(&registry, &session, &server, kind, upstream_cursor.as_deref()).await;
+            let page = fetch_page(
+                &registry,
+                &session,
+                &server,
+                kind,
+                upstream_cursor.as_deref(),
+            )
+            .await;
             (pos, page)
         });
     }

@@ -161,13 +161,24 @@ impl Live {
             servers.insert(server.id.clone(), server);
         }
         if let Some(p) = previous {
-            gone.extend(p.servers.keys().filter(|k| !servers.contains_key(*k)).cloned());
+            gone.extend(
+                p.servers
+                    .keys()
+                    .filter(|k| !servers.contains_key(*k))
+                    .cloned(),
+            );
         }
         let worker_header = config
             .diagnostics
             .worker_header
             .then(|| {
-                HeaderValue::from_str(&format!("{}/{}/{}", id.slot, id.generation, std::process::id())).ok()
+                HeaderValue::from_str(&format!(
+                    "{}/{}/{}",
+                    id.slot,
+                    id.generation,
+                    std::process::id()
+                ))
+                .ok()
             })
             .flatten();
         let tls = config
@@ -238,7 +249,13 @@ async fn serve(
 
     let (stop_tx, stopping) = watch::channel(false);
     let config: Arc<Config> = Arc::from(config);
-    let ctx = Arc::new(build_ctx(id, slots, config.clone(), runtime_dir.clone(), stopping)?);
+    let ctx = Arc::new(build_ctx(
+        id,
+        slots,
+        config.clone(),
+        runtime_dir.clone(),
+        stopping,
+    )?);
 
     let path = forward::socket_path(&runtime_dir, id.slot);
     let _ = std::fs::remove_file(&path);
@@ -500,7 +517,10 @@ async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
         }
     }
     if !ended.is_empty() {
-        info!(sessions = ended.len(), "endpoint removed by reload; its sessions end");
+        info!(
+            sessions = ended.len(),
+            "endpoint removed by reload; its sessions end"
+        );
         ctx.registry.close_sessions(&ended).await;
     }
     info!(changed_or_removed = ?gone, "configuration reloaded");

@@ -115,6 +115,10 @@ impl Metrics {
         registry.register(Box::new(upstream_session_events.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(forwarded.clone()))?;
+        // Bounded label sets exist from the start, so rates see zeros.
+        for direction in ["in", "out"] {
+            forwarded.with_label_values(&[direction]);
+        }
         Ok(Self {
             registry,
             requests,

@@ -92,7 +92,10 @@ impl Registry {
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
         let cell = session.upstreams.cell(&server.id);
         let mut cell = cell.lock().await;
-        if cell.as_ref().is_some_and(|us| !Arc::ptr_eq(&us.server, server)) {
+        if cell
+            .as_ref()
+            .is_some_and(|us| !Arc::ptr_eq(&us.server, server))
+        {
             // The upstream's connection settings changed (reload): the old
             // upstream session belongs to the old server.
             if let Some(old) = cell.take() {

@@ -130,6 +130,11 @@ pub struct Sessions {
     pub upstream_probe_after_secs: u64,
     /// Grace period for closing one upstream session (DELETE upstream).
     pub upstream_close_grace_ms: u64,
+    /// How often a worker reports that it is alive.
+    pub heartbeat_ms: u64,
+    /// A worker silent this long is taken for hung: it is killed and its
+    /// sessions move to its replacement.
+    pub heartbeat_ttl_ms: u64,
 }
 
 impl Default for Sessions {
@@ -138,6 +143,8 @@ impl Default for Sessions {
             idle_timeout_secs: 30 * 60,
             upstream_probe_after_secs: 60,
             upstream_close_grace_ms: 2_000,
+            heartbeat_ms: 1_000,
+            heartbeat_ttl_ms: 3_000,
         }
     }
 }
@@ -298,6 +305,7 @@ impl Config {
                 "sessions.upstream_close_grace_ms",
                 self.sessions.upstream_close_grace_ms,
             ),
+            ("sessions.heartbeat_ms", self.sessions.heartbeat_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -346,6 +354,12 @@ impl Config {
             if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
                 return Err(invalid(key("timeouts"), "timeouts must be greater than 0"));
             }
+        }
+        if self.sessions.heartbeat_ttl_ms < 2 * self.sessions.heartbeat_ms {
+            return Err(invalid(
+                "sessions.heartbeat_ttl_ms",
+                "must be at least twice sessions.heartbeat_ms",
+            ));
         }
         let mut paths = std::collections::BTreeSet::new();
         for (i, e) in self.endpoint.iter().enumerate() {

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::store::{SessionRecord, StoreWrite};
 
 /// Bumped on any change to these types or their encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A worker process: its slot in the pool and which incarnation of that slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,6 +50,11 @@ pub enum ToWorker {
     Gather { id: u64 },
     /// Apply a new (validated) configuration; answer [`FromWorker::Reloaded`].
     Reload { id: u64, config: Box<Config> },
+    /// Answer to [`FromWorker::StoreFetch`]: the record, if the store has one.
+    StoreRecord {
+        id: u64,
+        record: Option<Box<SessionRecord>>,
+    },
 }
 
 /// A worker's answer to [`ToWorker::Gather`].
@@ -84,6 +90,19 @@ pub enum FromWorker {
     Reloaded {
         id: u64,
         error: Option<String>,
+    },
+    /// Liveness, every `sessions.heartbeat_ms`, with the sessions used
+    /// since the previous one (so the store keeps their records).
+    Heartbeat {
+        touched: Vec<String>,
+    },
+    /// Record a change to a session this worker owns.
+    Store(StoreWrite),
+    /// The record of a session this worker was asked to serve but does not
+    /// hold (it is resuming it); answered by [`ToWorker::StoreRecord`].
+    StoreFetch {
+        id: u64,
+        session: String,
     },
 }
 

@@ -10,6 +10,7 @@
 //!   module allowed `unsafe`.
 //! - [`headers`]: HTTP header names both processes read or write.
 //! - [`tls`]: reading TLS certificates and keys, certificate expiry.
+//! - [`store`]: session records, written by workers, kept by the store.
 //!
 //! Runtime policy (when to restart, how to balance) lives in the processes,
 //! not here.
@@ -21,4 +22,5 @@ pub mod fdpass;
 pub mod headers;
 pub mod routing;
 pub mod session_id;
+pub mod store;
 pub mod tls;

@@ -13,6 +13,7 @@
 //! - [`runtime_dir`]: the private directory for internal sockets.
 //! - [`systemd`]: readiness notification and socket activation.
 //! - [`status`]: `mcpgw status`, a client of the admin API.
+//! - [`store`]: the embedded session store and failover reassignment.
 //! - this file: the main loop, which turns child exits, worker messages,
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
@@ -24,6 +25,7 @@ mod peek;
 mod pool;
 mod runtime_dir;
 mod status;
+mod store;
 mod systemd;
 
 use std::io::Write;
@@ -38,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::dispatch::Dispatcher;
 use crate::listeners::ListenerKey;
@@ -131,6 +133,9 @@ struct SlotLife {
     alive: bool,
     /// Which configuration the current worker was started with.
     config_generation: u64,
+    /// The worker that died in this slot, until its sessions are moved to
+    /// the next one.
+    previous: Option<WorkerId>,
 }
 
 struct Supervisor {
@@ -154,6 +159,7 @@ struct Supervisor {
     notifier: systemd::Notifier,
     metrics: Arc<metrics::Metrics>,
     gatherer: Arc<admin::Gatherer>,
+    store: Arc<std::sync::Mutex<store::EmbeddedStore>>,
 }
 
 /// A worker that exits sooner than this after starting counts as a crash
@@ -255,6 +261,7 @@ async fn run_async(
                 quick_failures: 0,
                 alive: false,
                 config_generation: 0,
+                previous: None,
             })
             .collect(),
         phase: Phase::Starting,
@@ -263,6 +270,7 @@ async fn run_async(
         notifier,
         metrics,
         gatherer,
+        store: Arc::new(std::sync::Mutex::new(store::EmbeddedStore::default())),
     };
     for slot in 0..slots {
         sup.start_worker(slot);
@@ -272,6 +280,8 @@ async fn run_async(
     let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
     let mut sighup = install(SignalKind::hangup(), "SIGHUP")?;
     let mut drain_deadline: Option<Instant> = None;
+    let mut liveness =
+        tokio::time::interval(Duration::from_millis(sup.config.sessions.heartbeat_ms));
     let mut watchdog = tokio::time::interval(
         sup.notifier
             .watchdog_period()
@@ -283,6 +293,7 @@ async fn run_async(
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
             _ = sigterm.recv() => drain_deadline = Some(sup.on_stop_signal("SIGTERM", drain_deadline).await),
             _ = sigint.recv() => drain_deadline = Some(sup.on_stop_signal("SIGINT", drain_deadline).await),
+            _ = liveness.tick() => sup.check_liveness(),
             _ = watchdog.tick() => {
                 if sup.notifier.watchdog_period().is_some() && sup.healthy() {
                     sup.notifier.notify("WATCHDOG=1");
@@ -326,10 +337,22 @@ impl Supervisor {
         };
         life.next_generation += 1;
         life.started_at = Instant::now();
+        if let Some(dead) = life.previous.take() {
+            // Compare-and-swap before the replacement serves: its first
+            // request for a moved session finds the record already its own.
+            let moved = self.store.lock().map_or(0, |mut s| s.reassign(dead, id));
+            if moved > 0 {
+                info!(from = %dead, to = %id, sessions = moved, "sessions reassigned to the replacement worker");
+                self.metrics.reassigned.inc_by(moved as u64);
+            }
+        }
         let (worker, mut child, mut control_rx) = match pool::spawn(id) {
             Ok(started) => started,
             Err(e) => {
                 error!(worker = %id, error = %e, "cannot start worker");
+                // Sessions may already name this id (CAS above): the next
+                // attempt takes them over from it.
+                life.previous = Some(id);
                 life.quick_failures += 1;
                 self.schedule_restart(slot);
                 return;
@@ -349,6 +372,7 @@ impl Supervisor {
         };
         let events = self.events.clone();
         let gatherer = self.gatherer.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = worker.control.lock().await.send(&init).await {
                 let _ = events.send(Event::ControlFailed { id, error: e });
@@ -363,6 +387,39 @@ impl Supervisor {
                     }
                     Ok(Some(FromWorker::Reloaded { id: request, error })) => {
                         gatherer.deliver(request, id, admin::Answer::Reloaded(error));
+                    }
+                    // Store traffic is served here too, not by the main loop,
+                    // so a resuming worker never waits behind a reload.
+                    Ok(Some(FromWorker::Heartbeat { touched })) => {
+                        worker.note_alive();
+                        if let Ok(mut s) = store.lock() {
+                            s.touch(&touched);
+                        }
+                    }
+                    Ok(Some(FromWorker::Store(write))) => {
+                        if let Ok(mut s) = store.lock() {
+                            s.apply(id, write);
+                        }
+                    }
+                    Ok(Some(FromWorker::StoreFetch {
+                        id: request,
+                        session,
+                    })) => {
+                        let record = store
+                            .lock()
+                            .ok()
+                            .and_then(|mut s| s.fetch(&session, id))
+                            .map(Box::new);
+                        let w = worker.clone();
+                        tokio::spawn(async move {
+                            let reply = ToWorker::StoreRecord {
+                                id: request,
+                                record,
+                            };
+                            if let Err(e) = w.control.lock().await.send(&reply).await {
+                                debug!(worker = %w.id, error = %e, "store answer not sent");
+                            }
+                        });
                     }
                     Ok(Some(msg)) => {
                         if events.send(Event::Message { id, msg }).is_err() {
@@ -483,8 +540,12 @@ impl Supervisor {
                 }
             }
             FromWorker::Load { connections } => worker.note_report(connections),
-            // Delivered by the control reader (see `start_worker`).
-            FromWorker::Gathered { .. } | FromWorker::Reloaded { .. } => {}
+            // Handled by the control reader (see `start_worker`).
+            FromWorker::Gathered { .. }
+            | FromWorker::Reloaded { .. }
+            | FromWorker::Heartbeat { .. }
+            | FromWorker::Store(_)
+            | FromWorker::StoreFetch { .. } => {}
         }
     }
 
@@ -496,6 +557,15 @@ impl Supervisor {
         let life = &mut self.life[slot];
         life.alive = false;
         life.current = None;
+        // Keep the oldest dead owner: sessions not yet moved still name it.
+        if life.previous.is_none() {
+            life.previous = Some(id);
+        } else if let Some(prev) = life.previous
+            && let Ok(mut s) = self.store.lock()
+        {
+            // Two deaths before a successful start: fold them together.
+            s.reassign(id, prev);
+        }
         self.pool.slots[slot].set(None);
         let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
         if self.phase == Phase::Draining {
@@ -692,6 +762,33 @@ impl Supervisor {
             message.push_str(&kept.join("; "));
         }
         Ok(message)
+    }
+
+    /// Kill workers that stopped sending heartbeats (their replacement takes
+    /// their sessions), and sweep store records nobody used for too long.
+    fn check_liveness(&mut self) {
+        if self.phase == Phase::Draining {
+            return;
+        }
+        let ttl = Duration::from_millis(self.config.sessions.heartbeat_ttl_ms);
+        for slot in self.pool.slots.iter() {
+            if let Some(w) = slot.serving()
+                && w.silent_for() > ttl
+            {
+                error!(worker = %w.id, pid = w.pid, silent_ms = w.silent_for().as_millis() as u64,
+                    "worker stopped sending heartbeats; killing it");
+                self.metrics.hung.inc();
+                kill(w.pid);
+            }
+        }
+        let idle = Duration::from_secs(self.config.sessions.idle_timeout_secs) + ttl;
+        if let Ok(mut s) = self.store.lock() {
+            let swept = s.sweep(idle);
+            if swept > 0 {
+                info!(records = swept, "idle session records swept");
+            }
+            self.metrics.stored_sessions.set(s.len() as i64);
+        }
     }
 
     /// Healthy enough to pet the watchdog: some worker serves and no slot is

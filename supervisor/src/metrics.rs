@@ -27,6 +27,12 @@ pub(crate) struct Metrics {
     pub reloads: IntCounterVec,
     /// `listener` (configured address).
     tls_expiry: IntGaugeVec,
+    /// Sessions moved to a replacement worker by compare-and-swap.
+    pub reassigned: prometheus::IntCounter,
+    /// Workers killed for missing heartbeats.
+    pub hung: prometheus::IntCounter,
+    /// Session records in the embedded store.
+    pub stored_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -99,6 +105,21 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(tls_expiry.clone()))?;
+        let reassigned = prometheus::IntCounter::new(
+            "mcpgw_sessions_reassigned_total",
+            "Sessions moved to a replacement worker after their owner died.",
+        )?;
+        let hung = prometheus::IntCounter::new(
+            "mcpgw_workers_hung_total",
+            "Workers killed because they stopped sending heartbeats.",
+        )?;
+        let stored_sessions = IntGauge::new(
+            "mcpgw_store_sessions",
+            "Session records held by the embedded store.",
+        )?;
+        registry.register(Box::new(reassigned.clone()))?;
+        registry.register(Box::new(hung.clone()))?;
+        registry.register(Box::new(stored_sessions.clone()))?;
         registry.register(Box::new(build))?;
         Ok(Self {
             registry,
@@ -109,6 +130,9 @@ impl Metrics {
             workers_serving,
             reloads,
             tls_expiry,
+            reassigned,
+            hung,
+            stored_sessions,
         })
     }
 

@@ -42,6 +42,8 @@ pub(crate) struct Worker {
     pub(crate) conns: ConnSender,
     pub(crate) control: Mutex<Sender<ToWorker>>,
     pub(crate) started: std::time::Instant,
+    /// When the worker last said it was alive (heartbeat or any message).
+    heartbeat: std::sync::Mutex<std::time::Instant>,
     /// Connections open in the worker, as it last reported.
     reported: AtomicU32,
     /// Connections handed over since that report.
@@ -58,6 +60,18 @@ impl Worker {
 
     pub(crate) fn note_dispatched(&self) {
         self.since_report.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_alive(&self) {
+        if let Ok(mut h) = self.heartbeat.lock() {
+            *h = std::time::Instant::now();
+        }
+    }
+
+    pub(crate) fn silent_for(&self) -> std::time::Duration {
+        self.heartbeat
+            .lock()
+            .map_or(std::time::Duration::ZERO, |h| h.elapsed())
     }
 
     pub(crate) fn note_report(&self, connections: u32) {
@@ -170,6 +184,7 @@ pub(crate) fn spawn(
         conns,
         control: Mutex::new(control_tx),
         started: std::time::Instant::now(),
+        heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
         reported: AtomicU32::new(0),
         since_report: AtomicU32::new(0),
     });

@@ -10,49 +10,11 @@ use std::time::{Duration, Instant};
 
 use mcpgw_tests::gateway::gateway_binary;
 use mcpgw_tests::http::{HttpConn, Request};
+use mcpgw_tests::ops::{admin_get, sessions_on_every_worker, sum_of, supervisor_metric};
 use mcpgw_tests::process::{ChildGuard, LineReader, TempDir};
 use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, McpClient, start_counter};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-/// Sessions (each with one `increment`) until every worker slot owns one.
-async fn sessions_on_every_worker(gateway: &Gateway) -> Vec<McpClient> {
-    let mut clients = Vec::new();
-    let mut slots = BTreeSet::new();
-    for _ in 0..64 {
-        let mut c = gateway.client();
-        let reply = c.initialize().await.expect("initialize");
-        slots.insert(reply.worker().expect("worker header").slot);
-        c.call_tool("increment", json!({}))
-            .await
-            .expect("increment");
-        clients.push(c);
-        if slots.len() == gateway.workers {
-            return clients;
-        }
-    }
-    panic!(
-        "64 sessions did not cover {} workers: {slots:?}",
-        gateway.workers
-    );
-}
-
-async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
-    let admin = gateway
-        .admin
-        .expect("the gateway announced its admin listener");
-    let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
-    let resp = conn.send(&Request::get(path)).await.expect("admin answer");
-    (resp.status, resp.text())
-}
-
-fn sum_of(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 async fn started(workers: usize) -> (CounterServer, Gateway) {
     let counter = start_counter!().expect("start counter-server");
@@ -386,15 +348,6 @@ async fn socket_activation_serves_on_the_passed_socket() {
             .expect("exit")
             .success()
     );
-}
-
-/// The value of one un-labelled-by-worker supervisor sample, 0 when absent.
-async fn supervisor_metric(gateway: &Gateway, sample: &str) -> f64 {
-    let (_, text) = admin_get(gateway, "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn wait_for_reloads(gateway: &Gateway, result: &str, count: f64) {

@@ -11,6 +11,7 @@
 //!   (keep-alive, partial heads, oversized requests).
 //! - [`sse`]: parsing `text/event-stream` bodies.
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
+//! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]), never on a fixed
 //! sleep.
@@ -19,6 +20,7 @@ pub mod counter;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
+pub mod ops;
 pub mod process;
 pub mod sse;
 

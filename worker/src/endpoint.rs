@@ -30,8 +30,9 @@ use crate::federation::{self, Endpoint, ListKind};
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::sessions::Session;
-use crate::upstream::{UpstreamError, UpstreamServer, read_answer};
+use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, read_answer};
 use crate::{Ctx, versions};
+use mcpgw_protocol::store::{SessionRecord, StoreWrite};
 
 /// Where a connection came from: the public listeners, or a sibling worker
 /// forwarding a request for a session this worker owns.
@@ -97,7 +98,11 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
                         return ctx.forwarder.forward(owner, req).await;
                     }
-                    return session_not_found(accept, &id, "unknown or expired");
+                    // Ours but unknown: maybe inherited from a dead worker.
+                    match resume(ctx, &id).await {
+                        Some(s) if s.endpoint().path == endpoint.path => Some(s),
+                        _ => return session_not_found(accept, &id, "unknown or expired"),
+                    }
                 }
             },
         },
@@ -305,7 +310,7 @@ async fn post_inner(
         Kind::Invalid => "other",
     };
     let Some(session) = session else {
-        return sessionless(ctx, endpoint, accept, &env, header_version.as_ref());
+        return sessionless(ctx, endpoint, accept, &env, header_version.as_ref()).await;
     };
     session.touch();
     if let Some(v) = &header_version {
@@ -348,7 +353,7 @@ fn accepted() -> Response<Body> {
 }
 
 /// A POST without a session: only `initialize` may open one.
-fn sessionless(
+async fn sessionless(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
     accept: Accept,
@@ -356,7 +361,7 @@ fn sessionless(
     header_version: Option<&HeaderValue>,
 ) -> Response<Body> {
     match env.kind() {
-        Kind::Request("initialize") => initialize(ctx, endpoint, accept, env),
+        Kind::Request("initialize") => initialize(ctx, endpoint, accept, env).await,
         Kind::Request("server/discover") => {
             // The stateless 2026-07-28 protocol is not served yet; this error
             // makes current clients fall back to `initialize`.
@@ -384,7 +389,7 @@ fn sessionless(
     }
 }
 
-fn initialize(
+async fn initialize(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
     accept: Accept,
@@ -427,6 +432,21 @@ fn initialize(
             );
         }
     };
+    let record = SessionRecord {
+        id: session_id.to_string(),
+        owner: ctx.id,
+        principal: String::new(),
+        endpoint: endpoint.path.to_string(),
+        version: version.to_owned(),
+        init_params: init_params.clone(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        upstreams: Vec::new(),
+    };
+    // Recorded before the client learns the id, so the session can fail over
+    // from its first request on.
+    ctx.store.write(StoreWrite::Put(Box::new(record))).await;
     let session = Arc::new(Session::new(
         session_id,
         endpoint,
@@ -921,6 +941,49 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
     r
 }
 
+/// Rebuild a session this worker inherited (its owner died and the store
+/// moved it here) from its record, re-attaching every upstream session by
+/// its stored id: no new `initialize`, so upstream state carries on.
+async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
+    let record = ctx.store.fetch(id).await?;
+    let live = ctx.live();
+    let (Some(endpoint), Some(version)) = (
+        live.endpoints.get(record.endpoint.as_str()).cloned(),
+        versions::lookup(record.version.as_bytes()),
+    ) else {
+        info!(session = %id, endpoint = %record.endpoint, "inherited session no longer fits the configuration; ended");
+        ctx.store
+            .write(StoreWrite::Remove {
+                session: id.to_string(),
+            })
+            .await;
+        return None;
+    };
+    let session = Arc::new(Session::new(
+        *id,
+        endpoint.clone(),
+        version,
+        record.init_params.into(),
+    ));
+    let (session, fresh) = ctx.sessions.insert_if_absent(session);
+    if fresh {
+        let attached: Vec<_> = record
+            .upstreams
+            .iter()
+            .filter_map(|u| {
+                let server = endpoint.upstreams.iter().find(|s| *s.id == *u.upstream)?;
+                UpstreamSession::attach(server.clone(), u.session_id.as_deref(), &u.version)
+                    .inspect_err(|e| warn!(session = %id, error = %e, "cannot re-attach an upstream session"))
+                    .ok()
+            })
+            .collect();
+        info!(session = %id, upstream_sessions = attached.len(), "session resumed after its worker died");
+        ctx.metrics.resumed.inc();
+        ctx.registry.adopt(&session, attached).await;
+    }
+    Some(session)
+}
+
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
 async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     while !*flag.borrow_and_update() {
@@ -943,6 +1006,11 @@ async fn delete(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -
     };
     if let Some(s) = ctx.sessions.remove(&session.id) {
         info!(session = %s.id, "session ended by the client");
+        ctx.store
+            .write(StoreWrite::Remove {
+                session: s.id.to_string(),
+            })
+            .await;
         ctx.registry.close_sessions(&[s]).await;
     }
     let mut r = Response::new(body::empty());

@@ -9,6 +9,7 @@
 //! - [`federation`]: endpoints, namespacing, merged lists.
 //! - [`sessions`]: the downstream sessions this worker owns.
 //! - [`registry`]: one upstream session per (session, upstream server).
+//! - [`store`]: session records (write-through) and resuming inherited ones.
 //! - [`upstream`]: the HTTP client side of one upstream server.
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
@@ -23,6 +24,7 @@ mod metrics;
 mod registry;
 mod sessions;
 mod sse;
+mod store;
 pub mod upstream;
 mod versions;
 
@@ -98,6 +100,7 @@ pub(crate) struct Ctx {
     pub sessions: Sessions,
     pub registry: Arc<Registry>,
     pub metrics: Arc<metrics::Metrics>,
+    pub store: Arc<store::StoreClient>,
     pub forwarder: Forwarder,
     /// Flips to true when the worker starts to stop; open streams end on it.
     pub stopping: watch::Receiver<bool>,
@@ -226,7 +229,9 @@ async fn serve(
     let control = std::os::unix::net::UnixStream::from(control);
     control.set_nonblocking(true).map_err(ChannelError::Io)?;
     let control = tokio::net::UnixStream::from_std(control).map_err(ChannelError::Io)?;
-    let (mut tx, mut rx) = channel::split::<FromWorker, ToWorker>(control);
+    let (tx, mut rx) = channel::split::<FromWorker, ToWorker>(control);
+    // Shared: the load reporter, heartbeats, store writes and answers.
+    let tx = Arc::new(tokio::sync::Mutex::new(tx));
     let Some(init) = rx.recv().await? else {
         return Err(WorkerError::NoInit);
     };
@@ -249,12 +254,14 @@ async fn serve(
 
     let (stop_tx, stopping) = watch::channel(false);
     let config: Arc<Config> = Arc::from(config);
+    let store = Arc::new(store::StoreClient::new(tx.clone()));
     let ctx = Arc::new(build_ctx(
         id,
         slots,
         config.clone(),
         runtime_dir.clone(),
         stopping,
+        store,
     )?);
 
     let path = forward::socket_path(&runtime_dir, id.slot);
@@ -266,25 +273,33 @@ async fn serve(
     let receiver = ConnReceiver::new(conns).map_err(|e| WorkerError::Handshake(e.to_string()))?;
 
     let pid = std::process::id();
-    tx.send(&FromWorker::Ready {
-        protocol: PROTOCOL_VERSION,
-        id,
-        pid,
-    })
-    .await?;
+    tx.lock()
+        .await
+        .send(&FromWorker::Ready {
+            protocol: PROTOCOL_VERSION,
+            id,
+            pid,
+        })
+        .await?;
     info!(worker = %id, pid, "serving");
 
     let open = Arc::new(AtomicU32::new(0));
-    let tx = Arc::new(tokio::sync::Mutex::new(tx));
     tokio::spawn(report_load(tx.clone(), open.clone()));
+    tokio::spawn(heartbeats(ctx.clone(), tx.clone()));
     tokio::spawn(expire_sessions(ctx.clone()));
 
     // Control messages arrive through a task so a half-read frame is never
     // dropped by the select below.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Option<ToWorker>>(4);
+    let reader_ctx = ctx.clone();
     tokio::spawn(async move {
         loop {
             let msg = match rx.recv().await {
+                // Straight to the request waiting for it.
+                Ok(Some(ToWorker::StoreRecord { id, record })) => {
+                    reader_ctx.store.deliver(id, record);
+                    continue;
+                }
                 Ok(m) => m,
                 Err(e) => {
                     error!(error = %e, "control channel broke");
@@ -387,6 +402,8 @@ async fn serve(
                     break grace_ms;
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
+                // Normally delivered by the reader task already.
+                Some(ToWorker::StoreRecord { id, record }) => ctx.store.deliver(id, record),
                 Some(ToWorker::Reload { id, config }) => {
                     // Limits for new connections apply at once; the rest
                     // (upstreams, endpoints, sessions) in a task, so closing
@@ -460,6 +477,7 @@ fn build_ctx(
     config: Arc<Config>,
     runtime_dir: std::path::PathBuf,
     stopping: watch::Receiver<bool>,
+    store: Arc<store::StoreClient>,
 ) -> Result<Ctx, WorkerError> {
     let (live, _) = Live::build(id, config.clone(), None)?;
     let metrics = Arc::new(metrics::Metrics::new()?);
@@ -472,8 +490,10 @@ fn build_ctx(
             Duration::from_secs(config.sessions.upstream_probe_after_secs),
             Duration::from_millis(config.sessions.upstream_close_grace_ms),
             metrics.clone(),
+            store.clone(),
         )),
         metrics,
+        store,
         forwarder: Forwarder::new(
             runtime_dir,
             id.slot,
@@ -583,6 +603,25 @@ fn gathered(ctx: &Ctx, connections: u32) -> mcpgw_protocol::control::Gathered {
     }
 }
 
+/// Tell the supervisor this worker is alive, with the sessions used since
+/// the last beat (the store keeps their records).
+async fn heartbeats(ctx: Arc<Ctx>, tx: Arc<tokio::sync::Mutex<Sender<FromWorker>>>) {
+    loop {
+        let period = Duration::from_millis(ctx.live().config.sessions.heartbeat_ms);
+        tokio::time::sleep(period).await;
+        let touched = ctx.sessions.used_within(period);
+        if tx
+            .lock()
+            .await
+            .send(&FromWorker::Heartbeat { touched })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// End sessions that have been idle longer than the configured timeout.
 async fn expire_sessions(ctx: Arc<Ctx>) {
     loop {
@@ -592,6 +631,13 @@ async fn expire_sessions(ctx: Arc<Ctx>) {
         let expired = ctx.sessions.take_expired(ttl);
         if !expired.is_empty() {
             info!(count = expired.len(), "sessions expired after being idle");
+            for s in &expired {
+                ctx.store
+                    .write(mcpgw_protocol::store::StoreWrite::Remove {
+                        session: s.id.to_string(),
+                    })
+                    .await;
+            }
             ctx.registry.close_sessions(&expired).await;
         }
     }

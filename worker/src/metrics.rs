@@ -56,6 +56,8 @@ pub(crate) struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `direction` (out: sent to the owner, in: received for a session we own).
     pub forwarded: IntCounterVec,
+    /// Sessions taken over from a dead worker.
+    pub resumed: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -115,6 +117,11 @@ impl Metrics {
         registry.register(Box::new(upstream_session_events.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(forwarded.clone()))?;
+        let resumed = prometheus::IntCounter::new(
+            "mcpgw_sessions_resumed_total",
+            "Sessions rebuilt from their record after their worker died.",
+        )?;
+        registry.register(Box::new(resumed.clone()))?;
         // Bounded label sets exist from the start, so rates see zeros.
         for direction in ["in", "out"] {
             forwarded.with_label_values(&[direction]);
@@ -128,6 +135,7 @@ impl Metrics {
             upstream_session_events,
             upstream_errors,
             forwarded,
+            resumed,
         })
     }
 

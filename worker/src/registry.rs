@@ -22,7 +22,9 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::sessions::Session;
+use crate::store::StoreClient;
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
+use mcpgw_protocol::store::StoreWrite;
 
 type Cell = Mutex<Option<Arc<UpstreamSession>>>;
 
@@ -58,15 +60,36 @@ pub(crate) struct Registry {
     probe_timeout: Duration,
     close_grace: Duration,
     metrics: Arc<Metrics>,
+    store: Arc<StoreClient>,
 }
 
 impl Registry {
-    pub(crate) fn new(probe_after: Duration, close_grace: Duration, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        probe_after: Duration,
+        close_grace: Duration,
+        metrics: Arc<Metrics>,
+        store: Arc<StoreClient>,
+    ) -> Self {
         Self {
             probe_after,
             probe_timeout: Duration::from_secs(2),
             close_grace,
             metrics,
+            store,
+        }
+    }
+
+    /// Put upstream sessions taken over from a dead worker into the cells of
+    /// a resumed session (see [`UpstreamSession::attach`]).
+    pub(crate) async fn adopt(&self, session: &Session, attached: Vec<Arc<UpstreamSession>>) {
+        for us in attached {
+            let cell = session.upstreams.cell(&us.server.id);
+            let mut cell = cell.lock().await;
+            if cell.is_none() {
+                self.live(&us.server.id, 1);
+                self.event(&us.server.id, "reattached");
+                *cell = Some(us);
+            }
         }
     }
 
@@ -139,6 +162,14 @@ impl Registry {
         }
         self.live(&server.id, 1);
         *cell = Some(created.clone());
+        // Written before the call proceeds: a worker that takes this session
+        // over re-attaches the same upstream session.
+        self.store
+            .write(StoreWrite::SetUpstream {
+                session: session.id.to_string(),
+                upstream: created.record(),
+            })
+            .await;
         Ok(created)
     }
 
@@ -156,6 +187,12 @@ impl Registry {
             *cell = None;
             self.live(&failed.server.id, -1);
             self.event(&failed.server.id, "evicted_error");
+            self.store
+                .write(StoreWrite::ClearUpstream {
+                    session: session.id.to_string(),
+                    upstream: failed.server.id.to_string(),
+                })
+                .await;
             info!(session = %session.id, upstream = %failed.server.id, reason = %why, "upstream session evicted");
         }
     }

@@ -117,6 +117,35 @@ impl Sessions {
         }
     }
 
+    /// Insert unless a session with this id is already there; returns the
+    /// one in the table (two requests may resume the same session at once).
+    pub(crate) fn insert_if_absent(&self, s: Arc<Session>) -> (Arc<Session>, bool) {
+        let Ok(mut m) = self.map.lock() else {
+            return (s, false);
+        };
+        if let Some(existing) = m.get(&s.id) {
+            return (existing.clone(), false);
+        }
+        m.insert(s.id, s.clone());
+        self.sync_gauge(&m);
+        (s, true)
+    }
+
+    /// Ids of sessions used within `window` (reported with heartbeats so the
+    /// store keeps their records).
+    pub(crate) fn used_within(&self, window: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.map
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|s| s.idle_for(now) <= window)
+                    .map(|s| s.id.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         self.map.lock().ok()?.get(id).cloned()
     }

@@ -295,6 +295,44 @@ impl UpstreamSession {
         Ok(session)
     }
 
+    /// Take over an upstream session another worker created (failover):
+    /// no `initialize`, the upstream sees the same session continue. If it
+    /// forgot the session, the first request gets 404 and a new one starts.
+    pub(crate) fn attach(
+        server: Arc<UpstreamServer>,
+        session_id: Option<&str>,
+        version: &str,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let bad =
+            |what: &str| server.protocol_error(format!("stored {what} is not a header value"));
+        let session_id = session_id
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| bad("session id"))?;
+        let version = HeaderValue::from_str(version).map_err(|_| bad("version"))?;
+        Ok(Arc::new(Self {
+            server,
+            session_id,
+            version,
+            created: Instant::now(),
+            last_used: Mutex::new(Instant::now()),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// What the store keeps of this upstream session.
+    pub(crate) fn record(&self) -> mcpgw_protocol::store::UpstreamRecord {
+        mcpgw_protocol::store::UpstreamRecord {
+            upstream: self.server.id.to_string(),
+            session_id: self
+                .session_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            version: self.version.to_str().unwrap_or_default().to_owned(),
+        }
+    }
+
     pub(crate) fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();

@@ -17,11 +17,15 @@ if ! "$venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet mcp==2.3.0
 fi
 
-# promtool (Debian package prometheus) checks the /metrics page.
-if ! command -v promtool >/dev/null 2>&1; then
-    echo "test-all: installing promtool (Debian package prometheus)"
+# promtool (Debian package prometheus) checks the /metrics page; the openssl
+# command makes the TLS tests' certificates.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test-all: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 cargo build --workspace --bins

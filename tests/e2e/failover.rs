@@ -28,6 +28,22 @@ async fn sessions_by_worker(gateway: &Gateway) -> BTreeMap<u32, Vec<(McpClient, 
     by_slot
 }
 
+/// One more `increment` on a session that failed over: the count goes on
+/// from where it was (the upstream state survived). Returns who served it.
+async fn increment_and_check(client: &mut McpClient, count: &mut u64) -> WorkerTag {
+    let reply = client
+        .call_tool("increment", json!({}))
+        .await
+        .expect("served after failover");
+    *count += 1;
+    assert_eq!(
+        reply.count().expect("count"),
+        *count,
+        "upstream state survived"
+    );
+    reply.worker().expect("worker header")
+}
+
 async fn slot_generation(gateway: &Gateway, slot: u32) -> Option<u64> {
     let (_, body) = admin_get(gateway, "/admin/workers").await;
     let doc: Value = serde_json::from_str(&body).ok()?;
@@ -60,17 +76,7 @@ async fn killed_worker_sessions_carry_on_with_their_upstream_state() {
     // Right away: new connections wait in the supervisor for the
     // replacement, then find their session, counter intact.
     for (client, old, count) in &mut victims {
-        let reply = client
-            .call_tool("increment", json!({}))
-            .await
-            .expect("served after failover");
-        *count += 1;
-        assert_eq!(
-            reply.count().expect("count"),
-            *count,
-            "upstream state survived"
-        );
-        let tag = reply.worker().expect("worker header");
+        let tag = increment_and_check(client, count).await;
         assert_eq!(tag.slot, old.slot);
         assert!(
             tag.generation > old.generation,
@@ -138,16 +144,7 @@ async fn hung_worker_is_killed_and_its_sessions_move() {
     .expect("replaced");
     assert_eq!(metric_sum(&gateway, "mcpgw_workers_hung_total").await, 1.0);
     for (client, _, count) in &mut victims {
-        let reply = client
-            .call_tool("increment", json!({}))
-            .await
-            .expect("served after failover");
-        *count += 1;
-        assert_eq!(
-            reply.count().expect("count"),
-            *count,
-            "upstream state survived"
-        );
+        increment_and_check(client, count).await;
     }
     assert_eq!(
         counter.stats().await.expect("stats").initialize,

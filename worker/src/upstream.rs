@@ -272,14 +272,7 @@ impl UpstreamSession {
         };
         let version = HeaderValue::from_str(&version)
             .map_err(|_| server.protocol_error(format!("protocol version {version:?}")))?;
-        let session = Arc::new(Self {
-            server,
-            session_id,
-            version,
-            created: Instant::now(),
-            last_used: Mutex::new(Instant::now()),
-            next_id: AtomicU64::new(1),
-        });
+        let session = Self::with_ids(server, session_id, version);
         let note = session.server.request(
             Method::POST,
             session.session_id.as_ref(),
@@ -310,14 +303,22 @@ impl UpstreamSession {
             .transpose()
             .map_err(|_| bad("session id"))?;
         let version = HeaderValue::from_str(version).map_err(|_| bad("version"))?;
-        Ok(Arc::new(Self {
+        Ok(Self::with_ids(server, session_id, version))
+    }
+
+    fn with_ids(
+        server: Arc<UpstreamServer>,
+        session_id: Option<HeaderValue>,
+        version: HeaderValue,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             server,
             session_id,
             version,
             created: Instant::now(),
             last_used: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(1),
-        }))
+        })
     }
 
     /// What the store keeps of this upstream session.

@@ -87,16 +87,17 @@ impl Dispatcher {
                 None => self.reject(stream, Reject::Unavailable).await,
             };
         }
-        let peer = stream.peer_addr().ok();
+        // Only for log lines: no getpeername on the path that logs nothing.
+        let peer = || stream.peer_addr().ok();
         let head = match timeout(limits.header_timeout, peek_head(&stream, limits.max_head)).await {
             Ok(Ok(head)) => head,
             Ok(Err(e)) => {
-                debug!(?peer, error = %e, "connection failed before its request head");
+                debug!(peer = ?peer(), error = %e, "connection failed before its request head");
                 return;
             }
             Err(_) => {
                 info!(
-                    ?peer,
+                    peer = ?peer(),
                     timeout_ms = limits.header_timeout.as_millis() as u64,
                     "request head not received in time; closing"
                 );
@@ -107,11 +108,11 @@ impl Dispatcher {
             Head::Complete { session } => session,
             Head::Closed => return,
             Head::TooLarge => {
-                info!(?peer, limit = limits.max_head, "request head too large");
+                info!(peer = ?peer(), limit = limits.max_head, "request head too large");
                 return self.reject(stream, Reject::HeadTooLarge).await;
             }
             Head::Malformed => {
-                info!(?peer, "request is not HTTP/1.x");
+                info!(peer = ?peer(), "request is not HTTP/1.x");
                 return self.reject(stream, Reject::Malformed).await;
             }
         };
@@ -123,7 +124,7 @@ impl Dispatcher {
             None => self.pool.least_loaded(),
         };
         let Some(worker) = worker else {
-            warn!(?peer, "no worker is serving; answering 503");
+            warn!(peer = ?peer(), "no worker is serving; answering 503");
             return self.reject(stream, Reject::Unavailable).await;
         };
         self.hand_over(stream, meta, worker, accepted, limits).await;

@@ -30,6 +30,11 @@ use tracing::{debug, warn};
 use crate::jsonrpc::{self, Answer};
 use crate::sse;
 
+/// Header names made once: inserting by `&str` would parse and allocate a
+/// name on every upstream request.
+const SESSION_ID: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
+
 /// Largest answer the gateway buffers for itself (lists, initialize).
 const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
 
@@ -182,10 +187,10 @@ impl UpstreamServer {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         if let Some(s) = session {
-            h.insert(MCP_SESSION_ID, s.clone());
+            h.insert(SESSION_ID, s.clone());
         }
         if let Some(v) = version {
-            h.insert(MCP_PROTOCOL_VERSION, v.clone());
+            h.insert(PROTOCOL_VERSION, v.clone());
         }
         req
     }
@@ -255,7 +260,7 @@ impl UpstreamSession {
                 status: resp.status(),
             });
         }
-        let session_id = resp.headers().get(MCP_SESSION_ID).cloned();
+        let session_id = resp.headers().get(&SESSION_ID).cloned();
         let message = read_answer(&server, resp, deadline).await?;
         let version = match jsonrpc::answer(&message) {
             Some(Answer::Result(r)) => serde_json::from_str::<InitializeResult<'_>>(r.get())

@@ -31,7 +31,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::sessions::Session;
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, read_answer};
-use crate::{Ctx, versions};
+use crate::{Ctx, Live, versions};
 use mcpgw_protocol::store::{SessionRecord, StoreWrite};
 
 /// Where a connection came from: the public listeners, or a sibling worker
@@ -52,8 +52,10 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     origin: Origin,
 ) -> Response<Body> {
-    let mut resp = route(&ctx, req, origin).await;
-    if let Some(v) = &ctx.live().worker_header {
+    // One snapshot of the reloadable configuration for the whole request.
+    let live = ctx.live();
+    let mut resp = route(&ctx, &live, req, origin).await;
+    if let Some(v) = &live.worker_header {
         // A forwarded answer already names the owner that served it.
         resp.headers_mut()
             .entry(WORKER)
@@ -65,14 +67,19 @@ pub(crate) async fn handle(
 /// Path of the worker's own status on its internal socket (never public).
 const SNAPSHOT_PATH: &str = "/_mcpgw/snapshot";
 
-async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Response<Body> {
+async fn route(
+    ctx: &Arc<Ctx>,
+    live: &Live,
+    req: Request<Incoming>,
+    origin: Origin,
+) -> Response<Body> {
     if origin == Origin::Internal {
         if req.uri().path() == SNAPSHOT_PATH {
             return snapshot(ctx);
         }
         ctx.metrics.forwarded.with_label_values(&["in"]).inc();
     }
-    let Some(endpoint) = ctx.live().endpoints.get(req.uri().path()).cloned() else {
+    let Some(endpoint) = live.endpoints.get(req.uri().path()).cloned() else {
         return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
     };
     let accept = Accept::of(&req);
@@ -108,7 +115,7 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, origin: Origin) -> Respon
         },
     };
     match *req.method() {
-        Method::POST => post(ctx, endpoint, session, accept, req).await,
+        Method::POST => post(ctx, endpoint, session, accept, req, live.max_body).await,
         Method::GET => get(ctx, session, accept),
         Method::DELETE => delete(ctx, session, accept).await,
         _ => {
@@ -222,10 +229,11 @@ async fn post(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<Incoming>,
+    max_body: usize,
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
-    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
+    let resp = post_inner(ctx, endpoint, session, accept, req, max_body, &mut method).await;
     let outcome = match resp.status().as_u16() {
         200..=299 => "ok",
         400..=499 => "rejected",
@@ -248,6 +256,7 @@ async fn post_inner(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<Incoming>,
+    max_body: usize,
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
@@ -266,7 +275,6 @@ async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let max_body = ctx.live().max_body;
     let body = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

@@ -86,7 +86,7 @@ enum Command {
         #[arg(long)]
         slot: u16,
         #[arg(long)]
-        generation: u32,
+        generation: u64,
     },
 }
 

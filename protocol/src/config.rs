@@ -57,6 +57,7 @@ pub struct Config {
     pub sessions: Sessions,
     pub diagnostics: Diagnostics,
     pub shutdown: Shutdown,
+    pub store: Store,
     pub upstream: Vec<Upstream>,
     pub endpoint: Vec<Endpoint>,
 }
@@ -74,6 +75,7 @@ impl Default for Config {
             sessions: Sessions::default(),
             diagnostics: Diagnostics::default(),
             shutdown: Shutdown::default(),
+            store: Store::default(),
             upstream: Vec::new(),
             endpoint: Vec::new(),
         }
@@ -147,6 +149,71 @@ impl Default for Sessions {
             heartbeat_ttl_ms: 3_000,
         }
     }
+}
+
+/// Where session records live (see [`crate::store`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Store {
+    /// `redis://host:port/db` or `unix:///path/redis.sock`; unset keeps the
+    /// records in the supervisor's memory (one host, lost on restart).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so that several gateways can share one
+    /// Redis without seeing each other's records.
+    pub prefix: String,
+    /// This gateway's name in worker ids (`host/slot/generation`); must be
+    /// unique among the gateways that share a Redis. Defaults to the host name.
+    pub host: Option<String>,
+}
+
+impl Store {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "store.redis_url",
+                format!("{url:?}: must start with redis:// or unix:// (TLS to Redis is not supported)"),
+            ));
+        }
+        if !self.prefix.is_empty()
+            && !self.prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        {
+            return Err(invalid(
+                "store.prefix",
+                "must be printable ASCII without spaces or braces",
+            ));
+        }
+        if let Some(host) = &self.host
+            && !is_key_safe(host)
+        {
+            return Err(invalid(
+                "store.host",
+                format!("{host:?}: must be 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: "mcpgw:".to_owned(),
+            host: None,
+        }
+    }
+}
+
+/// Whether `name` may appear in a store key: non-empty, at most 64 bytes of
+/// `[A-Za-z0-9._-]`.
+pub fn is_key_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Diagnostics meant for tests and debugging, off by default.
@@ -286,6 +353,7 @@ impl Config {
                 "must be non-empty printable ASCII without '/'",
             ));
         }
+        self.store.validate()?;
         let l = &self.limits;
         if !(1024..=1024 * 1024).contains(&l.max_head_bytes) {
             return Err(invalid("limits.max_head_bytes", "must be 1024..=1048576"));

@@ -12,16 +12,22 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::routing::RouteUpdate;
 use crate::store::{SessionRecord, StoreWrite};
 
 /// Bumped on any change to these types or their encoding.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A worker process: its slot in the pool and which incarnation of that slot.
+///
+/// Generations are unique across restarts of the gateway on one host (the
+/// first one is the supervisor's start time in Unix milliseconds, then +1
+/// per restart of the slot), so a record written by a previous run never
+/// names a worker of this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WorkerId {
     pub slot: u16,
-    pub generation: u32,
+    pub generation: u64,
 }
 
 impl std::fmt::Display for WorkerId {
@@ -55,6 +61,9 @@ pub enum ToWorker {
         id: u64,
         record: Option<Box<SessionRecord>>,
     },
+    /// Routing exceptions changed (a slot went down or came back, sessions
+    /// were moved off their hash slot); see [`crate::routing::RouteTable`].
+    Routes(RouteUpdate),
 }
 
 /// A worker's answer to [`ToWorker::Gather`].

@@ -9,22 +9,147 @@
 //! gateway, so the hash needs spread, not secrecy. Rendezvous keeps most
 //! sessions in place when the slot count changes.
 
+//!
+//! [`RouteTable`] adds the exceptions: slots marked down (a crash loop; their
+//! sessions go to the best-scoring live slot, which is the rendezvous answer
+//! over the live slots) and per-session overrides (sessions moved off their
+//! hash slot, which stay where they were moved even when that slot is back).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::session_id::SessionId;
 
 /// The slot (0-based) that owns `id` in a pool of `slots` slots.
 /// A pool of zero slots is treated as one.
 pub fn slot_for(id: &SessionId, slots: u16) -> u16 {
+    best_slot(id, slots.max(1), |_| true).unwrap_or(0)
+}
+
+/// The highest-scoring slot among those `allowed`, if any is.
+pub fn best_slot(id: &SessionId, slots: u16, allowed: impl Fn(u16) -> bool) -> Option<u16> {
     let base = fnv1a(id.as_bytes());
-    let mut best = 0u16;
-    let mut best_score = 0u64;
-    for slot in 0..slots.max(1) {
+    let mut best: Option<(u16, u64)> = None;
+    for slot in (0..slots).filter(|s| allowed(*s)) {
         let score = mix(base ^ u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        if slot == 0 || score > best_score {
-            best = slot;
-            best_score = score;
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((slot, score));
         }
     }
-    best
+    best.map(|(slot, _)| slot)
+}
+
+/// A change to the routing exceptions, sent by the supervisor to every
+/// worker (workers forward requests by the same table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteUpdate {
+    /// Start from an empty table (a newly started worker gets the whole
+    /// table this way).
+    pub reset: bool,
+    /// Every slot that is down now.
+    pub down: Vec<u16>,
+    /// Sessions that live on another slot than their hash says.
+    pub moved: Vec<(String, u16)>,
+    /// Sessions whose override ended (the session ended).
+    pub cleared: Vec<String>,
+}
+
+/// Hash routing plus its exceptions. Both processes keep one; the
+/// supervisor changes its own and sends the same [`RouteUpdate`] to workers.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    slots: u16,
+    down: Vec<bool>,
+    moved: HashMap<SessionId, u16>,
+}
+
+impl RouteTable {
+    pub fn new(slots: u16) -> Self {
+        Self {
+            slots: slots.max(1),
+            down: vec![false; usize::from(slots.max(1))],
+            moved: HashMap::new(),
+        }
+    }
+
+    /// No exceptions: the hash alone decides (lets callers skip the table).
+    pub fn is_plain(&self) -> bool {
+        self.moved.is_empty() && !self.down.iter().any(|d| *d)
+    }
+
+    pub fn slots(&self) -> u16 {
+        self.slots
+    }
+
+    pub fn is_down(&self, slot: u16) -> bool {
+        self.down.get(usize::from(slot)).copied().unwrap_or(false)
+    }
+
+    /// The slot that serves `id`.
+    pub fn owner(&self, id: &SessionId) -> u16 {
+        if let Some(slot) = self.moved.get(id) {
+            return *slot;
+        }
+        let slot = slot_for(id, self.slots);
+        if !self.is_down(slot) {
+            return slot;
+        }
+        best_slot(id, self.slots, |s| !self.is_down(s)).unwrap_or(slot)
+    }
+
+    /// Apply an update; entries naming a malformed id or a slot out of range
+    /// are skipped.
+    pub fn apply(&mut self, update: &RouteUpdate) {
+        if update.reset {
+            self.moved.clear();
+        }
+        self.down.iter_mut().for_each(|d| *d = false);
+        for slot in &update.down {
+            if let Some(d) = self.down.get_mut(usize::from(*slot)) {
+                *d = true;
+            }
+        }
+        for (id, slot) in &update.moved {
+            if let Ok(id) = SessionId::parse(id.as_bytes())
+                && *slot < self.slots
+            {
+                self.moved.insert(id, *slot);
+            }
+        }
+        for id in &update.cleared {
+            if let Ok(id) = SessionId::parse(id.as_bytes()) {
+                self.moved.remove(&id);
+            }
+        }
+    }
+
+    /// The whole table as one update (for a worker that just started).
+    pub fn snapshot(&self) -> RouteUpdate {
+        RouteUpdate {
+            reset: true,
+            down: self.down_slots(),
+            moved: self
+                .moved
+                .iter()
+                .map(|(id, slot)| (id.to_string(), *slot))
+                .collect(),
+            cleared: Vec::new(),
+        }
+    }
+
+    pub fn down_slots(&self) -> Vec<u16> {
+        (0..self.slots).filter(|s| self.is_down(*s)).collect()
+    }
+
+    /// Whether `id` has an override of its own.
+    pub fn is_moved(&self, id: &SessionId) -> bool {
+        self.moved.contains_key(id)
+    }
+
+    pub fn moved_len(&self) -> usize {
+        self.moved.len()
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -63,6 +188,48 @@ mod tests {
         );
     }
     const GOLDEN: [u16; 4] = [1, 0, 1, 0];
+
+    #[test]
+    fn down_slots_spill_by_rendezvous_and_overrides_stick() {
+        let ids: Vec<SessionId> = (0..400)
+            .map(|_| SessionId::mint_for_slot(0, 1).expect("random"))
+            .collect();
+        let mut table = RouteTable::new(4);
+        assert!(table.is_plain());
+        table.apply(&RouteUpdate {
+            down: vec![2],
+            ..RouteUpdate::default()
+        });
+        for i in &ids {
+            let owner = table.owner(i);
+            assert_ne!(owner, 2);
+            if slot_for(i, 4) != 2 {
+                assert_eq!(owner, slot_for(i, 4), "live slots keep their sessions");
+            }
+        }
+        let victim = ids
+            .iter()
+            .find(|i| slot_for(i, 4) == 2)
+            .expect("some id hashes to slot 2");
+        let moved_to = table.owner(victim);
+        table.apply(&RouteUpdate {
+            moved: vec![(victim.to_string(), moved_to)],
+            ..RouteUpdate::default()
+        });
+        // Slot 2 is back: the moved session stays where it was moved.
+        table.apply(&RouteUpdate::default());
+        assert!(!table.is_down(2));
+        assert_eq!(table.owner(victim), moved_to);
+        let mut copy = RouteTable::new(4);
+        copy.apply(&table.snapshot());
+        assert_eq!(copy.owner(victim), moved_to);
+        table.apply(&RouteUpdate {
+            cleared: vec![victim.to_string()],
+            ..RouteUpdate::default()
+        });
+        assert_eq!(table.owner(victim), 2);
+        assert!(table.is_plain());
+    }
 
     #[test]
     fn spreads_over_slots_and_moves_few_on_growth() {

@@ -3,12 +3,66 @@
 //!
 //! With the embedded store (the default) the supervisor keeps these records
 //! in memory and workers reach them over the control channel
-//! ([`crate::control`]); a Redis backend (several hosts, sessions surviving a
-//! supervisor restart) will store the same records under keys documented here.
+//! ([`crate::control`]). With Redis (`[store] redis_url`, for several hosts
+//! and for sessions that outlive a restart of the gateway) the supervisor
+//! keeps the same in-memory copy of its own workers' records and writes them
+//! through to Redis under the keys of [`keys`]; workers still talk only to
+//! their supervisor.
+//!
+//! ## Redis layout (`P` is `[store] prefix`, default `mcpgw:`)
+//!
+//! | key | type | content | expiry |
+//! |---|---|---|---|
+//! | `P s:<session id>` | hash | `owner` = owner id, `record` = [`SessionRecord`] as JSON | idle timeout + heartbeat TTL, renewed on use |
+//! | `P w:<owner id>` | set | the session ids that owner holds | same, renewed on write |
+//! | `P hb:<owner id>` | string | the worker's pid | heartbeat TTL, renewed every heartbeat |
+//! | `P host:<host>` | string | the start time of the gateway now running as `<host>` | none (it tells a Redis that lost its data) |
+//!
+//! An owner id is `<host>/<slot>/<generation>` ([`owner_id`]). Session ids
+//! are validated ([`crate::session_id::SessionId`]) and hosts restricted to
+//! `[A-Za-z0-9._-]` before they become part of a key. Ownership changes only
+//! by compare-and-swap in a Lua script (owner == expected → new), so two
+//! reassigners can never both win.
 
 use serde::{Deserialize, Serialize};
 
 use crate::control::WorkerId;
+use crate::session_id::SessionId;
+
+/// `<host>/<slot>/<generation>`: who owns a session, across hosts.
+pub fn owner_id(host: &str, worker: WorkerId) -> String {
+    format!("{host}/{}/{}", worker.slot, worker.generation)
+}
+
+/// Split an owner id into its host and worker, if well formed.
+pub fn parse_owner_id(text: &str) -> Option<(&str, WorkerId)> {
+    let mut parts = text.rsplitn(3, '/');
+    let generation = parts.next()?.parse().ok()?;
+    let slot = parts.next()?.parse().ok()?;
+    let host = parts.next().filter(|h| crate::config::is_key_safe(h))?;
+    Some((host, WorkerId { slot, generation }))
+}
+
+/// Redis key names (see the module documentation).
+pub mod keys {
+    use super::SessionId;
+
+    pub fn session(prefix: &str, id: &SessionId) -> String {
+        format!("{prefix}s:{id}")
+    }
+
+    pub fn owner_sessions(prefix: &str, owner: &str) -> String {
+        format!("{prefix}w:{owner}")
+    }
+
+    pub fn heartbeat(prefix: &str, owner: &str) -> String {
+        format!("{prefix}hb:{owner}")
+    }
+
+    pub fn host(prefix: &str, host: &str) -> String {
+        format!("{prefix}host:{host}")
+    }
+}
 
 /// Everything needed to rebuild a session on another worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,4 +108,23 @@ pub enum StoreWrite {
     ClearUpstream { session: String, upstream: String },
     /// The session ended.
     Remove { session: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_ids_round_trip_and_reject_junk() {
+        let w = WorkerId {
+            slot: 3,
+            generation: 1_764_460_000_123,
+        };
+        let text = owner_id("gw-1.example", w);
+        assert_eq!(text, "gw-1.example/3/1764460000123");
+        assert_eq!(parse_owner_id(&text), Some(("gw-1.example", w)));
+        for junk in ["", "a/b/c", "h/1", "bad host/1/2", "/1/2", "h/70000/1"] {
+            assert_eq!(parse_owner_id(junk), None, "{junk}");
+        }
+    }
 }

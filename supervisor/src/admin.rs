@@ -296,6 +296,17 @@ pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String
             }
         }
     }
+    // A Redis URL may carry a password: keep the scheme and the address.
+    if let Some(url) = doc
+        .get_mut("store")
+        .and_then(|s| s.get_mut("redis_url"))
+        .filter(|u| u.as_str().is_some_and(|u| u.contains('@')))
+    {
+        let text = url.as_str().unwrap_or_default();
+        let (scheme, rest) = text.split_once("://").unwrap_or(("redis", text));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        *url = serde_json::Value::from(format!("{scheme}://<redacted>@{host}"));
+    }
     doc.to_string()
 }
 
@@ -312,5 +323,12 @@ mod tests {
         let doc = redacted_config(&c);
         assert!(!doc.contains("s3cret"), "{doc}");
         assert!(doc.contains("\"Authorization\":\"<redacted>\""), "{doc}");
+        let c = mcpgw_protocol::config::Config::parse(
+            "[store]\nredis_url = \"redis://:hunter2@10.0.0.1:6379/0\"",
+        )
+        .expect("config");
+        let doc = redacted_config(&c);
+        assert!(!doc.contains("hunter2"), "{doc}");
+        assert!(doc.contains("redis://<redacted>@10.0.0.1:6379/0"), "{doc}");
     }
 }

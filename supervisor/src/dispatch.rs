@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use mcpgw_protocol::config::Limits;
 use mcpgw_protocol::control::ConnMeta;
-use mcpgw_protocol::routing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -21,10 +20,12 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::peek::{Head, peek_head};
 use crate::pool::{Pool, Worker};
+use crate::routes::Routes;
 
 /// What a dispatch task needs; shared by all of them.
 pub(crate) struct Dispatcher {
     pub pool: Arc<Pool>,
+    routes: Arc<Routes>,
     metrics: Arc<Metrics>,
     /// Per-slot handles, made once: no label lookup per connection.
     dispatched: Box<[prometheus::IntCounter]>,
@@ -50,12 +51,18 @@ impl From<&Limits> for DispatchLimits {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(pool: Arc<Pool>, limits: &Limits, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        routes: Arc<Routes>,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let dispatched = (0..pool.len())
             .map(|slot| metrics.dispatched.with_label_values(&[&slot.to_string()]))
             .collect();
         Self {
             pool,
+            routes,
             metrics,
             dispatched,
             limits: RwLock::new(limits.into()),
@@ -118,7 +125,7 @@ impl Dispatcher {
         };
         let worker = match session {
             Some(id) => {
-                let slot = routing::slot_for(&id, self.pool.len());
+                let slot = self.routes.owner(&id);
                 self.owner(slot, None, limits.wait_for_worker).await
             }
             None => self.pool.least_loaded(),
@@ -183,7 +190,7 @@ impl Dispatcher {
     async fn owner(
         &self,
         slot: u16,
-        not_generation: Option<u32>,
+        not_generation: Option<u64>,
         wait: Duration,
     ) -> Option<Arc<Worker>> {
         let mut rx = self.pool.slots[usize::from(slot)].subscribe();

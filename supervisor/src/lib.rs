@@ -13,7 +13,10 @@
 //! - [`runtime_dir`]: the private directory for internal sockets.
 //! - [`systemd`]: readiness notification and socket activation.
 //! - [`status`]: `mcpgw status`, a client of the admin API.
-//! - [`store`]: the embedded session store and failover reassignment.
+//! - [`store`]: the session store trait, the records and the embedded
+//!   backend; [`redis_store`]: the Redis backend.
+//! - [`routes`]: routing exceptions (down slots, moved sessions), shared
+//!   with the workers.
 //! - this file: the main loop, which turns child exits, worker messages,
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
@@ -23,6 +26,8 @@ mod listeners;
 mod metrics;
 mod peek;
 mod pool;
+mod redis_store;
+mod routes;
 mod runtime_dir;
 mod status;
 mod store;
@@ -36,6 +41,8 @@ use std::time::Duration;
 use mcpgw_protocol::channel::ChannelError;
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::routing;
+use mcpgw_protocol::session_id::SessionId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -45,7 +52,9 @@ use tracing::{debug, error, info, warn};
 use crate::dispatch::Dispatcher;
 use crate::listeners::ListenerKey;
 use crate::pool::{Pool, Worker};
+use crate::routes::Routes;
 use crate::runtime_dir::RuntimeDir;
+use crate::store::SessionStore;
 
 pub use crate::listeners::ListenError;
 pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
@@ -63,6 +72,8 @@ pub enum SupervisorError {
     RuntimeDir(#[from] RuntimeDirError),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("session store: {0}")]
+    Store(String),
     #[error("installing the handler for {signal}: {source}")]
     Signal {
         signal: &'static str,
@@ -126,7 +137,7 @@ pub(crate) enum Event {
 struct SlotLife {
     /// The worker started most recently in this slot (serving or not).
     current: Option<Arc<Worker>>,
-    next_generation: u32,
+    next_generation: u64,
     started_at: Instant,
     /// Consecutive exits soon after start; drives the restart backoff.
     quick_failures: u32,
@@ -159,12 +170,44 @@ struct Supervisor {
     notifier: systemd::Notifier,
     metrics: Arc<metrics::Metrics>,
     gatherer: Arc<admin::Gatherer>,
-    store: Arc<std::sync::Mutex<store::EmbeddedStore>>,
+    store: Arc<dyn SessionStore>,
+    routes: Arc<Routes>,
 }
 
 /// A worker that exits sooner than this after starting counts as a crash
 /// loop for the backoff.
 const QUICK_EXIT: Duration = Duration::from_secs(5);
+/// After this many quick exits in a row a slot is marked down: its sessions
+/// move to the live slots (restarts go on, with the longest backoff).
+const DOWN_AFTER: u32 = 3;
+
+/// This gateway's name in owner ids: `[store] host`, else the host name
+/// reduced to the characters a store key may hold.
+fn store_host(config: &Config) -> String {
+    if let Some(host) = &config.store.host {
+        return host.clone();
+    }
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_owned()
+    } else {
+        clean
+    }
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 async fn run_async(
@@ -211,12 +254,41 @@ async fn run_async(
     let gatherer = Arc::new(admin::Gatherer::default());
 
     let pool = Arc::new(Pool::new(slots));
+    let routes = Routes::new(pool.clone());
+    // Generations start at this run's start time so that they never repeat
+    // across runs: a record of an earlier run never names a live worker.
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let store: Arc<dyn SessionStore> = match &config.store.redis_url {
+        None => Arc::new(store::EmbeddedStore::default()),
+        Some(url) => {
+            let host = store_host(&config);
+            info!(%host, prefix = %config.store.prefix, "session records in Redis");
+            Arc::new(
+                redis_store::RedisStore::start(
+                    &config.store,
+                    url,
+                    redis_store::Settings {
+                        host,
+                        boot,
+                        idle_timeout: Duration::from_secs(config.sessions.idle_timeout_secs),
+                        heartbeat_every: Duration::from_millis(config.sessions.heartbeat_ms),
+                        heartbeat_ttl: Duration::from_millis(config.sessions.heartbeat_ttl_ms),
+                    },
+                    metrics.clone(),
+                )
+                .map_err(|e| SupervisorError::Store(e.to_string()))?,
+            )
+        }
+    };
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (stop_accepting, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(listeners::InFlight::default());
     let config_json = Arc::new(std::sync::Mutex::new(admin::redacted_config(&config)));
     let dispatcher = Arc::new(Dispatcher::new(
         pool.clone(),
+        routes.clone(),
         &config.limits,
         metrics.clone(),
     ));
@@ -256,7 +328,7 @@ async fn run_async(
         life: (0..slots)
             .map(|_| SlotLife {
                 current: None,
-                next_generation: 0,
+                next_generation: boot,
                 started_at: Instant::now(),
                 quick_failures: 0,
                 alive: false,
@@ -270,7 +342,8 @@ async fn run_async(
         notifier,
         metrics,
         gatherer,
-        store: Arc::new(std::sync::Mutex::new(store::EmbeddedStore::default())),
+        store,
+        routes,
     };
     for slot in 0..slots {
         sup.start_worker(slot);
@@ -313,6 +386,7 @@ async fn run_async(
             break;
         }
     }
+    sup.store.close().await;
     info!("all workers exited; supervisor stops");
     sup.runtime_dir.remove();
     Ok(())
@@ -340,7 +414,7 @@ impl Supervisor {
         if let Some(dead) = life.previous.take() {
             // Compare-and-swap before the replacement serves: its first
             // request for a moved session finds the record already its own.
-            let moved = self.store.lock().map_or(0, |mut s| s.reassign(dead, id));
+            let moved = self.store.reassign(dead, id);
             if moved > 0 {
                 info!(from = %dead, to = %id, sessions = moved, "sessions reassigned to the replacement worker");
                 self.metrics.reassigned.inc_by(moved as u64);
@@ -373,6 +447,7 @@ impl Supervisor {
         let events = self.events.clone();
         let gatherer = self.gatherer.clone();
         let store = self.store.clone();
+        let routes = self.routes.clone();
         tokio::spawn(async move {
             if let Err(e) = worker.control.lock().await.send(&init).await {
                 let _ = events.send(Event::ControlFailed { id, error: e });
@@ -392,26 +467,36 @@ impl Supervisor {
                     // so a resuming worker never waits behind a reload.
                     Ok(Some(FromWorker::Heartbeat { touched })) => {
                         worker.note_alive();
-                        if let Ok(mut s) = store.lock() {
-                            s.touch(&touched);
-                        }
+                        store.touch(&touched);
                     }
                     Ok(Some(FromWorker::Store(write))) => {
-                        if let Ok(mut s) = store.lock() {
-                            s.apply(id, write);
+                        if let Some((session, true)) = store.apply(id, write) {
+                            routes.ended(&[session]);
                         }
                     }
                     Ok(Some(FromWorker::StoreFetch {
                         id: request,
                         session,
                     })) => {
-                        let record = store
-                            .lock()
-                            .ok()
-                            .and_then(|mut s| s.fetch(&session, id))
-                            .map(Box::new);
                         let w = worker.clone();
+                        let (store, routes) = (store.clone(), routes.clone());
                         tokio::spawn(async move {
+                            // Validated before it goes near a store key.
+                            let record = match SessionId::parse(session.as_bytes()) {
+                                Ok(session) => {
+                                    let record = store.fetch(session, id).await;
+                                    if record.is_some() && routes.owner(&session) != id.slot {
+                                        // Claimed away from its slot (that
+                                        // slot is down): keep it here.
+                                        routes.moved(vec![(session, id.slot)]);
+                                    }
+                                    record.map(Box::new)
+                                }
+                                Err(e) => {
+                                    warn!(worker = %id, error = %e, "store fetch for a malformed session id");
+                                    None
+                                }
+                            };
                             let reply = ToWorker::StoreRecord {
                                 id: request,
                                 record,
@@ -440,6 +525,44 @@ impl Supervisor {
             let status = child.wait().await.ok();
             let _ = events.send(Event::Exited { id, status });
         });
+    }
+
+    /// A slot that cannot start: serve its sessions from the live slots,
+    /// each where rendezvous over the live slots puts it, moved by
+    /// compare-and-swap and recorded as overrides.
+    fn mark_down(&mut self, slot: u16) {
+        let newly = self.routes.set_down(slot, true);
+        if newly {
+            self.metrics.slots_down.inc();
+        }
+        let Some(dead) = self.life[usize::from(slot)].previous else {
+            return;
+        };
+        let serving: Vec<Option<WorkerId>> = self
+            .pool
+            .slots
+            .iter()
+            .map(|s| s.serving().map(|w| w.id))
+            .collect();
+        let n = self.pool.len();
+        let target = |id: &SessionId| {
+            routing::best_slot(id, n, |s| {
+                s != slot && serving.get(usize::from(s)).is_some_and(Option::is_some)
+            })
+            .and_then(|s| serving[usize::from(s)])
+        };
+        let moved = self.store.move_each(dead, &target);
+        if newly || !moved.is_empty() {
+            error!(
+                slot,
+                failures = self.life[usize::from(slot)].quick_failures,
+                sessions_moved = moved.len(),
+                "worker slot keeps crashing at start; marked down, its sessions are served by the other slots"
+            );
+        }
+        self.metrics.reassigned.inc_by(moved.len() as u64);
+        self.routes
+            .moved(moved.into_iter().map(|(id, w)| (id, w.slot)).collect());
     }
 
     fn schedule_restart(&self, slot: u16) {
@@ -511,6 +634,11 @@ impl Supervisor {
                 if self.phase == Phase::Draining {
                     return;
                 }
+                if self.routes.set_down(id.slot, false) {
+                    info!(slot = id.slot, "slot is back up; new sessions may hash to it again");
+                    self.metrics.slots_down.dec();
+                }
+                self.routes.introduce(worker.clone());
                 let life = &mut self.life[usize::from(id.slot)];
                 if life.config_generation != self.config_generation {
                     // Started before a reload finished: bring it up to date.
@@ -560,11 +688,9 @@ impl Supervisor {
         // Keep the oldest dead owner: sessions not yet moved still name it.
         if life.previous.is_none() {
             life.previous = Some(id);
-        } else if let Some(prev) = life.previous
-            && let Ok(mut s) = self.store.lock()
-        {
+        } else if let Some(prev) = life.previous {
             // Two deaths before a successful start: fold them together.
-            s.reassign(id, prev);
+            self.store.reassign(id, prev);
         }
         self.pool.slots[slot].set(None);
         let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
@@ -581,6 +707,9 @@ impl Supervisor {
             life.quick_failures += 1;
         } else {
             life.quick_failures = 0;
+        }
+        if life.quick_failures >= DOWN_AFTER {
+            self.mark_down(id.slot);
         }
         self.schedule_restart(id.slot);
         self.report_status();
@@ -781,21 +910,27 @@ impl Supervisor {
                 kill(w.pid);
             }
         }
+        let live: Vec<(WorkerId, u32)> = self
+            .life
+            .iter()
+            .filter_map(|l| l.current.as_ref())
+            .map(|w| (w.id, w.pid))
+            .collect();
+        self.store.heartbeat(&live);
         let idle = Duration::from_secs(self.config.sessions.idle_timeout_secs) + ttl;
-        if let Ok(mut s) = self.store.lock() {
-            let swept = s.sweep(idle);
-            if swept > 0 {
-                info!(records = swept, "idle session records swept");
-            }
-            self.metrics.stored_sessions.set(s.len() as i64);
+        let swept = self.store.sweep(idle);
+        if !swept.is_empty() {
+            info!(records = swept.len(), "idle session records swept");
+            self.routes.ended(&swept);
         }
+        self.metrics.stored_sessions.set(self.store.len() as i64);
     }
 
-    /// Healthy enough to pet the watchdog: some worker serves and no slot is
-    /// in a crash loop.
+    /// Healthy enough to pet the watchdog: some worker serves. A slot in a
+    /// crash loop is marked down and served around, not a reason to have
+    /// systemd restart the whole gateway.
     fn healthy(&self) -> bool {
         self.pool.slots.iter().any(|s| s.serving().is_some())
-            && self.life.iter().all(|l| l.quick_failures < 3)
     }
 
     fn report_status(&self) {

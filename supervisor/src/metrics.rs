@@ -31,8 +31,20 @@ pub(crate) struct Metrics {
     pub reassigned: prometheus::IntCounter,
     /// Workers killed for missing heartbeats.
     pub hung: prometheus::IntCounter,
-    /// Session records in the embedded store.
+    /// Session records this supervisor holds (its own workers' sessions).
     pub stored_sessions: IntGauge,
+    /// Redis operations that failed, by `op` (write, fetch, heartbeat,
+    /// reassign).
+    pub store_errors: IntCounterVec,
+    /// 1 while the store answers (always 1 for the embedded store).
+    pub store_up: IntGauge,
+    /// Full re-registrations after Redis came back without our records.
+    pub store_resyncs: prometheus::IntCounter,
+    /// Sessions taken over from a dead owner on their first request (after
+    /// a restart of the gateway, or from another host).
+    pub claimed: prometheus::IntCounter,
+    /// Slots given up on after repeated start failures.
+    pub slots_down: IntGauge,
 }
 
 impl Metrics {
@@ -117,6 +129,35 @@ impl Metrics {
             "mcpgw_store_sessions",
             "Session records held by the embedded store.",
         )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_store_errors_total",
+                "Session store (Redis) operations that failed, by operation.",
+            ),
+            &["op"],
+        )?;
+        let store_up = IntGauge::new(
+            "mcpgw_store_up",
+            "1 while the session store answers, 0 while Redis is unreachable.",
+        )?;
+        let store_resyncs = prometheus::IntCounter::new(
+            "mcpgw_store_resyncs_total",
+            "Times every live session was written again because Redis had lost them.",
+        )?;
+        let claimed = prometheus::IntCounter::new(
+            "mcpgw_sessions_claimed_total",
+            "Sessions taken over from a dead owner (earlier run or another host) on first use.",
+        )?;
+        let slots_down = IntGauge::new(
+            "mcpgw_worker_slots_down",
+            "Worker slots marked down after repeated start failures; their sessions are served elsewhere.",
+        )?;
+        store_up.set(1);
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(store_resyncs.clone()))?;
+        registry.register(Box::new(claimed.clone()))?;
+        registry.register(Box::new(slots_down.clone()))?;
         registry.register(Box::new(reassigned.clone()))?;
         registry.register(Box::new(hung.clone()))?;
         registry.register(Box::new(stored_sessions.clone()))?;
@@ -133,6 +174,11 @@ impl Metrics {
             reassigned,
             hung,
             stored_sessions,
+            store_errors,
+            store_up,
+            store_resyncs,
+            claimed,
+            slots_down,
         })
     }
 

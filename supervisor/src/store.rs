@@ -1,13 +1,18 @@
-//! The embedded session store: the supervisor's in-memory copy of every
-//! session record, written by the worker that owns the session.
+//! Session records in the supervisor: the [`SessionStore`] trait the
+//! supervisor uses, the in-memory [`Records`] every backend keeps of its own
+//! workers' sessions, and the embedded backend ([`EmbeddedStore`]), which is
+//! just those records. The Redis backend is in [`crate::redis_store`].
 //!
 //! Ownership is the invariant: only the owner may change a record, and a
 //! record is handed out only to its owner. When a worker dies its sessions
-//! move to its replacement by compare-and-swap ([`EmbeddedStore::reassign`]:
+//! move to its replacement by compare-and-swap ([`Records::reassign`]:
 //! owner == dead → new), so two workers can never both resume one session.
 //! Records nobody touched for longer than the idle timeout are swept.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mcpgw_protocol::control::WorkerId;
@@ -15,21 +20,110 @@ use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::{SessionRecord, StoreWrite};
 use tracing::{debug, warn};
 
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the supervisor asks of a session store, whichever backend holds it.
+/// Everything but [`SessionStore::fetch`] and [`SessionStore::close`] is
+/// answered from memory at once: the control readers call them inline and
+/// must never wait on a network.
+pub(crate) trait SessionStore: Send + Sync {
+    /// A write from worker `from` (refused unless it owns the session).
+    /// Returns the session and whether the write ended it.
+    fn apply(&self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)>;
+    /// The record of `session` for worker `asker`, if it owns it, or if its
+    /// owner is dead and the record could be claimed for `asker`.
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>>;
+    /// Compare-and-swap every session owned by `from` to `to`.
+    fn reassign(&self, from: WorkerId, to: WorkerId) -> usize;
+    /// Compare-and-swap each session of `from` to the worker `target` picks.
+    fn move_each(
+        &self,
+        from: WorkerId,
+        target: &dyn Fn(&SessionId) -> Option<WorkerId>,
+    ) -> Vec<(SessionId, WorkerId)>;
+    /// Sessions used recently (from a worker's heartbeat).
+    fn touch(&self, sessions: &[String]);
+    /// Drop records unused for `idle`; returns their ids.
+    fn sweep(&self, idle: Duration) -> Vec<SessionId>;
+    fn len(&self) -> usize;
+    /// Every heartbeat period, with the workers alive now (id, pid).
+    fn heartbeat(&self, live: &[(WorkerId, u32)]);
+    /// The supervisor is exiting.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The embedded backend: the records in the supervisor's memory.
+#[derive(Default)]
+pub(crate) struct EmbeddedStore {
+    records: Mutex<Records>,
+}
+
+impl EmbeddedStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
+        match self.records.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+impl SessionStore for EmbeddedStore {
+    fn apply(&self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)> {
+        self.with(|r| r.apply(from, write))
+    }
+
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>> {
+        let record = self.with(|r| r.fetch(&session, asker));
+        Box::pin(std::future::ready(record))
+    }
+
+    fn reassign(&self, from: WorkerId, to: WorkerId) -> usize {
+        self.with(|r| r.reassign(from, to).len())
+    }
+
+    fn move_each(
+        &self,
+        from: WorkerId,
+        target: &dyn Fn(&SessionId) -> Option<WorkerId>,
+    ) -> Vec<(SessionId, WorkerId)> {
+        self.with(|r| r.move_each(from, target))
+    }
+
+    fn touch(&self, sessions: &[String]) {
+        self.with(|r| r.touch(sessions));
+    }
+
+    fn sweep(&self, idle: Duration) -> Vec<SessionId> {
+        self.with(|r| r.sweep(idle))
+    }
+
+    fn len(&self) -> usize {
+        self.with(|r| r.len())
+    }
+
+    fn heartbeat(&self, _live: &[(WorkerId, u32)]) {}
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
 struct Entry {
     record: SessionRecord,
     last_seen: Instant,
 }
 
+/// Session records by id, with an index by owner.
 #[derive(Default)]
-pub(crate) struct EmbeddedStore {
+pub(crate) struct Records {
     records: HashMap<SessionId, Entry>,
     by_owner: HashMap<WorkerId, HashSet<SessionId>>,
 }
 
-impl EmbeddedStore {
+impl Records {
     /// Apply a write from worker `from`. Writes to sessions it does not own
     /// are refused (logged): a stale worker must not undo a reassignment.
-    pub(crate) fn apply(&mut self, from: WorkerId, write: StoreWrite) {
+    pub(crate) fn apply(&mut self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)> {
         let session = match &write {
             StoreWrite::Put(r) => r.id.as_str(),
             StoreWrite::SetUpstream { session, .. }
@@ -38,14 +132,14 @@ impl EmbeddedStore {
         };
         let Ok(id) = SessionId::parse(session.as_bytes()) else {
             warn!(worker = %from, "store write for a malformed session id; ignored");
-            return;
+            return None;
         };
         if let StoreWrite::Put(mut record) = write {
             if let Some(existing) = self.records.get(&id)
                 && existing.record.owner != from
             {
                 warn!(worker = %from, owner = %existing.record.owner, session = %id, "put refused: not the owner");
-                return;
+                return None;
             }
             record.owner = from;
             self.by_owner.entry(from).or_default().insert(id);
@@ -56,15 +150,15 @@ impl EmbeddedStore {
                     last_seen: Instant::now(),
                 },
             );
-            return;
+            return Some((id, false));
         }
         let Some(entry) = self.records.get_mut(&id) else {
             debug!(session = %id, "store write for an unknown session; ignored");
-            return;
+            return None;
         };
         if entry.record.owner != from {
             warn!(worker = %from, owner = %entry.record.owner, session = %id, "write refused: not the owner");
-            return;
+            return None;
         }
         entry.last_seen = Instant::now();
         match write {
@@ -83,15 +177,16 @@ impl EmbeddedStore {
                 if let Some(set) = self.by_owner.get_mut(&from) {
                     set.remove(&id);
                 }
+                return Some((id, true));
             }
             StoreWrite::Put(_) => {}
         }
+        Some((id, false))
     }
 
     /// The record of `session`, only for its owner.
-    pub(crate) fn fetch(&mut self, session: &str, for_worker: WorkerId) -> Option<SessionRecord> {
-        let id = SessionId::parse(session.as_bytes()).ok()?;
-        let entry = self.records.get_mut(&id)?;
+    pub(crate) fn fetch(&mut self, id: &SessionId, for_worker: WorkerId) -> Option<SessionRecord> {
+        let entry = self.records.get_mut(id)?;
         if entry.record.owner != for_worker {
             debug!(session = %id, owner = %entry.record.owner, asker = %for_worker, "fetch refused: not the owner");
             return None;
@@ -100,23 +195,88 @@ impl EmbeddedStore {
         Some(entry.record.clone())
     }
 
-    /// Compare-and-swap every session owned by `from` to `to`; returns how
-    /// many moved.
-    pub(crate) fn reassign(&mut self, from: WorkerId, to: WorkerId) -> usize {
+    /// Compare-and-swap every session owned by `from` to `to`; returns the
+    /// sessions that moved.
+    pub(crate) fn reassign(&mut self, from: WorkerId, to: WorkerId) -> Vec<SessionId> {
+        self.move_each(from, &|_| Some(to))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Compare-and-swap each session owned by `from` to the worker `target`
+    /// picks for it (sessions it picks none for stay).
+    pub(crate) fn move_each(
+        &mut self,
+        from: WorkerId,
+        target: &dyn Fn(&SessionId) -> Option<WorkerId>,
+    ) -> Vec<(SessionId, WorkerId)> {
         let Some(ids) = self.by_owner.remove(&from) else {
-            return 0;
+            return Vec::new();
         };
-        let mut moved = 0;
+        let mut moved = Vec::new();
+        let mut stayed = HashSet::new();
         for id in ids {
-            if let Some(entry) = self.records.get_mut(&id)
-                && entry.record.owner == from
-            {
-                entry.record.owner = to;
-                self.by_owner.entry(to).or_default().insert(id);
-                moved += 1;
+            let Some(entry) = self.records.get_mut(&id) else {
+                continue;
+            };
+            if entry.record.owner != from {
+                continue;
+            }
+            match target(&id) {
+                Some(to) => {
+                    entry.record.owner = to;
+                    self.by_owner.entry(to).or_default().insert(id);
+                    moved.push((id, to));
+                }
+                None => {
+                    stayed.insert(id);
+                }
             }
         }
+        if !stayed.is_empty() {
+            self.by_owner.insert(from, stayed);
+        }
         moved
+    }
+
+    /// Take in a record claimed from a dead owner elsewhere (Redis), owned
+    /// by `owner` from now on.
+    pub(crate) fn adopt(&mut self, mut record: SessionRecord, owner: WorkerId) -> Option<SessionId> {
+        let id = SessionId::parse(record.id.as_bytes()).ok()?;
+        record.owner = owner;
+        if let Some(old) = self.records.get(&id).map(|e| e.record.owner)
+            && let Some(set) = self.by_owner.get_mut(&old)
+        {
+            set.remove(&id);
+        }
+        self.by_owner.entry(owner).or_default().insert(id);
+        self.records.insert(
+            id,
+            Entry {
+                record,
+                last_seen: Instant::now(),
+            },
+        );
+        Some(id)
+    }
+
+    /// Drop the record of `id` whoever owns it (another gateway took it).
+    pub(crate) fn forget(&mut self, id: &SessionId) {
+        if let Some(e) = self.records.remove(id)
+            && let Some(set) = self.by_owner.get_mut(&e.record.owner)
+        {
+            set.remove(id);
+        }
+    }
+
+    /// The record of `id`, whoever owns it.
+    pub(crate) fn get(&self, id: &SessionId) -> Option<&SessionRecord> {
+        self.records.get(id).map(|e| &e.record)
+    }
+
+    pub(crate) fn ids(&self) -> Vec<SessionId> {
+        self.records.keys().copied().collect()
     }
 
     pub(crate) fn touch(&mut self, sessions: &[String]) {
@@ -130,22 +290,24 @@ impl EmbeddedStore {
         }
     }
 
-    /// Drop records nobody used for `idle`; returns how many.
-    pub(crate) fn sweep(&mut self, idle: Duration) -> usize {
-        let before = self.records.len();
+    /// Drop records nobody used for `idle`; returns their ids.
+    pub(crate) fn sweep(&mut self, idle: Duration) -> Vec<SessionId> {
         let expired: Vec<(SessionId, WorkerId)> = self
             .records
             .iter()
             .filter(|(_, e)| e.last_seen.elapsed() > idle)
             .map(|(id, e)| (*id, e.record.owner))
             .collect();
-        for (id, owner) in expired {
-            self.records.remove(&id);
-            if let Some(set) = self.by_owner.get_mut(&owner) {
-                set.remove(&id);
-            }
-        }
-        before - self.records.len()
+        expired
+            .into_iter()
+            .map(|(id, owner)| {
+                self.records.remove(&id);
+                if let Some(set) = self.by_owner.get_mut(&owner) {
+                    set.remove(&id);
+                }
+                id
+            })
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -158,7 +320,7 @@ mod tests {
     use super::*;
     use mcpgw_protocol::store::UpstreamRecord;
 
-    fn w(slot: u16, generation: u32) -> WorkerId {
+    fn w(slot: u16, generation: u64) -> WorkerId {
         WorkerId { slot, generation }
     }
 
@@ -177,12 +339,12 @@ mod tests {
 
     #[test]
     fn owner_writes_others_are_refused_and_cas_moves_ownership() {
-        let mut store = EmbeddedStore::default();
+        let mut store = Records::default();
         let id = SessionId::mint_for_slot(0, 1).expect("id");
         let (a, b) = (w(0, 0), w(0, 1));
         store.apply(a, StoreWrite::Put(record(&id)));
-        assert_eq!(store.fetch(id.as_str(), a).map(|r| r.owner), Some(a));
-        assert!(store.fetch(id.as_str(), b).is_none());
+        assert_eq!(store.fetch(&id, a).map(|r| r.owner), Some(a));
+        assert!(store.fetch(&id, b).is_none());
         let up = UpstreamRecord {
             upstream: "u".into(),
             session_id: Some("s1".into()),
@@ -197,7 +359,7 @@ mod tests {
         );
         assert!(
             store
-                .fetch(id.as_str(), a)
+                .fetch(&id, a)
                 .expect("rec")
                 .upstreams
                 .is_empty()
@@ -210,18 +372,18 @@ mod tests {
             },
         );
         assert_eq!(
-            store.fetch(id.as_str(), a).expect("rec").upstreams,
+            store.fetch(&id, a).expect("rec").upstreams,
             vec![up]
         );
 
-        assert_eq!(store.reassign(a, b), 1);
+        assert_eq!(store.reassign(a, b).len(), 1);
         assert_eq!(
-            store.reassign(a, b),
+            store.reassign(a, b).len(),
             0,
             "a second CAS from the dead owner moves nothing"
         );
-        assert!(store.fetch(id.as_str(), a).is_none());
-        let moved = store.fetch(id.as_str(), b).expect("new owner");
+        assert!(store.fetch(&id, a).is_none());
+        let moved = store.fetch(&id, b).expect("new owner");
         assert_eq!(moved.owner, b);
         assert_eq!(moved.upstreams.len(), 1);
         // The dead owner cannot remove it any more; the new one can.
@@ -243,14 +405,14 @@ mod tests {
 
     #[test]
     fn malformed_ids_never_become_keys_and_idle_records_are_swept() {
-        let mut store = EmbeddedStore::default();
+        let mut store = Records::default();
         let mut bad = record(&SessionId::mint_for_slot(0, 1).expect("id"));
         bad.id = "../../etc".into();
         store.apply(w(0, 0), StoreWrite::Put(bad));
         assert_eq!(store.len(), 0);
         let id = SessionId::mint_for_slot(0, 1).expect("id");
         store.apply(w(0, 0), StoreWrite::Put(record(&id)));
-        assert_eq!(store.sweep(Duration::from_secs(60)), 0);
-        assert_eq!(store.sweep(Duration::ZERO), 1);
+        assert!(store.sweep(Duration::from_secs(60)).is_empty());
+        assert_eq!(store.sweep(Duration::ZERO), vec![id]);
     }
 }

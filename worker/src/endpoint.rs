@@ -18,7 +18,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, WORKER};
-use mcpgw_protocol::routing;
 use mcpgw_protocol::session_id::SessionId;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -100,7 +99,7 @@ async fn route(
                 Some(s) if s.endpoint().path == endpoint.path => Some(s),
                 Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
                 None => {
-                    let owner = routing::slot_for(&id, ctx.slots);
+                    let owner = ctx.owner_of(&id);
                     if owner != ctx.id.slot && origin == Origin::Public {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
                         return ctx.forwarder.forward(owner, req).await;

@@ -42,6 +42,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use mcpgw_protocol::channel::{self, ChannelError, Sender};
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{ConnMeta, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::routing::{self, RouteTable, RouteUpdate};
+use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener};
@@ -63,7 +65,7 @@ pub const CONN_FD: i32 = 4;
 #[derive(Debug, Clone, Copy)]
 pub struct Args {
     pub slot: u16,
-    pub generation: u32,
+    pub generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,8 @@ pub enum WorkerError {
 pub(crate) struct Ctx {
     pub id: WorkerId,
     pub slots: u16,
+    /// Routing exceptions (down slots, moved sessions) from the supervisor.
+    routes: std::sync::RwLock<RouteTable>,
     /// What a reload replaces; a request reads it once ([`Ctx::live`]).
     live: std::sync::RwLock<Arc<Live>>,
     pub sessions: Sessions,
@@ -125,6 +129,23 @@ impl Ctx {
         match self.live.read() {
             Ok(l) => l.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The slot that owns `id`: its hash slot unless the supervisor said
+    /// otherwise.
+    pub(crate) fn owner_of(&self, id: &SessionId) -> u16 {
+        match self.routes.read() {
+            Ok(r) if !r.is_plain() => r.owner(id),
+            Ok(_) => routing::slot_for(id, self.slots),
+            Err(poisoned) => poisoned.into_inner().owner(id),
+        }
+    }
+
+    fn set_routes(&self, update: &RouteUpdate) {
+        match self.routes.write() {
+            Ok(mut r) => r.apply(update),
+            Err(poisoned) => poisoned.into_inner().apply(update),
         }
     }
 
@@ -300,6 +321,10 @@ async fn serve(
                     reader_ctx.store.deliver(id, record);
                     continue;
                 }
+                Ok(Some(ToWorker::Routes(update))) => {
+                    reader_ctx.set_routes(&update);
+                    continue;
+                }
                 Ok(m) => m,
                 Err(e) => {
                     error!(error = %e, "control channel broke");
@@ -404,6 +429,7 @@ async fn serve(
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
                 // Normally delivered by the reader task already.
                 Some(ToWorker::StoreRecord { id, record }) => ctx.store.deliver(id, record),
+                Some(ToWorker::Routes(update)) => ctx.set_routes(&update),
                 Some(ToWorker::Reload { id, config }) => {
                     // Limits for new connections apply at once; the rest
                     // (upstreams, endpoints, sessions) in a task, so closing
@@ -452,6 +478,16 @@ async fn serve(
             "grace period over; cutting the connections left"
         );
     }
+    if config.store.redis_url.is_some() {
+        // The records stay in Redis and the upstream sessions open, so the
+        // gateway's next run resumes these sessions where they were.
+        info!(
+            sessions = ctx.sessions.all().len(),
+            "sessions kept in the store for the next start"
+        );
+        info!("worker stopped");
+        return Ok(());
+    }
     let all = ctx.sessions.take_all();
     if !all.is_empty() {
         info!(sessions = all.len(), "closing upstream sessions");
@@ -484,6 +520,7 @@ fn build_ctx(
     Ok(Ctx {
         id,
         slots,
+        routes: std::sync::RwLock::new(RouteTable::new(slots)),
         live: std::sync::RwLock::new(Arc::new(live)),
         sessions: Sessions::new(metrics.sessions.clone()),
         registry: Arc::new(Registry::new(

@@ -1,0 +1,673 @@
+//! The Redis backend of the session store (`[store] redis_url`).
+//!
+//! The supervisor keeps its own workers' records in memory ([`Records`]),
+//! exactly as the embedded store does, and writes them through to Redis in
+//! the background: the control readers never wait on the network, sessions
+//! this host knows keep working while Redis is away, and what changed in the
+//! meantime (a dirty set of session ids) is written once it is back. Redis
+//! holds what must outlive this process or be seen by another host: the
+//! records themselves, which worker owns each, and worker heartbeats. Key
+//! layout: [`mcpgw_protocol::store`].
+//!
+//! Ownership changes in Redis only by compare-and-swap in Lua scripts:
+//! - `PUT`/`REMOVE` succeed only if the record is absent or owned by a
+//!   worker of this host (this supervisor decides for its own workers; a
+//!   record another host has claimed is never overwritten);
+//! - `CLAIM` moves one record from a given dead owner to the asker, and,
+//!   for another host's worker, only while that worker has no heartbeat;
+//! - `REASSIGN` moves every session of a dead worker to its replacement.
+//!
+//! Once a heartbeat period the task publishes heartbeats of the live
+//! workers, renews the expiry of sessions used since, and checks this host's
+//! marker key: if it is gone or another run's, Redis lost its data (or this
+//! is a new run) and every live record is written again.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpgw_protocol::config::Store as StoreConfig;
+use mcpgw_protocol::control::WorkerId;
+use mcpgw_protocol::session_id::SessionId;
+use mcpgw_protocol::store::{SessionRecord, StoreWrite, keys, owner_id, parse_owner_id};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::store::{BoxFuture, Records, SessionStore};
+
+/// Longest wait for one Redis answer; a fetch (a client waiting) gives up
+/// sooner than the worker's own deadline.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1_000);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RedisStoreError {
+    #[error("store.redis_url: {0}")]
+    Url(RedisError),
+}
+
+const PUT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur and cur ~= ARGV[1] then
+  if string.sub(cur, 1, string.len(ARGV[4])) ~= ARGV[4] then return 0 end
+  redis.call('SREM', ARGV[5] .. cur, ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'record', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', ARGV[5] .. ARGV[1], ARGV[6])
+redis.call('PEXPIRE', ARGV[5] .. ARGV[1], ARGV[3])
+return 1
+";
+
+const REMOVE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if not cur then return 1 end
+if string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[2] .. cur, ARGV[3])
+return 1
+";
+
+const CLAIM: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur ~= ARGV[1] then return false end
+if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SREM', ARGV[4] .. cur, ARGV[5])
+redis.call('SADD', ARGV[4] .. ARGV[2], ARGV[5])
+redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[6])
+return redis.call('HGET', KEYS[1], 'record')
+";
+
+const REASSIGN: &str = r"
+local moved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'owner') == ARGV[1] then
+    redis.call('HSET', key, 'owner', ARGV[2])
+    redis.call('SADD', ARGV[4] .. ARGV[2], id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+if moved > 0 then redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[5]) end
+return moved
+";
+
+/// The Lua scripts and the key names, shared by the store and its tests.
+pub(crate) struct Scripts {
+    prefix: String,
+    put: Script,
+    remove: Script,
+    claim: Script,
+    reassign: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            put: Script::new(PUT),
+            remove: Script::new(REMOVE),
+            claim: Script::new(CLAIM),
+            reassign: Script::new(REASSIGN),
+        }
+    }
+
+    /// Write `record` as owned by `owner`, unless another host owns it.
+    pub(crate) async fn put(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+        owner: &str,
+        record: &SessionRecord,
+        id: &SessionId,
+        ttl_ms: u64,
+    ) -> Result<bool, RedisError> {
+        let json = serde_json::to_string(record).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "encoding a session record",
+                e.to_string(),
+            ))
+        })?;
+        let done: i64 = self
+            .put
+            .key(keys::session(&self.prefix, id))
+            .arg(owner)
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(format!("{host}/"))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Delete the record of `id`, unless another host owns it.
+    pub(crate) async fn remove(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+        id: &SessionId,
+    ) -> Result<bool, RedisError> {
+        let done: i64 = self
+            .remove
+            .key(keys::session(&self.prefix, id))
+            .arg(format!("{host}/"))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Compare-and-swap the owner of `id` from `expected` to `new`; with
+    /// `unless_heartbeat`, only while `expected` has no heartbeat. Returns
+    /// the record (JSON) if the swap happened.
+    pub(crate) async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &SessionId,
+        expected: &str,
+        new: &str,
+        unless_heartbeat: bool,
+        ttl_ms: u64,
+    ) -> Result<Option<String>, RedisError> {
+        let hb = if unless_heartbeat {
+            keys::heartbeat(&self.prefix, expected)
+        } else {
+            String::new()
+        };
+        self.claim
+            .key(keys::session(&self.prefix, id))
+            .arg(expected)
+            .arg(new)
+            .arg(hb)
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .arg(ttl_ms)
+            .invoke_async(conn)
+            .await
+    }
+
+    /// Compare-and-swap every session of `from` to `to`; returns how many.
+    pub(crate) async fn reassign(
+        &self,
+        conn: &mut ConnectionManager,
+        from: &str,
+        to: &str,
+        ttl_ms: u64,
+    ) -> Result<u64, RedisError> {
+        self.reassign
+            .key(keys::owner_sessions(&self.prefix, from))
+            .arg(from)
+            .arg(to)
+            .arg(format!("{}s:", self.prefix))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(ttl_ms)
+            .invoke_async(conn)
+            .await
+    }
+
+    /// The owner and record of `id`, if Redis has it.
+    pub(crate) async fn get(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &SessionId,
+    ) -> Result<Option<(String, String)>, RedisError> {
+        let (owner, record): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::session(&self.prefix, id))
+            .arg("owner")
+            .arg("record")
+            .query_async(conn)
+            .await?;
+        Ok(owner.zip(record))
+    }
+}
+
+/// A connection manager that reconnects by itself, with bounded waits.
+pub(crate) fn connect(url: &str) -> Result<ConnectionManager, RedisStoreError> {
+    let client = redis::Client::open(url).map_err(RedisStoreError::Url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config).map_err(RedisStoreError::Url)
+}
+
+/// A reassignment Redis has not seen yet.
+#[derive(Debug, Clone, Copy)]
+struct Reassign {
+    from: WorkerId,
+    to: WorkerId,
+}
+
+/// What the background task still has to tell Redis.
+#[derive(Default)]
+struct Pending {
+    /// Sessions whose record (or its absence) Redis must be told.
+    dirty: HashSet<SessionId>,
+    reassigns: Vec<Reassign>,
+    touched: HashSet<SessionId>,
+    /// Workers alive now, with their pids.
+    live: Vec<(WorkerId, u32)>,
+}
+
+struct Shared {
+    host: String,
+    /// This run's start (Unix ms): the value of the host marker key.
+    boot: u64,
+    record_ttl_ms: u64,
+    heartbeat_ttl_ms: u64,
+    heartbeat_every: Duration,
+    scripts: Scripts,
+    conn: ConnectionManager,
+    records: Mutex<Records>,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    /// Last known state of Redis, to log transitions once, not every retry.
+    up: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+pub(crate) struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Settings {
+    pub host: String,
+    pub boot: u64,
+    pub idle_timeout: Duration,
+    pub heartbeat_every: Duration,
+    pub heartbeat_ttl: Duration,
+}
+
+impl RedisStore {
+    /// Set up the backend and start its background task. Redis need not be
+    /// reachable yet.
+    pub(crate) fn start(
+        config: &StoreConfig,
+        url: &str,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisStoreError> {
+        let conn = connect(url)?;
+        let shared = Arc::new(Shared {
+            host: settings.host,
+            boot: settings.boot,
+            record_ttl_ms: (settings.idle_timeout + settings.heartbeat_ttl).as_millis() as u64,
+            heartbeat_ttl_ms: settings.heartbeat_ttl.as_millis() as u64,
+            heartbeat_every: settings.heartbeat_every,
+            scripts: Scripts::new(&config.prefix),
+            conn,
+            records: Mutex::new(Records::default()),
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            up: AtomicBool::new(true),
+            metrics,
+        });
+        tokio::spawn(sync(shared.clone()));
+        Ok(Self { shared })
+    }
+}
+
+impl Shared {
+    fn records<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
+        match self.records.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn pending<T>(&self, f: impl FnOnce(&mut Pending) -> T) -> T {
+        match self.pending.lock() {
+            Ok(mut p) => f(&mut p),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn mark_dirty(&self, ids: impl IntoIterator<Item = SessionId>) {
+        self.pending(|p| p.dirty.extend(ids));
+        self.wake.notify_one();
+    }
+
+    fn owner(&self, w: WorkerId) -> String {
+        owner_id(&self.host, w)
+    }
+
+    fn went_down(&self, op: &'static str, e: &RedisError) {
+        self.metrics.store_errors.with_label_values(&[op]).inc();
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.metrics.store_up.set(0);
+            error!(error = %e, op, "Redis is unreachable; sessions keep working from memory and are written once it is back");
+        } else {
+            debug!(error = %e, op, "Redis still unreachable");
+        }
+    }
+
+    fn came_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.metrics.store_up.set(1);
+            info!("Redis is reachable again");
+        }
+    }
+
+    /// Is `owner` (an owner id read from Redis) certainly dead, and must a
+    /// claim also check its heartbeat? `None`: alive, do not claim.
+    fn claim_rule(&self, owner: &str) -> Option<bool> {
+        match parse_owner_id(owner) {
+            // One of ours: alive only if it is running now. Generations
+            // never repeat, so an id of an earlier run is dead for sure.
+            Some((host, w)) if host == self.host => {
+                let live = self.pending(|p| p.live.iter().any(|(l, _)| *l == w));
+                (!live).then_some(false)
+            }
+            // Another host's worker: dead once its heartbeat expired, which
+            // the claim script checks atomically.
+            Some(_) => Some(true),
+            None => {
+                warn!(owner, "session record with a malformed owner; not claimed");
+                None
+            }
+        }
+    }
+
+    async fn fetch_remote(&self, id: SessionId, asker: WorkerId) -> Option<SessionRecord> {
+        let mut conn = self.conn.clone();
+        let me = self.owner(asker);
+        let (owner, json) = match self.scripts.get(&mut conn, &id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                self.went_down("fetch", &e);
+                return None;
+            }
+        };
+        let json = if owner == me {
+            json
+        } else {
+            let check_heartbeat = self.claim_rule(&owner)?;
+            match self
+                .scripts
+                .claim(&mut conn, &id, &owner, &me, check_heartbeat, self.record_ttl_ms)
+                .await
+            {
+                Ok(Some(json)) => {
+                    info!(session = %id, from = owner, to = me, "session claimed from a dead owner");
+                    self.metrics.claimed.inc();
+                    json
+                }
+                Ok(None) => {
+                    debug!(session = %id, owner, "session not claimed: its owner is alive or changed");
+                    return None;
+                }
+                Err(e) => {
+                    self.went_down("fetch", &e);
+                    return None;
+                }
+            }
+        };
+        self.came_up();
+        let record: SessionRecord = match serde_json::from_str(&json) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(session = %id, error = %e, "unreadable session record in Redis; ignored");
+                return None;
+            }
+        };
+        if record.id != id.as_str() {
+            warn!(session = %id, "session record in Redis names another session; ignored");
+            return None;
+        }
+        self.records(|r| r.adopt(record.clone(), asker));
+        let mut record = record;
+        record.owner = asker;
+        Some(record)
+    }
+
+    /// One pass: reassignments, then dirty records. Returns false if Redis
+    /// failed (what was not done stays pending).
+    async fn flush(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let reassigns = self.pending(|p| std::mem::take(&mut p.reassigns));
+        for (i, r) in reassigns.iter().enumerate() {
+            let (from, to) = (self.owner(r.from), self.owner(r.to));
+            match self
+                .scripts
+                .reassign(&mut conn, &from, &to, self.record_ttl_ms)
+                .await
+            {
+                Ok(moved) => debug!(from, to, moved, "reassigned in Redis"),
+                Err(e) => {
+                    self.went_down("reassign", &e);
+                    self.pending(|p| {
+                        let mut rest = reassigns[i..].to_vec();
+                        rest.append(&mut p.reassigns);
+                        p.reassigns = rest;
+                    });
+                    return false;
+                }
+            }
+        }
+        let dirty: Vec<SessionId> = self.pending(|p| p.dirty.drain().collect());
+        for (i, id) in dirty.iter().enumerate() {
+            let record = self.records(|r| r.get(id).cloned());
+            let result = match &record {
+                Some(rec) => {
+                    let owner = self.owner(rec.owner);
+                    self.scripts
+                        .put(&mut conn, &self.host, &owner, rec, id, self.record_ttl_ms)
+                        .await
+                }
+                None => self.scripts.remove(&mut conn, &self.host, id).await,
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another host claimed it while we could not reach
+                    // Redis: it is theirs now.
+                    warn!(session = %id, "another gateway owns this session now; forgetting it here");
+                    self.records(|r| r.forget(id));
+                }
+                Err(e) => {
+                    self.went_down("write", &e);
+                    self.pending(|p| p.dirty.extend(dirty[i..].iter().copied()));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Heartbeats, expiry renewal, and the check that Redis still has our
+    /// records. Returns false if Redis failed.
+    async fn beat(&self) -> bool {
+        let (live, touched) = self.pending(|p| (p.live.clone(), std::mem::take(&mut p.touched)));
+        let mut pipe = redis::pipe();
+        for (w, pid) in &live {
+            pipe.cmd("SET")
+                .arg(keys::heartbeat(&self.scripts.prefix, &self.owner(*w)))
+                .arg(*pid)
+                .arg("PX")
+                .arg(self.heartbeat_ttl_ms)
+                .ignore();
+        }
+        for id in &touched {
+            pipe.cmd("PEXPIRE")
+                .arg(keys::session(&self.scripts.prefix, id))
+                .arg(self.record_ttl_ms)
+                .ignore();
+        }
+        pipe.cmd("GET")
+            .arg(keys::host(&self.scripts.prefix, &self.host));
+        let mut conn = self.conn.clone();
+        let marker: Result<(Option<u64>,), RedisError> = pipe.query_async(&mut conn).await;
+        match marker {
+            Ok((marker,)) => {
+                self.came_up();
+                if marker != Some(self.boot) {
+                    let ids = self.records(|r| r.ids());
+                    if marker.is_some() || !ids.is_empty() {
+                        warn!(
+                            sessions = ids.len(),
+                            "Redis does not hold this gateway's records (restarted empty?); writing them again"
+                        );
+                        self.metrics.store_resyncs.inc();
+                    }
+                    self.mark_dirty(ids);
+                    let set: Result<(), RedisError> = redis::cmd("SET")
+                        .arg(keys::host(&self.scripts.prefix, &self.host))
+                        .arg(self.boot)
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = set {
+                        self.went_down("heartbeat", &e);
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                self.pending(|p| p.touched.extend(touched));
+                self.went_down("heartbeat", &e);
+                false
+            }
+        }
+    }
+}
+
+/// The background writer: wakes on changes and every heartbeat period;
+/// after a failure it waits (doubling up to [`MAX_BACKOFF`]) before trying
+/// again, so an absent Redis costs a few attempts a second at most.
+async fn sync(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.heartbeat_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::ZERO;
+    loop {
+        if backoff.is_zero() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if !shared.beat().await {
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    }
+                }
+                _ = shared.wake.notified() => {}
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            if !shared.beat().await {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        backoff = if shared.flush().await {
+            Duration::ZERO
+        } else {
+            (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
+        };
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn apply(&self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)> {
+        let applied = self.shared.records(|r| r.apply(from, write));
+        if let Some((id, _)) = applied {
+            self.shared.mark_dirty([id]);
+        }
+        applied
+    }
+
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>> {
+        Box::pin(async move {
+            // Ours (this host's workers): memory answers, Redis or not.
+            if let Some(record) = self.shared.records(|r| {
+                r.get(&session)
+                    .map(|rec| (rec.owner == asker).then(|| rec.clone()))
+            }) {
+                return record;
+            }
+            tokio::time::timeout(RESPONSE_TIMEOUT, self.shared.fetch_remote(session, asker))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn reassign(&self, from: WorkerId, to: WorkerId) -> usize {
+        let moved = self.shared.records(|r| r.reassign(from, to));
+        self.shared.pending(|p| p.reassigns.push(Reassign { from, to }));
+        self.shared.mark_dirty(moved.iter().copied());
+        moved.len()
+    }
+
+    fn move_each(
+        &self,
+        from: WorkerId,
+        target: &dyn Fn(&SessionId) -> Option<WorkerId>,
+    ) -> Vec<(SessionId, WorkerId)> {
+        let moved = self.shared.records(|r| r.move_each(from, target));
+        self.shared.mark_dirty(moved.iter().map(|(id, _)| *id));
+        moved
+    }
+
+    fn touch(&self, sessions: &[String]) {
+        self.shared.records(|r| r.touch(sessions));
+        let ids = sessions
+            .iter()
+            .filter_map(|s| SessionId::parse(s.as_bytes()).ok());
+        self.shared.pending(|p| p.touched.extend(ids));
+    }
+
+    fn sweep(&self, idle: Duration) -> Vec<SessionId> {
+        let swept = self.shared.records(|r| r.sweep(idle));
+        self.shared.mark_dirty(swept.iter().copied());
+        swept
+    }
+
+    fn len(&self) -> usize {
+        self.shared.records(|r| r.len())
+    }
+
+    fn heartbeat(&self, live: &[(WorkerId, u32)]) {
+        self.shared.pending(|p| {
+            p.live.clear();
+            p.live.extend_from_slice(live);
+        });
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Write what is pending, then drop our workers' heartbeats: the
+            // next run (or another host) may take their sessions at once.
+            let shared = &self.shared;
+            let done = tokio::time::timeout(RESPONSE_TIMEOUT * 2, async {
+                shared.flush().await;
+                let live = shared.pending(|p| std::mem::take(&mut p.live));
+                let mut pipe = redis::pipe();
+                for (w, _) in &live {
+                    pipe.cmd("DEL")
+                        .arg(keys::heartbeat(&shared.scripts.prefix, &shared.owner(*w)))
+                        .ignore();
+                }
+                let mut conn = shared.conn.clone();
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not clear heartbeats in Redis at exit"),
+                Err(_) => warn!("Redis did not answer at exit; heartbeats expire by themselves"),
+            }
+        })
+    }
+}

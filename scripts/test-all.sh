@@ -18,10 +18,12 @@ if ! "$venv/bin/python" -c 'import mcp' >/dev/null 2>&1; then
 fi
 
 # promtool (Debian package prometheus) checks the /metrics page; the openssl
-# command makes the TLS tests' certificates.
+# command makes the TLS tests' certificates; the store tests start their own
+# redis-server (the package's service is not used).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test-all: installing ${missing[*]}"
     apt-get update -qq

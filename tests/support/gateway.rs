@@ -96,6 +96,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: Option<u64>,
     pub header_timeout_ms: Option<u64>,
     pub grace_ms: Option<u64>,
+    /// Where the internal sockets go (the gateway's default otherwise).
+    pub runtime_dir: Option<PathBuf>,
     /// Raw TOML appended at the end, for settings this struct does not name.
     pub extra: String,
     /// Extra environment variables for the gateway process.
@@ -113,6 +115,7 @@ impl GatewayConfig {
             max_body_bytes: None,
             header_timeout_ms: None,
             grace_ms: None,
+            runtime_dir: None,
             extra: String::new(),
             env: Vec::new(),
         }
@@ -139,6 +142,9 @@ impl GatewayConfig {
         let _ = writeln!(t, "listen = [\"127.0.0.1:0\"]");
         let _ = writeln!(t, "admin_listen = \"127.0.0.1:0\"");
         let _ = writeln!(t, "workers = {}", self.workers);
+        if let Some(dir) = &self.runtime_dir {
+            let _ = writeln!(t, "runtime_dir = {}", quote(&dir.to_string_lossy()));
+        }
         if let Some(sep) = &self.namespace_separator {
             let _ = writeln!(t, "namespace_separator = {}", quote(sep));
         }

@@ -12,6 +12,7 @@
 //! - [`sse`]: parsing `text/event-stream` bodies.
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
+//! - [`redis`]: a real `redis-server` on a private Unix socket.
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]), never on a fixed
 //! sleep.
@@ -22,6 +23,7 @@ pub mod http;
 pub mod mcp;
 pub mod ops;
 pub mod process;
+pub mod redis;
 pub mod sse;
 
 use std::future::Future;

@@ -197,6 +197,13 @@ impl McpClient {
         self
     }
 
+    /// Talks to another gateway from now on (same session: a restarted
+    /// gateway, or another host sharing the store).
+    pub fn retarget(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+        self.conn = None;
+    }
+
     pub fn session_id(&self) -> Option<&str> {
         self.session_id.as_deref()
     }

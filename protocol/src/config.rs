@@ -173,11 +173,16 @@ impl Store {
         {
             return Err(invalid(
                 "store.redis_url",
-                format!("{url:?}: must start with redis:// or unix:// (TLS to Redis is not supported)"),
+                format!(
+                    "{url:?}: must start with redis:// or unix:// (TLS to Redis is not supported)"
+                ),
             ));
         }
         if !self.prefix.is_empty()
-            && !self.prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+            && !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
         {
             return Err(invalid(
                 "store.prefix",

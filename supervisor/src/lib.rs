@@ -635,7 +635,10 @@ impl Supervisor {
                     return;
                 }
                 if self.routes.set_down(id.slot, false) {
-                    info!(slot = id.slot, "slot is back up; new sessions may hash to it again");
+                    info!(
+                        slot = id.slot,
+                        "slot is back up; new sessions may hash to it again"
+                    );
                     self.metrics.slots_down.dec();
                 }
                 self.routes.introduce(worker.clone());

@@ -398,7 +398,14 @@ impl Shared {
             let check_heartbeat = self.claim_rule(&owner)?;
             match self
                 .scripts
-                .claim(&mut conn, &id, &owner, &me, check_heartbeat, self.record_ttl_ms)
+                .claim(
+                    &mut conn,
+                    &id,
+                    &owner,
+                    &me,
+                    check_heartbeat,
+                    self.record_ttl_ms,
+                )
                 .await
             {
                 Ok(Some(json)) => {
@@ -605,7 +612,8 @@ impl SessionStore for RedisStore {
 
     fn reassign(&self, from: WorkerId, to: WorkerId) -> usize {
         let moved = self.shared.records(|r| r.reassign(from, to));
-        self.shared.pending(|p| p.reassigns.push(Reassign { from, to }));
+        self.shared
+            .pending(|p| p.reassigns.push(Reassign { from, to }));
         self.shared.mark_dirty(moved.iter().copied());
         moved.len()
     }
@@ -669,5 +677,169 @@ impl SessionStore for RedisStore {
                 Err(_) => warn!("Redis did not answer at exit; heartbeats expire by themselves"),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpgw_tests::redis::RedisServer;
+
+    fn record(id: &SessionId) -> SessionRecord {
+        SessionRecord {
+            id: id.to_string(),
+            owner: WorkerId {
+                slot: 0,
+                generation: 1,
+            },
+            principal: String::new(),
+            endpoint: "/mcp".into(),
+            version: "2025-11-25".into(),
+            init_params: "{}".into(),
+            created_ms: 0,
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// Reassigners and claimers racing on one dead worker's sessions, on a
+    /// real Redis: every session ends with exactly one owner, in exactly one
+    /// owner set, and each moved exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_reassigners_never_make_two_owners() {
+        let server = RedisServer::start().expect("redis-server");
+        let conn = connect(&server.url()).expect("client");
+        let scripts = Arc::new(Scripts::new("race:"));
+        let dead = "h/0/1";
+        let ids: Vec<SessionId> = (0..200)
+            .map(|_| SessionId::mint_for_slot(0, 1).expect("id"))
+            .collect();
+        for id in &ids {
+            let put = scripts
+                .put(&mut conn.clone(), "h", dead, &record(id), id, 60_000)
+                .await
+                .expect("put");
+            assert!(put);
+        }
+        let targets = ["h/0/2", "h/0/3", "h/1/7", "h/2/9"];
+        let mut tasks = Vec::new();
+        for to in targets {
+            let (scripts, mut conn) = (scripts.clone(), conn.clone());
+            tasks.push(tokio::spawn(async move {
+                scripts
+                    .reassign(&mut conn, dead, to, 60_000)
+                    .await
+                    .expect("reassign")
+            }));
+        }
+        for claimer in ["other/0/5", "other/1/6"] {
+            let (scripts, mut conn, ids) = (scripts.clone(), conn.clone(), ids.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut won = 0;
+                for id in ids.iter().rev() {
+                    if scripts
+                        .claim(&mut conn, id, dead, claimer, true, 60_000)
+                        .await
+                        .expect("claim")
+                        .is_some()
+                    {
+                        won += 1;
+                    }
+                }
+                won
+            }));
+        }
+        let mut moved = 0;
+        for t in tasks {
+            moved += t.await.expect("task");
+        }
+        assert_eq!(moved, ids.len() as u64, "each session moved exactly once");
+
+        let mut conn = conn.clone();
+        let owners = targets.iter().chain(["other/0/5", "other/1/6"].iter());
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for owner in owners {
+            let set: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys::owner_sessions("race:", owner))
+                .query_async(&mut conn)
+                .await
+                .expect("smembers");
+            members.push(((*owner).to_owned(), set));
+        }
+        for id in &ids {
+            let (owner, _) = scripts
+                .get(&mut conn, id)
+                .await
+                .expect("get")
+                .expect("record");
+            let holders: Vec<&String> = members
+                .iter()
+                .filter(|(_, set)| set.iter().any(|s| s == id.as_str()))
+                .map(|(o, _)| o)
+                .collect();
+            assert_eq!(holders, vec![&owner], "session {id}");
+        }
+        let dead_set: i64 = redis::cmd("SCARD")
+            .arg(keys::owner_sessions("race:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("scard");
+        assert_eq!(dead_set, 0);
+    }
+
+    /// A claim on another host's worker waits for its heartbeat to expire;
+    /// a put never overwrites another host's record.
+    #[tokio::test]
+    async fn claims_respect_heartbeats_and_hosts() {
+        let server = RedisServer::start().expect("redis-server");
+        let mut conn = connect(&server.url()).expect("client");
+        let scripts = Scripts::new("hb:");
+        let id = SessionId::mint_for_slot(0, 1).expect("id");
+        let owner = "east/0/1";
+        assert!(
+            scripts
+                .put(&mut conn, "east", owner, &record(&id), &id, 60_000)
+                .await
+                .expect("put")
+        );
+        let _: () = redis::cmd("SET")
+            .arg(keys::heartbeat("hb:", owner))
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("set heartbeat");
+        let claim = scripts
+            .claim(&mut conn, &id, owner, "west/0/1", true, 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(claim, None, "the owner is alive");
+        assert!(
+            !scripts
+                .put(&mut conn, "west", "west/0/1", &record(&id), &id, 60_000)
+                .await
+                .expect("put"),
+            "another host's record is not overwritten"
+        );
+        assert!(
+            !scripts
+                .remove(&mut conn, "west", &id)
+                .await
+                .expect("remove")
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(keys::heartbeat("hb:", owner))
+            .query_async(&mut conn)
+            .await
+            .expect("del heartbeat");
+        let claim = scripts
+            .claim(&mut conn, &id, owner, "west/0/1", true, 60_000)
+            .await
+            .expect("claim");
+        assert!(claim.is_some(), "a dead owner's session is claimed");
+        let (now, _) = scripts
+            .get(&mut conn, &id)
+            .await
+            .expect("get")
+            .expect("rec");
+        assert_eq!(now, "west/0/1");
     }
 }

@@ -85,7 +85,10 @@ impl Routes {
         }
         self.change(|t| RouteUpdate {
             down: t.down_slots(),
-            moved: sessions.iter().map(|(id, s)| (id.to_string(), *s)).collect(),
+            moved: sessions
+                .iter()
+                .map(|(id, s)| (id.to_string(), *s))
+                .collect(),
             ..RouteUpdate::default()
         });
     }

@@ -242,7 +242,11 @@ impl Records {
 
     /// Take in a record claimed from a dead owner elsewhere (Redis), owned
     /// by `owner` from now on.
-    pub(crate) fn adopt(&mut self, mut record: SessionRecord, owner: WorkerId) -> Option<SessionId> {
+    pub(crate) fn adopt(
+        &mut self,
+        mut record: SessionRecord,
+        owner: WorkerId,
+    ) -> Option<SessionId> {
         let id = SessionId::parse(record.id.as_bytes()).ok()?;
         record.owner = owner;
         if let Some(old) = self.records.get(&id).map(|e| e.record.owner)
@@ -357,13 +361,7 @@ mod tests {
                 upstream: up.clone(),
             },
         );
-        assert!(
-            store
-                .fetch(&id, a)
-                .expect("rec")
-                .upstreams
-                .is_empty()
-        );
+        assert!(store.fetch(&id, a).expect("rec").upstreams.is_empty());
         store.apply(
             a,
             StoreWrite::SetUpstream {
@@ -371,10 +369,7 @@ mod tests {
                 upstream: up.clone(),
             },
         );
-        assert_eq!(
-            store.fetch(&id, a).expect("rec").upstreams,
-            vec![up]
-        );
+        assert_eq!(store.fetch(&id, a).expect("rec").upstreams, vec![up]);
 
         assert_eq!(store.reassign(a, b).len(), 1);
         assert_eq!(

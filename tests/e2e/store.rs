@@ -161,12 +161,16 @@ async fn failover_under_load(redis: Option<&RedisServer>) {
     .expect("victims served again");
     // Some more load on everyone after the failover.
     let after = Instant::now();
-    wait_until("load after the failover", Duration::from_secs(30), || async {
-        Ok(sessions
-            .iter()
-            .all(|s| successes_since(s, after) >= 2)
-            .then_some(()))
-    })
+    wait_until(
+        "load after the failover",
+        Duration::from_secs(30),
+        || async {
+            Ok(sessions
+                .iter()
+                .all(|s| successes_since(s, after) >= 2)
+                .then_some(()))
+        },
+    )
     .await
     .expect("load after");
     stop.store(true, Ordering::Relaxed);
@@ -268,9 +272,13 @@ async fn slot_that_crashes_at_every_start_is_marked_down_and_served_around() {
     std::fs::create_dir_all(path.join("blocker")).expect("block the path");
     kill(Pid::from_raw(tag.pid as i32), Signal::SIGKILL).expect("kill the worker");
 
-    wait_until("the slot to be marked down", Duration::from_secs(30), || async {
-        Ok((supervisor_metric(&gateway, "mcpgw_worker_slots_down").await == 1.0).then_some(()))
-    })
+    wait_until(
+        "the slot to be marked down",
+        Duration::from_secs(30),
+        || async {
+            Ok((supervisor_metric(&gateway, "mcpgw_worker_slots_down").await == 1.0).then_some(()))
+        },
+    )
     .await
     .expect("slot down");
     for (client, count) in &mut victims {
@@ -349,12 +357,16 @@ async fn redis_stopped_under_load_then_back_empty() {
     )
     .await
     .expect("records converge");
-    wait_until("load after Redis is back", Duration::from_secs(20), || async {
-        Ok(sessions
-            .iter()
-            .all(|s| successes_since(s, back) >= 2)
-            .then_some(()))
-    })
+    wait_until(
+        "load after Redis is back",
+        Duration::from_secs(20),
+        || async {
+            Ok(sessions
+                .iter()
+                .all(|s| successes_since(s, back) >= 2)
+                .then_some(()))
+        },
+    )
     .await
     .expect("load after");
     stop.store(true, Ordering::Relaxed);

@@ -110,12 +110,18 @@ mod tests {
         let (a, b) = UnixStream::pair().expect("pair");
         let (mut tx, _rx_a) = split::<ToWorker, FromWorker>(a);
         let (_tx_b, mut rx) = split::<FromWorker, ToWorker>(b);
-        tx.send(&ToWorker::Shutdown { grace_ms: 5 })
-            .await
-            .expect("send");
+        tx.send(&ToWorker::Shutdown {
+            grace_ms: 5,
+            keep_sessions: false,
+        })
+        .await
+        .expect("send");
         assert_eq!(
             rx.recv().await.expect("recv"),
-            Some(ToWorker::Shutdown { grace_ms: 5 })
+            Some(ToWorker::Shutdown {
+                grace_ms: 5,
+                keep_sessions: false
+            })
         );
         drop(tx);
         drop(_rx_a);

@@ -51,7 +51,11 @@ pub enum ToWorker {
     },
     /// Stop taking connections, finish in-flight requests within the grace
     /// period, close upstream sessions, exit 0.
-    Shutdown { grace_ms: u64 },
+    ///
+    /// With `keep_sessions`, upstream sessions stay open and records stay in
+    /// the store: the sessions live on elsewhere (the slot is being removed,
+    /// or the records outlive the gateway in Redis).
+    Shutdown { grace_ms: u64, keep_sessions: bool },
     /// Send metrics and status back as [`FromWorker::Gathered`] with `id`.
     Gather { id: u64 },
     /// Apply a new (validated) configuration; answer [`FromWorker::Reloaded`].
@@ -163,7 +167,13 @@ mod tests {
     #[test]
     fn golden_bytes() {
         // Wire compatibility between a supervisor and the workers it execs.
-        assert_eq!(enc(&ToWorker::Shutdown { grace_ms: 300 }), [1, 251, 44, 1]);
+        assert_eq!(
+            enc(&ToWorker::Shutdown {
+                grace_ms: 300,
+                keep_sessions: true
+            }),
+            [1, 251, 44, 1, 1]
+        );
         assert_eq!(enc(&FromWorker::Load { connections: 7 }), [1, 7]);
         assert_eq!(
             enc(&FromWorker::Ready {

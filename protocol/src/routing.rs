@@ -47,6 +47,8 @@ pub struct RouteUpdate {
     /// Start from an empty table (a newly started worker gets the whole
     /// table this way).
     pub reset: bool,
+    /// The number of slots now (0: unchanged).
+    pub slots: u16,
     /// Every slot that is down now.
     pub down: Vec<u16>,
     /// Sessions that live on another slot than their hash says.
@@ -104,6 +106,9 @@ impl RouteTable {
         if update.reset {
             self.moved.clear();
         }
+        if update.slots != 0 {
+            self.set_slots(update.slots);
+        }
         self.down.iter_mut().for_each(|d| *d = false);
         for slot in &update.down {
             if let Some(d) = self.down.get_mut(usize::from(*slot)) {
@@ -128,6 +133,7 @@ impl RouteTable {
     pub fn snapshot(&self) -> RouteUpdate {
         RouteUpdate {
             reset: true,
+            slots: self.slots,
             down: self.down_slots(),
             moved: self
                 .moved
@@ -140,6 +146,17 @@ impl RouteTable {
 
     pub fn down_slots(&self) -> Vec<u16> {
         (0..self.slots).filter(|s| self.is_down(*s)).collect()
+    }
+
+    /// The pool has `slots` slots now; exceptions about removed slots go.
+    pub fn set_slots(&mut self, slots: u16) {
+        let slots = slots.max(1);
+        if slots == self.slots {
+            return;
+        }
+        self.slots = slots;
+        self.down.resize(usize::from(slots), false);
+        self.moved.retain(|_, s| *s < slots);
     }
 
     /// Whether `id` has an override of its own.

@@ -72,7 +72,7 @@ impl Gatherer {
         pool: &Pool,
         make: impl Fn(u64) -> ToWorker,
     ) -> Vec<(Arc<Worker>, Option<Answer>)> {
-        let workers: Vec<Arc<Worker>> = pool.slots.iter().filter_map(|s| s.serving()).collect();
+        let workers: Vec<Arc<Worker>> = pool.slots().iter().filter_map(|s| s.serving()).collect();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -223,7 +223,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             reply(StatusCode::OK, "application/json", doc)
         }
         (&Method::GET, "/healthz") => {
-            if admin.pool.slots.iter().any(|s| s.serving().is_some()) {
+            if admin.pool.slots().iter().any(|s| s.serving().is_some()) {
                 reply(StatusCode::OK, "text/plain", "ok\n".to_owned())
             } else {
                 reply(

@@ -7,7 +7,7 @@
 //! too large, too slow or not HTTP are answered here, never passed on.
 //! Nothing here reads bodies or knows what MCP is.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use mcpgw_protocol::config::Limits;
@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::peek::{Head, peek_head};
-use crate::pool::{Pool, Worker};
+use crate::pool::{MAX_SLOTS, Pool, Worker};
 use crate::routes::Routes;
 
 /// What a dispatch task needs; shared by all of them.
@@ -27,8 +27,9 @@ pub(crate) struct Dispatcher {
     pub pool: Arc<Pool>,
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
-    /// Per-slot handles, made once: no label lookup per connection.
-    dispatched: Box<[prometheus::IntCounter]>,
+    /// Per-slot handles, made once per slot: no label lookup per
+    /// connection. Slots a reload adds get theirs on first use.
+    dispatched: Box<[OnceLock<prometheus::IntCounter>]>,
     /// Replaced by a reload; copied once per connection.
     limits: RwLock<DispatchLimits>,
 }
@@ -57,9 +58,12 @@ impl Dispatcher {
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let dispatched = (0..pool.len())
-            .map(|slot| metrics.dispatched.with_label_values(&[&slot.to_string()]))
-            .collect();
+        let dispatched: Box<[OnceLock<prometheus::IntCounter>]> =
+            (0..MAX_SLOTS).map(|_| OnceLock::new()).collect();
+        for slot in 0..pool.len() {
+            let _ = dispatched[usize::from(slot)]
+                .set(metrics.dispatched.with_label_values(&[&slot.to_string()]));
+        }
         Self {
             pool,
             routes,
@@ -151,8 +155,14 @@ impl Dispatcher {
             match worker.conns.send(meta, &stream).await {
                 Ok(()) => {
                     worker.note_dispatched();
-                    if let Some(c) = self.dispatched.get(usize::from(worker.id.slot)) {
-                        c.inc();
+                    let slot = worker.id.slot;
+                    if let Some(c) = self.dispatched.get(usize::from(slot)) {
+                        c.get_or_init(|| {
+                            self.metrics
+                                .dispatched
+                                .with_label_values(&[&slot.to_string()])
+                        })
+                        .inc();
                     }
                     self.metrics
                         .dispatch_seconds
@@ -193,7 +203,7 @@ impl Dispatcher {
         not_generation: Option<u64>,
         wait: Duration,
     ) -> Option<Arc<Worker>> {
-        let mut rx = self.pool.slots[usize::from(slot)].subscribe();
+        let mut rx = self.pool.slot(slot).subscribe();
         let deadline = Instant::now() + wait;
         let found = timeout_at(
             deadline,

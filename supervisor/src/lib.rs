@@ -43,6 +43,7 @@ use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
 use mcpgw_protocol::routing;
 use mcpgw_protocol::session_id::SessionId;
+use mcpgw_protocol::store::StoreWrite;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -147,6 +148,28 @@ struct SlotLife {
     /// The worker that died in this slot, until its sessions are moved to
     /// the next one.
     previous: Option<WorkerId>,
+}
+
+impl SlotLife {
+    fn new(first_generation: u64) -> Self {
+        Self {
+            current: None,
+            next_generation: first_generation,
+            started_at: Instant::now(),
+            quick_failures: 0,
+            alive: false,
+            config_generation: 0,
+            previous: None,
+        }
+    }
+}
+
+/// Now, in Unix milliseconds: the first generation of a slot (generations
+/// never repeat across runs or slots added later).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Supervisor {
@@ -257,9 +280,7 @@ async fn run_async(
     let routes = Routes::new(pool.clone());
     // Generations start at this run's start time so that they never repeat
     // across runs: a record of an earlier run never names a live worker.
-    let boot = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let boot = unix_ms();
     let store: Arc<dyn SessionStore> = match &config.store.redis_url {
         None => Arc::new(store::EmbeddedStore::default()),
         Some(url) => {
@@ -325,17 +346,7 @@ async fn run_async(
         pool,
         runtime_dir,
         events,
-        life: (0..slots)
-            .map(|_| SlotLife {
-                current: None,
-                next_generation: boot,
-                started_at: Instant::now(),
-                quick_failures: 0,
-                alive: false,
-                config_generation: 0,
-                previous: None,
-            })
-            .collect(),
+        life: (0..slots).map(|_| SlotLife::new(boot)).collect(),
         phase: Phase::Starting,
         stop_accepting,
         in_flight,
@@ -470,8 +481,17 @@ impl Supervisor {
                         store.touch(&touched);
                     }
                     Ok(Some(FromWorker::Store(write))) => {
-                        if let Some((session, true)) = store.apply(id, write) {
-                            routes.ended(&[session]);
+                        let created = matches!(write, StoreWrite::Put(_));
+                        match store.apply(id, write) {
+                            Some((session, true)) => routes.ended(&[session]),
+                            // Minted by a worker that did not know yet of
+                            // a new slot count: it lives where it was made.
+                            Some((session, false))
+                                if created && routes.owner(&session) != id.slot =>
+                            {
+                                routes.moved(vec![(session, id.slot)]);
+                            }
+                            _ => {}
                         }
                     }
                     Ok(Some(FromWorker::StoreFetch {
@@ -527,6 +547,94 @@ impl Supervisor {
         });
     }
 
+    /// Change the number of worker slots without moving a live session
+    /// silently: on growth, sessions the hash over the new count would move
+    /// stay where they are (overrides); on shrinking, the sessions of the
+    /// removed slots move by compare-and-swap to the slot the hash over the
+    /// remaining ones picks, and the removed workers drain without closing
+    /// upstream sessions (the new owners re-attach them).
+    fn resize(&mut self, slots: u16) -> Option<String> {
+        let old = self.pool.len();
+        if slots == old {
+            return None;
+        }
+        if slots > old {
+            let stay: Vec<(SessionId, u16)> = self
+                .store
+                .owners()
+                .into_iter()
+                .filter(|(id, owner)| routing::slot_for(id, slots) != owner.slot)
+                .map(|(id, owner)| (id, owner.slot))
+                .collect();
+            let kept = stay.len();
+            self.routes.resize(slots, stay);
+            self.pool.set_len(slots);
+            for slot in old..slots {
+                self.life.push(SlotLife::new(unix_ms()));
+                self.start_worker(slot);
+            }
+            info!(
+                from = old,
+                to = slots,
+                sessions_kept_in_place = kept,
+                "worker pool grown"
+            );
+            return Some(format!("workers {old} → {slots}"));
+        }
+        // Shrinking: the workers of removed slots stop serving at once.
+        let mut leaving = Vec::new();
+        for slot in slots..old {
+            self.pool.slot(slot).set(None);
+            let life = &mut self.life[usize::from(slot)];
+            if let Some(w) = life.current.take() {
+                leaving.push(w);
+            }
+            life.alive = false;
+        }
+        let targets: Vec<Option<WorkerId>> = self.life[..usize::from(slots)]
+            .iter()
+            .map(|l| l.current.as_ref().map(|w| w.id))
+            .collect();
+        let target = |id: &SessionId| targets[usize::from(routing::slot_for(id, slots))];
+        let owners: Vec<WorkerId> = leaving
+            .iter()
+            .map(|w| w.id)
+            .chain(
+                self.life[usize::from(slots)..]
+                    .iter()
+                    .filter_map(|l| l.previous),
+            )
+            .collect();
+        let moved: usize = owners
+            .into_iter()
+            .map(|owner| self.store.move_each(owner, &target).len())
+            .sum();
+        self.metrics.reassigned.inc_by(moved as u64);
+        self.routes.resize(slots, Vec::new());
+        self.pool.set_len(slots);
+        self.life.truncate(usize::from(slots));
+        let grace_ms = self.config.shutdown.grace_ms;
+        for w in leaving {
+            tokio::spawn(async move {
+                let stop = ToWorker::Shutdown {
+                    grace_ms,
+                    keep_sessions: true,
+                };
+                if w.control.lock().await.send(&stop).await.is_err() {
+                    kill(w.pid);
+                }
+            });
+        }
+        self.report_status();
+        info!(
+            from = old,
+            to = slots,
+            sessions_moved = moved,
+            "worker pool shrunk"
+        );
+        Some(format!("workers {old} → {slots} ({moved} sessions moved)"))
+    }
+
     /// A slot that cannot start: serve its sessions from the live slots,
     /// each where rendezvous over the live slots puts it, moved by
     /// compare-and-swap and recorded as overrides.
@@ -540,7 +648,7 @@ impl Supervisor {
         };
         let serving: Vec<Option<WorkerId>> = self
             .pool
-            .slots
+            .slots()
             .iter()
             .map(|s| s.serving().map(|w| w.id))
             .collect();
@@ -657,10 +765,10 @@ impl Supervisor {
                         }
                     });
                 }
-                self.pool.slots[usize::from(id.slot)].set(Some(worker));
+                self.pool.slot(id.slot).set(Some(worker));
                 self.report_status();
                 if self.phase == Phase::Starting
-                    && self.pool.slots.iter().all(|s| s.serving().is_some())
+                    && self.pool.slots().iter().all(|s| s.serving().is_some())
                 {
                     self.phase = Phase::Running;
                     info!(workers = self.pool.len(), "ready");
@@ -695,7 +803,7 @@ impl Supervisor {
             // Two deaths before a successful start: fold them together.
             self.store.reassign(id, prev);
         }
-        self.pool.slots[slot].set(None);
+        self.pool.slot(id.slot).set(None);
         let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
         if self.phase == Phase::Draining {
             info!(worker = %id, %status, "worker exited");
@@ -749,7 +857,12 @@ impl Supervisor {
                 if w.control
                     .lock()
                     .await
-                    .send(&ToWorker::Shutdown { grace_ms })
+                    // With Redis, workers keep their sessions by themselves
+                    // (the next run resumes them).
+                    .send(&ToWorker::Shutdown {
+                        grace_ms,
+                        keep_sessions: false,
+                    })
                     .await
                     .is_err()
                 {
@@ -792,13 +905,8 @@ impl Supervisor {
         let mut kept = Vec::new();
         // What cannot change without a restart keeps its running value, and
         // the log says so.
-        if new.worker_count() != self.pool.len() {
-            kept.push(format!(
-                "workers stays {} (changing the pool would move live sessions; restart to apply)",
-                self.pool.len()
-            ));
-            new.workers = Some(self.pool.len());
-        }
+        // Workers learn the effective count from the config they are sent.
+        new.workers = Some(new.worker_count());
         if new.admin_listen != self.config.admin_listen {
             kept.push(format!(
                 "admin_listen stays {} (restart to apply)",
@@ -857,6 +965,7 @@ impl Supervisor {
             ));
         }
         self.metrics.set_tls_expiry(&config);
+        let resized = self.resize(config.worker_count());
 
         let answers = self
             .gatherer
@@ -889,6 +998,10 @@ impl Supervisor {
             ));
         }
         let mut message = format!("applied in {} workers", answers.len());
+        if let Some(change) = resized {
+            message.push_str("; ");
+            message.push_str(&change);
+        }
         if !kept.is_empty() {
             message.push_str("; ");
             message.push_str(&kept.join("; "));
@@ -903,7 +1016,7 @@ impl Supervisor {
             return;
         }
         let ttl = Duration::from_millis(self.config.sessions.heartbeat_ttl_ms);
-        for slot in self.pool.slots.iter() {
+        for slot in self.pool.slots().iter() {
             if let Some(w) = slot.serving()
                 && w.silent_for() > ttl
             {
@@ -933,13 +1046,13 @@ impl Supervisor {
     /// crash loop is marked down and served around, not a reason to have
     /// systemd restart the whole gateway.
     fn healthy(&self) -> bool {
-        self.pool.slots.iter().any(|s| s.serving().is_some())
+        self.pool.slots().iter().any(|s| s.serving().is_some())
     }
 
     fn report_status(&self) {
         let serving = self
             .pool
-            .slots
+            .slots()
             .iter()
             .filter(|s| s.serving().is_some())
             .count();

@@ -11,7 +11,7 @@
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 use mcpgw_protocol::channel::{self, Receiver, Sender};
 use mcpgw_protocol::control::{FromWorker, ToWorker, WorkerId};
@@ -99,9 +99,15 @@ impl Slot {
     }
 }
 
-/// All slots. Fixed size for the life of the supervisor.
+/// Most slots a pool can have (`workers` is at most this).
+pub(crate) const MAX_SLOTS: u16 = 256;
+
+/// All slots. Allocated for [`MAX_SLOTS`] so that a reload can change the
+/// number in use without reallocating what dispatch tasks read.
 pub(crate) struct Pool {
-    pub(crate) slots: Box<[Slot]>,
+    slots: Box<[Slot]>,
+    /// Slots in use: `0..active`.
+    active: AtomicU16,
     /// Rotates the starting point of least-loaded picks so ties spread.
     rotor: AtomicUsize,
 }
@@ -109,26 +115,45 @@ pub(crate) struct Pool {
 impl Pool {
     pub(crate) fn new(slots: u16) -> Self {
         Self {
-            slots: (0..slots)
+            slots: (0..MAX_SLOTS)
                 .map(|_| Slot {
                     current: watch::Sender::new(None),
                 })
                 .collect(),
+            active: AtomicU16::new(slots.clamp(1, MAX_SLOTS)),
             rotor: AtomicUsize::new(0),
         }
     }
 
     pub(crate) fn len(&self) -> u16 {
-        self.slots.len() as u16
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The slots in use.
+    pub(crate) fn slots(&self) -> &[Slot] {
+        &self.slots[..usize::from(self.len())]
+    }
+
+    /// Slot `index`, in use or not (a dispatch task may hold a slot number
+    /// from just before a reload shrank the pool; that slot serves nobody).
+    pub(crate) fn slot(&self, index: u16) -> &Slot {
+        &self.slots[usize::from(index.min(MAX_SLOTS - 1))]
+    }
+
+    /// Change the number of slots in use (the caller empties removed ones).
+    pub(crate) fn set_len(&self, slots: u16) {
+        self.active
+            .store(slots.clamp(1, MAX_SLOTS), Ordering::Release);
     }
 
     /// The serving worker with the fewest open connections, if any serves.
     pub(crate) fn least_loaded(&self) -> Option<Arc<Worker>> {
-        let n = self.slots.len();
+        let slots = self.slots();
+        let n = slots.len();
         let start = self.rotor.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let mut best: Option<Arc<Worker>> = None;
         for i in 0..n {
-            let Some(w) = self.slots[(start + i) % n].serving() else {
+            let Some(w) = slots[(start + i) % n].serving() else {
                 continue;
             };
             if best.as_ref().is_none_or(|b| w.load() < b.load()) {

@@ -628,6 +628,10 @@ impl SessionStore for RedisStore {
         moved
     }
 
+    fn owners(&self) -> Vec<(SessionId, WorkerId)> {
+        self.shared.records(|r| r.owners())
+    }
+
     fn touch(&self, sessions: &[String]) {
         self.shared.records(|r| r.touch(sessions));
         let ids = sessions

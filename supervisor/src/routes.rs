@@ -7,7 +7,7 @@
 //! worker by one broadcaster task, because workers forward requests by the
 //! same table.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mcpgw_protocol::control::ToWorker;
@@ -29,7 +29,7 @@ pub(crate) struct Routes {
     table: RwLock<RouteTable>,
     /// No exceptions: the hash alone decides.
     plain: AtomicBool,
-    slots: u16,
+    slots: AtomicU16,
     out: mpsc::UnboundedSender<Broadcast>,
 }
 
@@ -40,7 +40,7 @@ impl Routes {
         let routes = Arc::new(Self {
             table: RwLock::new(RouteTable::new(slots)),
             plain: AtomicBool::new(true),
-            slots,
+            slots: AtomicU16::new(slots),
             out,
         });
         tokio::spawn(broadcast(Arc::downgrade(&routes), pool, rx));
@@ -50,7 +50,7 @@ impl Routes {
     /// The slot that serves `id`.
     pub(crate) fn owner(&self, id: &SessionId) -> u16 {
         if self.plain.load(Ordering::Acquire) {
-            return routing::slot_for(id, self.slots);
+            return routing::slot_for(id, self.slots.load(Ordering::Acquire));
         }
         self.read(|t| t.owner(id))
     }
@@ -115,6 +115,17 @@ impl Routes {
         });
     }
 
+    /// The pool now has `slots` slots; `stay` are sessions that keep their
+    /// slot although the hash over the new count puts them elsewhere.
+    pub(crate) fn resize(&self, slots: u16, stay: Vec<(SessionId, u16)>) {
+        self.change(|t| RouteUpdate {
+            slots,
+            down: t.down_slots().into_iter().filter(|s| *s < slots).collect(),
+            moved: stay.iter().map(|(id, s)| (id.to_string(), *s)).collect(),
+            ..RouteUpdate::default()
+        });
+    }
+
     /// Send the whole table to `worker` (just started), if there is any.
     pub(crate) fn introduce(&self, worker: Arc<Worker>) {
         if !self.plain.load(Ordering::Acquire) {
@@ -129,6 +140,12 @@ impl Routes {
                 Err(poisoned) => poisoned.into_inner(),
             };
             let update = make(&table);
+            if update.slots != 0 {
+                // Readers take the locked path while the count changes, so
+                // none routes by the new count without the overrides.
+                self.plain.store(false, Ordering::Release);
+                self.slots.store(update.slots, Ordering::Release);
+            }
             table.apply(&update);
             self.plain.store(table.is_plain(), Ordering::Release);
             update
@@ -153,7 +170,7 @@ async fn broadcast(
     while let Some(msg) = rx.recv().await {
         let (targets, update) = match msg {
             Broadcast::All(update) => (
-                pool.slots.iter().filter_map(|s| s.serving()).collect(),
+                pool.slots().iter().filter_map(|s| s.serving()).collect(),
                 update,
             ),
             Broadcast::Snapshot(worker) => {

@@ -41,6 +41,8 @@ pub(crate) trait SessionStore: Send + Sync {
         from: WorkerId,
         target: &dyn Fn(&SessionId) -> Option<WorkerId>,
     ) -> Vec<(SessionId, WorkerId)>;
+    /// Every session this supervisor holds, with its owner.
+    fn owners(&self) -> Vec<(SessionId, WorkerId)>;
     /// Sessions used recently (from a worker's heartbeat).
     fn touch(&self, sessions: &[String]);
     /// Drop records unused for `idle`; returns their ids.
@@ -87,6 +89,10 @@ impl SessionStore for EmbeddedStore {
         target: &dyn Fn(&SessionId) -> Option<WorkerId>,
     ) -> Vec<(SessionId, WorkerId)> {
         self.with(|r| r.move_each(from, target))
+    }
+
+    fn owners(&self) -> Vec<(SessionId, WorkerId)> {
+        self.with(|r| r.owners())
     }
 
     fn touch(&self, sessions: &[String]) {
@@ -277,6 +283,13 @@ impl Records {
     /// The record of `id`, whoever owns it.
     pub(crate) fn get(&self, id: &SessionId) -> Option<&SessionRecord> {
         self.records.get(id).map(|e| &e.record)
+    }
+
+    pub(crate) fn owners(&self) -> Vec<(SessionId, WorkerId)> {
+        self.records
+            .iter()
+            .map(|(id, e)| (*id, e.record.owner))
+            .collect()
     }
 
     pub(crate) fn ids(&self) -> Vec<SessionId> {

@@ -422,3 +422,116 @@ async fn gateway_restarted_on_the_same_redis_resumes_its_sessions() {
         clients.len() as f64
     );
 }
+
+/// Serving workers, as the admin API lists them.
+async fn serving_slots(gateway: &Gateway) -> Vec<u64> {
+    let (_, body) = mcpgw_tests::ops::admin_get(gateway, "/admin/workers").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut slots: Vec<u64> = doc["workers"]
+        .as_array()
+        .map(|ws| ws.iter().filter_map(|w| w["slot"].as_u64()).collect())
+        .unwrap_or_default();
+    slots.sort_unstable();
+    slots
+}
+
+async fn reload_to_workers(
+    gateway: &Gateway,
+    config: &mut GatewayConfig,
+    workers: usize,
+    nth: f64,
+) {
+    config.workers = workers;
+    std::fs::write(gateway.config_path(), config.to_toml()).expect("rewrite config");
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_until("the reload", Duration::from_secs(30), || async {
+        Ok(
+            (supervisor_metric(gateway, "mcpgw_reloads_total{result=\"ok\"}").await >= nth)
+                .then_some(()),
+        )
+    })
+    .await
+    .expect("reload applied");
+    let want: Vec<u64> = (0..workers as u64).collect();
+    wait_until(
+        &format!("{workers} workers serving"),
+        Duration::from_secs(30),
+        || async { Ok((serving_slots(gateway).await == want).then_some(())) },
+    )
+    .await
+    .expect("pool resized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_count_changes_on_reload_without_losing_a_session() {
+    let counter = start_counter!().expect("counter-server");
+    let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let sessions = open_sessions(&gateway, 8).await;
+    let initializes = counter.stats().await.expect("stats").initialize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = drive(&sessions, &stop);
+
+    // Grow 2 → 4: live sessions stay where they are; new ones use all four.
+    reload_to_workers(&gateway, &mut config, 4, 1.0).await;
+    let grown = Instant::now();
+    let mut slots = HashSet::new();
+    for _ in 0..24 {
+        let mut c = gateway.client();
+        let reply = c.initialize().await.expect("initialize");
+        slots.insert(reply.worker().expect("tag").slot);
+        increment(&mut c).await.expect("new session works");
+    }
+    // New sessions go to the least loaded workers: the new ones.
+    assert!(
+        slots.contains(&2) && slots.contains(&3),
+        "new sessions on the new slots: {slots:?}"
+    );
+    wait_until("load after growing", Duration::from_secs(30), || async {
+        Ok(sessions
+            .iter()
+            .all(|s| successes_since(s, grown) >= 2)
+            .then_some(()))
+    })
+    .await
+    .expect("load");
+
+    // Shrink 4 → 1: every session moves to the one slot left, upstream
+    // sessions re-attached.
+    reload_to_workers(&gateway, &mut config, 1, 2.0).await;
+    let shrunk = Instant::now();
+    wait_until("load after shrinking", Duration::from_secs(30), || async {
+        Ok(sessions
+            .iter()
+            .all(|s| {
+                s.outcomes()
+                    .iter()
+                    .filter(|o| o.at >= shrunk)
+                    .filter_map(|o| o.ok)
+                    .filter(|(_, tag)| tag.slot == 0)
+                    .count()
+                    >= 2
+            })
+            .then_some(()))
+    })
+    .await
+    .expect("load on the remaining slot");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    for s in &sessions {
+        let failed = s.outcomes().iter().filter(|o| o.ok.is_none()).count();
+        assert_eq!(
+            failed, 0,
+            "a request of {:?} failed during a resize",
+            s.home
+        );
+        assert_counts_continue(s);
+    }
+    assert_eq!(
+        counter.stats().await.expect("stats").initialize,
+        initializes + 24,
+        "the 8 loaded sessions kept their upstream sessions; only the 24 new ones initialized"
+    );
+}

@@ -60,6 +60,13 @@ pub(crate) async fn handle(
             .entry(WORKER)
             .or_insert_with(|| v.clone());
     }
+    if *ctx.stopping.borrow() {
+        // The client learns from this answer that the connection ends, and
+        // sends its next request on a new one (to whichever worker serves
+        // the session then), instead of racing the close.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -426,7 +433,7 @@ async fn initialize(
     ) else {
         return invalid_params(accept, id, "initialize params must be an object");
     };
-    let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slots) {
+    let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slot_count()) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot mint a session id");

@@ -43,7 +43,7 @@ use mcpgw_protocol::channel::{self, ChannelError, Sender};
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{ConnMeta, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
-use mcpgw_protocol::routing::{self, RouteTable, RouteUpdate};
+use mcpgw_protocol::routing::{RouteTable, RouteUpdate};
 use mcpgw_protocol::session_id::SessionId;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener};
@@ -96,8 +96,7 @@ pub enum WorkerError {
 /// What every request handler sees.
 pub(crate) struct Ctx {
     pub id: WorkerId,
-    pub slots: u16,
-    /// Routing exceptions (down slots, moved sessions) from the supervisor.
+    /// The slot count and the routing exceptions (down slots, moved sessions) from the supervisor.
     routes: std::sync::RwLock<RouteTable>,
     /// What a reload replaces; a request reads it once ([`Ctx::live`]).
     live: std::sync::RwLock<Arc<Live>>,
@@ -135,18 +134,30 @@ impl Ctx {
     /// The slot that owns `id`: its hash slot unless the supervisor said
     /// otherwise.
     pub(crate) fn owner_of(&self, id: &SessionId) -> u16 {
+        self.with_routes(|r| r.owner(id))
+    }
+
+    /// Slots in the pool (the modulus new session ids are minted for).
+    pub(crate) fn slot_count(&self) -> u16 {
+        self.with_routes(RouteTable::slots)
+    }
+
+    fn with_routes<T>(&self, f: impl FnOnce(&RouteTable) -> T) -> T {
         match self.routes.read() {
-            Ok(r) if !r.is_plain() => r.owner(id),
-            Ok(_) => routing::slot_for(id, self.slots),
-            Err(poisoned) => poisoned.into_inner().owner(id),
+            Ok(r) => f(&r),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn change_routes(&self, f: impl FnOnce(&mut RouteTable)) {
+        match self.routes.write() {
+            Ok(mut r) => f(&mut r),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 
     fn set_routes(&self, update: &RouteUpdate) {
-        match self.routes.write() {
-            Ok(mut r) => r.apply(update),
-            Err(poisoned) => poisoned.into_inner().apply(update),
-        }
+        self.change_routes(|r| r.apply(update));
     }
 
     fn set_live(&self, live: Arc<Live>) {
@@ -342,7 +353,7 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut cap = config.limits.max_connections_per_worker;
 
-    let grace = loop {
+    let (grace, keep_sessions) = loop {
         tokio::select! {
             conn = receiver.recv() => match conn {
                 Ok(Some((meta, fd))) => {
@@ -398,7 +409,7 @@ async fn serve(
                 }
                 Ok(None) => {
                     warn!("the supervisor closed the connection channel; stopping");
-                    break 1_000;
+                    break (1_000, false);
                 }
                 Err(e) => warn!(error = %e, "receiving a connection failed"),
             },
@@ -422,9 +433,9 @@ async fn serve(
                 }
             },
             msg = ctl_rx.recv() => match msg.flatten() {
-                Some(ToWorker::Shutdown { grace_ms }) => {
-                    info!(grace_ms, "shutdown requested");
-                    break grace_ms;
+                Some(ToWorker::Shutdown { grace_ms, keep_sessions }) => {
+                    info!(grace_ms, keep_sessions, "shutdown requested");
+                    break (grace_ms, keep_sessions);
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
                 // Normally delivered by the reader task already.
@@ -458,7 +469,7 @@ async fn serve(
                 }
                 None => {
                     warn!("the supervisor is gone; stopping");
-                    break 1_000;
+                    break (1_000, false);
                 }
             },
         }
@@ -469,6 +480,16 @@ async fn serve(
     drop(internal);
     let _ = std::fs::remove_file(&path);
     let _ = stop_tx.send(true);
+    if keep_sessions {
+        // The sessions live on elsewhere: let open connections end by
+        // themselves (every answer now says `Connection: close`; idle ones
+        // time out), so no client has its connection closed under a request.
+        let wait = Duration::from_millis(grace).min(config.limits.header_timeout());
+        let deadline = tokio::time::Instant::now() + wait;
+        while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     if tokio::time::timeout(Duration::from_millis(grace), graceful.shutdown())
         .await
         .is_err()
@@ -478,9 +499,9 @@ async fn serve(
             "grace period over; cutting the connections left"
         );
     }
-    if config.store.redis_url.is_some() {
-        // The records stay in Redis and the upstream sessions open, so the
-        // gateway's next run resumes these sessions where they were.
+    if keep_sessions || ctx.live().config.store.redis_url.is_some() {
+        // The records stay in the store and the upstream sessions open:
+        // another worker (or the gateway's next run) resumes these sessions.
         info!(
             sessions = ctx.sessions.all().len(),
             "sessions kept in the store for the next start"
@@ -519,7 +540,6 @@ fn build_ctx(
     let metrics = Arc::new(metrics::Metrics::new()?);
     Ok(Ctx {
         id,
-        slots,
         routes: std::sync::RwLock::new(RouteTable::new(slots)),
         live: std::sync::RwLock::new(Arc::new(live)),
         sessions: Sessions::new(metrics.sessions.clone()),
@@ -545,6 +565,8 @@ fn build_ctx(
 /// server changed or went away. A session whose endpoint is gone ends.
 async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
     let previous = ctx.live();
+    let slots = config.worker_count();
+    ctx.change_routes(|r| r.set_slots(slots));
     let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
     let live = Arc::new(live);
     ctx.set_live(live.clone());

@@ -92,6 +92,7 @@ async fn metrics_merge_every_worker_and_pass_promtool() {
     );
 
     dashboard_matches_the_metrics(&dir, &text);
+    alert_rules_match_the_metrics(&text);
 
     for c in &mut clients {
         c.delete().await.expect("delete");
@@ -141,12 +142,44 @@ fn dashboard_matches_the_metrics(dir: &TempDir, exposition: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    uses_only_exported_families("the dashboard", &exprs, exposition);
+}
+
+/// The shipped Prometheus config and alert rules pass promtool, and every
+/// alert names only metric families the gateway exports.
+fn alert_rules_match_the_metrics(exposition: &str) {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for (what, file) in [("config", "prometheus.yml"), ("rules", "mcpgw-alerts.yml")] {
+        let out = Command::new("promtool")
+            .arg("check")
+            .arg(what)
+            .arg(deploy.join(file))
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(deploy.join("mcpgw-alerts.yml")).expect("rules");
+    let exprs: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .map(|e| e.trim().to_owned())
+        .collect();
+    assert!(exprs.len() >= 5, "{exprs:?}");
+    uses_only_exported_families("the alert rules", &exprs, exposition);
+}
+
+fn uses_only_exported_families(who: &str, exprs: &[String], exposition: &str) {
     let families: BTreeSet<&str> = exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
-    for e in &exprs {
+    for e in exprs {
         for name in e
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("mcpgw_"))
@@ -160,10 +193,11 @@ fn dashboard_matches_the_metrics(dir: &TempDir, exposition: &str) {
             let lazily_present = [
                 "mcpgw_tls_certificate_expiry_timestamp_seconds",
                 "mcpgw_upstream_errors_total",
+                "mcpgw_store_errors_total",
             ];
             assert!(
                 families.contains(family) || lazily_present.contains(&family),
-                "the dashboard uses {name}, which /metrics does not export"
+                "{who} use {name}, which /metrics does not export"
             );
         }
     }

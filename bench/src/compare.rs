@@ -10,7 +10,9 @@
 //! - mcpgw only, on a fresh gateway: RSS per idle session after opening 10 000 sessions
 //!   with one upstream session each;
 //! - mcpgw only: failed requests during 20 SIGHUPs (config reloads) under keep-alive
-//!   load at C = 16, with the reloads counted from `/metrics` (`--no-reload` skips it).
+//!   load at C = 16, with the reloads counted from `/metrics` (`--no-reload` skips it);
+//! - mcpgw only: failover, the time from SIGKILL of a worker to each of its sessions
+//!   being served again ([`crate::failover`]; `--failover-kills 0` skips it).
 //!
 //! It builds nothing: the binaries come from `--bin-dir` (default: beside this one).
 
@@ -53,6 +55,10 @@ pub(crate) struct Settings {
     pub(crate) idle_concurrency: usize,
     pub(crate) reload: bool,
     pub(crate) reload_signals: u32,
+    #[serde(default)]
+    pub(crate) failover_kills: usize,
+    #[serde(default)]
+    pub(crate) failover_sessions: usize,
 }
 
 /// The three targets, in the order every scenario runs them.
@@ -158,6 +164,8 @@ pub(crate) struct Comparison {
     pub(crate) scenarios: Vec<Scenario>,
     pub(crate) idle: Option<Idle>,
     pub(crate) reload: Option<Reload>,
+    #[serde(default)]
+    pub(crate) failover: Option<crate::failover::Failover>,
 }
 
 /// The median of some values (0 for none).
@@ -314,6 +322,19 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         None
     };
 
+    let failover = if settings.failover_kills > 0 {
+        let f = crate::failover::run(
+            &endpoints[2],
+            &gateway,
+            settings.failover_sessions,
+            settings.failover_kills,
+        )
+        .await;
+        Some(with_logs(f, &procs).context("failover scenario")?)
+    } else {
+        None
+    };
+
     // The others hold no sessions: the idle scenario is mcpgw's alone, on a fresh one.
     drop(nginx);
     drop(gateway);
@@ -331,6 +352,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         scenarios: results,
         idle,
         reload,
+        failover,
     })
 }
 

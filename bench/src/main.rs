@@ -8,12 +8,14 @@
 //! - `load`: one load run (sessions, concurrency, duration or count, percentiles);
 //! - `procs`: the processes a comparison starts and kills, and their RSS;
 //! - `compare`: the scenarios, interleaved over the three targets;
+//! - `failover`: the SIGKILL-a-worker scenario (mcpgw only);
 //! - `report`: tables, targets, JSON, SVG.
 //!
 //! The whole tool runs on one single-threaded tokio runtime, so that the generator takes
 //! at most one of the machine's cores from the processes it measures.
 
 mod compare;
+mod failover;
 mod http;
 mod load;
 mod mcp;
@@ -154,6 +156,12 @@ struct CompareArgs {
     /// SIGHUPs sent in the reload scenario.
     #[arg(long, default_value_t = 20)]
     reload_signals: u32,
+    /// Workers killed, one at a time, in the failover scenario (0: skip it).
+    #[arg(long, default_value_t = 3)]
+    failover_kills: usize,
+    /// Sessions under load (one connection each) while a worker is killed.
+    #[arg(long, default_value_t = 16)]
+    failover_sessions: usize,
     /// Directory for compare.json, compare.md, compare.svg.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results: PathBuf,
@@ -312,6 +320,8 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
         idle_concurrency: args.idle_concurrency,
         reload: !args.no_reload,
         reload_signals: args.reload_signals,
+        failover_kills: args.failover_kills,
+        failover_sessions: args.failover_sessions,
     };
     let comparison = compare::run(settings).await?;
     if args.json {

@@ -261,6 +261,21 @@ fn checks(c: &Comparison) -> Vec<Check> {
             met: r.run.errors.total == 0 && r.reloads_applied == u64::from(r.signals),
         });
     }
+    if let Some(f) = &c.failover {
+        let p99 = f.recovery_quantile(0.99);
+        out.push(Check {
+            what: format!(
+                "failover: SIGKILL → first success, p99 over the dead workers' sessions ({} kills)",
+                f.kills
+            ),
+            measured: p99,
+            bound: "≤ 250 ms".to_owned(),
+            met: !f.recovery_ms.is_empty()
+                && p99 <= 250.0
+                && f.lost_sessions == 0
+                && f.bystander_failures == 0,
+        });
+    }
     if let Some(idle) = &c.idle {
         out.push(Check {
             what: format!("RSS per idle session ({} sessions), KiB", idle.sessions),
@@ -434,6 +449,22 @@ pub(crate) fn markdown(c: &Comparison) -> String {
                 .as_deref()
                 .map(|f| format!(" First failure: {f}"))
                 .unwrap_or_default()
+        );
+    }
+    if let Some(f) = &c.failover {
+        let _ = writeln!(
+            o,
+            "Failover (mcpgw only): {} times, {} sessions under keep-alive load (one connection each), SIGKILL of one worker: {} of its sessions; kill → first success p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} of them never served again; {} failed requests of other workers' sessions, {} of the killed workers' (in flight or on their dead connection) among {} requests.\n",
+            f.kills,
+            f.sessions_per_kill,
+            f.recovery_ms.len() + f.lost_sessions,
+            f.recovery_quantile(0.5),
+            f.recovery_quantile(0.99),
+            f.recovery_quantile(1.0),
+            f.lost_sessions,
+            f.bystander_failures,
+            f.victim_failures,
+            f.requests,
         );
     }
     let _ = writeln!(o, "Targets:\n");

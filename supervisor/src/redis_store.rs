@@ -690,19 +690,13 @@ mod tests {
     use mcpgw_tests::redis::RedisServer;
 
     fn record(id: &SessionId) -> SessionRecord {
-        SessionRecord {
-            id: id.to_string(),
-            owner: WorkerId {
+        crate::store::test_record(
+            id,
+            WorkerId {
                 slot: 0,
                 generation: 1,
             },
-            principal: String::new(),
-            endpoint: "/mcp".into(),
-            version: "2025-11-25".into(),
-            init_params: "{}".into(),
-            created_ms: 0,
-            upstreams: Vec::new(),
-        }
+        )
     }
 
     /// Reassigners and claimers racing on one dead worker's sessions, on a

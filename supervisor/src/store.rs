@@ -332,6 +332,21 @@ impl Records {
     }
 }
 
+/// A minimal record for unit tests of the store backends.
+#[cfg(test)]
+pub(crate) fn test_record(id: &SessionId, owner: WorkerId) -> SessionRecord {
+    SessionRecord {
+        id: id.to_string(),
+        owner,
+        principal: String::new(),
+        endpoint: "/mcp".into(),
+        version: "2025-11-25".into(),
+        init_params: "{}".into(),
+        created_ms: 0,
+        upstreams: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,16 +357,7 @@ mod tests {
     }
 
     fn record(id: &SessionId) -> Box<SessionRecord> {
-        Box::new(SessionRecord {
-            id: id.to_string(),
-            owner: w(9, 9),
-            principal: String::new(),
-            endpoint: "/mcp".into(),
-            version: "2025-11-25".into(),
-            init_params: "{}".into(),
-            created_ms: 0,
-            upstreams: Vec::new(),
-        })
+        Box::new(test_record(id, w(9, 9)))
     }
 
     #[test]

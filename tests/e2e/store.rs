@@ -99,6 +99,31 @@ fn successes_since(s: &Loaded, since: Instant) -> usize {
         .count()
 }
 
+/// Waits until every session has had `n` successes since `since`.
+async fn wait_for_successes<S: AsRef<Loaded>>(
+    what: &str,
+    sessions: &[S],
+    since: Instant,
+    n: usize,
+) {
+    wait_until(what, Duration::from_secs(30), || async {
+        Ok(sessions
+            .iter()
+            .all(|s| successes_since(s.as_ref(), since) >= n)
+            .then_some(()))
+    })
+    .await
+    .expect(what);
+}
+
+/// Stops the load and waits for every load task.
+async fn stop_load(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+}
+
 /// Counts only go up: a reset (the upstream session re-created) would start
 /// again from 1.
 fn assert_counts_continue(s: &Loaded) {
@@ -133,50 +158,24 @@ async fn failover_under_load(redis: Option<&RedisServer>) {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = drive(&sessions, &stop);
     let started = Instant::now();
-    wait_until("load on every session", Duration::from_secs(30), || async {
-        Ok(sessions
-            .iter()
-            .all(|s| successes_since(s, started) >= 3)
-            .then_some(()))
-    })
-    .await
-    .expect("load running");
+    wait_for_successes("load on every session", &sessions, started, 3).await;
 
     let victim = sessions[0].home;
     kill(Pid::from_raw(victim.pid as i32), Signal::SIGKILL).expect("kill the worker");
     let killed = Instant::now();
     let (victims, others): (Vec<_>, Vec<_>) =
         sessions.iter().partition(|s| s.home.pid == victim.pid);
-    wait_until(
+    wait_for_successes(
         "the dead worker's sessions to be served again",
-        Duration::from_secs(30),
-        || async {
-            Ok(victims
-                .iter()
-                .all(|s| successes_since(s, killed) >= 3)
-                .then_some(()))
-        },
+        &victims,
+        killed,
+        3,
     )
-    .await
-    .expect("victims served again");
+    .await;
     // Some more load on everyone after the failover.
     let after = Instant::now();
-    wait_until(
-        "load after the failover",
-        Duration::from_secs(30),
-        || async {
-            Ok(sessions
-                .iter()
-                .all(|s| successes_since(s, after) >= 2)
-                .then_some(()))
-        },
-    )
-    .await
-    .expect("load after");
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("load task");
-    }
+    wait_for_successes("load after the failover", &sessions, after, 2).await;
+    stop_load(&stop, tasks).await;
 
     for s in &others {
         let failed = s.outcomes().iter().filter(|o| o.ok.is_none()).count();
@@ -357,22 +356,8 @@ async fn redis_stopped_under_load_then_back_empty() {
     )
     .await
     .expect("records converge");
-    wait_until(
-        "load after Redis is back",
-        Duration::from_secs(20),
-        || async {
-            Ok(sessions
-                .iter()
-                .all(|s| successes_since(s, back) >= 2)
-                .then_some(()))
-        },
-    )
-    .await
-    .expect("load after");
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("load task");
-    }
+    wait_for_successes("load after Redis is back", &sessions, back, 2).await;
+    stop_load(&stop, tasks).await;
     for s in &sessions {
         let failed = s.outcomes().iter().filter(|o| o.ok.is_none()).count();
         assert_eq!(failed, 0, "a session failed while Redis was away");
@@ -487,14 +472,7 @@ async fn worker_count_changes_on_reload_without_losing_a_session() {
         slots.contains(&2) && slots.contains(&3),
         "new sessions on the new slots: {slots:?}"
     );
-    wait_until("load after growing", Duration::from_secs(30), || async {
-        Ok(sessions
-            .iter()
-            .all(|s| successes_since(s, grown) >= 2)
-            .then_some(()))
-    })
-    .await
-    .expect("load");
+    wait_for_successes("load after growing", &sessions, grown, 2).await;
 
     // Shrink 4 → 1: every session moves to the one slot left, upstream
     // sessions re-attached.
@@ -516,10 +494,7 @@ async fn worker_count_changes_on_reload_without_losing_a_session() {
     })
     .await
     .expect("load on the remaining slot");
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("load task");
-    }
+    stop_load(&stop, tasks).await;
     for s in &sessions {
         let failed = s.outcomes().iter().filter(|o| o.ok.is_none()).count();
         assert_eq!(

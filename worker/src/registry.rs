@@ -50,6 +50,15 @@ impl SessionUpstreams {
             .unwrap_or_default()
     }
 
+    /// The upstream sessions that exist now (none is created); a cell busy
+    /// creating or probing is skipped.
+    pub(crate) fn live(&self) -> Vec<Arc<UpstreamSession>> {
+        self.all()
+            .into_iter()
+            .filter_map(|(_, cell)| cell.try_lock().ok()?.clone())
+            .collect()
+    }
+
     fn existing(&self, upstream: &str) -> Option<Arc<Cell>> {
         self.cells.lock().ok()?.get(upstream).cloned()
     }
@@ -162,6 +171,8 @@ impl Registry {
         }
         self.live(&server.id, 1);
         *cell = Some(created.clone());
+        // A client already listening on its GET stream hears this upstream too.
+        crate::relay::listen(&session.relay, &created);
         // Written before the call proceeds: a worker that takes this session
         // over re-attaches the same upstream session.
         self.store
@@ -200,6 +211,19 @@ impl Registry {
     /// Close every upstream session of these (already removed) sessions,
     /// concurrently; returns within about two grace periods whatever happens.
     pub(crate) async fn close_sessions(&self, sessions: &[Arc<Session>]) {
+        // Server requests still waiting are answered while their upstream
+        // sessions are still there to hear it.
+        let mut relays = JoinSet::new();
+        // Half a grace period, so closing stays within about two in all.
+        let bound = self.close_grace / 2;
+        for s in sessions {
+            let relay = s.relay.clone();
+            relays.spawn(async move { relay.close(bound).await });
+        }
+        let all = async { while relays.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            relays.abort_all();
+        }
         let mut taken = Vec::new();
         for s in sessions {
             for (_, cell) in s.upstreams.all() {

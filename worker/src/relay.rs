@@ -1,0 +1,926 @@
+//! The stateful MCP surface between one downstream session and its upstream
+//! sessions: server→client requests (sampling, elicitation, roots, ping) and
+//! the client's answers to them, notifications both ways, and cancellation.
+//!
+//! It owns the per-session maps that make this work ([`Relay`]) and the
+//! routing of every message an upstream sends outside the one response the
+//! client asked for. The endpoint decides when a call starts and how its
+//! answer is framed; the registry owns the upstream sessions themselves.
+//!
+//! Ids and tokens, per downstream session:
+//! - **Client request ids** pass upstream unchanged: an upstream session
+//!   belongs to exactly one downstream session, so they cannot collide there.
+//!   [`Relay`] remembers which upstream session runs each in-flight client id,
+//!   so a client's `notifications/cancelled` reaches that one upstream (with
+//!   the same id) and nothing else, and a call whose client went away is
+//!   cancelled upstream.
+//! - **Progress tokens** in client requests are replaced by a gateway token
+//!   `"mcpgw:p<n>"` (`n` unique in the worker) and mapped back in
+//!   `notifications/progress`, whichever upstream stream it arrives on.
+//! - **Server→client request ids** are replaced by `"mcpgw:s<n>"` (`n` unique
+//!   in the worker), so requests from several upstreams never collide at the
+//!   client; the client's response is sent to the upstream session that asked,
+//!   with the upstream's original id. An upstream's `notifications/cancelled`
+//!   for such a request is mapped the same way.
+//!
+//! A server→client request goes out on the stream of the call it arrived on,
+//! else on the session's GET stream; with neither, and for a capability the
+//! client did not declare at `initialize`, the upstream gets a JSON-RPC error
+//! at once. Requests still pending when their stream goes away, or when the
+//! session ends, are answered upstream with an error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info, warn};
+
+use crate::jsonrpc::{self, Kind, RawObject};
+use crate::sse;
+use crate::upstream::{UpstreamError, UpstreamSession};
+
+/// Bound on delivering one of our own messages (an error answer, a cancel)
+/// to an upstream: they are best effort and must not hold anything up.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Server→client requests one session may have waiting for the client; more
+/// are refused, so a client that never answers cannot grow the map forever.
+const MAX_PENDING: usize = 1024;
+/// Messages queued for a slow client stream before the sender waits.
+pub(crate) const STREAM_QUEUE: usize = 64;
+/// JSON-RPC code for a server→client request the gateway refuses or that
+/// lost its client.
+const REQUEST_FAILED: i32 = jsonrpc::INTERNAL_ERROR;
+
+/// Ids and tokens the gateway hands out, unique in this worker process.
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn next_number() -> u64 {
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the client declared it can do at `initialize`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ClientCaps {
+    pub sampling: bool,
+    pub elicitation: bool,
+    pub roots: bool,
+}
+
+impl ClientCaps {
+    /// From the client's raw `initialize` params; anything unreadable
+    /// declares nothing.
+    pub(crate) fn from_init_params(raw: &str) -> Self {
+        #[derive(Deserialize, Default)]
+        struct Caps<'a> {
+            #[serde(borrow, default)]
+            sampling: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            elicitation: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            roots: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, default)]
+            capabilities: Option<Caps<'a>>,
+        }
+        let declared = |v: Option<&RawValue>| v.is_some_and(|v| v.get() != "null");
+        match serde_json::from_str::<Params<'_>>(raw) {
+            Ok(Params {
+                capabilities: Some(c),
+            }) => Self {
+                sampling: declared(c.sampling),
+                elicitation: declared(c.elicitation),
+                roots: declared(c.roots),
+            },
+            _ => Self::default(),
+        }
+    }
+
+    /// The capability a server→client method needs, when the client lacks it.
+    fn missing_for(&self, method: &str) -> Option<&'static str> {
+        match method {
+            "sampling/createMessage" if !self.sampling => Some("sampling"),
+            "elicitation/create" if !self.elicitation => Some("elicitation"),
+            "roots/list" if !self.roots => Some("roots"),
+            _ => None,
+        }
+    }
+}
+
+/// A JSON-RPC id as a map key: numbers as written, strings re-encoded so
+/// that two spellings of one string are one key.
+pub(crate) fn id_key(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if !raw.starts_with('"') {
+        return Some(raw.to_owned());
+    }
+    if !raw.contains('\\') {
+        return Some(raw.to_owned());
+    }
+    serde_json::from_str::<String>(raw)
+        .ok()
+        .map(|s| jsonrpc::json_string(&s))
+}
+
+/// One client request in flight on an upstream session.
+pub(crate) struct Call {
+    seq: u64,
+    key: String,
+    upstream: Arc<UpstreamSession>,
+    /// (gateway token, the client's token as raw JSON).
+    token: Option<(String, Box<str>)>,
+    /// The client's SSE answer stream, once the answer is streamed.
+    stream: Mutex<Option<mpsc::Sender<Bytes>>>,
+    /// The client cancelled it: the upstream was told already.
+    cancelled: AtomicBool,
+}
+
+impl Call {
+    fn stream(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.stream.lock().ok()?.clone()
+    }
+}
+
+/// A server→client request waiting for the client's answer.
+struct Pending {
+    upstream: Arc<UpstreamSession>,
+    /// The upstream's id, raw JSON.
+    original_id: Box<str>,
+    origin: Origin,
+}
+
+/// Where a pending request was delivered; it fails when that goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Call(u64),
+    Stream(u64),
+}
+
+/// The session's GET stream as the relay sees it.
+struct ServerStream {
+    generation: u64,
+    tx: mpsc::Sender<Bytes>,
+    /// Dropped when this stream ends or is replaced; tasks that serve it
+    /// (keep-alive, upstream listeners) watch it.
+    alive: watch::Sender<()>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<String, Arc<Call>>,
+    tokens: HashMap<String, Arc<Call>>,
+    pending: HashMap<String, Pending>,
+    stream: Option<ServerStream>,
+    closed: bool,
+}
+
+/// One downstream session's relay state; see the module doc for the maps.
+pub(crate) struct Relay {
+    pub caps: ClientCaps,
+    state: Mutex<State>,
+}
+
+impl Relay {
+    pub(crate) fn new(init_params: &str) -> Self {
+        Self {
+            caps: ClientCaps::from_init_params(init_params),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few map operations that cannot leave
+        // the maps inconsistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The GET stream's sender and generation, if one is open.
+    fn server_stream(&self) -> Option<(mpsc::Sender<Bytes>, u64)> {
+        self.state()
+            .stream
+            .as_ref()
+            .map(|s| (s.tx.clone(), s.generation))
+    }
+
+    /// Make `tx` the session's GET stream (a newer GET replaces an older
+    /// one, which then ends). Returns its generation and a receiver that
+    /// errors once the stream ended.
+    pub(crate) fn open_stream(&self, tx: mpsc::Sender<Bytes>) -> (u64, watch::Receiver<()>) {
+        let generation = next_number();
+        let (alive, alive_rx) = watch::channel(());
+        let replaced = {
+            let mut st = self.state();
+            if st.closed {
+                // The session ended meanwhile: the stream ends at once.
+                drop(alive);
+                return (generation, alive_rx);
+            }
+            st.stream.replace(ServerStream {
+                generation,
+                tx,
+                alive,
+            })
+        };
+        if let Some(old) = replaced {
+            debug!(
+                generation = old.generation,
+                "a newer GET stream replaces this one"
+            );
+            self.fail_pending(
+                |o| o == Origin::Stream(old.generation),
+                "the stream was replaced",
+            );
+        }
+        (generation, alive_rx)
+    }
+
+    /// The GET stream of `generation` has ended (client gone, session or
+    /// worker stopping): requests delivered on it fail.
+    pub(crate) fn stream_gone(&self, generation: u64) {
+        let gone = {
+            let mut st = self.state();
+            match &st.stream {
+                Some(s) if s.generation == generation => st.stream.take(),
+                _ => None,
+            }
+        };
+        if gone.is_some() {
+            self.fail_pending(
+                |o| o == Origin::Stream(generation),
+                "the client's stream closed",
+            );
+        }
+    }
+
+    /// Receiver for the current GET stream's life, if one is open.
+    pub(crate) fn stream_alive(&self) -> Option<(u64, watch::Receiver<()>)> {
+        self.state()
+            .stream
+            .as_ref()
+            .map(|s| (s.generation, s.alive.subscribe()))
+    }
+
+    /// The session ended: pending server→client requests are answered with
+    /// an error (bounded), the GET stream and every map entry go.
+    pub(crate) async fn close(&self, bound: Duration) {
+        let pending: Vec<Pending> = {
+            let mut st = self.state();
+            st.closed = true;
+            st.stream = None;
+            st.calls.clear();
+            st.tokens.clear();
+            st.pending.drain().map(|(_, p)| p).collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        info!(
+            count = pending.len(),
+            "session ended with server requests pending; answering them with an error"
+        );
+        let mut set = JoinSet::new();
+        for p in pending {
+            let body = jsonrpc::error(
+                &p.original_id,
+                REQUEST_FAILED,
+                "the client session ended",
+                None,
+            );
+            set.spawn(async move { post_notice(&p.upstream, body, bound).await });
+        }
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            set.abort_all();
+        }
+    }
+
+    /// Remove pending requests whose origin matches and answer each
+    /// upstream with an error (in the background).
+    fn fail_pending(&self, matches: impl Fn(Origin) -> bool, why: &'static str) {
+        let failed: Vec<Pending> = {
+            let mut st = self.state();
+            let keys: Vec<String> = st
+                .pending
+                .iter()
+                .filter(|(_, p)| matches(p.origin))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| st.pending.remove(k)).collect()
+        };
+        for p in failed {
+            info!(upstream = %p.upstream.server.id, id = %p.original_id, why, "server request lost its client; answering with an error");
+            let body = jsonrpc::error(&p.original_id, REQUEST_FAILED, why, None);
+            spawn_notice(p.upstream, body);
+        }
+    }
+
+    /// Register a server→client request; returns the id the client sees, or
+    /// `None` when too many are pending.
+    fn add_pending(&self, p: Pending) -> Option<String> {
+        let mut st = self.state();
+        if st.closed || st.pending.len() >= MAX_PENDING {
+            return None;
+        }
+        let id = format!("\"mcpgw:s{}\"", next_number());
+        st.pending.insert(id.clone(), p);
+        Some(id)
+    }
+
+    /// A client request's progress token, replaced by a gateway token.
+    /// Returns the rewritten body and the mapping; `None` if the body does
+    /// not have the shape a token needs (it is then sent unchanged).
+    pub(crate) fn map_progress(body: &[u8]) -> Option<(Bytes, (String, Box<str>))> {
+        let text = std::str::from_utf8(body).ok()?;
+        let env: RawObject<'_> = serde_json::from_str(text).ok()?;
+        let params = env.get("params")?;
+        let params_obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let meta = params_obj.get("_meta")?;
+        let meta_obj: RawObject<'_> = serde_json::from_str(meta.get()).ok()?;
+        let original = meta_obj.get("progressToken")?;
+        let gateway = format!("mcpgw:p{}", next_number());
+        let new_meta =
+            jsonrpc::with_member(meta.get(), "progressToken", &jsonrpc::json_string(&gateway))?;
+        let new_params = jsonrpc::with_member(params.get(), "_meta", &new_meta)?;
+        let new_body = jsonrpc::with_member(text, "params", &new_params)?;
+        Some((
+            Bytes::from(new_body),
+            (jsonrpc::json_string(&gateway), original.get().into()),
+        ))
+    }
+
+    /// A client's `notifications/cancelled`: the upstream session running
+    /// that request, if it is still in flight. Marks it so that its end does
+    /// not cancel it a second time.
+    pub(crate) fn cancel_target(&self, params: Option<&RawValue>) -> Option<Arc<UpstreamSession>> {
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(rename = "requestId", borrow)]
+            request_id: &'a RawValue,
+        }
+        let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+        let key = id_key(p.request_id.get())?;
+        let call = self.state().calls.get(&key).cloned()?;
+        call.cancelled.store(true, Ordering::Relaxed);
+        Some(call.upstream.clone())
+    }
+
+    /// The client's answer to a server→client request: where it goes and
+    /// the body with the upstream's own id.
+    pub(crate) fn take_answer(
+        &self,
+        id_raw: &str,
+        body: &[u8],
+    ) -> Result<(Arc<UpstreamSession>, Bytes), AnswerError> {
+        let key = id_key(id_raw).ok_or(AnswerError::Unknown)?;
+        let pending = self
+            .state()
+            .pending
+            .remove(&key)
+            .ok_or(AnswerError::Unknown)?;
+        let text = std::str::from_utf8(body).map_err(|_| AnswerError::Malformed)?;
+        let rewritten =
+            jsonrpc::with_member(text, "id", &pending.original_id).ok_or(AnswerError::Malformed)?;
+        Ok((pending.upstream, Bytes::from(rewritten)))
+    }
+}
+
+/// Why a client's response could not be relayed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    #[error("no server request with this id is waiting for an answer")]
+    Unknown,
+    #[error("the response is not a JSON object")]
+    Malformed,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl AnswerError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::Unknown | Self::Malformed => StatusCode::BAD_REQUEST,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Send one message of the gateway's own (an error answer, a cancel) to an
+/// upstream session and drop its answer.
+async fn post_notice(us: &UpstreamSession, body: Bytes, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    match us.send(body, deadline).await {
+        Ok(resp) => {
+            let _ = timeout_at(deadline, resp.into_body().collect()).await;
+        }
+        Err(e) => debug!(upstream = %us.server.id, error = %e, "upstream did not take our message"),
+    }
+}
+
+fn spawn_notice(us: Arc<UpstreamSession>, body: Bytes) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move { post_notice(&us, body, NOTICE_TIMEOUT).await });
+    }
+}
+
+/// Relay a client message (a response or notification, already rewritten)
+/// to an upstream session; the upstream must accept it.
+pub(crate) async fn deliver_upstream(
+    us: &UpstreamSession,
+    body: Bytes,
+) -> Result<(), UpstreamError> {
+    let deadline = Instant::now() + us.server.request_timeout();
+    let resp = us.send(body, deadline).await?;
+    let _ = timeout_at(deadline, resp.into_body().collect()).await;
+    Ok(())
+}
+
+/// A client request registered with the relay for as long as it runs. When
+/// it is dropped before its answer was delivered (the client went away, the
+/// call timed out), the upstream is told to cancel it.
+pub(crate) struct CallGuard {
+    relay: Arc<Relay>,
+    call: Arc<Call>,
+    finished: bool,
+}
+
+impl CallGuard {
+    /// Register client request `id_raw` as running on `upstream`.
+    pub(crate) fn start(
+        relay: &Arc<Relay>,
+        upstream: &Arc<UpstreamSession>,
+        id_raw: &str,
+        token: Option<&(String, Box<str>)>,
+    ) -> Self {
+        let call = Arc::new(Call {
+            seq: next_number(),
+            key: id_key(id_raw).unwrap_or_default(),
+            upstream: upstream.clone(),
+            token: token.cloned(),
+            stream: Mutex::new(None),
+            cancelled: AtomicBool::new(false),
+        });
+        {
+            let mut st = relay.state();
+            if !st.closed {
+                st.calls.insert(call.key.clone(), call.clone());
+                if let Some((gateway, _)) = &call.token {
+                    st.tokens.insert(gateway.clone(), call.clone());
+                }
+            }
+        }
+        Self {
+            relay: relay.clone(),
+            call,
+            finished: false,
+        }
+    }
+
+    /// The answer reached the client (or the upstream never ran the
+    /// request): nothing to cancel.
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    fn set_stream(&self, tx: &mpsc::Sender<Bytes>) {
+        if let Ok(mut s) = self.call.stream.lock() {
+            *s = Some(tx.clone());
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        {
+            let mut st = self.relay.state();
+            if st
+                .calls
+                .get(&self.call.key)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.call))
+            {
+                st.calls.remove(&self.call.key);
+            }
+            if let Some((gateway, _)) = &self.call.token {
+                st.tokens.remove(gateway);
+            }
+        }
+        if let Ok(mut s) = self.call.stream.lock() {
+            s.take();
+        }
+        let seq = self.call.seq;
+        self.relay
+            .fail_pending(|o| o == Origin::Call(seq), "the client's call ended");
+        if !self.finished && !self.call.cancelled.load(Ordering::Relaxed) {
+            info!(upstream = %self.call.upstream.server.id, id = %self.call.key,
+                "call ended before its answer reached the client; cancelling it upstream");
+            let mut body = String::from(
+                "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":",
+            );
+            body.push_str(&self.call.key);
+            body.push_str(",\"reason\":\"the client went away\"}}");
+            spawn_notice(self.call.upstream.clone(), Bytes::from(body));
+        }
+    }
+}
+
+/// Where an upstream message came from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The SSE answer of a client call.
+    Call(&'a Arc<Call>),
+    /// The upstream session's GET stream.
+    Stream,
+}
+
+/// What to do with one upstream message.
+enum Routed {
+    /// Send it on the stream it belongs to (the call's, or the GET stream
+    /// for messages from the upstream's GET stream).
+    Forward(Bytes),
+    /// The call's answer.
+    Response(Bytes),
+    /// Delivered elsewhere, answered, or dropped.
+    Done,
+}
+
+impl Relay {
+    /// Route one message an upstream sent on a stream.
+    fn route(&self, us: &Arc<UpstreamSession>, data: String, from: Source<'_>) -> Routed {
+        let Some(env) = jsonrpc::parse(data.as_bytes()) else {
+            warn!(upstream = %us.server.id, "upstream sent a stream event that is not JSON-RPC; dropped");
+            return Routed::Done;
+        };
+        match env.kind() {
+            Kind::Response => match from {
+                Source::Call(_) => Routed::Response(Bytes::from(data)),
+                Source::Stream => {
+                    debug!(upstream = %us.server.id, "response on the GET stream; dropped");
+                    Routed::Done
+                }
+            },
+            Kind::Request(method) => self.server_request(us, &env, method, &data, from),
+            Kind::Notification(method) => {
+                let rewritten = match method {
+                    "notifications/progress" => self.progress_back(&env, &data, from),
+                    "notifications/cancelled" => self.upstream_cancelled(us, &env, &data),
+                    _ => Some(Bytes::from(data)),
+                };
+                match rewritten {
+                    Some(b) => Routed::Forward(b),
+                    None => Routed::Done,
+                }
+            }
+            Kind::Invalid => {
+                warn!(upstream = %us.server.id, "upstream sent an invalid JSON-RPC message; dropped");
+                Routed::Done
+            }
+        }
+    }
+
+    fn server_request(
+        &self,
+        us: &Arc<UpstreamSession>,
+        env: &jsonrpc::Envelope<'_>,
+        method: &str,
+        data: &str,
+        from: Source<'_>,
+    ) -> Routed {
+        let original_id = env.id_raw();
+        let refuse = |why: &str| {
+            info!(upstream = %us.server.id, method, why, "server request refused");
+            spawn_notice(
+                us.clone(),
+                jsonrpc::error(original_id, jsonrpc::METHOD_NOT_FOUND, why, None),
+            );
+            Routed::Done
+        };
+        if let Some(cap) = self.caps.missing_for(method) {
+            return refuse(&format!("the client did not declare the {cap} capability"));
+        }
+        // The call's own stream when the client streams its answer, else
+        // the session's GET stream.
+        let on_call = match from {
+            Source::Call(call) if call.stream().is_some() => Some(call.seq),
+            _ => None,
+        };
+        let stream = match on_call {
+            Some(_) => None,
+            None => match self.server_stream() {
+                Some(s) => Some(s),
+                None => return refuse("the client has no open stream to receive requests"),
+            },
+        };
+        let origin = match (on_call, &stream) {
+            (Some(seq), _) => Origin::Call(seq),
+            (None, Some((_, generation))) => Origin::Stream(*generation),
+            (None, None) => return refuse("the client has no open stream to receive requests"),
+        };
+        let Some(gateway_id) = self.add_pending(Pending {
+            upstream: us.clone(),
+            original_id: original_id.into(),
+            origin,
+        }) else {
+            return refuse("too many requests are waiting for this client");
+        };
+        let Some(message) = jsonrpc::with_member(data, "id", &gateway_id) else {
+            self.state().pending.remove(&gateway_id);
+            return refuse("malformed request");
+        };
+        debug!(upstream = %us.server.id, method, id = %original_id, gateway_id, "server request relayed");
+        match (from, stream) {
+            // The pump or the GET listener sends it where it belongs.
+            (Source::Stream, _) | (_, None) => Routed::Forward(Bytes::from(message)),
+            // A call answered as JSON: its requests go on the GET stream.
+            (Source::Call(_), Some((tx, _))) => {
+                if tx.try_send(sse::message_event(message.as_bytes())).is_err() {
+                    self.state().pending.remove(&gateway_id);
+                    return refuse("the client's stream is not taking messages");
+                }
+                Routed::Done
+            }
+        }
+    }
+
+    /// `notifications/progress` with the client's own token; sent on the
+    /// token's call stream when it came from elsewhere.
+    fn progress_back(
+        &self,
+        env: &jsonrpc::Envelope<'_>,
+        data: &str,
+        from: Source<'_>,
+    ) -> Option<Bytes> {
+        let params = env.params?;
+        let obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let token = obj.get("progressToken")?;
+        let key = id_key(token.get())?;
+        let Some(call) = self.state().tokens.get(&key).cloned() else {
+            // Not one of ours: the upstream's own business, pass it on.
+            return Some(Bytes::from(data.to_owned()));
+        };
+        let (_, original) = call.token.as_ref()?;
+        let new_params = jsonrpc::with_member(params.get(), "progressToken", original)?;
+        let message = Bytes::from(jsonrpc::with_member(data, "params", &new_params)?);
+        let same_call = matches!(from, Source::Call(c) if Arc::ptr_eq(c, &call));
+        if same_call {
+            return Some(message);
+        }
+        if let Some(tx) = call.stream() {
+            let _ = tx.try_send(sse::message_event(&message));
+            return None;
+        }
+        // The call is answered as plain JSON: its progress has nowhere to go.
+        None
+    }
+
+    /// An upstream cancels one of its server→client requests: the client
+    /// sees the id it was given.
+    fn upstream_cancelled(
+        &self,
+        us: &Arc<UpstreamSession>,
+        env: &jsonrpc::Envelope<'_>,
+        data: &str,
+    ) -> Option<Bytes> {
+        let params = env.params?;
+        let obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let original = id_key(obj.get("requestId")?.get())?;
+        let gateway_id = {
+            let mut st = self.state();
+            let key = st
+                .pending
+                .iter()
+                .find(|(_, p)| {
+                    Arc::ptr_eq(&p.upstream, us)
+                        && id_key(&p.original_id).as_deref() == Some(original.as_str())
+                })
+                .map(|(k, _)| k.clone())?;
+            st.pending.remove(&key);
+            key
+        };
+        let new_params = jsonrpc::with_member(params.get(), "requestId", &gateway_id)?;
+        jsonrpc::with_member(data, "params", &new_params).map(Bytes::from)
+    }
+}
+
+/// How a streamed call ended.
+pub(crate) enum PumpEnd {
+    /// The call's answer (already sent on the client's stream, if any).
+    Answer(Bytes),
+    /// The client's stream or the session went away; nobody to answer.
+    ClientGone,
+    Failed(UpstreamError),
+}
+
+/// Stream an upstream call's SSE answer to the client (`out`), routing
+/// every message in it; or, with no `out`, collect the answer. Ends at the
+/// answer, at `deadline`, when the client goes away or the session ends.
+pub(crate) async fn pump_call(
+    relay: Arc<Relay>,
+    mut guard: CallGuard,
+    mut body: Incoming,
+    out: Option<mpsc::Sender<Bytes>>,
+    deadline: Instant,
+    mut session_closed: watch::Receiver<bool>,
+) -> PumpEnd {
+    let us = guard.call.upstream.clone();
+    if let Some(tx) = &out {
+        guard.set_stream(tx);
+    }
+    let mut parser = sse::Parser::default();
+    loop {
+        let frame = tokio::select! {
+            f = timeout_at(deadline, body.frame()) => f,
+            _ = client_gone(out.as_ref()) => {
+                debug!(upstream = %us.server.id, "client left during a streamed call");
+                return PumpEnd::ClientGone;
+            }
+            _ = crate::endpoint::became_true(&mut session_closed) => return PumpEnd::ClientGone,
+        };
+        let frame = match frame {
+            Err(_) => return PumpEnd::Failed(us.server.timeout_error()),
+            Ok(None) => {
+                return PumpEnd::Failed(
+                    us.server
+                        .protocol_error("event stream ended without a response"),
+                );
+            }
+            Ok(Some(Err(e))) => {
+                return PumpEnd::Failed(
+                    us.server.protocol_error(format!("reading the stream: {e}")),
+                );
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        parser.push(&data);
+        while let Some(event) = parser.next_event() {
+            match relay.route(&us, event.data, Source::Call(&guard.call)) {
+                Routed::Response(answer) => {
+                    if let Some(tx) = &out
+                        && tx.send(sse::message_event(&answer)).await.is_err()
+                    {
+                        return PumpEnd::ClientGone;
+                    }
+                    guard.finish();
+                    return PumpEnd::Answer(answer);
+                }
+                Routed::Forward(message) => {
+                    if let Some(tx) = &out
+                        && tx.send(sse::message_event(&message)).await.is_err()
+                    {
+                        return PumpEnd::ClientGone;
+                    }
+                }
+                Routed::Done => {}
+            }
+        }
+    }
+}
+
+/// Resolves when the client's stream receiver is gone; never without one.
+async fn client_gone(out: Option<&mpsc::Sender<Bytes>>) {
+    match out {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Start listening to `us`'s GET stream on behalf of the session's open GET
+/// stream, unless someone already does for this stream.
+pub(crate) fn listen(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    let Some((generation, alive)) = relay.stream_alive() else {
+        return;
+    };
+    if !us.claim_listener(generation) {
+        return;
+    }
+    tokio::spawn(listen_loop(relay.clone(), us.clone(), alive));
+}
+
+/// Keep the upstream session's GET stream open while the client's is,
+/// reconnecting with backoff, and route what comes on it.
+async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: watch::Receiver<()>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let deadline = Instant::now() + us.server.request_timeout();
+        let opened = tokio::select! {
+            r = us.open_stream(deadline) => r,
+            _ = alive.changed() => return,
+        };
+        match opened {
+            Ok(resp) => {
+                backoff = Duration::from_millis(250);
+                let mut body = resp.into_body();
+                let mut parser = sse::Parser::default();
+                loop {
+                    let frame = tokio::select! {
+                        f = body.frame() => f,
+                        _ = alive.changed() => return,
+                    };
+                    let Some(Ok(frame)) = frame else { break };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    parser.push(&data);
+                    while let Some(event) = parser.next_event() {
+                        if let Routed::Forward(message) =
+                            relay.route(&us, event.data, Source::Stream)
+                        {
+                            let Some((tx, _)) = relay.server_stream() else {
+                                return;
+                            };
+                            if tx.send(sse::message_event(&message)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                debug!(upstream = %us.server.id, "upstream GET stream ended; reopening");
+            }
+            Err(UpstreamError::Status { status, .. })
+                if status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                debug!(upstream = %us.server.id, "upstream offers no GET stream");
+                return;
+            }
+            Err(e @ UpstreamError::SessionGone { .. }) => {
+                debug!(upstream = %us.server.id, error = %e, "upstream session gone; stop listening");
+                return;
+            }
+            Err(e) => {
+                debug!(upstream = %us.server.id, error = %e, "opening the upstream GET stream failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = alive.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_initialize_params() {
+        let caps = ClientCaps::from_init_params(
+            r#"{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"roots":{"listChanged":true}},"clientInfo":{}}"#,
+        );
+        assert_eq!(
+            caps,
+            ClientCaps {
+                sampling: true,
+                elicitation: false,
+                roots: true
+            }
+        );
+        assert_eq!(caps.missing_for("elicitation/create"), Some("elicitation"));
+        assert_eq!(caps.missing_for("sampling/createMessage"), None);
+        assert_eq!(caps.missing_for("ping"), None);
+        assert_eq!(ClientCaps::from_init_params("[]"), ClientCaps::default());
+    }
+
+    #[test]
+    fn id_keys_normalise_strings_only() {
+        assert_eq!(id_key(" 7 ").as_deref(), Some("7"));
+        assert_eq!(id_key(r#""a""#).as_deref(), Some(r#""a""#));
+        assert_eq!(id_key(r#""\u0061""#).as_deref(), Some(r#""a""#));
+    }
+
+    #[test]
+    fn progress_tokens_are_replaced_and_everything_else_kept() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":{"a":[1]},"_meta":{"progressToken":"tok","other":1}}}"#;
+        let (new, (gateway, original)) = Relay::map_progress(body).expect("mapped");
+        assert_eq!(&*original, "\"tok\"");
+        let v: serde_json::Value = serde_json::from_slice(&new).expect("json");
+        assert_eq!(
+            serde_json::Value::String(v["params"]["_meta"]["progressToken"].to_string()),
+            serde_json::Value::String(gateway)
+        );
+        assert_eq!(v["params"]["_meta"]["other"], 1);
+        assert_eq!(v["params"]["arguments"]["a"][0], 1);
+        assert!(Relay::map_progress(br#"{"id":1,"params":{}}"#).is_none());
+    }
+
+    #[test]
+    fn client_answers_get_the_upstream_id_back() {
+        let relay = Relay::new("{}");
+        assert!(matches!(
+            relay.take_answer("\"mcpgw:s1\"", b"{}"),
+            Err(AnswerError::Unknown)
+        ));
+    }
+}

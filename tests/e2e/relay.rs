@@ -624,3 +624,77 @@ async fn a_client_cancellation_without_a_running_call_is_not_broadcast() {
     assert!(s.a.events_of("cancelled").await.expect("a").is_empty());
     assert!(s.b.events_of("cancelled").await.expect("b").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_go_to_the_upstream_that_owns_the_resource() {
+    let s = setup();
+    let mut c = client(&s.gateway, json!({})).await;
+    // Both upstreams list counter://value; the gateway routes it to one of them.
+    c.request("resources/list", Value::Null)
+        .await
+        .expect("resources/list")
+        .result()
+        .expect("list");
+    c.request("resources/subscribe", json!({"uri": "counter://value"}))
+        .await
+        .expect("subscribe")
+        .result()
+        .expect("subscribed");
+    c.request("resources/unsubscribe", json!({"uri": "counter://value"}))
+        .await
+        .expect("unsubscribe")
+        .result()
+        .expect("unsubscribed");
+    let mut owners = Vec::new();
+    for counter in [&s.a, &s.b] {
+        let subscribed = counter
+            .events_of("resources/subscribe")
+            .await
+            .expect("events");
+        let unsubscribed = counter
+            .events_of("resources/unsubscribe")
+            .await
+            .expect("events");
+        assert_eq!(
+            subscribed.len(),
+            unsubscribed.len(),
+            "{subscribed:?} {unsubscribed:?}"
+        );
+        if !subscribed.is_empty() {
+            owners.push(counter.name.clone());
+        }
+    }
+    assert_eq!(owners.len(), 1, "subscribe went to {owners:?}");
+}
+
+/// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`) as a real
+/// client: its sampling, elicitation, roots, progress and logging callbacks through the
+/// gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_callbacks_work_through_the_gateway() {
+    let tests_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = tests_dir.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
+        python.display()
+    );
+    let s = setup();
+    let url = format!("http://{}/mcp", s.gateway.addr);
+    let run = tokio::process::Command::new(&python)
+        .arg(tests_dir.join("python/relay_interop.py"))
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("relay_interop.py did not finish within 120 s")
+        .expect("run relay_interop.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.lines().last() == Some("OK"),
+        "relay_interop.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+}

@@ -530,6 +530,28 @@ async fn request(
             }
         }
         "completion/complete" => complete(ctx, session, env, body, accept).await,
+        "logging/setLevel" => {
+            let resp = if namespaced {
+                broadcast(ctx, session, method, env, accept).await
+            } else {
+                passthrough(
+                    ctx,
+                    session,
+                    &endpoint.upstreams[0],
+                    body.clone(),
+                    id,
+                    accept,
+                    false,
+                )
+                .await
+            };
+            // Recorded after it went out, so the upstream sessions it just
+            // created do not get it twice.
+            if let Some(p) = env.params {
+                session.relay.set_log_level(p.get());
+            }
+            resp
+        }
         m if !namespaced => {
             // One upstream: the gateway is transparent, lists and methods it
             // does not know included.
@@ -567,9 +589,6 @@ async fn request(
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
                     Err(e) => invalid_params(accept, id, &e.to_string()),
                 };
-            }
-            if m == "logging/setLevel" {
-                return broadcast(ctx, session, m, env, accept).await;
             }
             rpc_error(
                 accept,

@@ -171,8 +171,8 @@ impl Registry {
         }
         self.live(&server.id, 1);
         *cell = Some(created.clone());
-        // A client already listening on its GET stream hears this upstream too.
-        crate::relay::listen(&session.relay, &created);
+        // Logging level and GET-stream listening, as for the session's others.
+        crate::relay::upstream_created(&session.relay, &created);
         // Written before the call proceeds: a worker that takes this session
         // over re-attaches the same upstream session.
         self.store

@@ -52,6 +52,8 @@ use crate::upstream::{UpstreamError, UpstreamSession};
 /// Bound on delivering one of our own messages (an error answer, a cancel)
 /// to an upstream: they are best effort and must not hold anything up.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on relaying a client's response or notification upstream.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server→client requests one session may have waiting for the client; more
 /// are refused, so a client that never answers cannot grow the map forever.
 const MAX_PENDING: usize = 1024;
@@ -189,6 +191,9 @@ struct State {
 pub(crate) struct Relay {
     pub caps: ClientCaps,
     state: Mutex<State>,
+    /// The params of the client's last `logging/setLevel`, raw: applied to
+    /// upstream sessions created after it.
+    log_level: Mutex<Option<Box<str>>>,
 }
 
 impl Relay {
@@ -196,6 +201,14 @@ impl Relay {
         Self {
             caps: ClientCaps::from_init_params(init_params),
             state: Mutex::new(State::default()),
+            log_level: Mutex::new(None),
+        }
+    }
+
+    /// Remember the client's logging level (raw `logging/setLevel` params).
+    pub(crate) fn set_log_level(&self, params: &str) {
+        if let Ok(mut l) = self.log_level.lock() {
+            *l = Some(params.into());
         }
     }
 
@@ -434,12 +447,13 @@ fn spawn_notice(us: Arc<UpstreamSession>, body: Bytes) {
 }
 
 /// Relay a client message (a response or notification, already rewritten)
-/// to an upstream session; the upstream must accept it.
+/// to an upstream session; the upstream must accept it. Bounded more
+/// tightly than a call: an upstream takes these at once (202).
 pub(crate) async fn deliver_upstream(
     us: &UpstreamSession,
     body: Bytes,
 ) -> Result<(), UpstreamError> {
-    let deadline = Instant::now() + us.server.request_timeout();
+    let deadline = Instant::now() + us.server.request_timeout().min(DELIVER_TIMEOUT);
     let resp = us.send(body, deadline).await?;
     let _ = timeout_at(deadline, resp.into_body().collect()).await;
     Ok(())
@@ -793,6 +807,22 @@ async fn client_gone(out: Option<&mpsc::Sender<Bytes>>) {
     match out {
         Some(tx) => tx.closed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A new upstream session of this session: it gets the client's logging
+/// level, and is listened to if the client has its GET stream open.
+pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    listen(relay, us);
+    let level = relay.log_level.lock().ok().and_then(|l| l.clone());
+    if let Some(params) = level {
+        let us = us.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + NOTICE_TIMEOUT;
+            if let Err(e) = us.call("logging/setLevel", Some(&params), deadline).await {
+                debug!(upstream = %us.server.id, error = %e, "applying the logging level failed");
+            }
+        });
     }
 }
 

@@ -74,7 +74,11 @@ fn next_number() -> u64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ClientCaps {
     pub sampling: bool,
-    pub elicitation: bool,
+    /// Form-mode elicitation (also what an empty `elicitation: {}` means,
+    /// as before modes existed).
+    pub elicitation_form: bool,
+    /// URL-mode elicitation (2025-11-25).
+    pub elicitation_url: bool,
     pub roots: bool,
 }
 
@@ -96,25 +100,58 @@ impl ClientCaps {
             #[serde(borrow, default)]
             capabilities: Option<Caps<'a>>,
         }
+        #[derive(Deserialize, Default)]
+        struct Modes<'a> {
+            #[serde(borrow, default)]
+            form: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            url: Option<&'a RawValue>,
+        }
         let declared = |v: Option<&RawValue>| v.is_some_and(|v| v.get() != "null");
-        match serde_json::from_str::<Params<'_>>(raw) {
-            Ok(Params {
-                capabilities: Some(c),
-            }) => Self {
-                sampling: declared(c.sampling),
-                elicitation: declared(c.elicitation),
-                roots: declared(c.roots),
-            },
-            _ => Self::default(),
+        let Ok(Params {
+            capabilities: Some(c),
+        }) = serde_json::from_str::<Params<'_>>(raw)
+        else {
+            return Self::default();
+        };
+        let (elicitation_form, elicitation_url) = match c.elicitation {
+            Some(e) if declared(Some(e)) => {
+                let modes: Modes<'_> = serde_json::from_str(e.get()).unwrap_or_default();
+                let (form, url) = (declared(modes.form), declared(modes.url));
+                (form || !url, url)
+            }
+            _ => (false, false),
+        };
+        Self {
+            sampling: declared(c.sampling),
+            elicitation_form,
+            elicitation_url,
+            roots: declared(c.roots),
         }
     }
 
-    /// The capability a server→client method needs, when the client lacks it.
-    fn missing_for(&self, method: &str) -> Option<&'static str> {
+    /// The capability a server→client request needs, when the client lacks
+    /// it.
+    fn missing_for(&self, method: &str, params: Option<&RawValue>) -> Option<&'static str> {
+        #[derive(Deserialize)]
+        struct Elicit<'a> {
+            #[serde(borrow, default)]
+            mode: Option<std::borrow::Cow<'a, str>>,
+        }
         match method {
             "sampling/createMessage" if !self.sampling => Some("sampling"),
-            "elicitation/create" if !self.elicitation => Some("elicitation"),
             "roots/list" if !self.roots => Some("roots"),
+            "elicitation/create" => {
+                let url = params
+                    .and_then(|p| serde_json::from_str::<Elicit<'_>>(p.get()).ok())
+                    .and_then(|e| e.mode)
+                    .is_some_and(|m| m == "url");
+                match url {
+                    true if !self.elicitation_url => Some("elicitation (url mode)"),
+                    false if !self.elicitation_form => Some("elicitation (form mode)"),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -618,7 +655,7 @@ impl Relay {
             );
             Routed::Done
         };
-        if let Some(cap) = self.caps.missing_for(method) {
+        if let Some(cap) = self.caps.missing_for(method, env.params) {
             return refuse(&format!("the client did not declare the {cap} capability"));
         }
         // The call's own stream when the client streams its answer, else
@@ -913,14 +950,30 @@ mod tests {
             caps,
             ClientCaps {
                 sampling: true,
-                elicitation: false,
+                elicitation_form: false,
+                elicitation_url: false,
                 roots: true
             }
         );
-        assert_eq!(caps.missing_for("elicitation/create"), Some("elicitation"));
-        assert_eq!(caps.missing_for("sampling/createMessage"), None);
-        assert_eq!(caps.missing_for("ping"), None);
+        assert_eq!(
+            caps.missing_for("elicitation/create", None),
+            Some("elicitation (form mode)")
+        );
+        assert_eq!(caps.missing_for("sampling/createMessage", None), None);
+        assert_eq!(caps.missing_for("ping", None), None);
         assert_eq!(ClientCaps::from_init_params("[]"), ClientCaps::default());
+
+        // An empty elicitation capability is form mode (as before modes);
+        // URL mode must be declared.
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).expect("json");
+        let url = raw(r#"{"mode":"url","url":"https://x","message":"m","elicitationId":"1"}"#);
+        let old = ClientCaps::from_init_params(r#"{"capabilities":{"elicitation":{}}}"#);
+        assert_eq!(old.missing_for("elicitation/create", None), None);
+        assert!(old.missing_for("elicitation/create", Some(&url)).is_some());
+        let url_only =
+            ClientCaps::from_init_params(r#"{"capabilities":{"elicitation":{"url":{}}}}"#);
+        assert_eq!(url_only.missing_for("elicitation/create", Some(&url)), None);
+        assert!(url_only.missing_for("elicitation/create", None).is_some());
     }
 
     #[test]
@@ -945,12 +998,139 @@ mod tests {
         assert!(Relay::map_progress(br#"{"id":1,"params":{}}"#).is_none());
     }
 
-    #[test]
-    fn client_answers_get_the_upstream_id_back() {
-        let relay = Relay::new("{}");
+    fn upstream(id: &str) -> Arc<UpstreamSession> {
+        let server = Arc::new(
+            crate::upstream::UpstreamServer::new(&mcpgw_protocol::config::Upstream {
+                id: id.to_owned(),
+                url: "http://127.0.0.1:1/mcp".to_owned(),
+                transport: Default::default(),
+                headers: Default::default(),
+                connect_timeout_ms: 1,
+                request_timeout_ms: 1,
+            })
+            .expect("server"),
+        );
+        UpstreamSession::attach(server, Some("s"), "2025-11-25").expect("attach")
+    }
+
+    fn forwarded(r: Routed) -> serde_json::Value {
+        match r {
+            Routed::Forward(b) => serde_json::from_slice(&b).expect("json"),
+            Routed::Response(_) => panic!("a response"),
+            Routed::Done => panic!("not forwarded"),
+        }
+    }
+
+    #[tokio::test]
+    async fn server_requests_get_gateway_ids_and_answers_go_back_with_the_original() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"roots":{}}}"#));
+        let (a, b) = (upstream("a"), upstream("b"));
+        let (tx, _rx) = mpsc::channel(4);
+        let call_a = CallGuard::start(&relay, &a, "1", None);
+        call_a.set_stream(&tx);
+        let call_b = CallGuard::start(&relay, &b, "2", None);
+        call_b.set_stream(&tx);
+        let ask = r#"{"jsonrpc":"2.0","id":"ask-1","method":"roots/list","params":{}}"#;
+        let from_a = forwarded(relay.route(&a, ask.to_owned(), Source::Call(&call_a.call)));
+        let from_b = forwarded(relay.route(&b, ask.to_owned(), Source::Call(&call_b.call)));
+        assert_ne!(from_a["id"], from_b["id"]);
+        assert_eq!(from_a["params"], serde_json::json!({}));
+
+        let answer = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{"roots":[]}}}}"#,
+            from_b["id"]
+        );
+        let (to, body) = relay
+            .take_answer(&from_b["id"].to_string(), answer.as_bytes())
+            .expect("pending");
+        assert!(Arc::ptr_eq(&to, &b));
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["id"], "ask-1");
         assert!(matches!(
-            relay.take_answer("\"mcpgw:s1\"", b"{}"),
+            relay.take_answer(&from_b["id"].to_string(), answer.as_bytes()),
             Err(AnswerError::Unknown)
         ));
+
+        // The upstream withdraws its request: the client sees the gateway id.
+        let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"ask-1"}}"#;
+        let seen = forwarded(relay.route(&a, cancel.to_owned(), Source::Call(&call_a.call)));
+        assert_eq!(seen["params"]["requestId"], from_a["id"]);
+        assert!(relay.state().pending.is_empty());
+
+        // Not declared by the client: refused, never forwarded.
+        let sampling = r#"{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage","params":{}}"#;
+        assert!(matches!(
+            relay.route(&a, sampling.to_owned(), Source::Call(&call_a.call)),
+            Routed::Done
+        ));
+        // No stream to carry it: refused too.
+        assert!(matches!(
+            relay.route(&a, ask.to_owned(), Source::Stream),
+            Routed::Done
+        ));
+        assert!(relay.state().pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn progress_comes_back_with_the_clients_token_and_calls_clean_up() {
+        let relay = Arc::new(Relay::new("{}"));
+        let a = upstream("a");
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":{"odd":true}}}}"#;
+        let (_, token) = Relay::map_progress(body).expect("mapped");
+        let mut call = CallGuard::start(&relay, &a, "1", Some(&token));
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{},"progress":1}}}}"#,
+            token.0
+        );
+        let seen = forwarded(relay.route(&a, note.clone(), Source::Call(&call.call)));
+        assert_eq!(
+            seen["params"]["progressToken"],
+            serde_json::json!({"odd": true})
+        );
+        assert_eq!(seen["params"]["progress"], 1);
+        // The client cancels it: found by its id, and only then.
+        assert!(
+            relay
+                .cancel_target(
+                    RawValue::from_string(r#"{"requestId":2}"#.into())
+                        .ok()
+                        .as_deref()
+                )
+                .is_none()
+        );
+        let target = relay.cancel_target(
+            RawValue::from_string(r#"{"requestId":1}"#.into())
+                .ok()
+                .as_deref(),
+        );
+        assert!(target.is_some_and(|t| Arc::ptr_eq(&t, &a)));
+        call.finish();
+        drop(call);
+        let st = relay.state();
+        assert!(st.calls.is_empty() && st.tokens.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_keeps_nothing() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"roots":{}}}"#));
+        let a = upstream("a");
+        let (tx, _rx) = mpsc::channel(4);
+        let (generation, mut alive) = relay.open_stream(tx);
+        let ask = r#"{"jsonrpc":"2.0","id":1,"method":"roots/list"}"#;
+        forwarded(relay.route(&a, ask.to_owned(), Source::Stream));
+        assert_eq!(relay.state().pending.len(), 1);
+        relay.close(Duration::from_millis(50)).await;
+        assert!(relay.state().pending.is_empty());
+        assert!(
+            alive.changed().await.is_err(),
+            "the stream's tasks are told to end"
+        );
+        relay.stream_gone(generation);
+        let (tx, _rx) = mpsc::channel(4);
+        let (_, mut alive) = relay.open_stream(tx);
+        assert!(
+            alive.changed().await.is_err(),
+            "no stream opens on a closed session"
+        );
     }
 }

@@ -439,9 +439,12 @@ async fn a_cancelled_call_is_cancelled_on_its_upstream_only() {
     assert_eq!(cancelled[0]["requestId"], 7, "{cancelled:?}");
     assert_eq!(cancelled[0]["running"], true, "{cancelled:?}");
     assert_eq!(cancelled[0]["reason"], "changed my mind", "{cancelled:?}");
-    // The call's HTTP exchange still ends (with the upstream's error answer).
+    // The call's HTTP exchange still ends, with an error the client ignores.
     let answer = conn.read_response(false).await.expect("the call ends");
     assert_eq!(answer.status, 200);
+    let answer = answer.json().expect("JSON");
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(answer["error"]["code"], -32800, "{answer}");
     // b never heard of it.
     let at_b = s.b.events_of("cancelled").await.expect("events");
     assert!(at_b.is_empty(), "b saw a cancellation: {at_b:?}");
@@ -496,8 +499,14 @@ async fn a_client_that_goes_away_cancels_its_call_and_fails_its_pending_requests
     .expect("slow call in flight");
     drop(conn);
     let cancelled = wait_events(&s.a, "cancelled", 2).await;
+    // (Whether the call was still running when the cancel came depends on how soon the
+    // upstream noticed its own request's connection close.)
     assert_eq!(cancelled[1]["requestId"], 8, "{cancelled:?}");
-    assert_eq!(cancelled[1]["running"], true, "{cancelled:?}");
+    wait_until("the slow call to end upstream", WAIT, || async {
+        Ok((s.a.stats().await?.slow_in_flight == 0).then_some(()))
+    })
+    .await
+    .expect("slow call ended");
     assert!(s.b.events_of("cancelled").await.expect("events").is_empty());
 }
 
@@ -697,4 +706,34 @@ async fn python_sdk_callbacks_work_through_the_gateway() {
         "relay_interop.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         output.status
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_streamed_call_ends_its_stream_and_its_server_requests() {
+    let s = setup();
+    let mut c = client(&s.gateway, ALL_CAPS()).await;
+    let mut stream = MessageStream::post(
+        &c,
+        s.gateway.addr,
+        &call(json!("streamed"), "b__ask", json!({"method": "roots/list"})),
+    )
+    .await
+    .expect("call");
+    stream.expect(WAIT).await.expect("the request");
+    let status = post(
+        &mut c,
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": "streamed"}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let cancelled = wait_events(&s.b, "cancelled", 1).await;
+    assert_eq!(cancelled[0]["requestId"], "streamed", "{cancelled:?}");
+    // The stream ends without an answer (the client ignores it anyway) ...
+    assert_eq!(stream.next(WAIT).await.expect("read"), None);
+    // ... and the upstream's request to the client is failed, not left waiting.
+    let answers = wait_events(&s.b, "answer", 1).await;
+    assert!(answers[0]["answer"]["error"].is_object(), "{answers:?}");
+    assert_eq!(s.b.events_of("cancelled").await.expect("events").len(), 1);
+    assert!(s.a.events_of("cancelled").await.expect("events").is_empty());
 }

@@ -918,9 +918,8 @@ async fn slow(srv: Arc<Server>, session: String, id: Value, params: &Value) -> R
         let message = format!("slow needs an integer argument ms <= {MAX_SLOW_MS}");
         return rpc_response(&srv, &error_message(&id, -32602, &message), None);
     };
-    let key = (session, id.to_string());
     let (stop, stopped) = oneshot::channel();
-    srv.running().insert(key.clone(), stop);
+    let running = Running::enter(&srv, (session, id.to_string()), stop);
     let answer = {
         let _in_flight = InFlight::enter(&srv.stats.slow_in_flight);
         tokio::select! {
@@ -931,8 +930,28 @@ async fn slow(srv: Arc<Server>, session: String, id: Value, params: &Value) -> R
             Ok(reason) = stopped => error_message(&id, -32800, &format!("cancelled: {reason}")),
         }
     };
-    srv.running().remove(&key);
+    drop(running);
     rpc_response(&srv, &answer, None)
+}
+
+/// A `slow` call in the cancellable set until it ends, also when its request is dropped
+/// (the client went away).
+struct Running<'a> {
+    srv: &'a Server,
+    key: (String, String),
+}
+
+impl<'a> Running<'a> {
+    fn enter(srv: &'a Server, key: (String, String), stop: oneshot::Sender<String>) -> Self {
+        srv.running().insert(key.clone(), stop);
+        Self { srv, key }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.srv.running().remove(&self.key);
+    }
 }
 
 /// `ask` {method, params, via}: sends a server→client request (`method` with `params`)

@@ -44,6 +44,8 @@ pub(crate) enum Origin {
 
 /// Error code conventional for an unknown or expired session.
 const SESSION_NOT_FOUND: i32 = -32001;
+/// Answer to a request the client cancelled itself.
+const REQUEST_CANCELLED: i32 = -32800;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i32 = -32002;
 
@@ -892,7 +894,11 @@ async fn passthrough(
             Err(e) => return upstream_failure(ctx, accept, id, session, &e),
         };
         let mut call = CallGuard::start(&session.relay, &us, id, token.as_ref());
-        match us.send(body.clone(), deadline).await {
+        let sent = tokio::select! {
+            sent = us.send(body.clone(), deadline) => sent,
+            _ = call.interrupted() => return cancelled(accept, id),
+        };
+        match sent {
             Ok(resp) => {
                 return answer_call(session, resp, accept, id, deadline, server, call).await;
             }
@@ -915,6 +921,19 @@ async fn passthrough(
             }
         }
     }
+}
+
+/// The answer to a call the client cancelled (it ignores it, but an HTTP
+/// request needs one). -32800 is the code JSON-RPC peers use for it (LSP);
+/// MCP names none.
+fn cancelled(accept: Accept, id: &str) -> Response<Body> {
+    rpc_error(
+        accept,
+        StatusCode::OK,
+        id,
+        REQUEST_CANCELLED,
+        "Request cancelled by the client",
+    )
 }
 
 fn upstream_failure(
@@ -1007,6 +1026,7 @@ async fn answer_call(
                 jsonrpc::INTERNAL_ERROR,
                 "the session ended during the call",
             ),
+            PumpEnd::Cancelled => cancelled(accept, id),
             PumpEnd::Failed(e) => rpc_error(
                 accept,
                 StatusCode::OK,
@@ -1050,11 +1070,15 @@ async fn client_notification(
     match method {
         "notifications/initialized" => {}
         "notifications/cancelled" => match session.relay.cancel_target(env.params) {
-            Some(us) => {
+            Some(call) => {
+                let us = call.upstream();
                 info!(session = %session.id, upstream = %us.server.id, "client cancelled a call");
-                if let Err(e) = relay::deliver_upstream(&us, body.clone()).await {
+                if let Err(e) = relay::deliver_upstream(us, body.clone()).await {
                     warn!(session = %session.id, error = %e, "relaying a cancellation failed");
                 }
+                // Only now: the upstream hears of the cancel before the call's
+                // connection to it goes away.
+                call.interrupt();
             }
             None => {
                 debug!(session = %session.id, "cancellation of a request not in flight; ignored")

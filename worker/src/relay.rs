@@ -183,11 +183,24 @@ pub(crate) struct Call {
     stream: Mutex<Option<mpsc::Sender<Bytes>>>,
     /// The client cancelled it: the upstream was told already.
     cancelled: AtomicBool,
+    /// Wakes whoever waits on the call once the upstream was told of the
+    /// client's cancel: the client ignores any answer from then on, and an
+    /// upstream need not send one.
+    interrupt: tokio::sync::Notify,
 }
 
 impl Call {
     fn stream(&self) -> Option<mpsc::Sender<Bytes>> {
         self.stream.lock().ok()?.clone()
+    }
+
+    pub(crate) fn upstream(&self) -> &Arc<UpstreamSession> {
+        &self.upstream
+    }
+
+    /// Stop waiting for this call's answer (after the upstream was told).
+    pub(crate) fn interrupt(&self) {
+        self.interrupt.notify_one();
     }
 }
 
@@ -409,10 +422,9 @@ impl Relay {
         ))
     }
 
-    /// A client's `notifications/cancelled`: the upstream session running
-    /// that request, if it is still in flight. Marks it so that its end does
-    /// not cancel it a second time.
-    pub(crate) fn cancel_target(&self, params: Option<&RawValue>) -> Option<Arc<UpstreamSession>> {
+    /// A client's `notifications/cancelled`: the call it names, if still in
+    /// flight. Marks it so that its end does not cancel it a second time.
+    pub(crate) fn cancel_target(&self, params: Option<&RawValue>) -> Option<Arc<Call>> {
         #[derive(Deserialize)]
         struct P<'a> {
             #[serde(rename = "requestId", borrow)]
@@ -422,7 +434,7 @@ impl Relay {
         let key = id_key(p.request_id.get())?;
         let call = self.state().calls.get(&key).cloned()?;
         call.cancelled.store(true, Ordering::Relaxed);
-        Some(call.upstream.clone())
+        Some(call)
     }
 
     /// The client's answer to a server→client request: where it goes and
@@ -520,6 +532,7 @@ impl CallGuard {
             token: token.cloned(),
             stream: Mutex::new(None),
             cancelled: AtomicBool::new(false),
+            interrupt: tokio::sync::Notify::new(),
         });
         {
             let mut st = relay.state();
@@ -541,6 +554,11 @@ impl CallGuard {
     /// request): nothing to cancel.
     pub(crate) fn finish(&mut self) {
         self.finished = true;
+    }
+
+    /// Resolves once the client cancelled the call (see [`Call::interrupt`]).
+    pub(crate) async fn interrupted(&self) {
+        self.call.interrupt.notified().await;
     }
 
     fn set_stream(&self, tx: &mpsc::Sender<Bytes>) {
@@ -768,6 +786,8 @@ pub(crate) enum PumpEnd {
     Answer(Bytes),
     /// The client's stream or the session went away; nobody to answer.
     ClientGone,
+    /// The client cancelled the call; it ignores any answer.
+    Cancelled,
     Failed(UpstreamError),
 }
 
@@ -795,6 +815,7 @@ pub(crate) async fn pump_call(
                 return PumpEnd::ClientGone;
             }
             _ = crate::endpoint::became_true(&mut session_closed) => return PumpEnd::ClientGone,
+            _ = guard.call.interrupt.notified() => return PumpEnd::Cancelled,
         };
         let frame = match frame {
             Err(_) => return PumpEnd::Failed(us.server.timeout_error()),
@@ -1103,7 +1124,7 @@ mod tests {
                 .ok()
                 .as_deref(),
         );
-        assert!(target.is_some_and(|t| Arc::ptr_eq(&t, &a)));
+        assert!(target.is_some_and(|t| Arc::ptr_eq(t.upstream(), &a)));
         call.finish();
         drop(call);
         let st = relay.state();

@@ -1084,11 +1084,17 @@ async fn client_notification(
                 debug!(session = %session.id, "cancellation of a request not in flight; ignored")
             }
         },
-        "notifications/progress" => {
-            // Progress on a server request: tokens the upstreams chose are
-            // not mapped, so it cannot be routed to one of them.
-            debug!(session = %session.id, "client progress notification dropped");
-        }
+        "notifications/progress" => match session.relay.client_progress(env.params, body) {
+            // Progress on a server request: to the upstream that asked.
+            Some((us, rewritten)) => {
+                if let Err(e) = relay::deliver_upstream(&us, rewritten).await {
+                    debug!(session = %session.id, error = %e, "relaying progress failed");
+                }
+            }
+            None => {
+                debug!(session = %session.id, "progress for no pending server request; dropped")
+            }
+        },
         _ => {
             let mut set = tokio::task::JoinSet::new();
             for us in session.upstreams.live() {

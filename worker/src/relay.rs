@@ -21,7 +21,9 @@
 //!   in the worker), so requests from several upstreams never collide at the
 //!   client; the client's response is sent to the upstream session that asked,
 //!   with the upstream's original id. An upstream's `notifications/cancelled`
-//!   for such a request is mapped the same way.
+//!   for such a request is mapped the same way, and so is a progress token
+//!   in it (`"mcpgw:p<n>"` to the client; the client's progress goes to the
+//!   upstream that asked, with its own token).
 //!
 //! A server→client request goes out on the stream of the call it arrived on,
 //! else on the session's GET stream; with neither, and for a capability the
@@ -210,6 +212,9 @@ struct Pending {
     /// The upstream's id, raw JSON.
     original_id: Box<str>,
     origin: Origin,
+    /// (gateway token, the upstream's token as raw JSON) when the request
+    /// asked the client for progress.
+    token: Option<(String, Box<str>)>,
 }
 
 /// Where a pending request was delivered; it fails when that goes away.
@@ -435,6 +440,29 @@ impl Relay {
         let call = self.state().calls.get(&key).cloned()?;
         call.cancelled.store(true, Ordering::Relaxed);
         Some(call)
+    }
+
+    /// The client's progress on a server→client request: the upstream that
+    /// asked, and the notification with that upstream's own token.
+    pub(crate) fn client_progress(
+        &self,
+        params: Option<&RawValue>,
+        body: &[u8],
+    ) -> Option<(Arc<UpstreamSession>, Bytes)> {
+        let params = params?;
+        let obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let key = id_key(obj.get("progressToken")?.get())?;
+        let (us, original) = {
+            let st = self.state();
+            st.pending.values().find_map(|p| {
+                let (gateway, original) = p.token.as_ref()?;
+                (*gateway == key).then(|| (p.upstream.clone(), original.clone()))
+            })?
+        };
+        let new_params = jsonrpc::with_member(params.get(), "progressToken", &original)?;
+        let text = std::str::from_utf8(body).ok()?;
+        let message = jsonrpc::with_member(text, "params", &new_params)?;
+        Some((us, Bytes::from(message)))
     }
 
     /// The client's answer to a server→client request: where it goes and
@@ -694,10 +722,23 @@ impl Relay {
             (None, Some((_, generation))) => Origin::Stream(*generation),
             (None, None) => return refuse("the client has no open stream to receive requests"),
         };
+        // Tokens from several upstreams could collide at the client too.
+        let mapped = data
+            .contains("progressToken")
+            .then(|| Relay::map_progress(data.as_bytes()))
+            .flatten();
+        let (data, token) = match &mapped {
+            Some((body, token)) => match std::str::from_utf8(body) {
+                Ok(text) => (text, Some(token.clone())),
+                Err(_) => (data, None),
+            },
+            None => (data, None),
+        };
         let Some(gateway_id) = self.add_pending(Pending {
             upstream: us.clone(),
             original_id: original_id.into(),
             origin,
+            token,
         }) else {
             return refuse("too many requests are waiting for this client");
         };
@@ -1129,6 +1170,36 @@ mod tests {
         drop(call);
         let st = relay.state();
         assert!(st.calls.is_empty() && st.tokens.is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_progress_on_a_server_request_goes_to_the_upstream_that_asked() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"sampling":{}}}"#));
+        let (a, b) = (upstream("a"), upstream("b"));
+        let (tx, _rx) = mpsc::channel(4);
+        let call = CallGuard::start(&relay, &a, "1", None);
+        call.set_stream(&tx);
+        let ask = r#"{"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{"_meta":{"progressToken":"up"},"maxTokens":1}}"#;
+        let seen = forwarded(relay.route(&a, ask.to_owned(), Source::Call(&call.call)));
+        let token = seen["params"]["_meta"]["progressToken"].clone();
+        assert!(
+            token.as_str().is_some_and(|t| t.starts_with("mcpgw:p")),
+            "{seen}"
+        );
+        assert_eq!(seen["params"]["maxTokens"], 1);
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{token},"progress":1}}}}"#
+        );
+        let params = RawValue::from_string(format!(r#"{{"progressToken":{token},"progress":1}}"#))
+            .expect("json");
+        let (to, body) = relay
+            .client_progress(Some(&params), note.as_bytes())
+            .expect("routed");
+        assert!(Arc::ptr_eq(&to, &a) && !Arc::ptr_eq(&to, &b));
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["params"]["progressToken"], "up");
+        let unknown = RawValue::from_string(r#"{"progressToken":"up"}"#.into()).expect("json");
+        assert!(relay.client_progress(Some(&unknown), b"{}").is_none());
     }
 
     #[tokio::test]

@@ -400,9 +400,20 @@ impl Relay {
             .pending
             .remove(&key)
             .ok_or(AnswerError::Unknown)?;
-        let text = std::str::from_utf8(body).map_err(|_| AnswerError::Malformed)?;
-        let rewritten =
-            jsonrpc::with_member(text, "id", &pending.original_id).ok_or(AnswerError::Malformed)?;
+        let rewritten = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| jsonrpc::with_member(text, "id", &pending.original_id));
+        let Some(rewritten) = rewritten else {
+            // The upstream must not wait for an answer that will not come.
+            let error = jsonrpc::error(
+                &pending.original_id,
+                REQUEST_FAILED,
+                "the client's answer was malformed",
+                None,
+            );
+            spawn_notice(pending.upstream, error);
+            return Err(AnswerError::Malformed);
+        };
         Ok((pending.upstream, Bytes::from(rewritten)))
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::route::{Routed, Source};
 use super::{CallGuard, NOTICE_TIMEOUT, Relay};
@@ -95,7 +95,22 @@ pub(crate) async fn pump_call(
                 Routed::Done => {}
             }
         }
+        if let Some(end) = event_too_large(&parser, &us) {
+            return end;
+        }
     }
+}
+
+/// Largest event the relay holds while it is incomplete.
+const MAX_EVENT: usize = 64 * 1024 * 1024;
+
+fn event_too_large(parser: &sse::Parser, us: &UpstreamSession) -> Option<PumpEnd> {
+    (parser.pending_bytes() > MAX_EVENT).then(|| {
+        PumpEnd::Failed(
+            us.server
+                .protocol_error(format!("an event over {MAX_EVENT} bytes")),
+        )
+    })
 }
 
 /// Resolves when the client's stream receiver is gone; never without one.
@@ -159,6 +174,10 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
                         continue;
                     };
                     parser.push(&data);
+                    if parser.pending_bytes() > MAX_EVENT {
+                        warn!(upstream = %us.server.id, "upstream GET stream event too large; reopening");
+                        break;
+                    }
                     while let Some(event) = parser.next_event() {
                         if let Routed::Forward(message) =
                             relay.route(&us, event.data, Source::Stream)

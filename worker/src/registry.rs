@@ -214,7 +214,8 @@ impl Registry {
         // Server requests still waiting are answered while their upstream
         // sessions are still there to hear it.
         let mut relays = JoinSet::new();
-        // Half a grace period, so closing stays within about two in all.
+        // Half a grace period, taken from the two that bound closing in all.
+        let started = tokio::time::Instant::now();
         let bound = self.close_grace / 2;
         for s in sessions {
             let relay = s.relay.clone();
@@ -236,7 +237,8 @@ impl Registry {
                 }
             }
         }
-        self.close_all(taken, "closed").await;
+        let left = (self.close_grace * 2).saturating_sub(started.elapsed());
+        self.close_all(taken, "closed", left).await;
     }
 
     /// Close the upstream sessions of `session` on these upstreams (a reload
@@ -254,10 +256,13 @@ impl Registry {
                 taken.push(us);
             }
         }
-        self.close_all(taken, "evicted_reload").await;
+        self.close_all(taken, "evicted_reload", self.close_grace * 2)
+            .await;
     }
 
-    async fn close_all(&self, taken: Vec<Arc<UpstreamSession>>, event: &str) {
+    /// Close these concurrently, each within a grace period, all within
+    /// `bound`; what is left then is abandoned.
+    async fn close_all(&self, taken: Vec<Arc<UpstreamSession>>, event: &str, bound: Duration) {
         if taken.is_empty() {
             return;
         }
@@ -271,7 +276,7 @@ impl Registry {
             set.spawn(async move { us.close(grace).await });
         }
         let all = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace * 2, all).await.is_err() {
+        if tokio::time::timeout(bound, all).await.is_err() {
             warn!(
                 left = set.len(),
                 "upstream session closes did not finish in time; abandoning them"

@@ -11,6 +11,14 @@
 //! routing headers required) and `POST /forget-sessions` (a server that lost its
 //! sessions); see the end of the file.
 //!
+//! For the relay tests (server→client traffic through the gateway) it has hidden tools
+//! `ask` (a sampling, elicitation or roots request on the call's stream or on the GET
+//! stream, waiting for the client's answer), `chatty` (progress and log notifications,
+//! then a result), `notify` (list_changed, resources/updated and a log message on the GET
+//! stream), a cancellable `slow`, and `GET /debug/events`: what the server received that a
+//! test cannot see otherwise (initialize capabilities, cancellations, answers to its
+//! requests, logging levels, subscriptions, other notifications).
+//!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
 
@@ -31,7 +39,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use clap::Parser;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 const SUPPORTED_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 const LATEST_VERSION: &str = "2025-11-25";
@@ -69,6 +77,8 @@ struct Session {
     /// Dropped with the session; open GET streams watch it to end when the session does.
     _alive: watch::Sender<()>,
     alive_rx: watch::Receiver<()>,
+    /// The open GET stream's queue of server-initiated messages, if one is open.
+    stream: Option<mpsc::UnboundedSender<Value>>,
 }
 
 #[derive(Default)]
@@ -78,6 +88,7 @@ struct Stats {
     tools_call: AtomicU64,
     ping: AtomicU64,
     slow_in_flight: AtomicU64,
+    open_streams: AtomicU64,
 }
 
 struct Server {
@@ -90,6 +101,10 @@ struct Server {
     /// Server→client requests awaiting the client's response, by request id.
     asked: Mutex<HashMap<String, Asked>>,
     next_ask: AtomicU64,
+    /// Running `slow` calls by (session, request id as JSON), to cancel them.
+    running: Mutex<HashMap<(String, String), oneshot::Sender<String>>>,
+    /// What `GET /debug/events` reports, in arrival order.
+    events: Mutex<Vec<Value>>,
 }
 
 impl Server {
@@ -134,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
         stateless: args.stateless,
         asked: Mutex::new(HashMap::new()),
         next_ask: AtomicU64::new(1),
+        running: Mutex::new(HashMap::new()),
+        events: Mutex::new(Vec::new()),
     });
     if server.stateless {
         server
@@ -144,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/mcp", get(get_mcp).post(post_mcp).delete(delete_mcp))
         .route("/stats", get(stats))
         .route("/forget-sessions", axum::routing::post(forget_sessions))
+        .route("/debug/events", get(debug_events))
         .with_state(server.clone());
 
     // The harness waits for exactly this line; it must be flushed before serving.
@@ -176,6 +194,7 @@ async fn stats(State(srv): State<Arc<Server>>) -> Response {
             "tools_call": s.tools_call.load(Ordering::SeqCst),
             "ping": s.ping.load(Ordering::SeqCst),
             "slow_in_flight": s.slow_in_flight.load(Ordering::SeqCst),
+            "open_streams": s.open_streams.load(Ordering::SeqCst),
         }),
     )
 }
@@ -275,11 +294,26 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
         }
     };
     let Some(id) = id else {
+        client_notification(&srv, &session, method, &params);
         return StatusCode::ACCEPTED.into_response();
     };
     if method == "tools/call" && params.get("name").and_then(Value::as_str) == Some("ask_roots") {
         srv.stats.tools_call.fetch_add(1, Ordering::SeqCst);
         return ask_roots(srv, session, id);
+    }
+    if method == "tools/call" {
+        let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+        let relay_tool = match name {
+            "ask" => Some(ask(srv.clone(), session.clone(), id.clone(), &params)),
+            "chatty" => Some(chatty(&srv, &id, &params)),
+            "notify" => Some(notify(&srv, &session, &id, &params)),
+            "slow" => Some(slow(srv.clone(), session.clone(), id.clone(), &params).await),
+            _ => None,
+        };
+        if let Some(response) = relay_tool {
+            srv.stats.tools_call.fetch_add(1, Ordering::SeqCst);
+            return response;
+        }
     }
     let answer = match dispatch(&srv, &session, method, &params).await {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
@@ -309,15 +343,13 @@ fn initialize(srv: &Server, id: Value, params: &Value) -> Response {
             );
         }
     };
-    let (alive, alive_rx) = watch::channel(());
-    srv.sessions().insert(
-        session_id.clone(),
-        Session {
-            count: 0,
-            _alive: alive,
-            alive_rx,
-        },
-    );
+    srv.sessions().insert(session_id.clone(), Session::new());
+    srv.record(json!({
+        "kind": "initialize",
+        "session": session_id,
+        "capabilities": params.get("capabilities").cloned().unwrap_or(Value::Null),
+        "clientInfo": params.get("clientInfo").cloned().unwrap_or(Value::Null),
+    }));
     eprintln!(
         "[{}] initialize -> session {session_id} ({version})",
         srv.name
@@ -334,7 +366,9 @@ fn initialize_result(srv: &Server, version: &str) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": {
-            "tools": {}, "prompts": {}, "resources": {}, "logging": {}, "completions": {}
+            "tools": {"listChanged": true}, "prompts": {},
+            "resources": {"subscribe": true, "listChanged": true},
+            "logging": {}, "completions": {}
         },
         "serverInfo": {"name": srv.name, "version": "1.0.0"},
     })
@@ -384,7 +418,16 @@ async fn dispatch(
         "completion/complete" => Ok(json!({
             "completion": {"values": ["alice", "bob"], "total": 2, "hasMore": false}
         })),
-        "logging/setLevel" => Ok(json!({})),
+        "logging/setLevel" => {
+            srv.record(json!({"kind": "setLevel", "session": session,
+                "level": params.get("level").cloned().unwrap_or(Value::Null)}));
+            Ok(json!({}))
+        }
+        "resources/subscribe" | "resources/unsubscribe" => {
+            srv.record(json!({"kind": method, "session": session,
+                "uri": params.get("uri").cloned().unwrap_or(Value::Null)}));
+            Ok(json!({}))
+        }
         other => Err(RpcError::new(-32601, format!("method not found: {other}"))),
     }
 }
@@ -465,20 +508,6 @@ async fn call_tool(srv: &Server, session: &str, params: &Value) -> Result<Value,
             }
             Ok(count_result(s.count))
         }
-        "slow" => {
-            let ms = params
-                .pointer("/arguments/ms")
-                .and_then(Value::as_u64)
-                .filter(|&ms| ms <= MAX_SLOW_MS)
-                .ok_or_else(|| {
-                    RpcError::invalid_params(format!(
-                        "slow needs an integer argument ms <= {MAX_SLOW_MS}"
-                    ))
-                })?;
-            let _in_flight = InFlight::enter(&srv.stats.slow_in_flight);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(json!({"content": [{"type": "text", "text": "slept"}], "isError": false}))
-        }
         "fail" => Ok(json!({
             "content": [{"type": "text", "text": "fail: this tool always fails"}],
             "isError": true,
@@ -552,23 +581,36 @@ async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response
         Ok(s) => s,
         Err(problem) => return problem.into_response(),
     };
-    let Some(alive) = srv.sessions().get(&session).map(|s| s.alive_rx.clone()) else {
-        return SessionProblem::Unknown.into_response();
-    };
-    // The stream ends when the session is deleted (its watch sender is dropped).
-    let stream = futures_util::stream::unfold((alive, true), |(mut alive, first)| async move {
-        if first {
-            return Some((
-                Ok::<_, Infallible>(Bytes::from_static(b": open\n\n")),
-                (alive, false),
-            ));
-        }
-        let ended = tokio::select! {
-            _ = tokio::time::sleep(STREAM_KEEPALIVE) => false,
-            _ = alive.changed() => true,
+    let (tx, rx) = mpsc::unbounded_channel();
+    let alive = {
+        let mut sessions = srv.sessions();
+        let Some(s) = sessions.get_mut(&session) else {
+            return SessionProblem::Unknown.into_response();
         };
-        (!ended).then(|| (Ok(Bytes::from_static(b": keepalive\n\n")), (alive, false)))
-    });
+        // A newer GET stream replaces an older one, whose queue then ends.
+        s.stream = Some(tx);
+        s.alive_rx.clone()
+    };
+    let open = OpenStream::enter(&srv);
+    // The stream ends when the session is deleted (its watch sender is dropped) or the
+    // stream is replaced (its queue's sender is dropped).
+    let stream = futures_util::stream::unfold(
+        (alive, rx, true, open),
+        |(mut alive, mut rx, first, open)| async move {
+            if first {
+                return Some((
+                    Ok::<_, Infallible>(Bytes::from_static(b": open\n\n")),
+                    (alive, rx, false, open),
+                ));
+            }
+            let chunk = tokio::select! {
+                _ = tokio::time::sleep(STREAM_KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
+                _ = alive.changed() => return None,
+                message = rx.recv() => Bytes::from(format!("event: message\ndata: {}\n\n", message?)),
+            };
+            Some((Ok(chunk), (alive, rx, false, open)))
+        },
+    );
     let mut response = Response::new(Body::from_stream(stream));
     set_content_type(&mut response, "text/event-stream");
     response
@@ -642,6 +684,7 @@ impl Session {
             count: 0,
             _alive: alive,
             alive_rx,
+            stream: None,
         }
     }
 }
@@ -739,6 +782,11 @@ fn client_answered(srv: &Server, headers: &HeaderMap, message: &Value) -> Respon
         );
     }
     if let Some(waiting) = asked.remove(&key) {
+        drop(asked);
+        srv.record(
+            json!({"kind": "answer", "session": session, "id": message.get("id"),
+            "answer": message}),
+        );
         let _ = waiting.answer.send(message.clone());
     }
     StatusCode::ACCEPTED.into_response()
@@ -787,4 +835,271 @@ async fn forget_sessions(State(srv): State<Arc<Server>>) -> Response {
     let forgotten: Vec<String> = srv.sessions().drain().map(|(id, _)| id).collect();
     eprintln!("[{}] forgot {} sessions", srv.name, forgotten.len());
     json_response(StatusCode::OK, &json!({"forgotten": forgotten.len()}))
+}
+
+// ---- For the relay tests -----------------------------------------------------------
+
+/// Counts an open GET stream for as long as it is open.
+struct OpenStream(Arc<Server>);
+
+impl OpenStream {
+    fn enter(srv: &Arc<Server>) -> Self {
+        srv.stats.open_streams.fetch_add(1, Ordering::SeqCst);
+        Self(srv.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stats.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Server {
+    fn record(&self, event: Value) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<(String, String), oneshot::Sender<String>>> {
+        // Single insert/remove critical sections, as for `sessions`.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn debug_events(State(srv): State<Arc<Server>>) -> Response {
+    let events = srv.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    json_response(StatusCode::OK, &Value::Array(events))
+}
+
+/// A notification from the client: a cancellation stops the `slow` call it names (and
+/// is recorded either way); others are recorded.
+fn client_notification(srv: &Server, session: &str, method: &str, params: &Value) {
+    if method == "notifications/cancelled" {
+        let request_id = params.get("requestId").cloned().unwrap_or(Value::Null);
+        let reason = params
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let running = srv
+            .running()
+            .remove(&(session.to_owned(), request_id.to_string()));
+        let was_running = running.is_some();
+        if let Some(stop) = running {
+            let _ = stop.send(reason.clone());
+        }
+        eprintln!(
+            "[{}] cancelled {request_id} (running: {was_running})",
+            srv.name
+        );
+        srv.record(
+            json!({"kind": "cancelled", "session": session, "requestId": request_id,
+            "reason": reason, "running": was_running}),
+        );
+    } else if method != "notifications/initialized" {
+        srv.record(
+            json!({"kind": "notification", "session": session, "method": method,
+            "params": params}),
+        );
+    }
+}
+
+/// `slow`: sleeps for `ms` milliseconds, then answers (JSON); a `notifications/cancelled`
+/// for it ends it early with error -32800.
+async fn slow(srv: Arc<Server>, session: String, id: Value, params: &Value) -> Response {
+    let Some(ms) = params
+        .pointer("/arguments/ms")
+        .and_then(Value::as_u64)
+        .filter(|&ms| ms <= MAX_SLOW_MS)
+    else {
+        let message = format!("slow needs an integer argument ms <= {MAX_SLOW_MS}");
+        return rpc_response(&srv, &error_message(&id, -32602, &message), None);
+    };
+    let (stop, stopped) = oneshot::channel();
+    let running = Running::enter(&srv, (session, id.to_string()), stop);
+    let answer = {
+        let _in_flight = InFlight::enter(&srv.stats.slow_in_flight);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => {
+                json!({"jsonrpc": "2.0", "id": id, "result":
+                    {"content": [{"type": "text", "text": "slept"}], "isError": false}})
+            }
+            Ok(reason) = stopped => error_message(&id, -32800, &format!("cancelled: {reason}")),
+        }
+    };
+    drop(running);
+    rpc_response(&srv, &answer, None)
+}
+
+/// A `slow` call in the cancellable set until it ends, also when its request is dropped
+/// (the client went away).
+struct Running<'a> {
+    srv: &'a Server,
+    key: (String, String),
+}
+
+impl<'a> Running<'a> {
+    fn enter(srv: &'a Server, key: (String, String), stop: oneshot::Sender<String>) -> Self {
+        srv.running().insert(key.clone(), stop);
+        Self { srv, key }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.srv.running().remove(&self.key);
+    }
+}
+
+/// `ask` {method, params, via}: sends a server→client request (`method` with `params`)
+/// on this call's stream (`via` "call", the default) or on the session's GET stream
+/// ("get"), waits for the client's answer, and returns it as the tool result
+/// (`structuredContent.answer`: the whole response message; `isError` when it is an
+/// error or no answer came).
+fn ask(srv: Arc<Server>, session: String, id: Value, params: &Value) -> Response {
+    let args = params.get("arguments").cloned().unwrap_or(Value::Null);
+    let method = args
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("roots/list")
+        .to_owned();
+    let request_params = args.get("params").cloned().unwrap_or_else(|| json!({}));
+    let via_stream = args.get("via").and_then(Value::as_str) == Some("get");
+    let ask_id = json!(format!(
+        "ask-{}",
+        srv.next_ask.fetch_add(1, Ordering::SeqCst)
+    ));
+    let request =
+        json!({"jsonrpc": "2.0", "id": ask_id, "method": method, "params": request_params});
+    let (tx, rx) = oneshot::channel();
+    srv.asked().insert(
+        ask_id.to_string(),
+        Asked {
+            session: session.clone(),
+            answer: tx,
+        },
+    );
+    let mut first = None;
+    if via_stream {
+        let sent = srv
+            .sessions()
+            .get(&session)
+            .and_then(|s| s.stream.as_ref())
+            .is_some_and(|stream| stream.send(request).is_ok());
+        if !sent {
+            srv.asked().remove(&ask_id.to_string());
+            let result = json!({"content": [{"type": "text", "text": "no GET stream is open"}],
+                "isError": true});
+            return rpc_response(
+                &srv,
+                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                None,
+            );
+        }
+    } else {
+        first = Some(Bytes::from(format!("event: message\ndata: {request}\n\n")));
+    }
+    let rest = async move {
+        let result = match tokio::time::timeout(ASK_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => {
+                let refused = answer.get("result").is_none();
+                json!({
+                    "content": [{"type": "text", "text": answer.to_string()}],
+                    "structuredContent": {"answer": answer},
+                    "isError": refused,
+                })
+            }
+            _ => {
+                srv.asked().remove(&ask_id.to_string());
+                json!({"content": [{"type": "text", "text": "no answer"}], "isError": true})
+            }
+        };
+        let response = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        Ok::<_, Infallible>(Bytes::from(format!("event: message\ndata: {response}\n\n")))
+    };
+    use futures_util::StreamExt as _;
+    let stream = futures_util::stream::iter(first.map(Ok::<_, Infallible>))
+        .chain(futures_util::stream::once(rest));
+    let mut response = Response::new(Body::from_stream(stream));
+    set_content_type(&mut response, "text/event-stream");
+    response
+}
+
+/// `chatty` {steps, tag}: an SSE answer with, per step, a `notifications/progress` (when
+/// the request has a progress token) and a `notifications/message` carrying `tag`, then
+/// the result, whose `structuredContent.progressToken` is the token as this server saw it.
+fn chatty(srv: &Server, id: &Value, params: &Value) -> Response {
+    let steps = params
+        .pointer("/arguments/steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(3)
+        .min(1000);
+    let tag = params
+        .pointer("/arguments/tag")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let token = params.pointer("/_meta/progressToken").cloned();
+    let mut out = String::new();
+    for step in 1..=steps {
+        if let Some(token) = &token {
+            let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": step, "total": steps,
+                    "message": tag}});
+            out.push_str(&format!("event: message\ndata: {progress}\n\n"));
+        }
+        let log = json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "logger": srv.name, "data": {"tag": tag, "step": step}}});
+        out.push_str(&format!("event: message\ndata: {log}\n\n"));
+    }
+    let result = json!({
+        "content": [{"type": "text", "text": format!("{steps} steps")}],
+        "structuredContent": {"progressToken": token, "steps": steps},
+        "isError": false,
+    });
+    let response = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    out.push_str(&format!("event: message\ndata: {response}\n\n"));
+    let mut r = Response::new(Body::from(out));
+    set_content_type(&mut r, "text/event-stream");
+    r
+}
+
+/// `notify` {tag}: puts `notifications/tools/list_changed`,
+/// `notifications/resources/updated` (counter://value) and a `notifications/message`
+/// carrying `tag` on this session's GET stream; the result says how many were queued
+/// (0 without an open GET stream).
+fn notify(srv: &Server, session: &str, id: &Value, params: &Value) -> Response {
+    let tag = params
+        .pointer("/arguments/tag")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let messages = [
+        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+            "params": {"uri": "counter://value"}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "logger": srv.name, "data": {"tag": tag}}}),
+    ];
+    let queued = srv
+        .sessions()
+        .get(session)
+        .and_then(|s| s.stream.as_ref())
+        .map_or(0, |stream| {
+            messages
+                .into_iter()
+                .take_while(|m| stream.send(m.clone()).is_ok())
+                .count()
+        });
+    let result = json!({
+        "content": [{"type": "text", "text": queued.to_string()}],
+        "structuredContent": {"queued": queued},
+        "isError": false,
+    });
+    rpc_response(
+        srv,
+        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        None,
+    )
 }

@@ -44,6 +44,8 @@ pub struct Stats {
     pub tools_call: u64,
     pub ping: u64,
     pub slow_in_flight: u64,
+    /// GET streams open now.
+    pub open_streams: u64,
 }
 
 /// A running `counter-server`, killed on drop.
@@ -115,6 +117,29 @@ impl CounterServer {
             response.status
         );
         Ok(serde_json::from_value(response.json()?)?)
+    }
+
+    /// What `GET /debug/events` recorded (initialize capabilities, cancellations,
+    /// answers to server requests, logging levels, subscriptions, notifications).
+    pub async fn events(&self) -> Result<Vec<serde_json::Value>> {
+        let mut conn = HttpConn::connect(self.addr).await?;
+        let response = conn.send(&Request::get("/debug/events")).await?;
+        ensure!(
+            response.status == 200,
+            "/debug/events answered {}",
+            response.status
+        );
+        Ok(serde_json::from_value(response.json()?)?)
+    }
+
+    /// Recorded events of one kind.
+    pub async fn events_of(&self, kind: &str) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .events()
+            .await?
+            .into_iter()
+            .filter(|e| e.get("kind").and_then(serde_json::Value::as_str) == Some(kind))
+            .collect())
     }
 
     /// Kills the server now (for dead-upstream tests); its port is then closed.

@@ -275,6 +275,35 @@ impl HttpConn {
         Ok(std::mem::take(&mut self.buf))
     }
 
+    /// Reads the next piece of an open body, as framed by `head`: one chunk of a chunked
+    /// body (`None` after the last), or whatever arrived of an unframed one (`None` at
+    /// the end of the connection). For reading a stream while it is still open.
+    pub async fn read_piece(&mut self, head: &Response) -> Result<Option<Vec<u8>>> {
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if !chunked {
+            if self.buf.is_empty() && self.fill().await? == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(std::mem::take(&mut self.buf)));
+        }
+        let line = self.take_line().await?;
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size line {line:?}"))?;
+        if size == 0 {
+            while !self.take_line().await?.is_empty() {}
+            return Ok(None);
+        }
+        let data = self.take_exact(size).await?;
+        ensure!(
+            self.take_line().await?.is_empty(),
+            "chunk not followed by CRLF"
+        );
+        Ok(Some(data))
+    }
+
     async fn read_chunked(&mut self) -> Result<Vec<u8>> {
         let mut body = Vec::new();
         loop {

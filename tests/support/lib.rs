@@ -10,6 +10,7 @@
 //! - [`http`]: a small HTTP/1.1 client over `TcpStream` with byte-level control
 //!   (keep-alive, partial heads, oversized requests).
 //! - [`sse`]: parsing `text/event-stream` bodies.
+//! - [`stream`]: an open SSE response read message by message (server→client traffic).
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
@@ -25,6 +26,7 @@ pub mod ops;
 pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod stream;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

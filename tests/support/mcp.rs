@@ -299,6 +299,11 @@ impl McpClient {
     /// `initialize` + `notifications/initialized`. Returns the initialize answer, whose
     /// worker header names the session's owner.
     pub async fn initialize(&mut self) -> Result<RpcReply> {
+        self.initialize_with(json!({})).await
+    }
+
+    /// [`Self::initialize`] declaring these client capabilities.
+    pub async fn initialize_with(&mut self, capabilities: Value) -> Result<RpcReply> {
         self.session_id = None;
         self.protocol_version = None;
         let reply = self
@@ -306,7 +311,7 @@ impl McpClient {
                 "initialize",
                 json!({
                     "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
+                    "capabilities": capabilities,
                     "clientInfo": {"name": "mcpgw-tests", "version": "0.1.0"},
                 }),
             )

@@ -28,6 +28,7 @@ use crate::body::{self, Body};
 use crate::federation::{self, Endpoint, ListKind};
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
+use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::sessions::Session;
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, read_answer};
 use crate::{Ctx, Live, versions};
@@ -43,6 +44,8 @@ pub(crate) enum Origin {
 
 /// Error code conventional for an unknown or expired session.
 const SESSION_NOT_FOUND: i32 = -32001;
+/// Answer to a request the client cancelled itself.
+const REQUEST_CANCELLED: i32 = -32800;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i32 = -32002;
 
@@ -347,9 +350,8 @@ async fn post_inner(
     }
     match env.kind() {
         Kind::Request(method) => request(ctx, &session, method, &env, &body, accept).await,
-        // Client notifications and answers to server requests are accepted;
-        // relaying them upstream is the job of the full-surface work.
-        Kind::Notification(_) | Kind::Response => accepted(),
+        Kind::Notification(method) => client_notification(&session, method, &env, &body).await,
+        Kind::Response => client_response(&session, &env, &body, accept).await,
         Kind::Invalid => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
@@ -522,11 +524,36 @@ async fn request(
                 .params
                 .and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok())
             {
-                Some(p) => by_uri(ctx, session, &p.uri, body.clone(), id, accept).await,
+                Some(p) => {
+                    let progress = wants_progress(env.params);
+                    by_uri(ctx, session, &p.uri, body.clone(), id, accept, progress).await
+                }
                 None => invalid_params(accept, id, &format!("{method} needs params.uri")),
             }
         }
         "completion/complete" => complete(ctx, session, env, body, accept).await,
+        "logging/setLevel" => {
+            let resp = if namespaced {
+                broadcast(ctx, session, method, env, accept).await
+            } else {
+                passthrough(
+                    ctx,
+                    session,
+                    &endpoint.upstreams[0],
+                    body.clone(),
+                    id,
+                    accept,
+                    false,
+                )
+                .await
+            };
+            // Recorded after it went out, so the upstream sessions it just
+            // created do not get it twice.
+            if let Some(p) = env.params {
+                session.relay.set_log_level(p.get());
+            }
+            resp
+        }
         m if !namespaced => {
             // One upstream: the gateway is transparent, lists and methods it
             // does not know included.
@@ -538,6 +565,7 @@ async fn request(
                 body.clone(),
                 id,
                 accept,
+                wants_progress(env.params),
             )
             .await
         }
@@ -564,9 +592,6 @@ async fn request(
                     Err(e) => invalid_params(accept, id, &e.to_string()),
                 };
             }
-            if m == "logging/setLevel" {
-                return broadcast(ctx, session, m, env, accept).await;
-            }
             rpc_error(
                 accept,
                 StatusCode::OK,
@@ -589,9 +614,18 @@ async fn by_name(
     what: &str,
 ) -> Response<Body> {
     #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(rename = "progressToken", borrow, default)]
+        progress_token: Option<&'a serde_json::value::RawValue>,
+    }
+    // `_meta` is read in the same pass as the name, so the hot path does
+    // not scan the body again for a progress token.
+    #[derive(Deserialize)]
     struct P<'a> {
         #[serde(borrow)]
         name: Cow<'a, str>,
+        #[serde(rename = "_meta", borrow, default)]
+        meta: Option<Meta<'a>>,
     }
     let id = env.id_raw();
     let Some(params) = env.params else {
@@ -613,7 +647,23 @@ async fn by_name(
             None => return invalid_params(accept, id, "params must be an object"),
         }
     };
-    passthrough(ctx, session, &endpoint.upstreams[pos], body, id, accept).await
+    let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
+    passthrough(
+        ctx,
+        session,
+        &endpoint.upstreams[pos],
+        body,
+        id,
+        accept,
+        progress,
+    )
+    .await
+}
+
+/// Whether a request asks for progress (then its token is mapped). A scan,
+/// not a parse: most requests have none.
+fn wants_progress(params: Option<&serde_json::value::RawValue>) -> bool {
+    params.is_some_and(|p| p.get().contains("progressToken"))
 }
 
 /// The body with `params.<key>` replaced by `value` (a string); everything
@@ -633,10 +683,20 @@ async fn by_uri(
     body: Bytes,
     id: &str,
     accept: Accept,
+    progress: bool,
 ) -> Response<Body> {
     let endpoint = session.endpoint();
     if !endpoint.namespaced() {
-        return passthrough(ctx, session, &endpoint.upstreams[0], body, id, accept).await;
+        return passthrough(
+            ctx,
+            session,
+            &endpoint.upstreams[0],
+            body,
+            id,
+            accept,
+            progress,
+        )
+        .await;
     }
     let known = session
         .resource_routes
@@ -651,7 +711,7 @@ async fn by_uri(
                 .cloned()
         });
     if let Some(server) = known {
-        return passthrough(ctx, session, &server, body, id, accept).await;
+        return passthrough(ctx, session, &server, body, id, accept, progress).await;
     }
     let mut last_error = None;
     for server in endpoint.upstreams.iter() {
@@ -739,10 +799,21 @@ async fn complete(
                     None => return invalid_params(accept, id, "params must be an object"),
                 }
             };
-            passthrough(ctx, session, &endpoint.upstreams[pos], body, id, accept).await
+            let progress = wants_progress(env.params);
+            passthrough(
+                ctx,
+                session,
+                &endpoint.upstreams[pos],
+                body,
+                id,
+                accept,
+                progress,
+            )
+            .await
         }
         ("ref/resource", _, Some(uri)) => {
-            by_uri(ctx, session, &uri, body.clone(), id, accept).await
+            let progress = wants_progress(env.params);
+            by_uri(ctx, session, &uri, body.clone(), id, accept, progress).await
         }
         _ => invalid_params(
             accept,
@@ -800,7 +871,8 @@ async fn broadcast(
 /// upstream's answer streamed back. A 404 from the upstream (it forgot the
 /// session) starts a new upstream session and retries once: the request was
 /// not processed. Other failures are answered, never retried, so a tool
-/// call is never run twice.
+/// call is never run twice. While it runs the call is registered with the
+/// session's relay (cancellation, progress, server requests in its stream).
 async fn passthrough(
     ctx: &Arc<Ctx>,
     session: &Arc<Session>,
@@ -808,17 +880,34 @@ async fn passthrough(
     body: Bytes,
     id: &str,
     accept: Accept,
+    progress: bool,
 ) -> Response<Body> {
     let deadline = Instant::now() + server.request_timeout();
+    let (body, token) = match progress.then(|| Relay::map_progress(&body)).flatten() {
+        Some((rewritten, token)) => (rewritten, Some(token)),
+        None => (body, None),
+    };
     let mut retried = false;
     loop {
         let us = match ctx.registry.get(session, server).await {
             Ok(us) => us,
             Err(e) => return upstream_failure(ctx, accept, id, session, &e),
         };
-        match us.send(body.clone(), deadline).await {
-            Ok(resp) => return relay(resp, accept, id, deadline, server).await,
+        let mut call = CallGuard::start(&session.relay, &us, id, token.as_ref());
+        let sent = tokio::select! {
+            sent = us.send(body.clone(), deadline) => sent,
+            _ = call.interrupted() => return cancelled(accept, id),
+        };
+        match sent {
+            Ok(resp) => {
+                return answer_call(session, resp, accept, id, deadline, server, call).await;
+            }
             Err(e) => {
+                // Only a timed-out call may still be running upstream; the
+                // guard cancels it there when dropped unfinished.
+                if !matches!(e, UpstreamError::Timeout { .. }) {
+                    call.finish();
+                }
                 if e.evicts() {
                     ctx.registry.evict(session, &us, &e).await;
                 }
@@ -832,6 +921,19 @@ async fn passthrough(
             }
         }
     }
+}
+
+/// The answer to a call the client cancelled (it ignores it, but an HTTP
+/// request needs one). -32800 is the code JSON-RPC peers use for it (LSP);
+/// MCP names none.
+fn cancelled(accept: Accept, id: &str) -> Response<Body> {
+    rpc_error(
+        accept,
+        StatusCode::OK,
+        id,
+        REQUEST_CANCELLED,
+        "Request cancelled by the client",
+    )
 }
 
 fn upstream_failure(
@@ -858,14 +960,18 @@ fn upstream_failure(
     )
 }
 
-/// Pass an upstream answer back in a format the client takes: streamed
-/// untouched when it does, reduced to the one response when not.
-async fn relay(
+/// Pass an upstream answer back in a format the client takes. A JSON answer
+/// is streamed untouched (the hot path); an SSE answer goes through the
+/// relay, which rewrites ids and tokens and routes server requests, and is
+/// streamed to an SSE client or reduced to its response for a JSON one.
+async fn answer_call(
+    session: &Arc<Session>,
     resp: Response<hyper::body::Incoming>,
     accept: Accept,
     id: &str,
     deadline: Instant,
     server: &UpstreamServer,
+    mut call: CallGuard,
 ) -> Response<Body> {
     let ct = resp
         .headers()
@@ -874,22 +980,28 @@ async fn relay(
         .unwrap_or("");
     let upstream_sse = ct.trim_start().starts_with("text/event-stream");
     let upstream_json = ct.trim_start().starts_with("application/json");
-    if (upstream_sse && accept.sse) || (upstream_json && accept.json) {
-        let ct = if upstream_sse {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        let mut r = Response::new(body::with_deadline(resp.into_body(), deadline));
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-        if upstream_sse {
+    if upstream_json {
+        // The upstream has answered; nothing is left to cancel.
+        call.finish();
+        if accept.json {
+            let mut r = Response::new(body::with_deadline(resp.into_body(), deadline));
             r.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return r;
         }
-        return r;
+        return match read_answer(server, resp, deadline).await {
+            Ok(message) => rpc(accept, StatusCode::OK, message),
+            Err(e) => rpc_error(
+                accept,
+                StatusCode::OK,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                &e.to_string(),
+            ),
+        };
     }
-    if !(upstream_sse || upstream_json) {
+    if !upstream_sse {
+        call.finish();
         let e = UpstreamError::Protocol {
             upstream: server.id.clone(),
             reason: format!("answer has content type {ct:?}"),
@@ -902,15 +1014,129 @@ async fn relay(
             &e.to_string(),
         );
     }
-    match read_answer(server, resp, deadline).await {
-        Ok(message) => rpc(accept, StatusCode::OK, message),
-        Err(e) => rpc_error(
-            accept,
-            StatusCode::OK,
-            id,
-            jsonrpc::INTERNAL_ERROR,
-            &e.to_string(),
-        ),
+    let relay = session.relay.clone();
+    let closed = session.close_signal();
+    if !accept.sse {
+        return match relay::pump_call(relay, call, resp.into_body(), None, deadline, closed).await {
+            PumpEnd::Answer(message) => rpc(accept, StatusCode::OK, message),
+            PumpEnd::ClientGone => rpc_error(
+                accept,
+                StatusCode::OK,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the session ended during the call",
+            ),
+            PumpEnd::Cancelled => cancelled(accept, id),
+            PumpEnd::Failed(e) => rpc_error(
+                accept,
+                StatusCode::OK,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                &e.to_string(),
+            ),
+        };
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+    let id = id.to_owned();
+    let body = resp.into_body();
+    tokio::spawn(async move {
+        if let PumpEnd::Failed(e) =
+            relay::pump_call(relay, call, body, Some(tx.clone()), deadline, closed).await
+        {
+            warn!(error = %e, "streamed call failed");
+            let message = jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None);
+            let _ = tx.send(crate::sse::message_event(&message)).await;
+        }
+    });
+    let mut r = Response::new(body::channel(rx));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// A notification from the client. Cancellation goes to the one upstream
+/// session running the request, never to the others; the gateway already
+/// sent `notifications/initialized` to each upstream itself; anything else
+/// (roots/list_changed, unknown ones) concerns every upstream session of
+/// the session that exists.
+async fn client_notification(
+    session: &Arc<Session>,
+    method: &str,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+) -> Response<Body> {
+    match method {
+        "notifications/initialized" => {}
+        "notifications/cancelled" => match session.relay.cancel_target(env.params) {
+            Some(call) => {
+                let us = call.upstream();
+                info!(session = %session.id, upstream = %us.server.id, "client cancelled a call");
+                if let Err(e) = relay::deliver_upstream(us, body.clone()).await {
+                    warn!(session = %session.id, error = %e, "relaying a cancellation failed");
+                }
+                // Only now: the upstream hears of the cancel before the call's
+                // connection to it goes away.
+                call.interrupt();
+            }
+            None => {
+                debug!(session = %session.id, "cancellation of a request not in flight; ignored")
+            }
+        },
+        "notifications/progress" => match session.relay.client_progress(env.params, body) {
+            // Progress on a server request: to the upstream that asked.
+            Some((us, rewritten)) => {
+                if let Err(e) = relay::deliver_upstream(&us, rewritten).await {
+                    debug!(session = %session.id, error = %e, "relaying progress failed");
+                }
+            }
+            None => {
+                debug!(session = %session.id, "progress for no pending server request; dropped")
+            }
+        },
+        _ => {
+            let mut set = tokio::task::JoinSet::new();
+            for us in session.upstreams.live() {
+                let body = body.clone();
+                set.spawn(async move {
+                    if let Err(e) = relay::deliver_upstream(&us, body).await {
+                        debug!(upstream = %us.server.id, error = %e, "relaying a notification failed");
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
+        }
+    }
+    accepted()
+}
+
+/// The client's answer to a server→client request: to the upstream that
+/// asked, with its own id.
+async fn client_response(
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    let result = match session.relay.take_answer(env.id_raw(), body) {
+        Ok((us, rewritten)) => relay::deliver_upstream(&us, rewritten)
+            .await
+            .map_err(relay::AnswerError::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => accepted(),
+        Err(e) => {
+            info!(session = %session.id, id = env.id_raw(), error = %e, "client response not relayed");
+            rpc_error(
+                accept,
+                e.status(),
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &e.to_string(),
+            )
+        }
     }
 }
 
@@ -929,9 +1155,16 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
             "GET needs Accept: text/event-stream\n",
         );
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+    let (generation, mut alive) = session.relay.open_stream(tx.clone());
+    // Server-initiated messages of existing upstream sessions reach the
+    // client from now on; later ones start listening when created.
+    for us in session.upstreams.live() {
+        relay::listen(&session.relay, &us);
+    }
     let mut closed = session.close_signal();
     let mut stopping = ctx.stopping.clone();
+    let relay = session.relay.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
         tick.tick().await;
@@ -939,6 +1172,9 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
             tokio::select! {
                 _ = became_true(&mut closed) => break,
                 _ = became_true(&mut stopping) => break,
+                // A newer GET replaced this stream.
+                _ = alive.changed() => break,
+                _ = tx.closed() => break,
                 _ = tick.tick() => {
                     if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                         break;
@@ -946,6 +1182,7 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
                 }
             }
         }
+        relay.stream_gone(generation);
     });
     let mut r = Response::new(body::channel(rx));
     r.headers_mut()
@@ -999,7 +1236,7 @@ async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
-async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
     while !*flag.borrow_and_update() {
         if flag.changed().await.is_err() {
             return;

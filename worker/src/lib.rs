@@ -9,6 +9,8 @@
 //! - [`federation`]: endpoints, namespacing, merged lists.
 //! - [`sessions`]: the downstream sessions this worker owns.
 //! - [`registry`]: one upstream session per (session, upstream server).
+//! - [`relay`]: server→client requests, notifications and cancellation
+//!   between a session and its upstream sessions; the id/token maps.
 //! - [`store`]: session records (write-through) and resuming inherited ones.
 //! - [`upstream`]: the HTTP client side of one upstream server.
 //! - [`forward`]: requests for sessions another worker owns.
@@ -22,6 +24,7 @@ mod forward;
 mod jsonrpc;
 mod metrics;
 mod registry;
+mod relay;
 mod sessions;
 mod sse;
 mod store;

@@ -50,6 +50,15 @@ impl SessionUpstreams {
             .unwrap_or_default()
     }
 
+    /// The upstream sessions that exist now (none is created); a cell busy
+    /// creating or probing is skipped.
+    pub(crate) fn live(&self) -> Vec<Arc<UpstreamSession>> {
+        self.all()
+            .into_iter()
+            .filter_map(|(_, cell)| cell.try_lock().ok()?.clone())
+            .collect()
+    }
+
     fn existing(&self, upstream: &str) -> Option<Arc<Cell>> {
         self.cells.lock().ok()?.get(upstream).cloned()
     }
@@ -162,6 +171,8 @@ impl Registry {
         }
         self.live(&server.id, 1);
         *cell = Some(created.clone());
+        // Logging level and GET-stream listening, as for the session's others.
+        crate::relay::upstream_created(&session.relay, &created);
         // Written before the call proceeds: a worker that takes this session
         // over re-attaches the same upstream session.
         self.store
@@ -200,6 +211,20 @@ impl Registry {
     /// Close every upstream session of these (already removed) sessions,
     /// concurrently; returns within about two grace periods whatever happens.
     pub(crate) async fn close_sessions(&self, sessions: &[Arc<Session>]) {
+        // Server requests still waiting are answered while their upstream
+        // sessions are still there to hear it.
+        let mut relays = JoinSet::new();
+        // Half a grace period, taken from the two that bound closing in all.
+        let started = tokio::time::Instant::now();
+        let bound = self.close_grace / 2;
+        for s in sessions {
+            let relay = s.relay.clone();
+            relays.spawn(async move { relay.close(bound).await });
+        }
+        let all = async { while relays.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            relays.abort_all();
+        }
         let mut taken = Vec::new();
         for s in sessions {
             for (_, cell) in s.upstreams.all() {
@@ -212,7 +237,8 @@ impl Registry {
                 }
             }
         }
-        self.close_all(taken, "closed").await;
+        let left = (self.close_grace * 2).saturating_sub(started.elapsed());
+        self.close_all(taken, "closed", left).await;
     }
 
     /// Close the upstream sessions of `session` on these upstreams (a reload
@@ -230,10 +256,13 @@ impl Registry {
                 taken.push(us);
             }
         }
-        self.close_all(taken, "evicted_reload").await;
+        self.close_all(taken, "evicted_reload", self.close_grace * 2)
+            .await;
     }
 
-    async fn close_all(&self, taken: Vec<Arc<UpstreamSession>>, event: &str) {
+    /// Close these concurrently, each within a grace period, all within
+    /// `bound`; what is left then is abandoned.
+    async fn close_all(&self, taken: Vec<Arc<UpstreamSession>>, event: &str, bound: Duration) {
         if taken.is_empty() {
             return;
         }
@@ -247,7 +276,7 @@ impl Registry {
             set.spawn(async move { us.close(grace).await });
         }
         let all = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace * 2, all).await.is_err() {
+        if tokio::time::timeout(bound, all).await.is_err() {
             warn!(
                 left = set.len(),
                 "upstream session closes did not finish in time; abandoning them"

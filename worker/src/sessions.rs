@@ -4,7 +4,8 @@
 //! this worker's slot) and lives until DELETE, idle expiry or shutdown. It
 //! holds what later requests need: the endpoint it was opened on, the
 //! negotiated version, the client's initialize parameters (replayed to each
-//! upstream), and its upstream sessions ([`crate::registry`]).
+//! upstream), its upstream sessions ([`crate::registry`]) and its relay
+//! state ([`crate::relay`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::federation::Endpoint;
 use crate::registry::SessionUpstreams;
+use crate::relay::Relay;
 
 pub(crate) struct Session {
     pub id: SessionId,
@@ -26,6 +28,8 @@ pub(crate) struct Session {
     /// The client's `initialize` params with the negotiated version, raw.
     pub init_params: Box<str>,
     pub upstreams: SessionUpstreams,
+    /// Server→client requests, progress tokens, in-flight calls.
+    pub relay: Arc<Relay>,
     /// URI → upstream id, learned from `resources/list`.
     pub resource_routes: Mutex<HashMap<String, Arc<str>>>,
     last_used: Mutex<Instant>,
@@ -44,6 +48,7 @@ impl Session {
             id,
             endpoint: Mutex::new(endpoint),
             version,
+            relay: Arc::new(Relay::new(&init_params)),
             init_params,
             upstreams: SessionUpstreams::default(),
             resource_routes: Mutex::new(HashMap::new()),

@@ -29,6 +29,12 @@ impl Parser {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// Bytes held for events not complete yet (bounded by callers, so an
+    /// upstream that never ends an event cannot grow it forever).
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.buf.len() + self.current.data.len()
+    }
+
     /// The next complete event, if the buffered bytes hold one.
     pub(crate) fn next_event(&mut self) -> Option<Event> {
         loop {

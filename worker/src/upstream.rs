@@ -211,14 +211,14 @@ impl UpstreamServer {
         }
     }
 
-    fn timeout_error(&self) -> UpstreamError {
+    pub(crate) fn timeout_error(&self) -> UpstreamError {
         UpstreamError::Timeout {
             upstream: self.id.clone(),
             timeout_ms: self.request_timeout_ms.load(Ordering::Relaxed),
         }
     }
 
-    fn protocol_error(&self, reason: impl Into<String>) -> UpstreamError {
+    pub(crate) fn protocol_error(&self, reason: impl Into<String>) -> UpstreamError {
         UpstreamError::Protocol {
             upstream: self.id.clone(),
             reason: reason.into(),
@@ -235,6 +235,9 @@ pub(crate) struct UpstreamSession {
     created: Instant,
     last_used: Mutex<Instant>,
     next_id: AtomicU64,
+    /// Generation of the client GET stream this session's own GET stream is
+    /// listened to for (0: none), so one client stream gets one listener.
+    listened_for: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +326,7 @@ impl UpstreamSession {
             created: Instant::now(),
             last_used: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(1),
+            listened_for: AtomicU64::new(0),
         })
     }
 
@@ -380,6 +384,40 @@ impl UpstreamSession {
                 status,
             }),
         }
+    }
+
+    /// Open this session's GET stream (server-initiated messages); returns
+    /// the answer's head once it is a success.
+    pub(crate) async fn open_stream(
+        &self,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = self.server.request(
+            Method::GET,
+            self.session_id.as_ref(),
+            Some(&self.version),
+            Bytes::new(),
+        );
+        let h = req.headers_mut();
+        h.remove(CONTENT_TYPE);
+        h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let resp = self.server.send(req, deadline).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
+                upstream: self.server.id.clone(),
+            }),
+            status => Err(UpstreamError::Status {
+                upstream: self.server.id.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// Claim the listener for client stream `generation`; false when this
+    /// session is already listened to for it.
+    pub(crate) fn claim_listener(&self, generation: u64) -> bool {
+        self.listened_for.swap(generation, Ordering::Relaxed) != generation
     }
 
     /// A request on the gateway's own account; returns the whole answer.

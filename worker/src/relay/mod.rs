@@ -1,0 +1,793 @@
+//! The stateful MCP surface between one downstream session and its upstream
+//! sessions: server→client requests (sampling, elicitation, roots, ping) and
+//! the client's answers to them, notifications both ways, and cancellation.
+//!
+//! It owns the per-session maps that make this work ([`Relay`]) and the
+//! routing of every message an upstream sends outside the one response the
+//! client asked for. The endpoint decides when a call starts and how its
+//! answer is framed; the registry owns the upstream sessions themselves.
+//!
+//! Ids and tokens, per downstream session:
+//! - **Client request ids** pass upstream unchanged: an upstream session
+//!   belongs to exactly one downstream session, so they cannot collide there.
+//!   [`Relay`] remembers which upstream session runs each in-flight client id,
+//!   so a client's `notifications/cancelled` reaches that one upstream (with
+//!   the same id) and nothing else, and a call whose client went away is
+//!   cancelled upstream.
+//! - **Progress tokens** in client requests are replaced by a gateway token
+//!   `"mcpgw:p<n>"` (`n` unique in the worker) and mapped back in
+//!   `notifications/progress`, whichever upstream stream it arrives on.
+//! - **Server→client request ids** are replaced by `"mcpgw:s<n>"` (`n` unique
+//!   in the worker), so requests from several upstreams never collide at the
+//!   client; the client's response is sent to the upstream session that asked,
+//!   with the upstream's original id. An upstream's `notifications/cancelled`
+//!   for such a request is mapped the same way, and so is a progress token
+//!   in it (`"mcpgw:p<n>"` to the client; the client's progress goes to the
+//!   upstream that asked, with its own token).
+//!
+//! A server→client request goes out on the stream of the call it arrived on,
+//! else on the session's GET stream; with neither, and for a capability the
+//! client did not declare at `initialize`, the upstream gets a JSON-RPC error
+//! at once. Requests still pending when their stream goes away, or when the
+//! session ends, are answered upstream with an error.
+//!
+//! Submodules: [`caps`] (what the client declared), [`route`] (where each
+//! upstream message goes), [`streams`] (a call's SSE answer, the upstream
+//! GET streams).
+
+mod caps;
+mod route;
+mod streams;
+
+pub(crate) use caps::ClientCaps;
+pub(crate) use streams::{PumpEnd, listen, pump_call, upstream_created};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info};
+
+use crate::jsonrpc::{self, RawObject};
+use crate::upstream::{UpstreamError, UpstreamSession};
+
+/// Bound on delivering one of our own messages (an error answer, a cancel)
+/// to an upstream: they are best effort and must not hold anything up.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on relaying a client's response or notification upstream.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Server→client requests one session may have waiting for the client; more
+/// are refused, so a client that never answers cannot grow the map forever.
+const MAX_PENDING: usize = 1024;
+/// Messages queued for a slow client stream before the sender waits.
+pub(crate) const STREAM_QUEUE: usize = 64;
+/// JSON-RPC code for a server→client request the gateway refuses or that
+/// lost its client.
+const REQUEST_FAILED: i32 = jsonrpc::INTERNAL_ERROR;
+
+/// Ids and tokens the gateway hands out, unique in this worker process.
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn next_number() -> u64 {
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A JSON-RPC id as a map key: numbers as written, strings re-encoded so
+/// that two spellings of one string are one key.
+pub(crate) fn id_key(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if !raw.starts_with('"') {
+        return Some(raw.to_owned());
+    }
+    if !raw.contains('\\') {
+        return Some(raw.to_owned());
+    }
+    serde_json::from_str::<String>(raw)
+        .ok()
+        .map(|s| jsonrpc::json_string(&s))
+}
+
+/// One client request in flight on an upstream session.
+pub(crate) struct Call {
+    seq: u64,
+    key: String,
+    upstream: Arc<UpstreamSession>,
+    /// (gateway token, the client's token as raw JSON).
+    token: Option<(String, Box<str>)>,
+    /// The client's SSE answer stream, once the answer is streamed.
+    stream: Mutex<Option<mpsc::Sender<Bytes>>>,
+    /// The client cancelled it: the upstream was told already.
+    cancelled: AtomicBool,
+    /// Wakes whoever waits on the call once the upstream was told of the
+    /// client's cancel: the client ignores any answer from then on, and an
+    /// upstream need not send one.
+    interrupt: tokio::sync::Notify,
+}
+
+impl Call {
+    fn stream(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.stream.lock().ok()?.clone()
+    }
+
+    pub(crate) fn upstream(&self) -> &Arc<UpstreamSession> {
+        &self.upstream
+    }
+
+    /// Stop waiting for this call's answer (after the upstream was told).
+    pub(crate) fn interrupt(&self) {
+        self.interrupt.notify_one();
+    }
+}
+
+/// A server→client request waiting for the client's answer.
+struct Pending {
+    upstream: Arc<UpstreamSession>,
+    /// The upstream's id, raw JSON.
+    original_id: Box<str>,
+    origin: Origin,
+    /// (gateway token, the upstream's token as raw JSON) when the request
+    /// asked the client for progress.
+    token: Option<(String, Box<str>)>,
+}
+
+/// Where a pending request was delivered; it fails when that goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Call(u64),
+    Stream(u64),
+}
+
+/// The session's GET stream as the relay sees it.
+struct ServerStream {
+    generation: u64,
+    tx: mpsc::Sender<Bytes>,
+    /// Dropped when this stream ends or is replaced; tasks that serve it
+    /// (keep-alive, upstream listeners) watch it.
+    alive: watch::Sender<()>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<String, Arc<Call>>,
+    tokens: HashMap<String, Arc<Call>>,
+    pending: HashMap<String, Pending>,
+    stream: Option<ServerStream>,
+    closed: bool,
+}
+
+/// One downstream session's relay state; see the module doc for the maps.
+pub(crate) struct Relay {
+    pub caps: ClientCaps,
+    state: Mutex<State>,
+    /// The params of the client's last `logging/setLevel`, raw: applied to
+    /// upstream sessions created after it.
+    log_level: Mutex<Option<Box<str>>>,
+}
+
+impl Relay {
+    pub(crate) fn new(init_params: &str) -> Self {
+        Self {
+            caps: ClientCaps::from_init_params(init_params),
+            state: Mutex::new(State::default()),
+            log_level: Mutex::new(None),
+        }
+    }
+
+    /// Remember the client's logging level (raw `logging/setLevel` params).
+    pub(crate) fn set_log_level(&self, params: &str) {
+        if let Ok(mut l) = self.log_level.lock() {
+            *l = Some(params.into());
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few map operations that cannot leave
+        // the maps inconsistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The GET stream's sender and generation, if one is open.
+    fn server_stream(&self) -> Option<(mpsc::Sender<Bytes>, u64)> {
+        self.state()
+            .stream
+            .as_ref()
+            .map(|s| (s.tx.clone(), s.generation))
+    }
+
+    /// Make `tx` the session's GET stream (a newer GET replaces an older
+    /// one, which then ends). Returns its generation and a receiver that
+    /// errors once the stream ended.
+    pub(crate) fn open_stream(&self, tx: mpsc::Sender<Bytes>) -> (u64, watch::Receiver<()>) {
+        let generation = next_number();
+        let (alive, alive_rx) = watch::channel(());
+        let replaced = {
+            let mut st = self.state();
+            if st.closed {
+                // The session ended meanwhile: the stream ends at once.
+                drop(alive);
+                return (generation, alive_rx);
+            }
+            st.stream.replace(ServerStream {
+                generation,
+                tx,
+                alive,
+            })
+        };
+        if let Some(old) = replaced {
+            debug!(
+                generation = old.generation,
+                "a newer GET stream replaces this one"
+            );
+            self.fail_pending(
+                |o| o == Origin::Stream(old.generation),
+                "the stream was replaced",
+            );
+        }
+        (generation, alive_rx)
+    }
+
+    /// The GET stream of `generation` has ended (client gone, session or
+    /// worker stopping): requests delivered on it fail.
+    pub(crate) fn stream_gone(&self, generation: u64) {
+        let gone = {
+            let mut st = self.state();
+            match &st.stream {
+                Some(s) if s.generation == generation => st.stream.take(),
+                _ => None,
+            }
+        };
+        if gone.is_some() {
+            self.fail_pending(
+                |o| o == Origin::Stream(generation),
+                "the client's stream closed",
+            );
+        }
+    }
+
+    /// Receiver for the current GET stream's life, if one is open.
+    pub(crate) fn stream_alive(&self) -> Option<(u64, watch::Receiver<()>)> {
+        self.state()
+            .stream
+            .as_ref()
+            .map(|s| (s.generation, s.alive.subscribe()))
+    }
+
+    /// The session ended: pending server→client requests are answered with
+    /// an error (bounded), the GET stream and every map entry go.
+    pub(crate) async fn close(&self, bound: Duration) {
+        let pending: Vec<Pending> = {
+            let mut st = self.state();
+            st.closed = true;
+            st.stream = None;
+            st.calls.clear();
+            st.tokens.clear();
+            st.pending.drain().map(|(_, p)| p).collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        info!(
+            count = pending.len(),
+            "session ended with server requests pending; answering them with an error"
+        );
+        let mut set = JoinSet::new();
+        for p in pending {
+            let body = jsonrpc::error(
+                &p.original_id,
+                REQUEST_FAILED,
+                "the client session ended",
+                None,
+            );
+            set.spawn(async move { post_notice(&p.upstream, body, bound).await });
+        }
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            set.abort_all();
+        }
+    }
+
+    /// Remove pending requests whose origin matches and answer each
+    /// upstream with an error (in the background).
+    fn fail_pending(&self, matches: impl Fn(Origin) -> bool, why: &'static str) {
+        let failed: Vec<Pending> = {
+            let mut st = self.state();
+            let keys: Vec<String> = st
+                .pending
+                .iter()
+                .filter(|(_, p)| matches(p.origin))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| st.pending.remove(k)).collect()
+        };
+        for p in failed {
+            info!(upstream = %p.upstream.server.id, id = %p.original_id, why, "server request lost its client; answering with an error");
+            let body = jsonrpc::error(&p.original_id, REQUEST_FAILED, why, None);
+            spawn_notice(p.upstream, body);
+        }
+    }
+
+    /// Register a server→client request; returns the id the client sees, or
+    /// `None` when too many are pending.
+    fn add_pending(&self, p: Pending) -> Option<String> {
+        let mut st = self.state();
+        if st.closed || st.pending.len() >= MAX_PENDING {
+            return None;
+        }
+        let id = format!("\"mcpgw:s{}\"", next_number());
+        st.pending.insert(id.clone(), p);
+        Some(id)
+    }
+
+    /// A client request's progress token, replaced by a gateway token.
+    /// Returns the rewritten body and the mapping; `None` if the body does
+    /// not have the shape a token needs (it is then sent unchanged).
+    pub(crate) fn map_progress(body: &[u8]) -> Option<(Bytes, (String, Box<str>))> {
+        let text = std::str::from_utf8(body).ok()?;
+        let env: RawObject<'_> = serde_json::from_str(text).ok()?;
+        let params = env.get("params")?;
+        let params_obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let meta = params_obj.get("_meta")?;
+        let meta_obj: RawObject<'_> = serde_json::from_str(meta.get()).ok()?;
+        let original = meta_obj.get("progressToken")?;
+        let gateway = format!("mcpgw:p{}", next_number());
+        let new_meta =
+            jsonrpc::with_member(meta.get(), "progressToken", &jsonrpc::json_string(&gateway))?;
+        let new_params = jsonrpc::with_member(params.get(), "_meta", &new_meta)?;
+        let new_body = jsonrpc::with_member(text, "params", &new_params)?;
+        Some((
+            Bytes::from(new_body),
+            (jsonrpc::json_string(&gateway), original.get().into()),
+        ))
+    }
+
+    /// A client's `notifications/cancelled`: the call it names, if still in
+    /// flight. Marks it so that its end does not cancel it a second time.
+    pub(crate) fn cancel_target(&self, params: Option<&RawValue>) -> Option<Arc<Call>> {
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(rename = "requestId", borrow)]
+            request_id: &'a RawValue,
+        }
+        let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+        let key = id_key(p.request_id.get())?;
+        let call = self.state().calls.get(&key).cloned()?;
+        call.cancelled.store(true, Ordering::Relaxed);
+        Some(call)
+    }
+
+    /// The client's progress on a server→client request: the upstream that
+    /// asked, and the notification with that upstream's own token.
+    pub(crate) fn client_progress(
+        &self,
+        params: Option<&RawValue>,
+        body: &[u8],
+    ) -> Option<(Arc<UpstreamSession>, Bytes)> {
+        let params = params?;
+        let obj: RawObject<'_> = serde_json::from_str(params.get()).ok()?;
+        let key = id_key(obj.get("progressToken")?.get())?;
+        let (us, original) = {
+            let st = self.state();
+            st.pending.values().find_map(|p| {
+                let (gateway, original) = p.token.as_ref()?;
+                (*gateway == key).then(|| (p.upstream.clone(), original.clone()))
+            })?
+        };
+        let new_params = jsonrpc::with_member(params.get(), "progressToken", &original)?;
+        let text = std::str::from_utf8(body).ok()?;
+        let message = jsonrpc::with_member(text, "params", &new_params)?;
+        Some((us, Bytes::from(message)))
+    }
+
+    /// The client's answer to a server→client request: where it goes and
+    /// the body with the upstream's own id.
+    pub(crate) fn take_answer(
+        &self,
+        id_raw: &str,
+        body: &[u8],
+    ) -> Result<(Arc<UpstreamSession>, Bytes), AnswerError> {
+        let key = id_key(id_raw).ok_or(AnswerError::Unknown)?;
+        let pending = self
+            .state()
+            .pending
+            .remove(&key)
+            .ok_or(AnswerError::Unknown)?;
+        let rewritten = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| jsonrpc::with_member(text, "id", &pending.original_id));
+        let Some(rewritten) = rewritten else {
+            // The upstream must not wait for an answer that will not come.
+            let error = jsonrpc::error(
+                &pending.original_id,
+                REQUEST_FAILED,
+                "the client's answer was malformed",
+                None,
+            );
+            spawn_notice(pending.upstream, error);
+            return Err(AnswerError::Malformed);
+        };
+        Ok((pending.upstream, Bytes::from(rewritten)))
+    }
+}
+
+/// Why a client's response could not be relayed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    #[error("no server request with this id is waiting for an answer")]
+    Unknown,
+    #[error("the response is not a JSON object")]
+    Malformed,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl AnswerError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::Unknown | Self::Malformed => StatusCode::BAD_REQUEST,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Send one message of the gateway's own (an error answer, a cancel) to an
+/// upstream session and drop its answer.
+async fn post_notice(us: &UpstreamSession, body: Bytes, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    match us.send(body, deadline).await {
+        Ok(resp) => {
+            let _ = timeout_at(deadline, resp.into_body().collect()).await;
+        }
+        Err(e) => debug!(upstream = %us.server.id, error = %e, "upstream did not take our message"),
+    }
+}
+
+fn spawn_notice(us: Arc<UpstreamSession>, body: Bytes) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move { post_notice(&us, body, NOTICE_TIMEOUT).await });
+    }
+}
+
+/// Relay a client message (a response or notification, already rewritten)
+/// to an upstream session; the upstream must accept it. Bounded more
+/// tightly than a call: an upstream takes these at once (202).
+pub(crate) async fn deliver_upstream(
+    us: &UpstreamSession,
+    body: Bytes,
+) -> Result<(), UpstreamError> {
+    let deadline = Instant::now() + us.server.request_timeout().min(DELIVER_TIMEOUT);
+    let resp = us.send(body, deadline).await?;
+    let _ = timeout_at(deadline, resp.into_body().collect()).await;
+    Ok(())
+}
+
+/// A client request registered with the relay for as long as it runs. When
+/// it is dropped before its answer was delivered (the client went away, the
+/// call timed out), the upstream is told to cancel it.
+pub(crate) struct CallGuard {
+    relay: Arc<Relay>,
+    call: Arc<Call>,
+    finished: bool,
+}
+
+impl CallGuard {
+    /// Register client request `id_raw` as running on `upstream`.
+    pub(crate) fn start(
+        relay: &Arc<Relay>,
+        upstream: &Arc<UpstreamSession>,
+        id_raw: &str,
+        token: Option<&(String, Box<str>)>,
+    ) -> Self {
+        let call = Arc::new(Call {
+            seq: next_number(),
+            key: id_key(id_raw).unwrap_or_default(),
+            upstream: upstream.clone(),
+            token: token.cloned(),
+            stream: Mutex::new(None),
+            cancelled: AtomicBool::new(false),
+            interrupt: tokio::sync::Notify::new(),
+        });
+        {
+            let mut st = relay.state();
+            if !st.closed {
+                st.calls.insert(call.key.clone(), call.clone());
+                if let Some((gateway, _)) = &call.token {
+                    st.tokens.insert(gateway.clone(), call.clone());
+                }
+            }
+        }
+        Self {
+            relay: relay.clone(),
+            call,
+            finished: false,
+        }
+    }
+
+    /// The answer reached the client (or the upstream never ran the
+    /// request): nothing to cancel.
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Resolves once the client cancelled the call (see [`Call::interrupt`]).
+    pub(crate) async fn interrupted(&self) {
+        self.call.interrupt.notified().await;
+    }
+
+    fn set_stream(&self, tx: &mpsc::Sender<Bytes>) {
+        if let Ok(mut s) = self.call.stream.lock() {
+            *s = Some(tx.clone());
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        {
+            let mut st = self.relay.state();
+            if st
+                .calls
+                .get(&self.call.key)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.call))
+            {
+                st.calls.remove(&self.call.key);
+            }
+            if let Some((gateway, _)) = &self.call.token {
+                st.tokens.remove(gateway);
+            }
+        }
+        if let Ok(mut s) = self.call.stream.lock() {
+            s.take();
+        }
+        let seq = self.call.seq;
+        self.relay
+            .fail_pending(|o| o == Origin::Call(seq), "the client's call ended");
+        if !self.finished && !self.call.cancelled.load(Ordering::Relaxed) {
+            info!(upstream = %self.call.upstream.server.id, id = %self.call.key,
+                "call ended before its answer reached the client; cancelling it upstream");
+            let mut body = String::from(
+                "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":",
+            );
+            body.push_str(&self.call.key);
+            body.push_str(",\"reason\":\"the client went away\"}}");
+            spawn_notice(self.call.upstream.clone(), Bytes::from(body));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route::{Routed, Source};
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_initialize_params() {
+        let caps = ClientCaps::from_init_params(
+            r#"{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"roots":{"listChanged":true}},"clientInfo":{}}"#,
+        );
+        assert_eq!(
+            caps,
+            ClientCaps {
+                sampling: true,
+                elicitation_form: false,
+                elicitation_url: false,
+                roots: true
+            }
+        );
+        assert_eq!(
+            caps.missing_for("elicitation/create", None),
+            Some("elicitation (form mode)")
+        );
+        assert_eq!(caps.missing_for("sampling/createMessage", None), None);
+        assert_eq!(caps.missing_for("ping", None), None);
+        assert_eq!(ClientCaps::from_init_params("[]"), ClientCaps::default());
+
+        // An empty elicitation capability is form mode (as before modes);
+        // URL mode must be declared.
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).expect("json");
+        let url = raw(r#"{"mode":"url","url":"https://x","message":"m","elicitationId":"1"}"#);
+        let old = ClientCaps::from_init_params(r#"{"capabilities":{"elicitation":{}}}"#);
+        assert_eq!(old.missing_for("elicitation/create", None), None);
+        assert!(old.missing_for("elicitation/create", Some(&url)).is_some());
+        let url_only =
+            ClientCaps::from_init_params(r#"{"capabilities":{"elicitation":{"url":{}}}}"#);
+        assert_eq!(url_only.missing_for("elicitation/create", Some(&url)), None);
+        assert!(url_only.missing_for("elicitation/create", None).is_some());
+    }
+
+    #[test]
+    fn id_keys_normalise_strings_only() {
+        assert_eq!(id_key(" 7 ").as_deref(), Some("7"));
+        assert_eq!(id_key(r#""a""#).as_deref(), Some(r#""a""#));
+        assert_eq!(id_key(r#""\u0061""#).as_deref(), Some(r#""a""#));
+    }
+
+    #[test]
+    fn progress_tokens_are_replaced_and_everything_else_kept() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":{"a":[1]},"_meta":{"progressToken":"tok","other":1}}}"#;
+        let (new, (gateway, original)) = Relay::map_progress(body).expect("mapped");
+        assert_eq!(&*original, "\"tok\"");
+        let v: serde_json::Value = serde_json::from_slice(&new).expect("json");
+        assert_eq!(
+            serde_json::Value::String(v["params"]["_meta"]["progressToken"].to_string()),
+            serde_json::Value::String(gateway)
+        );
+        assert_eq!(v["params"]["_meta"]["other"], 1);
+        assert_eq!(v["params"]["arguments"]["a"][0], 1);
+        assert!(Relay::map_progress(br#"{"id":1,"params":{}}"#).is_none());
+    }
+
+    fn upstream(id: &str) -> Arc<UpstreamSession> {
+        let server = Arc::new(
+            crate::upstream::UpstreamServer::new(&mcpgw_protocol::config::Upstream {
+                id: id.to_owned(),
+                url: "http://127.0.0.1:1/mcp".to_owned(),
+                transport: Default::default(),
+                headers: Default::default(),
+                connect_timeout_ms: 1,
+                request_timeout_ms: 1,
+            })
+            .expect("server"),
+        );
+        UpstreamSession::attach(server, Some("s"), "2025-11-25").expect("attach")
+    }
+
+    fn forwarded(r: Routed) -> serde_json::Value {
+        match r {
+            Routed::Forward(b) => serde_json::from_slice(&b).expect("json"),
+            Routed::Response(_) => panic!("a response"),
+            Routed::Done => panic!("not forwarded"),
+        }
+    }
+
+    #[tokio::test]
+    async fn server_requests_get_gateway_ids_and_answers_go_back_with_the_original() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"roots":{}}}"#));
+        let (a, b) = (upstream("a"), upstream("b"));
+        let (tx, _rx) = mpsc::channel(4);
+        let call_a = CallGuard::start(&relay, &a, "1", None);
+        call_a.set_stream(&tx);
+        let call_b = CallGuard::start(&relay, &b, "2", None);
+        call_b.set_stream(&tx);
+        let ask = r#"{"jsonrpc":"2.0","id":"ask-1","method":"roots/list","params":{}}"#;
+        let from_a = forwarded(relay.route(&a, ask.to_owned(), Source::Call(&call_a.call)));
+        let from_b = forwarded(relay.route(&b, ask.to_owned(), Source::Call(&call_b.call)));
+        assert_ne!(from_a["id"], from_b["id"]);
+        assert_eq!(from_a["params"], serde_json::json!({}));
+
+        let answer = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{"roots":[]}}}}"#,
+            from_b["id"]
+        );
+        let (to, body) = relay
+            .take_answer(&from_b["id"].to_string(), answer.as_bytes())
+            .expect("pending");
+        assert!(Arc::ptr_eq(&to, &b));
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["id"], "ask-1");
+        assert!(matches!(
+            relay.take_answer(&from_b["id"].to_string(), answer.as_bytes()),
+            Err(AnswerError::Unknown)
+        ));
+
+        // The upstream withdraws its request: the client sees the gateway id.
+        let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"ask-1"}}"#;
+        let seen = forwarded(relay.route(&a, cancel.to_owned(), Source::Call(&call_a.call)));
+        assert_eq!(seen["params"]["requestId"], from_a["id"]);
+        assert!(relay.state().pending.is_empty());
+
+        // Not declared by the client: refused, never forwarded.
+        let sampling = r#"{"jsonrpc":"2.0","id":5,"method":"sampling/createMessage","params":{}}"#;
+        assert!(matches!(
+            relay.route(&a, sampling.to_owned(), Source::Call(&call_a.call)),
+            Routed::Done
+        ));
+        // No stream to carry it: refused too.
+        assert!(matches!(
+            relay.route(&a, ask.to_owned(), Source::Stream),
+            Routed::Done
+        ));
+        assert!(relay.state().pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn progress_comes_back_with_the_clients_token_and_calls_clean_up() {
+        let relay = Arc::new(Relay::new("{}"));
+        let a = upstream("a");
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":{"odd":true}}}}"#;
+        let (_, token) = Relay::map_progress(body).expect("mapped");
+        let mut call = CallGuard::start(&relay, &a, "1", Some(&token));
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{},"progress":1}}}}"#,
+            token.0
+        );
+        let seen = forwarded(relay.route(&a, note.clone(), Source::Call(&call.call)));
+        assert_eq!(
+            seen["params"]["progressToken"],
+            serde_json::json!({"odd": true})
+        );
+        assert_eq!(seen["params"]["progress"], 1);
+        // The client cancels it: found by its id, and only then.
+        assert!(
+            relay
+                .cancel_target(
+                    RawValue::from_string(r#"{"requestId":2}"#.into())
+                        .ok()
+                        .as_deref()
+                )
+                .is_none()
+        );
+        let target = relay.cancel_target(
+            RawValue::from_string(r#"{"requestId":1}"#.into())
+                .ok()
+                .as_deref(),
+        );
+        assert!(target.is_some_and(|t| Arc::ptr_eq(t.upstream(), &a)));
+        call.finish();
+        drop(call);
+        let st = relay.state();
+        assert!(st.calls.is_empty() && st.tokens.is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_progress_on_a_server_request_goes_to_the_upstream_that_asked() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"sampling":{}}}"#));
+        let (a, b) = (upstream("a"), upstream("b"));
+        let (tx, _rx) = mpsc::channel(4);
+        let call = CallGuard::start(&relay, &a, "1", None);
+        call.set_stream(&tx);
+        let ask = r#"{"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{"_meta":{"progressToken":"up"},"maxTokens":1}}"#;
+        let seen = forwarded(relay.route(&a, ask.to_owned(), Source::Call(&call.call)));
+        let token = seen["params"]["_meta"]["progressToken"].clone();
+        assert!(
+            token.as_str().is_some_and(|t| t.starts_with("mcpgw:p")),
+            "{seen}"
+        );
+        assert_eq!(seen["params"]["maxTokens"], 1);
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{token},"progress":1}}}}"#
+        );
+        let params = RawValue::from_string(format!(r#"{{"progressToken":{token},"progress":1}}"#))
+            .expect("json");
+        let (to, body) = relay
+            .client_progress(Some(&params), note.as_bytes())
+            .expect("routed");
+        assert!(Arc::ptr_eq(&to, &a) && !Arc::ptr_eq(&to, &b));
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["params"]["progressToken"], "up");
+        let unknown = RawValue::from_string(r#"{"progressToken":"up"}"#.into()).expect("json");
+        assert!(relay.client_progress(Some(&unknown), b"{}").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_keeps_nothing() {
+        let relay = Arc::new(Relay::new(r#"{"capabilities":{"roots":{}}}"#));
+        let a = upstream("a");
+        let (tx, _rx) = mpsc::channel(4);
+        let (generation, mut alive) = relay.open_stream(tx);
+        let ask = r#"{"jsonrpc":"2.0","id":1,"method":"roots/list"}"#;
+        forwarded(relay.route(&a, ask.to_owned(), Source::Stream));
+        assert_eq!(relay.state().pending.len(), 1);
+        relay.close(Duration::from_millis(50)).await;
+        assert!(relay.state().pending.is_empty());
+        assert!(
+            alive.changed().await.is_err(),
+            "the stream's tasks are told to end"
+        );
+        relay.stream_gone(generation);
+        let (tx, _rx) = mpsc::channel(4);
+        let (_, mut alive) = relay.open_stream(tx);
+        assert!(
+            alive.changed().await.is_err(),
+            "no stream opens on a closed session"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The streams the relay reads: a call's SSE answer ([`pump_call`]) and the
+//! upstream sessions' GET streams while the client has its own open
+//! ([`listen`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, warn};
+
+use super::route::{Routed, Source};
+use super::{CallGuard, NOTICE_TIMEOUT, Relay};
+use crate::sse;
+use crate::upstream::{UpstreamError, UpstreamSession};
+
+/// How a streamed call ended.
+pub(crate) enum PumpEnd {
+    /// The call's answer (already sent on the client's stream, if any).
+    Answer(Bytes),
+    /// The client's stream or the session went away; nobody to answer.
+    ClientGone,
+    /// The client cancelled the call; it ignores any answer.
+    Cancelled,
+    Failed(UpstreamError),
+}
+
+/// Stream an upstream call's SSE answer to the client (`out`), routing
+/// every message in it; or, with no `out`, collect the answer. Ends at the
+/// answer, at `deadline`, when the client goes away or the session ends.
+pub(crate) async fn pump_call(
+    relay: Arc<Relay>,
+    mut guard: CallGuard,
+    mut body: Incoming,
+    out: Option<mpsc::Sender<Bytes>>,
+    deadline: Instant,
+    mut session_closed: watch::Receiver<bool>,
+) -> PumpEnd {
+    let us = guard.call.upstream.clone();
+    if let Some(tx) = &out {
+        guard.set_stream(tx);
+    }
+    let mut parser = sse::Parser::default();
+    loop {
+        let frame = tokio::select! {
+            f = timeout_at(deadline, body.frame()) => f,
+            _ = client_gone(out.as_ref()) => {
+                debug!(upstream = %us.server.id, "client left during a streamed call");
+                return PumpEnd::ClientGone;
+            }
+            _ = crate::endpoint::became_true(&mut session_closed) => return PumpEnd::ClientGone,
+            _ = guard.call.interrupt.notified() => return PumpEnd::Cancelled,
+        };
+        let frame = match frame {
+            Err(_) => return PumpEnd::Failed(us.server.timeout_error()),
+            Ok(None) => {
+                return PumpEnd::Failed(
+                    us.server
+                        .protocol_error("event stream ended without a response"),
+                );
+            }
+            Ok(Some(Err(e))) => {
+                return PumpEnd::Failed(
+                    us.server.protocol_error(format!("reading the stream: {e}")),
+                );
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        parser.push(&data);
+        while let Some(event) = parser.next_event() {
+            match relay.route(&us, event.data, Source::Call(&guard.call)) {
+                Routed::Response(answer) => {
+                    if let Some(tx) = &out
+                        && tx.send(sse::message_event(&answer)).await.is_err()
+                    {
+                        return PumpEnd::ClientGone;
+                    }
+                    guard.finish();
+                    return PumpEnd::Answer(answer);
+                }
+                Routed::Forward(message) => {
+                    if let Some(tx) = &out
+                        && tx.send(sse::message_event(&message)).await.is_err()
+                    {
+                        return PumpEnd::ClientGone;
+                    }
+                }
+                Routed::Done => {}
+            }
+        }
+        if let Some(end) = event_too_large(&parser, &us) {
+            return end;
+        }
+    }
+}
+
+/// Largest event the relay holds while it is incomplete.
+const MAX_EVENT: usize = 64 * 1024 * 1024;
+
+fn event_too_large(parser: &sse::Parser, us: &UpstreamSession) -> Option<PumpEnd> {
+    (parser.pending_bytes() > MAX_EVENT).then(|| {
+        PumpEnd::Failed(
+            us.server
+                .protocol_error(format!("an event over {MAX_EVENT} bytes")),
+        )
+    })
+}
+
+/// Resolves when the client's stream receiver is gone; never without one.
+async fn client_gone(out: Option<&mpsc::Sender<Bytes>>) {
+    match out {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A new upstream session of this session: it gets the client's logging
+/// level, and is listened to if the client has its GET stream open.
+pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    listen(relay, us);
+    let level = relay.log_level.lock().ok().and_then(|l| l.clone());
+    if let Some(params) = level {
+        let us = us.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + NOTICE_TIMEOUT;
+            if let Err(e) = us.call("logging/setLevel", Some(&params), deadline).await {
+                debug!(upstream = %us.server.id, error = %e, "applying the logging level failed");
+            }
+        });
+    }
+}
+
+/// Start listening to `us`'s GET stream on behalf of the session's open GET
+/// stream, unless someone already does for this stream.
+pub(crate) fn listen(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    let Some((generation, alive)) = relay.stream_alive() else {
+        return;
+    };
+    if !us.claim_listener(generation) {
+        return;
+    }
+    tokio::spawn(listen_loop(relay.clone(), us.clone(), alive));
+}
+
+/// Keep the upstream session's GET stream open while the client's is,
+/// reconnecting with backoff, and route what comes on it.
+async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: watch::Receiver<()>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let deadline = Instant::now() + us.server.request_timeout();
+        let opened = tokio::select! {
+            r = us.open_stream(deadline) => r,
+            _ = alive.changed() => return,
+        };
+        match opened {
+            Ok(resp) => {
+                backoff = Duration::from_millis(250);
+                let mut body = resp.into_body();
+                let mut parser = sse::Parser::default();
+                loop {
+                    let frame = tokio::select! {
+                        f = body.frame() => f,
+                        _ = alive.changed() => return,
+                    };
+                    let Some(Ok(frame)) = frame else { break };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    parser.push(&data);
+                    if parser.pending_bytes() > MAX_EVENT {
+                        warn!(upstream = %us.server.id, "upstream GET stream event too large; reopening");
+                        break;
+                    }
+                    while let Some(event) = parser.next_event() {
+                        if let Routed::Forward(message) =
+                            relay.route(&us, event.data, Source::Stream)
+                        {
+                            let Some((tx, _)) = relay.server_stream() else {
+                                return;
+                            };
+                            if tx.send(sse::message_event(&message)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                debug!(upstream = %us.server.id, "upstream GET stream ended; reopening");
+            }
+            Err(UpstreamError::Status { status, .. })
+                if status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                debug!(upstream = %us.server.id, "upstream offers no GET stream");
+                return;
+            }
+            Err(e @ UpstreamError::SessionGone { .. }) => {
+                debug!(upstream = %us.server.id, error = %e, "upstream session gone; stop listening");
+                return;
+            }
+            Err(e) => {
+                debug!(upstream = %us.server.id, error = %e, "opening the upstream GET stream failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = alive.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}

@@ -16,6 +16,7 @@
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
 
 mod body;
+mod conn_pool;
 mod endpoint;
 mod federation;
 mod forward;

@@ -14,7 +14,9 @@
 //! Each connection is driven by one task for its whole life (hyper's
 //! `Connection`), not one per request. The list is bounded
 //! ([`MAX_POOLED`]) and entries older than [`IDLE_TIMEOUT`] are dropped when
-//! the list is next touched, which closes their connections.
+//! the list is next touched, which closes their connections (there is no
+//! reaper task: a pool nobody uses keeps its connections until the upstream
+//! closes them or the server is dropped by a reload).
 //!
 //! A connection the upstream closed while it sat in the list is the classic
 //! keep-alive race. The request is retried once on a new connection only when
@@ -86,7 +88,9 @@ struct Pooled {
 pub(crate) struct ConnPool {
     target: Target,
     connect_timeout: Duration,
-    /// Most recently used at the back.
+    /// [`IDLE_TIMEOUT`]; shorter in tests.
+    idle_timeout: Duration,
+    /// Oldest at the front, most recently used at the back.
     pooled: Mutex<VecDeque<Pooled>>,
 }
 
@@ -108,6 +112,7 @@ impl ConnPool {
         Ok(Self {
             target,
             connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
             pooled: Mutex::new(VecDeque::new()),
         })
     }
@@ -164,10 +169,22 @@ impl ConnPool {
         self.pooled.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drop the connections unused for too long, and closed ones, from the
+    /// old end (entries are in the order they were put back).
+    fn expire(&self, pooled: &mut VecDeque<Pooled>, now: Instant) {
+        while pooled.front().is_some_and(|p| {
+            now.duration_since(p.since) >= self.idle_timeout || p.sender.is_closed()
+        }) {
+            pooled.pop_front();
+        }
+    }
+
     /// The most recently used connection that can take a request now.
     /// Closed ones met on the way are dropped; busy ones stay.
     fn checkout(&self) -> Option<Sender> {
+        let now = Instant::now();
         let mut pooled = self.lock();
+        self.expire(&mut pooled, now);
         let mut i = pooled.len();
         while i > 0 {
             i -= 1;
@@ -188,12 +205,7 @@ impl ConnPool {
         }
         let now = Instant::now();
         let mut pooled = self.lock();
-        while pooled
-            .front()
-            .is_some_and(|p| now.duration_since(p.since) >= IDLE_TIMEOUT || p.sender.is_closed())
-        {
-            pooled.pop_front();
-        }
+        self.expire(&mut pooled, now);
         if pooled.len() >= MAX_POOLED {
             pooled.pop_front();
         }
@@ -334,6 +346,33 @@ mod tests {
         assert_eq!(pool.pooled(), 1);
         drop(pool);
         assert_eq!(server.await.expect("server"), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_closed_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.expect("accept");
+            read_request(&mut first).await.expect("request");
+            first.write_all(ANSWER).await.expect("answer");
+            let (mut second, _) = listener.accept().await.expect("accept");
+            read_request(&mut second).await.expect("request");
+            second.write_all(ANSWER).await.expect("answer");
+            // The pool let go of the first connection: hyper closes it.
+            read_request(&mut first).await.is_none()
+        });
+        let mut pool = pool_for(addr, Duration::from_secs(5));
+        // Every pooled connection is already too old at the next checkout.
+        pool.idle_timeout = Duration::ZERO;
+        for n in 0..2 {
+            let resp = pool.send(request(n)).await.expect("send");
+            assert_eq!(body_of(resp).await, "ok");
+        }
+        assert!(
+            server.await.expect("server"),
+            "the idle connection stayed open"
+        );
     }
 
     #[tokio::test]

@@ -25,6 +25,11 @@
 //! it. A request that was written is never retried, so a `tools/call` never
 //! runs twice. What the request *means* (sessions, timeouts, statuses) is the
 //! caller's business (`upstream.rs`).
+//!
+//! The connection of a `GET` is not put back: in MCP a GET opens a session's
+//! server stream, which can last as long as the session, and a pooled
+//! connection that stays busy that long would only be skipped by every
+//! checkout. It closes when its stream ends.
 
 use std::collections::VecDeque;
 use std::io;
@@ -33,7 +38,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -123,13 +128,16 @@ impl ConnPool {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, ConnError> {
+        let keep = req.method() != Method::GET;
         let (mut sender, reused) = match self.checkout() {
             Some(sender) => (sender, true),
             None => (self.connect().await?, false),
         };
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                self.checkin(sender);
+                if keep {
+                    self.checkin(sender);
+                }
                 Ok(resp)
             }
             Err(mut e) => match e.take_message() {
@@ -142,7 +150,9 @@ impl ConnPool {
                         .try_send_request(req)
                         .await
                         .map_err(|e| ConnError::Exchange(e.into_error()))?;
-                    self.checkin(sender);
+                    if keep {
+                        self.checkin(sender);
+                    }
                     Ok(resp)
                 }
                 _ => Err(ConnError::Exchange(e.into_error())),
@@ -346,6 +356,37 @@ mod tests {
         assert_eq!(pool.pooled(), 1);
         drop(pool);
         assert_eq!(server.await.expect("server"), 5);
+    }
+
+    #[tokio::test]
+    async fn a_get_stream_keeps_its_connection_to_itself() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            read_request(&mut stream).await.expect("GET");
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .expect("stream head");
+            let (mut post, _) = listener.accept().await.expect("accept");
+            read_request(&mut post).await.expect("POST");
+            post.write_all(ANSWER).await.expect("answer");
+            (stream, post)
+        });
+        let pool = pool_for(addr, Duration::from_secs(5));
+        let get = Request::builder()
+            .method("GET")
+            .uri("/mcp")
+            .header("host", "test")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let stream = pool.send(get).await.expect("GET");
+        assert_eq!(pool.pooled(), 0);
+        let resp = pool.send(request(1)).await.expect("POST");
+        assert_eq!(body_of(resp).await, "ok");
+        assert_eq!(pool.pooled(), 1);
+        drop((stream, server.await.expect("server")));
     }
 
     #[tokio::test]

@@ -192,7 +192,9 @@ impl Dispatcher {
             .rejected
             .with_label_values(&[why.label()])
             .inc();
-        reject(stream, why).await;
+        // Boxed: its 4 KiB drain buffer would otherwise make every dispatch
+        // future that large, copied several times per accepted connection.
+        Box::pin(reject(stream, why)).await;
     }
 
     /// The serving worker of `slot`, waiting (bounded) while it restarts.

@@ -5,7 +5,12 @@
 //! is read with `MSG_PEEK`: the bytes stay in the kernel's receive queue and
 //! travel with the fd. Peeking is bounded in size (`limits.max_head_bytes`)
 //! and in time (`limits.header_timeout_ms`, measured by the caller).
+//!
+//! The bytes are peeked into one buffer per thread, reused by every
+//! connection: a buffer per connection cost an allocation and a memset of
+//! its whole size on every accept, and nothing of it outlives a peek.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -32,30 +37,43 @@ pub(crate) enum Head {
 const MAX_HEADERS: usize = 100;
 const FIRST_PEEK: usize = 2048;
 
+thread_local! {
+    /// Borrowed only between two awaits (never across one), so tasks on
+    /// the same thread cannot see each other's bytes.
+    static PEEK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Peek until a complete head is in the receive queue. Not bounded in time:
 /// the caller wraps it in a timeout.
 pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head> {
-    let mut buf = vec![0u8; FIRST_PEEK.min(max)];
+    // Most heads fit the first peek; only a longer one gets `max`.
+    let mut window = FIRST_PEEK.min(max);
     let mut seen = 0usize;
     loop {
         stream.readable().await?;
         let peeked = stream.try_io(Interest::READABLE, || {
-            let n = recv(
-                stream.as_raw_fd(),
-                &mut buf,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)?;
-            // Same bytes as last time: nothing new yet. Reporting WouldBlock
-            // clears readiness so the next `readable()` waits for new data
-            // instead of spinning.
-            if n == seen && n != 0 && n < buf.len() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
+            PEEK_BUF.with_borrow_mut(|buf| {
+                if buf.len() < window {
+                    buf.resize(window, 0);
+                }
+                let buf = &mut buf[..window];
+                let n = recv(
+                    stream.as_raw_fd(),
+                    buf,
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)?;
+                // Same bytes as last time: nothing new yet. Reporting
+                // WouldBlock clears readiness so the next `readable()` waits
+                // for new data instead of spinning.
+                if n == seen && n != 0 && n < window {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok((n, parse(&buf[..n])))
+            })
         });
-        let n = match peeked {
-            Ok(n) => n,
+        let (n, parsed) = match peeked {
+            Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
@@ -63,13 +81,13 @@ pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head
             return Ok(Head::Closed);
         }
         seen = n;
-        match parse(&buf[..n]) {
+        match parsed {
             Parsed::Done(head) => return Ok(head),
-            Parsed::Partial if n == buf.len() => {
-                if buf.len() >= max {
+            Parsed::Partial if n == window => {
+                if window >= max {
                     return Ok(Head::TooLarge);
                 }
-                buf.resize(max, 0);
+                window = max;
             }
             Parsed::Partial => {}
         }

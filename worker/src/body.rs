@@ -36,14 +36,18 @@ where
 {
     Deadline {
         inner,
-        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        deadline,
+        sleep: None,
     }
     .boxed()
 }
 
 struct Deadline<B> {
     inner: B,
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Made the first time `inner` is not ready: a small answer usually is
+    /// all there at the first poll, and then no timer is allocated or armed.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,11 @@ where
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
-        match self.sleep.as_mut().poll(cx) {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(AnswerTimedOut)))),
             Poll::Pending => Poll::Pending,
         }

@@ -249,13 +249,7 @@ async fn post(
         _ => "error",
     };
     ctx.metrics
-        .requests
-        .with_label_values(&[method, outcome])
-        .inc();
-    ctx.metrics
-        .duration
-        .with_label_values(&[method])
-        .observe(start.elapsed().as_secs_f64());
+        .observe_request(method, outcome, start.elapsed().as_secs_f64());
     resp
 }
 

@@ -18,6 +18,7 @@
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
 
 mod body;
+mod conn_pool;
 mod endpoint;
 mod federation;
 mod forward;

@@ -6,9 +6,11 @@
 //! methods outside the known set count as `other`, upstream ids come from the
 //! config, and nothing carries a session id or an argument.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Methods counted by name; anything else is `other`.
@@ -31,6 +33,9 @@ const KNOWN_METHODS: [&str; 17] = [
     "response",
     "other",
 ];
+
+/// Outcomes of a request, as `mcpgw_requests_total` labels them.
+const OUTCOMES: [&str; 3] = ["ok", "rejected", "error"];
 
 /// Bounded label value for an MCP method.
 pub(crate) fn method_label(method: &str) -> &'static str {
@@ -58,6 +63,11 @@ pub(crate) struct Metrics {
     pub forwarded: IntCounterVec,
     /// Sessions taken over from a dead worker.
     pub resumed: prometheus::IntCounter,
+    /// Children of `requests` and `duration`, looked up by label once each
+    /// and kept: a lookup hashes the labels and takes a lock on every request.
+    /// Filled on first use, so a series appears when it first counts.
+    request_children: [[OnceLock<IntCounter>; OUTCOMES.len()]; KNOWN_METHODS.len()],
+    duration_children: [OnceLock<Histogram>; KNOWN_METHODS.len()],
 }
 
 impl Metrics {
@@ -136,7 +146,31 @@ impl Metrics {
             upstream_errors,
             forwarded,
             resumed,
+            request_children: Default::default(),
+            duration_children: Default::default(),
         })
+    }
+
+    /// Count one request of `method` (a [`method_label`]) with `outcome`
+    /// (`ok`, `rejected`, `error`) and its time to the answer's head.
+    pub(crate) fn observe_request(&self, method: &str, outcome: &str, seconds: f64) {
+        let m = KNOWN_METHODS.iter().position(|k| *k == method);
+        let o = OUTCOMES.iter().position(|k| *k == outcome);
+        match (m, o) {
+            (Some(m), Some(o)) => {
+                self.request_children[m][o]
+                    .get_or_init(|| self.requests.with_label_values(&[method, outcome]))
+                    .inc();
+                self.duration_children[m]
+                    .get_or_init(|| self.duration.with_label_values(&[method]))
+                    .observe(seconds);
+            }
+            // Not a bounded value: counted as it comes (never on the hot path).
+            _ => {
+                self.requests.with_label_values(&[method, outcome]).inc();
+                self.duration.with_label_values(&[method]).observe(seconds);
+            }
+        }
     }
 
     /// The text exposition of everything registered.
@@ -157,6 +191,25 @@ mod tests {
     fn methods_are_bounded() {
         assert_eq!(method_label("tools/call"), "tools/call");
         assert_eq!(method_label("x/".repeat(100).as_str()), "other");
+    }
+
+    #[test]
+    fn kept_children_count_in_the_registry() {
+        let m = Metrics::new().expect("metrics");
+        m.observe_request("tools/call", "ok", 0.001);
+        m.observe_request("tools/call", "ok", 0.001);
+        m.observe_request("tools/call", "error", 0.001);
+        m.observe_request("x", "ok", 0.001);
+        let text = m.render();
+        for line in [
+            "mcpgw_requests_total{method=\"tools/call\",outcome=\"ok\"} 2",
+            "mcpgw_requests_total{method=\"tools/call\",outcome=\"error\"} 1",
+            "mcpgw_requests_total{method=\"x\",outcome=\"ok\"} 1",
+            "mcpgw_request_duration_seconds_count{method=\"tools/call\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        assert!(!text.contains("outcome=\"rejected\""), "{text}");
     }
 
     #[test]

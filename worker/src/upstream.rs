@@ -1,7 +1,7 @@
 //! Talking to one upstream MCP server over Streamable HTTP.
 //!
 //! [`UpstreamServer`] is a configured server with its own HTTP connection
-//! pool, shared by every upstream session to it in this worker.
+//! pool ([`ConnPool`]), shared by every upstream session to it in this worker.
 //! [`UpstreamSession`] is one logical MCP session on that server, owned by
 //! exactly one downstream session (the registry enforces that): it knows its
 //! `Mcp-Session-Id` and negotiated version, sends requests on it, probes it
@@ -14,19 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mcpgw_protocol::config::Upstream;
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
+use crate::conn_pool::{ConnError, ConnPool};
 use crate::jsonrpc::{self, Answer};
 use crate::sse;
 
@@ -43,7 +41,7 @@ pub(crate) enum UpstreamError {
     #[error("upstream {upstream} is unreachable: {source}")]
     Transport {
         upstream: Arc<str>,
-        source: hyper_util::client::legacy::Error,
+        source: ConnError,
     },
     #[error("upstream {upstream} did not answer within {timeout_ms} ms")]
     Timeout { upstream: Arc<str>, timeout_ms: u64 },
@@ -95,9 +93,12 @@ impl UpstreamError {
 /// A configured upstream server and its connection pool.
 pub(crate) struct UpstreamServer {
     pub id: Arc<str>,
-    uri: Uri,
+    /// Origin-form (`/path?query`): what a request line carries.
+    path: Uri,
+    /// What every request to this server carries: the configured headers,
+    /// `Host`, `Content-Type`, `Accept`. Built once, cloned per request.
     headers: HeaderMap,
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: ConnPool,
     /// Milliseconds; a reload may change it in place (it does not affect
     /// connections, so upstream sessions stay).
     request_timeout_ms: AtomicU64,
@@ -123,26 +124,36 @@ impl UpstreamServer {
             .url
             .parse()
             .map_err(|e| bad(format!("url {:?}: {e}", cfg.url)))?;
-        let mut headers = HeaderMap::new();
+        let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 3);
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| bad(format!("header {k:?}: {e}")))?;
             let value = HeaderValue::from_str(v).map_err(|e| bad(format!("header {k:?}: {e}")))?;
             headers.insert(name, value);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        if !headers.contains_key(HOST) {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| bad(format!("url {:?} has no host", cfg.url)))?;
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|e| bad(format!("url {:?}: host: {e}", cfg.url)))?;
+            headers.insert(HOST, host);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let pool = ConnPool::new(&uri, Duration::from_millis(cfg.connect_timeout_ms))
+            .map_err(|reason| bad(format!("url {:?}: {reason}", cfg.url)))?;
         Ok(Self {
             id: Arc::from(cfg.id.as_str()),
-            uri,
+            path,
             headers,
-            client,
+            pool,
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
             config: cfg.clone(),
         })
@@ -166,6 +177,23 @@ impl UpstreamServer {
         same
     }
 
+    /// The headers of every request of one upstream session.
+    fn headers_for(
+        &self,
+        session: Option<&HeaderValue>,
+        version: Option<&HeaderValue>,
+    ) -> HeaderMap {
+        let mut h = self.headers.clone();
+        h.reserve(2);
+        if let Some(s) = session {
+            h.insert(SESSION_ID, s.clone());
+        }
+        if let Some(v) = version {
+            h.insert(PROTOCOL_VERSION, v.clone());
+        }
+        h
+    }
+
     fn request(
         &self,
         method: Method,
@@ -173,25 +201,19 @@ impl UpstreamServer {
         version: Option<&HeaderValue>,
         body: Bytes,
     ) -> Request<Full<Bytes>> {
+        self.request_with(method, self.headers_for(session, version), body)
+    }
+
+    fn request_with(
+        &self,
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
-        *req.uri_mut() = self.uri.clone();
-        let h = req.headers_mut();
-        h.reserve(self.headers.len() + 4);
-        for (k, v) in &self.headers {
-            h.insert(k, v.clone());
-        }
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        if let Some(s) = session {
-            h.insert(SESSION_ID, s.clone());
-        }
-        if let Some(v) = version {
-            h.insert(PROTOCOL_VERSION, v.clone());
-        }
+        *req.uri_mut() = self.path.clone();
+        *req.headers_mut() = headers;
         req
     }
 
@@ -201,7 +223,7 @@ impl UpstreamServer {
         req: Request<Full<Bytes>>,
         deadline: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match timeout_at(deadline, self.client.request(req)).await {
+        match timeout_at(deadline, self.pool.send(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(source)) => Err(UpstreamError::Transport {
                 upstream: self.id.clone(),
@@ -232,6 +254,8 @@ pub(crate) struct UpstreamSession {
     /// `None` for a server that runs without sessions.
     session_id: Option<HeaderValue>,
     version: HeaderValue,
+    /// The server's headers plus this session's id and version, made once.
+    headers: HeaderMap,
     created: Instant,
     last_used: Mutex<Instant>,
     next_id: AtomicU64,
@@ -319,10 +343,12 @@ impl UpstreamSession {
         session_id: Option<HeaderValue>,
         version: HeaderValue,
     ) -> Arc<Self> {
+        let headers = server.headers_for(session_id.as_ref(), Some(&version));
         Arc::new(Self {
             server,
             session_id,
             version,
+            headers,
             created: Instant::now(),
             last_used: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(1),
@@ -367,12 +393,9 @@ impl UpstreamSession {
         deadline: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.touch();
-        let req = self.server.request(
-            Method::POST,
-            self.session_id.as_ref(),
-            Some(&self.version),
-            body,
-        );
+        let req = self
+            .server
+            .request_with(Method::POST, self.headers.clone(), body);
         let resp = self.server.send(req, deadline).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
@@ -453,10 +476,12 @@ impl UpstreamSession {
 
     /// End the session upstream (HTTP DELETE), bounded by `bound`.
     pub(crate) async fn close(&self, bound: Duration) {
-        let Some(id) = &self.session_id else { return };
+        if self.session_id.is_none() {
+            return;
+        }
         let req = self
             .server
-            .request(Method::DELETE, Some(id), Some(&self.version), Bytes::new());
+            .request_with(Method::DELETE, self.headers.clone(), Bytes::new());
         match self.server.send(req, Instant::now() + bound).await {
             Ok(resp) => {
                 let status = resp.status();

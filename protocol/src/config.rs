@@ -249,6 +249,10 @@ pub enum Transport {
     #[default]
     #[serde(rename = "streamable-http")]
     StreamableHttp,
+    /// A local program speaking MCP on its stdin/stdout: one process per
+    /// upstream session (never shared between client sessions).
+    #[serde(rename = "stdio")]
+    Stdio,
 }
 
 /// One upstream MCP server.
@@ -257,9 +261,28 @@ pub enum Transport {
 pub struct Upstream {
     /// `[A-Za-z0-9_-]{1,64}`; used in namespaced names, logs and metrics.
     pub id: String,
+    /// Streamable HTTP: the server's URL. Unused for stdio.
+    #[serde(default)]
     pub url: String,
     #[serde(default)]
     pub transport: Transport,
+    /// stdio: the program to run (a path, or a name looked up in `PATH`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// stdio: variables added to the gateway's environment for it
+    /// (credentials often live here: `/admin/config` redacts the values).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// stdio: its working directory (the gateway's by default).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// stdio: live processes of this upstream per worker at most; a new
+    /// session beyond it is refused with a clear error.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u32,
     /// Extra request headers (credentials for this upstream live here).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -268,6 +291,10 @@ pub struct Upstream {
     /// Bound on one request to this upstream, streaming answers included.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+}
+
+fn default_max_processes() -> u32 {
+    64
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -405,7 +432,44 @@ impl Config {
                     format!("duplicate upstream id {:?}", u.id),
                 ));
             }
-            check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
+            match u.transport {
+                Transport::StreamableHttp => {
+                    check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
+                    if u.command.is_some() || !u.args.is_empty() || !u.env.is_empty() {
+                        return Err(invalid(
+                            key("command"),
+                            "command, args and env are for transport = \"stdio\"",
+                        ));
+                    }
+                }
+                Transport::Stdio => {
+                    if !u.url.is_empty() {
+                        return Err(invalid(key("url"), "a stdio upstream has no url"));
+                    }
+                    match &u.command {
+                        Some(c) if !c.trim().is_empty() && !c.contains('\0') => {}
+                        _ => {
+                            return Err(invalid(
+                                key("command"),
+                                "transport = \"stdio\" needs the program to run",
+                            ));
+                        }
+                    }
+                    if u.max_processes == 0 {
+                        return Err(invalid(key("max_processes"), "must be greater than 0"));
+                    }
+                    if let Some(name) = u
+                        .env
+                        .keys()
+                        .find(|k| k.is_empty() || k.contains(['=', '\0']))
+                    {
+                        return Err(invalid(
+                            key("env"),
+                            format!("{name:?} is not a variable name"),
+                        ));
+                    }
+                }
+            }
             for (name, value) in &u.headers {
                 if name.is_empty()
                     || !name
@@ -573,6 +637,24 @@ mod tests {
         assert!(
             err("[[upstream]]\nid = \"a b\"\nurl = \"http://x/\"").starts_with("upstream[0].id:")
         );
+        assert!(
+            err("[[upstream]]\nid = \"a\"\ntransport = \"stdio\"")
+                .starts_with("upstream[0].command:")
+        );
+        assert!(
+            err("[[upstream]]\nid = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\nurl = \"http://x/\"")
+                .starts_with("upstream[0].url:")
+        );
+        assert!(
+            err("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\ncommand = \"x\"")
+                .starts_with("upstream[0].command:")
+        );
+        let stdio = Config::parse(
+            "[[upstream]]\nid = \"fs\"\ntransport = \"stdio\"\ncommand = \"npx\"\nargs = [\"-y\", \"server\"]\nenv = { TOKEN = \"t\" }",
+        )
+        .expect("stdio upstream");
+        assert_eq!(stdio.upstream[0].transport, Transport::Stdio);
+        assert_eq!(stdio.upstream[0].max_processes, 64);
         assert!(
             err("[[upstream]]\nid = \"a\"\nurl = \"ftp://x/\"").starts_with("upstream[0].url:")
         );

@@ -199,6 +199,27 @@ pub fn install_on_exec(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, RawFd
     }
 }
 
+/// Make the child `cmd` starts receive SIGKILL when the thread that starts
+/// it dies (Linux `PR_SET_PDEATHSIG`), so that a worker killed outright
+/// leaves no stdio upstream behind. Start it from the thread that lives as
+/// long as the process (a worker's runtime thread).
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls prctl
+    // (async-signal-safe); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc_prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+const PR_SET_PDEATHSIG: i32 = 1;
+const SIGKILL: std::ffi::c_ulong = 9;
+
 /// For `pre_exec`: place each `(source, target)` fd at `target` without
 /// close-on-exec. Sources must be ≥ 10 ([`raise_above_stdio`]) and targets
 /// below 10. Only async-signal-safe calls (`dup2`).
@@ -218,6 +239,8 @@ fn install_in_child(pairs: &[(RawFd, RawFd)]) -> io::Result<()> {
 unsafe extern "C" {
     #[link_name = "dup2"]
     fn libc_dup2(oldfd: RawFd, newfd: RawFd) -> RawFd;
+    #[link_name = "prctl"]
+    fn libc_prctl(option: i32, ...) -> i32;
 }
 
 /// Claim an fd inherited across exec at a fixed number. Marks it close-on-exec

@@ -289,9 +289,11 @@ pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String
     let mut doc = serde_json::to_value(config).unwrap_or_default();
     if let Some(upstreams) = doc.get_mut("upstream").and_then(|u| u.as_array_mut()) {
         for u in upstreams {
-            if let Some(headers) = u.get_mut("headers").and_then(|h| h.as_object_mut()) {
-                for v in headers.values_mut() {
-                    *v = serde_json::Value::from("<redacted>");
+            for secrets in ["headers", "env"] {
+                if let Some(map) = u.get_mut(secrets).and_then(|h| h.as_object_mut()) {
+                    for v in map.values_mut() {
+                        *v = serde_json::Value::from("<redacted>");
+                    }
                 }
             }
         }

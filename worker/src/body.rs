@@ -90,11 +90,25 @@ where
 
 /// A body fed by a channel; it ends when every sender is gone.
 pub(crate) fn channel(rx: mpsc::Receiver<Bytes>) -> Body {
-    ChannelBody { rx }.boxed()
+    ChannelBody { rx, _guard: None }.boxed()
+}
+
+/// Like [`channel`], holding `guard` until the body is dropped (its `Drop`
+/// is how the producer learns that nobody reads any more).
+pub(crate) fn channel_guarded(
+    rx: mpsc::Receiver<Bytes>,
+    guard: impl Send + Sync + 'static,
+) -> Body {
+    ChannelBody {
+        rx,
+        _guard: Some(Box::new(guard)),
+    }
+    .boxed()
 }
 
 struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl HttpBody for ChannelBody {

@@ -13,6 +13,8 @@
 //!   between a session and its upstream sessions; the id/token maps.
 //! - [`store`]: session records (write-through) and resuming inherited ones.
 //! - [`upstream`]: the HTTP client side of one upstream server.
+//! - [`stdio`]: stdio upstreams, one process per upstream session, behind a
+//!   loopback Streamable HTTP adapter.
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
@@ -28,6 +30,7 @@ mod registry;
 mod relay;
 mod sessions;
 mod sse;
+mod stdio;
 mod store;
 pub mod upstream;
 mod versions;

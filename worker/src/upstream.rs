@@ -18,7 +18,7 @@ use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use mcpgw_protocol::config::Upstream;
+use mcpgw_protocol::config::{Transport, Upstream};
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
@@ -104,6 +104,9 @@ pub(crate) struct UpstreamServer {
     request_timeout_ms: AtomicU64,
     /// What this server was built from, to tell a reload what changed.
     pub config: Upstream,
+    /// For a stdio upstream: the local adapter this server talks to (its
+    /// processes end when the server is dropped).
+    _stdio: Option<crate::stdio::StdioAdapter>,
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -120,11 +123,21 @@ impl UpstreamServer {
             id: cfg.id.clone(),
             reason,
         };
-        let uri: Uri = cfg
-            .url
-            .parse()
-            .map_err(|e| bad(format!("url {:?}: {e}", cfg.url)))?;
-        let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 3);
+        let stdio = match cfg.transport {
+            Transport::StreamableHttp => None,
+            Transport::Stdio => {
+                Some(crate::stdio::StdioAdapter::start(cfg).map_err(|e| bad(e.to_string()))?)
+            }
+        };
+        let url = match &stdio {
+            Some(adapter) => format!("http://{}/mcp", adapter.addr),
+            None => cfg.url.clone(),
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(format!("url {url:?}: {e}")))?;
+        let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 4);
+        if let Some(adapter) = &stdio {
+            headers.insert(crate::stdio::KEY_HEADER, adapter.key.clone());
+        }
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| bad(format!("header {k:?}: {e}")))?;
@@ -156,6 +169,7 @@ impl UpstreamServer {
             pool,
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
             config: cfg.clone(),
+            _stdio: stdio,
         })
     }
 

@@ -274,8 +274,8 @@ async fn conformance_server_scenarios_pass_through_mcpgw() {
     let scenarios = server_scenarios(&node).expect("scenario list");
 
     let fixture = Fixture::start(&node).expect("start the conformance fixture");
-    let gateway = Gateway::start(&GatewayConfig::new(2).upstream("conf", &fixture.url))
-        .expect("start mcpgw");
+    let gateway =
+        Gateway::start(&GatewayConfig::new(2).upstream("conf", &fixture.url)).expect("start mcpgw");
     let gateway_url = format!("http://{}/mcp", gateway.addr);
     let results = TempDir::new("mcpgw-conformance-results").expect("results dir");
 

@@ -281,22 +281,16 @@ async fn conformance_server_scenarios_pass_through_mcpgw() {
 
     let mut rows = Vec::new();
     for scenario in &scenarios {
-        let direct = run_scenario(
-            &node,
-            &fixture.url,
-            scenario,
-            &results.path().join("direct").join(scenario),
-        )
-        .await
-        .expect("run a scenario directly");
-        let via = run_scenario(
-            &node,
-            &gateway_url,
-            scenario,
-            &results.path().join("mcpgw").join(scenario),
-        )
-        .await
-        .expect("run a scenario through mcpgw");
+        // Both runs of a scenario at once: they share only the fixture, where each run has
+        // sessions of its own.
+        let direct_dir = results.path().join("direct").join(scenario);
+        let via_dir = results.path().join("mcpgw").join(scenario);
+        let (direct, via) = tokio::join!(
+            run_scenario(&node, &fixture.url, scenario, &direct_dir),
+            run_scenario(&node, &gateway_url, scenario, &via_dir),
+        );
+        let direct = direct.expect("run a scenario directly");
+        let via = via.expect("run a scenario through mcpgw");
         rows.push((scenario.clone(), direct, via));
     }
 

@@ -56,6 +56,7 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: Sessions,
     pub diagnostics: Diagnostics,
+    pub security: Security,
     pub shutdown: Shutdown,
     pub store: Store,
     pub upstream: Vec<Upstream>,
@@ -74,6 +75,7 @@ impl Default for Config {
             limits: Limits::default(),
             sessions: Sessions::default(),
             diagnostics: Diagnostics::default(),
+            security: Security::default(),
             shutdown: Shutdown::default(),
             store: Store::default(),
             upstream: Vec::new(),
@@ -221,6 +223,20 @@ pub fn is_key_safe(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Which `Host` and `Origin` headers requests may carry (DNS rebinding
+/// protection, as the MCP transport spec asks of servers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Host names (no port) a request's `Host` may name. Unset: when every
+    /// listener is on a loopback address only `localhost`, `127.0.0.1` and
+    /// `::1`; otherwise any.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Origins (`scheme://host[:port]`) a browser request's `Origin` may be.
+    /// Empty: an origin whose host is an allowed host.
+    pub allowed_origins: Vec<String>,
+}
+
 /// Diagnostics meant for tests and debugging, off by default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,6 +307,25 @@ pub struct Upstream {
     /// Bound on one request to this upstream, streaming answers included.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+}
+
+impl Upstream {
+    /// A Streamable HTTP upstream with every other setting at its default.
+    pub fn http(id: &str, url: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            url: url.to_owned(),
+            transport: Transport::StreamableHttp,
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            max_processes: default_max_processes(),
+            headers: BTreeMap::new(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
 }
 
 fn default_max_processes() -> u32 {
@@ -386,6 +421,22 @@ impl Config {
             ));
         }
         self.store.validate()?;
+        for (i, h) in self.security.allowed_hosts.iter().flatten().enumerate() {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains('/') {
+                return Err(invalid(
+                    format!("security.allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host name"),
+                ));
+            }
+        }
+        for (i, o) in self.security.allowed_origins.iter().enumerate() {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(invalid(
+                    format!("security.allowed_origins[{i}]"),
+                    format!("{o:?} must be scheme://host[:port], without a path"),
+                ));
+            }
+        }
         let l = &self.limits;
         if !(1024..=1024 * 1024).contains(&l.max_head_bytes) {
             return Err(invalid("limits.max_head_bytes", "must be 1024..=1048576"));

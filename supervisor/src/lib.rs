@@ -239,7 +239,7 @@ async fn run_async(
     activated: Vec<(String, std::os::fd::OwnedFd)>,
     notifier: systemd::Notifier,
 ) -> Result<(), SupervisorError> {
-    let config = Arc::new(config);
+    let mut config = config;
     let slots = config.worker_count();
     let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
     let socket_activated = !activated.is_empty();
@@ -256,7 +256,10 @@ async fn run_async(
             let addr = l.local_addr().map_err(ListenError::LocalAddr)?;
             bound.push((ListenerKey::Plain(addr), l));
         }
+        // What workers see as `listen` (their Host policy depends on it).
+        config.listen = bound.iter().map(|(k, _)| k.addr()).collect();
     }
+    let config = Arc::new(config);
     let ours: Vec<ListenerKey> = ListenerKey::all(&config)
         .into_iter()
         .filter(|k| !(socket_activated && matches!(k, ListenerKey::Plain(_))))

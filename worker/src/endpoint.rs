@@ -56,7 +56,24 @@ pub(crate) async fn handle(
 ) -> Response<Body> {
     // One snapshot of the reloadable configuration for the whole request.
     let live = ctx.live();
-    let mut resp = route(&ctx, &live, req, origin).await;
+    // Forwarded requests were checked by the worker that received them.
+    let refused = match origin {
+        Origin::Public => live.host_policy.check(req.headers()).err(),
+        Origin::Internal => None,
+    };
+    let mut resp = match refused {
+        Some(reason) => {
+            info!(%reason, "request refused (DNS rebinding protection)");
+            rpc_error(
+                Accept::of(&req),
+                StatusCode::FORBIDDEN,
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &reason,
+            )
+        }
+        None => route(&ctx, &live, req, origin).await,
+    };
     if let Some(v) = &live.worker_header {
         // A forwarded answer already names the owner that served it.
         resp.headers_mut()
@@ -325,18 +342,22 @@ async fn post_inner(
     };
     session.touch();
     if let Some(v) = &header_version {
+        // The transport spec asks for 400 on an invalid or unsupported
+        // version only; a supported one other than the negotiated one is
+        // let through (the session's own version governs the exchange).
         match versions::lookup(v.as_bytes()) {
-            Some(v) if v == session.version => {}
-            _ => {
+            Some(_) => {}
+            None => {
                 return rpc_error(
                     accept,
                     StatusCode::BAD_REQUEST,
                     env.id_raw(),
                     jsonrpc::INVALID_REQUEST,
                     &format!(
-                        "MCP-Protocol-Version {:?} does not match the session's {}",
+                        "unsupported MCP-Protocol-Version {:?} (this session speaks {}; supported: {})",
                         String::from_utf8_lossy(v.as_bytes()),
-                        session.version
+                        session.version,
+                        versions::SUPPORTED.join(", ")
                     ),
                 );
             }

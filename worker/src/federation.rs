@@ -357,12 +357,9 @@ mod tests {
                 .map(|id| {
                     Arc::new(
                         UpstreamServer::new(&Upstream {
-                            id: (*id).to_owned(),
-                            url: "http://127.0.0.1:1/mcp".to_owned(),
-                            transport: Default::default(),
-                            headers: Default::default(),
                             connect_timeout_ms: 1,
                             request_timeout_ms: 1,
+                            ..Upstream::http(id, "http://127.0.0.1:1/mcp")
                         })
                         .expect("server"),
                     )

@@ -17,6 +17,7 @@
 //!   loopback Streamable HTTP adapter.
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
+//! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
 
 mod body;
@@ -26,6 +27,7 @@ mod federation;
 mod forward;
 mod jsonrpc;
 mod metrics;
+mod origin;
 mod registry;
 mod relay;
 mod sessions;
@@ -125,6 +127,7 @@ pub(crate) struct Live {
     pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
     pub worker_header: Option<HeaderValue>,
     pub max_body: usize,
+    pub host_policy: origin::HostPolicy,
     /// One acceptor per `tls_listener`, by index. New handshakes use the
     /// acceptor in force; live connections keep the one they started with.
     pub tls: Vec<tokio_rustls::TlsAcceptor>,
@@ -237,6 +240,7 @@ impl Live {
                 tls,
                 endpoints: federation::endpoints(&config, &servers),
                 max_body: config.limits.max_body_bytes as usize,
+                host_policy: origin::HostPolicy::from_config(&config),
                 worker_header,
                 servers,
                 config,

@@ -22,6 +22,12 @@ pub(crate) struct Parser {
     has_data: bool,
     /// A `\r` ended the last chunk; a following `\n` belongs to it.
     pending_cr: bool,
+    /// The stream's last event id (set by any `id:` field, also of events
+    /// without data such as a priming event): what a resumption sends as
+    /// `Last-Event-ID`.
+    last_id: Option<String>,
+    /// The reconnection time the server asked for (`retry:`), in ms.
+    retry_ms: Option<u64>,
 }
 
 impl Parser {
@@ -33,6 +39,14 @@ impl Parser {
     /// upstream that never ends an event cannot grow it forever).
     pub(crate) fn pending_bytes(&self) -> usize {
         self.buf.len() + self.current.data.len()
+    }
+
+    pub(crate) fn last_event_id(&self) -> Option<&str> {
+        self.last_id.as_deref().filter(|id| !id.is_empty())
+    }
+
+    pub(crate) fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     /// The next complete event, if the buffered bytes hold one.
@@ -79,7 +93,15 @@ impl Parser {
                     self.has_data = true;
                 }
                 "event" => self.current.event = Some(value.to_owned()),
-                "id" => self.current.id = Some(value.to_owned()),
+                "id" if !value.contains('\0') => {
+                    self.current.id = Some(value.to_owned());
+                    self.last_id = Some(value.to_owned());
+                }
+                "retry" => {
+                    if let Ok(ms) = value.parse() {
+                        self.retry_ms = Some(ms);
+                    }
+                }
                 _ => {}
             }
         }

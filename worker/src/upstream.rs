@@ -429,6 +429,25 @@ impl UpstreamSession {
         &self,
         deadline: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.get_stream(None, deadline).await
+    }
+
+    /// Resume a stream the upstream closed before it was done (SSE polling,
+    /// SEP-1699): GET with `Last-Event-ID`; the upstream replays what
+    /// followed that event on the stream it belonged to.
+    pub(crate) async fn resume_stream(
+        &self,
+        last_event_id: &str,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.get_stream(Some(last_event_id), deadline).await
+    }
+
+    async fn get_stream(
+        &self,
+        last_event_id: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut req = self.server.request(
             Method::GET,
             self.session_id.as_ref(),
@@ -438,6 +457,11 @@ impl UpstreamSession {
         let h = req.headers_mut();
         h.remove(CONTENT_TYPE);
         h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if let Some(id) = last_event_id {
+            let id = HeaderValue::from_str(id)
+                .map_err(|_| self.server.protocol_error("event id is not a header value"))?;
+            h.insert(http::header::HeaderName::from_static("last-event-id"), id);
+        }
         let resp = self.server.send(req, deadline).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),

@@ -628,12 +628,9 @@ mod tests {
     fn upstream(id: &str) -> Arc<UpstreamSession> {
         let server = Arc::new(
             crate::upstream::UpstreamServer::new(&mcpgw_protocol::config::Upstream {
-                id: id.to_owned(),
-                url: "http://127.0.0.1:1/mcp".to_owned(),
-                transport: Default::default(),
-                headers: Default::default(),
                 connect_timeout_ms: 1,
                 request_timeout_ms: 1,
+                ..mcpgw_protocol::config::Upstream::http(id, "http://127.0.0.1:1/mcp")
             })
             .expect("server"),
         );

@@ -45,6 +45,8 @@ pub(crate) async fn pump_call(
         guard.set_stream(tx);
     }
     let mut parser = sse::Parser::default();
+    let mut resumed = 0u32;
+    let mut forwarded_retry = None;
     loop {
         let frame = tokio::select! {
             f = timeout_at(deadline, body.frame()) => f,
@@ -58,10 +60,30 @@ pub(crate) async fn pump_call(
         let frame = match frame {
             Err(_) => return PumpEnd::Failed(us.server.timeout_error()),
             Ok(None) => {
-                return PumpEnd::Failed(
-                    us.server
-                        .protocol_error("event stream ended without a response"),
-                );
+                // An upstream that gave its events ids may close the stream
+                // before the answer (SSE polling): come back for the rest.
+                let Some(last) = parser.last_event_id().map(str::to_owned) else {
+                    return PumpEnd::Failed(
+                        us.server
+                            .protocol_error("event stream ended without a response"),
+                    );
+                };
+                resumed += 1;
+                if resumed > MAX_RESUMPTIONS {
+                    return PumpEnd::Failed(us.server.protocol_error(format!(
+                        "event stream closed {MAX_RESUMPTIONS} times without a response"
+                    )));
+                }
+                let wait = Duration::from_millis(parser.retry_ms().unwrap_or(0).min(MAX_RETRY_MS));
+                tokio::time::sleep(wait).await;
+                debug!(upstream = %us.server.id, last_event_id = %last, "resuming a call stream the upstream closed");
+                match us.resume_stream(&last, deadline).await {
+                    Ok(resp) => {
+                        body = resp.into_body();
+                        continue;
+                    }
+                    Err(e) => return PumpEnd::Failed(e),
+                }
             }
             Ok(Some(Err(e))) => {
                 return PumpEnd::Failed(
@@ -75,6 +97,20 @@ pub(crate) async fn pump_call(
         };
         parser.push(&data);
         while let Some(event) = parser.next_event() {
+            // The upstream's reconnection time applies to the client's
+            // stream too: pass it on (once per value).
+            if let (Some(tx), Some(ms)) = (&out, parser.retry_ms())
+                && forwarded_retry != Some(ms)
+            {
+                forwarded_retry = Some(ms);
+                if tx
+                    .send(Bytes::from(format!("retry: {ms}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return PumpEnd::ClientGone;
+                }
+            }
             match relay.route(&us, event.data, Source::Call(&guard.call)) {
                 Routed::Response(answer) => {
                     if let Some(tx) = &out
@@ -100,6 +136,11 @@ pub(crate) async fn pump_call(
         }
     }
 }
+
+/// How often one call's stream may be resumed before the call fails.
+const MAX_RESUMPTIONS: u32 = 100;
+/// Longest reconnection wait honoured from an upstream's `retry:`.
+const MAX_RETRY_MS: u64 = 5_000;
 
 /// Largest event the relay holds while it is incomplete.
 const MAX_EVENT: usize = 64 * 1024 * 1024;

@@ -269,6 +269,10 @@ pub enum Transport {
     /// upstream session (never shared between client sessions).
     #[serde(rename = "stdio")]
     Stdio,
+    /// The deprecated HTTP+SSE transport (2024-11-05): `url` is the event
+    /// stream; one stream per upstream session.
+    #[serde(rename = "sse")]
+    Sse,
 }
 
 /// One upstream MCP server.
@@ -484,8 +488,11 @@ impl Config {
                 ));
             }
             match u.transport {
-                Transport::StreamableHttp => {
+                Transport::StreamableHttp | Transport::Sse => {
                     check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
+                    if u.transport == Transport::Sse && u.max_processes == 0 {
+                        return Err(invalid(key("max_processes"), "must be greater than 0"));
+                    }
                     if u.command.is_some() || !u.args.is_empty() || !u.env.is_empty() {
                         return Err(invalid(
                             key("command"),

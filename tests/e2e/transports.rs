@@ -131,3 +131,56 @@ async fn stdio_process_cap_gives_a_clear_error() {
     .await
     .expect("served once a process ended");
 }
+
+/// A port nobody listens on right now (bound, then released) for a server that
+/// cannot be told to pick its own.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_upstream_serves_lists_and_calls() {
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/stdio_counter.py");
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(&script)
+        .arg("--sse")
+        .arg(port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let _server = mcpgw_tests::process::ChildGuard::spawn("legacy-sse-counter", cmd, None)
+        .expect("start the legacy SSE server");
+    wait_until("the legacy SSE server", Duration::from_secs(30), || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await
+    .expect("legacy server listening");
+
+    let mut config = GatewayConfig::new(2);
+    config.extra = format!(
+        "[[upstream]]\nid = \"old\"\ntransport = \"sse\"\nurl = \"http://127.0.0.1:{port}/sse\"\n"
+    );
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    let tools = client
+        .request("tools/list", json!({}))
+        .await
+        .expect("tools/list");
+    let names: Vec<&str> = tools.result().expect("list result")["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"increment"), "{names:?}");
+    assert_eq!(text_of(&mut client, "increment").await, "1");
+    assert_eq!(text_of(&mut client, "increment").await, "2");
+    client.delete().await.expect("delete");
+}

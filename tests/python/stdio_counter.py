@@ -1,5 +1,7 @@
 """A stateful MCP server on stdio, built with the official Python SDK (2.x): the upstream
-of the gateway's stdio transport tests.
+of the gateway's stdio transport tests. With `--sse PORT` it serves the deprecated
+HTTP+SSE transport on 127.0.0.1:PORT instead (`/sse`, messages to `/messages/`), for the
+legacy transport tests; then all its sessions share the one counter of the process.
 
 Each process holds one counter, so two sessions that share a process would see each
 other's counts. Tools: `increment` and `get_count` (the count as text), `pid` (this
@@ -45,4 +47,7 @@ def crash() -> str:
 
 if __name__ == "__main__":
     print(f"stdio-counter started, pid {os.getpid()}", file=sys.stderr, flush=True)
-    server.run("stdio")
+    if len(sys.argv) == 3 and sys.argv[1] == "--sse":
+        server.run("sse", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")

@@ -13,26 +13,28 @@
 //!   between a session and its upstream sessions; the id/token maps.
 //! - [`store`]: session records (write-through) and resuming inherited ones.
 //! - [`upstream`]: the HTTP client side of one upstream server.
-//! - [`stdio`]: stdio upstreams, one process per upstream session, behind a
-//!   loopback Streamable HTTP adapter.
+//! - [`adapter`]: stdio and legacy HTTP+SSE upstreams behind a loopback
+//!   Streamable HTTP adapter, one backend per upstream session;
+//!   [`legacy_sse`]: the HTTP+SSE backend.
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
 
+mod adapter;
 mod body;
 mod conn_pool;
 mod endpoint;
 mod federation;
 mod forward;
 mod jsonrpc;
+mod legacy_sse;
 mod metrics;
 mod origin;
 mod registry;
 mod relay;
 mod sessions;
 mod sse;
-mod stdio;
 mod store;
 pub mod upstream;
 mod versions;

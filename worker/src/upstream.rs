@@ -104,9 +104,9 @@ pub(crate) struct UpstreamServer {
     request_timeout_ms: AtomicU64,
     /// What this server was built from, to tell a reload what changed.
     pub config: Upstream,
-    /// For a stdio upstream: the local adapter this server talks to (its
-    /// processes end when the server is dropped).
-    _stdio: Option<crate::stdio::StdioAdapter>,
+    /// For a stdio or legacy SSE upstream: the local adapter this server
+    /// talks to (its backends end when the server is dropped).
+    _stdio: Option<crate::adapter::Adapter>,
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -125,8 +125,8 @@ impl UpstreamServer {
         };
         let stdio = match cfg.transport {
             Transport::StreamableHttp => None,
-            Transport::Stdio => {
-                Some(crate::stdio::StdioAdapter::start(cfg).map_err(|e| bad(e.to_string()))?)
+            Transport::Stdio | Transport::Sse => {
+                Some(crate::adapter::Adapter::start(cfg).map_err(|e| bad(e.to_string()))?)
             }
         };
         let url = match &stdio {
@@ -136,7 +136,7 @@ impl UpstreamServer {
         let uri: Uri = url.parse().map_err(|e| bad(format!("url {url:?}: {e}")))?;
         let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 4);
         if let Some(adapter) = &stdio {
-            headers.insert(crate::stdio::KEY_HEADER, adapter.key.clone());
+            headers.insert(crate::adapter::KEY_HEADER, adapter.key.clone());
         }
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())

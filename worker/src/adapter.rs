@@ -1,15 +1,18 @@
-//! stdio upstreams: one child process per upstream session, presented to
-//! the rest of the worker as a Streamable HTTP server.
+//! Upstreams that do not speak Streamable HTTP, presented to the rest of
+//! the worker as Streamable HTTP servers: stdio programs (one child process
+//! per upstream session) and servers of the deprecated HTTP+SSE transport
+//! (one event stream per upstream session, [`crate::legacy_sse`]).
 //!
-//! Every stdio upstream gets, in each worker, a small HTTP server on a
+//! Every such upstream gets, in each worker, a small HTTP server on a
 //! loopback port of its own (guarded by a random key header that only this
 //! worker knows), and its [`crate::upstream::UpstreamServer`] talks to it like
 //! to any other upstream. So everything built for HTTP upstreams — relay of
 //! server requests and notifications, cancellation, probes, failover
-//! re-attach, eviction on reload — works for stdio unchanged. The adapter:
-//! - on `initialize` (a POST without `Mcp-Session-Id`) starts a new process
-//!   (`command`, `args`, `env`, `cwd`), refusing with 503 beyond
-//!   `max_processes`, and names the session;
+//! re-attach, eviction on reload — works for them unchanged. The adapter:
+//! - on `initialize` (a POST without `Mcp-Session-Id`) opens a new backend
+//!   (starts the process: `command`, `args`, `env`, `cwd`; or opens the event
+//!   stream at `url`), refusing beyond `max_processes` with an answer that
+//!   says so, and names the session;
 //! - writes each POSTed message to that process's stdin as one line, and
 //!   answers a request with an SSE stream carrying what the process says
 //!   about it (its response, progress, logs, requests it makes while the
@@ -39,7 +42,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mcpgw_protocol::config::Upstream;
+use mcpgw_protocol::config::{Transport, Upstream};
 use mcpgw_protocol::headers::MCP_SESSION_ID;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -60,8 +63,8 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Between closing a process's stdin and killing it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// A running adapter; dropping it stops the listener and every process.
-pub(crate) struct StdioAdapter {
+/// A running adapter; dropping it stops the listener and every backend.
+pub(crate) struct Adapter {
     pub(crate) addr: SocketAddr,
     pub(crate) key: HeaderValue,
     _stop: watch::Sender<bool>,
@@ -69,7 +72,7 @@ pub(crate) struct StdioAdapter {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StdioError {
-    #[error("binding the loopback port for stdio upstream {0}: {1}")]
+    #[error("binding the loopback port for upstream {0}: {1}")]
     Bind(String, std::io::Error),
 }
 
@@ -81,14 +84,22 @@ struct Shared {
     next: AtomicU64,
 }
 
-/// One process: one upstream session.
-struct Process {
+/// Where a session's messages to the upstream go.
+pub(crate) enum Sink {
+    /// A process's stdin, one message per line.
+    Stdin(ChildStdin),
+    /// The endpoint a legacy HTTP+SSE server named.
+    Post(crate::legacy_sse::Poster),
+}
+
+/// One backend (a process, or a legacy event stream): one upstream session.
+pub(crate) struct Process {
     id: String,
-    upstream: Arc<str>,
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    pub(crate) upstream: Arc<str>,
+    sink: tokio::sync::Mutex<Option<Sink>>,
     routes: Mutex<Routes>,
-    /// Set when the process ended (the reason).
-    gone: watch::Sender<Option<String>>,
+    /// Set when the backend ended (the reason).
+    pub(crate) gone: watch::Sender<Option<String>>,
 }
 
 /// Where the process's messages go.
@@ -143,7 +154,7 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
 }
 
-impl StdioAdapter {
+impl Adapter {
     /// Start the adapter for a (validated) stdio upstream.
     pub(crate) fn start(config: &Upstream) -> Result<Self, StdioError> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -331,7 +342,7 @@ async fn post(
                     "Mcp-Session-Id required (only initialize starts a session)",
                 );
             }
-            match start(&shared) {
+            match open(&shared).await {
                 Ok(p) => p,
                 // The answer to the `initialize` (HTTP 200), so that the
                 // reason reaches the client instead of a bare HTTP status.
@@ -419,17 +430,53 @@ fn stream_response(
     resp
 }
 
-/// Start a process for a new session, within the cap; else why not.
-fn start(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
+/// Open a backend for a new session, within the cap; else why not.
+async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let cap = shared.config.max_processes as usize;
     let live = shared.sessions.lock().map_or(0, |s| s.len());
     if live >= cap {
-        warn!(upstream = %shared.upstream, cap, "stdio upstream at its process cap; session refused");
+        warn!(upstream = %shared.upstream, cap, "upstream at its cap of live sessions; session refused");
         return Err(format!(
-            "stdio upstream {} already runs {cap} processes in this worker (max_processes)",
+            "upstream {} already holds {cap} sessions in this worker (max_processes)",
             shared.upstream
         ));
     }
+    let process = match shared.config.transport {
+        Transport::Sse => {
+            let id = format!("sse-{}", shared.next.fetch_add(1, Ordering::Relaxed));
+            crate::legacy_sse::open(shared.upstream.clone(), &shared.config, id).await?
+        }
+        Transport::Stdio | Transport::StreamableHttp => start_process(shared)?,
+    };
+    if let Ok(mut s) = shared.sessions.lock() {
+        s.insert(process.id.clone(), process.clone());
+    }
+    let watched = process.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut gone = watched.gone.subscribe();
+        let _ = gone.wait_for(Option::is_some).await;
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.remove(&watched.id);
+        }
+    });
+    Ok(process)
+}
+
+/// A backend session named `id`, writing to `sink`.
+pub(crate) fn new_process(id: String, upstream: Arc<str>, sink: Sink) -> Arc<Process> {
+    let (gone, _) = watch::channel(None);
+    Arc::new(Process {
+        id,
+        upstream,
+        sink: tokio::sync::Mutex::new(Some(sink)),
+        routes: Mutex::new(Routes::default()),
+        gone,
+    })
+}
+
+/// Start a process for a new session.
+fn start_process(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let c = &shared.config;
     let program = c.command.as_deref().unwrap_or_default();
     let mut cmd = std::process::Command::new(program);
@@ -457,14 +504,10 @@ fn start(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
         "stdio-{pid}-{}",
         shared.next.fetch_add(1, Ordering::Relaxed)
     );
-    let (gone, _) = watch::channel(None);
-    let process = Arc::new(Process {
-        id: id.clone(),
-        upstream: shared.upstream.clone(),
-        stdin: tokio::sync::Mutex::new(child.stdin.take()),
-        routes: Mutex::new(Routes::default()),
-        gone,
-    });
+    let Some(stdin) = child.stdin.take() else {
+        return Err(format!("stdio upstream {}: no stdin pipe", shared.upstream));
+    };
+    let process = new_process(id, shared.upstream.clone(), Sink::Stdin(stdin));
     if let Some(stderr) = child.stderr.take() {
         let upstream = shared.upstream.clone();
         tokio::spawn(async move {
@@ -477,10 +520,7 @@ fn start(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(read_messages(process.clone(), stdout));
     }
-    tokio::spawn(watch_exit(shared.clone(), process.clone(), child));
-    if let Ok(mut s) = shared.sessions.lock() {
-        s.insert(id, process.clone());
-    }
+    tokio::spawn(watch_exit(process.clone(), child));
     info!(upstream = %shared.upstream, pid, "stdio upstream process started");
     Ok(process)
 }
@@ -519,8 +559,8 @@ fn trim(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
-/// Wait for the process to end; then fail what waits on it and forget it.
-async fn watch_exit(shared: Arc<Shared>, process: Arc<Process>, mut child: Child) {
+/// Wait for the process to end; then fail what waits on it.
+async fn watch_exit(process: Arc<Process>, mut child: Child) {
     let mut gone = process.gone.subscribe();
     let status = tokio::select! {
         status = child.wait() => status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
@@ -535,48 +575,56 @@ async fn watch_exit(shared: Arc<Shared>, process: Arc<Process>, mut child: Child
             }
         }
     };
-    let closing = process.gone.borrow().is_some();
-    if let Ok(mut s) = shared.sessions.lock() {
-        s.remove(&process.id);
-    }
-    let calls = process
-        .routes
-        .lock()
-        .map(|mut r| std::mem::take(&mut r.calls))
-        .unwrap_or_default();
-    if closing {
-        debug!(upstream = %process.upstream, %status, "stdio upstream process ended");
-    } else {
-        warn!(upstream = %process.upstream, %status, pending = calls.len(), "stdio upstream process exited");
-    }
-    let reason = format!("stdio upstream {} exited ({status})", process.upstream);
-    for (id, tx) in calls {
-        let _ = tx.try_send(sse::message_event(
-            error_message(&id, -32603, &reason).as_bytes(),
-        ));
-    }
-    process.gone.send_replace(Some(reason));
+    process.ended(&format!(
+        "stdio upstream {} exited ({status})",
+        process.upstream
+    ));
 }
 
 impl Process {
+    /// The backend is gone (`reason`): fail the calls waiting on it. A
+    /// close the gateway asked for is not an error.
+    pub(crate) fn ended(&self, reason: &str) {
+        let closing = self.gone.borrow().is_some();
+        let calls = self
+            .routes
+            .lock()
+            .map(|mut r| std::mem::take(&mut r.calls))
+            .unwrap_or_default();
+        if closing {
+            debug!(upstream = %self.upstream, reason, "upstream session backend ended");
+        } else {
+            warn!(upstream = %self.upstream, reason, pending = calls.len(), "upstream session backend ended");
+        }
+        for (id, tx) in calls {
+            let _ = tx.try_send(sse::message_event(
+                error_message(&id, -32603, reason).as_bytes(),
+            ));
+        }
+        self.gone
+            .send_if_modified(|g| g.is_none().then(|| *g = Some(reason.to_owned())).is_some());
+    }
+
     async fn write(&self, line: &[u8]) -> Result<(), String> {
         if let Some(reason) = self.gone.borrow().clone() {
             return Err(reason);
         }
-        let mut stdin = self.stdin.lock().await;
-        let Some(pipe) = stdin.as_mut() else {
-            return Err(format!("stdio upstream {} is closing", self.upstream));
-        };
-        match pipe.write_all(line).await {
-            Ok(()) => pipe.flush().await.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("writing to stdio upstream {}: {e}", self.upstream)),
+        let mut sink = self.sink.lock().await;
+        match sink.as_mut() {
+            None => Err(format!("upstream {} session is closing", self.upstream)),
+            Some(Sink::Stdin(pipe)) => match pipe.write_all(line).await {
+                Ok(()) => pipe.flush().await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("writing to stdio upstream {}: {e}", self.upstream)),
+            },
+            Some(Sink::Post(poster)) => poster.post(line).await,
         }
     }
 
-    /// Close stdin (the MCP way to ask a stdio server to exit); the exit
-    /// watcher kills it if it does not within the grace period.
-    async fn close(&self) {
-        self.stdin.lock().await.take();
+    /// Close stdin (the MCP way to ask a stdio server to exit; the exit
+    /// watcher kills it if it does not within the grace period), or the
+    /// legacy event stream.
+    pub(crate) async fn close(&self) {
+        self.sink.lock().await.take();
         self.gone.send_if_modified(|g| {
             g.is_none()
                 .then(|| *g = Some("closed".to_owned()))
@@ -585,7 +633,7 @@ impl Process {
     }
 
     /// Deliver one message from the process to whoever waits for it.
-    fn route(&self, message: &[u8]) {
+    pub(crate) fn route(&self, message: &[u8]) {
         if message.is_empty() {
             return;
         }

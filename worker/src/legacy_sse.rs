@@ -1,0 +1,228 @@
+//! The deprecated HTTP+SSE transport (MCP 2024-11-05) as a backend of the
+//! [`crate::adapter`]: one upstream session is one event stream.
+//!
+//! Opening a session GETs the configured `url` (an event stream); the
+//! server's first `endpoint` event names the URL to POST messages to.
+//! Everything the server says afterwards (responses, its own requests,
+//! notifications) arrives as `message` events on that stream, and the
+//! adapter routes it like a stdio process's output. Closing the session
+//! closes the stream (the old transport has no DELETE).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mcpgw_protocol::config::Upstream;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::{debug, info};
+
+use crate::adapter::{Process, Sink, new_process};
+use crate::sse;
+
+/// Longest wait for the `endpoint` event after the stream opened.
+const ENDPOINT_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for one POST to be accepted.
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a session's messages are POSTed.
+pub(crate) struct Poster {
+    authority: String,
+    host: HeaderValue,
+    path: Uri,
+    connect_timeout: Duration,
+}
+
+impl Poster {
+    pub(crate) async fn post(&self, line: &[u8]) -> Result<(), String> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(self.path.clone())
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::copy_from_slice(line)))
+            .map_err(|e| e.to_string())?;
+        let resp = timeout(POST_TIMEOUT, async {
+            let mut sender = handshake(&self.authority, self.connect_timeout).await?;
+            sender.send_request(req).await.map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|_| format!("POST to {} timed out", self.authority))??;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the legacy SSE server answered a message with HTTP {}",
+                resp.status()
+            ))
+        }
+    }
+}
+
+async fn handshake<B>(
+    authority: &str,
+    connect_timeout: Duration,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = timeout(connect_timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("connecting to {authority} timed out"))?
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "legacy SSE connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Open the event stream at `config.url`, wait for its `endpoint` event,
+/// and start routing its messages.
+pub(crate) async fn open(
+    upstream: Arc<str>,
+    config: &Upstream,
+    id: String,
+) -> Result<Arc<Process>, String> {
+    let fail = |what: String| format!("legacy SSE upstream {upstream}: {what}");
+    let uri: Uri = config.url.parse().map_err(|e| fail(format!("url: {e}")))?;
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| fail("url has no host".into()))?;
+    let host = HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?;
+    let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let mut sender = handshake(&authority, connect_timeout)
+        .await
+        .map_err(&fail)?;
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(HOST, host.clone())
+        .header(ACCEPT, "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = timeout(connect_timeout, sender.send_request(req))
+        .await
+        .map_err(|_| fail("no answer to the GET of its event stream".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!(
+            "GET {} answered HTTP {}",
+            config.url,
+            resp.status()
+        )));
+    }
+    let mut body = resp.into_body();
+    let mut parser = sse::Parser::default();
+    let endpoint = timeout(ENDPOINT_WAIT, async {
+        loop {
+            while let Some(event) = parser.next_event() {
+                if event.event.as_deref() == Some("endpoint") {
+                    return Ok(event.data);
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        parser.push(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the event stream ended before its endpoint event".to_owned()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| fail("no endpoint event".into()))?
+    .map_err(&fail)?;
+    let (post_authority, post_path) = resolve(&authority, endpoint.trim())
+        .ok_or_else(|| fail(format!("endpoint {endpoint:?} is not an http URL or path")))?;
+    let poster = Poster {
+        host: HeaderValue::from_str(&post_authority).map_err(|e| fail(e.to_string()))?,
+        authority: post_authority,
+        path: post_path,
+        connect_timeout,
+    };
+    let process = new_process(id, upstream.clone(), Sink::Post(poster));
+    tokio::spawn(read_events(process.clone(), body, parser));
+    info!(upstream = %upstream, "legacy SSE upstream session opened");
+    Ok(process)
+}
+
+/// An `endpoint` value: a path on the stream's server, or an http URL.
+fn resolve(authority: &str, endpoint: &str) -> Option<(String, Uri)> {
+    if let Some(rest) = endpoint.strip_prefix("http://") {
+        let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
+        return Some((auth.to_owned(), format!("/{path}").parse().ok()?));
+    }
+    endpoint
+        .starts_with('/')
+        .then(|| endpoint.parse().ok().map(|p| (authority.to_owned(), p)))
+        .flatten()
+}
+
+/// Route every `message` event until the stream ends or the session closes.
+async fn read_events(process: Arc<Process>, mut body: Incoming, mut parser: sse::Parser) {
+    let mut gone = process.gone.subscribe();
+    let reason = loop {
+        while let Some(event) = parser.next_event() {
+            if matches!(event.event.as_deref(), None | Some("message")) {
+                process.route(event.data.as_bytes());
+            }
+        }
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = gone.wait_for(Option::is_some) => break "closed".to_owned(),
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    parser.push(&data);
+                }
+            }
+            Some(Err(e)) => break format!("its event stream failed: {e}"),
+            None => break "its event stream ended".to_owned(),
+        }
+    };
+    process.ended(&format!(
+        "legacy SSE upstream {}: {reason}",
+        process.upstream
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_against_the_stream_server() {
+        let (a, p) = resolve("127.0.0.1:9", "/messages/?session_id=ab").expect("path");
+        assert_eq!(
+            (a.as_str(), p.to_string().as_str()),
+            ("127.0.0.1:9", "/messages/?session_id=ab")
+        );
+        let (a, p) = resolve("127.0.0.1:9", "http://10.0.0.2:80/m?s=1").expect("url");
+        assert_eq!(
+            (a.as_str(), p.to_string().as_str()),
+            ("10.0.0.2:80", "/m?s=1")
+        );
+        assert!(resolve("h:1", "ftp://x/").is_none());
+        assert!(resolve("h:1", "relative").is_none());
+    }
+}

@@ -704,3 +704,51 @@ async fn python_sdk_client_works_through_the_gateway() {
     let stats = counter.stats().await.expect("stats");
     assert_eq!(stats.initialize, 1, "{stats:?}");
 }
+
+/// A 2025-03-26 client may send JSON-RPC batches (later versions removed them): the
+/// gateway answers the requests of a batch together, as one JSON array, while its
+/// upstream speaks 2025-11-25. A session of a later version gets 400 for a batch.
+#[tokio::test]
+async fn batches_of_a_2025_03_26_session_are_answered_as_one_array() {
+    let (counter, gateway) = counter_behind_gateway(2);
+    let mut old = gateway.client();
+    let reply = old
+        .initialize_version("2025-03-26", json!({}))
+        .await
+        .expect("initialize 2025-03-26");
+    assert_eq!(
+        reply.result().expect("result")["protocolVersion"],
+        "2025-03-26"
+    );
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "increment", "arguments": {}}},
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 1}},
+        {"jsonrpc": "2.0", "id": "b", "method": "tools/call", "params": {"name": "increment", "arguments": {}}},
+    ]);
+    let resp = old
+        .send(&old.post_request(batch.to_string()))
+        .await
+        .expect("batch answer");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answers: Vec<Value> = serde_json::from_str(&resp.text()).expect("a JSON array");
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&json!(10), &json!("b")]);
+    let counts: Vec<u64> = answers
+        .iter()
+        .map(|a| {
+            a.pointer("/result/structuredContent/count")
+                .and_then(Value::as_u64)
+                .expect("count")
+        })
+        .collect();
+    assert_eq!(counts, [1, 2], "one upstream session, in order");
+    assert_eq!(counter.stats().await.expect("stats").initialize, 1);
+
+    let mut new = gateway.client();
+    new.initialize().await.expect("initialize");
+    let resp = new
+        .send(&new.post_request(batch.to_string()))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+}

@@ -304,13 +304,23 @@ impl McpClient {
 
     /// [`Self::initialize`] declaring these client capabilities.
     pub async fn initialize_with(&mut self, capabilities: Value) -> Result<RpcReply> {
+        self.initialize_version(PROTOCOL_VERSION, capabilities)
+            .await
+    }
+
+    /// [`Self::initialize`] asking for protocol `version`.
+    pub async fn initialize_version(
+        &mut self,
+        version: &str,
+        capabilities: Value,
+    ) -> Result<RpcReply> {
         self.session_id = None;
         self.protocol_version = None;
         let reply = self
             .request(
                 "initialize",
                 json!({
-                    "protocolVersion": PROTOCOL_VERSION,
+                    "protocolVersion": version,
                     "capabilities": capabilities,
                     "clientInfo": {"name": "mcpgw-tests", "version": "0.1.0"},
                 }),

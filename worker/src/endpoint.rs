@@ -313,13 +313,8 @@ async fn post_inner(
         }
     };
     if jsonrpc::is_batch(&body) {
-        return rpc_error(
-            accept,
-            StatusCode::BAD_REQUEST,
-            "null",
-            jsonrpc::INVALID_REQUEST,
-            "JSON-RPC batches are not supported; send one message per request",
-        );
+        *method_label = "batch";
+        return batch(ctx, session, accept, &body).await;
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
@@ -375,6 +370,121 @@ async fn post_inner(
             "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
         ),
     }
+}
+
+/// A JSON-RPC batch, which 2025-03-26 allows (later versions removed it):
+/// each message is handled as if posted alone, one after the other, and the
+/// answers to its requests come back together as one JSON array.
+async fn batch(
+    ctx: &Arc<Ctx>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    body: &Bytes,
+) -> Response<Body> {
+    let refuse = |message: &str| {
+        rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            message,
+        )
+    };
+    let Some(session) = session else {
+        return refuse("a batch needs a session (initialize cannot be batched)");
+    };
+    if session.version != "2025-03-26" {
+        return refuse(&format!(
+            "JSON-RPC batches exist in protocol 2025-03-26 only; this session speaks {}",
+            session.version
+        ));
+    }
+    let Ok(messages) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) else {
+        return rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            "null",
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the batch is not a JSON array",
+        );
+    };
+    if messages.is_empty() {
+        return refuse("an empty batch");
+    }
+    session.touch();
+    // Each answer is read whole: a batch answer is one JSON document.
+    let one = Accept {
+        json: true,
+        sse: false,
+    };
+    let mut answers: Vec<Bytes> = Vec::new();
+    for raw in messages {
+        let message = Bytes::copy_from_slice(raw.get().as_bytes());
+        let Some(env) = jsonrpc::parse(&message) else {
+            answers.push(jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request: a batch member is not a JSON object",
+                None,
+            ));
+            continue;
+        };
+        let resp = match env.kind() {
+            Kind::Request("initialize") => {
+                answers.push(jsonrpc::error(
+                    env.id_raw(),
+                    jsonrpc::INVALID_REQUEST,
+                    "initialize cannot be part of a batch",
+                    None,
+                ));
+                continue;
+            }
+            Kind::Request(method) => request(ctx, &session, method, &env, &message, one).await,
+            Kind::Notification(method) => {
+                client_notification(&session, method, &env, &message).await
+            }
+            Kind::Response => client_response(&session, &env, &message, one).await,
+            Kind::Invalid => {
+                answers.push(jsonrpc::error(
+                    env.id_raw(),
+                    jsonrpc::INVALID_REQUEST,
+                    "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
+                    None,
+                ));
+                continue;
+            }
+        };
+        if resp.status() == StatusCode::ACCEPTED {
+            continue;
+        }
+        let id = env.id_raw().to_owned();
+        let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
+        match answer {
+            Ok(b) if jsonrpc::parse(&b).is_some() => answers.push(b),
+            Ok(_) | Err(_) => answers.push(jsonrpc::error(
+                &id,
+                jsonrpc::INTERNAL_ERROR,
+                "no JSON-RPC answer for this batch member",
+                None,
+            )),
+        }
+    }
+    if answers.is_empty() {
+        return accepted();
+    }
+    let mut out = Vec::with_capacity(answers.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(a);
+    }
+    out.push(b']');
+    let mut r = Response::new(body::full(out));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn accepted() -> Response<Body> {

@@ -92,6 +92,9 @@ pub struct UpstreamRecord {
     pub session_id: Option<String>,
     /// The protocol version negotiated with the upstream.
     pub version: String,
+    /// The upstream's capabilities from its `initialize` answer (raw JSON).
+    #[serde(default)]
+    pub capabilities: String,
 }
 
 /// A change a worker makes to the records of sessions it owns.

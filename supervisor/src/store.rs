@@ -372,6 +372,7 @@ mod tests {
             upstream: "u".into(),
             session_id: Some("s1".into()),
             version: "2025-11-25".into(),
+            capabilities: r#"{"tools":{}}"#.into(),
         };
         store.apply(
             b,

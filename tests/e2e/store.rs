@@ -234,6 +234,36 @@ async fn worker_killed_under_load_with_redis() {
     // The records are in Redis, under the gateway's prefix and host.
     let keys = redis.keys("mcpgw:s:*").await.expect("keys");
     assert_eq!(keys.len(), 20, "{keys:?}");
+    // A record: owner, the client's initialize, each upstream session with
+    // its id, version and server capabilities.
+    let mut conn = redis.connect().await.expect("connect");
+    let (owner, record): (String, String) = redis::cmd("HMGET")
+        .arg(&keys[0])
+        .arg("owner")
+        .arg("record")
+        .query_async(&mut conn)
+        .await
+        .expect("record");
+    assert!(owner.starts_with("gw-a/"), "{owner}");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("JSON record");
+    let upstream = &record["upstreams"][0];
+    assert_eq!(upstream["upstream"], "counter", "{record}");
+    assert!(
+        upstream["session_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{record}"
+    );
+    let caps: serde_json::Value =
+        serde_json::from_str(upstream["capabilities"].as_str().expect("capabilities"))
+            .expect("caps");
+    assert!(caps.get("tools").is_some(), "{record}");
+    assert!(
+        record["init_params"]
+            .as_str()
+            .is_some_and(|p| p.contains("clientInfo")),
+        "{record}"
+    );
 }
 
 /// The internal socket path of `slot` in the gateway's runtime directory.

@@ -598,8 +598,13 @@ async fn initialize(
     info!(session = %session_id, version, requested = %p.protocol_version, "session created");
     let result = format!(
         concat!(
-            "{{\"protocolVersion\":\"{}\",\"capabilities\":{{\"tools\":{{}},\"prompts\":{{}},",
-            "\"resources\":{{}},\"logging\":{{}},\"completions\":{{}}}},",
+            "{{\"protocolVersion\":\"{}\",\"capabilities\":{{",
+            // The relay forwards list changes and resource subscriptions of
+            // every upstream, so the gateway offers them whatever each
+            // upstream turns out to support (it is contacted lazily).
+            "\"tools\":{{\"listChanged\":true}},\"prompts\":{{\"listChanged\":true}},",
+            "\"resources\":{{\"subscribe\":true,\"listChanged\":true}},",
+            "\"logging\":{{}},\"completions\":{{}}}},",
             "\"serverInfo\":{{\"name\":\"mcpgw\",\"version\":\"{}\"}}}}"
         ),
         version,
@@ -1348,9 +1353,16 @@ async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
             .iter()
             .filter_map(|u| {
                 let server = endpoint.upstreams.iter().find(|s| *s.id == *u.upstream)?;
-                UpstreamSession::attach(server.clone(), u.session_id.as_deref(), &u.version)
-                    .inspect_err(|e| warn!(session = %id, error = %e, "cannot re-attach an upstream session"))
-                    .ok()
+                UpstreamSession::attach(
+                    server.clone(),
+                    u.session_id.as_deref(),
+                    &u.version,
+                    &u.capabilities,
+                )
+                .inspect_err(
+                    |e| warn!(session = %id, error = %e, "cannot re-attach an upstream session"),
+                )
+                .ok()
             })
             .collect();
         info!(session = %id, upstream_sessions = attached.len(), "session resumed after its worker died");

@@ -276,12 +276,17 @@ pub(crate) struct UpstreamSession {
     /// Generation of the client GET stream this session's own GET stream is
     /// listened to for (0: none), so one client stream gets one listener.
     listened_for: AtomicU64,
+    /// The server's capabilities from its `initialize` answer (raw JSON),
+    /// kept in the session record.
+    capabilities: Box<str>,
 }
 
 #[derive(Deserialize)]
 struct InitializeResult<'a> {
     #[serde(rename = "protocolVersion", borrow)]
     protocol_version: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    capabilities: Option<&'a serde_json::value::RawValue>,
 }
 
 impl UpstreamSession {
@@ -303,11 +308,15 @@ impl UpstreamSession {
         }
         let session_id = resp.headers().get(&SESSION_ID).cloned();
         let message = read_answer(&server, resp, deadline).await?;
-        let version = match jsonrpc::answer(&message) {
-            Some(Answer::Result(r)) => serde_json::from_str::<InitializeResult<'_>>(r.get())
-                .map_err(|e| server.protocol_error(format!("initialize result: {e}")))?
-                .protocol_version
-                .into_owned(),
+        let (version, capabilities) = match jsonrpc::answer(&message) {
+            Some(Answer::Result(r)) => {
+                let result = serde_json::from_str::<InitializeResult<'_>>(r.get())
+                    .map_err(|e| server.protocol_error(format!("initialize result: {e}")))?;
+                (
+                    result.protocol_version.into_owned(),
+                    result.capabilities.map_or("{}", |c| c.get()).into(),
+                )
+            }
             Some(Answer::Error { code, message }) => {
                 return Err(UpstreamError::Initialize {
                     upstream: server.id.clone(),
@@ -318,7 +327,7 @@ impl UpstreamSession {
         };
         let version = HeaderValue::from_str(&version)
             .map_err(|_| server.protocol_error(format!("protocol version {version:?}")))?;
-        let session = Self::with_ids(server, session_id, version);
+        let session = Self::with_ids(server, session_id, version, capabilities);
         let note = session.server.request(
             Method::POST,
             session.session_id.as_ref(),
@@ -341,6 +350,7 @@ impl UpstreamSession {
         server: Arc<UpstreamServer>,
         session_id: Option<&str>,
         version: &str,
+        capabilities: &str,
     ) -> Result<Arc<Self>, UpstreamError> {
         let bad =
             |what: &str| server.protocol_error(format!("stored {what} is not a header value"));
@@ -349,13 +359,24 @@ impl UpstreamSession {
             .transpose()
             .map_err(|_| bad("session id"))?;
         let version = HeaderValue::from_str(version).map_err(|_| bad("version"))?;
-        Ok(Self::with_ids(server, session_id, version))
+        let capabilities = if capabilities.is_empty() {
+            "{}"
+        } else {
+            capabilities
+        };
+        Ok(Self::with_ids(
+            server,
+            session_id,
+            version,
+            capabilities.into(),
+        ))
     }
 
     fn with_ids(
         server: Arc<UpstreamServer>,
         session_id: Option<HeaderValue>,
         version: HeaderValue,
+        capabilities: Box<str>,
     ) -> Arc<Self> {
         let headers = server.headers_for(session_id.as_ref(), Some(&version));
         Arc::new(Self {
@@ -367,6 +388,7 @@ impl UpstreamSession {
             last_used: Mutex::new(Instant::now()),
             next_id: AtomicU64::new(1),
             listened_for: AtomicU64::new(0),
+            capabilities,
         })
     }
 
@@ -380,6 +402,7 @@ impl UpstreamSession {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             version: self.version.to_str().unwrap_or_default().to_owned(),
+            capabilities: self.capabilities.to_string(),
         }
     }
 

@@ -634,7 +634,7 @@ mod tests {
             })
             .expect("server"),
         );
-        UpstreamSession::attach(server, Some("s"), "2025-11-25").expect("attach")
+        UpstreamSession::attach(server, Some("s"), "2025-11-25", "{}").expect("attach")
     }
 
     fn forwarded(r: Routed) -> serde_json::Value {

@@ -419,7 +419,7 @@ async fn a_cancelled_call_is_cancelled_on_its_upstream_only() {
     c.count("b__get_count").await.expect("b");
     let mut conn = HttpConn::connect(s.gateway.addr).await.expect("connect");
     let slow = c.post_request(call(json!(7), "a__slow", json!({"ms": 60_000})).to_string());
-    conn.write_raw(&slow.to_bytes("mcpgw-tests"))
+    conn.write_raw(&slow.to_bytes(conn.host()))
         .await
         .expect("send slow");
     wait_until("the slow call to run", WAIT, || async {
@@ -489,7 +489,7 @@ async fn a_client_that_goes_away_cancels_its_call_and_fails_its_pending_requests
     // A call waiting for a JSON answer: the client leaves.
     let mut conn = HttpConn::connect(s.gateway.addr).await.expect("connect");
     let slow = c.post_request(call(json!(8), "a__slow", json!({"ms": 60_000})).to_string());
-    conn.write_raw(&slow.to_bytes("mcpgw-tests"))
+    conn.write_raw(&slow.to_bytes(conn.host()))
         .await
         .expect("send slow");
     wait_until("the slow call to run", WAIT, || async {

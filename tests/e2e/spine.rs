@@ -52,7 +52,7 @@ async fn open_stream(addr: SocketAddr, client: &McpClient) -> (HttpConn, Respons
 }
 
 async fn open_stream_on(conn: &mut HttpConn, client: &McpClient) -> Response {
-    conn.write_raw(&client.stream_request().to_bytes("mcpgw-tests"))
+    conn.write_raw(&client.stream_request().to_bytes(conn.host()))
         .await
         .expect("GET");
     conn.read_head().await.expect("GET head")

@@ -166,6 +166,12 @@ impl HttpConn {
         })
     }
 
+    /// The `Host` this connection's requests carry by default (the address it
+    /// connected to, as a client would).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Writes raw bytes: the test controls exactly what the server sees.
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         tokio::time::timeout(self.timeout, self.stream.write_all(bytes))

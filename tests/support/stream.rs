@@ -30,13 +30,13 @@ impl MessageStream {
         message: &Value,
     ) -> Result<Self> {
         let request = client.post_request(message.to_string());
-        Self::open(addr, &request.to_bytes("mcpgw-tests")).await
+        Self::open(addr, &request.to_bytes(&addr.to_string())).await
     }
 
     /// Opens `client`'s GET stream on a new connection.
     pub async fn get(client: &McpClient, addr: std::net::SocketAddr) -> Result<Self> {
         let request = client.stream_request();
-        Self::open(addr, &request.to_bytes("mcpgw-tests")).await
+        Self::open(addr, &request.to_bytes(&addr.to_string())).await
     }
 
     async fn open(addr: std::net::SocketAddr, bytes: &[u8]) -> Result<Self> {

@@ -359,6 +359,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_name_is_resolved_and_each_address_tried() {
+        // Only IPv4 listens: where `localhost` also resolves to ::1, that
+        // address is refused first and the next one is tried.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let req = read_request(&mut conn).await.expect("request");
+            conn.write_all(ANSWER).await.expect("answer");
+            req
+        });
+        let uri: Uri = format!("http://localhost:{port}/mcp").parse().expect("uri");
+        let pool = ConnPool::new(&uri, Duration::from_secs(5)).expect("pool");
+        assert!(matches!(pool.target, Target::Name { .. }));
+        let resp = pool.send(request(1)).await.expect("send");
+        assert_eq!(body_of(resp).await, "ok");
+        assert!(
+            server
+                .await
+                .expect("server")
+                .starts_with("POST /mcp HTTP/1.1")
+        );
+    }
+
+    #[tokio::test]
     async fn a_get_stream_keeps_its_connection_to_itself() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

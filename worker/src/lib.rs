@@ -389,7 +389,9 @@ async fn serve(
                     });
                     match meta {
                         ConnMeta::Plain => {
-                            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                            // Boxed: the connection future is large, and moving it
+                            // into the task by value copies it several times.
+                            let conn = Box::pin(graceful.watch(http.serve_connection(TokioIo::new(stream), svc)));
                             tokio::spawn(async move {
                                 if let Err(e) = conn.await {
                                     debug!(error = %e, "connection ended with an error");

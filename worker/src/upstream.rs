@@ -434,6 +434,11 @@ impl UpstreamSession {
             .server
             .request_with(Method::POST, self.headers.clone(), body);
         let resp = self.server.send(req, deadline).await?;
+        self.accepted(resp)
+    }
+
+    /// A success passes; 404 on a session means the upstream forgot it.
+    fn accepted(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
@@ -486,16 +491,7 @@ impl UpstreamSession {
             h.insert(http::header::HeaderName::from_static("last-event-id"), id);
         }
         let resp = self.server.send(req, deadline).await?;
-        match resp.status() {
-            s if s.is_success() => Ok(resp),
-            StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
-                upstream: self.server.id.clone(),
-            }),
-            status => Err(UpstreamError::Status {
-                upstream: self.server.id.clone(),
-                status,
-            }),
-        }
+        self.accepted(resp)
     }
 
     /// Claim the listener for client stream `generation`; false when this

@@ -93,6 +93,8 @@ impl Session {
     }
 
     fn mark_closed(&self) {
+        // Before the signal: whatever ends on it finds the relay closing.
+        self.relay.begin_close();
         self.closed.send_replace(true);
     }
 }

@@ -261,6 +261,16 @@ impl Relay {
             .map(|s| (s.generation, s.alive.subscribe()))
     }
 
+    /// The session is ending (it was just removed from the table): from now
+    /// on nothing new is registered, and what is pending stays for
+    /// [`Relay::close`], which answers it before the upstream sessions close.
+    /// Calls and streams that end in between (they watch the session's close
+    /// signal) would otherwise race their error answers with the upstream
+    /// DELETE.
+    pub(crate) fn begin_close(&self) {
+        self.state().closed = true;
+    }
+
     /// The session ended: pending server→client requests are answered with
     /// an error (bounded), the GET stream and every map entry go.
     pub(crate) async fn close(&self, bound: Duration) {
@@ -300,6 +310,11 @@ impl Relay {
     fn fail_pending(&self, matches: impl Fn(Origin) -> bool, why: &'static str) {
         let failed: Vec<Pending> = {
             let mut st = self.state();
+            if st.closed {
+                // The session is ending: [`Relay::close`] answers them, before
+                // the upstream sessions are closed.
+                return;
+            }
             let keys: Vec<String> = st
                 .pending
                 .iter()
@@ -531,7 +546,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        {
+        let session_closing = {
             let mut st = self.relay.state();
             if st
                 .calls
@@ -543,9 +558,15 @@ impl Drop for CallGuard {
             if let Some((gateway, _)) = &self.call.token {
                 st.tokens.remove(gateway);
             }
-        }
+            st.closed
+        };
         if let Ok(mut s) = self.call.stream.lock() {
             s.take();
+        }
+        if session_closing {
+            // [`Relay::close`] answers what is pending, and the upstream
+            // session itself is about to end: nothing to cancel.
+            return;
         }
         let seq = self.call.seq;
         self.relay

@@ -41,6 +41,22 @@ fn setup() -> Setup {
     Setup { a, b, gateway }
 }
 
+/// Sends a 60 s `a__slow` call with JSON-RPC id `id` for `c`'s session on a
+/// connection of its own, and waits until upstream `a` runs it.
+async fn start_slow_call(s: &Setup, c: &McpClient, id: u64) -> HttpConn {
+    let mut conn = HttpConn::connect(s.gateway.addr).await.expect("connect");
+    let slow = c.post_request(call(json!(id), "a__slow", json!({"ms": 60_000})).to_string());
+    conn.write_raw(&slow.to_bytes(conn.host()))
+        .await
+        .expect("send slow");
+    wait_until("the slow call to run", WAIT, || async {
+        Ok((s.a.stats().await?.slow_in_flight == 1).then_some(()))
+    })
+    .await
+    .expect("slow call in flight");
+    conn
+}
+
 async fn client(gateway: &Gateway, capabilities: Value) -> McpClient {
     let mut c = gateway.client().with_fresh_connections();
     c.initialize_with(capabilities).await.expect("initialize");
@@ -417,16 +433,7 @@ async fn a_cancelled_call_is_cancelled_on_its_upstream_only() {
     // Both upstreams have a session, so a broadcast would show at b.
     c.count("a__get_count").await.expect("a");
     c.count("b__get_count").await.expect("b");
-    let mut conn = HttpConn::connect(s.gateway.addr).await.expect("connect");
-    let slow = c.post_request(call(json!(7), "a__slow", json!({"ms": 60_000})).to_string());
-    conn.write_raw(&slow.to_bytes(conn.host()))
-        .await
-        .expect("send slow");
-    wait_until("the slow call to run", WAIT, || async {
-        Ok((s.a.stats().await?.slow_in_flight == 1).then_some(()))
-    })
-    .await
-    .expect("slow call in flight");
+    let mut conn = start_slow_call(&s, &c, 7).await;
     let status = post(
         &mut c,
         &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
@@ -487,16 +494,7 @@ async fn a_client_that_goes_away_cancels_its_call_and_fails_its_pending_requests
     assert_eq!(cancelled[0]["requestId"], "gone", "{cancelled:?}");
 
     // A call waiting for a JSON answer: the client leaves.
-    let mut conn = HttpConn::connect(s.gateway.addr).await.expect("connect");
-    let slow = c.post_request(call(json!(8), "a__slow", json!({"ms": 60_000})).to_string());
-    conn.write_raw(&slow.to_bytes(conn.host()))
-        .await
-        .expect("send slow");
-    wait_until("the slow call to run", WAIT, || async {
-        Ok((s.a.stats().await?.slow_in_flight == 1).then_some(()))
-    })
-    .await
-    .expect("slow call in flight");
+    let conn = start_slow_call(&s, &c, 8).await;
     drop(conn);
     let cancelled = wait_events(&s.a, "cancelled", 2).await;
     // (Whether the call was still running when the cancel came depends on how soon the

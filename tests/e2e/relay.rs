@@ -636,12 +636,19 @@ async fn a_client_cancellation_without_a_running_call_is_not_broadcast() {
 async fn subscriptions_go_to_the_upstream_that_owns_the_resource() {
     let s = setup();
     let mut c = client(&s.gateway, json!({})).await;
-    // Both upstreams list counter://value; the gateway routes it to one of them.
-    c.request("resources/list", Value::Null)
+    // Both upstreams list counter://value: the first upstream of the endpoint
+    // owns it, and the merged list shows it once.
+    let list = c
+        .request("resources/list", Value::Null)
         .await
-        .expect("resources/list")
-        .result()
-        .expect("list");
+        .expect("resources/list");
+    let uris: Vec<&str> = list.result().expect("list")["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    assert_eq!(uris, ["counter://value"]);
     c.request("resources/subscribe", json!({"uri": "counter://value"}))
         .await
         .expect("subscribe")
@@ -671,7 +678,7 @@ async fn subscriptions_go_to_the_upstream_that_owns_the_resource() {
             owners.push(counter.name.clone());
         }
     }
-    assert_eq!(owners.len(), 1, "subscribe went to {owners:?}");
+    assert_eq!(owners, ["a"], "subscribe went to {owners:?}");
 }
 
 /// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`) as a real

@@ -183,11 +183,23 @@ pub(crate) async fn merged_list(
     jsonrpc::push_json_string(&mut out, kind.items_key());
     out.push_str(":[");
     let mut first = true;
-    let mut routes = Vec::new();
+    let mut routes: Vec<(String, Arc<str>)> = Vec::new();
     let mut next = Vec::new();
     for (pos, page) in &pages {
         for item in &page.items {
+            let before = routes.len();
             let rendered = render_item(&endpoint, *pos, kind, item.get(), &mut routes);
+            // One URI, one upstream: the first upstream (in configured
+            // order) that lists a URI owns it; the same URI from a later one
+            // is left out of the merged list.
+            if routes.len() > before {
+                let (uri, id) = &routes[before];
+                if routes[..before].iter().any(|(u, _)| u == uri) {
+                    warn!(upstream = %id, uri = %uri, "resource URI already listed by an earlier upstream of this endpoint; left out");
+                    routes.truncate(before);
+                    continue;
+                }
+            }
             if !first {
                 out.push(',');
             }
@@ -207,7 +219,16 @@ pub(crate) async fn merged_list(
     if !routes.is_empty()
         && let Ok(mut map) = session.resource_routes.lock()
     {
-        map.extend(routes);
+        let position = |id: &str| endpoint.upstreams.iter().position(|u| &*u.id == id);
+        for (uri, id) in routes {
+            // Across pages too, the earlier upstream keeps a URI.
+            match map.get(&uri) {
+                Some(owner) if position(owner).is_some_and(|o| Some(o) < position(&id)) => {}
+                _ => {
+                    map.insert(uri, id);
+                }
+            }
+        }
     }
     Ok(out)
 }

@@ -829,6 +829,7 @@ async fn by_uri(
         .await;
     }
     let known = session
+        .relay
         .resource_routes
         .lock()
         .ok()
@@ -854,7 +855,7 @@ async fn by_uri(
         match attempt.await {
             Ok(message) => match jsonrpc::answer(&message) {
                 Some(jsonrpc::Answer::Result(_)) => {
-                    if let Ok(mut m) = session.resource_routes.lock() {
+                    if let Ok(mut m) = session.relay.resource_routes.lock() {
                         m.insert(uri.to_owned(), server.id.clone());
                     }
                     return rpc(accept, StatusCode::OK, message);

@@ -217,7 +217,7 @@ pub(crate) async fn merged_list(
     }
     out.push('}');
     if !routes.is_empty()
-        && let Ok(mut map) = session.resource_routes.lock()
+        && let Ok(mut map) = session.relay.resource_routes.lock()
     {
         let position = |id: &str| endpoint.upstreams.iter().position(|u| &*u.id == id);
         for (uri, id) in routes {

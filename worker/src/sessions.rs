@@ -30,8 +30,6 @@ pub(crate) struct Session {
     pub upstreams: SessionUpstreams,
     /// Server→client requests, progress tokens, in-flight calls.
     pub relay: Arc<Relay>,
-    /// URI → upstream id, learned from `resources/list`.
-    pub resource_routes: Mutex<HashMap<String, Arc<str>>>,
     last_used: Mutex<Instant>,
     /// Flips to true when the session ends; its open streams close on it.
     closed: watch::Sender<bool>,
@@ -51,7 +49,6 @@ impl Session {
             relay: Arc::new(Relay::new(&init_params)),
             init_params,
             upstreams: SessionUpstreams::default(),
-            resource_routes: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
             closed: watch::Sender::new(false),
         }

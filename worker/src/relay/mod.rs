@@ -171,6 +171,9 @@ pub(crate) struct Relay {
     /// The params of the client's last `logging/setLevel`, raw: applied to
     /// upstream sessions created after it.
     log_level: Mutex<Option<Box<str>>>,
+    /// URI → upstream id, learned from `resources/list`; an upstream's
+    /// `resources/list_changed` forgets its entries.
+    pub(crate) resource_routes: Mutex<std::collections::HashMap<String, Arc<str>>>,
 }
 
 impl Relay {
@@ -179,6 +182,15 @@ impl Relay {
             caps: ClientCaps::from_init_params(init_params),
             state: Mutex::new(State::default()),
             log_level: Mutex::new(None),
+            resource_routes: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The upstream's resources changed: its URIs are learned again from the
+    /// next `resources/list` (until then, reads ask each upstream in turn).
+    pub(crate) fn forget_resources_of(&self, upstream: &str) {
+        if let Ok(mut map) = self.resource_routes.lock() {
+            map.retain(|_, owner| &**owner != upstream);
         }
     }
 
@@ -622,6 +634,24 @@ mod tests {
             ClientCaps::from_init_params(r#"{"capabilities":{"elicitation":{"url":{}}}}"#);
         assert_eq!(url_only.missing_for("elicitation/create", Some(&url)), None);
         assert!(url_only.missing_for("elicitation/create", None).is_some());
+    }
+
+    #[test]
+    fn a_list_change_forgets_only_that_upstreams_resources() {
+        let relay = Relay::new("{}");
+        let a = upstream("a");
+        if let Ok(mut map) = relay.resource_routes.lock() {
+            map.insert("x://1".into(), Arc::from("a"));
+            map.insert("y://1".into(), Arc::from("b"));
+        }
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#;
+        assert!(matches!(
+            relay.route(&a, note.to_owned(), Source::Stream),
+            Routed::Forward(_)
+        ));
+        let map = relay.resource_routes.lock().expect("map");
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.get("y://1").map(|u| &**u), Some("b"));
     }
 
     #[test]

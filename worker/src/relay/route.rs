@@ -58,6 +58,10 @@ impl Relay {
                 let rewritten = match method {
                     "notifications/progress" => self.progress_back(&env, &data, from),
                     "notifications/cancelled" => self.upstream_cancelled(us, &env, &data),
+                    "notifications/resources/list_changed" => {
+                        self.forget_resources_of(&us.server.id);
+                        Some(Bytes::from(data))
+                    }
                     _ => Some(Bytes::from(data)),
                 };
                 match rewritten {

@@ -103,7 +103,7 @@ impl<T: DeserializeOwned> Receiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{FromWorker, ToWorker};
+    use crate::control::{AfterStop, FromWorker, ToWorker};
 
     #[tokio::test]
     async fn messages_cross_and_eof_is_none() {
@@ -112,7 +112,7 @@ mod tests {
         let (_tx_b, mut rx) = split::<FromWorker, ToWorker>(b);
         tx.send(&ToWorker::Shutdown {
             grace_ms: 5,
-            keep_sessions: false,
+            sessions: AfterStop::Close,
         })
         .await
         .expect("send");
@@ -120,7 +120,7 @@ mod tests {
             rx.recv().await.expect("recv"),
             Some(ToWorker::Shutdown {
                 grace_ms: 5,
-                keep_sessions: false
+                sessions: AfterStop::Close
             })
         );
         drop(tx);

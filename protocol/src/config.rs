@@ -487,12 +487,14 @@ impl Config {
                     format!("duplicate upstream id {:?}", u.id),
                 ));
             }
+            // The cap on live backends applies to the transports behind the
+            // worker's adapter (stdio processes, legacy event streams).
+            if u.transport != Transport::StreamableHttp && u.max_processes == 0 {
+                return Err(invalid(key("max_processes"), "must be greater than 0"));
+            }
             match u.transport {
                 Transport::StreamableHttp | Transport::Sse => {
                     check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
-                    if u.transport == Transport::Sse && u.max_processes == 0 {
-                        return Err(invalid(key("max_processes"), "must be greater than 0"));
-                    }
                     if u.command.is_some() || !u.args.is_empty() || !u.env.is_empty() {
                         return Err(invalid(
                             key("command"),
@@ -512,9 +514,6 @@ impl Config {
                                 "transport = \"stdio\" needs the program to run",
                             ));
                         }
-                    }
-                    if u.max_processes == 0 {
-                        return Err(invalid(key("max_processes"), "must be greater than 0"));
                     }
                     if let Some(name) = u
                         .env

@@ -50,12 +50,8 @@ pub enum ToWorker {
         config: Box<Config>,
     },
     /// Stop taking connections, finish in-flight requests within the grace
-    /// period, close upstream sessions, exit 0.
-    ///
-    /// With `keep_sessions`, upstream sessions stay open and records stay in
-    /// the store: the sessions live on elsewhere (the slot is being removed,
-    /// or the records outlive the gateway in Redis).
-    Shutdown { grace_ms: u64, keep_sessions: bool },
+    /// period, do with the sessions what `sessions` says, exit 0.
+    Shutdown { grace_ms: u64, sessions: AfterStop },
     /// Send metrics and status back as [`FromWorker::Gathered`] with `id`.
     Gather { id: u64 },
     /// Apply a new (validated) configuration; answer [`FromWorker::Reloaded`].
@@ -68,6 +64,20 @@ pub enum ToWorker {
     /// Routing exceptions changed (a slot went down or came back, sessions
     /// were moved off their hash slot); see [`crate::routing::RouteTable`].
     Routes(RouteUpdate),
+}
+
+/// What a stopping worker does with its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AfterStop {
+    /// Close their upstream sessions (DELETE upstream): they end here.
+    Close,
+    /// Keep upstream sessions open and records in the store: the gateway's
+    /// next run resumes them (records in Redis).
+    Keep,
+    /// Keep them, and first let open connections end by themselves (every
+    /// answer says `Connection: close`): other workers take the sessions
+    /// over now (the worker's slot is removed).
+    HandOver,
 }
 
 /// A worker's answer to [`ToWorker::Gather`].
@@ -170,7 +180,7 @@ mod tests {
         assert_eq!(
             enc(&ToWorker::Shutdown {
                 grace_ms: 300,
-                keep_sessions: true
+                sessions: AfterStop::Keep
             }),
             [1, 251, 44, 1, 1]
         );

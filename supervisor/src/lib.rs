@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use mcpgw_protocol::channel::ChannelError;
 use mcpgw_protocol::config::Config;
-use mcpgw_protocol::control::{FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::control::{AfterStop, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
 use mcpgw_protocol::routing;
 use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::StoreWrite;
@@ -621,7 +621,7 @@ impl Supervisor {
             tokio::spawn(async move {
                 let stop = ToWorker::Shutdown {
                     grace_ms,
-                    keep_sessions: true,
+                    sessions: AfterStop::HandOver,
                 };
                 if w.control.lock().await.send(&stop).await.is_err() {
                     kill(w.pid);
@@ -852,6 +852,12 @@ impl Supervisor {
             .wait_idle(self.config.limits.header_timeout() + Duration::from_secs(1))
             .await;
         let grace_ms = self.config.shutdown.grace_ms;
+        // Sessions recorded in Redis outlive this run: the next one resumes them.
+        let sessions = if self.config.store.redis_url.is_some() {
+            AfterStop::Keep
+        } else {
+            AfterStop::Close
+        };
         for life in &self.life {
             let Some(w) = life.current.clone() else {
                 continue;
@@ -860,12 +866,7 @@ impl Supervisor {
                 if w.control
                     .lock()
                     .await
-                    // With Redis, workers keep their sessions by themselves
-                    // (the next run resumes them).
-                    .send(&ToWorker::Shutdown {
-                        grace_ms,
-                        keep_sessions: false,
-                    })
+                    .send(&ToWorker::Shutdown { grace_ms, sessions })
                     .await
                     .is_err()
                 {
@@ -916,6 +917,10 @@ impl Supervisor {
                 self.config.admin_listen
             ));
             new.admin_listen = self.config.admin_listen;
+        }
+        if new.store != self.config.store {
+            kept.push("[store] stays (restart to apply)".to_owned());
+            new.store.clone_from(&self.config.store);
         }
         if new.runtime_dir != self.config.runtime_dir {
             kept.push("runtime_dir stays (restart to apply)".to_owned());

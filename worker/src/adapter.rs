@@ -331,6 +331,8 @@ async fn post(
             "not a JSON-RPC message",
         );
     };
+    // A session opened by this very request names itself in the answer.
+    let opened = process.is_none();
     let process = match process {
         Some(p) => p,
         None => {
@@ -385,16 +387,10 @@ async fn post(
         return rpc_error(StatusCode::BAD_GATEWAY, envelope.id, -32603, &reason);
     }
     let mut resp = stream_response(rx, Some((process.clone(), id)));
-    if session_is_new(&envelope)
-        && let Ok(v) = HeaderValue::from_str(&process.id)
-    {
+    if opened && let Ok(v) = HeaderValue::from_str(&process.id) {
         resp.headers_mut().insert(MCP_SESSION_ID, v);
     }
     resp
-}
-
-fn session_is_new(envelope: &Envelope<'_>) -> bool {
-    envelope.method.as_deref() == Some("initialize")
 }
 
 /// The message as one line: raw CR/LF can only be insignificant whitespace

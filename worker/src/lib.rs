@@ -52,7 +52,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use mcpgw_protocol::channel::{self, ChannelError, Sender};
 use mcpgw_protocol::config::Config;
-use mcpgw_protocol::control::{ConnMeta, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
+use mcpgw_protocol::control::{
+    AfterStop, ConnMeta, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId,
+};
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
 use mcpgw_protocol::routing::{RouteTable, RouteUpdate};
 use mcpgw_protocol::session_id::SessionId;
@@ -366,7 +368,14 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut cap = config.limits.max_connections_per_worker;
 
-    let (grace, keep_sessions) = loop {
+    // Stopping without being told how (the supervisor is gone): sessions
+    // recorded in Redis stay for the next run, others end here.
+    let alone = if config.store.redis_url.is_some() {
+        AfterStop::Keep
+    } else {
+        AfterStop::Close
+    };
+    let (grace, after) = loop {
         tokio::select! {
             conn = receiver.recv() => match conn {
                 Ok(Some((meta, fd))) => {
@@ -424,7 +433,7 @@ async fn serve(
                 }
                 Ok(None) => {
                     warn!("the supervisor closed the connection channel; stopping");
-                    break (1_000, false);
+                    break (1_000, alone);
                 }
                 Err(e) => warn!(error = %e, "receiving a connection failed"),
             },
@@ -448,9 +457,9 @@ async fn serve(
                 }
             },
             msg = ctl_rx.recv() => match msg.flatten() {
-                Some(ToWorker::Shutdown { grace_ms, keep_sessions }) => {
-                    info!(grace_ms, keep_sessions, "shutdown requested");
-                    break (grace_ms, keep_sessions);
+                Some(ToWorker::Shutdown { grace_ms, sessions }) => {
+                    info!(grace_ms, ?sessions, "shutdown requested");
+                    break (grace_ms, sessions);
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
                 // Normally delivered by the reader task already.
@@ -484,7 +493,7 @@ async fn serve(
                 }
                 None => {
                     warn!("the supervisor is gone; stopping");
-                    break (1_000, false);
+                    break (1_000, alone);
                 }
             },
         }
@@ -495,7 +504,7 @@ async fn serve(
     drop(internal);
     let _ = std::fs::remove_file(&path);
     let _ = stop_tx.send(true);
-    if keep_sessions {
+    if after == AfterStop::HandOver {
         // The sessions live on elsewhere: let open connections end by
         // themselves (every answer now says `Connection: close`; idle ones
         // time out), so no client has its connection closed under a request.
@@ -514,7 +523,7 @@ async fn serve(
             "grace period over; cutting the connections left"
         );
     }
-    if keep_sessions || ctx.live().config.store.redis_url.is_some() {
+    if after != AfterStop::Close {
         // The records stay in the store and the upstream sessions open:
         // another worker (or the gateway's next run) resumes these sessions.
         info!(

@@ -163,10 +163,6 @@ impl RouteTable {
     pub fn is_moved(&self, id: &SessionId) -> bool {
         self.moved.contains_key(id)
     }
-
-    pub fn moved_len(&self) -> usize {
-        self.moved.len()
-    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -60,17 +60,29 @@ impl Dispatcher {
     ) -> Self {
         let dispatched: Box<[OnceLock<prometheus::IntCounter>]> =
             (0..MAX_SLOTS).map(|_| OnceLock::new()).collect();
-        for slot in 0..pool.len() {
-            let _ = dispatched[usize::from(slot)]
-                .set(metrics.dispatched.with_label_values(&[&slot.to_string()]));
-        }
-        Self {
+        let dispatcher = Self {
             pool,
             routes,
             metrics,
             dispatched,
             limits: RwLock::new(limits.into()),
+        };
+        // The configured slots' series exist from the start, at 0.
+        for slot in 0..dispatcher.pool.len() {
+            dispatcher.dispatched(slot);
         }
+        dispatcher
+    }
+
+    /// Slot `slot`'s counter, made on first use (slots a reload adds).
+    fn dispatched(&self, slot: u16) -> Option<&prometheus::IntCounter> {
+        self.dispatched.get(usize::from(slot)).map(|c| {
+            c.get_or_init(|| {
+                self.metrics
+                    .dispatched
+                    .with_label_values(&[&slot.to_string()])
+            })
+        })
     }
 
     pub(crate) fn set_limits(&self, limits: &Limits) {
@@ -155,14 +167,8 @@ impl Dispatcher {
             match worker.conns.send(meta, &stream).await {
                 Ok(()) => {
                     worker.note_dispatched();
-                    let slot = worker.id.slot;
-                    if let Some(c) = self.dispatched.get(usize::from(slot)) {
-                        c.get_or_init(|| {
-                            self.metrics
-                                .dispatched
-                                .with_label_values(&[&slot.to_string()])
-                        })
-                        .inc();
+                    if let Some(c) = self.dispatched(worker.id.slot) {
+                        c.inc();
                     }
                     self.metrics
                         .dispatch_seconds

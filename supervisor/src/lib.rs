@@ -489,10 +489,8 @@ impl Supervisor {
                             Some((session, true)) => routes.ended(&[session]),
                             // Minted by a worker that did not know yet of
                             // a new slot count: it lives where it was made.
-                            Some((session, false))
-                                if created && routes.owner(&session) != id.slot =>
-                            {
-                                routes.moved(vec![(session, id.slot)]);
+                            Some((session, false)) if created => {
+                                routes.keep_at(session, id.slot);
                             }
                             _ => {}
                         }
@@ -508,10 +506,10 @@ impl Supervisor {
                             let record = match SessionId::parse(session.as_bytes()) {
                                 Ok(session) => {
                                     let record = store.fetch(session, id).await;
-                                    if record.is_some() && routes.owner(&session) != id.slot {
+                                    if record.is_some() {
                                         // Claimed away from its slot (that
                                         // slot is down): keep it here.
-                                        routes.moved(vec![(session, id.slot)]);
+                                        routes.keep_at(session, id.slot);
                                     }
                                     record.map(Box::new)
                                 }
@@ -571,7 +569,6 @@ impl Supervisor {
                 .collect();
             let kept = stay.len();
             self.routes.resize(slots, stay);
-            self.pool.set_len(slots);
             for slot in old..slots {
                 self.life.push(SlotLife::new(unix_ms()));
                 self.start_worker(slot);
@@ -614,7 +611,6 @@ impl Supervisor {
             .sum();
         self.metrics.reassigned.inc_by(moved as u64);
         self.routes.resize(slots, Vec::new());
-        self.pool.set_len(slots);
         self.life.truncate(usize::from(slots));
         let grace_ms = self.config.shutdown.grace_ms;
         for w in leaving {

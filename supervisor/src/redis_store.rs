@@ -612,9 +612,11 @@ impl SessionStore for RedisStore {
 
     fn reassign(&self, from: WorkerId, to: WorkerId) -> usize {
         let moved = self.shared.records(|r| r.reassign(from, to));
+        // The REASSIGN script moves what Redis holds; a record not written
+        // yet is still dirty and goes out under its new owner anyway.
         self.shared
             .pending(|p| p.reassigns.push(Reassign { from, to }));
-        self.shared.mark_dirty(moved.iter().copied());
+        self.shared.wake.notify_one();
         moved.len()
     }
 

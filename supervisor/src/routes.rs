@@ -7,7 +7,7 @@
 //! worker by one broadcaster task, because workers forward requests by the
 //! same table.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mcpgw_protocol::control::ToWorker;
@@ -29,7 +29,9 @@ pub(crate) struct Routes {
     table: RwLock<RouteTable>,
     /// No exceptions: the hash alone decides.
     plain: AtomicBool,
-    slots: AtomicU16,
+    /// Holds the slot count this table routes over (`Pool::len`); a
+    /// resize changes both under the table's lock.
+    pool: Arc<Pool>,
     out: mpsc::UnboundedSender<Broadcast>,
 }
 
@@ -40,7 +42,7 @@ impl Routes {
         let routes = Arc::new(Self {
             table: RwLock::new(RouteTable::new(slots)),
             plain: AtomicBool::new(true),
-            slots: AtomicU16::new(slots),
+            pool: pool.clone(),
             out,
         });
         tokio::spawn(broadcast(Arc::downgrade(&routes), pool, rx));
@@ -50,7 +52,7 @@ impl Routes {
     /// The slot that serves `id`.
     pub(crate) fn owner(&self, id: &SessionId) -> u16 {
         if self.plain.load(Ordering::Acquire) {
-            return routing::slot_for(id, self.slots.load(Ordering::Acquire));
+            return routing::slot_for(id, self.pool.len());
         }
         self.read(|t| t.owner(id))
     }
@@ -91,6 +93,14 @@ impl Routes {
                 .collect(),
             ..RouteUpdate::default()
         });
+    }
+
+    /// Keep `id` on `slot` (where it was created or claimed) if the hash
+    /// alone would send it elsewhere.
+    pub(crate) fn keep_at(&self, id: SessionId, slot: u16) {
+        if self.owner(&id) != slot {
+            self.moved(vec![(id, slot)]);
+        }
     }
 
     /// Sessions that ended: their overrides go (if they had any).
@@ -144,7 +154,7 @@ impl Routes {
                 // Readers take the locked path while the count changes, so
                 // none routes by the new count without the overrides.
                 self.plain.store(false, Ordering::Release);
-                self.slots.store(update.slots, Ordering::Release);
+                self.pool.set_len(update.slots);
             }
             table.apply(&update);
             self.plain.store(table.is_plain(), Ordering::Release);

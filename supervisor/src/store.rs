@@ -309,22 +309,16 @@ impl Records {
 
     /// Drop records nobody used for `idle`; returns their ids.
     pub(crate) fn sweep(&mut self, idle: Duration) -> Vec<SessionId> {
-        let expired: Vec<(SessionId, WorkerId)> = self
+        let expired: Vec<SessionId> = self
             .records
             .iter()
             .filter(|(_, e)| e.last_seen.elapsed() > idle)
-            .map(|(id, e)| (*id, e.record.owner))
+            .map(|(id, _)| *id)
             .collect();
+        for id in &expired {
+            self.forget(id);
+        }
         expired
-            .into_iter()
-            .map(|(id, owner)| {
-                self.records.remove(&id);
-                if let Some(set) = self.by_owner.get_mut(&owner) {
-                    set.remove(&id);
-                }
-                id
-            })
-            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::body::Body;
+use crate::jsonrpc;
 use crate::sse;
 
 /// The header that proves a request comes from this worker.
@@ -252,14 +253,7 @@ fn rpc_error(
     answer(
         status,
         "application/json",
-        error_message(id.map_or("null", RawValue::get), code, message),
-    )
-}
-
-fn error_message(id: &str, code: i32, message: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{}}}}}"#,
-        serde_json::Value::from(message)
+        jsonrpc::error(id.map_or("null", RawValue::get), code, message, None),
     )
 }
 
@@ -327,7 +321,7 @@ async fn post(
         return rpc_error(
             StatusCode::BAD_REQUEST,
             None,
-            -32700,
+            jsonrpc::PARSE_ERROR,
             "not a JSON-RPC message",
         );
     };
@@ -340,7 +334,7 @@ async fn post(
                 return rpc_error(
                     StatusCode::BAD_REQUEST,
                     envelope.id,
-                    -32600,
+                    jsonrpc::INVALID_REQUEST,
                     "Mcp-Session-Id required (only initialize starts a session)",
                 );
             }
@@ -348,7 +342,14 @@ async fn post(
                 Ok(p) => p,
                 // The answer to the `initialize` (HTTP 200), so that the
                 // reason reaches the client instead of a bare HTTP status.
-                Err(reason) => return rpc_error(StatusCode::OK, envelope.id, -32603, &reason),
+                Err(reason) => {
+                    return rpc_error(
+                        StatusCode::OK,
+                        envelope.id,
+                        jsonrpc::INTERNAL_ERROR,
+                        &reason,
+                    );
+                }
             }
         }
     };
@@ -357,7 +358,12 @@ async fn post(
         // A notification, or the client's answer to the process's request.
         return match process.write(&line).await {
             Ok(()) => answer(StatusCode::ACCEPTED, "text/plain", ""),
-            Err(reason) => rpc_error(StatusCode::BAD_GATEWAY, None, -32603, &reason),
+            Err(reason) => rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                jsonrpc::INTERNAL_ERROR,
+                &reason,
+            ),
         };
     };
     let id = id.get().to_owned();
@@ -367,7 +373,7 @@ async fn post(
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 envelope.id,
-                -32600,
+                jsonrpc::INVALID_REQUEST,
                 "a request with this id is still running",
             );
         }
@@ -384,7 +390,12 @@ async fn post(
         if let Ok(mut r) = process.routes.lock() {
             r.end_call(&id);
         }
-        return rpc_error(StatusCode::BAD_GATEWAY, envelope.id, -32603, &reason);
+        return rpc_error(
+            StatusCode::BAD_GATEWAY,
+            envelope.id,
+            jsonrpc::INTERNAL_ERROR,
+            &reason,
+        );
     }
     let mut resp = stream_response(rx, Some((process.clone(), id)));
     if opened && let Ok(v) = HeaderValue::from_str(&process.id) {
@@ -593,9 +604,12 @@ impl Process {
             warn!(upstream = %self.upstream, reason, pending = calls.len(), "upstream session backend ended");
         }
         for (id, tx) in calls {
-            let _ = tx.try_send(sse::message_event(
-                error_message(&id, -32603, reason).as_bytes(),
-            ));
+            let _ = tx.try_send(sse::message_event(&jsonrpc::error(
+                &id,
+                jsonrpc::INTERNAL_ERROR,
+                reason,
+                None,
+            )));
         }
         self.gone
             .send_if_modified(|g| g.is_none().then(|| *g = Some(reason.to_owned())).is_some());

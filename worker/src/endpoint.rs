@@ -358,10 +358,21 @@ async fn post_inner(
             }
         }
     }
+    dispatch(ctx, &session, &env, &body, accept).await
+}
+
+/// One message of a session, by its kind.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
     match env.kind() {
-        Kind::Request(method) => request(ctx, &session, method, &env, &body, accept).await,
-        Kind::Notification(method) => client_notification(&session, method, &env, &body).await,
-        Kind::Response => client_response(&session, &env, &body, accept).await,
+        Kind::Request(method) => request(ctx, session, method, env, body, accept).await,
+        Kind::Notification(method) => client_notification(session, method, env, body).await,
+        Kind::Response => client_response(session, env, body, accept).await,
         Kind::Invalid => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
@@ -419,7 +430,7 @@ async fn batch(
     };
     let mut answers: Vec<Bytes> = Vec::new();
     for raw in messages {
-        let message = Bytes::copy_from_slice(raw.get().as_bytes());
+        let message = body.slice_ref(raw.get().as_bytes());
         let Some(env) = jsonrpc::parse(&message) else {
             answers.push(jsonrpc::error(
                 "null",
@@ -429,40 +440,25 @@ async fn batch(
             ));
             continue;
         };
-        let resp = match env.kind() {
-            Kind::Request("initialize") => {
-                answers.push(jsonrpc::error(
-                    env.id_raw(),
-                    jsonrpc::INVALID_REQUEST,
-                    "initialize cannot be part of a batch",
-                    None,
-                ));
-                continue;
-            }
-            Kind::Request(method) => request(ctx, &session, method, &env, &message, one).await,
-            Kind::Notification(method) => {
-                client_notification(&session, method, &env, &message).await
-            }
-            Kind::Response => client_response(&session, &env, &message, one).await,
-            Kind::Invalid => {
-                answers.push(jsonrpc::error(
-                    env.id_raw(),
-                    jsonrpc::INVALID_REQUEST,
-                    "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
-                    None,
-                ));
-                continue;
-            }
-        };
+        if let Kind::Request("initialize") = env.kind() {
+            answers.push(jsonrpc::error(
+                env.id_raw(),
+                jsonrpc::INVALID_REQUEST,
+                "initialize cannot be part of a batch",
+                None,
+            ));
+            continue;
+        }
+        let resp = dispatch(ctx, &session, &env, &message, one).await;
         if resp.status() == StatusCode::ACCEPTED {
             continue;
         }
-        let id = env.id_raw().to_owned();
+        let id = env.id_raw();
         let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
         match answer {
             Ok(b) if jsonrpc::parse(&b).is_some() => answers.push(b),
             Ok(_) | Err(_) => answers.push(jsonrpc::error(
-                &id,
+                id,
                 jsonrpc::INTERNAL_ERROR,
                 "no JSON-RPC answer for this batch member",
                 None,

@@ -184,6 +184,7 @@ pub(crate) async fn merged_list(
     out.push_str(":[");
     let mut first = true;
     let mut routes: Vec<(String, Arc<str>)> = Vec::new();
+    let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut next = Vec::new();
     for (pos, page) in &pages {
         for item in &page.items {
@@ -192,13 +193,12 @@ pub(crate) async fn merged_list(
             // One URI, one upstream: the first upstream (in configured
             // order) that lists a URI owns it; the same URI from a later one
             // is left out of the merged list.
-            if routes.len() > before {
-                let (uri, id) = &routes[before];
-                if routes[..before].iter().any(|(u, _)| u == uri) {
-                    warn!(upstream = %id, uri = %uri, "resource URI already listed by an earlier upstream of this endpoint; left out");
-                    routes.truncate(before);
-                    continue;
-                }
+            if let Some((uri, id)) = routes.get(before)
+                && !listed.insert(uri.clone())
+            {
+                warn!(upstream = %id, uri = %uri, "resource URI already listed by an earlier upstream of this endpoint; left out");
+                routes.truncate(before);
+                continue;
             }
             if !first {
                 out.push(',');

@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 /// Methods counted by name; anything else is `other`.
-const KNOWN_METHODS: [&str; 17] = [
+const KNOWN_METHODS: [&str; 18] = [
     "initialize",
     "ping",
     "tools/list",
@@ -31,6 +31,7 @@ const KNOWN_METHODS: [&str; 17] = [
     "server/discover",
     "notification",
     "response",
+    "batch",
     "other",
 ];
 

@@ -476,12 +476,9 @@ impl UpstreamSession {
         last_event_id: Option<&str>,
         deadline: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = self.server.request(
-            Method::GET,
-            self.session_id.as_ref(),
-            Some(&self.version),
-            Bytes::new(),
-        );
+        let mut req = self
+            .server
+            .request_with(Method::GET, self.headers.clone(), Bytes::new());
         let h = req.headers_mut();
         h.remove(CONTENT_TYPE);
         h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));

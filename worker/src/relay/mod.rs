@@ -572,17 +572,25 @@ impl Drop for CallGuard {
             }
             st.closed
         };
-        if let Ok(mut s) = self.call.stream.lock() {
-            s.take();
-        }
+        // Only a streamed call can carry server requests (a JSON answer has
+        // nowhere to put them): the common case skips the pending scan.
+        let had_stream = self
+            .call
+            .stream
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .is_some();
         if session_closing {
             // [`Relay::close`] answers what is pending, and the upstream
             // session itself is about to end: nothing to cancel.
             return;
         }
-        let seq = self.call.seq;
-        self.relay
-            .fail_pending(|o| o == Origin::Call(seq), "the client's call ended");
+        if had_stream {
+            let seq = self.call.seq;
+            self.relay
+                .fail_pending(|o| o == Origin::Call(seq), "the client's call ended");
+        }
         if !self.finished && !self.call.cancelled.load(Ordering::Relaxed) {
             info!(upstream = %self.call.upstream.server.id, id = %self.call.key,
                 "call ended before its answer reached the client; cancelling it upstream");

@@ -98,21 +98,12 @@ impl Relay {
         }
         // The call's own stream when the client streams its answer, else
         // the session's GET stream.
-        let on_call = match from {
-            Source::Call(call) if call.stream().is_some() => Some(call.seq),
-            _ => None,
-        };
-        let stream = match on_call {
-            Some(_) => None,
-            None => match self.server_stream() {
-                Some(s) => Some(s),
+        let (origin, stream) = match from {
+            Source::Call(call) if call.stream().is_some() => (Origin::Call(call.seq), None),
+            _ => match self.server_stream() {
+                Some((tx, generation)) => (Origin::Stream(generation), Some((tx, generation))),
                 None => return refuse("the client has no open stream to receive requests"),
             },
-        };
-        let origin = match (on_call, &stream) {
-            (Some(seq), _) => Origin::Call(seq),
-            (None, Some((_, generation))) => Origin::Stream(*generation),
-            (None, None) => return refuse("the client has no open stream to receive requests"),
         };
         // Tokens from several upstreams could collide at the client too.
         let mapped = data

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, Body};
+use crate::conn_pool::UpstreamBody;
 use crate::federation::{self, Endpoint, ListKind};
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
@@ -1093,7 +1094,7 @@ fn upstream_failure(
 /// streamed to an SSE client or reduced to its response for a JSON one.
 async fn answer_call(
     session: &Arc<Session>,
-    resp: Response<hyper::body::Incoming>,
+    resp: Response<UpstreamBody>,
     accept: Accept,
     id: &str,
     deadline: Instant,

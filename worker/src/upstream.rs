@@ -15,16 +15,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use mcpgw_protocol::config::{Transport, Upstream};
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
-use crate::conn_pool::{ConnError, ConnPool};
+use crate::conn_pool::{ConnError, ConnPool, Outgoing, UpstreamBody};
 use crate::jsonrpc::{self, Answer};
 use crate::sse;
 
@@ -94,7 +93,7 @@ impl UpstreamError {
 pub(crate) struct UpstreamServer {
     pub id: Arc<str>,
     /// Origin-form (`/path?query`): what a request line carries.
-    path: Uri,
+    path: Box<str>,
     /// What every request to this server carries: the configured headers,
     /// `Host`, `Content-Type`, `Accept`. Built once, cloned per request.
     headers: HeaderMap,
@@ -157,9 +156,7 @@ impl UpstreamServer {
             ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
-        let path = uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
         let pool = ConnPool::new(&uri, Duration::from_millis(cfg.connect_timeout_ms))
             .map_err(|reason| bad(format!("url {:?}: {reason}", cfg.url)))?;
         Ok(Self {
@@ -208,35 +205,20 @@ impl UpstreamServer {
         h
     }
 
-    fn request(
-        &self,
-        method: Method,
-        session: Option<&HeaderValue>,
-        version: Option<&HeaderValue>,
-        body: Bytes,
-    ) -> Request<Full<Bytes>> {
-        self.request_with(method, self.headers_for(session, version), body)
-    }
-
-    fn request_with(
-        &self,
-        method: Method,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = self.path.clone();
-        *req.headers_mut() = headers;
-        req
-    }
-
     /// Send and wait for the answer's head, bounded by `deadline`.
     async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        method: &Method,
+        headers: &HeaderMap,
+        body: Bytes,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let req = Outgoing {
+            method,
+            path: &self.path,
+            headers,
+            body,
+        };
         match timeout_at(deadline, self.pool.send(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(source)) => Err(UpstreamError::Transport {
@@ -298,8 +280,9 @@ impl UpstreamSession {
     ) -> Result<Arc<Self>, UpstreamError> {
         let deadline = Instant::now() + server.request_timeout();
         let body = jsonrpc::request("mcpgw-init", "initialize", Some(init_params));
-        let req = server.request(Method::POST, None, None, body);
-        let resp = server.send(req, deadline).await?;
+        let resp = server
+            .send(&Method::POST, &server.headers, body, deadline)
+            .await?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Status {
                 upstream: server.id.clone(),
@@ -328,13 +311,11 @@ impl UpstreamSession {
         let version = HeaderValue::from_str(&version)
             .map_err(|_| server.protocol_error(format!("protocol version {version:?}")))?;
         let session = Self::with_ids(server, session_id, version, capabilities);
-        let note = session.server.request(
-            Method::POST,
-            session.session_id.as_ref(),
-            Some(&session.version),
-            jsonrpc::notification("notifications/initialized"),
-        );
-        let resp = session.server.send(note, deadline).await?;
+        let note = jsonrpc::notification("notifications/initialized");
+        let resp = session
+            .server
+            .send(&Method::POST, &session.headers, note, deadline)
+            .await?;
         if !resp.status().is_success() {
             warn!(upstream = %session.server.id, status = %resp.status(),
                 "upstream refused notifications/initialized; continuing");
@@ -428,17 +409,20 @@ impl UpstreamSession {
         &self,
         body: Bytes,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.touch();
-        let req = self
+        let resp = self
             .server
-            .request_with(Method::POST, self.headers.clone(), body);
-        let resp = self.server.send(req, deadline).await?;
+            .send(&Method::POST, &self.headers, body, deadline)
+            .await?;
         self.accepted(resp)
     }
 
     /// A success passes; 404 on a session means the upstream forgot it.
-    fn accepted(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    fn accepted(
+        &self,
+        resp: Response<UpstreamBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match resp.status() {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
@@ -456,7 +440,7 @@ impl UpstreamSession {
     pub(crate) async fn open_stream(
         &self,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.get_stream(None, deadline).await
     }
 
@@ -467,7 +451,7 @@ impl UpstreamSession {
         &self,
         last_event_id: &str,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.get_stream(Some(last_event_id), deadline).await
     }
 
@@ -475,11 +459,8 @@ impl UpstreamSession {
         &self,
         last_event_id: Option<&str>,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = self
-            .server
-            .request_with(Method::GET, self.headers.clone(), Bytes::new());
-        let h = req.headers_mut();
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut h = self.headers.clone();
         h.remove(CONTENT_TYPE);
         h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         if let Some(id) = last_event_id {
@@ -487,7 +468,10 @@ impl UpstreamSession {
                 .map_err(|_| self.server.protocol_error("event id is not a header value"))?;
             h.insert(http::header::HeaderName::from_static("last-event-id"), id);
         }
-        let resp = self.server.send(req, deadline).await?;
+        let resp = self
+            .server
+            .send(&Method::GET, &h, Bytes::new(), deadline)
+            .await?;
         self.accepted(resp)
     }
 
@@ -533,10 +517,12 @@ impl UpstreamSession {
         if self.session_id.is_none() {
             return;
         }
-        let req = self
+        let deadline = Instant::now() + bound;
+        match self
             .server
-            .request_with(Method::DELETE, self.headers.clone(), Bytes::new());
-        match self.server.send(req, Instant::now() + bound).await {
+            .send(&Method::DELETE, &self.headers, Bytes::new(), deadline)
+            .await
+        {
             Ok(resp) => {
                 let status = resp.status();
                 if !(status.is_success()
@@ -556,7 +542,7 @@ impl UpstreamSession {
 /// Reduce an answer (JSON or SSE) to the one JSON-RPC response in it.
 pub(crate) async fn read_answer(
     server: &UpstreamServer,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     deadline: Instant,
 ) -> Result<Bytes, UpstreamError> {
     let is_sse = resp

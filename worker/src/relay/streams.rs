@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn_pool::UpstreamBody;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
@@ -35,7 +35,7 @@ pub(crate) enum PumpEnd {
 pub(crate) async fn pump_call(
     relay: Arc<Relay>,
     mut guard: CallGuard,
-    mut body: Incoming,
+    mut body: UpstreamBody,
     out: Option<mpsc::Sender<Bytes>>,
     deadline: Instant,
     mut session_closed: watch::Receiver<bool>,

@@ -1,0 +1,475 @@
+//! HTTP/1.1 on the wire for the upstream client: the request head, the
+//! answer head and how its body is framed, and chunked decoding.
+//!
+//! Pure functions over buffers, no I/O, so every branch is unit-tested
+//! without a socket. What the gateway sends is narrow (origin-form `GET`,
+//! `POST` and `DELETE` with a known length); what it accepts follows
+//! RFC 9112: a body is framed by `Transfer-Encoding: chunked`, else by
+//! `Content-Length`, else by the connection's close, and 1xx heads are
+//! skipped.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+/// Longest answer head (status line and headers) accepted.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+/// Most headers in one answer head.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// Why bytes from the upstream are not HTTP/1.1 the client can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Malformed(pub &'static str);
+
+/// Append a request head to `out`. `body_len` is `None` for a request
+/// without a body and without a `Content-Length` (a `GET`).
+pub(super) fn write_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body_len: Option<usize>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(len) = body_len {
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, len as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// How an answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection, which then cannot be reused.
+    UntilClose,
+}
+
+/// A parsed answer head.
+#[derive(Debug)]
+pub(super) struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+/// What the start of a buffer holds.
+#[derive(Debug)]
+pub(super) enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A 1xx head of this many bytes, to skip: the answer follows it.
+    Interim(usize),
+    /// The answer's head, of this many bytes.
+    Head(Head, usize),
+}
+
+/// Parse the answer head at the start of `buf`.
+pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Malformed("answer head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(Malformed("too many headers")),
+        Err(_) => return Err(Malformed("answer head is not HTTP/1.x")),
+    };
+    let code = resp.code.ok_or(Malformed("no status code"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed("invalid status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Malformed("unrequested protocol switch"));
+        }
+        return Ok(Parsed::Interim(len));
+    }
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoded = false;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Malformed("bad header value"))?;
+        if name == CONTENT_LENGTH {
+            let n = parse_decimal(h.value).ok_or(Malformed("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Malformed("conflicting content-lengths"));
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoded = true;
+            // Only the last coding frames the body (RFC 9112 §6.3).
+            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+        } else if name == CONNECTION {
+            if has_token(h.value, b"close") {
+                close = true;
+            } else if resp.version == Some(0) && has_token(h.value, b"keep-alive") {
+                close = false;
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Empty
+    } else if transfer_encoded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let keep_alive = !close && framing != Framing::UntilClose;
+    Ok(Parsed::Head(
+        Head {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        },
+        len,
+    ))
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+fn has_token(v: &[u8], token: &[u8]) -> bool {
+    tokens(v).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn last_token(v: &[u8]) -> &[u8] {
+    tokens(v).filter(|t| !t.is_empty()).last().unwrap_or(b"")
+}
+
+/// Incremental decoder of a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, this many data bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; bytes so far.
+    Trailer(usize),
+    Done,
+}
+
+/// One decoding step.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// More bytes are needed.
+    Need,
+    Data(Bytes),
+    /// The body ended; what is left in the buffer is not part of it.
+    Done,
+}
+
+impl Chunked {
+    /// Decode from the front of `buf`, consuming what it uses.
+    pub(super) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::Need);
+                    };
+                    let size = chunk_size(&line)?;
+                    *self = if size == 0 {
+                        Chunked::Trailer(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::Need);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Chunked::DataEnd => match buf.first() {
+                    None => return Ok(Step::Need),
+                    Some(b'\n') => {
+                        buf.advance(1);
+                        *self = Chunked::Size;
+                    }
+                    Some(b'\r') => match buf.get(1) {
+                        None => return Ok(Step::Need),
+                        Some(b'\n') => {
+                            buf.advance(2);
+                            *self = Chunked::Size;
+                        }
+                        Some(_) => return Err(Malformed("chunk data not followed by CRLF")),
+                    },
+                    Some(_) => return Err(Malformed("chunk data not followed by CRLF")),
+                },
+                Chunked::Trailer(seen) => {
+                    let Some(line) = take_line(buf, MAX_HEAD - seen)? else {
+                        return Ok(Step::Need);
+                    };
+                    // Trailers carry nothing the gateway uses; they are skipped.
+                    *self = if line.is_empty() {
+                        Chunked::Done
+                    } else {
+                        Chunked::Trailer(seen + line.len() + 2)
+                    };
+                }
+                Chunked::Done => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
+/// Take one line (without its CRLF or LF) from the front of `buf`.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Malformed> {
+    let Some(at) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > max {
+            return Err(Malformed("chunk framing line too long"));
+        }
+        return Ok(None);
+    };
+    if at > max {
+        return Err(Malformed("chunk framing line too long"));
+    }
+    let mut line = buf.split_to(at + 1);
+    line.truncate(at);
+    if line.last() == Some(&b'\r') {
+        line.truncate(at - 1);
+    }
+    Ok(Some(line))
+}
+
+/// The hex size at the start of a chunk-size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 15 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(Malformed("bad chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        n * 16 + u64::from(d)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> (Head, usize) {
+        match parse_head(text.as_bytes()).expect("parse") {
+            Parsed::Head(h, len) => (h, len),
+            other => panic!("not a head: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_the_length_and_skip_framing_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("up:80"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
+        let mut out = Vec::new();
+        write_head(&mut out, &Method::POST, "/mcp?x=1", &headers, Some(1234));
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\nmcp-session-id: s1\r\ncontent-length: 1234\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_head(&mut out, &Method::GET, "/", &HeaderMap::new(), None);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        write_head(&mut out, &Method::DELETE, "/", &HeaderMap::new(), Some(0));
+        assert_eq!(out, b"DELETE / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn answer_framing_follows_rfc_9112() {
+        let (h, len) = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nMcp-Session-Id: a\r\n\r\nok");
+        assert_eq!(
+            (h.framing, h.keep_alive, len),
+            (Framing::Length(2), true, 57)
+        );
+        assert_eq!(h.headers.get("mcp-session-id").expect("id"), "a");
+        let (h, _) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        let (h, _) = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        let (h, _) = head("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        let (h, _) = head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
+        let (h, _) =
+            head("HTTP/1.1 200 OK\r\nconnection: Keep-Alive, Close\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let (h, _) = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let (h, _) = head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn interim_partial_and_bad_heads() {
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+            Ok(Parsed::Interim(25))
+        ));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le"),
+            Ok(Parsed::Partial)
+        ));
+        assert!(matches!(parse_head(b""), Ok(Parsed::Partial)));
+        for bad in [
+            &b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..],
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let mut long = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(
+            parse_head(&long).expect_err("too large"),
+            Malformed("answer head too large")
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(parse_head(&many).is_err());
+    }
+
+    /// Feed `wire` to a decoder in pieces of `piece` bytes; the data and
+    /// what is left after the body.
+    fn decode(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
+        let mut dec = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match dec.step(&mut buf)? {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::Done => return Ok((data, buf.to_vec())),
+                Step::Need => {
+                    if fed == wire.len() {
+                        return Err(Malformed("test: input ended"));
+                    }
+                    let end = (fed + piece).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for piece in [1, 2, 3, 7, 64, wire.len()] {
+            let (data, rest) = decode(wire, piece).expect("decode");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "piece {piece}");
+            // Pieces past the body stay in the buffer.
+            assert!(b"NEXT".starts_with(&rest), "piece {piece}: {rest:?}");
+        }
+        // Bare LF line ends are tolerated.
+        assert_eq!(decode(b"2\nhi\n0\n\n", 1).expect("lf").0, b"hi");
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5 x\r\n",
+            b"1000000000000000\r\n",
+            b"2\r\nhiXX0\r\n\r\n",
+        ] {
+            assert!(
+                decode(bad, 1).is_err_and(|e| e.0 != "test: input ended"),
+                "{bad:?}"
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 2];
+        assert!(decode(&long, 4096).is_err());
+    }
+}

@@ -13,80 +13,68 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use http_body_util::{BodyExt, Limited};
 use mcpgw_protocol::config::Upstream;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::adapter::{Process, Sink, new_process};
+use crate::conn_pool::{ConnPool, Outgoing, UpstreamBody};
 use crate::sse;
 
 /// Longest wait for the `endpoint` event after the stream opened.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for one POST to be accepted.
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most of an acceptance's body read (to keep its connection).
+const MAX_ACCEPT_BODY: usize = 64 * 1024;
 
-/// Where a session's messages are POSTed.
+/// Where a session's messages are POSTed, over kept-alive connections.
 pub(crate) struct Poster {
+    pool: ConnPool,
     authority: String,
-    host: HeaderValue,
-    path: Uri,
-    connect_timeout: Duration,
+    path: String,
+    headers: HeaderMap,
 }
 
 impl Poster {
     pub(crate) async fn post(&self, line: &[u8]) -> Result<(), String> {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(self.path.clone())
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::copy_from_slice(line)))
-            .map_err(|e| e.to_string())?;
-        let resp = timeout(POST_TIMEOUT, async {
-            let mut sender = handshake(&self.authority, self.connect_timeout).await?;
-            sender.send_request(req).await.map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|_| format!("POST to {} timed out", self.authority))??;
-        if resp.status().is_success() {
+        let req = Outgoing {
+            method: &Method::POST,
+            path: &self.path,
+            headers: &self.headers,
+            body: Bytes::copy_from_slice(line),
+        };
+        let exchange = async {
+            let resp = self.pool.send(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            // Read the (short) acceptance to its end so the connection is
+            // kept for the next message.
+            let _ = Limited::new(resp.into_body(), MAX_ACCEPT_BODY)
+                .collect()
+                .await;
+            Ok::<_, String>(status)
+        };
+        let status = timeout(POST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("POST to {} timed out", self.authority))??;
+        if status.is_success() {
             Ok(())
         } else {
             Err(format!(
-                "the legacy SSE server answered a message with HTTP {}",
-                resp.status()
+                "the legacy SSE server answered a message with HTTP {status}"
             ))
         }
     }
 }
 
-async fn handshake<B>(
-    authority: &str,
-    connect_timeout: Duration,
-) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = timeout(connect_timeout, TcpStream::connect(authority))
-        .await
-        .map_err(|_| format!("connecting to {authority} timed out"))?
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "legacy SSE connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// A pool for the server at `authority`.
+fn pool_for(authority: &str, connect_timeout: Duration) -> Result<ConnPool, String> {
+    let uri: Uri = format!("http://{authority}/")
+        .parse()
+        .map_err(|e| format!("{authority:?}: {e}"))?;
+    ConnPool::new(&uri, connect_timeout)
 }
 
 /// Open the event stream at `config.url`, wait for its `endpoint` event,
@@ -102,22 +90,22 @@ pub(crate) async fn open(
         .authority()
         .map(|a| a.as_str().to_owned())
         .ok_or_else(|| fail("url has no host".into()))?;
-    let host = HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?;
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    let mut sender = handshake(&authority, connect_timeout)
-        .await
-        .map_err(&fail)?;
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .header(HOST, host.clone())
-        .header(ACCEPT, "text/event-stream")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| fail(e.to_string()))?;
-    let resp = timeout(connect_timeout, sender.send_request(req))
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?,
+    );
+    headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    let stream_pool = pool_for(&authority, connect_timeout).map_err(&fail)?;
+    let req = Outgoing {
+        method: &Method::GET,
+        path,
+        headers: &headers,
+        body: Bytes::new(),
+    };
+    let resp = timeout(connect_timeout, stream_pool.send(req))
         .await
         .map_err(|_| fail("no answer to the GET of its event stream".into()))?
         .map_err(|e| fail(e.to_string()))?;
@@ -153,11 +141,17 @@ pub(crate) async fn open(
     .map_err(&fail)?;
     let (post_authority, post_path) = resolve(&authority, endpoint.trim())
         .ok_or_else(|| fail(format!("endpoint {endpoint:?} is not an http URL or path")))?;
+    let mut post_headers = HeaderMap::with_capacity(2);
+    post_headers.insert(
+        HOST,
+        HeaderValue::from_str(&post_authority).map_err(|e| fail(e.to_string()))?,
+    );
+    post_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let poster = Poster {
-        host: HeaderValue::from_str(&post_authority).map_err(|e| fail(e.to_string()))?,
+        pool: pool_for(&post_authority, connect_timeout).map_err(&fail)?,
         authority: post_authority,
-        path: post_path,
-        connect_timeout,
+        path: post_path.to_string(),
+        headers: post_headers,
     };
     let process = new_process(id, upstream.clone(), Sink::Post(poster));
     tokio::spawn(read_events(process.clone(), body, parser));
@@ -178,7 +172,7 @@ fn resolve(authority: &str, endpoint: &str) -> Option<(String, Uri)> {
 }
 
 /// Route every `message` event until the stream ends or the session closes.
-async fn read_events(process: Arc<Process>, mut body: Incoming, mut parser: sse::Parser) {
+async fn read_events(process: Arc<Process>, mut body: UpstreamBody, mut parser: sse::Parser) {
     let mut gone = process.gone.subscribe();
     let reason = loop {
         while let Some(event) = parser.next_event() {

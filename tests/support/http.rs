@@ -266,11 +266,12 @@ impl HttpConn {
 
     /// Reads the body that follows `head` to its end, as framed by its headers.
     pub async fn read_body(&mut self, head: &Response) -> Result<Vec<u8>> {
-        let chunked = head
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            return self.read_chunked().await;
+        if is_chunked(head) {
+            let mut body = Vec::new();
+            while let Some(piece) = self.read_piece(head).await? {
+                body.extend(piece);
+            }
+            return Ok(body);
         }
         if let Some(len) = head.header("content-length") {
             let len: usize = len.trim().parse().context("bad Content-Length")?;
@@ -285,10 +286,7 @@ impl HttpConn {
     /// body (`None` after the last), or whatever arrived of an unframed one (`None` at
     /// the end of the connection). For reading a stream while it is still open.
     pub async fn read_piece(&mut self, head: &Response) -> Result<Option<Vec<u8>>> {
-        let chunked = head
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        if !chunked {
+        if !is_chunked(head) {
             if self.buf.is_empty() && self.fill().await? == 0 {
                 return Ok(None);
             }
@@ -308,26 +306,6 @@ impl HttpConn {
             "chunk not followed by CRLF"
         );
         Ok(Some(data))
-    }
-
-    async fn read_chunked(&mut self) -> Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.take_line().await?;
-            let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16)
-                .with_context(|| format!("bad chunk size line {line:?}"))?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                while !self.take_line().await?.is_empty() {}
-                return Ok(body);
-            }
-            body.extend(self.take_exact(size).await?);
-            ensure!(
-                self.take_line().await?.is_empty(),
-                "chunk not followed by CRLF"
-            );
-        }
     }
 
     async fn take_line(&mut self) -> Result<String> {
@@ -403,4 +381,9 @@ pub fn status_of(raw: &[u8]) -> Option<u16> {
     let mut parsed = httparse::Response::new(&mut slots);
     parsed.parse(raw).ok()?;
     parsed.code
+}
+
+fn is_chunked(head: &Response) -> bool {
+    head.header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
 }

@@ -10,8 +10,8 @@
 //! upstream map learned from `resources/list`, falling back to asking every
 //! upstream.
 
+use foldhash::HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 

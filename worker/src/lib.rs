@@ -39,7 +39,7 @@ mod store;
 pub mod upstream;
 mod versions;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -12,7 +12,7 @@
 //! session that failed, never a newer one). Closing runs concurrently and is
 //! bounded: a close that hangs is abandoned with a warning.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 

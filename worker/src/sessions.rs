@@ -7,7 +7,7 @@
 //! upstream), its upstream sessions ([`crate::registry`]) and its relay
 //! state ([`crate::relay`]).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

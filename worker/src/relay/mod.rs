@@ -42,7 +42,7 @@ mod streams;
 pub(crate) use caps::ClientCaps;
 pub(crate) use streams::{PumpEnd, listen, pump_call, upstream_created};
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -140,7 +140,14 @@ impl Registry {
         if let Some(existing) = cell.as_ref() {
             if existing.idle_for() < self.probe_after || existing.probe(self.probe_timeout).await {
                 existing.touch();
-                self.event(&server.id, "reused");
+                server
+                    .reused
+                    .get_or_init(|| {
+                        self.metrics
+                            .upstream_session_events
+                            .with_label_values(&[&*server.id, "reused"])
+                    })
+                    .inc();
                 return Ok(existing.clone());
             }
             self.event(&server.id, "evicted_probe");

@@ -106,6 +106,10 @@ pub(crate) struct UpstreamServer {
     /// For a stdio or legacy SSE upstream: the local adapter this server
     /// talks to (its backends end when the server is dropped).
     _stdio: Option<crate::adapter::Adapter>,
+    /// `mcpgw_upstream_session_events_total{upstream=id, event="reused"}`,
+    /// resolved on first use: it counts every call, and a labelled lookup
+    /// costs more than the increment.
+    pub(crate) reused: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -167,6 +171,7 @@ impl UpstreamServer {
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
             config: cfg.clone(),
             _stdio: stdio,
+            reused: std::sync::OnceLock::new(),
         })
     }
 

@@ -23,6 +23,7 @@
 
 mod adapter;
 mod body;
+mod bounded;
 mod conn_pool;
 mod endpoint;
 mod federation;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::bounded::join_all_within;
 use crate::metrics::Metrics;
 use crate::sessions::Session;
 use crate::store::StoreClient;
@@ -220,18 +220,14 @@ impl Registry {
     pub(crate) async fn close_sessions(&self, sessions: &[Arc<Session>]) {
         // Server requests still waiting are answered while their upstream
         // sessions are still there to hear it.
-        let mut relays = JoinSet::new();
         // Half a grace period, taken from the two that bound closing in all.
         let started = tokio::time::Instant::now();
         let bound = self.close_grace / 2;
-        for s in sessions {
+        let relays = sessions.iter().map(|s| {
             let relay = s.relay.clone();
-            relays.spawn(async move { relay.close(bound).await });
-        }
-        let all = async { while relays.join_next().await.is_some() {} };
-        if tokio::time::timeout(bound, all).await.is_err() {
-            relays.abort_all();
-        }
+            async move { relay.close(bound).await }
+        });
+        join_all_within(relays, bound).await;
         let mut taken = Vec::new();
         for s in sessions {
             for (_, cell) in s.upstreams.all() {
@@ -278,17 +274,15 @@ impl Registry {
             self.event(&us.server.id, event);
         }
         let grace = self.close_grace;
-        let mut set = JoinSet::new();
-        for us in taken {
-            set.spawn(async move { us.close(grace).await });
-        }
-        let all = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(bound, all).await.is_err() {
+        let closes = taken
+            .into_iter()
+            .map(|us| async move { us.close(grace).await });
+        let left = join_all_within(closes, bound).await;
+        if left > 0 {
             warn!(
-                left = set.len(),
+                left,
                 "upstream session closes did not finish in time; abandoning them"
             );
-            set.abort_all();
         }
     }
 

@@ -53,10 +53,10 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
+use crate::bounded::join_all_within;
 use crate::jsonrpc::{self, RawObject};
 use crate::upstream::{UpstreamError, UpstreamSession};
 
@@ -301,20 +301,16 @@ impl Relay {
             count = pending.len(),
             "session ended with server requests pending; answering them with an error"
         );
-        let mut set = JoinSet::new();
-        for p in pending {
+        let notices = pending.into_iter().map(|p| {
             let body = jsonrpc::error(
                 &p.original_id,
                 REQUEST_FAILED,
                 "the client session ended",
                 None,
             );
-            set.spawn(async move { post_notice(&p.upstream, body, bound).await });
-        }
-        let all = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(bound, all).await.is_err() {
-            set.abort_all();
-        }
+            async move { post_notice(&p.upstream, body, bound).await }
+        });
+        join_all_within(notices, bound).await;
     }
 
     /// Remove pending requests whose origin matches and answer each

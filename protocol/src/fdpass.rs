@@ -8,6 +8,12 @@
 //! once; truncated control data or an unexpected fd count is an error and
 //! every fd that did arrive is closed.
 //!
+//! Connections are accepted here too ([`accept_nonblocking`]): non-blocking
+//! and close-on-exec from the start. `O_NONBLOCK` is a flag of the open file
+//! description, which the passed fd shares with the supervisor's copy, so a
+//! worker receives it already non-blocking and sets nothing.
+//! [`set_defer_accept`] is here because neither nix nor socket2 wraps it.
+//!
 //! Exec plumbing: [`raise_above_stdio`] moves a child's socket ends out of the
 //! way of their target numbers in the parent; [`install_in_child`] (for
 //! `pre_exec`) puts them at fixed numbers without touching any other fd;
@@ -20,8 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, accept4,
+    recvmsg, sendmsg, socketpair,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -105,6 +111,77 @@ impl ConnSender {
             }
         }
     }
+
+    /// Send `conn` now or not at all: `Err(Send(WouldBlock))` when the
+    /// worker's queue is full. For callers that have a slower path to fall
+    /// back on; the caller still owns `conn`, as with [`Self::send`].
+    pub fn try_send(&self, meta: ConnMeta, conn: impl AsFd) -> Result<(), FdPassError> {
+        let header = meta.encode();
+        let raw = [conn.as_fd().as_raw_fd()];
+        // The socket is non-blocking, so this never waits. A WouldBlock here
+        // leaves the `AsyncFd` readiness set; the next `send` then sees
+        // WouldBlock itself and clears it.
+        sendmsg::<()>(
+            self.fd.get_ref().as_raw_fd(),
+            &[IoSlice::new(&header)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+        .map_err(|e| FdPassError::Send(e.into()))
+    }
+}
+
+/// Accept one connection from `listener`, non-blocking and close-on-exec
+/// (one `accept4`, no `fcntl`). `WouldBlock` when none is queued.
+pub fn accept_nonblocking(listener: &impl AsFd) -> io::Result<OwnedFd> {
+    let raw = accept4(
+        listener.as_fd().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Register a (non-blocking) listener with tokio for [`accept_nonblocking`]
+/// in a readiness loop.
+pub fn watch_listener(
+    listener: std::net::TcpListener,
+) -> io::Result<AsyncFd<std::net::TcpListener>> {
+    // SAFETY: the listener owns its fd and lives inside the `AsyncFd`, so
+    // the fd stays open for as long as it is registered.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Whether `fd`'s open file description is non-blocking.
+pub fn is_nonblocking(fd: &impl AsFd) -> io::Result<bool> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    Ok(OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+}
+
+/// Linux `TCP_DEFER_ACCEPT` on a listening socket: `accept` returns a
+/// connection only once its first bytes arrived, or after about `secs`
+/// seconds without any (then it is accepted as usual).
+pub fn set_defer_accept(listener: &impl AsFd, secs: u32) -> io::Result<()> {
+    let value = std::ffi::c_int::try_from(secs).unwrap_or(std::ffi::c_int::MAX);
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
+    // live local; the fd is borrowed for the call.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<std::ffi::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The worker's end: receives connections from the supervisor.
@@ -292,6 +369,43 @@ mod tests {
         assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
         drop(a);
         assert!(rx.recv().await.expect("eof").is_none());
+    }
+
+    /// The worker relies on this instead of setting `O_NONBLOCK` itself.
+    #[tokio::test]
+    async fn an_accepted_connection_arrives_non_blocking() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        set_defer_accept(&listener, 1).expect("defer accept");
+        let wouldblock = accept_nonblocking(&listener).expect_err("nothing queued");
+        assert_eq!(wouldblock.kind(), io::ErrorKind::WouldBlock);
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        // Deferred: accepted once the first bytes are there.
+        client.write_all(b"x").expect("write");
+        let accepted = loop {
+            match accept_nonblocking(&listener) {
+                Ok(fd) => break fd,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(is_nonblocking(&accepted).expect("getfl"));
+
+        let (a, b) = seqpacket_pair().expect("pair");
+        let tx = ConnSender::new(a).expect("tx");
+        let rx = ConnReceiver::new(b).expect("rx");
+        tx.try_send(ConnMeta::Plain, &accepted).expect("try_send");
+        drop(accepted);
+        let (meta, fd) = rx.recv().await.expect("recv").expect("some");
+        assert_eq!(meta, ConnMeta::Plain);
+        assert!(is_nonblocking(&fd).expect("getfl"));
+        let mut got = std::net::TcpStream::from(fd);
+        let mut buf = [0u8; 1];
+        got.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"x");
     }
 
     #[test]

@@ -210,45 +210,65 @@ impl ConnReceiver {
     }
 }
 
+/// Room for the control data of one message: up to 4 fds, so that a
+/// message carrying too many is still received whole (and its fds closed)
+/// rather than truncated.
+const CMSG_SPACE: usize = nix::sys::socket::cmsg_space::<[RawFd; 4]>();
+
+/// Control data buffer on the stack (no allocation per connection), aligned
+/// for `cmsghdr` as the kernel's parsing of it requires.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_SPACE]);
+
 /// One `recvmsg`; `Err(io WouldBlock)` is surfaced through the outer io error
 /// so `try_io` can clear readiness.
 fn recv_one(sock: RawFd) -> io::Result<Result<Option<(ConnMeta, OwnedFd)>, FdPassError>> {
     let mut header = [0u8; ConnMeta::WIRE_LEN + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg = CmsgBuf([0u8; CMSG_SPACE]);
     let mut iov = [IoSliceMut::new(&mut header)];
-    let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+    let msg = match recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut cmsg.0[..]),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
         Ok(msg) => msg,
         Err(nix::Error::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
         Err(nix::Error::EINTR) => return Err(io::ErrorKind::WouldBlock.into()),
         Err(e) => return Ok(Err(FdPassError::Recv(e.into()))),
     };
-    let mut fds: Vec<OwnedFd> = Vec::with_capacity(1);
+    // The first fd, and how many came: any others are owned and closed
+    // at once (dropped), so nothing leaks whatever the count.
+    let mut fd: Option<OwnedFd> = None;
+    let mut count = 0usize;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
+                for one in raw {
                     // SAFETY: the kernel just installed this fd in our table
                     // for us (SCM_RIGHTS); nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    let owned = unsafe { OwnedFd::from_raw_fd(one) };
+                    count += 1;
+                    fd.get_or_insert(owned);
                 }
             }
         }
     }
     let bytes = msg.bytes;
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    if bytes == 0 && fds.is_empty() {
+    if bytes == 0 && count == 0 {
         return Ok(Ok(None));
     }
     if truncated {
         return Ok(Err(FdPassError::Truncated));
     }
-    if fds.len() != 1 {
-        return Ok(Err(FdPassError::FdCount(fds.len())));
+    if count != 1 {
+        return Ok(Err(FdPassError::FdCount(count)));
     }
     let Some(meta) = ConnMeta::decode(&header[..bytes.min(header.len())]) else {
         return Ok(Err(FdPassError::Header(bytes)));
     };
-    Ok(Ok(fds.pop().map(|fd| (meta, fd))))
+    Ok(Ok(fd.map(|fd| (meta, fd))))
 }
 
 /// Duplicate `fd` to a number ≥ 10 (close-on-exec), so that installing a
@@ -367,6 +387,17 @@ mod tests {
         nix::sys::socket::send(a.as_raw_fd(), &ConnMeta::Plain.encode(), MsgFlags::empty())
             .expect("send");
         assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
+        let (x, y) = UnixStream::pair().expect("stream pair");
+        let two = [x.as_raw_fd(), y.as_raw_fd()];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&ConnMeta::Plain.encode())],
+            &[ControlMessage::ScmRights(&two)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(2))));
         drop(a);
         assert!(rx.recv().await.expect("eof").is_none());
     }

@@ -217,6 +217,9 @@ async fn accept_loop(
     };
     loop {
         let mut ready = tokio::select! {
+            // Stop first: once a drain has sent it, no further connection
+            // is accepted and handed to a worker that is being stopped.
+            biased;
             // The only change ever sent is "stop".
             _ = stop.changed() => break,
             ready = listener.readable() => match ready {
@@ -228,31 +231,41 @@ async fn accept_loop(
                 }
             },
         };
-        let mut failed = false;
+        let mut batch = Batch::Full;
         for _ in 0..ACCEPT_BATCH {
             match ready.try_io(|l| fdpass::accept_nonblocking(l.get_ref())) {
                 Ok(Ok(conn)) => accepted(conn, meta, &dispatcher, &in_flight),
-                Ok(Err(e)) => {
-                    failed = is_resource_error(&e);
-                    if failed {
-                        warn!(error = %e, "accept failed");
-                        break;
-                    }
-                    debug!(error = %e, "accept failed");
+                Ok(Err(e)) if is_resource_error(&e) => {
+                    warn!(error = %e, "accept failed");
+                    batch = Batch::Failed;
+                    break;
                 }
+                Ok(Err(e)) => debug!(error = %e, "accept failed"),
                 // The queue is empty; readiness is cleared.
-                Err(_would_block) => break,
+                Err(_would_block) => {
+                    batch = Batch::Drained;
+                    break;
+                }
             }
         }
         drop(ready);
-        if failed {
+        match batch {
+            // Wait for readiness again.
+            Batch::Drained => {}
+            // More may be queued: let other tasks run first.
+            Batch::Full => tokio::task::yield_now().await,
             // EMFILE/ENFILE/ENOBUFS/ENOMEM: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        } else {
-            tokio::task::yield_now().await;
+            Batch::Failed => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     debug!(?meta, "stopped accepting");
+}
+
+/// How one batch of accepts ended.
+enum Batch {
+    Drained,
+    Full,
+    Failed,
 }
 
 /// An accept error that retrying at once would only repeat (out of fds or

@@ -7,9 +7,10 @@
 //! defer accept until data arrives), their worker is serving and its queue
 //! has room, so there is nothing to wait for and no task, timer or epoll
 //! registration is needed. Everything else takes [`Dispatcher::dispatch`],
-//! a task per connection. A connection whose owner is restarting waits for it for
-//! `limits.dispatch_wait_ms`, then gets 503 with `Retry-After`. Heads that are
-//! too large, too slow or not HTTP are answered here, never passed on.
+//! a task per connection. A connection whose owner is restarting waits for
+//! it for `limits.dispatch_wait_ms`, then gets 503 with `Retry-After`. Heads
+//! that are too large, too slow or not HTTP are answered here, never passed
+//! on.
 //! Nothing here reads bodies or knows what MCP is.
 
 use std::os::fd::BorrowedFd;

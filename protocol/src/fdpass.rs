@@ -8,6 +8,12 @@
 //! once; truncated control data or an unexpected fd count is an error and
 //! every fd that did arrive is closed.
 //!
+//! Connections are accepted here too ([`accept_nonblocking`]): non-blocking
+//! and close-on-exec from the start. `O_NONBLOCK` is a flag of the open file
+//! description, which the passed fd shares with the supervisor's copy, so a
+//! worker receives it already non-blocking and sets nothing.
+//! [`set_defer_accept`] is here because neither nix nor socket2 wraps it.
+//!
 //! Exec plumbing: [`raise_above_stdio`] moves a child's socket ends out of the
 //! way of their target numbers in the parent; [`install_in_child`] (for
 //! `pre_exec`) puts them at fixed numbers without touching any other fd;
@@ -20,8 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, accept4,
+    recvmsg, sendmsg, socketpair,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -105,6 +111,77 @@ impl ConnSender {
             }
         }
     }
+
+    /// Send `conn` now or not at all: `Err(Send(WouldBlock))` when the
+    /// worker's queue is full. For callers that have a slower path to fall
+    /// back on; the caller still owns `conn`, as with [`Self::send`].
+    pub fn try_send(&self, meta: ConnMeta, conn: impl AsFd) -> Result<(), FdPassError> {
+        let header = meta.encode();
+        let raw = [conn.as_fd().as_raw_fd()];
+        // The socket is non-blocking, so this never waits. A WouldBlock here
+        // leaves the `AsyncFd` readiness set; the next `send` then sees
+        // WouldBlock itself and clears it.
+        sendmsg::<()>(
+            self.fd.get_ref().as_raw_fd(),
+            &[IoSlice::new(&header)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+        .map_err(|e| FdPassError::Send(e.into()))
+    }
+}
+
+/// Accept one connection from `listener`, non-blocking and close-on-exec
+/// (one `accept4`, no `fcntl`). `WouldBlock` when none is queued.
+pub fn accept_nonblocking(listener: &impl AsFd) -> io::Result<OwnedFd> {
+    let raw = accept4(
+        listener.as_fd().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Register a (non-blocking) listener with tokio for [`accept_nonblocking`]
+/// in a readiness loop.
+pub fn watch_listener(
+    listener: std::net::TcpListener,
+) -> io::Result<AsyncFd<std::net::TcpListener>> {
+    // SAFETY: the listener owns its fd and lives inside the `AsyncFd`, so
+    // the fd stays open for as long as it is registered.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Whether `fd`'s open file description is non-blocking.
+pub fn is_nonblocking(fd: &impl AsFd) -> io::Result<bool> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    Ok(OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+}
+
+/// Linux `TCP_DEFER_ACCEPT` on a listening socket: `accept` returns a
+/// connection only once its first bytes arrived, or after about `secs`
+/// seconds without any (then it is accepted as usual).
+pub fn set_defer_accept(listener: &impl AsFd, secs: u32) -> io::Result<()> {
+    let value = std::ffi::c_int::try_from(secs).unwrap_or(std::ffi::c_int::MAX);
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
+    // live local; the fd is borrowed for the call.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<std::ffi::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The worker's end: receives connections from the supervisor.
@@ -133,45 +210,65 @@ impl ConnReceiver {
     }
 }
 
+/// Room for the control data of one message: up to 4 fds, so that a
+/// message carrying too many is still received whole (and its fds closed)
+/// rather than truncated.
+const CMSG_SPACE: usize = nix::sys::socket::cmsg_space::<[RawFd; 4]>();
+
+/// Control data buffer on the stack (no allocation per connection), aligned
+/// for `cmsghdr` as the kernel's parsing of it requires.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_SPACE]);
+
 /// One `recvmsg`; `Err(io WouldBlock)` is surfaced through the outer io error
 /// so `try_io` can clear readiness.
 fn recv_one(sock: RawFd) -> io::Result<Result<Option<(ConnMeta, OwnedFd)>, FdPassError>> {
     let mut header = [0u8; ConnMeta::WIRE_LEN + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg = CmsgBuf([0u8; CMSG_SPACE]);
     let mut iov = [IoSliceMut::new(&mut header)];
-    let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+    let msg = match recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut cmsg.0[..]),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
         Ok(msg) => msg,
         Err(nix::Error::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
         Err(nix::Error::EINTR) => return Err(io::ErrorKind::WouldBlock.into()),
         Err(e) => return Ok(Err(FdPassError::Recv(e.into()))),
     };
-    let mut fds: Vec<OwnedFd> = Vec::with_capacity(1);
+    // The first fd, and how many came: any others are owned and closed
+    // at once (dropped), so nothing leaks whatever the count.
+    let mut fd: Option<OwnedFd> = None;
+    let mut count = 0usize;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             if let ControlMessageOwned::ScmRights(raw) = c {
-                for fd in raw {
+                for one in raw {
                     // SAFETY: the kernel just installed this fd in our table
                     // for us (SCM_RIGHTS); nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    let owned = unsafe { OwnedFd::from_raw_fd(one) };
+                    count += 1;
+                    fd.get_or_insert(owned);
                 }
             }
         }
     }
     let bytes = msg.bytes;
     let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    if bytes == 0 && fds.is_empty() {
+    if bytes == 0 && count == 0 {
         return Ok(Ok(None));
     }
     if truncated {
         return Ok(Err(FdPassError::Truncated));
     }
-    if fds.len() != 1 {
-        return Ok(Err(FdPassError::FdCount(fds.len())));
+    if count != 1 {
+        return Ok(Err(FdPassError::FdCount(count)));
     }
     let Some(meta) = ConnMeta::decode(&header[..bytes.min(header.len())]) else {
         return Ok(Err(FdPassError::Header(bytes)));
     };
-    Ok(Ok(fds.pop().map(|fd| (meta, fd))))
+    Ok(Ok(fd.map(|fd| (meta, fd))))
 }
 
 /// Duplicate `fd` to a number ≥ 10 (close-on-exec), so that installing a
@@ -290,8 +387,56 @@ mod tests {
         nix::sys::socket::send(a.as_raw_fd(), &ConnMeta::Plain.encode(), MsgFlags::empty())
             .expect("send");
         assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(0))));
+        let (x, y) = UnixStream::pair().expect("stream pair");
+        let two = [x.as_raw_fd(), y.as_raw_fd()];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&ConnMeta::Plain.encode())],
+            &[ControlMessage::ScmRights(&two)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        assert!(matches!(rx.recv().await, Err(FdPassError::FdCount(2))));
         drop(a);
         assert!(rx.recv().await.expect("eof").is_none());
+    }
+
+    /// The worker relies on this instead of setting `O_NONBLOCK` itself.
+    #[tokio::test]
+    async fn an_accepted_connection_arrives_non_blocking() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        set_defer_accept(&listener, 1).expect("defer accept");
+        let wouldblock = accept_nonblocking(&listener).expect_err("nothing queued");
+        assert_eq!(wouldblock.kind(), io::ErrorKind::WouldBlock);
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        // Deferred: accepted once the first bytes are there.
+        client.write_all(b"x").expect("write");
+        let accepted = loop {
+            match accept_nonblocking(&listener) {
+                Ok(fd) => break fd,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(is_nonblocking(&accepted).expect("getfl"));
+
+        let (a, b) = seqpacket_pair().expect("pair");
+        let tx = ConnSender::new(a).expect("tx");
+        let rx = ConnReceiver::new(b).expect("rx");
+        tx.try_send(ConnMeta::Plain, &accepted).expect("try_send");
+        drop(accepted);
+        let (meta, fd) = rx.recv().await.expect("recv").expect("some");
+        assert_eq!(meta, ConnMeta::Plain);
+        assert!(is_nonblocking(&fd).expect("getfl"));
+        let mut got = std::net::TcpStream::from(fd);
+        let mut buf = [0u8; 1];
+        got.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"x");
     }
 
     #[test]

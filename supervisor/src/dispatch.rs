@@ -2,11 +2,18 @@
 //!
 //! Peek the head (bounded in size and time), pick the worker (the session's
 //! owner by rendezvous hash, else the least loaded), hand the fd over and
-//! drop our copy. A connection whose owner is restarting waits for it for
-//! `limits.dispatch_wait_ms`, then gets 503 with `Retry-After`. Heads that are
-//! too large, too slow or not HTTP are answered here, never passed on.
+//! drop our copy. Most connections take [`Dispatcher::hand_over_now`], run
+//! inline by the accept loop: their head is already queued (the listeners
+//! defer accept until data arrives), their worker is serving and its queue
+//! has room, so there is nothing to wait for and no task, timer or epoll
+//! registration is needed. Everything else takes [`Dispatcher::dispatch`],
+//! a task per connection. A connection whose owner is restarting waits for
+//! it for `limits.dispatch_wait_ms`, then gets 503 with `Retry-After`. Heads
+//! that are too large, too slow or not HTTP are answered here, never passed
+//! on.
 //! Nothing here reads bodies or knows what MCP is.
 
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -18,7 +25,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::peek::{Head, peek_head};
+use crate::peek::{Head, peek_complete_now, peek_head};
 use crate::pool::{MAX_SLOTS, Pool, Worker};
 use crate::routes::Routes;
 
@@ -99,6 +106,49 @@ impl Dispatcher {
         }
     }
 
+    /// Hand `conn` over now if nothing needs waiting for: a complete head
+    /// already queued (plaintext), a serving worker, room in its queue.
+    /// `false` leaves `conn` to [`Self::dispatch`], which starts over; no
+    /// answer is ever sent from here.
+    pub(crate) fn hand_over_now(&self, conn: BorrowedFd<'_>, meta: ConnMeta) -> bool {
+        let accepted = Instant::now();
+        let worker = match meta {
+            ConnMeta::Tls { .. } => self.pool.least_loaded(),
+            ConnMeta::Plain => match peek_complete_now(conn, self.limits().max_head) {
+                Some(Head::Complete { session: Some(id) }) => {
+                    self.pool.slot(self.routes.owner(&id)).serving()
+                }
+                Some(Head::Complete { session: None }) => self.pool.least_loaded(),
+                _ => None,
+            },
+        };
+        let Some(worker) = worker else {
+            return false;
+        };
+        match worker.conns.try_send(meta, conn) {
+            Ok(()) => {
+                self.handed_over(&worker, accepted);
+                true
+            }
+            Err(e) => {
+                // Full queue or a worker that just died: the slow path
+                // waits for room or for the slot's replacement.
+                debug!(worker = %worker.id, error = %e, "immediate hand-over failed; dispatching");
+                false
+            }
+        }
+    }
+
+    fn handed_over(&self, worker: &Worker, accepted: Instant) {
+        worker.note_dispatched();
+        if let Some(c) = self.dispatched(worker.id.slot) {
+            c.inc();
+        }
+        self.metrics
+            .dispatch_seconds
+            .observe(accepted.elapsed().as_secs_f64());
+    }
+
     pub(crate) async fn dispatch(&self, stream: TcpStream, meta: ConnMeta) {
         let accepted = Instant::now();
         let limits = self.limits();
@@ -165,16 +215,7 @@ impl Dispatcher {
     ) {
         loop {
             match worker.conns.send(meta, &stream).await {
-                Ok(()) => {
-                    worker.note_dispatched();
-                    if let Some(c) = self.dispatched(worker.id.slot) {
-                        c.inc();
-                    }
-                    self.metrics
-                        .dispatch_seconds
-                        .observe(accepted.elapsed().as_secs_f64());
-                    return;
-                }
+                Ok(()) => return self.handed_over(&worker, accepted),
                 Err(e) => {
                     debug!(worker = %worker.id, error = %e, "handing the connection over failed");
                     match self
@@ -297,6 +338,107 @@ async fn reject(mut stream: TcpStream, why: Reject) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcpgw_protocol::control::WorkerId;
+    use mcpgw_protocol::fdpass::{ConnReceiver, ConnSender, seqpacket_pair};
+    use std::os::fd::AsFd;
+    use tokio::net::TcpListener;
+
+    /// A dispatcher over one slot and, if `serving`, a worker in it whose
+    /// connection socket ends in the returned receiver.
+    fn dispatcher(serving: bool) -> (Dispatcher, ConnReceiver) {
+        let pool = Arc::new(Pool::new(1));
+        let (tx, rx) = seqpacket_pair().expect("pair");
+        let rx = ConnReceiver::new(rx).expect("rx");
+        if serving {
+            let id = WorkerId {
+                slot: 0,
+                generation: 1,
+            };
+            let worker = Worker::detached(id, ConnSender::new(tx).expect("tx")).expect("worker");
+            pool.slot(0).set(Some(worker));
+        }
+        let routes = Routes::new(pool.clone());
+        let metrics = Arc::new(Metrics::new(1).expect("metrics"));
+        let d = Dispatcher::new(pool, routes, &Limits::default(), metrics);
+        (d, rx)
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn a_complete_head_is_handed_over_at_once() {
+        let (d, rx) = dispatcher(true);
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        assert!(d.hand_over_now(s.as_fd(), ConnMeta::Plain));
+        let (meta, _fd) = rx.recv().await.expect("recv").expect("a connection");
+        assert_eq!(meta, ConnMeta::Plain);
+        assert_eq!(d.pool.slot(0).serving().expect("serving").load(), 1);
+    }
+
+    #[tokio::test]
+    async fn anything_that_needs_waiting_falls_back() {
+        // Nothing sent yet, then half a head: the dispatch task's job.
+        let (d, rx) = dispatcher(true);
+        let (mut c, s) = pair().await;
+        assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Plain));
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Plain));
+        // Garbage is answered (400) by the dispatch task, not dropped here.
+        let (mut c2, s2) = pair().await;
+        c2.write_all(b"\x16\x03\x01garbage\r\n\r\n")
+            .await
+            .expect("write");
+        s2.readable().await.expect("readable");
+        assert!(!d.hand_over_now(s2.as_fd(), ConnMeta::Plain));
+        // Nothing was passed.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), rx.recv())
+                .await
+                .is_err()
+        );
+
+        // No worker serving: the dispatch task waits for one, or answers 503.
+        let (d, _rx) = dispatcher(false);
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Plain));
+        assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Tls { index: 0 }));
+    }
+
+    #[tokio::test]
+    async fn a_full_worker_queue_falls_back() {
+        let (d, _rx) = dispatcher(true);
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        // Nobody receives: the seqpacket queue fills, then the immediate
+        // hand-over refuses instead of waiting.
+        let mut sent = 0;
+        while d.hand_over_now(s.as_fd(), ConnMeta::Plain) {
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        assert!(sent > 0);
+    }
 
     #[test]
     fn rejections_are_well_formed_http() {

@@ -1,20 +1,31 @@
 //! The public listening sockets: binding them and the accept loops.
 //!
-//! An accept loop hands each connection to a dispatch task and stops when the
-//! supervisor stops accepting; dropping the listener then closes the socket so
-//! new connection attempts are refused instead of queueing. [`InFlight`]
+//! Options that accepted sockets need are set once on the listener:
+//! `TCP_NODELAY` is inherited by every accepted socket (Linux), and
+//! `TCP_DEFER_ACCEPT` makes `accept` return a connection once its first
+//! bytes (the request head, or a TLS ClientHello) arrived, so the head can
+//! usually be peeked at once.
+//!
+//! An accept loop accepts with a raw non-blocking fd and first tries to hand
+//! it over inline ([`Dispatcher::hand_over_now`]); a connection that must
+//! wait for anything goes to a dispatch task instead. A loop stops when the
+//! supervisor stops accepting; dropping the listener then closes the socket
+//! so new connection attempts are refused instead of queueing. [`InFlight`]
 //! counts dispatch tasks so a drain can wait for accepted connections to
-//! reach a worker before the workers are told to stop.
+//! reach a worker before the workers are told to stop (inline hand-overs
+//! finish before the loop looks at its stop switch again).
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mcpgw_protocol::control::ConnMeta;
-use tokio::net::{TcpListener, TcpSocket};
+use mcpgw_protocol::fdpass;
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
@@ -35,6 +46,15 @@ pub enum ListenError {
 
 const BACKLOG: u32 = 4096;
 
+/// `TCP_DEFER_ACCEPT` for sockets mcpgw binds. A client that connects and
+/// sends nothing is accepted after about this long anyway, and only then
+/// does `limits.header_timeout_ms` start; clients that speak first (HTTP,
+/// TLS) are not delayed at all.
+const DEFER_ACCEPT_SECS: u32 = 1;
+
+/// Connections accepted inline per wake-up before other tasks get a turn.
+const ACCEPT_BATCH: usize = 64;
+
 pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     addrs
         .iter()
@@ -42,12 +62,15 @@ pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenE
         .collect()
 }
 
-/// Listeners handed over by systemd socket activation.
+/// Listeners handed over by systemd socket activation. `TCP_NODELAY` is
+/// set here whatever the unit says, because accepted sockets get it only
+/// from their listener; `TCP_DEFER_ACCEPT` is the unit's (`DeferAcceptSec=`).
 pub(crate) fn adopt(fds: Vec<OwnedFd>) -> Result<Vec<TcpListener>, ListenError> {
     fds.into_iter()
         .map(|fd| {
             let std = std::net::TcpListener::from(fd);
             std.set_nonblocking(true)?;
+            setsockopt(&std, sockopt::TcpNoDelay, &true)?;
             TcpListener::from_std(std)
         })
         .collect::<std::io::Result<_>>()
@@ -61,8 +84,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Small SSE writes must not wait for Nagle; every accepted socket
+    // inherits this, so no setsockopt per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    let listener = socket.listen(BACKLOG)?;
+    fdpass::set_defer_accept(&listener, DEFER_ACCEPT_SECS)?;
+    Ok(listener)
 }
 
 /// A public listener as configured: what a reload compares.
@@ -178,31 +206,124 @@ async fn accept_loop(
     in_flight: Arc<InFlight>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Accepted with a raw fd instead of through tokio's listener, so that a
+    // connection handed over inline is never registered with epoll.
+    let listener = match listener.into_std().and_then(fdpass::watch_listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(?meta, error = %e, "cannot watch a listener; it is closed");
+            return;
+        }
+    };
     loop {
-        tokio::select! {
+        let mut ready = tokio::select! {
+            // Stop first: once a drain has sent it, no further connection
+            // is accepted and handed to a worker that is being stopped.
+            biased;
             // The only change ever sent is "stop".
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Small SSE writes must not wait for Nagle; the option
-                    // travels with the fd.
-                    if let Err(e) = stream.set_nodelay(true) {
-                        debug!(error = %e, "TCP_NODELAY");
-                    }
-                    let guard = in_flight.enter();
-                    let d = dispatcher.clone();
-                    tokio::spawn(async move {
-                        d.dispatch(stream, meta).await;
-                        drop(guard);
-                    });
-                }
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    warn!(?meta, error = %e, "waiting for connections failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let mut batch = Batch::Full;
+        for _ in 0..ACCEPT_BATCH {
+            match ready.try_io(|l| fdpass::accept_nonblocking(l.get_ref())) {
+                Ok(Ok(conn)) => accepted(conn, meta, &dispatcher, &in_flight),
+                Ok(Err(e)) if is_resource_error(&e) => {
+                    warn!(error = %e, "accept failed");
+                    batch = Batch::Failed;
+                    break;
+                }
+                Ok(Err(e)) => debug!(error = %e, "accept failed"),
+                // The queue is empty; readiness is cleared.
+                Err(_would_block) => {
+                    batch = Batch::Drained;
+                    break;
                 }
             }
         }
+        drop(ready);
+        match batch {
+            // Wait for readiness again.
+            Batch::Drained => {}
+            // More may be queued: let other tasks run first.
+            Batch::Full => tokio::task::yield_now().await,
+            // EMFILE/ENFILE/ENOBUFS/ENOMEM: back off instead of spinning.
+            Batch::Failed => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
     debug!(?meta, "stopped accepting");
+}
+
+/// How one batch of accepts ended.
+enum Batch {
+    Drained,
+    Full,
+    Failed,
+}
+
+/// An accept error that retrying at once would only repeat (out of fds or
+/// memory), as opposed to one about a single connection (reset before
+/// accept, interrupted).
+fn is_resource_error(e: &std::io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// One accepted connection: handed over inline if it can be, else to a
+/// dispatch task counted in `in_flight`. Either way the fd is passed or
+/// closed exactly once (`OwnedFd`).
+fn accepted(
+    conn: OwnedFd,
+    meta: ConnMeta,
+    dispatcher: &Arc<Dispatcher>,
+    in_flight: &Arc<InFlight>,
+) {
+    if dispatcher.hand_over_now(conn.as_fd(), meta) {
+        // Passed: our copy closes here.
+        return;
+    }
+    let stream = match TcpStream::from_std(std::net::TcpStream::from(conn)) {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!(error = %e, "cannot register an accepted connection; closing it");
+            return;
+        }
+    };
+    let guard = in_flight.enter();
+    let d = dispatcher.clone();
+    tokio::spawn(async move {
+        d.dispatch(stream, meta).await;
+        drop(guard);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::getsockopt;
+
+    /// Accept loops set no option per connection: this is why they need not.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let listener = bind(addr).expect("bind");
+        assert!(getsockopt(&listener, sockopt::TcpNoDelay).expect("listener nodelay"));
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("local")).expect("connect");
+        // Deferred accept: the connection is accepted once bytes arrive.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(getsockopt(&accepted, sockopt::TcpNoDelay).expect("accepted nodelay"));
+    }
 }

@@ -5,6 +5,8 @@
 //! is read with `MSG_PEEK`: the bytes stay in the kernel's receive queue and
 //! travel with the fd. Peeking is bounded in size (`limits.max_head_bytes`)
 //! and in time (`limits.header_timeout_ms`, measured by the caller).
+//! [`peek_complete_now`] is the accept loop's single try that never waits;
+//! anything short of a complete head goes to [`peek_head`].
 //!
 //! The bytes are peeked into one buffer per thread, reused by every
 //! connection: a buffer per connection cost an allocation and a memset of
@@ -12,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use mcpgw_protocol::headers::MCP_SESSION_ID;
 use mcpgw_protocol::session_id::SessionId;
@@ -38,8 +40,8 @@ const MAX_HEADERS: usize = 100;
 const FIRST_PEEK: usize = 2048;
 
 thread_local! {
-    /// Borrowed only between two awaits (never across one), so tasks on
-    /// the same thread cannot see each other's bytes.
+    /// Borrowed only inside one synchronous peek (never across an await),
+    /// so tasks on the same thread cannot see each other's bytes.
     static PEEK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -52,25 +54,7 @@ pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head
     loop {
         stream.readable().await?;
         let peeked = stream.try_io(Interest::READABLE, || {
-            PEEK_BUF.with_borrow_mut(|buf| {
-                if buf.len() < window {
-                    buf.resize(window, 0);
-                }
-                let buf = &mut buf[..window];
-                let n = recv(
-                    stream.as_raw_fd(),
-                    buf,
-                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-                )
-                .map_err(io::Error::from)?;
-                // Same bytes as last time: nothing new yet. Reporting
-                // WouldBlock clears readiness so the next `readable()` waits
-                // for new data instead of spinning.
-                if n == seen && n != 0 && n < window {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok((n, parse(&buf[..n])))
-            })
+            peek_once(stream.as_raw_fd(), window, seen)
         });
         let (n, parsed) = match peeked {
             Ok(p) => p,
@@ -92,6 +76,36 @@ pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head
             Parsed::Partial => {}
         }
     }
+}
+
+/// One peek that never waits: the head if the bytes already queued hold a
+/// complete one (in the first window), else `None` (nothing queued yet,
+/// partial, closed, too large, malformed, an error: all for [`peek_head`]
+/// to find out again and answer).
+pub(crate) fn peek_complete_now(conn: BorrowedFd<'_>, max: usize) -> Option<Head> {
+    match peek_once(conn.as_raw_fd(), FIRST_PEEK.min(max), 0) {
+        Ok((_, Parsed::Done(head @ Head::Complete { .. }))) => Some(head),
+        _ => None,
+    }
+}
+
+/// One `recv(MSG_PEEK | MSG_DONTWAIT)` of up to `window` bytes, parsed.
+/// Exactly `seen` bytes again (and room for more) is reported as
+/// WouldBlock: nothing new arrived, and the caller's readiness must clear
+/// so its next wait is for new data instead of a spin.
+fn peek_once(fd: RawFd, window: usize, seen: usize) -> io::Result<(usize, Parsed)> {
+    PEEK_BUF.with_borrow_mut(|buf| {
+        if buf.len() < window {
+            buf.resize(window, 0);
+        }
+        let buf = &mut buf[..window];
+        let n =
+            recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+        if n == seen && n != 0 && n < window {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok((n, parse(&buf[..n])))
+    })
 }
 
 enum Parsed {
@@ -166,6 +180,43 @@ mod tests {
             task.await.expect("join").expect("peek"),
             Head::Complete { session: None }
         );
+    }
+
+    #[tokio::test]
+    async fn the_immediate_peek_takes_only_a_complete_head() {
+        use std::os::fd::AsFd;
+        let (mut c, s) = pair().await;
+        // Nothing yet, then a partial head: both left to the waiting peek.
+        assert_eq!(peek_complete_now(s.as_fd(), 16384), None);
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        assert_eq!(peek_complete_now(s.as_fd(), 16384), None);
+        c.write_all(format!("st: x\r\nMcp-Session-Id: {ID}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let want = Head::Complete {
+            session: Some(SessionId::parse(ID.as_bytes()).expect("id")),
+        };
+        let mut got = None;
+        while got.is_none() {
+            tokio::task::yield_now().await;
+            got = peek_complete_now(s.as_fd(), 16384);
+        }
+        assert_eq!(got, Some(want));
+
+        // Garbage and a close are not "complete" either.
+        let (mut c, s) = pair().await;
+        c.write_all(b"\x16\x03\x01garbage\r\n\r\n")
+            .await
+            .expect("write");
+        s.readable().await.expect("readable");
+        assert_eq!(peek_complete_now(s.as_fd(), 16384), None);
+        let (c, s) = pair().await;
+        drop(c);
+        s.readable().await.expect("readable");
+        assert_eq!(peek_complete_now(s.as_fd(), 16384), None);
     }
 
     #[tokio::test]

@@ -78,6 +78,24 @@ impl Worker {
         self.reported.store(connections, Ordering::Relaxed);
         self.since_report.store(0, Ordering::Relaxed);
     }
+
+    /// A serving worker with no process behind it: its connection socket is
+    /// `conns`, its control socket goes nowhere.
+    #[cfg(test)]
+    pub(crate) fn detached(id: WorkerId, conns: ConnSender) -> std::io::Result<Arc<Self>> {
+        let (ctrl, _) = tokio::net::UnixStream::pair()?;
+        let (control, _) = channel::split::<ToWorker, FromWorker>(ctrl);
+        Ok(Arc::new(Self {
+            id,
+            pid: 0,
+            conns,
+            control: Mutex::new(control),
+            started: std::time::Instant::now(),
+            heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            reported: AtomicU32::new(0),
+            since_report: AtomicU32::new(0),
+        }))
+    }
 }
 
 /// One slot of the pool.

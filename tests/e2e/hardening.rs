@@ -275,6 +275,32 @@ async fn stalled_heads_are_cut_off_while_others_are_served() {
     setup.healthy_still_works().await;
 }
 
+/// A client that connects and sends nothing: the listener defers accept until data
+/// arrives (`TCP_DEFER_ACCEPT`), but the kernel accepts such a connection after about a
+/// second anyway, so it still meets the header timeout and gets 408, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_cut_off() {
+    let mut setup = Setup::new(GatewayConfig {
+        header_timeout_ms: Some(1000),
+        ..GatewayConfig::new(1)
+    })
+    .await;
+    let mut silent = HttpConn::connect(setup.gateway.addr)
+        .await
+        .expect("connect");
+    let closed = silent
+        .wait_closed(Duration::from_secs(15))
+        .await
+        .expect("the gateway closes a connection that never sends a head");
+    assert_eq!(
+        status_of(&closed.received),
+        Some(408),
+        "a silent connection gets 408, got {:?}",
+        String::from_utf8_lossy(&closed.received)
+    );
+    setup.healthy_still_works().await;
+}
+
 /// A head that keeps trickling in (a byte at a time) must not outlive the header timeout
 /// either: the timeout bounds the whole head, not the gap between bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,12 +380,20 @@ async fn serve(
         tokio::select! {
             conn = receiver.recv() => match conn {
                 Ok(Some((meta, fd))) => {
-                    let std = std::net::TcpStream::from(fd);
-                    if let Err(e) = std.set_nonblocking(true) {
-                        warn!(error = %e, "handed-over connection unusable");
-                        continue;
-                    }
-                    let Ok(stream) = TcpStream::from_std(std) else { continue };
+                    // Already non-blocking: the supervisor accepts that way
+                    // and the flag travels with the fd (see `fdpass`), so no
+                    // ioctl per connection.
+                    debug_assert!(
+                        fdpass::is_nonblocking(&fd).unwrap_or(false),
+                        "the supervisor passed a blocking socket"
+                    );
+                    let stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            warn!(error = %e, "handed-over connection unusable");
+                            continue;
+                        }
+                    };
                     if open.load(Ordering::Relaxed) >= cap {
                         warn!(cap, "connection cap reached; answering 503");
                         tokio::spawn(refuse_over_cap(stream));

@@ -523,6 +523,7 @@ impl Body for UpstreamBody {
                         if ready!(this.fill(cx))? {
                             continue;
                         }
+                        this.state = State::Done;
                         return Poll::Ready(Some(Err(BodyError::Truncated)));
                     }
                     Err(e) => {

@@ -338,10 +338,10 @@ async fn reject(mut stream: TcpStream, why: Reject) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peek::tests::pair;
     use mcpgw_protocol::control::WorkerId;
     use mcpgw_protocol::fdpass::{ConnReceiver, ConnSender, seqpacket_pair};
     use std::os::fd::AsFd;
-    use tokio::net::TcpListener;
 
     /// A dispatcher over one slot and, if `serving`, a worker in it whose
     /// connection socket ends in the returned receiver.
@@ -361,15 +361,6 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1).expect("metrics"));
         let d = Dispatcher::new(pool, routes, &Limits::default(), metrics);
         (d, rx)
-    }
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let c = TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (s, _) = l.accept().await.expect("accept");
-        (c, s)
     }
 
     #[tokio::test]

@@ -772,6 +772,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn interim_heads_are_skipped_and_close_or_extra_bytes_end_reuse() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            // 1: an interim head, then an answer that closes the connection.
+            let (mut a, _) = listener.accept().await.expect("accept a");
+            read_request(&mut a).await.expect("first");
+            a.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("answer");
+            // 2: on a new connection, an answer followed by bytes nobody asked for.
+            let (mut b, _) = listener.accept().await.expect("accept b");
+            read_request(&mut b).await.expect("second");
+            b.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+                .await
+                .expect("answer");
+            // 3: so a third connection.
+            let (mut c, _) = listener.accept().await.expect("accept c");
+            read_request(&mut c).await.expect("third");
+            c.write_all(ANSWER).await.expect("answer");
+            (a, b, c)
+        });
+        let pool = pool_for(addr, Duration::from_secs(5));
+        let h = headers();
+        for n in 0..3 {
+            // A connection wrongly reused would wait for an answer that
+            // never comes: bounded, so that fails instead of hanging.
+            let exchange = async {
+                let resp = pool.send(request(&h, n)).await.expect("send");
+                assert_eq!(resp.status(), http::StatusCode::OK);
+                body_of(resp).await
+            };
+            let body = tokio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .expect("answered on a fresh connection");
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(pool.pooled(), 1, "only the third connection is kept");
+        drop(server.await.expect("server"));
+    }
+
+    #[tokio::test]
     async fn a_host_name_is_resolved_and_each_address_tried() {
         // Only IPv4 listens: where `localhost` also resolves to ::1, that
         // address is refused first and the next one is tried.

@@ -12,14 +12,17 @@
 //! - [`relay`]: server→client requests, notifications and cancellation
 //!   between a session and its upstream sessions; the id/token maps.
 //! - [`store`]: session records (write-through) and resuming inherited ones.
-//! - [`upstream`]: the HTTP client side of one upstream server.
+//! - [`upstream`]: the MCP client side of one upstream server;
+//!   [`conn_pool`]: its HTTP/1.1 connections and the client that speaks on
+//!   them (run in the caller's task; `conn_pool::wire` is the wire format).
 //! - [`adapter`]: stdio and legacy HTTP+SSE upstreams behind a loopback
 //!   Streamable HTTP adapter, one backend per upstream session;
 //!   [`legacy_sse`]: the HTTP+SSE backend.
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
-//! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing.
+//! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing;
+//!   [`bounded`]: background jobs under one time bound (closing paths).
 
 mod adapter;
 mod body;

@@ -168,19 +168,30 @@ impl Accept {
             sse: false,
         };
         let mut any = false;
+        let mut values = req.headers().get_all(ACCEPT).iter();
+        // What every MCP SDK sends, alone: no splitting and trimming.
+        if let (Some(v), None) = (values.next(), values.next())
+            && v.as_bytes() == b"application/json, text/event-stream"
+        {
+            return Accept {
+                json: true,
+                sse: true,
+            };
+        }
         for v in req.headers().get_all(ACCEPT) {
             let Ok(v) = v.to_str() else { continue };
             for item in v.split(',') {
                 any = true;
                 let media = item.split(';').next().unwrap_or("").trim();
-                match media {
-                    "application/json" | "application/*" => a.json = true,
-                    "text/event-stream" | "text/*" => a.sse = true,
-                    "*/*" => {
-                        a.json = true;
-                        a.sse = true;
-                    }
-                    _ => {}
+                // Media types are case-insensitive (RFC 9110 §8.3.1).
+                let is = |m: &str| media.eq_ignore_ascii_case(m);
+                if is("application/json") || is("application/*") {
+                    a.json = true;
+                } else if is("text/event-stream") || is("text/*") {
+                    a.sse = true;
+                } else if media == "*/*" {
+                    a.json = true;
+                    a.sse = true;
                 }
             }
         }
@@ -242,9 +253,15 @@ fn session_not_found(accept: Accept, id: &SessionId, why: &str) -> Response<Body
 }
 
 fn is_json_content_type<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let Some(v) = req.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    // The usual value, compared before any parsing.
+    if v.as_bytes() == b"application/json" {
+        return true;
+    }
+    v.to_str()
+        .ok()
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
@@ -1427,4 +1444,54 @@ fn snapshot(ctx: &Ctx) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: http::HeaderName, values: &[&'static str]) -> Request<()> {
+        let mut r = Request::new(());
+        for v in values {
+            r.headers_mut()
+                .append(name.clone(), HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    fn accept(values: &[&'static str]) -> (bool, bool) {
+        let a = Accept::of(&req(ACCEPT, values));
+        (a.json, a.sse)
+    }
+
+    #[test]
+    fn accept_lists_are_read_case_insensitively_with_or_without_the_fast_path() {
+        assert_eq!(
+            accept(&["application/json, text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(
+            accept(&["Application/JSON;q=0.9 , TEXT/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(
+            accept(&["application/json", "text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(accept(&["application/json"]), (true, false));
+        assert_eq!(accept(&["text/*"]), (false, true));
+        assert_eq!(accept(&["*/*"]), (true, true));
+        assert_eq!(accept(&["image/png"]), (false, false));
+        // No Accept at all: lenient.
+        assert_eq!(accept(&[]), (true, true));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let is = |v: &'static str| is_json_content_type(&req(CONTENT_TYPE, &[v]));
+        assert!(is("application/json"));
+        assert!(is("Application/Json; charset=utf-8"));
+        assert!(!is("text/plain"));
+        assert!(!is_json_content_type(&Request::new(())));
+    }
 }

@@ -230,13 +230,14 @@ impl Shared {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drop the connections unused for too long from the old end (entries
-    /// are in the order they were put back).
+    /// Drop from the old end (entries are in the order they were put back)
+    /// the connections unused for too long and those the upstream closed:
+    /// an upstream's own keep-alive timeout closes the oldest first, and
+    /// nothing else would release their fds before [`IDLE_TIMEOUT`].
     fn expire(&self, idle: &mut VecDeque<Idle>, now: Instant) {
-        while idle
-            .front()
-            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
-        {
+        while idle.front_mut().is_some_and(|i| {
+            now.duration_since(i.since) >= self.idle_timeout || !i.conn.idle_and_open()
+        }) {
             idle.pop_front();
         }
     }
@@ -810,6 +811,57 @@ mod tests {
             assert_eq!(body, "ok");
         }
         assert_eq!(pool.pooled(), 1, "only the third connection is kept");
+        drop(server.await.expect("server"));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_upstream_closed_are_released_from_the_old_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (finish_a, finish_a_rx) = tokio::sync::oneshot::channel::<()>();
+        let (close_b, close_b_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            // A: its answer's body is held back until the client has opened B.
+            let (mut a, _) = listener.accept().await.expect("accept a");
+            read_request(&mut a).await.expect("request on a");
+            a.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\no")
+                .await
+                .expect("head on a");
+            let (mut b, _) = listener.accept().await.expect("accept b");
+            read_request(&mut b).await.expect("request on b");
+            b.write_all(ANSWER).await.expect("answer on b");
+            finish_a_rx.await.expect("finish a");
+            a.write_all(b"k").await.expect("rest on a");
+            // B went back to the pool first (the old end): the upstream closes it.
+            close_b_rx.await.expect("close b");
+            drop(b);
+            read_request(&mut a).await.expect("third request, on a");
+            a.write_all(ANSWER).await.expect("answer on a");
+            a
+        });
+        let pool = pool_for(addr, Duration::from_secs(5));
+        let h = headers();
+        let held = pool.send(request(&h, 1)).await.expect("a");
+        let resp = pool.send(request(&h, 2)).await.expect("b");
+        assert_eq!(body_of(resp).await, "ok");
+        finish_a.send(()).expect("finish a");
+        assert_eq!(body_of(held).await, "ok");
+        assert_eq!(pool.pooled(), 2);
+        close_b.send(()).expect("close b");
+        // Until the runtime has seen B's end.
+        loop {
+            let seen = pool.shared.lock().front().is_some_and(|i| {
+                let mut cx = Context::from_waker(Waker::noop());
+                i.conn.io.poll_read_ready(&mut cx).is_ready()
+            });
+            if seen {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let resp = pool.send(request(&h, 3)).await.expect("third");
+        assert_eq!(body_of(resp).await, "ok");
+        assert_eq!(pool.pooled(), 1, "the closed connection was let go");
         drop(server.await.expect("server"));
     }
 

@@ -17,9 +17,10 @@
 //! instructions per request in this worker, a third of all it did).
 //!
 //! The idle list is LIFO and bounded ([`MAX_POOLED`]); entries older than
-//! [`IDLE_TIMEOUT`] are dropped when the list is next touched, which closes
-//! their connections (there is no reaper task: a pool nobody uses keeps its
-//! connections until the upstream closes them or the server is dropped by a
+//! [`IDLE_TIMEOUT`], and those the upstream closed, are dropped from the old
+//! end when the list is next touched, which closes their sockets (there is
+//! no reaper task: a pool nobody uses keeps its idle sockets, closed by the
+//! upstream or not, until it is used again or the server is dropped by a
 //! reload). A body dropped before its end closes its connection.
 //!
 //! A connection the upstream closed while it sat idle is the classic

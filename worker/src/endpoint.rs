@@ -786,8 +786,13 @@ async fn by_name(
     let body = if upstream_name == p.name {
         body.clone()
     } else {
-        match rewrite_params(body, params.get(), "name", upstream_name) {
-            Some(b) => b,
+        match jsonrpc::with_param(
+            body,
+            params.get(),
+            "name",
+            &jsonrpc::json_string(upstream_name),
+        ) {
+            Some(b) => Bytes::from(b),
             None => return invalid_params(accept, id, "params must be an object"),
         }
     };
@@ -808,14 +813,6 @@ async fn by_name(
 /// not a parse: most requests have none.
 fn wants_progress(params: Option<&serde_json::value::RawValue>) -> bool {
     params.is_some_and(|p| p.get().contains("progressToken"))
-}
-
-/// The body with `params.<key>` replaced by `value` (a string); everything
-/// else copied byte for byte.
-fn rewrite_params(body: &[u8], params: &str, key: &str, value: &str) -> Option<Bytes> {
-    let new_params = jsonrpc::with_member(params, key, &jsonrpc::json_string(value))?;
-    let text = std::str::from_utf8(body).ok()?;
-    jsonrpc::with_member(text, "params", &new_params).map(Bytes::from)
 }
 
 /// Route by resource URI: the learned map, else the single upstream, else
@@ -936,10 +933,7 @@ async fn complete(
                 }) else {
                     return invalid_params(accept, id, "params.ref must be an object");
                 };
-                match std::str::from_utf8(body).ok().and_then(|text| {
-                    let new_params = jsonrpc::with_member(params.get(), "ref", &new_ref)?;
-                    jsonrpc::with_member(text, "params", &new_params)
-                }) {
+                match jsonrpc::with_param(body, params.get(), "ref", &new_ref) {
                     Some(b) => Bytes::from(b),
                     None => return invalid_params(accept, id, "params must be an object"),
                 }

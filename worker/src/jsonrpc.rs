@@ -116,6 +116,13 @@ impl RawObject<'_> {
     }
 }
 
+/// The message `body` with `params.<key>` set to `value` (raw JSON); `params`
+/// is the message's current params. Everything else is copied byte for byte.
+pub(crate) fn with_param(body: &[u8], params: &str, key: &str, value: &str) -> Option<String> {
+    let new_params = with_member(params, key, value)?;
+    with_member(std::str::from_utf8(body).ok()?, "params", &new_params)
+}
+
 /// Rebuild the JSON object `raw` with member `key` set to `value` (raw JSON),
 /// added if absent. Every other member is copied byte for byte.
 pub(crate) fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {

@@ -364,8 +364,7 @@ impl Relay {
         let gateway = format!("mcpgw:p{}", next_number());
         let new_meta =
             jsonrpc::with_member(meta.get(), "progressToken", &jsonrpc::json_string(&gateway))?;
-        let new_params = jsonrpc::with_member(params.get(), "_meta", &new_meta)?;
-        let new_body = jsonrpc::with_member(text, "params", &new_params)?;
+        let new_body = jsonrpc::with_param(body, params.get(), "_meta", &new_meta)?;
         Some((
             Bytes::from(new_body),
             (jsonrpc::json_string(&gateway), original.get().into()),
@@ -404,9 +403,7 @@ impl Relay {
                 (*gateway == key).then(|| (p.upstream.clone(), original.clone()))
             })?
         };
-        let new_params = jsonrpc::with_member(params.get(), "progressToken", &original)?;
-        let text = std::str::from_utf8(body).ok()?;
-        let message = jsonrpc::with_member(text, "params", &new_params)?;
+        let message = jsonrpc::with_param(body, params.get(), "progressToken", &original)?;
         Some((us, Bytes::from(message)))
     }
 

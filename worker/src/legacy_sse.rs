@@ -147,8 +147,14 @@ pub(crate) async fn open(
         HeaderValue::from_str(&post_authority).map_err(|e| fail(e.to_string()))?,
     );
     post_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Usually the same server: its pool serves the POSTs too.
+    let pool = if post_authority == authority {
+        stream_pool
+    } else {
+        pool_for(&post_authority, connect_timeout).map_err(&fail)?
+    };
     let poster = Poster {
-        pool: pool_for(&post_authority, connect_timeout).map_err(&fail)?,
+        pool,
         authority: post_authority,
         path: post_path.to_string(),
         headers: post_headers,

@@ -15,8 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, WORKER};
 use mcpgw_protocol::session_id::SessionId;
 use serde::Deserialize;
@@ -27,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::body::{self, Body};
 use crate::conn_pool::UpstreamBody;
 use crate::federation::{self, Endpoint, ListKind};
+use crate::h1_server::ReqBody;
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
@@ -50,11 +50,7 @@ const REQUEST_CANCELLED: i32 = -32800;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i32 = -32002;
 
-pub(crate) async fn handle(
-    ctx: Arc<Ctx>,
-    req: Request<Incoming>,
-    origin: Origin,
-) -> Response<Body> {
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin) -> Response<Body> {
     // One snapshot of the reloadable configuration for the whole request.
     let live = ctx.live();
     // Forwarded requests were checked by the worker that received them.
@@ -97,7 +93,7 @@ const SNAPSHOT_PATH: &str = "/_mcpgw/snapshot";
 async fn route(
     ctx: &Arc<Ctx>,
     live: &Live,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     origin: Origin,
 ) -> Response<Body> {
     if origin == Origin::Internal {
@@ -142,7 +138,7 @@ async fn route(
         },
     };
     match *req.method() {
-        Method::POST => post(ctx, endpoint, session, accept, req, live.max_body).await,
+        Method::POST => post(ctx, endpoint, session, accept, req).await,
         Method::GET => get(ctx, session, accept),
         Method::DELETE => delete(ctx, session, accept).await,
         _ => {
@@ -272,12 +268,11 @@ async fn post(
     endpoint: Arc<Endpoint>,
     session: Option<Arc<Session>>,
     accept: Accept,
-    req: Request<Incoming>,
-    max_body: usize,
+    req: Request<ReqBody>,
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
-    let resp = post_inner(ctx, endpoint, session, accept, req, max_body, &mut method).await;
+    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
     let outcome = match resp.status().as_u16() {
         200..=299 => "ok",
         400..=499 => "rejected",
@@ -293,8 +288,7 @@ async fn post_inner(
     endpoint: Arc<Endpoint>,
     session: Option<Arc<Session>>,
     accept: Accept,
-    req: Request<Incoming>,
-    max_body: usize,
+    req: Request<ReqBody>,
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
@@ -313,21 +307,17 @@ async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            info!(limit = max_body, "request body too large");
+    let body = match req.into_body() {
+        ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
+        ReqBody::TooLarge { limit } => {
+            info!(limit, "request body too large");
             return rpc_error(
                 accept,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "null",
                 jsonrpc::INVALID_REQUEST,
-                &format!("request body exceeds {max_body} bytes"),
+                &format!("request body exceeds {limit} bytes"),
             );
-        }
-        Err(e) => {
-            debug!(error = %e, "reading the request body failed");
-            return plain(StatusCode::BAD_REQUEST, "could not read the request body\n");
         }
     };
     if jsonrpc::is_batch(&body) {

@@ -14,14 +14,14 @@ use std::time::Duration;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mcpgw_protocol::headers::{FORWARDED, INTERNAL_PREFIX};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::body::{self, Body};
+use crate::h1_server::ReqBody;
 
 pub(crate) struct Forwarder {
     runtime_dir: PathBuf,
@@ -43,7 +43,14 @@ impl Forwarder {
         }
     }
 
-    pub(crate) async fn forward(&self, owner: u16, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn forward(&self, owner: u16, req: Request<ReqBody>) -> Response<Body> {
+        if let ReqBody::TooLarge { limit } = req.body() {
+            // The owner would refuse it too; its body was never read.
+            info!(limit, "request body too large (not forwarded)");
+            let mut r = Response::new(body::full(format!("request body exceeds {limit} bytes\n")));
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
+        }
         let path = socket_path(&self.runtime_dir, owner);
         let deadline = Instant::now() + self.wait;
         let stream = loop {

@@ -5,6 +5,8 @@
 //! Module map:
 //! - this file: start-up (inherited fds, handshake), the serving loop, the
 //!   control loop and shutdown; [`Ctx`] is what every request sees.
+//! - [`h1_server`]: HTTP/1.1 on client connections (and forwarded ones):
+//!   request heads and bodies in, answers out, keep-alive.
 //! - [`endpoint`]: the MCP Streamable HTTP endpoint (one request → answer).
 //! - [`federation`]: endpoints, namespacing, merged lists.
 //! - [`sessions`]: the downstream sessions this worker owns.
@@ -22,6 +24,7 @@
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing;
+//!   [`wire`]: HTTP/1.1 heads and framing for the upstream client;
 //!   [`bounded`]: background jobs under one time bound (closing paths).
 
 mod adapter;
@@ -31,6 +34,7 @@ mod conn_pool;
 mod endpoint;
 mod federation;
 mod forward;
+mod h1_server;
 mod jsonrpc;
 mod legacy_sse;
 mod metrics;
@@ -42,18 +46,14 @@ mod sse;
 mod store;
 pub mod upstream;
 mod versions;
+mod wire;
 
 use foldhash::{HashMap, HashMapExt};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use mcpgw_protocol::channel::{self, ChannelError, Sender};
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{
@@ -65,6 +65,7 @@ use mcpgw_protocol::session_id::SessionId;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::endpoint::Origin;
@@ -368,8 +369,10 @@ async fn serve(
         }
     });
 
-    let mut http = http_builder(&config);
-    let graceful = GracefulShutdown::new();
+    // Connections watch `closing` (idle ones close when it turns true) and
+    // run on `tracker`, which the shutdown waits on.
+    let (closing_tx, closing) = watch::channel(false);
+    let tracker = TaskTracker::new();
     let mut cap = config.limits.max_connections_per_worker;
 
     // Stopping without being told how (the supervisor is gone): sessions
@@ -403,22 +406,18 @@ async fn serve(
                         continue;
                     }
                     let guard = ConnGuard::new(&open);
-                    let ctx2 = ctx.clone();
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx2.clone();
-                        async move { Ok::<_, Infallible>(endpoint::handle(ctx, req, Origin::Public).await) }
-                    });
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public };
+                    let closing = closing.clone();
                     match meta {
                         ConnMeta::Plain => {
                             // Boxed: the connection future is large, and moving it
                             // into the task by value copies it several times.
-                            let conn = Box::pin(graceful.watch(http.serve_connection(TokioIo::new(stream), svc)));
-                            tokio::spawn(async move {
-                                if let Err(e) = conn.await {
+                            tracker.spawn(Box::pin(async move {
+                                if let Err(e) = h1_server::serve(stream, &handler, closing).await {
                                     debug!(error = %e, "connection ended with an error");
                                 }
                                 drop(guard);
-                            });
+                            }));
                         }
                         ConnMeta::Tls { index } => {
                             let Some(acceptor) = ctx.live().tls.get(usize::from(index)).cloned() else {
@@ -426,12 +425,10 @@ async fn serve(
                                 continue;
                             };
                             let handshake_timeout = ctx.live().config.limits.header_timeout();
-                            let (http, watcher) = (http.clone(), graceful.watcher());
-                            tokio::spawn(async move {
+                            tracker.spawn(Box::pin(async move {
                                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
-                                        let conn = watcher.watch(http.serve_connection(TokioIo::new(tls), svc));
-                                        if let Err(e) = conn.await {
+                                        if let Err(e) = h1_server::serve(tls, &handler, closing).await {
                                             debug!(error = %e, "TLS connection ended with an error");
                                         }
                                     }
@@ -439,7 +436,7 @@ async fn serve(
                                     Err(_) => info!("TLS handshake timed out"),
                                 }
                                 drop(guard);
-                            });
+                            }));
                         }
                     }
                 }
@@ -451,17 +448,13 @@ async fn serve(
             },
             accepted = internal.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    let svc = service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(endpoint::handle(ctx, req, Origin::Internal).await) }
-                    });
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal };
+                    let closing = closing.clone();
+                    tracker.spawn(Box::pin(async move {
+                        if let Err(e) = h1_server::serve(stream, &handler, closing).await {
                             debug!(error = %e, "internal connection ended with an error");
                         }
-                    });
+                    }));
                 }
                 Err(e) => {
                     warn!(error = %e, "internal accept failed");
@@ -478,10 +471,10 @@ async fn serve(
                 Some(ToWorker::StoreRecord { id, record }) => ctx.store.deliver(id, record),
                 Some(ToWorker::Routes(update)) => ctx.set_routes(&update),
                 Some(ToWorker::Reload { id, config }) => {
-                    // Limits for new connections apply at once; the rest
-                    // (upstreams, endpoints, sessions) in a task, so closing
-                    // changed upstream sessions never stalls accepting.
-                    http = http_builder(&config);
+                    // The connection cap applies at once (HTTP limits are read
+                    // per request); the rest (upstreams, endpoints, sessions)
+                    // in a task, so closing changed upstream sessions never
+                    // stalls accepting.
                     cap = config.limits.max_connections_per_worker;
                     let (ctx, tx) = (ctx.clone(), tx.clone());
                     tokio::spawn(async move {
@@ -526,7 +519,9 @@ async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    if tokio::time::timeout(Duration::from_millis(grace), graceful.shutdown())
+    let _ = closing_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(Duration::from_millis(grace), tracker.wait())
         .await
         .is_err()
     {
@@ -554,14 +549,28 @@ async fn serve(
     Ok(())
 }
 
-/// HTTP/1.1 settings for client connections, from the limits in force.
-fn http_builder(config: &Config) -> http1::Builder {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(config.limits.header_timeout())
-        .max_buf_size((config.limits.max_head_bytes as usize).max(8192));
-    http
+/// The endpoint as the HTTP server on a connection calls it.
+struct Serving {
+    ctx: Arc<Ctx>,
+    origin: Origin,
+}
+
+impl h1_server::Handler for Serving {
+    fn limits(&self) -> h1_server::Limits {
+        let live = self.ctx.live();
+        h1_server::Limits {
+            header_timeout: live.config.limits.header_timeout(),
+            max_head: live.config.limits.max_head_bytes as usize,
+            max_body: live.max_body,
+        }
+    }
+
+    fn call(
+        &self,
+        req: http::Request<h1_server::ReqBody>,
+    ) -> impl std::future::Future<Output = http::Response<body::Body>> {
+        endpoint::handle(self.ctx.clone(), req, self.origin)
+    }
 }
 
 fn build_ctx(

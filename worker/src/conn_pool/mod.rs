@@ -6,7 +6,7 @@
 //! idle ones for the next request, however many upstream sessions share the
 //! server. A request is exchanged by the caller's own task on a connection
 //! it holds alone: the head and body go out in one vectored write, the
-//! answer's head is parsed from the connection's buffer ([`wire`]), and the
+//! answer's head is parsed from the connection's buffer ([`crate::wire`]), and the
 //! body ([`UpstreamBody`]) reads from the same connection as the caller
 //! polls it. When the body has been read to its end the connection goes back
 //! to the pool from inside that poll; a small answer that arrived whole with
@@ -32,10 +32,8 @@
 //! `tools/call` never runs twice. What the request *means* (sessions,
 //! timeouts, statuses) is the caller's business (`upstream.rs`).
 
-mod wire;
-
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -45,13 +43,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-pub(crate) use wire::Malformed;
-use wire::{Chunked, Framing, Parsed, Step};
+pub(crate) use crate::wire::Malformed;
+use crate::wire::{self, Chunked, Framing, Parsed, Step};
 
 /// Idle connections kept per upstream server and worker; beyond it the
 /// oldest is closed.
@@ -138,21 +135,7 @@ impl Conn {
         self.out.clear();
         let len = (!req.body.is_empty() || req.method != Method::GET).then_some(req.body.len());
         wire::write_head(&mut self.out, req.method, req.path, req.headers, len);
-        let (head, body) = (&self.out[..], &req.body[..]);
-        let (mut h, mut b) = (0, 0);
-        while h < head.len() || b < body.len() {
-            let bufs = [IoSlice::new(&head[h..]), IoSlice::new(&body[b..])];
-            let n = match self.io.write_vectored(&bufs).await {
-                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => Ok(n),
-                Err(e) => Err(e),
-            }
-            .map_err(|e| (e, h == 0 && b == 0))?;
-            let from_head = n.min(head.len() - h);
-            h += from_head;
-            b += n - from_head;
-        }
-        Ok(())
+        wire::write_two(&mut self.io, &self.out, &req.body).await
     }
 
     /// Read until the answer's head is in; 1xx heads are skipped.

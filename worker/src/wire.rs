@@ -1,21 +1,26 @@
 //! HTTP/1.1 on the wire for the upstream client: the request head, the
-//! answer head and how its body is framed, and chunked decoding.
+//! answer head and how its body is framed, and chunked decoding (which the
+//! server side, [`crate::h1_server`], uses for request bodies too).
 //!
-//! Pure functions over buffers, no I/O, so every branch is unit-tested
-//! without a socket. What the gateway sends is narrow (origin-form `GET`,
+//! Pure functions over buffers, no I/O (but the one vectored write both
+//! sides share), so every branch is unit-tested without a socket. What the gateway sends is narrow (origin-form `GET`,
 //! `POST` and `DELETE` with a known length); what it accepts follows
 //! RFC 9112: a body is framed by `Transfer-Encoding: chunked`, else by
 //! `Content-Length`, else by the connection's close, and 1xx heads are
 //! skipped.
 
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 
 /// Longest answer head (status line and headers) accepted.
-pub(super) const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in one answer head.
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions) accepted.
@@ -28,7 +33,7 @@ pub(crate) struct Malformed(pub &'static str);
 
 /// Append a request head to `out`. `body_len` is `None` for a request
 /// without a body and without a `Content-Length` (a `GET`).
-pub(super) fn write_head(
+pub(crate) fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
@@ -56,7 +61,7 @@ pub(super) fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -70,9 +75,63 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
+/// Write `head` then `body` whole, in as few writes as the socket takes.
+/// `Err((error, nothing_written))`: whether the peer got no byte at all
+/// tells a caller when resending is safe.
+pub(crate) async fn write_two<W>(
+    io: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> Result<(), (io::Error, bool)>
+where
+    W: AsyncWrite + Unpin,
+{
+    let (mut h, mut b) = (0, 0);
+    while h < head.len() || b < body.len() {
+        let bufs = [IoSlice::new(&head[h..]), IoSlice::new(&body[b..])];
+        let n = match io.write_vectored(&bufs).await {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| (e, h == 0 && b == 0))?;
+        let from_head = n.min(head.len() - h);
+        h += from_head;
+        b += n - from_head;
+    }
+    Ok(())
+}
+
+/// A header name; MCP's own names, which every request of a session
+/// carries and `http` does not know, without an allocation.
+pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
+    const SESSION: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+    const VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
+    if raw.eq_ignore_ascii_case(SESSION.as_str().as_bytes()) {
+        Some(SESSION)
+    } else if raw.eq_ignore_ascii_case(VERSION.as_str().as_bytes()) {
+        Some(VERSION)
+    } else {
+        HeaderName::from_bytes(raw).ok()
+    }
+}
+
+/// One copy of a head that slices of it (URI, header values) share: one
+/// allocation instead of one per value, and a value kept past its message
+/// pins only these bytes, never a connection's buffer. The function it
+/// returns takes any slice of `head`.
+pub(crate) fn share_head(head: &[u8]) -> impl Fn(&[u8]) -> Bytes {
+    let shared = Bytes::copy_from_slice(head);
+    let base = head.as_ptr() as usize;
+    move |part: &[u8]| {
+        let at = part.as_ptr() as usize - base;
+        shared.slice(at..at + part.len())
+    }
+}
+
 /// How an answer's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     /// No body (204, 304).
     Empty,
     Length(u64),
@@ -83,7 +142,7 @@ pub(super) enum Framing {
 
 /// A parsed answer head.
 #[derive(Debug)]
-pub(super) struct Head {
+pub(crate) struct Head {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub framing: Framing,
@@ -93,7 +152,7 @@ pub(super) struct Head {
 
 /// What the start of a buffer holds.
 #[derive(Debug)]
-pub(super) enum Parsed {
+pub(crate) enum Parsed {
     /// Not a whole head yet.
     Partial,
     /// A 1xx head of this many bytes, to skip: the answer follows it.
@@ -103,7 +162,7 @@ pub(super) enum Parsed {
 }
 
 /// Parse the answer head at the start of `buf`.
-pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -125,15 +184,16 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
         }
         return Ok(Parsed::Interim(len));
     }
+    let share = share_head(&buf[..len]);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
     let mut close = resp.version == Some(0);
     for h in resp.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Malformed("bad header value"))?;
+        let name = header_name(h.name.as_bytes()).ok_or(Malformed("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(share(h.value))
+            .map_err(|_| Malformed("bad header value"))?;
         if name == CONTENT_LENGTH {
             let n = parse_decimal(h.value).ok_or(Malformed("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
@@ -179,7 +239,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
     ))
 }
 
-fn parse_decimal(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 {
         return None;
@@ -189,21 +249,21 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-fn has_token(v: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
     tokens(v).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-fn last_token(v: &[u8]) -> &[u8] {
+pub(crate) fn last_token(v: &[u8]) -> &[u8] {
     tokens(v).filter(|t| !t.is_empty()).last().unwrap_or(b"")
 }
 
 /// Incremental decoder of a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunked {
+pub(crate) enum Chunked {
     /// Before a chunk-size line.
     Size,
     /// Inside a chunk, this many data bytes left.
@@ -217,7 +277,7 @@ pub(super) enum Chunked {
 
 /// One decoding step.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Step {
+pub(crate) enum Step {
     /// More bytes are needed.
     Need,
     Data(Bytes),
@@ -227,7 +287,7 @@ pub(super) enum Step {
 
 impl Chunked {
     /// Decode from the front of `buf`, consuming what it uses.
-    pub(super) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Malformed> {
         loop {
             match *self {
                 Chunked::Size => {

@@ -1,0 +1,534 @@
+//! The HTTP/1.1 server side of a client connection: read a request head and
+//! its body, hand the request to the endpoint, write the answer, repeat
+//! while the connection is kept alive.
+//!
+//! It replaces hyper's server for the gateway's own connections because a
+//! proxy hop is cheap only when its HTTP layer is: this one runs in the
+//! connection's task with one read buffer and one write buffer for the
+//! connection's life, reads a request body whole before the endpoint sees
+//! it (MCP messages are single JSON documents, and the size limit then
+//! applies before any byte is buffered past it), and writes a whole answer
+//! with its head in one write.
+//!
+//! The rules a client meets: the head must arrive within the header
+//! timeout (an idle keep-alive connection that sends nothing in that time
+//! is closed; a partial head gets 408); a refused head gets its status
+//! (400, 431, 505) and the connection closes; a body over the limit is not
+//! read, the endpoint answers 413, and the connection closes after reading
+//! and dropping what the client still sends for a moment (so it sees the
+//! answer instead of a reset). While a request is served and while its
+//! answer streams (SSE), the connection is watched for the client's close,
+//! which drops the request's future (the endpoint cancels upstream) or
+//! ends the stream.
+//! Once `closing` turns true, an idle connection closes and a busy one
+//! closes after its answer.
+//!
+//! [`head`] is the pure half: request heads in, answer heads out.
+
+mod head;
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::CONNECTION;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::body::Body;
+use crate::wire::{self, Chunked, Step, has_token};
+use head::{AnswerFraming, BodyFraming, RequestHead};
+
+/// Limits read afresh for every request (a reload changes them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// For a whole request head, and between reads of a body.
+    pub header_timeout: Duration,
+    pub max_head: usize,
+    pub max_body: usize,
+}
+
+/// What serves the requests of a connection.
+pub(crate) trait Handler {
+    fn limits(&self) -> Limits;
+    fn call(&self, req: Request<ReqBody>) -> impl Future<Output = Response<Body>>;
+}
+
+/// A request body, read whole before the handler sees it.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    Whole(Option<Bytes>),
+    /// Longer than the limit: not read (the connection closes after the
+    /// answer).
+    TooLarge {
+        limit: usize,
+    },
+}
+
+impl ReqBody {
+    pub(crate) fn whole(bytes: Bytes) -> Self {
+        ReqBody::Whole(Some(bytes))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub(crate) struct BodyTooLarge {
+    pub limit: usize,
+}
+
+impl HttpBody for ReqBody {
+    type Data = Bytes;
+    type Error = BodyTooLarge;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyTooLarge>>> {
+        Poll::Ready(match self.get_mut() {
+            ReqBody::Whole(data) => data
+                .take()
+                .filter(|b| !b.is_empty())
+                .map(|b| Ok(Frame::data(b))),
+            ReqBody::TooLarge { limit } => Some(Err(BodyTooLarge { limit: *limit })),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ReqBody::Whole(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Whole(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ReqBody::Whole(None) => SizeHint::with_exact(0),
+            ReqBody::TooLarge { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Why a connection ended other than by a close in good order.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    #[error("reading from the client: {0}")]
+    Read(io::Error),
+    #[error("writing to the client: {0}")]
+    Write(io::Error),
+    #[error("the answer body failed: {0}")]
+    Answer(crate::body::BoxError),
+    #[error("the answer body's length is not what its head said")]
+    AnswerLength,
+    #[error("the client closed the connection during a streamed answer")]
+    ClientGone,
+}
+
+/// Bytes a read asks room for.
+const READ_CHUNK: usize = 8 * 1024;
+/// A whole answer up to this size is written with its head in one buffer;
+/// a larger data frame goes out by itself instead of being copied.
+const COPY_LIMIT: usize = 16 * 1024;
+/// After an answer to a request whose body was not read: how long and how
+/// much to keep reading and dropping, so the client's write finishes and
+/// it reads the answer instead of a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Serve the requests of one connection until it closes.
+pub(crate) async fn serve<IO, H>(
+    mut io: IO,
+    handler: &H,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let limits = handler.limits();
+        let head = match read_head(&mut io, &mut buf, &limits, &mut closing).await? {
+            HeadRead::Head(head) => head,
+            HeadRead::Closed => return Ok(()),
+            HeadRead::Refused(refused) => {
+                info!(status = %refused.status, reason = refused.reason, "request head refused");
+                out.clear();
+                head::write_refusal(&mut out, refused.status, refused.reason);
+                io.write_all(&out).await.map_err(ServeError::Write)?;
+                let _ = io.shutdown().await;
+                return Ok(());
+            }
+        };
+        let http10 = head.is_http10();
+        let head_only = head.parts.method == Method::HEAD;
+        let mut keep_alive = head.keep_alive;
+        let body = match read_body(&mut io, &mut buf, &head, &limits).await? {
+            Some(body) => body,
+            None => {
+                // Malformed chunked framing: the connection is out of step.
+                out.clear();
+                head::write_refusal(&mut out, StatusCode::BAD_REQUEST, "malformed chunked body");
+                io.write_all(&out).await.map_err(ServeError::Write)?;
+                let _ = io.shutdown().await;
+                return Ok(());
+            }
+        };
+        let unread_body = matches!(body, ReqBody::TooLarge { .. });
+        keep_alive &= !unread_body;
+        // The client leaving cancels its request: the handler's future is
+        // dropped, which is how the endpoint learns to cancel upstream.
+        let resp = tokio::select! {
+            biased;
+            resp = handler.call(Request::from_parts(head.parts, body)) => resp,
+            gone = client_gone(&mut io, &mut buf, limits.max_head) => return Err(gone),
+        };
+        if *closing.borrow() {
+            keep_alive = false;
+        }
+        write_answer(
+            &mut io,
+            &mut buf,
+            &mut out,
+            resp,
+            &mut keep_alive,
+            head_only,
+            http10,
+            &limits,
+        )
+        .await?;
+        if !keep_alive {
+            if io.shutdown().await.is_ok() && unread_body {
+                linger(&mut io).await;
+            }
+            return Ok(());
+        }
+    }
+}
+
+// Returned once per request and moved straight out: boxing the large
+// variant would add an allocation per request to save a copy.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(RequestHead),
+    Closed,
+    Refused(head::Refused),
+}
+
+async fn read_head<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    closing: &mut watch::Receiver<bool>,
+) -> Result<HeadRead, ServeError>
+where
+    IO: AsyncRead + Unpin,
+{
+    let deadline = Instant::now() + limits.header_timeout;
+    loop {
+        if !buf.is_empty() {
+            match head::parse_request(buf, limits.max_head) {
+                Ok(Some((head, len))) => {
+                    buf.advance(len);
+                    return Ok(HeadRead::Head(head));
+                }
+                Ok(None) => {}
+                Err(refused) => return Ok(HeadRead::Refused(refused)),
+            }
+        }
+        let idle = buf.is_empty();
+        if idle && *closing.borrow() {
+            return Ok(HeadRead::Closed);
+        }
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            read = io.read_buf(buf) => match read {
+                Ok(0) => {
+                    if !idle {
+                        debug!(bytes = buf.len(), "client closed in the middle of a request head");
+                    }
+                    return Ok(HeadRead::Closed);
+                }
+                Ok(_) => {}
+                // A reset between requests is how many clients say goodbye.
+                Err(e) if idle && e.kind() == io::ErrorKind::ConnectionReset => return Ok(HeadRead::Closed),
+                Err(e) => return Err(ServeError::Read(e)),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return Ok(if idle {
+                    HeadRead::Closed
+                } else {
+                    HeadRead::Refused(head::Refused {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        reason: "the request head did not arrive in time",
+                    })
+                });
+            }
+            // A dropped sender means the worker is going away: close too.
+            _ = closing.changed(), if idle => {}
+        }
+    }
+}
+
+/// Read the request's body whole; `None` when its chunked framing is
+/// malformed.
+async fn read_body<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    limits: &Limits,
+) -> Result<Option<ReqBody>, ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let limit = limits.max_body;
+    match head.framing {
+        BodyFraming::None => Ok(Some(ReqBody::Whole(None))),
+        BodyFraming::Length(n) if n > limit as u64 => Ok(Some(ReqBody::TooLarge { limit })),
+        BodyFraming::Length(n) => {
+            let n = n as usize;
+            if buf.len() < n {
+                if head.expect_continue {
+                    continue_now(io).await?;
+                }
+                buf.reserve(n - buf.len());
+                while buf.len() < n {
+                    read_more(io, buf, limits.header_timeout).await?;
+                }
+            }
+            Ok(Some(ReqBody::whole(buf.split_to(n).freeze())))
+        }
+        BodyFraming::Chunked => {
+            if head.expect_continue && buf.is_empty() {
+                continue_now(io).await?;
+            }
+            let mut decoder = Chunked::Size;
+            let mut body = BytesMut::new();
+            loop {
+                match decoder.step(buf) {
+                    Ok(Step::Data(data)) => {
+                        if body.len() + data.len() > limit {
+                            return Ok(Some(ReqBody::TooLarge { limit }));
+                        }
+                        body.extend_from_slice(&data);
+                    }
+                    Ok(Step::Need) => {
+                        buf.reserve(READ_CHUNK);
+                        read_more(io, buf, limits.header_timeout).await?;
+                    }
+                    Ok(Step::Done) => return Ok(Some(ReqBody::whole(body.freeze()))),
+                    Err(e) => {
+                        info!(error = %e, "malformed chunked request body");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn continue_now<IO: AsyncWrite + Unpin>(io: &mut IO) -> Result<(), ServeError> {
+    io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        .await
+        .map_err(ServeError::Write)?;
+    io.flush().await.map_err(ServeError::Write)
+}
+
+/// One read of body bytes, within the idle timeout; the end of the stream
+/// before the body's end is an error.
+async fn read_more<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<(), ServeError> {
+    match tokio::time::timeout(idle, io.read_buf(buf)).await {
+        Ok(Ok(0)) => Err(ServeError::Read(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Read(e)),
+        Err(_) => Err(ServeError::Read(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no request body bytes within the header timeout",
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_answer<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    keep_alive: &mut bool,
+    head_only: bool,
+    http10: bool,
+    limits: &Limits,
+) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    if parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"))
+    {
+        *keep_alive = false;
+    }
+    // A length the handler set (a forwarded answer's) frames the body like
+    // one known from the body itself.
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| wire::parse_decimal(v.as_bytes()))
+        .or_else(|| body.size_hint().exact());
+    let framing = AnswerFraming::choose(parts.status, head_only, http10, declared);
+    if framing == AnswerFraming::UntilClose {
+        *keep_alive = false;
+    }
+    out.clear();
+    head::write_answer_head(
+        out,
+        parts.status,
+        &parts.headers,
+        framing,
+        *keep_alive,
+        http10,
+    );
+    if let AnswerFraming::Bodiless(_) = framing {
+        return write_out(io, out).await;
+    }
+    let chunked = framing == AnswerFraming::Chunked;
+    let mut written: u64 = 0;
+    // Pending bytes go out whenever the body has nothing ready, so a
+    // streamed event reaches the client at once and a whole answer leaves
+    // in one write with its head.
+    loop {
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    write_out(io, out).await?;
+                }
+                next_frame(io, buf, &mut body, limits.max_head).await?
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(ServeError::Answer(e)),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: HTTP/1.1 answers here carry none
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                written += data.len() as u64;
+                if let AnswerFraming::Length(n) = framing
+                    && written > n
+                {
+                    return Err(ServeError::AnswerLength);
+                }
+                if chunked {
+                    head::push_chunk_size(out, data.len());
+                }
+                if data.len() <= COPY_LIMIT {
+                    out.extend_from_slice(&data);
+                } else {
+                    wire::write_two(io, out, &data)
+                        .await
+                        .map_err(|(e, _)| ServeError::Write(e))?;
+                    out.clear();
+                }
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    if let AnswerFraming::Length(n) = framing
+        && written != n
+    {
+        return Err(ServeError::AnswerLength);
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    write_out(io, out).await
+}
+
+async fn write_out<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+) -> Result<(), ServeError> {
+    io.write_all(out).await.map_err(ServeError::Write)?;
+    out.clear();
+    // Plain TCP has nothing to flush; TLS does.
+    io.flush().await.map_err(ServeError::Write)
+}
+
+/// Wait for the body's next frame while watching for the client's close,
+/// which ends a streamed answer.
+async fn next_frame<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    body: &mut Body,
+    max_head: usize,
+) -> Result<Option<Result<Frame<Bytes>, crate::body::BoxError>>, ServeError>
+where
+    IO: AsyncRead + Unpin,
+{
+    tokio::select! {
+        biased;
+        frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => Ok(frame),
+        gone = client_gone(io, buf, max_head) => Err(gone),
+    }
+}
+
+/// Resolves when the client closes the connection or it fails. Bytes the
+/// client sends meanwhile (its next request) are kept, up to a head's
+/// worth; past that the connection is not watched any more. No read is
+/// tried before the socket says it is readable, so the watch costs no
+/// system call.
+async fn client_gone<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> ServeError {
+    loop {
+        if buf.len() >= max_head {
+            return std::future::pending().await;
+        }
+        buf.reserve(READ_CHUNK);
+        match io.read_buf(buf).await {
+            Ok(0) => return ServeError::ClientGone,
+            Ok(_) => {}
+            Err(e) => return ServeError::Read(e),
+        }
+    }
+}
+
+/// Read and drop what the client still sends, for a bounded time and
+/// amount, after the write side was shut down.
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; READ_CHUNK];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -503,3 +503,108 @@ async fn sigterm_lets_in_flight_requests_finish() {
     .await
     .expect("no worker outlives the supervisor");
 }
+
+/// HTTP/1.1 as a worker serves it on a kept-alive connection, through the real binary:
+/// pipelined requests answered in order, a chunked request body, `Expect: 100-continue`,
+/// HTTP/1.0, and a malformed head (400, then the connection closes). The healthy session
+/// is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_wire_rules_hold_on_a_kept_alive_connection() {
+    let mut setup = Setup::new(GatewayConfig::new(2)).await;
+    let mut client = setup.gateway.client();
+    client.initialize().await.expect("initialize");
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "increment", "arguments": {}}})
+        .to_string()
+    };
+    let count_of = |response: &Response| {
+        assert_eq!(response.status, 200, "{}", response.text());
+        response
+            .json()
+            .expect("a JSON answer")
+            .pointer("/result/structuredContent/count")
+            .and_then(Value::as_u64)
+            .expect("a count")
+    };
+    let mut conn = HttpConn::connect(setup.gateway.addr)
+        .await
+        .expect("connect");
+    let first = conn
+        .send(&client.post_request(call(1)))
+        .await
+        .expect("first");
+    assert_eq!(count_of(&first), 1);
+    assert!(first.header("date").is_some(), "answers carry a Date");
+
+    // Two requests in one write: two answers, in order.
+    let mut pipelined = client.post_request(call(2)).to_bytes(conn.host());
+    pipelined.extend(client.post_request(call(3)).to_bytes(conn.host()));
+    conn.write_raw(&pipelined).await.expect("pipelined");
+    let second = conn.read_response(false).await.expect("second");
+    let third = conn.read_response(false).await.expect("third");
+    assert_eq!((count_of(&second), count_of(&third)), (2, 3));
+
+    // A chunked body, split mid-chunk.
+    let body = call(4);
+    let (a, b) = body.split_at(body.len() / 2);
+    let chunked = client
+        .post_request(Vec::new())
+        .header("Transfer-Encoding", "chunked")
+        .to_bytes(conn.host());
+    conn.write_raw(&chunked).await.expect("head");
+    conn.write_raw(format!("{:x}\r\n{a}\r\n{:x}\r\n{b}", a.len(), b.len()).as_bytes())
+        .await
+        .expect("chunks");
+    conn.write_raw(b"\r\n0\r\n\r\n").await.expect("last chunk");
+    assert_eq!(
+        count_of(&conn.read_response(false).await.expect("chunked")),
+        4
+    );
+
+    // Expect: 100-continue — the body goes only after the go-ahead.
+    let body = call(5);
+    let head = client
+        .post_request(Vec::new())
+        .header("Expect", "100-continue")
+        .header("Content-Length", &body.len().to_string())
+        .to_bytes(conn.host());
+    conn.write_raw(&head).await.expect("head");
+    let interim = conn.read_head().await.expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    conn.write_raw(body.as_bytes()).await.expect("body");
+    assert_eq!(
+        count_of(&conn.read_response(false).await.expect("after 100")),
+        5
+    );
+
+    // A malformed head on the same connection: 400, and the connection ends.
+    conn.write_raw(b"POST /mcp HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx")
+        .await
+        .expect("bad head");
+    let refused = conn.read_response(false).await.expect("refusal");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.closes_connection());
+    conn.wait_closed(Duration::from_secs(15))
+        .await
+        .expect("the connection closes after a refused head");
+
+    // HTTP/1.0: answered, then closed (no keep-alive asked for).
+    let mut old = HttpConn::connect(setup.gateway.addr)
+        .await
+        .expect("connect");
+    let raw = String::from_utf8(client.post_request(call(6)).to_bytes(old.host()))
+        .expect("ASCII")
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    old.write_raw(raw.as_bytes())
+        .await
+        .expect("HTTP/1.0 request");
+    let answer = old.read_response(false).await.expect("HTTP/1.0 answer");
+    assert_eq!(count_of(&answer), 6);
+    assert!(answer.closes_connection());
+    old.wait_closed(Duration::from_secs(15))
+        .await
+        .expect("an HTTP/1.0 connection closes after its answer");
+
+    setup.healthy_still_works().await;
+}

@@ -271,8 +271,12 @@ where
                     })
                 });
             }
-            // A dropped sender means the worker is going away: close too.
-            _ = closing.changed(), if idle => {}
+            changed = closing.changed(), if idle => {
+                // A dropped sender means the worker is going away: close too.
+                if changed.is_err() {
+                    return Ok(HeadRead::Closed);
+                }
+            }
         }
     }
 }

@@ -116,6 +116,21 @@ pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
     }
 }
 
+/// Bytes a message takes out of a connection's read buffer: copied when
+/// small, so the buffer stays unshared and the next read reuses it in place
+/// (a split would allocate a shared header now, and a new buffer at the
+/// next read if the piece is still alive), split off when large (no copy).
+pub(crate) fn take_bytes(buf: &mut BytesMut, n: usize) -> Bytes {
+    const COPY_BELOW: usize = 16 * 1024;
+    if n < COPY_BELOW {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 /// One copy of a head that slices of it (URI, header values) share: one
 /// allocation instead of one per value, and a value kept past its message
 /// pins only these bytes, never a connection's buffer. The function it
@@ -306,7 +321,7 @@ impl Chunked {
                         return Ok(Step::Need);
                     }
                     let n = (buf.len() as u64).min(left) as usize;
-                    let data = buf.split_to(n).freeze();
+                    let data = take_bytes(buf, n);
                     let left = left - n as u64;
                     *self = if left == 0 {
                         Chunked::DataEnd

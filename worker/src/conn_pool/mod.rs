@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
@@ -143,11 +143,11 @@ impl Conn {
         loop {
             match wire::parse_head(&self.buf).map_err(ConnError::Malformed)? {
                 Parsed::Head(head, len) => {
-                    let _ = self.buf.split_to(len);
+                    self.buf.advance(len);
                     return Ok(head);
                 }
                 Parsed::Interim(len) => {
-                    let _ = self.buf.split_to(len);
+                    self.buf.advance(len);
                     continue;
                 }
                 Parsed::Partial => {}
@@ -441,7 +441,7 @@ impl UpstreamBody {
         if let Reading::Length(n) = framing
             && conn.buf.len() as u64 >= n
         {
-            let data = (n > 0).then(|| conn.buf.split_to(n as usize).freeze());
+            let data = (n > 0).then(|| wire::take_bytes(&mut conn.buf, n as usize));
             if head.keep_alive {
                 pool.checkin(conn);
             }
@@ -498,7 +498,7 @@ impl Body for UpstreamBody {
                 Reading::Length(left) if !conn.buf.is_empty() => {
                     let n = (conn.buf.len() as u64).min(*left);
                     *left -= n;
-                    Some(conn.buf.split_to(n as usize).freeze())
+                    Some(wire::take_bytes(&mut conn.buf, n as usize))
                 }
                 Reading::UntilClose if !conn.buf.is_empty() => Some(conn.buf.split().freeze()),
                 Reading::Chunked(dec) => match dec.step(&mut conn.buf) {

@@ -307,7 +307,7 @@ where
                     read_more(io, buf, limits.header_timeout).await?;
                 }
             }
-            Ok(Some(ReqBody::whole(buf.split_to(n).freeze())))
+            Ok(Some(ReqBody::whole(wire::take_bytes(buf, n))))
         }
         BodyFraming::Chunked => {
             if head.expect_continue && buf.is_empty() {

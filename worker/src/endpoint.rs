@@ -50,6 +50,13 @@ const REQUEST_CANCELLED: i32 = -32800;
 /// MCP's code for an unknown resource.
 const RESOURCE_NOT_FOUND: i32 = -32002;
 
+/// The answer to one request.
+///
+/// Branches off the `tools/call` path (forwarding, resuming, batches,
+/// initialize, notifications, SSE answers …) are boxed where they are
+/// awaited: a future is as large as its largest branch, and this one is
+/// held in every connection's task, moved when a connection starts, and
+/// touched by every request.
 pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin) -> Response<Body> {
     // One snapshot of the reloadable configuration for the whole request.
     let live = ctx.live();
@@ -126,10 +133,10 @@ async fn route(
                     let owner = ctx.owner_of(&id);
                     if owner != ctx.id.slot && origin == Origin::Public {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
-                        return ctx.forwarder.forward(owner, req).await;
+                        return Box::pin(ctx.forwarder.forward(owner, req)).await;
                     }
                     // Ours but unknown: maybe inherited from a dead worker.
-                    match resume(ctx, &id).await {
+                    match Box::pin(resume(ctx, &id)).await {
                         Some(s) if s.endpoint().path == endpoint.path => Some(s),
                         _ => return session_not_found(accept, &id, "unknown or expired"),
                     }
@@ -140,7 +147,7 @@ async fn route(
     match *req.method() {
         Method::POST => post(ctx, endpoint, session, accept, req).await,
         Method::GET => get(ctx, session, accept),
-        Method::DELETE => delete(ctx, session, accept).await,
+        Method::DELETE => Box::pin(delete(ctx, session, accept)).await,
         _ => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE\n");
             r.headers_mut()
@@ -322,7 +329,7 @@ async fn post_inner(
     };
     if jsonrpc::is_batch(&body) {
         *method_label = "batch";
-        return batch(ctx, session, accept, &body).await;
+        return Box::pin(batch(ctx, session, accept, &body)).await;
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
@@ -341,7 +348,14 @@ async fn post_inner(
         Kind::Invalid => "other",
     };
     let Some(session) = session else {
-        return sessionless(ctx, endpoint, accept, &env, header_version.as_ref()).await;
+        return Box::pin(sessionless(
+            ctx,
+            endpoint,
+            accept,
+            &env,
+            header_version.as_ref(),
+        ))
+        .await;
     };
     session.touch();
     if let Some(v) = &header_version {
@@ -379,8 +393,10 @@ async fn dispatch(
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request(method) => request(ctx, session, method, env, body, accept).await,
-        Kind::Notification(method) => client_notification(session, method, env, body).await,
-        Kind::Response => client_response(session, env, body, accept).await,
+        Kind::Notification(method) => {
+            Box::pin(client_notification(session, method, env, body)).await
+        }
+        Kind::Response => Box::pin(client_response(session, env, body, accept)).await,
         Kind::Invalid => rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
@@ -506,7 +522,7 @@ async fn sessionless(
     header_version: Option<&HeaderValue>,
 ) -> Response<Body> {
     match env.kind() {
-        Kind::Request("initialize") => initialize(ctx, endpoint, accept, env).await,
+        Kind::Request("initialize") => Box::pin(initialize(ctx, endpoint, accept, env)).await,
         Kind::Request("server/discover") => {
             // The stateless 2026-07-28 protocol is not served yet; this error
             // makes current clients fall back to `initialize`.
@@ -668,7 +684,7 @@ async fn request(
         "completion/complete" => complete(ctx, session, env, body, accept).await,
         "logging/setLevel" => {
             let resp = if namespaced {
-                broadcast(ctx, session, method, env, accept).await
+                Box::pin(broadcast(ctx, session, method, env, accept)).await
             } else {
                 passthrough(
                     ctx,
@@ -1118,7 +1134,7 @@ async fn answer_call(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return r;
         }
-        return match read_answer(server, resp, deadline).await {
+        return match Box::pin(read_answer(server, resp, deadline)).await {
             Ok(message) => rpc(accept, StatusCode::OK, message),
             Err(e) => rpc_error(
                 accept,
@@ -1146,7 +1162,16 @@ async fn answer_call(
     let relay = session.relay.clone();
     let closed = session.close_signal();
     if !accept.sse {
-        return match relay::pump_call(relay, call, resp.into_body(), None, deadline, closed).await {
+        return match Box::pin(relay::pump_call(
+            relay,
+            call,
+            resp.into_body(),
+            None,
+            deadline,
+            closed,
+        ))
+        .await
+        {
             PumpEnd::Answer(message) => rpc(accept, StatusCode::OK, message),
             PumpEnd::ClientGone => rpc_error(
                 accept,

@@ -412,12 +412,16 @@ async fn serve(
                         ConnMeta::Plain => {
                             // Boxed: the connection future is large, and moving it
                             // into the task by value copies it several times.
-                            tracker.spawn(Box::pin(async move {
-                                if let Err(e) = h1_server::serve(stream, &handler, closing).await {
+                            tracker.spawn(async move {
+                                // Boxed where it is made: the connection future is
+                                // large (the endpoint's request future is in it), and
+                                // spawning it by value would copy all of it.
+                                let conn = Box::pin(h1_server::serve(stream, &handler, closing));
+                                if let Err(e) = conn.await {
                                     debug!(error = %e, "connection ended with an error");
                                 }
                                 drop(guard);
-                            }));
+                            });
                         }
                         ConnMeta::Tls { index } => {
                             let Some(acceptor) = ctx.live().tls.get(usize::from(index)).cloned() else {

@@ -138,7 +138,9 @@ impl Registry {
             }
         }
         if let Some(existing) = cell.as_ref() {
-            if existing.idle_for() < self.probe_after || existing.probe(self.probe_timeout).await {
+            if existing.idle_for() < self.probe_after
+                || Box::pin(existing.probe(self.probe_timeout)).await
+            {
                 existing.touch();
                 server
                     .reused
@@ -158,6 +160,17 @@ impl Registry {
                 tokio::spawn(async move { old.close(grace).await });
             }
         }
+        // Boxed: opening is rare and its future large; every call awaits `get`.
+        Box::pin(self.open(session, server, &mut cell)).await
+    }
+
+    /// Open an upstream session for `session` into its (locked) cell.
+    async fn open(
+        &self,
+        session: &Session,
+        server: &Arc<UpstreamServer>,
+        cell: &mut Option<Arc<UpstreamSession>>,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
         let created = match UpstreamSession::initialize(server.clone(), &session.init_params).await
         {
             Ok(c) => c,

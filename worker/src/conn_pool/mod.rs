@@ -296,7 +296,9 @@ impl ConnPool {
     ) -> Result<Response<UpstreamBody>, ConnError> {
         let (mut conn, reused) = match self.shared.checkout() {
             Some(conn) => (conn, true),
-            None => (self.connect().await?, false),
+            // Boxed: connecting (resolver included) is the rare branch and
+            // its future the large one; every request awaits `send`.
+            None => (Box::pin(self.connect()).await?, false),
         };
         if let Err((e, nothing_written)) = conn.write_request(&req).await {
             // Refused before a byte went out: the upstream never saw it,
@@ -305,7 +307,7 @@ impl ConnPool {
                 return Err(ConnError::Write(e));
             }
             debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
-            conn = self.connect().await?;
+            conn = Box::pin(self.connect()).await?;
             conn.write_request(&req)
                 .await
                 .map_err(|(e, _)| ConnError::Write(e))?;

@@ -205,7 +205,7 @@ where
         .await?;
         if !keep_alive {
             if io.shutdown().await.is_ok() && unread_body {
-                linger(&mut io).await;
+                linger(&mut io, &mut buf).await;
             }
             return Ok(());
         }
@@ -521,13 +521,16 @@ async fn client_gone<IO: AsyncRead + Unpin>(
 }
 
 /// Read and drop what the client still sends, for a bounded time and
-/// amount, after the write side was shut down.
-async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
+/// amount, after the write side was shut down. It reads into the
+/// connection's buffer: an array here would live in every connection's
+/// future.
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
     let deadline = Instant::now() + LINGER_TIME;
-    let mut sink = [0u8; READ_CHUNK];
     let mut dropped = 0;
     while dropped < LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => dropped += n,
             _ => return,
         }

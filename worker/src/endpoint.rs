@@ -1129,10 +1129,15 @@ async fn answer_call(
         // The upstream has answered; nothing is left to cancel.
         call.finish();
         if accept.json {
-            let mut r = Response::new(body::with_deadline(resp.into_body(), deadline));
-            r.headers_mut()
+            // The upstream's answer headers, emptied, carry ours: the map
+            // is already allocated.
+            let (mut parts, body) = resp.into_parts();
+            parts.headers.clear();
+            parts
+                .headers
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return r;
+            parts.status = StatusCode::OK;
+            return Response::from_parts(parts, body::with_deadline(body, deadline));
         }
         return match Box::pin(read_answer(server, resp, deadline)).await {
             Ok(message) => rpc(accept, StatusCode::OK, message),

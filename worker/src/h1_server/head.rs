@@ -210,23 +210,64 @@ pub(crate) fn write_answer_head(
     keep_alive: bool,
     http10: bool,
 ) {
+    let seen = write_answer_start(out, status, headers);
+    write_answer_end(out, &seen, framing, keep_alive, http10);
+}
+
+/// What the handler's answer headers said about framing, noted while they
+/// were written (one pass over them instead of lookups).
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// `Connection: close`.
+    pub close: bool,
+    /// A valid `Content-Length` (a forwarded answer's).
+    pub length: Option<u64>,
+    dated: bool,
+}
+
+/// The status line and every header but the framing ones.
+pub(crate) fn write_answer_start(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Seen {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut dated = false;
+    let mut seen = Seen::default();
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == CONTENT_LENGTH {
+            seen.length = parse_decimal(value.as_bytes());
             continue;
         }
-        dated |= name == DATE;
+        if name == CONNECTION {
+            seen.close |= has_token(value.as_bytes(), b"close");
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        seen.dated |= name == DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !dated {
+    seen
+}
+
+/// `Date` unless the handler set one, the framing, the connection's fate
+/// and the end of the head.
+pub(crate) fn write_answer_end(
+    out: &mut Vec<u8>,
+    seen: &Seen,
+    framing: AnswerFraming,
+    keep_alive: bool,
+    http10: bool,
+) {
+    if !seen.dated {
         push_date(out);
     }
     match framing {

@@ -34,7 +34,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONNECTION;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,7 +42,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::body::Body;
-use crate::wire::{self, Chunked, Step, has_token};
+use crate::wire::{self, Chunked, Step};
 use head::{AnswerFraming, BodyFraming, RequestHead};
 
 /// Limits read afresh for every request (a reload changes them).
@@ -378,34 +377,19 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
-    if parts
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"))
-    {
+    out.clear();
+    let seen = head::write_answer_start(out, parts.status, &parts.headers);
+    if seen.close {
         *keep_alive = false;
     }
     // A length the handler set (a forwarded answer's) frames the body like
     // one known from the body itself.
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| wire::parse_decimal(v.as_bytes()))
-        .or_else(|| body.size_hint().exact());
+    let declared = seen.length.or_else(|| body.size_hint().exact());
     let framing = AnswerFraming::choose(parts.status, head_only, http10, declared);
     if framing == AnswerFraming::UntilClose {
         *keep_alive = false;
     }
-    out.clear();
-    head::write_answer_head(
-        out,
-        parts.status,
-        &parts.headers,
-        framing,
-        *keep_alive,
-        http10,
-    );
+    head::write_answer_end(out, &seen, framing, *keep_alive, http10);
     if let AnswerFraming::Bodiless(_) = framing {
         return write_out(io, out).await;
     }

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use http::HeaderValue;
+use http::header::CONNECTION;
 use http_body_util::BodyExt;
 use tokio::io::{DuplexStream, duplex};
 use tokio::sync::mpsc;

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 
@@ -131,6 +131,62 @@ pub(crate) fn take_bytes(buf: &mut BytesMut, n: usize) -> Bytes {
     }
 }
 
+/// What a head's header lines say about framing and the connection, read
+/// while they go into the map (requests and answers alike).
+pub(crate) struct HeaderLines {
+    pub headers: HeaderMap,
+    /// `Content-Length`, all its values equal.
+    pub length: Option<u64>,
+    pub transfer_encoded: bool,
+    /// The last transfer coding is `chunked` (only it frames the body,
+    /// RFC 9112 §6.3).
+    pub chunked: bool,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+/// Read parsed header lines into a map whose values are slices `share`
+/// makes of the head (see [`share_head`]).
+pub(crate) fn header_lines(
+    lines: &[httparse::Header<'_>],
+    share: &impl Fn(&[u8]) -> Bytes,
+) -> Result<HeaderLines, Malformed> {
+    let mut out = HeaderLines {
+        headers: HeaderMap::with_capacity(lines.len()),
+        length: None,
+        transfer_encoded: false,
+        chunked: false,
+        close: false,
+        keep_alive: false,
+        expect_continue: false,
+    };
+    for h in lines {
+        let name = header_name(h.name.as_bytes()).ok_or(Malformed("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(share(h.value))
+            .map_err(|_| Malformed("bad header value"))?;
+        if name == CONTENT_LENGTH {
+            let n = parse_decimal(h.value).ok_or(Malformed("bad content-length"))?;
+            if out.length.is_some_and(|l| l != n) {
+                return Err(Malformed("conflicting content-lengths"));
+            }
+            out.length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            out.transfer_encoded = true;
+            out.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+        } else if name == CONNECTION {
+            out.close |= has_token(h.value, b"close");
+            out.keep_alive |= has_token(h.value, b"keep-alive");
+        } else if name == EXPECT {
+            out.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+        out.headers.append(name, value);
+    }
+    Ok(out)
+}
+
 /// One copy of a head that slices of it (URI, header values) share: one
 /// allocation instead of one per value, and a value kept past its message
 /// pins only these bytes, never a connection's buffer. The function it
@@ -199,35 +255,15 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
         }
         return Ok(Parsed::Interim(len));
     }
-    let share = share_head(&buf[..len]);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut transfer_encoded = false;
-    let mut close = resp.version == Some(0);
-    for h in resp.headers.iter() {
-        let name = header_name(h.name.as_bytes()).ok_or(Malformed("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(share(h.value))
-            .map_err(|_| Malformed("bad header value"))?;
-        if name == CONTENT_LENGTH {
-            let n = parse_decimal(h.value).ok_or(Malformed("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Malformed("conflicting content-lengths"));
-            }
-            length = Some(n);
-        } else if name == TRANSFER_ENCODING {
-            transfer_encoded = true;
-            // Only the last coding frames the body (RFC 9112 §6.3).
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-        } else if name == CONNECTION {
-            if has_token(h.value, b"close") {
-                close = true;
-            } else if resp.version == Some(0) && has_token(h.value, b"keep-alive") {
-                close = false;
-            }
-        }
-        headers.append(name, value);
-    }
+    let http10 = resp.version == Some(0);
+    let lines = header_lines(resp.headers, &share_head(&buf[..len]))?;
+    let close = lines.close || (http10 && !lines.keep_alive);
+    let (headers, length, transfer_encoded, chunked) = (
+        lines.headers,
+        lines.length,
+        lines.transfer_encoded,
+        lines.chunked,
+    );
     let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Empty
     } else if transfer_encoded {

@@ -11,11 +11,11 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
-use crate::wire::{has_token, header_name, last_token, parse_decimal, push_decimal, share_head};
+use crate::wire::{Malformed, has_token, header_lines, parse_decimal, push_decimal, share_head};
 
 /// Most headers in one request head.
 const MAX_HEADERS: usize = 100;
@@ -96,49 +96,17 @@ pub(crate) fn parse_request(
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(bad("incomplete request line"));
     };
-    // One copy of the head that the URI and every header value share: one
-    // allocation instead of one per value, and a value kept past the
-    // request pins only these bytes, never the connection's buffer.
     let share = share_head(&buf[..len]);
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("bad method"))?;
     let uri =
         Uri::from_maybe_shared(share(path.as_bytes())).map_err(|_| bad("bad request target"))?;
     let http10 = minor == 0;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    let mut length: Option<u64> = None;
-    let mut transfer_encoded = false;
-    let mut chunked = false;
-    let mut keep_alive = !http10;
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = header_name(h.name.as_bytes()).ok_or(bad("bad header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(share(h.value)).map_err(|_| bad("bad header value"))?;
-        if name == CONTENT_LENGTH {
-            let n = parse_decimal(h.value).ok_or(bad("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting content-lengths"));
-            }
-            length = Some(n);
-        } else if name == TRANSFER_ENCODING {
-            transfer_encoded = true;
-            // Only the last coding frames the body (RFC 9112 §6.3).
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-        } else if name == CONNECTION {
-            if has_token(h.value, b"close") {
-                keep_alive = false;
-            } else if http10 && has_token(h.value, b"keep-alive") {
-                keep_alive = true;
-            }
-        } else if name == EXPECT {
-            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
-        }
-        headers.append(name, value);
-    }
-    let framing = match (transfer_encoded, length) {
+    let lines = header_lines(req.headers, &share).map_err(|Malformed(why)| bad(why))?;
+    let keep_alive = !lines.close && (!http10 || lines.keep_alive);
+    let framing = match (lines.transfer_encoded, lines.length) {
         (true, Some(_)) => return Err(bad("both transfer-encoding and content-length")),
         (true, None) if http10 => return Err(bad("transfer-encoding in an HTTP/1.0 request")),
-        (true, None) if !chunked => return Err(bad("transfer coding other than chunked")),
+        (true, None) if !lines.chunked => return Err(bad("transfer coding other than chunked")),
         (true, None) => BodyFraming::Chunked,
         (false, Some(0) | None) => BodyFraming::None,
         (false, Some(n)) => BodyFraming::Length(n),
@@ -151,13 +119,13 @@ pub(crate) fn parse_request(
     } else {
         Version::HTTP_11
     };
-    parts.headers = headers;
+    parts.headers = lines.headers;
     Ok(Some((
         RequestHead {
             parts,
             framing,
             keep_alive,
-            expect_continue: expect_continue && !http10,
+            expect_continue: lines.expect_continue && !http10,
         },
         len,
     )))

@@ -63,6 +63,14 @@ impl Handler for Fake {
     }
 }
 
+/// A handler whose `/stream` answer is fed by the returned sender.
+fn fake_streaming() -> (Arc<Fake>, mpsc::Sender<Bytes>) {
+    let h = fake(limits());
+    let (tx, rx) = mpsc::channel(4);
+    *h.streams.lock().unwrap() = Some(rx);
+    (h, tx)
+}
+
 fn fake(limits: Limits) -> Arc<Fake> {
     Arc::new(Fake {
         limits,
@@ -218,9 +226,7 @@ async fn pipelined_requests_get_answers_in_order_on_one_connection() {
 
 #[tokio::test]
 async fn chunked_bodies_are_read_whole_and_streams_are_sent_chunked() {
-    let h = fake(limits());
-    let (tx, rx) = mpsc::channel(4);
-    *h.streams.lock().unwrap() = Some(rx);
+    let (h, tx) = fake_streaming();
     let mut s = start(h.clone());
     s.send(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n")
         .await;
@@ -357,9 +363,7 @@ async fn http10_closes_unless_asked_and_streams_until_close() {
     s.send(b"POST /a HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok")
         .await;
     assert_eq!(s.answer().await.headers["connection"], "keep-alive");
-    let h = fake(limits());
-    let (tx, rx) = mpsc::channel(4);
-    *h.streams.lock().unwrap() = Some(rx);
+    let (h, tx) = fake_streaming();
     let mut s2 = start(h);
     s2.send(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         .await;
@@ -408,9 +412,7 @@ async fn closing_ends_idle_connections_and_busy_ones_after_their_answer() {
     assert!(s.closed().await);
     assert!(s.end().await.is_ok());
 
-    let h = fake(limits());
-    let (tx, rx) = mpsc::channel(4);
-    *h.streams.lock().unwrap() = Some(rx);
+    let (h, tx) = fake_streaming();
     let mut s = start(h);
     s.send(b"GET /stream HTTP/1.1\r\n\r\n").await;
     tx.send(Bytes::from_static(b"e")).await.unwrap();
@@ -426,9 +428,7 @@ async fn closing_ends_idle_connections_and_busy_ones_after_their_answer() {
 
 #[tokio::test]
 async fn a_client_that_leaves_during_a_stream_ends_it() {
-    let h = fake(limits());
-    let (tx, rx) = mpsc::channel(4);
-    *h.streams.lock().unwrap() = Some(rx);
+    let (h, tx) = fake_streaming();
     let mut s = start(h);
     s.send(b"GET /stream HTTP/1.1\r\n\r\n").await;
     tx.send(Bytes::from_static(b"e")).await.unwrap();

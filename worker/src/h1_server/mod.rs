@@ -158,11 +158,7 @@ where
             HeadRead::Closed => return Ok(()),
             HeadRead::Refused(refused) => {
                 info!(status = %refused.status, reason = refused.reason, "request head refused");
-                out.clear();
-                head::write_refusal(&mut out, refused.status, refused.reason);
-                io.write_all(&out).await.map_err(ServeError::Write)?;
-                let _ = io.shutdown().await;
-                return Ok(());
+                return refuse(&mut io, &mut out, refused.status, refused.reason).await;
             }
         };
         let http10 = head.is_http10();
@@ -172,11 +168,8 @@ where
             Some(body) => body,
             None => {
                 // Malformed chunked framing: the connection is out of step.
-                out.clear();
-                head::write_refusal(&mut out, StatusCode::BAD_REQUEST, "malformed chunked body");
-                io.write_all(&out).await.map_err(ServeError::Write)?;
-                let _ = io.shutdown().await;
-                return Ok(());
+                let why = "malformed chunked body";
+                return refuse(&mut io, &mut out, StatusCode::BAD_REQUEST, why).await;
             }
         };
         let unread_body = matches!(body, ReqBody::TooLarge { .. });
@@ -209,6 +202,20 @@ where
             return Ok(());
         }
     }
+}
+
+/// Answer `status` and close: the connection cannot carry another request.
+async fn refuse<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    reason: &str,
+) -> Result<(), ServeError> {
+    out.clear();
+    head::write_refusal(out, status, reason);
+    io.write_all(out).await.map_err(ServeError::Write)?;
+    let _ = io.shutdown().await;
+    Ok(())
 }
 
 // Returned once per request and moved straight out: boxing the large

@@ -149,7 +149,10 @@ pub(crate) struct HeaderLines {
 }
 
 /// Read parsed header lines into a map whose values are slices `share`
-/// makes of the head (see [`share_head`]).
+/// makes of the head (see [`share_head`]). `Content-Length`,
+/// `Transfer-Encoding` and `Connection` are read, not kept: they describe
+/// this hop (RFC 9110 §7.6.1), and whoever sends the message on frames it
+/// anew.
 pub(crate) fn header_lines(
     lines: &[httparse::Header<'_>],
     share: &impl Fn(&[u8]) -> Bytes,
@@ -173,12 +176,15 @@ pub(crate) fn header_lines(
                 return Err(Malformed("conflicting content-lengths"));
             }
             out.length = Some(n);
+            continue;
         } else if name == TRANSFER_ENCODING {
             out.transfer_encoded = true;
             out.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            continue;
         } else if name == CONNECTION {
             out.close |= has_token(h.value, b"close");
             out.keep_alive |= has_token(h.value, b"keep-alive");
+            continue;
         } else if name == EXPECT {
             out.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
         }

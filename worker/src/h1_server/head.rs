@@ -354,6 +354,12 @@ mod tests {
         assert_eq!(h.parts.headers.get_all("accept").iter().count(), 2);
         assert_eq!(h.framing, BodyFraming::Length(5));
         assert!(h.keep_alive && !h.expect_continue);
+        // Framing and connection headers describe this hop only.
+        let hop = head(
+            "POST / HTTP/1.1\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n",
+        );
+        assert_eq!(hop.parts.headers.len(), 1);
+        assert!(!h.parts.headers.contains_key("content-length"));
     }
 
     #[test]

@@ -116,6 +116,21 @@ struct Answer {
     body: Vec<u8>,
 }
 
+fn all_headers(raw: &[u8]) -> http::HeaderMap {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut slots);
+    resp.parse(raw).unwrap();
+    resp.headers
+        .iter()
+        .map(|h| {
+            (
+                http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(h.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
 impl Server {
     async fn send(&mut self, raw: &[u8]) {
         self.client.write_all(raw).await.unwrap();
@@ -130,11 +145,14 @@ impl Server {
     }
 
     async fn answer(&mut self) -> Answer {
-        let head = loop {
+        let (head, headers) = loop {
             match parse_head(&self.buf).unwrap() {
                 Parsed::Head(head, len) => {
+                    // Every header as sent, the framing ones included
+                    // (`parse_head` keeps only end-to-end ones).
+                    let headers = all_headers(&self.buf[..len]);
                     self.buf.advance(len);
-                    break head;
+                    break (head, headers);
                 }
                 Parsed::Interim(len) => self.buf.advance(len),
                 Parsed::Partial => assert!(self.fill().await > 0, "closed before a head"),
@@ -166,7 +184,7 @@ impl Server {
         }
         Answer {
             status: head.status,
-            headers: head.headers,
+            headers,
             body,
         }
     }

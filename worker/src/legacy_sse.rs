@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tracing::info;
 
 use crate::adapter::{Process, Sink, new_process};
-use crate::conn_pool::{ConnPool, Outgoing, UpstreamBody};
+use crate::conn_pool::{ConnPool, HeaderBlock, Outgoing, UpstreamBody};
 use crate::sse;
 
 /// Longest wait for the `endpoint` event after the stream opened.
@@ -35,7 +35,7 @@ pub(crate) struct Poster {
     pool: ConnPool,
     authority: String,
     path: String,
-    headers: HeaderMap,
+    headers: HeaderBlock,
 }
 
 impl Poster {
@@ -102,7 +102,7 @@ pub(crate) async fn open(
     let req = Outgoing {
         method: &Method::GET,
         path,
-        headers: &headers,
+        headers: &HeaderBlock::new(&headers),
         body: Bytes::new(),
     };
     let resp = timeout(connect_timeout, stream_pool.send(req))
@@ -157,7 +157,7 @@ pub(crate) async fn open(
         pool,
         authority: post_authority,
         path: post_path.to_string(),
-        headers: post_headers,
+        headers: HeaderBlock::new(&post_headers),
     };
     let process = new_process(id, upstream.clone(), Sink::Post(poster));
     tokio::spawn(read_events(process.clone(), body, parser));

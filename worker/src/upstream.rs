@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
-use crate::conn_pool::{ConnError, ConnPool, Outgoing, UpstreamBody};
+use crate::conn_pool::{ConnError, ConnPool, HeaderBlock, Outgoing, UpstreamBody};
 use crate::jsonrpc::{self, Answer};
 use crate::sse;
 
@@ -95,8 +95,10 @@ pub(crate) struct UpstreamServer {
     /// Origin-form (`/path?query`): what a request line carries.
     path: Box<str>,
     /// What every request to this server carries: the configured headers,
-    /// `Host`, `Content-Type`, `Accept`. Built once, cloned per request.
+    /// `Host`, `Content-Type`, `Accept`; the base of its sessions' headers.
     headers: HeaderMap,
+    /// The same, rendered once for the wire (requests outside a session).
+    block: HeaderBlock,
     pool: ConnPool,
     /// Milliseconds; a reload may change it in place (it does not affect
     /// connections, so upstream sessions stay).
@@ -166,6 +168,7 @@ impl UpstreamServer {
         Ok(Self {
             id: Arc::from(cfg.id.as_str()),
             path,
+            block: HeaderBlock::new(&headers),
             headers,
             pool,
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
@@ -214,7 +217,7 @@ impl UpstreamServer {
     async fn send(
         &self,
         method: &Method,
-        headers: &HeaderMap,
+        headers: &HeaderBlock,
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -255,8 +258,10 @@ pub(crate) struct UpstreamSession {
     /// `None` for a server that runs without sessions.
     session_id: Option<HeaderValue>,
     version: HeaderValue,
-    /// The server's headers plus this session's id and version, made once.
+    /// The server's headers plus this session's id and version, made once
+    /// (and rendered once: every call of the session writes `block`).
     headers: HeaderMap,
+    block: HeaderBlock,
     created: Instant,
     last_used: Mutex<Instant>,
     next_id: AtomicU64,
@@ -286,7 +291,7 @@ impl UpstreamSession {
         let deadline = Instant::now() + server.request_timeout();
         let body = jsonrpc::request("mcpgw-init", "initialize", Some(init_params));
         let resp = server
-            .send(&Method::POST, &server.headers, body, deadline)
+            .send(&Method::POST, &server.block, body, deadline)
             .await?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Status {
@@ -319,7 +324,7 @@ impl UpstreamSession {
         let note = jsonrpc::notification("notifications/initialized");
         let resp = session
             .server
-            .send(&Method::POST, &session.headers, note, deadline)
+            .send(&Method::POST, &session.block, note, deadline)
             .await?;
         if !resp.status().is_success() {
             warn!(upstream = %session.server.id, status = %resp.status(),
@@ -369,6 +374,7 @@ impl UpstreamSession {
             server,
             session_id,
             version,
+            block: HeaderBlock::new(&headers),
             headers,
             created: Instant::now(),
             last_used: Mutex::new(Instant::now()),
@@ -418,7 +424,7 @@ impl UpstreamSession {
         self.touch();
         let resp = self
             .server
-            .send(&Method::POST, &self.headers, body, deadline)
+            .send(&Method::POST, &self.block, body, deadline)
             .await?;
         self.accepted(resp)
     }
@@ -475,7 +481,7 @@ impl UpstreamSession {
         }
         let resp = self
             .server
-            .send(&Method::GET, &h, Bytes::new(), deadline)
+            .send(&Method::GET, &HeaderBlock::new(&h), Bytes::new(), deadline)
             .await?;
         self.accepted(resp)
     }
@@ -525,7 +531,7 @@ impl UpstreamSession {
         let deadline = Instant::now() + bound;
         match self
             .server
-            .send(&Method::DELETE, &self.headers, Bytes::new(), deadline)
+            .send(&Method::DELETE, &self.block, Bytes::new(), deadline)
             .await
         {
             Ok(resp) => {

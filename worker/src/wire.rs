@@ -31,28 +31,42 @@ const MAX_CHUNK_LINE: usize = 1024;
 #[error("{0}")]
 pub(crate) struct Malformed(pub &'static str);
 
+/// Header lines ready for a request head, `name: value\r\n` each, framing
+/// headers left out: rendered once for the headers every request of an
+/// upstream server or session carries, so a request copies one block.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderBlock(Bytes);
+
+impl HeaderBlock {
+    pub(crate) fn new(headers: &HeaderMap) -> Self {
+        let mut out = Vec::with_capacity(headers.len() * 32);
+        for (name, value) in headers {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Self(Bytes::from(out))
+    }
+}
+
 /// Append a request head to `out`. `body_len` is `None` for a request
 /// without a body and without a `Content-Length` (a `GET`).
 pub(crate) fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
+    headers: &HeaderBlock,
     body_len: Option<usize>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(&headers.0);
     if let Some(len) = body_len {
         out.extend_from_slice(b"content-length: ");
         push_decimal(out, len as u64);
@@ -462,16 +476,34 @@ mod tests {
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
         let mut out = Vec::new();
-        write_head(&mut out, &Method::POST, "/mcp?x=1", &headers, Some(1234));
+        write_head(
+            &mut out,
+            &Method::POST,
+            "/mcp?x=1",
+            &HeaderBlock::new(&headers),
+            Some(1234),
+        );
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\nmcp-session-id: s1\r\ncontent-length: 1234\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_head(&mut out, &Method::GET, "/", &HeaderMap::new(), None);
+        write_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &HeaderBlock::new(&HeaderMap::new()),
+            None,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
         let mut out = Vec::new();
-        write_head(&mut out, &Method::DELETE, "/", &HeaderMap::new(), Some(0));
+        write_head(
+            &mut out,
+            &Method::DELETE,
+            "/",
+            &HeaderBlock::new(&HeaderMap::new()),
+            Some(0),
+        );
         assert_eq!(out, b"DELETE / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 

@@ -41,12 +41,13 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Response, Uri};
+use http::{Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+pub(crate) use crate::wire::HeaderBlock;
 pub(crate) use crate::wire::Malformed;
 use crate::wire::{self, Chunked, Framing, Parsed, Step};
 
@@ -99,7 +100,7 @@ pub(crate) enum BodyError {
 pub(crate) struct Outgoing<'a> {
     pub method: &'a Method,
     pub path: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a HeaderBlock,
     pub body: Bytes,
 }
 
@@ -611,13 +612,13 @@ mod tests {
 
     const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    fn headers() -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn headers() -> HeaderBlock {
+        let mut h = http::HeaderMap::new();
         h.insert("host", http::HeaderValue::from_static("test"));
-        h
+        HeaderBlock::new(&h)
     }
 
-    fn request(headers: &HeaderMap, n: u32) -> Outgoing<'_> {
+    fn request(headers: &HeaderBlock, n: u32) -> Outgoing<'_> {
         Outgoing {
             method: &Method::POST,
             path: "/mcp",

@@ -363,14 +363,20 @@ mod tests {
         (d, rx)
     }
 
+    const HEAD: &[u8] = b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// A connection whose client sent `bytes`, readable on the server side.
+    async fn sent(bytes: &[u8]) -> (TcpStream, TcpStream) {
+        let (mut c, s) = pair().await;
+        c.write_all(bytes).await.expect("write");
+        s.readable().await.expect("readable");
+        (c, s)
+    }
+
     #[tokio::test]
     async fn a_complete_head_is_handed_over_at_once() {
         let (d, rx) = dispatcher(true);
-        let (mut c, s) = pair().await;
-        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        s.readable().await.expect("readable");
+        let (_c, s) = sent(HEAD).await;
         assert!(d.hand_over_now(s.as_fd(), ConnMeta::Plain));
         let (meta, _fd) = rx.recv().await.expect("recv").expect("a connection");
         assert_eq!(meta, ConnMeta::Plain);
@@ -389,11 +395,7 @@ mod tests {
         s.readable().await.expect("readable");
         assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Plain));
         // Garbage is answered (400) by the dispatch task, not dropped here.
-        let (mut c2, s2) = pair().await;
-        c2.write_all(b"\x16\x03\x01garbage\r\n\r\n")
-            .await
-            .expect("write");
-        s2.readable().await.expect("readable");
+        let (_c2, s2) = sent(b"\x16\x03\x01garbage\r\n\r\n").await;
         assert!(!d.hand_over_now(s2.as_fd(), ConnMeta::Plain));
         // Nothing was passed.
         assert!(
@@ -404,11 +406,7 @@ mod tests {
 
         // No worker serving: the dispatch task waits for one, or answers 503.
         let (d, _rx) = dispatcher(false);
-        let (mut c, s) = pair().await;
-        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        s.readable().await.expect("readable");
+        let (_c, s) = sent(HEAD).await;
         assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Plain));
         assert!(!d.hand_over_now(s.as_fd(), ConnMeta::Tls { index: 0 }));
     }
@@ -416,11 +414,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_worker_queue_falls_back() {
         let (d, _rx) = dispatcher(true);
-        let (mut c, s) = pair().await;
-        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        s.readable().await.expect("readable");
+        let (_c, s) = sent(HEAD).await;
         // Nobody receives: the seqpacket queue fills, then the immediate
         // hand-over refuses instead of waiting.
         let mut sent = 0;

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -79,8 +79,9 @@ impl Forwarder {
                 debug!(error = %e, "forward connection ended with an error");
             }
         });
+        // (No `Connection` header to drop: the server keeps hop-by-hop
+        // headers out of the map, see `wire::header_lines`.)
         let (mut parts, body) = req.into_parts();
-        parts.headers.remove(CONNECTION);
         let internal: Vec<_> = parts
             .headers
             .keys()

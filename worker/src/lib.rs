@@ -24,7 +24,7 @@
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing;
-//!   [`wire`]: HTTP/1.1 heads and framing for the upstream client;
+//!   [`wire`]: HTTP/1.1 heads and framing (upstream client and server);
 //!   [`bounded`]: background jobs under one time bound (closing paths).
 
 mod adapter;

@@ -1,13 +1,15 @@
-//! HTTP/1.1 on the wire for the upstream client: the request head, the
-//! answer head and how its body is framed, and chunked decoding (which the
-//! server side, [`crate::h1_server`], uses for request bodies too).
+//! HTTP/1.1 on the wire, for both sides of the worker: the upstream
+//! client's request and answer heads ([`write_head`], [`parse_head`]), and
+//! what the client and the server ([`crate::h1_server`]) share: reading
+//! header lines into a map ([`header_lines`], [`share_head`]), chunked
+//! decoding, taking message bytes out of a read buffer, one vectored write.
 //!
-//! Pure functions over buffers, no I/O (but the one vectored write both
-//! sides share), so every branch is unit-tested without a socket. What the gateway sends is narrow (origin-form `GET`,
-//! `POST` and `DELETE` with a known length); what it accepts follows
-//! RFC 9112: a body is framed by `Transfer-Encoding: chunked`, else by
-//! `Content-Length`, else by the connection's close, and 1xx heads are
-//! skipped.
+//! Pure functions over buffers, no I/O (but that one write), so every branch
+//! is unit-tested without a socket. What the gateway sends is narrow
+//! (origin-form `GET`, `POST` and `DELETE` with a known length); what it
+//! accepts follows RFC 9112: a body is framed by `Transfer-Encoding:
+//! chunked`, else by `Content-Length`, else by the connection's close, and
+//! 1xx heads are skipped.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -118,7 +120,7 @@ where
 
 /// A header name; MCP's own names, which every request of a session
 /// carries and `http` does not know, without an allocation.
-pub(crate) fn header_name(raw: &[u8]) -> Option<HeaderName> {
+fn header_name(raw: &[u8]) -> Option<HeaderName> {
     const SESSION: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
     const VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
     if raw.eq_ignore_ascii_case(SESSION.as_str().as_bytes()) {
@@ -320,7 +322,7 @@ pub(crate) fn parse_decimal(v: &[u8]) -> Option<u64> {
     })
 }
 
-pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
@@ -328,7 +330,7 @@ pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
     tokens(v).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-pub(crate) fn last_token(v: &[u8]) -> &[u8] {
+fn last_token(v: &[u8]) -> &[u8] {
     tokens(v).filter(|t| !t.is_empty()).last().unwrap_or(b"")
 }
 
@@ -471,40 +473,28 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_length_and_skip_framing_headers() {
+        let written = |method: &Method, path: &str, headers: &HeaderMap, len: Option<usize>| {
+            let mut out = Vec::new();
+            write_head(&mut out, method, path, &HeaderBlock::new(headers), len);
+            String::from_utf8(out).expect("utf8")
+        };
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("up:80"));
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
-        let mut out = Vec::new();
-        write_head(
-            &mut out,
-            &Method::POST,
-            "/mcp?x=1",
-            &HeaderBlock::new(&headers),
-            Some(1234),
-        );
         assert_eq!(
-            String::from_utf8(out).expect("utf8"),
+            written(&Method::POST, "/mcp?x=1", &headers, Some(1234)),
             "POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\nmcp-session-id: s1\r\ncontent-length: 1234\r\n\r\n"
         );
-        let mut out = Vec::new();
-        write_head(
-            &mut out,
-            &Method::GET,
-            "/",
-            &HeaderBlock::new(&HeaderMap::new()),
-            None,
+        let none = HeaderMap::new();
+        assert_eq!(
+            written(&Method::GET, "/", &none, None),
+            "GET / HTTP/1.1\r\n\r\n"
         );
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
-        let mut out = Vec::new();
-        write_head(
-            &mut out,
-            &Method::DELETE,
-            "/",
-            &HeaderBlock::new(&HeaderMap::new()),
-            Some(0),
+        assert_eq!(
+            written(&Method::DELETE, "/", &none, Some(0)),
+            "DELETE / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
-        assert_eq!(out, b"DELETE / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! - [`store`]: session records (write-through) and resuming inherited ones.
 //! - [`upstream`]: the MCP client side of one upstream server;
 //!   [`conn_pool`]: its HTTP/1.1 connections and the client that speaks on
-//!   them (run in the caller's task; `conn_pool::wire` is the wire format).
+//!   them (run in the caller's task).
 //! - [`adapter`]: stdio and legacy HTTP+SSE upstreams behind a loopback
 //!   Streamable HTTP adapter, one backend per upstream session;
 //!   [`legacy_sse`]: the HTTP+SSE backend.
@@ -410,18 +410,15 @@ async fn serve(
                     let closing = closing.clone();
                     match meta {
                         ConnMeta::Plain => {
-                            // Boxed: the connection future is large, and moving it
-                            // into the task by value copies it several times.
-                            tracker.spawn(async move {
-                                // Boxed where it is made: the connection future is
-                                // large (the endpoint's request future is in it), and
-                                // spawning it by value would copy all of it.
-                                let conn = Box::pin(h1_server::serve(stream, &handler, closing));
-                                if let Err(e) = conn.await {
+                            // Boxed (here and below): a connection future is
+                            // several KiB, the endpoint's request future inside it,
+                            // and spawning it by value would copy it more than once.
+                            tracker.spawn(Box::pin(async move {
+                                if let Err(e) = h1_server::serve(stream, &handler, closing).await {
                                     debug!(error = %e, "connection ended with an error");
                                 }
                                 drop(guard);
-                            });
+                            }));
                         }
                         ConnMeta::Tls { index } => {
                             let Some(acceptor) = ctx.live().tls.get(usize::from(index)).cloned() else {

@@ -18,6 +18,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+// Regression tests for the defects of the hardening issue, one module per area.
+#[path = "hardening/admin.rs"]
+mod admin;
+#[path = "hardening/bodies.rs"]
+mod bodies;
+#[path = "hardening/sessions.rs"]
+mod sessions;
+#[path = "hardening/upstream.rs"]
+mod upstream;
+
 /// A gateway in front of one counter-server, plus a session that tests use to show
 /// that other clients are unaffected by whatever the test does.
 struct Setup {

@@ -98,6 +98,10 @@ pub struct GatewayConfig {
     pub grace_ms: Option<u64>,
     /// Where the internal sockets go (the gateway's default otherwise).
     pub runtime_dir: Option<PathBuf>,
+    /// Raw TOML put before any table, for top-level keys this struct does not name.
+    pub top: String,
+    /// More `[limits]` keys, as `key = raw TOML value`.
+    pub limits: Vec<(String, String)>,
     /// Raw TOML appended at the end, for settings this struct does not name.
     pub extra: String,
     /// Extra environment variables for the gateway process.
@@ -116,6 +120,8 @@ impl GatewayConfig {
             header_timeout_ms: None,
             grace_ms: None,
             runtime_dir: None,
+            top: String::new(),
+            limits: Vec::new(),
             extra: String::new(),
             env: Vec::new(),
         }
@@ -148,17 +154,23 @@ impl GatewayConfig {
         if let Some(sep) = &self.namespace_separator {
             let _ = writeln!(t, "namespace_separator = {}", quote(sep));
         }
+        if !self.top.is_empty() {
+            let _ = writeln!(t, "{}", self.top);
+        }
         let limits = [
             ("max_head_bytes", self.max_head_bytes),
             ("max_body_bytes", self.max_body_bytes),
             ("header_timeout_ms", self.header_timeout_ms),
         ];
-        if limits.iter().any(|(_, v)| v.is_some()) {
+        if limits.iter().any(|(_, v)| v.is_some()) || !self.limits.is_empty() {
             let _ = writeln!(t, "\n[limits]");
             for (key, value) in limits {
                 if let Some(v) = value {
                     let _ = writeln!(t, "{key} = {v}");
                 }
+            }
+            for (key, value) in &self.limits {
+                let _ = writeln!(t, "{key} = {value}");
             }
         }
         let _ = writeln!(t, "\n[diagnostics]\nworker_header = true");

@@ -62,3 +62,30 @@ pub async fn metric_sum(gateway: &Gateway, prefix: &str) -> f64 {
     let (_, text) = admin_get(gateway, "/metrics").await;
     sum_of(&text, prefix)
 }
+
+/// The pids of the running workers, from `/admin/workers`.
+pub async fn worker_pids(gateway: &Gateway) -> Vec<u32> {
+    let (status, text) = admin_get(gateway, "/admin/workers").await;
+    assert_eq!(status, 200, "/admin/workers: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("/admin/workers is JSON");
+    let workers = v
+        .get("workers")
+        .and_then(|w| w.as_array())
+        .or_else(|| v.as_array())
+        .expect("a list of workers");
+    workers
+        .iter()
+        .filter_map(|w| w.get("pid")?.as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// A process's resident set size in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

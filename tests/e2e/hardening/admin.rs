@@ -1,0 +1,4 @@
+//! Hardening regressions: admin.
+
+#[allow(unused_imports)]
+use super::*;

@@ -1,0 +1,4 @@
+//! Hardening regressions: bodies.
+
+#[allow(unused_imports)]
+use super::*;

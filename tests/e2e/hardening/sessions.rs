@@ -1,0 +1,4 @@
+//! Hardening regressions: sessions.
+
+#[allow(unused_imports)]
+use super::*;

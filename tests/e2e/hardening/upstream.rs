@@ -1,0 +1,4 @@
+//! Hardening regressions: upstream.
+
+#[allow(unused_imports)]
+use super::*;

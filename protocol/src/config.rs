@@ -45,6 +45,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Metrics and the admin API; never on a public listener.
     pub admin_listen: SocketAddr,
+    /// A file whose content (trimmed) is the admin API's bearer token.
+    /// Required by state-changing admin endpoints, and by every endpoint
+    /// when `admin_listen` is not a loopback address.
+    pub admin_token_file: Option<PathBuf>,
     /// TLS listeners, terminated in the workers.
     pub tls_listener: Vec<TlsListener>,
     /// Worker processes; `None` means one per core.
@@ -68,6 +72,7 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token_file: None,
             tls_listener: Vec::new(),
             workers: None,
             runtime_dir: None,
@@ -110,6 +115,31 @@ pub struct Limits {
     pub max_connections_per_worker: u32,
     /// How long a connection for a restarting worker waits in the supervisor.
     pub dispatch_wait_ms: u64,
+    /// Time a client has to send a whole request body, from the end of its
+    /// head; past it the request gets 408 and the connection closes.
+    pub body_timeout_ms: u64,
+    /// Connections the supervisor holds at once while it reads their request
+    /// heads (before it can route them); beyond it new ones get 503.
+    pub max_pending_connections: u32,
+    /// Largest upstream answer a worker holds in memory at once (answers it
+    /// must read whole: JSON answers it checks or rewrites, merged lists).
+    pub max_answer_bytes: u32,
+    /// Upstream answer bytes one worker holds in memory, all requests
+    /// together; a request that would pass it waits for room, bounded by
+    /// its deadline, then fails with an error.
+    pub max_buffered_answer_bytes: u64,
+    /// Largest `initialize` params a session keeps (client info and
+    /// capabilities, kept for the session's life); larger ones get -32602.
+    pub max_session_params_bytes: u32,
+    /// Live sessions on this gateway host, all workers together; past it
+    /// `initialize` gets an error (no other session is evicted).
+    pub max_sessions: u32,
+    /// Live sessions on one worker.
+    pub max_sessions_per_worker: u32,
+    /// Live sessions opened from one client IP address.
+    pub max_sessions_per_client: u32,
+    /// Messages in one JSON-RPC batch; longer batches get -32600.
+    pub max_batch_len: u32,
 }
 
 impl Default for Limits {
@@ -120,6 +150,15 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             max_connections_per_worker: 10_000,
             dispatch_wait_ms: 5_000,
+            body_timeout_ms: 30_000,
+            max_pending_connections: 1_024,
+            max_answer_bytes: 64 * 1024 * 1024,
+            max_buffered_answer_bytes: 256 * 1024 * 1024,
+            max_session_params_bytes: 64 * 1024,
+            max_sessions: 100_000,
+            max_sessions_per_worker: 50_000,
+            max_sessions_per_client: 1_000,
+            max_batch_len: 100,
         }
     }
 }
@@ -452,6 +491,30 @@ impl Config {
                 "limits.max_connections_per_worker",
                 u64::from(l.max_connections_per_worker),
             ),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+            (
+                "limits.max_pending_connections",
+                u64::from(l.max_pending_connections),
+            ),
+            ("limits.max_answer_bytes", u64::from(l.max_answer_bytes)),
+            (
+                "limits.max_buffered_answer_bytes",
+                l.max_buffered_answer_bytes,
+            ),
+            (
+                "limits.max_session_params_bytes",
+                u64::from(l.max_session_params_bytes),
+            ),
+            ("limits.max_sessions", u64::from(l.max_sessions)),
+            (
+                "limits.max_sessions_per_worker",
+                u64::from(l.max_sessions_per_worker),
+            ),
+            (
+                "limits.max_sessions_per_client",
+                u64::from(l.max_sessions_per_client),
+            ),
+            ("limits.max_batch_len", u64::from(l.max_batch_len)),
             (
                 "sessions.idle_timeout_secs",
                 self.sessions.idle_timeout_secs,
@@ -621,6 +684,10 @@ impl Config {
 impl Limits {
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 

@@ -1,7 +1,6 @@
-//! HTTP body types the worker answers with: whole buffers, upstream bodies
-//! passed through under a deadline, and channel-fed streams (SSE).
+//! HTTP body types the worker answers with: whole buffers (some holding
+//! room in a memory budget until written) and channel-fed streams (SSE).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,7 +9,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = BoxBody<Bytes, BoxError>;
@@ -21,62 +19,31 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-pub(crate) fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// Pass `inner` through, failing it if it is still streaming at `deadline`
-/// (a hung upstream must not hold a client forever).
-pub(crate) fn with_deadline<B>(inner: B, deadline: Instant) -> Body
-where
-    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    Deadline {
-        inner,
-        deadline,
-        sleep: None,
+/// A whole buffer that holds `guard` (room in a budget) until the body is
+/// dropped, which is once it has been written or the client has gone.
+pub(crate) fn full_holding<G: Send + Sync + Unpin + 'static>(bytes: Bytes, guard: G) -> Body {
+    Holding {
+        inner: http_body_util::Full::new(bytes),
+        _guard: guard,
     }
+    .map_err(|never| match never {})
     .boxed()
 }
 
-struct Deadline<B> {
-    inner: B,
-    deadline: Instant,
-    /// Made the first time `inner` is not ready: a small answer usually is
-    /// all there at the first poll, and then no timer is allocated or armed.
-    sleep: Option<Pin<Box<Sleep>>>,
+struct Holding<G> {
+    inner: http_body_util::Full<Bytes>,
+    _guard: G,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream answer did not finish within the request timeout")]
-pub(crate) struct AnswerTimedOut;
-
-impl<B> HttpBody for Deadline<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
+impl<G: Unpin> HttpBody for Holding<G> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
-        }
-        let deadline = self.deadline;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(AnswerTimedOut)))),
-            Poll::Pending => Poll::Pending,
-        }
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -86,6 +53,12 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+pub(crate) fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body fed by a channel; it ends when every sender is gone.

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::answer_budget;
 use crate::body::{self, Body};
 use crate::conn_pool::UpstreamBody;
 use crate::federation::{self, Endpoint, ListKind};
@@ -31,7 +32,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::sessions::Session;
-use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, read_answer};
+use crate::upstream::{self, UpstreamError, UpstreamServer, UpstreamSession, read_answer};
 use crate::{Ctx, Live, versions};
 use mcpgw_protocol::store::{SessionRecord, StoreWrite};
 
@@ -867,7 +868,7 @@ async fn by_uri(
         let attempt = async {
             let us = ctx.registry.get(session, server).await?;
             let resp = us.send(body.clone(), deadline).await?;
-            read_answer(server, resp, deadline).await
+            read_answer(server, resp, id, deadline).await
         };
         match attempt.await {
             Ok(message) => match jsonrpc::answer(&message) {
@@ -1045,7 +1046,7 @@ async fn passthrough(
         };
         match sent {
             Ok(resp) => {
-                return answer_call(session, resp, accept, id, deadline, server, call).await;
+                return answer_call(ctx, session, resp, accept, id, deadline, server, call).await;
             }
             Err(e) => {
                 // Only a timed-out call may still be running upstream; the
@@ -1088,6 +1089,31 @@ fn upstream_failure(
     session: &Session,
     e: &UpstreamError,
 ) -> Response<Body> {
+    failed_call(ctx, accept, StatusCode::OK, id, session, e)
+}
+
+/// An upstream answer that arrived but cannot be passed on (cut short,
+/// malformed, too large, or the answer to another request): 502, as the
+/// client gets no answer from the upstream, with a JSON-RPC error for its
+/// request.
+fn bad_answer(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
+    failed_call(ctx, accept, StatusCode::BAD_GATEWAY, id, session, e)
+}
+
+fn failed_call(
+    ctx: &Ctx,
+    accept: Accept,
+    status: StatusCode,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
     warn!(session = %session.id, error = %e, "upstream request failed");
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
@@ -1096,20 +1122,17 @@ fn upstream_failure(
             .with_label_values(&[e.upstream(), e.kind()])
             .inc();
     }
-    rpc_error(
-        accept,
-        StatusCode::OK,
-        id,
-        jsonrpc::INTERNAL_ERROR,
-        &e.to_string(),
-    )
+    rpc_error(accept, status, id, jsonrpc::INTERNAL_ERROR, &e.to_string())
 }
 
 /// Pass an upstream answer back in a format the client takes. A JSON answer
-/// is streamed untouched (the hot path); an SSE answer goes through the
-/// relay, which rewrites ids and tokens and routes server requests, and is
-/// streamed to an SSE client or reduced to its response for a JSON one.
+/// is read whole (usually it came whole with its head: no copy) and passed
+/// on untouched once its id is the request's; an SSE answer goes through
+/// the relay, which rewrites ids and tokens and routes server requests, and
+/// is streamed to an SSE client or reduced to its response for a JSON one.
+#[allow(clippy::too_many_arguments)]
 async fn answer_call(
+    ctx: &Ctx,
     session: &Arc<Session>,
     resp: Response<UpstreamBody>,
     accept: Accept,
@@ -1128,27 +1151,29 @@ async fn answer_call(
     if upstream_json {
         // The upstream has answered; nothing is left to cancel.
         call.finish();
-        if accept.json {
-            // The upstream's answer headers, emptied, carry ours: the map
-            // is already allocated.
-            let (mut parts, body) = resp.into_parts();
-            parts.headers.clear();
-            parts
-                .headers
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            parts.status = StatusCode::OK;
-            return Response::from_parts(parts, body::with_deadline(body, deadline));
-        }
-        return match Box::pin(read_answer(server, resp, deadline)).await {
-            Ok(message) => rpc(accept, StatusCode::OK, message),
-            Err(e) => rpc_error(
-                accept,
-                StatusCode::OK,
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                &e.to_string(),
-            ),
+        let (mut parts, body) = resp.into_parts();
+        let unfit = body.unfit();
+        let held = match answer_budget::read_whole(body, deadline).await {
+            Ok(held) => held,
+            Err(e) => return bad_answer(ctx, accept, id, session, &server.answer_error(e)),
         };
+        // Checked before a byte goes out: an answer left on a pooled
+        // connection by an upstream that answered twice must never reach
+        // the request (perhaps another session's) sent on it next.
+        if let Err(e) = upstream::check_answer_id(server, &held.bytes, id, &unfit) {
+            return bad_answer(ctx, accept, id, session, &e);
+        }
+        if !accept.json {
+            return rpc(accept, StatusCode::OK, held.bytes);
+        }
+        // The upstream's answer headers, emptied, carry ours: the map is
+        // already allocated.
+        parts.headers.clear();
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.status = StatusCode::OK;
+        return Response::from_parts(parts, held.into_body());
     }
     if !upstream_sse {
         call.finish();
@@ -1156,13 +1181,7 @@ async fn answer_call(
             upstream: server.id.clone(),
             reason: format!("answer has content type {ct:?}"),
         };
-        return rpc_error(
-            accept,
-            StatusCode::OK,
-            id,
-            jsonrpc::INTERNAL_ERROR,
-            &e.to_string(),
-        );
+        return bad_answer(ctx, accept, id, session, &e);
     }
     let relay = session.relay.clone();
     let closed = session.close_signal();
@@ -1186,13 +1205,7 @@ async fn answer_call(
                 "the session ended during the call",
             ),
             PumpEnd::Cancelled => cancelled(accept, id),
-            PumpEnd::Failed(e) => rpc_error(
-                accept,
-                StatusCode::OK,
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                &e.to_string(),
-            ),
+            PumpEnd::Failed(e) => bad_answer(ctx, accept, id, session, &e),
         };
     }
     let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);

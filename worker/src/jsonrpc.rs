@@ -56,17 +56,59 @@ pub(crate) enum Kind<'e> {
 impl Envelope<'_> {
     pub(crate) fn kind(&self) -> Kind<'_> {
         match (&self.method, self.id) {
-            (Some(m), Some(id)) if id.get() != "null" => Kind::Request(m),
+            (Some(m), Some(id)) if is_request_id(id.get()) => Kind::Request(m),
             (Some(m), None) => Kind::Notification(m),
-            (None, Some(_)) if self.result.is_some() || self.error.is_some() => Kind::Response,
+            (None, Some(id))
+                if (self.result.is_some() || self.error.is_some()) && is_answer_id(id.get()) =>
+            {
+                Kind::Response
+            }
             _ => Kind::Invalid,
         }
     }
 
-    /// The id as raw JSON, `null` when absent (for error answers).
+    /// The id as raw JSON for an answer to this message: `null` when it is
+    /// absent or not an id at all (an array or object is never echoed back).
     pub(crate) fn id_raw(&self) -> &str {
-        self.id.map_or("null", RawValue::get)
+        self.id
+            .map(RawValue::get)
+            .filter(|id| is_answer_id(id))
+            .unwrap_or("null")
     }
+}
+
+/// A request's id: a string or a number (JSON-RPC 2.0; MCP also forbids
+/// `null`). The raw text is valid JSON already, so its first byte tells.
+fn is_request_id(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+/// An answer's id: a request id, or `null` (an error about a request whose
+/// id could not be read).
+fn is_answer_id(raw: &str) -> bool {
+    is_request_id(raw) || raw == "null"
+}
+
+/// Whether two raw JSON ids are the same id: the same text, or the same
+/// string written with other escapes (`"a"` and `"\u0061"`).
+pub(crate) fn same_id(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if a == b {
+        return true;
+    }
+    if !(a.starts_with('"') && b.starts_with('"') && (a.contains('\\') || b.contains('\\'))) {
+        return false;
+    }
+    matches!(
+        (serde_json::from_str::<String>(a), serde_json::from_str::<String>(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
+}
+
+/// The id of the JSON-RPC response in `message`, if it is one.
+pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
+    let env = parse(message)?;
+    (env.kind() == Kind::Response).then(|| env.id.map_or("null", RawValue::get))
 }
 
 /// Parse one message; `None` when the body is not a JSON object at all.
@@ -280,6 +322,40 @@ mod tests {
         assert!(parse(b"{nope").is_none());
         assert!(parse(b"[1]").is_none());
         assert!(is_batch(b"  [{}]"));
+    }
+
+    #[test]
+    fn ids_that_are_not_strings_or_numbers_are_invalid_and_never_echoed() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":[[1]],"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"result":{}}"#,
+        ] {
+            let env = parse(body.as_bytes()).expect("parse");
+            assert_eq!(env.kind(), Kind::Invalid, "{body}");
+            assert_eq!(env.id_raw(), "null", "{body}");
+        }
+        let env = parse(br#"{"jsonrpc":"2.0","id":-3,"method":"ping"}"#).expect("parse");
+        assert_eq!((env.kind(), env.id_raw()), (Kind::Request("ping"), "-3"));
+        let env = parse(br#"{"jsonrpc":"2.0","id":null,"error":{"code":1}}"#).expect("parse");
+        assert_eq!(env.kind(), Kind::Response);
+    }
+
+    #[test]
+    fn ids_compare_by_value_for_strings_and_by_text_otherwise() {
+        assert!(same_id("7", " 7"));
+        assert!(same_id(r#""a""#, r#""\u0061""#));
+        assert!(!same_id("7", r#""7""#));
+        assert!(!same_id("99", "1"));
+        assert_eq!(
+            response_id(br#"{"jsonrpc":"2.0","id":"x","result":{}}"#),
+            Some(r#""x""#)
+        );
+        assert_eq!(
+            response_id(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#),
+            None
+        );
     }
 
     #[test]

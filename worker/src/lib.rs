@@ -23,11 +23,14 @@
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`metrics`]: this worker's Prometheus registry.
 //! - [`origin`]: which `Host` and `Origin` headers are allowed (DNS rebinding).
+//! - [`answer_budget`]: upstream answers read whole, within the per-answer
+//!   and per-worker memory bounds.
 //! - [`jsonrpc`], [`sse`], [`body`], [`versions`]: message plumbing;
 //!   [`wire`]: HTTP/1.1 heads and framing (upstream client and server);
 //!   [`bounded`]: background jobs under one time bound (closing paths).
 
 mod adapter;
+mod answer_budget;
 mod body;
 mod bounded;
 mod conn_pool;
@@ -244,6 +247,10 @@ impl Live {
                     .map_err(|e| WorkerError::Tls(format!("{}: {e}", t.addr)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        answer_budget::configure(
+            config.limits.max_answer_bytes as usize,
+            usize::try_from(config.limits.max_buffered_answer_bytes).unwrap_or(usize::MAX),
+        );
         Ok((
             Self {
                 tls,

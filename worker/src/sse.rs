@@ -22,6 +22,9 @@ pub(crate) struct Parser {
     has_data: bool,
     /// A `\r` ended the last chunk; a following `\n` belongs to it.
     pending_cr: bool,
+    /// Bytes at the front of `buf` already searched for a line end: a long
+    /// line arriving in many reads is scanned once, not once per read.
+    scanned: usize,
     /// The stream's last event id (set by any `id:` field, also of events
     /// without data such as a priming event): what a resumption sends as
     /// `Last-Event-ID`.
@@ -58,7 +61,15 @@ impl Parser {
                 }
                 self.pending_cr = false;
             }
-            let end = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r')?;
+            let Some(at) = self.buf[self.scanned..]
+                .iter()
+                .position(|b| *b == b'\n' || *b == b'\r')
+            else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            let end = self.scanned + at;
+            self.scanned = 0;
             let line = self.buf.split_to(end);
             let terminator = self.buf.split_to(1);
             if terminator[0] == b'\r' {

@@ -23,7 +23,8 @@ use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
-use crate::conn_pool::{ConnError, ConnPool, HeaderBlock, Outgoing, UpstreamBody};
+use crate::answer_budget;
+use crate::conn_pool::{ConnError, ConnPool, HeaderBlock, Outgoing, Unfit, UpstreamBody};
 use crate::jsonrpc::{self, Answer};
 use crate::sse;
 
@@ -32,8 +33,9 @@ use crate::sse;
 const SESSION_ID: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
 
-/// Largest answer the gateway buffers for itself (lists, initialize).
-const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
+/// The id of the gateway's `initialize` upstream, and the same as raw JSON.
+const INIT_ID: &str = "mcpgw-init";
+const INIT_ID_RAW: &str = "\"mcpgw-init\"";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -250,6 +252,14 @@ impl UpstreamServer {
             reason: reason.into(),
         }
     }
+
+    /// An answer that could not be read whole.
+    pub(crate) fn answer_error(&self, e: answer_budget::ReadError) -> UpstreamError {
+        match e {
+            answer_budget::ReadError::TimedOut => self.timeout_error(),
+            e => self.protocol_error(format!("reading the answer: {e}")),
+        }
+    }
 }
 
 /// One MCP session on an upstream server, owned by one downstream session.
@@ -289,7 +299,7 @@ impl UpstreamSession {
         init_params: &str,
     ) -> Result<Arc<Self>, UpstreamError> {
         let deadline = Instant::now() + server.request_timeout();
-        let body = jsonrpc::request("mcpgw-init", "initialize", Some(init_params));
+        let body = jsonrpc::request(INIT_ID, "initialize", Some(init_params));
         let resp = server
             .send(&Method::POST, &server.block, body, deadline)
             .await?;
@@ -300,7 +310,7 @@ impl UpstreamSession {
             });
         }
         let session_id = resp.headers().get(&SESSION_ID).cloned();
-        let message = read_answer(&server, resp, deadline).await?;
+        let message = read_answer(&server, resp, INIT_ID_RAW, deadline).await?;
         let (version, capabilities) = match jsonrpc::answer(&message) {
             Some(Answer::Result(r)) => {
                 let result = serde_json::from_str::<InitializeResult<'_>>(r.get())
@@ -503,7 +513,7 @@ impl UpstreamSession {
         let resp = self
             .send(jsonrpc::request(&id, method, params), deadline)
             .await?;
-        read_answer(&self.server, resp, deadline).await
+        read_answer(&self.server, resp, &jsonrpc::json_string(&id), deadline).await
     }
 
     /// Is the session still usable? `ping`, else a cheap list call for
@@ -550,10 +560,15 @@ impl UpstreamSession {
     }
 }
 
-/// Reduce an answer (JSON or SSE) to the one JSON-RPC response in it.
+/// Reduce an answer (JSON or SSE) to the one JSON-RPC response in it, which
+/// must answer `expected_id` (raw JSON). An answer to another request means
+/// the upstream is out of step on that connection (it answered twice, or
+/// late): the answer is refused and the connection is not reused, so the
+/// stray answer cannot reach another request.
 pub(crate) async fn read_answer(
     server: &UpstreamServer,
     resp: Response<UpstreamBody>,
+    expected_id: &str,
     deadline: Instant,
 ) -> Result<Bytes, UpstreamError> {
     let is_sse = resp
@@ -562,16 +577,15 @@ pub(crate) async fn read_answer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     let mut body = resp.into_body();
+    let unfit = body.unfit();
     if !is_sse {
-        let collected = timeout_at(
-            deadline,
-            http_body_util::Limited::new(body, MAX_BUFFERED_ANSWER).collect(),
-        )
-        .await
-        .map_err(|_| server.timeout_error())?
-        .map_err(|e| server.protocol_error(format!("reading the answer: {e}")))?;
-        return Ok(collected.to_bytes());
+        let held = answer_budget::read_whole(body, deadline)
+            .await
+            .map_err(|e| server.answer_error(e))?;
+        check_answer_id(server, &held.bytes, expected_id, &unfit)?;
+        return Ok(held.bytes);
     }
+    let limit = answer_budget::max_answer();
     let mut parser = sse::Parser::default();
     let mut total = 0usize;
     loop {
@@ -585,17 +599,41 @@ pub(crate) async fn read_answer(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total += data.len();
-        if total > MAX_BUFFERED_ANSWER {
-            return Err(server.protocol_error("answer too large"));
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(server.protocol_error(format!(
+                "answer larger than {limit} bytes (limits.max_answer_bytes)"
+            )));
         }
         parser.push(&data);
         while let Some(event) = parser.next_event() {
             if let Some(env) = jsonrpc::parse(event.data.as_bytes())
                 && env.kind() == jsonrpc::Kind::Response
             {
-                return Ok(Bytes::from(event.data));
+                let message = Bytes::from(event.data);
+                check_answer_id(server, &message, expected_id, &unfit)?;
+                return Ok(message);
             }
+        }
+    }
+}
+
+/// `message` must be the response to `expected_id`; otherwise the
+/// connection it came on is marked unfit and the answer refused.
+pub(crate) fn check_answer_id(
+    server: &UpstreamServer,
+    message: &[u8],
+    expected_id: &str,
+    unfit: &Unfit,
+) -> Result<(), UpstreamError> {
+    match jsonrpc::response_id(message) {
+        Some(id) if jsonrpc::same_id(id, expected_id) => Ok(()),
+        got => {
+            unfit.set();
+            let got = got.map_or_else(|| "no response".to_owned(), |id| format!("id {id}"));
+            Err(server.protocol_error(format!(
+                "answered another request ({got}, expected id {expected_id}); its connection is closed"
+            )))
         }
     }
 }

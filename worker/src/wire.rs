@@ -261,6 +261,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
     let len = match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
     {
+        // A head is judged by its size whole or not: a complete one that
+        // arrived in one read is no more acceptable past the limit.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(Malformed("answer head too large"));
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(Malformed("answer head too large"));
@@ -300,7 +305,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Parsed, Malformed> {
             None => Framing::UntilClose,
         }
     };
-    let keep_alive = !close && framing != Framing::UntilClose;
+    // Both framings at once is how a response is smuggled past one reader
+    // and not another (RFC 9112 §6.3): the chunked coding frames this body,
+    // and the connection carries nothing after it.
+    let ambiguous = transfer_encoded && length.is_some();
+    let keep_alive = !close && !ambiguous && framing != Framing::UntilClose;
     Ok(Parsed::Head(
         Head {
             status,
@@ -343,7 +352,8 @@ pub(crate) enum Chunked {
     Data(u64),
     /// After a chunk's data, before its CRLF.
     DataEnd,
-    /// After the last chunk: trailer lines until an empty one; bytes so far.
+    /// After the last chunk: trailer lines until an empty one; bytes of
+    /// trailer section so far (bounded by [`MAX_HEAD`], like a head).
     Trailer(usize),
     Done,
 }
@@ -405,15 +415,23 @@ impl Chunked {
                     Some(_) => return Err(Malformed("chunk data not followed by CRLF")),
                 },
                 Chunked::Trailer(seen) => {
-                    let Some(line) = take_line(buf, MAX_HEAD - seen)? else {
+                    // `seen` never passes MAX_HEAD (checked below), so the
+                    // room left cannot wrap; saturating all the same, since
+                    // a wrapped bound is an unbounded buffer.
+                    let room = MAX_HEAD.saturating_sub(seen);
+                    let Some(line) = take_line(buf, room)? else {
                         return Ok(Step::Need);
                     };
                     // Trailers carry nothing the gateway uses; they are skipped.
-                    *self = if line.is_empty() {
-                        Chunked::Done
+                    if line.is_empty() {
+                        *self = Chunked::Done;
                     } else {
-                        Chunked::Trailer(seen + line.len() + 2)
-                    };
+                        let seen = seen.saturating_add(line.len()).saturating_add(2);
+                        if seen > MAX_HEAD {
+                            return Err(Malformed("chunked trailer section too long"));
+                        }
+                        *self = Chunked::Trailer(seen);
+                    }
                 }
                 Chunked::Done => return Ok(Step::Done),
             }
@@ -421,17 +439,18 @@ impl Chunked {
     }
 }
 
-/// Take one line (without its CRLF or LF) from the front of `buf`.
+/// Take one line (without its CRLF or LF) from the front of `buf`, of at
+/// most `max` bytes before its LF. Only the first `max + 1` bytes are
+/// searched: a peer that never sends a newline costs one bounded scan per
+/// read, not a rescan of everything it sent.
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Malformed> {
-    let Some(at) = buf.iter().position(|&b| b == b'\n') else {
+    let window = &buf[..buf.len().min(max.saturating_add(1))];
+    let Some(at) = window.iter().position(|&b| b == b'\n') else {
         if buf.len() > max {
             return Err(Malformed("chunk framing line too long"));
         }
         return Ok(None);
     };
-    if at > max {
-        return Err(Malformed("chunk framing line too long"));
-    }
     let mut line = buf.split_to(at + 1);
     line.truncate(at);
     if line.last() == Some(&b'\r') {
@@ -610,5 +629,48 @@ mod tests {
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 2];
         assert!(decode(&long, 4096).is_err());
+    }
+
+    #[test]
+    fn trailer_sections_are_bounded_whatever_their_lines() {
+        // One trailer line just under the limit, then one more byte and no
+        // newline: the bound must hold once the section passes MAX_HEAD (a
+        // subtraction here once wrapped and let the buffer grow forever).
+        let mut wire = b"2\r\n{}\r\n0\r\nX: ".to_vec();
+        wire.resize(wire.len() + MAX_HEAD - 3, b'a');
+        wire.extend_from_slice(b"\n");
+        wire.resize(wire.len() + 2 * MAX_HEAD, b'b');
+        assert_eq!(
+            decode(&wire, 8192).expect_err("bounded"),
+            Malformed("chunked trailer section too long")
+        );
+        // Many short lines add up to the same bound.
+        let mut many = b"0\r\n".to_vec();
+        while many.len() < 2 * MAX_HEAD {
+            many.extend_from_slice(b"x-t: 1\r\n");
+        }
+        assert!(decode(&many, 4096).is_err());
+        // A trailer line with no newline at all is cut at the bound.
+        let mut endless = b"0\r\nX: ".to_vec();
+        endless.resize(4 * MAX_HEAD, b'a');
+        assert!(decode(&endless, 4096).is_err());
+    }
+
+    #[test]
+    fn heads_over_the_limit_are_refused_even_when_complete() {
+        let mut big = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        big.resize(MAX_HEAD + 100, b'a');
+        big.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            parse_head(&big).expect_err("too large"),
+            Malformed("answer head too large")
+        );
+    }
+
+    #[test]
+    fn both_framings_at_once_end_the_connection() {
+        let (h, _) =
+            head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
     }
 }

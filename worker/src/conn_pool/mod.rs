@@ -34,10 +34,11 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -120,6 +121,8 @@ struct Conn {
     buf: BytesMut,
     /// The request head being written.
     out: Vec<u8>,
+    /// Shared with the bodies of the answers read on it.
+    unfit: Unfit,
 }
 
 impl Conn {
@@ -128,6 +131,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::with_capacity(512),
+            unfit: Unfit::default(),
         }
     }
 
@@ -177,20 +181,44 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    /// Still fit to carry a request after sitting idle? A connection the
-    /// runtime saw become readable has been closed or reset by the upstream,
-    /// or holds bytes nobody asked for; readiness that turns out stale (the
-    /// read would block) is cleared by the probe read.
+    /// Still fit to carry a request after sitting idle: not marked unfit,
+    /// and nothing to read on it. A connection with something to read was
+    /// closed or reset by the upstream, or holds bytes nobody asked for
+    /// (an upstream that answers twice): those bytes would be taken for the
+    /// answer to the next request, which may be another session's.
+    ///
+    /// The runtime's cached readiness is not enough: it is updated only
+    /// when the reactor next polls, so bytes that arrived a moment ago are
+    /// not in it yet. Only asking the kernel (a non-blocking peek, one
+    /// system call per checkout) closes that window.
     fn idle_and_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+        if self.unfit.is_set() {
+            return false;
         }
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.io).peek(&mut probe) {
+            // Readiness the reactor still holds from the last answer is
+            // harmless: the next read finds it stale and clears it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            // Data (stray bytes), end of stream, or an error.
+            _ => false,
+        }
+    }
+}
+
+/// Set when an answer read on a connection proved the upstream out of step
+/// (an answer to another request): the connection is then closed instead
+/// of reused, even if it already went back to the pool.
+#[derive(Clone, Default)]
+pub(crate) struct Unfit(Arc<std::sync::atomic::AtomicBool>);
+
+impl Unfit {
+    pub(crate) fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -332,7 +360,7 @@ impl ConnPool {
     async fn wait_until_closed(&self) {
         loop {
             let all_closed = self.shared.lock().iter().all(|i| {
-                let mut cx = Context::from_waker(Waker::noop());
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 i.conn.io.poll_read_ready(&mut cx).is_ready()
             });
             if all_closed {
@@ -400,6 +428,8 @@ impl ConnPool {
 /// connection may carry another request).
 pub(crate) struct UpstreamBody {
     state: State,
+    /// The connection's mark, kept past its return to the pool.
+    unfit: Unfit,
 }
 
 enum State {
@@ -435,6 +465,7 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl UpstreamBody {
     fn new(mut conn: Conn, head: &wire::Head, pool: &Arc<Shared>) -> Self {
+        let unfit = conn.unfit.clone();
         let framing = match head.framing {
             Framing::Empty => Reading::Length(0),
             Framing::Length(n) => Reading::Length(n),
@@ -450,6 +481,7 @@ impl UpstreamBody {
             }
             return Self {
                 state: State::Whole(data),
+                unfit,
             };
         }
         Self {
@@ -459,7 +491,25 @@ impl UpstreamBody {
                 keep_alive: head.keep_alive,
                 pool: Arc::downgrade(pool),
             },
+            unfit,
         }
+    }
+
+    /// The whole answer, if it came whole with its head (the connection is
+    /// already back in the pool); the body has ended then.
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        let State::Whole(data) = &mut self.state else {
+            return None;
+        };
+        let data = data.take().unwrap_or_default();
+        self.state = State::Done;
+        Some(data)
+    }
+
+    /// The mark that keeps this answer's connection from being reused,
+    /// for a caller that finds the answer was not the one it asked for.
+    pub(crate) fn unfit(&self) -> Unfit {
+        self.unfit.clone()
     }
 
     /// The body ended: give the connection back if it can be reused.
@@ -838,7 +888,7 @@ mod tests {
         // Until the runtime has seen B's end.
         loop {
             let seen = pool.shared.lock().front().is_some_and(|i| {
-                let mut cx = Context::from_waker(Waker::noop());
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 i.conn.io.poll_read_ready(&mut cx).is_ready()
             });
             if seen {
@@ -998,22 +1048,80 @@ mod tests {
         assert!(!pending, "the request was sent again on a new connection");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stray_bytes_and_unfit_marks_keep_a_connection_out_of_use() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stray_sent, stray_rx) = std::sync::mpsc::channel::<()>();
+        let (pooled_tx, pooled_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            // A: one answer, then an unsolicited second one once the
+            // connection is back in the pool.
+            let (mut a, _) = listener.accept().await.expect("accept a");
+            read_request(&mut a).await.expect("first");
+            a.write_all(ANSWER).await.expect("answer");
+            pooled_rx.await.expect("pooled");
+            a.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray")
+                .await
+                .expect("stray");
+            let _ = stray_sent.send(());
+            // B: answers once; the client then marks it unfit.
+            let (mut b, _) = listener.accept().await.expect("accept b");
+            read_request(&mut b).await.expect("second");
+            b.write_all(ANSWER).await.expect("answer");
+            // C: the third request.
+            let (mut c, _) = listener.accept().await.expect("accept c");
+            read_request(&mut c).await.expect("third");
+            c.write_all(ANSWER).await.expect("answer");
+            (a, b, c)
+        });
+        let pool = pool_for(addr, Duration::from_secs(5));
+        let h = headers();
+        let resp = pool.send(request(&h, 1)).await.expect("first");
+        assert_eq!(body_of(resp).await, "ok");
+        assert_eq!(pool.pooled(), 1);
+        pooled_tx.send(()).expect("tell the server");
+        // Wait on a std channel, blocking this thread: whether or not the
+        // runtime has seen the stray bytes arrive, the kernel has them.
+        tokio::task::block_in_place(|| stray_rx.recv().expect("stray sent"));
+        let resp = pool.send(request(&h, 2)).await.expect("second");
+        let unfit = resp.body().unfit();
+        assert_eq!(body_of(resp).await, "ok", "not the stray answer");
+        assert_eq!(pool.pooled(), 1);
+        unfit.set();
+        let resp = pool.send(request(&h, 3)).await.expect("third");
+        assert_eq!(body_of(resp).await, "ok");
+        drop(server.await.expect("server"));
+    }
+
     #[tokio::test]
     async fn connect_timeout_and_refusal_are_errors() {
-        // A listener whose backlog is full never completes a handshake on
-        // some kernels; an unroutable address is the portable way to hang a
-        // connect. TEST-NET-1 (192.0.2.0/24) is reserved and never routed.
-        let blackhole: SocketAddr = "192.0.2.1:80".parse().expect("addr");
+        // A loopback listener whose accept queue is full: Linux drops the
+        // SYNs of further connects, which then hang (tests send nothing to
+        // any address beyond loopback).
+        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        full.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        full.listen(0).expect("listen");
+        let blackhole = full.local_addr().expect("addr").as_socket().expect("inet");
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(s) =
+                std::net::TcpStream::connect_timeout(&blackhole, Duration::from_millis(200))
+            {
+                fillers.push(s);
+            }
+        }
         let pool = pool_for(blackhole, Duration::from_millis(50));
         let h = headers();
         match pool.send(request(&h, 1)).await {
             Err(ConnError::ConnectTimeout { addr, timeout_ms }) => {
                 assert_eq!((addr, timeout_ms), (blackhole, 50));
             }
-            // No route at all (a sandbox without a default route).
-            Err(ConnError::Connect { .. }) => {}
-            other => panic!("expected a connect failure, got {other:?}"),
+            other => panic!("expected a connect timeout, got {other:?}"),
         }
+        drop((fillers, full));
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

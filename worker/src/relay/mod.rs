@@ -692,7 +692,7 @@ mod tests {
     fn forwarded(r: Routed) -> serde_json::Value {
         match r {
             Routed::Forward(b) => serde_json::from_slice(&b).expect("json"),
-            Routed::Response(_) => panic!("a response"),
+            Routed::Response(_) | Routed::Foreign(_) => panic!("a response"),
             Routed::Done => panic!("not forwarded"),
         }
     }

@@ -29,6 +29,9 @@ pub(super) enum Routed {
     Forward(Bytes),
     /// The call's answer.
     Response(Bytes),
+    /// A response to another request than the call's (its raw id): the
+    /// upstream is out of step on this connection.
+    Foreign(String),
     /// Delivered elsewhere, answered, or dropped.
     Done,
 }
@@ -47,7 +50,13 @@ impl Relay {
         };
         match env.kind() {
             Kind::Response => match from {
-                Source::Call(_) => Routed::Response(Bytes::from(data)),
+                Source::Call(call) => {
+                    if id_key(env.id_raw()).is_some_and(|k| k == call.key) {
+                        Routed::Response(Bytes::from(data))
+                    } else {
+                        Routed::Foreign(env.id_raw().to_owned())
+                    }
+                }
                 Source::Stream => {
                     debug!(upstream = %us.server.id, "response on the GET stream; dropped");
                     Routed::Done

@@ -121,6 +121,13 @@ pub(crate) async fn pump_call(
                     guard.finish();
                     return PumpEnd::Answer(answer);
                 }
+                Routed::Foreign(got) => {
+                    // Never passed on: it may be another request's answer.
+                    body.unfit().set();
+                    return PumpEnd::Failed(us.server.protocol_error(format!(
+                        "answered another request (id {got}) on a call's stream; its connection is closed"
+                    )));
+                }
                 Routed::Forward(message) => {
                     if let Some(tx) = &out
                         && tx.send(sse::message_event(&message)).await.is_err()
@@ -142,15 +149,14 @@ const MAX_RESUMPTIONS: u32 = 100;
 /// Longest reconnection wait honoured from an upstream's `retry:`.
 const MAX_RETRY_MS: u64 = 5_000;
 
-/// Largest event the relay holds while it is incomplete.
-const MAX_EVENT: usize = 64 * 1024 * 1024;
-
+/// The relay holds an incomplete event up to the answer limit
+/// (`limits.max_answer_bytes`).
 fn event_too_large(parser: &sse::Parser, us: &UpstreamSession) -> Option<PumpEnd> {
-    (parser.pending_bytes() > MAX_EVENT).then(|| {
-        PumpEnd::Failed(
-            us.server
-                .protocol_error(format!("an event over {MAX_EVENT} bytes")),
-        )
+    let limit = crate::answer_budget::max_answer();
+    (parser.pending_bytes() > limit).then(|| {
+        PumpEnd::Failed(us.server.protocol_error(format!(
+            "an event over {limit} bytes (limits.max_answer_bytes)"
+        )))
     })
 }
 
@@ -215,7 +221,7 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
                         continue;
                     };
                     parser.push(&data);
-                    if parser.pending_bytes() > MAX_EVENT {
+                    if parser.pending_bytes() > crate::answer_budget::max_answer() {
                         warn!(upstream = %us.server.id, "upstream GET stream event too large; reopening");
                         break;
                     }

@@ -53,7 +53,10 @@ pub struct Config {
     pub tls_listener: Vec<TlsListener>,
     /// Worker processes; `None` means one per core.
     pub workers: Option<u16>,
-    /// Directory for internal sockets; a private one is made when unset.
+    /// Where the private directory for internal sockets is made (a fresh
+    /// `mcpgw.XXXXXX`, mode 0700, removed at exit). It must belong to the
+    /// gateway's user and not be writable by group or others; it is made
+    /// (0700) when missing. Unset: `$XDG_RUNTIME_DIR`, else the temp dir.
     pub runtime_dir: Option<PathBuf>,
     /// Joins an upstream id and a tool/prompt name on multi-upstream endpoints.
     pub namespace_separator: String,
@@ -856,11 +859,17 @@ mod tests {
     fn errors_never_show_a_password() {
         let e = err("[[upstream]]\nid = \"a\"\nurl = \"http://user:s3cret@127.0.0.1:1/mcp\"");
         assert!(e.starts_with("upstream[0].url:"), "{e}");
-        assert!(!e.contains("s3cret") && e.contains("<redacted>@127.0.0.1:1"), "{e}");
+        assert!(
+            !e.contains("s3cret") && e.contains("<redacted>@127.0.0.1:1"),
+            "{e}"
+        );
         let e = err("[[upstream]]\nid = \"a\"\nurl = \"https://u:s3cret@x/?key=k3y\"");
         assert!(!e.contains("s3cret") && !e.contains("k3y"), "{e}");
         let e = err("[store]\nredis_url = \"rediss://:hunter2@10.0.0.1/\"");
-        assert!(e.starts_with("store.redis_url:") && !e.contains("hunter2"), "{e}");
+        assert!(
+            e.starts_with("store.redis_url:") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -881,11 +890,20 @@ mod tests {
         let mut config = Config::default();
         assert_eq!(config.read_admin_token().expect("none"), None);
         config.admin_token_file = Some(file.clone());
-        let e = config.read_admin_token().expect_err("missing file").to_string();
-        assert!(e.starts_with("admin_token_file: cannot read") && e.contains("token"), "{e}");
+        let e = config
+            .read_admin_token()
+            .expect_err("missing file")
+            .to_string();
+        assert!(
+            e.starts_with("admin_token_file: cannot read") && e.contains("token"),
+            "{e}"
+        );
         std::fs::write(&file, " \n").expect("write");
         let e = config.read_admin_token().expect_err("empty").to_string();
-        assert!(e.starts_with("admin_token_file:") && e.ends_with("is empty"), "{e}");
+        assert!(
+            e.starts_with("admin_token_file:") && e.ends_with("is empty"),
+            "{e}"
+        );
         std::fs::write(&file, "two words\n").expect("write");
         assert!(config.read_admin_token().is_err());
         std::fs::write(&file, "t0ken\n").expect("write");

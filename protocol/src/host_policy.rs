@@ -188,7 +188,11 @@ mod tests {
     fn the_admin_address_counts_as_a_listener() {
         // Everything on loopback: the admin API takes loopback names only.
         let local = Config::parse("admin_listen = \"127.0.0.1:9090\"").expect("config");
-        assert!(HostPolicy::admin(&local).check(Some("evil.com"), None).is_err());
+        assert!(
+            HostPolicy::admin(&local)
+                .check(Some("evil.com"), None)
+                .is_err()
+        );
         assert_eq!(
             HostPolicy::admin(&local).check(Some("127.0.0.1:9090"), None),
             Ok(())

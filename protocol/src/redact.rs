@@ -82,7 +82,12 @@ mod tests {
 
     #[test]
     fn urls_without_secrets_are_unchanged() {
-        for plain in ["http://127.0.0.1:3000/mcp", "redis://10.0.0.1:6379/0", "", "x"] {
+        for plain in [
+            "http://127.0.0.1:3000/mcp",
+            "redis://10.0.0.1:6379/0",
+            "",
+            "x",
+        ] {
             assert_eq!(url(plain), plain);
         }
     }

@@ -89,10 +89,8 @@ mod tests {
     use super::*;
 
     fn token(t: &str) -> Option<AdminToken> {
-        let path = std::env::temp_dir().join(format!(
-            "mcpgw-guard-test-{}-{t}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("mcpgw-guard-test-{}-{t}", std::process::id()));
         std::fs::write(&path, format!("{t}\n")).expect("write token");
         let token = AdminToken::read(&path).expect("token");
         let _ = std::fs::remove_file(&path);

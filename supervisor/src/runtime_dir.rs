@@ -129,10 +129,8 @@ mod tests {
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "mcpgw-runtime-test-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("mcpgw-runtime-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -147,7 +145,11 @@ mod tests {
         assert_eq!(base_mode, 0o700, "a missing runtime_dir is made private");
         for dir in [&a, &b] {
             assert_eq!(dir.path().parent(), Some(base.as_path()));
-            let name = dir.path().file_name().and_then(|n| n.to_str()).expect("name");
+            let name = dir
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name");
             assert!(name.starts_with("mcpgw."), "{name}");
             assert_ne!(name, format!("mcpgw.{}", std::process::id()));
             let mode = std::fs::metadata(dir.path()).expect("dir").mode() & 0o777;
@@ -168,7 +170,10 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(e.contains(&base.display().to_string()), "{e}");
-        assert!(e.contains("mode 0777") && e.contains("writable by group"), "{e}");
+        assert!(
+            e.contains("mode 0777") && e.contains("writable by group"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -278,7 +278,11 @@ fn internal_socket(runtime: &std::path::Path, slot: u32) -> std::path::PathBuf {
                 .is_some_and(|n| n.starts_with("mcpgw."))
         })
         .collect();
-    assert_eq!(dirs.len(), 1, "one gateway's directory in {runtime:?}: {dirs:?}");
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one gateway's directory in {runtime:?}: {dirs:?}"
+    );
     dirs[0].join(format!("w{slot}.sock"))
 }
 

@@ -273,10 +273,16 @@ fn config_errors_never_print_a_password_and_name_the_admin_token_file() {
         Value::from(token.to_string_lossy().as_ref())
     );
     let (ok, out) = check_config(dir.path(), &line);
-    assert!(!ok && out.contains("admin_token_file") && out.contains("admin.token"), "{out}");
+    assert!(
+        !ok && out.contains("admin_token_file") && out.contains("admin.token"),
+        "{out}"
+    );
     std::fs::write(&token, "  \n").expect("write");
     let (ok, out) = check_config(dir.path(), &line);
-    assert!(!ok && out.contains("admin_token_file") && out.contains("empty"), "{out}");
+    assert!(
+        !ok && out.contains("admin_token_file") && out.contains("empty"),
+        "{out}"
+    );
     std::fs::write(&token, "t0ken\n").expect("write");
     let (ok, out) = check_config(dir.path(), &line);
     assert!(ok, "{out}");
@@ -330,7 +336,10 @@ async fn runtime_directories_are_private_and_unpredictable() {
         for pid in [first.pid(), second.pid()] {
             assert_ne!(name, format!("mcpgw.{pid}"), "a predictable name");
         }
-        assert!(dir.join("w0.sock").exists(), "{dir:?} holds a worker socket");
+        assert!(
+            dir.join("w0.sock").exists(),
+            "{dir:?} holds a worker socket"
+        );
     }
     let mut client = second.client();
     client.initialize().await.expect("initialize");
@@ -361,7 +370,10 @@ fn unsafe_runtime_dirs_are_refused() {
         Gateway::start(&config).expect_err("a world-writable runtime_dir")
     );
     assert!(e.contains(&open.display().to_string()), "{e}");
-    assert!(e.contains("mode 0777") && e.contains("writable by group or others"), "{e}");
+    assert!(
+        e.contains("mode 0777") && e.contains("writable by group or others"),
+        "{e}"
+    );
     assert!(runtime_dirs(&open).is_empty(), "nothing was created in it");
 
     // Someone else's directory, closed to others: refused as well (the
@@ -384,5 +396,8 @@ fn unsafe_runtime_dirs_are_refused() {
         Gateway::start(&config).expect_err("another user's runtime_dir")
     );
     assert!(e.contains(&theirs.display().to_string()), "{e}");
-    assert!(e.contains("owned by another user") && e.contains("uid 65534"), "{e}");
+    assert!(
+        e.contains("owned by another user") && e.contains("uid 65534"),
+        "{e}"
+    );
 }

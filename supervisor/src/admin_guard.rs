@@ -89,8 +89,11 @@ mod tests {
     use super::*;
 
     fn token(t: &str) -> Option<AdminToken> {
+        // Tests run in parallel: one file each.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
-            std::env::temp_dir().join(format!("mcpgw-guard-test-{}-{t}", std::process::id()));
+            std::env::temp_dir().join(format!("mcpgw-guard-test-{}-{n}", std::process::id()));
         std::fs::write(&path, format!("{t}\n")).expect("write token");
         let token = AdminToken::read(&path).expect("token");
         let _ = std::fs::remove_file(&path);

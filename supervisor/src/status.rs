@@ -24,6 +24,11 @@ pub enum StatusError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "the admin listener at {addr} refused the token (or wants one): \
+         pass --token-file with the file admin_token_file names"
+    )]
+    Unauthorized { addr: SocketAddr },
     #[error("unexpected answer from {addr}: {what}")]
     Answer { addr: SocketAddr, what: String },
 }
@@ -57,6 +62,9 @@ pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, St
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| bad("no HTTP head"))?;
+    if raw.starts_with(b"HTTP/1.1 401") {
+        return Err(StatusError::Unauthorized { addr });
+    }
     if !raw.starts_with(b"HTTP/1.1 200") {
         return Err(bad(&String::from_utf8_lossy(&raw[..split.min(80)])));
     }

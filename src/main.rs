@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mcpgw_protocol::config::Config;
+use mcpgw_protocol::config::{AdminToken, Config};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc for every process (supervisor and
@@ -87,6 +87,10 @@ enum Command {
         /// The gateway's admin listener (`admin_listen`).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
+        /// File holding the admin API's token (`admin_token_file`); needed
+        /// when the admin listener is not on loopback.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Internal: a worker process, started by `mcpgw serve`.
     #[command(hide = true)]
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => {
             let config = Config::load(&file)?;
             config.check_tls_files()?;
+            config.read_admin_token()?;
             println!(
                 "{}: ok ({} upstreams, {} endpoints, {} workers)",
                 file.display(),
@@ -144,8 +149,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_secs: timeout,
             reinitialize,
         })?),
-        Some(Command::Status { admin }) => {
-            print!("{}", mcpgw_supervisor::status(admin)?);
+        Some(Command::Status { admin, token_file }) => {
+            let token = token_file
+                .map(|path| AdminToken::read(&path))
+                .transpose()
+                .map_err(anyhow::Error::msg)
+                .context("--token-file")?;
+            print!("{}", mcpgw_supervisor::status(admin, token.as_ref())?);
             Ok(())
         }
         Some(Command::Worker { slot, generation }) => {

@@ -53,7 +53,10 @@ pub struct Config {
     pub tls_listener: Vec<TlsListener>,
     /// Worker processes; `None` means one per core.
     pub workers: Option<u16>,
-    /// Directory for internal sockets; a private one is made when unset.
+    /// Where the private directory for internal sockets is made (a fresh
+    /// `mcpgw.XXXXXX`, mode 0700, removed at exit). It must belong to the
+    /// gateway's user and not be writable by group or others; it is made
+    /// (0700) when missing. Unset: `$XDG_RUNTIME_DIR`, else the temp dir.
     pub runtime_dir: Option<PathBuf>,
     /// Joins an upstream id and a tool/prompt name on multi-upstream endpoints.
     pub namespace_separator: String,
@@ -215,7 +218,8 @@ impl Store {
             return Err(invalid(
                 "store.redis_url",
                 format!(
-                    "{url:?}: must start with redis:// or unix:// (TLS to Redis is not supported)"
+                    "{:?}: must start with redis:// or unix:// (TLS to Redis is not supported)",
+                    crate::redact::url(url)
                 ),
             ));
         }
@@ -429,6 +433,15 @@ impl Config {
             return Err(invalid(
                 "admin_listen",
                 format!("{admin} is also a public listener"),
+            ));
+        }
+        if !admin.ip().is_loopback() && self.admin_token_file.is_none() {
+            return Err(invalid(
+                "admin_token_file",
+                format!(
+                    "required because admin_listen ({admin}) is not a loopback address: \
+                     every admin request must then carry its token"
+                ),
             ));
         }
         let mut addrs: Vec<SocketAddr> = self
@@ -659,6 +672,18 @@ impl Config {
         Ok(())
     }
 
+    /// Read `admin_token_file`, if set. Separate from [`Config::validate`]
+    /// because it touches the file system; run at start, on each reload and
+    /// by `check-config`, so a changed token takes effect on reload.
+    pub fn read_admin_token(&self) -> Result<Option<AdminToken>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        AdminToken::read(path)
+            .map(Some)
+            .map_err(|reason| invalid("admin_token_file", reason))
+    }
+
     /// Worker count in force: the configured one, else one per core.
     pub fn worker_count(&self) -> u16 {
         self.workers.unwrap_or_else(|| {
@@ -691,23 +716,60 @@ impl Limits {
     }
 }
 
+/// The admin API's bearer token: the trimmed content of a token file.
+/// `Debug` does not show it, so it cannot end up in a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// The token in `path`; the error names the file and what is wrong.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        // It goes into (and is compared with) one header value.
+        if token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(format!(
+                "{} must hold one token of printable ASCII without spaces",
+                path.display()
+            ));
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// `http://host[:port]/path` only, for now: the reason says what is wrong.
+/// Reasons show the URL with user info and query values redacted.
 fn check_upstream_url(url: &str) -> Result<(), String> {
+    let shown = crate::redact::url(url);
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(if url.starts_with("https://") {
             format!(
-                "{url:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)"
+                "{shown:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)"
             )
         } else {
-            format!("{url:?} must start with http://")
+            format!("{shown:?} must start with http://")
         });
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
-        return Err(format!("{url:?} needs a host (and no user info)"));
+        return Err(format!("{shown:?} needs a host (and no user info)"));
     }
     if url.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(format!("{url:?} contains spaces or non-ASCII characters"));
+        return Err(format!("{shown:?} contains spaces or non-ASCII characters"));
     }
     Ok(())
 }
@@ -791,6 +853,64 @@ mod tests {
                 .starts_with("endpoint[0].upstreams:")
         );
         assert!(err("[[endpoint]]\npath = \"x\"\nupstreams = []").starts_with("endpoint[0].path:"));
+    }
+
+    #[test]
+    fn errors_never_show_a_password() {
+        let e = err("[[upstream]]\nid = \"a\"\nurl = \"http://user:s3cret@127.0.0.1:1/mcp\"");
+        assert!(e.starts_with("upstream[0].url:"), "{e}");
+        assert!(
+            !e.contains("s3cret") && e.contains("<redacted>@127.0.0.1:1"),
+            "{e}"
+        );
+        let e = err("[[upstream]]\nid = \"a\"\nurl = \"https://u:s3cret@x/?key=k3y\"");
+        assert!(!e.contains("s3cret") && !e.contains("k3y"), "{e}");
+        let e = err("[store]\nredis_url = \"rediss://:hunter2@10.0.0.1/\"");
+        assert!(
+            e.starts_with("store.redis_url:") && !e.contains("hunter2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_admin_api_off_loopback_needs_a_token_file() {
+        let e = err("admin_listen = \"0.0.0.0:9090\"");
+        assert!(e.starts_with("admin_token_file:"), "{e}");
+        assert!(e.contains("0.0.0.0:9090"), "{e}");
+        Config::parse("admin_listen = \"0.0.0.0:9090\"\nadmin_token_file = \"/t\"")
+            .expect("with a token file");
+        Config::parse("admin_listen = \"[::1]:9090\"").expect("loopback needs none");
+    }
+
+    #[test]
+    fn admin_token_is_read_trimmed_and_checked() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        let mut config = Config::default();
+        assert_eq!(config.read_admin_token().expect("none"), None);
+        config.admin_token_file = Some(file.clone());
+        let e = config
+            .read_admin_token()
+            .expect_err("missing file")
+            .to_string();
+        assert!(
+            e.starts_with("admin_token_file: cannot read") && e.contains("token"),
+            "{e}"
+        );
+        std::fs::write(&file, " \n").expect("write");
+        let e = config.read_admin_token().expect_err("empty").to_string();
+        assert!(
+            e.starts_with("admin_token_file:") && e.ends_with("is empty"),
+            "{e}"
+        );
+        std::fs::write(&file, "two words\n").expect("write");
+        assert!(config.read_admin_token().is_err());
+        std::fs::write(&file, "t0ken\n").expect("write");
+        let token = config.read_admin_token().expect("read").expect("a token");
+        assert_eq!(token.as_bytes(), b"t0ken");
+        assert!(!format!("{token:?}").contains("t0ken"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - [`fdpass`]: handing connections (file descriptors) to workers; the only
 //!   module allowed `unsafe`.
 //! - [`headers`]: HTTP header names both processes read or write.
+//! - [`host_policy`]: which `Host` and `Origin` headers requests may carry
+//!   (public and admin listeners alike).
+//! - [`redact`]: hiding secrets in configuration values that are shown.
 //! - [`tls`]: reading TLS certificates and keys, certificate expiry.
 //! - [`store`]: session records, written by workers, kept by the store.
 //!
@@ -20,6 +23,8 @@ pub mod config;
 pub mod control;
 pub mod fdpass;
 pub mod headers;
+pub mod host_policy;
+pub mod redact;
 pub mod routing;
 pub mod session_id;
 pub mod store;

@@ -5,6 +5,8 @@
 //! serving worker, answers collected until all are in or the deadline passes
 //! (a hung worker costs one page its numbers, never the page). The main loop
 //! hands each `Gathered` answer to [`Gatherer::deliver`].
+//!
+//! Every request passes [`crate::admin_guard`] first (Host/Origin, token).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::admin_guard::{Guard, Refusal};
 use crate::metrics::{self, Metrics};
 use crate::pool::{Pool, Worker};
 
@@ -130,6 +133,8 @@ pub(crate) struct Admin {
     pub events: mpsc::UnboundedSender<crate::Event>,
     /// The configuration in force, already redacted, as JSON.
     pub config_json: Arc<Mutex<String>>,
+    /// Who may do what; replaced on reload.
+    pub guard: Arc<Mutex<Arc<Guard>>>,
 }
 
 pub(crate) async fn serve(
@@ -167,6 +172,21 @@ pub(crate) async fn serve(
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let guard = admin
+        .guard
+        .lock()
+        .map_or_else(|poisoned| poisoned.into_inner().clone(), |g| g.clone());
+    let headers = req.headers();
+    let verdict = guard.check(
+        req.method(),
+        headers.get(HOST).and_then(|h| h.to_str().ok()),
+        // Present but not visible ASCII: checked (and refused) as "".
+        headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("")),
+        headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
+    );
+    if let Err(refusal) = verdict {
+        return refused(refusal, req.method(), req.uri().path());
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let gathered = admin.gatherer.gather(&admin.pool).await;
@@ -241,6 +261,45 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
+/// The answer to a request the guard refused, and the log line that says why.
+fn refused(refusal: Refusal, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let (status, error) = match refusal {
+        Refusal::Header(refused) => {
+            warn!(%method, path, header = refused.header(), reason = %refused,
+                "admin request refused (DNS rebinding protection)");
+            (StatusCode::FORBIDDEN, refused.to_string())
+        }
+        Refusal::NoTokenConfigured => {
+            warn!(%method, path, "admin request refused: no admin_token_file is configured");
+            (
+                StatusCode::FORBIDDEN,
+                "state-changing admin requests need a bearer token: set admin_token_file \
+                 (SIGHUP reloads without one)"
+                    .to_owned(),
+            )
+        }
+        Refusal::BadToken => {
+            warn!(%method, path, "admin request refused: missing or wrong bearer token");
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                serde_json::json!({
+                    "error": "missing or wrong token: send Authorization: Bearer <the content of admin_token_file>"
+                })
+                .to_string(),
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    reply(
+        status,
+        "application/json",
+        serde_json::json!({ "error": error }).to_string(),
+    )
+}
+
 fn reply(status: StatusCode, ct: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -283,31 +342,39 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
     serde_json::json!({ "workers": workers, "sessions": sessions }).to_string()
 }
 
-/// The configuration as JSON with every upstream header value (credentials
-/// live there) replaced by `"<redacted>"`.
+/// The configuration as JSON with what may hold credentials redacted:
+/// upstream header and `env` values, every stdio `args` entry (tokens are
+/// often passed as flags, and no rule tells a flag's value from a path),
+/// and the user info and query values of the upstream and Redis URLs.
 pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
+    use mcpgw_protocol::redact::{self, REDACTED};
     let mut doc = serde_json::to_value(config).unwrap_or_default();
+    let redact_url = |url: &mut serde_json::Value| {
+        if let Some(text) = url.as_str() {
+            *url = serde_json::Value::from(redact::url(text));
+        }
+    };
     if let Some(upstreams) = doc.get_mut("upstream").and_then(|u| u.as_array_mut()) {
         for u in upstreams {
             for secrets in ["headers", "env"] {
                 if let Some(map) = u.get_mut(secrets).and_then(|h| h.as_object_mut()) {
                     for v in map.values_mut() {
-                        *v = serde_json::Value::from("<redacted>");
+                        *v = serde_json::Value::from(REDACTED);
                     }
                 }
             }
+            if let Some(args) = u.get_mut("args").and_then(|a| a.as_array_mut()) {
+                for a in args {
+                    *a = serde_json::Value::from(REDACTED);
+                }
+            }
+            if let Some(url) = u.get_mut("url") {
+                redact_url(url);
+            }
         }
     }
-    // A Redis URL may carry a password: keep the scheme and the address.
-    if let Some(url) = doc
-        .get_mut("store")
-        .and_then(|s| s.get_mut("redis_url"))
-        .filter(|u| u.as_str().is_some_and(|u| u.contains('@')))
-    {
-        let text = url.as_str().unwrap_or_default();
-        let (scheme, rest) = text.split_once("://").unwrap_or(("redis", text));
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        *url = serde_json::Value::from(format!("{scheme}://<redacted>@{host}"));
+    if let Some(url) = doc.get_mut("store").and_then(|s| s.get_mut("redis_url")) {
+        redact_url(url);
     }
     doc.to_string()
 }
@@ -332,5 +399,29 @@ mod tests {
         let doc = redacted_config(&c);
         assert!(!doc.contains("hunter2"), "{doc}");
         assert!(doc.contains("redis://<redacted>@10.0.0.1:6379/0"), "{doc}");
+    }
+
+    #[test]
+    fn url_secrets_and_args_are_redacted() {
+        let c = mcpgw_protocol::config::Config::parse(concat!(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp?api_key=k3y\"\n",
+            "[[upstream]]\nid = \"b\"\ntransport = \"stdio\"\ncommand = \"server\"\n",
+            "args = [\"--token\", \"t0ken\"]\n",
+            "[store]\nredis_url = \"unix:///run/redis.sock?pass=hunter2\"",
+        ))
+        .expect("config");
+        let doc = redacted_config(&c);
+        for secret in ["k3y", "t0ken", "--token", "hunter2"] {
+            assert!(!doc.contains(secret), "{secret} in {doc}");
+        }
+        assert!(
+            doc.contains("http://127.0.0.1:1/mcp?api_key=<redacted>"),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("\"args\":[\"<redacted>\",\"<redacted>\"]"),
+            "{doc}"
+        );
+        assert!(doc.contains("\"command\":\"server\""), "{doc}");
     }
 }

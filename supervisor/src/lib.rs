@@ -6,7 +6,8 @@
 //! Module map:
 //! - [`listeners`]: binding the public sockets and accepting on them.
 //! - [`admin`]: the admin listener (`/metrics`, JSON status), gathered from
-//!   the workers; [`metrics`]: the supervisor's own metrics and merging.
+//!   the workers; [`metrics`]: the supervisor's own metrics and merging;
+//!   [`admin_guard`]: who may use it (Host/Origin policy, bearer token).
 //! - [`peek`]: reading a request head with `MSG_PEEK`, bounded.
 //! - [`dispatch`]: one connection from accept to its worker.
 //! - [`pool`]: slots, the worker serving each, spawning a worker process.
@@ -21,6 +22,7 @@
 //!   timers and signals into [`Event`]s and handles them one at a time.
 
 mod admin;
+mod admin_guard;
 mod dispatch;
 mod listeners;
 mod metrics;
@@ -71,6 +73,8 @@ pub enum SupervisorError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     RuntimeDir(#[from] RuntimeDirError),
+    #[error(transparent)]
+    Config(#[from] mcpgw_protocol::config::ConfigError),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("session store: {0}")]
@@ -183,6 +187,7 @@ struct Supervisor {
     socket_activated: bool,
     dispatcher: Arc<Dispatcher>,
     config_json: Arc<std::sync::Mutex<String>>,
+    admin_guard: Arc<std::sync::Mutex<Arc<admin_guard::Guard>>>,
     pool: Arc<Pool>,
     runtime_dir: RuntimeDir,
     events: mpsc::UnboundedSender<Event>,
@@ -241,7 +246,9 @@ async fn run_async(
 ) -> Result<(), SupervisorError> {
     let mut config = config;
     let slots = config.worker_count();
+    let admin_token = config.read_admin_token()?;
     let runtime_dir = RuntimeDir::create(config.runtime_dir.as_deref())?;
+    info!(path = %runtime_dir.path().display(), "runtime directory");
     let socket_activated = !activated.is_empty();
     // Plain listeners come from systemd when it passes sockets; TLS ones
     // are always ours.
@@ -310,6 +317,10 @@ async fn run_async(
     let (stop_accepting, stop_rx) = watch::channel(false);
     let in_flight = Arc::new(listeners::InFlight::default());
     let config_json = Arc::new(std::sync::Mutex::new(admin::redacted_config(&config)));
+    let admin_guard = Arc::new(std::sync::Mutex::new(Arc::new(admin_guard::Guard::new(
+        &config,
+        admin_token,
+    ))));
     let dispatcher = Arc::new(Dispatcher::new(
         pool.clone(),
         routes.clone(),
@@ -324,6 +335,7 @@ async fn run_async(
             metrics: metrics.clone(),
             events: events.clone(),
             config_json: config_json.clone(),
+            guard: admin_guard.clone(),
         }),
         stop_rx,
     ));
@@ -346,6 +358,7 @@ async fn run_async(
         socket_activated,
         dispatcher,
         config_json,
+        admin_guard,
         pool,
         runtime_dir,
         events,
@@ -926,6 +939,11 @@ impl Supervisor {
             kept.push("listen is ignored: the sockets come from systemd".to_owned());
             new.listen.clone_from(&self.config.listen);
         }
+        // Again, with the kept values: e.g. a file that moved admin_listen to
+        // loopback and dropped the token file, while the listener stays put.
+        new.validate().map_err(|e| e.to_string())?;
+        // Re-read on every reload, so that a rotated token takes effect.
+        let admin_token = new.read_admin_token().map_err(|e| e.to_string())?;
         for k in &kept {
             warn!("reload: {k}");
         }
@@ -947,6 +965,9 @@ impl Supervisor {
         self.dispatcher.set_limits(&config.limits);
         if let Ok(mut json) = self.config_json.lock() {
             *json = admin::redacted_config(&config);
+        }
+        if let Ok(mut guard) = self.admin_guard.lock() {
+            *guard = Arc::new(admin_guard::Guard::new(&config, admin_token));
         }
         for life in self.life.iter_mut().filter(|l| l.current.is_some()) {
             life.config_generation = self.config_generation;

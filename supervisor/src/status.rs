@@ -1,11 +1,14 @@
 //! `mcpgw status`: the admin API's view of a running gateway, as a table.
 //!
-//! A plain blocking HTTP/1.1 GET of `/admin/workers` on the admin listener;
-//! it runs outside the gateway and needs no async runtime.
+//! A plain blocking HTTP/1.1 GET of `/admin/workers` on the admin listener
+//! (with the admin token when given: an admin listener off loopback needs
+//! it); it runs outside the gateway and needs no async runtime.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use mcpgw_protocol::config::AdminToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -21,23 +24,34 @@ pub enum StatusError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "the admin listener at {addr} refused the token (or wants one): \
+         pass --token-file with the file admin_token_file names"
+    )]
+    Unauthorized { addr: SocketAddr },
     #[error("unexpected answer from {addr}: {what}")]
     Answer { addr: SocketAddr, what: String },
 }
 
-/// Fetch the workers' status and render it as a table.
-pub fn status(addr: SocketAddr) -> Result<String, StatusError> {
+/// Fetch the workers' status and render it as a table. `token`: the admin
+/// API's bearer token (`admin_token_file`), if the caller has it.
+pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, StatusError> {
     let io = |source| StatusError::Io { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|source| StatusError::Connect { addr, source })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    write!(
-        stream,
-        "GET /admin/workers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    let mut request =
+        format!("GET /admin/workers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        // AdminToken::read admits printable ASCII only.
+        request.push_str("Authorization: Bearer ");
+        request.push_str(&String::from_utf8_lossy(token.as_bytes()));
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let bad = |what: &str| StatusError::Answer {
@@ -48,6 +62,9 @@ pub fn status(addr: SocketAddr) -> Result<String, StatusError> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| bad("no HTTP head"))?;
+    if raw.starts_with(b"HTTP/1.1 401") {
+        return Err(StatusError::Unauthorized { addr });
+    }
     if !raw.starts_with(b"HTTP/1.1 200") {
         return Err(bad(&String::from_utf8_lossy(&raw[..split.min(80)])));
     }

@@ -405,21 +405,37 @@ fn write_config(gateway: &Gateway, config: &GatewayConfig) {
     std::fs::write(gateway.config_path(), config.to_toml()).expect("rewrite config");
 }
 
-async fn admin_post(gateway: &Gateway, path: &str) -> (u16, String) {
+/// A POST with the admin token: state-changing admin requests need it.
+async fn admin_post(gateway: &Gateway, path: &str, token: &str) -> (u16, String) {
     let admin = gateway.admin.expect("admin listener");
     let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
     let resp = conn
-        .send(&Request::post(path, Vec::new()))
+        .send(&Request::post(path, Vec::new()).header("Authorization", &format!("Bearer {token}")))
         .await
         .expect("admin answer");
     (resp.status, resp.text())
+}
+
+/// A token file in `dir`, and the `admin_token_file` line naming it.
+fn admin_token(dir: &TempDir, token: &str) -> String {
+    let path = dir.path().join("admin.token");
+    std::fs::write(&path, format!("{token}\n")).expect("write the token file");
+    format!(
+        "admin_token_file = {}",
+        Value::from(path.to_string_lossy().as_ref())
+    )
 }
 
 #[tokio::test]
 async fn sighup_reload_applies_upstream_changes_and_keeps_sessions() {
     let first = start_counter!().expect("first counter-server");
     let second = start_counter!().expect("second counter-server");
-    let base = |url: &str| GatewayConfig::new(2).upstream("counter", url);
+    let secrets = TempDir::new("mcpgw-admin-token").expect("temp dir");
+    let token_line = admin_token(&secrets, "reload-t0ken");
+    let base = |url: &str| GatewayConfig {
+        top: token_line.clone(),
+        ..GatewayConfig::new(2).upstream("counter", url)
+    };
     let gateway = Gateway::start(&base(&first.url())).expect("start mcpgw");
     let mut session = gateway.client();
     session.initialize().await.expect("initialize");
@@ -444,7 +460,7 @@ async fn sighup_reload_applies_upstream_changes_and_keeps_sessions() {
     // A new URL: the old upstream session is closed (DELETE), the next call
     // opens one on the new server; the client's session id stays valid.
     write_config(&gateway, &base(&second.url()));
-    let (status, body) = admin_post(&gateway, "/admin/reload").await;
+    let (status, body) = admin_post(&gateway, "/admin/reload", "reload-t0ken").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"result\":\"ok\""), "{body}");
     wait_for_reloads(&gateway, "ok", 2.0).await;
@@ -461,7 +477,7 @@ async fn sighup_reload_applies_upstream_changes_and_keeps_sessions() {
         "[[upstream]]\nid = \"counter\"\nheaders = { \"X-Api-Key\" = \"s3cret\" }",
     );
     std::fs::write(gateway.config_path(), &toml).expect("write");
-    let (status, body) = admin_post(&gateway, "/admin/reload").await;
+    let (status, body) = admin_post(&gateway, "/admin/reload", "reload-t0ken").await;
     assert_eq!(status, 200, "{body}\n{toml}");
     let (_, config) = admin_get(&gateway, "/admin/config").await;
     assert!(

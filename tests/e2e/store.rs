@@ -266,11 +266,24 @@ async fn worker_killed_under_load_with_redis() {
     );
 }
 
-/// The internal socket path of `slot` in the gateway's runtime directory.
-fn internal_socket(runtime: &std::path::Path, supervisor: u32, slot: u32) -> std::path::PathBuf {
-    runtime
-        .join(format!("mcpgw.{supervisor}"))
-        .join(format!("w{slot}.sock"))
+/// The internal socket path of `slot` in the gateway's runtime directory:
+/// the one `mcpgw.*` directory (its name is random) under `runtime`.
+fn internal_socket(runtime: &std::path::Path, slot: u32) -> std::path::PathBuf {
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(runtime)
+        .expect("read runtime_dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mcpgw."))
+        })
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one gateway's directory in {runtime:?}: {dirs:?}"
+    );
+    dirs[0].join(format!("w{slot}.sock"))
 }
 
 #[tokio::test]
@@ -296,7 +309,7 @@ async fn slot_that_crashes_at_every_start_is_marked_down_and_served_around() {
     // Make the slot unable to start: its internal socket path becomes a
     // directory that cannot be removed, so every new worker there fails to
     // bind and exits at once.
-    let path = internal_socket(runtime.path(), gateway.pid(), victim_slot);
+    let path = internal_socket(runtime.path(), victim_slot);
     std::fs::remove_file(&path).expect("remove the socket file");
     std::fs::create_dir_all(path.join("blocker")).expect("block the path");
     kill(Pid::from_raw(tag.pid as i32), Signal::SIGKILL).expect("kill the worker");

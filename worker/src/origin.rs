@@ -1,103 +1,28 @@
-//! DNS rebinding protection: which `Host` and `Origin` headers a public
-//! request may carry ([`HostPolicy`], built from `[security]` and the
-//! listeners at start and on reload).
-//!
-//! A gateway listening only on loopback addresses is a local service: a web
-//! page that got the browser to resolve its own name to 127.0.0.1 must not
-//! reach it, so only loopback host names pass unless `allowed_hosts` says
-//! otherwise. A gateway on other addresses accepts any `Host` by default
-//! (it is reached by whatever name its operator gave it).
+//! DNS rebinding protection on the public listeners: the shared
+//! [`mcpgw_protocol::host_policy`] (where the policy and its reasons live)
+//! applied to a request's headers. Built from the configuration at start
+//! and on reload.
 
 use http::HeaderMap;
 use http::header::{HOST, ORIGIN};
 use mcpgw_protocol::config::Config;
-
-const LOOPBACK_NAMES: [&str; 4] = ["localhost", "127.0.0.1", "::1", "[::1]"];
+use mcpgw_protocol::host_policy;
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct HostPolicy {
-    /// `None`: any host.
-    hosts: Option<Vec<String>>,
-    origins: Vec<String>,
-}
+pub(crate) struct HostPolicy(host_policy::HostPolicy);
 
 impl HostPolicy {
     pub(crate) fn from_config(config: &Config) -> Self {
-        let loopback_only = config
-            .listen
-            .iter()
-            .chain(config.tls_listener.iter().map(|t| &t.addr))
-            .all(|a| a.ip().is_loopback());
-        let hosts = match &config.security.allowed_hosts {
-            Some(list) => Some(list.iter().map(|h| h.to_ascii_lowercase()).collect()),
-            None if loopback_only => Some(LOOPBACK_NAMES.iter().map(|h| (*h).to_owned()).collect()),
-            None => None,
-        };
-        Self {
-            hosts,
-            origins: config
-                .security
-                .allowed_origins
-                .iter()
-                .map(|o| o.to_ascii_lowercase())
-                .collect(),
-        }
-    }
-
-    fn host_allowed(&self, host: &str) -> bool {
-        self.hosts
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|h| h.eq_ignore_ascii_case(host)))
+        Self(host_policy::HostPolicy::public(config))
     }
 
     /// `Err` names the header that is not allowed.
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), String> {
-        if self.hosts.is_some() {
-            let host = headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            if !self.host_allowed(strip_port(host)) {
-                return Err(format!(
-                    "Host {host:?} is not allowed (security.allowed_hosts)"
-                ));
-            }
-        }
-        let Some(origin) = headers.get(ORIGIN) else {
-            return Ok(());
-        };
-        let origin = origin.to_str().unwrap_or("");
-        let allowed = if self.origins.is_empty() {
-            // "null" (a sandboxed or file page) has no host to allow.
-            origin_host(origin).is_some_and(|h| self.host_allowed(h))
-        } else {
-            self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(format!(
-                "Origin {origin:?} is not allowed (security.allowed_origins)"
-            ))
-        }
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        // Present but not visible ASCII: checked (and refused) as "".
+        let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or(""));
+        self.0.check(host, origin).map_err(|e| e.to_string())
     }
-}
-
-/// `host[:port]` or `[v6]:port` → the host.
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority
-            .split_once(']')
-            .map_or(authority, |(h, _)| &authority[..=h.len()]);
-    }
-    authority.split(':').next().unwrap_or(authority)
-}
-
-/// `scheme://host[:port]` → the host.
-fn origin_host(origin: &str) -> Option<&str> {
-    let (_, rest) = origin.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    Some(strip_port(authority)).filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]

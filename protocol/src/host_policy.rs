@@ -66,13 +66,23 @@ impl HostPolicy {
         Self::new(&config.security, public_listeners(config))
     }
 
-    /// For the admin listener: its own address counts as one more listener,
-    /// so an admin API on a public address is reachable by its public name.
+    /// For the admin listener, judged by its own address alone: an admin
+    /// API on loopback takes loopback names only (and `allowed_hosts`, if
+    /// set), even when the public listeners are on `0.0.0.0`, which is the
+    /// usual production layout and exactly where a rebound page must not
+    /// read metrics or config.
     pub fn admin(config: &Config) -> Self {
-        Self::new(
-            &config.security,
-            public_listeners(config).chain([config.admin_listen]),
-        )
+        let mut policy = Self::new(&config.security, [config.admin_listen]);
+        if config.admin_listen.ip().is_loopback()
+            && let Some(hosts) = &mut policy.hosts
+        {
+            for name in LOOPBACK_NAMES {
+                if !hosts.iter().any(|h| h == name) {
+                    hosts.push(name.to_owned());
+                }
+            }
+        }
+        policy
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -182,6 +192,36 @@ mod tests {
                 .check(Some("mcp.example.com"), Some("https://evil.example.com"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_admin_listener_is_judged_by_its_own_address() {
+        // Public listeners on every address, the admin API on loopback: the
+        // admin API still takes loopback names only.
+        let mixed = Config::parse("listen = [\"0.0.0.0:8080\"]\nadmin_listen = \"127.0.0.1:9090\"")
+            .expect("config");
+        assert!(
+            HostPolicy::admin(&mixed)
+                .check(Some("evil.com"), None)
+                .is_err()
+        );
+        assert_eq!(
+            HostPolicy::admin(&mixed).check(Some("localhost:9090"), None),
+            Ok(())
+        );
+        assert_eq!(
+            HostPolicy::public(&mixed).check(Some("evil.com"), None),
+            Ok(())
+        );
+        // With allowed_hosts, a loopback admin API takes those and loopback names.
+        let named = Config::parse(
+            "listen = [\"0.0.0.0:8080\"]\n[security]\nallowed_hosts = [\"mcp.example.com\"]",
+        )
+        .expect("config");
+        let admin = HostPolicy::admin(&named);
+        assert_eq!(admin.check(Some("127.0.0.1:9090"), None), Ok(()));
+        assert_eq!(admin.check(Some("mcp.example.com"), None), Ok(()));
+        assert!(admin.check(Some("evil.com"), None).is_err());
     }
 
     #[test]

@@ -140,7 +140,9 @@ impl UpstreamServer {
             Some(adapter) => format!("http://{}/mcp", adapter.addr),
             None => cfg.url.clone(),
         };
-        let uri: Uri = url.parse().map_err(|e| bad(format!("url {url:?}: {e}")))?;
+        // Errors name the URL without its user info or query values (secrets).
+        let shown = mcpgw_protocol::redact::url(&url);
+        let uri: Uri = url.parse().map_err(|e| bad(format!("url {shown:?}: {e}")))?;
         let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 4);
         if let Some(adapter) = &stdio {
             headers.insert(crate::adapter::KEY_HEADER, adapter.key.clone());
@@ -154,9 +156,9 @@ impl UpstreamServer {
         if !headers.contains_key(HOST) {
             let authority = uri
                 .authority()
-                .ok_or_else(|| bad(format!("url {:?} has no host", cfg.url)))?;
+                .ok_or_else(|| bad(format!("url {shown:?} has no host")))?;
             let host = HeaderValue::from_str(authority.as_str())
-                .map_err(|e| bad(format!("url {:?}: host: {e}", cfg.url)))?;
+                .map_err(|e| bad(format!("url {shown:?}: host: {e}")))?;
             headers.insert(HOST, host);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -166,7 +168,7 @@ impl UpstreamServer {
         );
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
         let pool = ConnPool::new(&uri, Duration::from_millis(cfg.connect_timeout_ms))
-            .map_err(|reason| bad(format!("url {:?}: {reason}", cfg.url)))?;
+            .map_err(|reason| bad(format!("url {shown:?}: {reason}")))?;
         Ok(Self {
             id: Arc::from(cfg.id.as_str()),
             path,

@@ -243,7 +243,7 @@ async fn read_head<IO>(
 where
     IO: AsyncRead + Unpin,
 {
-    let deadline = Instant::now() + limits.header_timeout;
+    let deadline = after(limits.header_timeout);
     loop {
         if !buf.is_empty() {
             match head::parse_request(buf, limits.max_head) {
@@ -411,10 +411,9 @@ struct BodyClock {
 
 impl BodyClock {
     fn start(limits: &Limits) -> Self {
-        let started = Instant::now();
         Self {
-            started,
-            deadline: started + limits.body_timeout,
+            started: Instant::now(),
+            deadline: after(limits.body_timeout),
             idle: limits.header_timeout,
             whole: false,
         }
@@ -427,7 +426,7 @@ impl BodyClock {
         io: &mut IO,
         buf: &mut BytesMut,
     ) -> Result<bool, ServeError> {
-        let idle_end = Instant::now() + self.idle;
+        let idle_end = after(self.idle);
         let until = idle_end.min(self.deadline);
         match tokio::time::timeout_at(until, io.read_buf(buf)).await {
             Ok(Ok(0)) => Err(ServeError::Read(io::ErrorKind::UnexpectedEof.into())),
@@ -467,6 +466,14 @@ impl BodyClock {
         }
         BodyRead::Refused(BODY_TOO_SLOW)
     }
+}
+
+/// `d` from now; a duration too long for the clock (a configured timeout,
+/// not checked for size) means no deadline rather than a panic.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 async fn continue_now<IO: AsyncWrite + Unpin>(io: &mut IO) -> Result<(), ServeError> {
@@ -635,5 +642,7 @@ async fn linger<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
     }
 }
 
+// In tests a panic is the failure report.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

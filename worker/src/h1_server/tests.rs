@@ -608,3 +608,18 @@ fn body_buffers_double_from_what_arrived_up_to_the_declared_length() {
         buf.capacity()
     );
 }
+
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_is_no_deadline_not_a_panic() {
+    assert!(after(Duration::MAX) > Instant::now() + Duration::from_secs(3600));
+    let limits = Limits {
+        header_timeout: Duration::MAX,
+        body_timeout: Duration::MAX,
+        ..limits()
+    };
+    let mut s = start(fake(limits));
+    s.send(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\no")
+        .await;
+    s.send(b"k").await;
+    assert_eq!(&s.answer().await.body[..], b"ok");
+}

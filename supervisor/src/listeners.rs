@@ -8,7 +8,9 @@
 //!
 //! An accept loop accepts with a raw non-blocking fd and first tries to hand
 //! it over inline ([`Dispatcher::hand_over_now`]); a connection that must
-//! wait for anything goes to a dispatch task instead. A loop stops when the
+//! wait for anything goes to a dispatch task instead, and one that must
+//! wait for its head only while fewer than `limits.max_pending_connections`
+//! do (else it gets 503 at once). A loop stops when the
 //! supervisor stops accepting; dropping the listener then closes the socket
 //! so new connection attempts are refused instead of queueing. [`InFlight`]
 //! counts dispatch tasks so a drain can wait for accepted connections to
@@ -29,7 +31,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -281,7 +283,8 @@ fn is_resource_error(e: &std::io::Error) -> bool {
 }
 
 /// One accepted connection: handed over inline if it can be, else to a
-/// dispatch task counted in `in_flight`. Either way the fd is passed or
+/// dispatch task counted in `in_flight` (refused at once if it would wait
+/// for its head past the pending cap). Either way the fd is passed or
 /// closed exactly once (`OwnedFd`).
 fn accepted(
     conn: OwnedFd,
@@ -289,10 +292,15 @@ fn accepted(
     dispatcher: &Arc<Dispatcher>,
     in_flight: &Arc<InFlight>,
 ) {
-    if dispatcher.hand_over_now(conn.as_fd(), meta) {
+    let pending = match dispatcher.hand_over_now(conn.as_fd(), meta) {
         // Passed: our copy closes here.
-        return;
-    }
+        Now::HandedOver => return,
+        Now::NeedsWorker => None,
+        Now::NeedsHead => match dispatcher.admit_pending() {
+            Some(place) => Some(place),
+            None => return dispatcher.refuse_pending_full(conn),
+        },
+    };
     let stream = match TcpStream::from_std(std::net::TcpStream::from(conn)) {
         Ok(stream) => stream,
         Err(e) => {
@@ -303,7 +311,7 @@ fn accepted(
     let guard = in_flight.enter();
     let d = dispatcher.clone();
     tokio::spawn(async move {
-        d.dispatch(stream, meta).await;
+        d.dispatch(stream, meta, pending).await;
         drop(guard);
     });
 }

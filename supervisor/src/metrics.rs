@@ -18,8 +18,11 @@ pub(crate) struct Metrics {
     /// `worker` (slot).
     pub dispatched: IntCounterVec,
     pub dispatch_seconds: Histogram,
-    /// `reason` (head_too_large, head_timeout, malformed, unavailable).
+    /// `reason` (head_too_large, head_timeout, malformed, unavailable,
+    /// pending_limit).
     pub rejected: IntCounterVec,
+    /// Connections held while their request heads are read.
+    pub pending: IntGauge,
     /// `worker` (slot).
     pub restarts: IntCounterVec,
     pub workers_serving: IntGauge,
@@ -89,9 +92,13 @@ impl Metrics {
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
-        for reason in ["head_too_large", "head_timeout", "malformed", "unavailable"] {
+        for reason in crate::dispatch::REJECT_REASONS {
             rejected.with_label_values(&[reason]);
         }
+        let pending = IntGauge::new(
+            "mcpgw_connections_pending",
+            "Connections the supervisor holds while it reads their request heads (capped by limits.max_pending_connections).",
+        )?;
         let build = IntGaugeVec::new(
             Opts::new(
                 "mcpgw_build_info",
@@ -103,6 +110,7 @@ impl Metrics {
         registry.register(Box::new(dispatched.clone()))?;
         registry.register(Box::new(dispatch_seconds.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
         for slot in 0..slots {
             restarts.with_label_values(&[&slot.to_string()]);
@@ -167,6 +175,7 @@ impl Metrics {
             dispatched,
             dispatch_seconds,
             rejected,
+            pending,
             restarts,
             workers_serving,
             reloads,

@@ -28,7 +28,8 @@ pub(crate) enum Head {
     /// A complete head; `session` is the id if one was sent and well-formed.
     /// A malformed id routes like no id: the worker answers it with 400.
     Complete { session: Option<SessionId> },
-    /// The peer closed before sending a complete head.
+    /// The peer closed (or shut down its sending side) before sending a
+    /// complete head.
     Closed,
     /// No complete head within the size bound.
     TooLarge,
@@ -52,12 +53,18 @@ pub(crate) async fn peek_head(stream: &TcpStream, max: usize) -> io::Result<Head
     let mut window = FIRST_PEEK.min(max);
     let mut seen = 0usize;
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(Interest::READABLE).await?;
         let peeked = stream.try_io(Interest::READABLE, || {
             peek_once(stream.as_raw_fd(), window, seen)
         });
         let (n, parsed) = match peeked {
             Ok(p) => p,
+            // Nothing new after the peer's FIN: the head stays partial for
+            // good. (A closed state is never cleared, so waiting again would
+            // return at once, forever.)
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => {
+                return Ok(Head::Closed);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
@@ -236,5 +243,24 @@ pub(crate) mod tests {
         let (c, s) = pair().await;
         drop(c);
         assert_eq!(peek_head(&s, 4096).await.expect("peek"), Head::Closed);
+    }
+
+    /// The bytes of a partial head stay queued after the peer's FIN, so the
+    /// peek sees "nothing new" rather than the end: it must still end.
+    #[tokio::test]
+    async fn a_peer_that_leaves_after_a_partial_head_is_closed() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
+        let task = tokio::spawn(async move { peek_head(&s, 16384).await });
+        tokio::task::yield_now().await;
+        drop(c);
+        let peeked = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the peek ends once the peer is gone")
+            .expect("join")
+            .expect("peek");
+        assert_eq!(peeked, Head::Closed);
     }
 }

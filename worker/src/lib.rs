@@ -568,6 +568,7 @@ impl h1_server::Handler for Serving {
         let live = self.ctx.live();
         h1_server::Limits {
             header_timeout: live.config.limits.header_timeout(),
+            body_timeout: live.config.limits.body_timeout(),
             max_head: live.config.limits.max_head_bytes as usize,
             max_body: live.max_body,
         }

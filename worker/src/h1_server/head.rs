@@ -321,7 +321,9 @@ pub(crate) fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
+// In tests a panic is the failure report.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};

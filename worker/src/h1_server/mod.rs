@@ -16,7 +16,12 @@
 //! (400, 431, 505) and the connection closes; a body over the limit is not
 //! read, the endpoint answers 413, and the connection closes after reading
 //! and dropping what the client still sends for a moment (so it sees the
-//! answer instead of a reset). While a request is served and while its
+//! answer instead of a reset). The whole body must arrive within the body
+//! timeout, counted from the end of its head, and no gap between its bytes
+//! may be longer than the header timeout; otherwise it gets 408 and the
+//! connection closes. A body's buffer grows with the bytes that arrived,
+//! never to its declared length up front, so a client that declares a
+//! large body and sends it slowly holds little memory. While a request is served and while its
 //! answer streams (SSE), the connection is watched for the client's close,
 //! which drops the request's future (the endpoint cancels upstream) or
 //! ends the stream.
@@ -50,6 +55,8 @@ use head::{AnswerFraming, BodyFraming, RequestHead};
 pub(crate) struct Limits {
     /// For a whole request head, and between reads of a body.
     pub header_timeout: Duration,
+    /// For a whole request body, from the end of its head.
+    pub body_timeout: Duration,
     pub max_head: usize,
     pub max_body: usize,
 }
@@ -165,11 +172,11 @@ where
         let head_only = head.parts.method == Method::HEAD;
         let mut keep_alive = head.keep_alive;
         let body = match read_body(&mut io, &mut buf, &head, &limits).await? {
-            Some(body) => body,
-            None => {
-                // Malformed chunked framing: the connection is out of step.
-                let why = "malformed chunked body";
-                return refuse(&mut io, &mut out, StatusCode::BAD_REQUEST, why).await;
+            BodyRead::Body(body) => body,
+            // The connection is out of step (malformed chunked framing) or
+            // the client too slow: it cannot carry another request.
+            BodyRead::Refused(refused) => {
+                return refuse(&mut io, &mut out, refused.status, refused.reason).await;
             }
         };
         let unread_body = matches!(body, ReqBody::TooLarge { .. });
@@ -236,7 +243,7 @@ async fn read_head<IO>(
 where
     IO: AsyncRead + Unpin,
 {
-    let deadline = Instant::now() + limits.header_timeout;
+    let deadline = after(limits.header_timeout);
     loop {
         if !buf.is_empty() {
             match head::parse_request(buf, limits.max_head) {
@@ -287,33 +294,54 @@ where
     }
 }
 
-/// Read the request's body whole; `None` when its chunked framing is
-/// malformed.
+/// A request body read whole, or why the connection must end with an
+/// answer instead.
+enum BodyRead {
+    Body(ReqBody),
+    Refused(head::Refused),
+}
+
+const BODY_TOO_SLOW: head::Refused = head::Refused {
+    status: StatusCode::REQUEST_TIMEOUT,
+    reason: "the request body did not arrive in time",
+};
+
+/// Read the request's body whole. A body that came with its head (the
+/// common case) costs no timer and no allocation past the connection's
+/// buffer; the clock starts at the first read that has to wait.
 async fn read_body<IO>(
     io: &mut IO,
     buf: &mut BytesMut,
     head: &RequestHead,
     limits: &Limits,
-) -> Result<Option<ReqBody>, ServeError>
+) -> Result<BodyRead, ServeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let limit = limits.max_body;
     match head.framing {
-        BodyFraming::None => Ok(Some(ReqBody::Whole(None))),
-        BodyFraming::Length(n) if n > limit as u64 => Ok(Some(ReqBody::TooLarge { limit })),
+        BodyFraming::None => Ok(BodyRead::Body(ReqBody::Whole(None))),
+        BodyFraming::Length(n) if n > limit as u64 => {
+            Ok(BodyRead::Body(ReqBody::TooLarge { limit }))
+        }
         BodyFraming::Length(n) => {
-            let n = n as usize;
+            // At most `limit`, a usize: the guard above.
+            let n = usize::try_from(n).unwrap_or(limit);
             if buf.len() < n {
                 if head.expect_continue {
                     continue_now(io).await?;
                 }
-                buf.reserve(n - buf.len());
+                let mut clock = BodyClock::start(limits);
                 while buf.len() < n {
-                    read_more(io, buf, limits.header_timeout).await?;
+                    if buf.capacity() == buf.len() {
+                        grow(buf, n);
+                    }
+                    if !clock.read(io, buf).await? {
+                        return Ok(clock.too_slow(buf.len(), Some(n)));
+                    }
                 }
             }
-            Ok(Some(ReqBody::whole(wire::take_bytes(buf, n))))
+            Ok(BodyRead::Body(ReqBody::whole(wire::take_bytes(buf, n))))
         }
         BodyFraming::Chunked => {
             if head.expect_continue && buf.is_empty() {
@@ -321,22 +349,29 @@ where
             }
             let mut decoder = Chunked::Size;
             let mut body = BytesMut::new();
+            let mut clock: Option<BodyClock> = None;
             loop {
                 match decoder.step(buf) {
                     Ok(Step::Data(data)) => {
-                        if body.len() + data.len() > limit {
-                            return Ok(Some(ReqBody::TooLarge { limit }));
+                        if body.len().saturating_add(data.len()) > limit {
+                            return Ok(BodyRead::Body(ReqBody::TooLarge { limit }));
                         }
                         body.extend_from_slice(&data);
                     }
                     Ok(Step::Need) => {
+                        let clock = clock.get_or_insert_with(|| BodyClock::start(limits));
                         buf.reserve(READ_CHUNK);
-                        read_more(io, buf, limits.header_timeout).await?;
+                        if !clock.read(io, buf).await? {
+                            return Ok(clock.too_slow(body.len(), None));
+                        }
                     }
-                    Ok(Step::Done) => return Ok(Some(ReqBody::whole(body.freeze()))),
+                    Ok(Step::Done) => return Ok(BodyRead::Body(ReqBody::whole(body.freeze()))),
                     Err(e) => {
                         info!(error = %e, "malformed chunked request body");
-                        return Ok(None);
+                        return Ok(BodyRead::Refused(head::Refused {
+                            status: StatusCode::BAD_REQUEST,
+                            reason: "malformed chunked body",
+                        }));
                     }
                 }
             }
@@ -344,29 +379,108 @@ where
     }
 }
 
+/// Room for more of a Content-Length body of `declared` bytes: the buffer
+/// doubles from what arrived, and never past the declared length, so
+/// memory follows the bytes a client sent, not the length it claimed.
+fn grow(buf: &mut BytesMut, declared: usize) {
+    let target = next_capacity(buf.len(), declared);
+    // An allocation of exactly `target`: `reserve` may double the whole
+    // capacity, past the declared length.
+    let mut grown = BytesMut::with_capacity(target);
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
+
+/// The capacity for a body buffer holding `have` of `declared` bytes.
+fn next_capacity(have: usize, declared: usize) -> usize {
+    have.saturating_mul(2)
+        .max(have.saturating_add(READ_CHUNK))
+        .min(declared)
+        .max(have)
+}
+
+/// The time limits of one body being read: the whole body by `deadline`,
+/// and no read waiting longer than `idle`.
+struct BodyClock {
+    started: Instant,
+    deadline: Instant,
+    idle: Duration,
+    /// Which limit the last failed read met: the body's (`true`) or idle.
+    whole: bool,
+}
+
+impl BodyClock {
+    fn start(limits: &Limits) -> Self {
+        Self {
+            started: Instant::now(),
+            deadline: after(limits.body_timeout),
+            idle: limits.header_timeout,
+            whole: false,
+        }
+    }
+
+    /// One read of body bytes within both limits; `false` when one passed.
+    /// The end of the stream before the body's end is an error.
+    async fn read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        buf: &mut BytesMut,
+    ) -> Result<bool, ServeError> {
+        let idle_end = after(self.idle);
+        let until = idle_end.min(self.deadline);
+        match tokio::time::timeout_at(until, io.read_buf(buf)).await {
+            Ok(Ok(0)) => Err(ServeError::Read(io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(ServeError::Read(e)),
+            Err(_) => {
+                self.whole = self.deadline <= idle_end;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The 408 for a body that stopped short, logged with how much of it
+    /// arrived (`declared` is `None` for a chunked body).
+    fn too_slow(&self, received: usize, declared: Option<usize>) -> BodyRead {
+        let waited_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let limit = if self.whole {
+            "body_timeout_ms"
+        } else {
+            "header_timeout_ms (between body bytes)"
+        };
+        match declared {
+            Some(declared) => info!(
+                received,
+                declared,
+                waited_ms,
+                limit,
+                "request body did not arrive in time; answering 408 and closing"
+            ),
+            None => info!(
+                received,
+                declared = "chunked",
+                waited_ms,
+                limit,
+                "request body did not arrive in time; answering 408 and closing"
+            ),
+        }
+        BodyRead::Refused(BODY_TOO_SLOW)
+    }
+}
+
+/// `d` from now; a duration too long for the clock (a configured timeout,
+/// not checked for size) means no deadline rather than a panic.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 async fn continue_now<IO: AsyncWrite + Unpin>(io: &mut IO) -> Result<(), ServeError> {
     io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
         .await
         .map_err(ServeError::Write)?;
     io.flush().await.map_err(ServeError::Write)
-}
-
-/// One read of body bytes, within the idle timeout; the end of the stream
-/// before the body's end is an error.
-async fn read_more<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    idle: Duration,
-) -> Result<(), ServeError> {
-    match tokio::time::timeout(idle, io.read_buf(buf)).await {
-        Ok(Ok(0)) => Err(ServeError::Read(io::ErrorKind::UnexpectedEof.into())),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ServeError::Read(e)),
-        Err(_) => Err(ServeError::Read(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no request body bytes within the header timeout",
-        ))),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -528,5 +642,7 @@ async fn linger<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
     }
 }
 
+// In tests a panic is the failure report.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -84,6 +84,7 @@ use std::sync::Arc;
 fn limits() -> Limits {
     Limits {
         header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
         max_head: 4096,
         max_body: 64,
     }
@@ -506,4 +507,119 @@ async fn a_client_that_leaves_while_its_request_is_served_cancels_it() {
     );
     let end = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     assert!(matches!(end, Err(ServeError::ClientGone)), "{end:?}");
+}
+
+/// Sends `head`, then one byte of body every 20 ms until the
+/// server's answer has arrived or `bytes` were sent; then the answer.
+async fn trickle(s: &mut Server, head: &[u8], bytes: usize) -> Answer {
+    s.send(head).await;
+    for _ in 0..bytes {
+        // Pacing the client, not waiting for the server.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Once the server has answered and closed, writes fail: fine.
+        if s.client.write_all(b"a").await.is_err() {
+            break;
+        }
+    }
+    s.answer().await
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_gets_408_at_the_body_deadline() {
+    let slow_body = Limits {
+        body_timeout: Duration::from_millis(300),
+        max_body: 1 << 20,
+        ..limits()
+    };
+    // Every gap is well within the header timeout (5 s): only the deadline
+    // for the whole body can end it.
+    let mut s = start(fake(slow_body));
+    let a = trickle(
+        &mut s,
+        b"POST /a HTTP/1.1\r\nContent-Length: 1000\r\n\r\nx",
+        100,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(a.headers["connection"], "close");
+    assert!(s.closed().await);
+    assert!(s.end().await.is_ok());
+
+    let mut s = start(fake(slow_body));
+    let head = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\nx";
+    let a = trickle(&mut s, head, 100).await;
+    assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT);
+    assert!(s.closed().await);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_gets_408_after_the_idle_timeout() {
+    let idle = Limits {
+        header_timeout: Duration::from_millis(200),
+        body_timeout: Duration::from_secs(60),
+        ..limits()
+    };
+    let mut s = start(fake(idle));
+    s.send(b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        .await;
+    assert_eq!(s.answer().await.status, StatusCode::REQUEST_TIMEOUT);
+    assert!(s.closed().await);
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_coming_within_its_deadline_is_read_whole() {
+    let lenient = Limits {
+        body_timeout: Duration::from_secs(60),
+        max_body: 1 << 20,
+        ..limits()
+    };
+    let mut s = start(fake(lenient));
+    let a = trickle(
+        &mut s,
+        b"POST /a HTTP/1.1\r\nContent-Length: 20\r\n\r\n",
+        20,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(&a.body[..], &[b'a'; 20][..]);
+}
+
+#[test]
+fn body_buffers_double_from_what_arrived_up_to_the_declared_length() {
+    const MIB: usize = 1 << 20;
+    assert_eq!(next_capacity(0, 4 * MIB), READ_CHUNK);
+    assert_eq!(next_capacity(100, 4 * MIB), 100 + READ_CHUNK);
+    assert_eq!(next_capacity(MIB, 4 * MIB), 2 * MIB);
+    assert_eq!(next_capacity(3 * MIB, 4 * MIB), 4 * MIB);
+    assert_eq!(next_capacity(10, 20), 20);
+    // Lengths near the top of usize saturate instead of wrapping.
+    assert_eq!(next_capacity(usize::MAX - 1, usize::MAX), usize::MAX);
+
+    let mut buf = BytesMut::with_capacity(16);
+    buf.extend_from_slice(&[1; 16]);
+    grow(&mut buf, 4 * MIB);
+    assert_eq!(&buf[..], &[1; 16][..]);
+    assert!(buf.capacity() >= 16 + READ_CHUNK && buf.capacity() < MIB);
+    let mut buf = BytesMut::from(&[2u8; 3000][..]);
+    grow(&mut buf, 3500);
+    assert!(
+        buf.capacity() >= 3500 && buf.capacity() < 4096,
+        "{}",
+        buf.capacity()
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_is_no_deadline_not_a_panic() {
+    assert!(after(Duration::MAX) > Instant::now() + Duration::from_secs(3600));
+    let limits = Limits {
+        header_timeout: Duration::MAX,
+        body_timeout: Duration::MAX,
+        ..limits()
+    };
+    let mut s = start(fake(limits));
+    s.send(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\no")
+        .await;
+    s.send(b"k").await;
+    assert_eq!(&s.answer().await.body[..], b"ok");
 }

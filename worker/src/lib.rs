@@ -65,7 +65,7 @@ use mcpgw_protocol::control::{
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
 use mcpgw_protocol::routing::{RouteTable, RouteUpdate};
 use mcpgw_protocol::session_id::SessionId;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
@@ -381,6 +381,10 @@ async fn serve(
     let (closing_tx, closing) = watch::channel(false);
     let tracker = TaskTracker::new();
     let mut cap = config.limits.max_connections_per_worker;
+    let mut refusals = Refusals {
+        last: None,
+        since: 0,
+    };
 
     // Stopping without being told how (the supervisor is gone): sessions
     // recorded in Redis stay for the next run, others end here.
@@ -408,7 +412,7 @@ async fn serve(
                         }
                     };
                     if open.load(Ordering::Relaxed) >= cap {
-                        warn!(cap, "connection cap reached; answering 503");
+                        refusals.note(cap);
                         tokio::spawn(refuse_over_cap(stream));
                         continue;
                     }
@@ -756,9 +760,50 @@ async fn expire_sessions(ctx: Arc<Ctx>) {
     }
 }
 
+/// Refusals past the connection cap come at the rate clients connect (an
+/// attack is exactly when they flood): one log line a second at most, with
+/// how many were refused since the last one.
+struct Refusals {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, cap: u32) {
+        self.since += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            warn!(
+                cap,
+                refused = self.since,
+                "connection cap reached (limits.max_connections_per_worker); answering 503"
+            );
+            self.last = Some(now);
+            self.since = 0;
+        }
+    }
+}
+
 async fn refuse_over_cap(mut stream: TcpStream) {
     let _ = stream
         .write_all(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         .await;
     let _ = stream.shutdown().await;
+    // Read and drop what the client still sends for a moment: closing with
+    // unread bytes would reset the connection, and the client would see the
+    // reset instead of the 503.
+    let mut sink = [0u8; 4096];
+    let linger = async {
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
 }

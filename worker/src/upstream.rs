@@ -142,7 +142,9 @@ impl UpstreamServer {
         };
         // Errors name the URL without its user info or query values (secrets).
         let shown = mcpgw_protocol::redact::url(&url);
-        let uri: Uri = url.parse().map_err(|e| bad(format!("url {shown:?}: {e}")))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| bad(format!("url {shown:?}: {e}")))?;
         let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 4);
         if let Some(adapter) = &stdio {
             headers.insert(crate::adapter::KEY_HEADER, adapter.key.clone());

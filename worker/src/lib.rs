@@ -177,6 +177,8 @@ impl Ctx {
 
     fn set_routes(&self, update: &RouteUpdate) {
         self.change_routes(|r| r.apply(update));
+        // Sessions may have moved to this worker.
+        self.store.forget_absent();
     }
 
     fn set_live(&self, live: Arc<Live>) {
@@ -348,8 +350,12 @@ async fn serve(
         loop {
             let msg = match rx.recv().await {
                 // Straight to the request waiting for it.
-                Ok(Some(ToWorker::StoreRecord { id, record })) => {
-                    reader_ctx.store.deliver(id, record);
+                Ok(Some(ToWorker::StoreRecord { id, answer })) => {
+                    reader_ctx.store.deliver_record(id, answer);
+                    continue;
+                }
+                Ok(Some(ToWorker::Opened { id, refused })) => {
+                    reader_ctx.store.deliver_opened(id, refused);
                     continue;
                 }
                 Ok(Some(ToWorker::Routes(update))) => {
@@ -406,7 +412,8 @@ async fn serve(
                         continue;
                     }
                     let guard = ConnGuard::new(&open);
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public };
+                    let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public, peer };
                     let closing = closing.clone();
                     match meta {
                         ConnMeta::Plain => {
@@ -449,7 +456,7 @@ async fn serve(
             },
             accepted = internal.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal };
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal, peer: None };
                     let closing = closing.clone();
                     tracker.spawn(Box::pin(async move {
                         if let Err(e) = h1_server::serve(stream, &handler, closing).await {
@@ -469,7 +476,8 @@ async fn serve(
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
                 // Normally delivered by the reader task already.
-                Some(ToWorker::StoreRecord { id, record }) => ctx.store.deliver(id, record),
+                Some(ToWorker::StoreRecord { id, answer }) => ctx.store.deliver_record(id, answer),
+                Some(ToWorker::Opened { id, refused }) => ctx.store.deliver_opened(id, refused),
                 Some(ToWorker::Routes(update)) => ctx.set_routes(&update),
                 Some(ToWorker::Reload { id, config }) => {
                     // The connection cap applies at once (HTTP limits are read
@@ -554,6 +562,9 @@ async fn serve(
 struct Serving {
     ctx: Arc<Ctx>,
     origin: Origin,
+    /// The client's address (the handed-over socket's peer); `None` on the
+    /// internal socket, whose requests never open sessions.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl h1_server::Handler for Serving {
@@ -568,8 +579,11 @@ impl h1_server::Handler for Serving {
 
     fn call(
         &self,
-        req: http::Request<h1_server::ReqBody>,
+        mut req: http::Request<h1_server::ReqBody>,
     ) -> impl std::future::Future<Output = http::Response<body::Body>> {
+        if let Some(ip) = self.peer {
+            req.extensions_mut().insert(endpoint::ClientAddr(ip));
+        }
         endpoint::handle(self.ctx.clone(), req, self.origin)
     }
 }
@@ -613,6 +627,8 @@ async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
     let previous = ctx.live();
     let slots = config.worker_count();
     ctx.change_routes(|r| r.set_slots(slots));
+    // A resize moves sessions between workers.
+    ctx.store.forget_absent();
     let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
     let live = Arc::new(live);
     ctx.set_live(live.clone());
@@ -646,6 +662,15 @@ async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
             sessions = ended.len(),
             "endpoint removed by reload; its sessions end"
         );
+        // Their records go too: they would count against the session caps
+        // until swept.
+        for s in &ended {
+            ctx.store
+                .write(mcpgw_protocol::store::StoreWrite::Remove {
+                    session: s.id.to_string(),
+                })
+                .await;
+        }
         ctx.registry.close_sessions(&ended).await;
     }
     info!(changed_or_removed = ?gone, "configuration reloaded");

@@ -515,6 +515,61 @@ mod tests {
     }
 
     #[test]
+    fn caps_count_live_records_per_host_worker_and_client_and_never_evict() {
+        let mut store = Records::default();
+        let (a, b) = (w(0, 1), w(1, 1));
+        let caps = SessionCaps {
+            total: 4,
+            per_worker: 2,
+            per_client: 2,
+        };
+        let from = |client: &str| {
+            let mut r = record(&SessionId::mint_for_slot(0, 1).expect("id"));
+            r.client = client.into();
+            r
+        };
+        let first = store
+            .open(a, from("10.0.0.1"), caps)
+            .expect("admitted")
+            .expect("stored");
+        store.open(a, from("10.0.0.2"), caps).expect("admitted");
+        assert_eq!(
+            store.open(a, from("10.0.0.3"), caps),
+            Err(SessionCap::Worker)
+        );
+        store.open(b, from("10.0.0.1"), caps).expect("admitted");
+        assert_eq!(
+            store.open(b, from("10.0.0.1"), caps),
+            Err(SessionCap::Client)
+        );
+        // A principal, once there is one, counts instead of the address.
+        let mut by_principal = from("10.0.0.1");
+        by_principal.principal = "alice".into();
+        store.open(b, by_principal, caps).expect("admitted");
+        assert_eq!(
+            store.open(b, from("10.0.0.9"), caps),
+            Err(SessionCap::Total)
+        );
+        assert_eq!(store.len(), 4, "nothing was evicted");
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 2);
+
+        // An ended session frees its places.
+        store.apply(
+            a,
+            StoreWrite::Remove {
+                session: first.to_string(),
+            },
+        );
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 1);
+        store.open(a, from("10.0.0.1"), caps).expect("admitted again");
+        // Swept ones too.
+        store.sweep(Duration::ZERO);
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 0);
+        assert!(store.by_client.is_empty());
+    }
+
+    #[test]
     fn malformed_ids_never_become_keys_and_idle_records_are_swept() {
         let mut store = Records::default();
         let mut bad = record(&SessionId::mint_for_slot(0, 1).expect("id"));

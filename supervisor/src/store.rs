@@ -169,7 +169,8 @@ fn client_key(record: &SessionRecord) -> Option<&str> {
 impl Records {
     fn count_client(&mut self, record: &SessionRecord) {
         if let Some(k) = client_key(record) {
-            *self.by_client.entry(k.to_owned()).or_default() += 1;
+            let n = self.by_client.entry(k.to_owned()).or_default();
+            *n = n.saturating_add(1);
         }
     }
 
@@ -561,7 +562,9 @@ mod tests {
             },
         );
         assert_eq!(store.sessions_of_client("10.0.0.1"), 1);
-        store.open(a, from("10.0.0.1"), caps).expect("admitted again");
+        store
+            .open(a, from("10.0.0.1"), caps)
+            .expect("admitted again");
         // Swept ones too.
         store.sweep(Duration::ZERO);
         assert_eq!(store.len(), 0);

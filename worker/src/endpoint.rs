@@ -31,9 +31,9 @@ use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::sessions::Session;
+use crate::store::{Lookup, OpenRefused};
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, read_answer};
 use crate::{Ctx, Live, versions};
-use crate::store::{Lookup, OpenRefused};
 use mcpgw_protocol::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Where a connection came from: the public listeners, or a sibling worker

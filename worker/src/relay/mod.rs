@@ -211,7 +211,9 @@ impl Relay {
             .ok()
             .filter(|p| p.level.len() <= MAX_LOG_LEVEL_LEN)
         else {
-            debug!("logging/setLevel without a short params.level; not replayed to new upstream sessions");
+            debug!(
+                "logging/setLevel without a short params.level; not replayed to new upstream sessions"
+            );
             return;
         };
         let kept = format!("{{\"level\":{}}}", jsonrpc::json_string(&level.level));

@@ -13,7 +13,8 @@
 //! - [`registry`]: one upstream session per (session, upstream server).
 //! - [`relay`]: server→client requests, notifications and cancellation
 //!   between a session and its upstream sessions; the id/token maps.
-//! - [`store`]: session records (write-through) and resuming inherited ones.
+//! - [`store`]: session records (write-through), admitting new sessions
+//!   under the session caps, resuming inherited ones, the negative cache.
 //! - [`upstream`]: the MCP client side of one upstream server;
 //!   [`conn_pool`]: its HTTP/1.1 connections and the client that speaks on
 //!   them (run in the caller's task).

@@ -29,7 +29,11 @@
 //! else on the session's GET stream; with neither, and for a capability the
 //! client did not declare at `initialize`, the upstream gets a JSON-RPC error
 //! at once. Requests still pending when their stream goes away, or when the
-//! session ends, are answered upstream with an error.
+//! session ends, are answered upstream with an error. Those error answers
+//! (and cancels) go out a bounded number at a time per worker, with a
+//! bounded queue behind them; past it they are dropped, logged and counted
+//! (`mcpgw_relay_notices_dropped_total`), so an upstream that floods us with
+//! requests cannot make us open a connection for each.
 //!
 //! Submodules: [`caps`] (what the client declared), [`route`] (where each
 //! upstream message goes), [`streams`] (a call's SSE answer, the upstream

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::routing::RouteUpdate;
-use crate::store::{SessionRecord, StoreWrite};
+use crate::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Bumped on any change to these types or their encoding.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A worker process: its slot in the pool and which incarnation of that slot.
 ///
@@ -56,14 +56,17 @@ pub enum ToWorker {
     Gather { id: u64 },
     /// Apply a new (validated) configuration; answer [`FromWorker::Reloaded`].
     Reload { id: u64, config: Box<Config> },
-    /// Answer to [`FromWorker::StoreFetch`]: the record, if the store has one.
-    StoreRecord {
-        id: u64,
-        record: Option<Box<SessionRecord>>,
-    },
+    /// Answer to [`FromWorker::StoreFetch`].
+    StoreRecord { id: u64, answer: Fetched },
     /// Routing exceptions changed (a slot went down or came back, sessions
     /// were moved off their hash slot); see [`crate::routing::RouteTable`].
     Routes(RouteUpdate),
+    /// Answer to [`FromWorker::Open`]: `None` when the session was admitted
+    /// and its record stored, else the cap that refused it (nothing stored).
+    Opened {
+        id: u64,
+        refused: Option<SessionCap>,
+    },
 }
 
 /// What a stopping worker does with its sessions.
@@ -126,6 +129,15 @@ pub enum FromWorker {
     StoreFetch {
         id: u64,
         session: String,
+    },
+    /// A new session (`initialize`): admit it under `caps` and store its
+    /// record in one step, so that concurrent initializes on several
+    /// workers can never pass a cap together; answered by
+    /// [`ToWorker::Opened`].
+    Open {
+        id: u64,
+        caps: SessionCaps,
+        record: Box<SessionRecord>,
     },
 }
 

@@ -72,6 +72,12 @@ pub struct SessionRecord {
     pub owner: WorkerId,
     /// Empty until authentication exists.
     pub principal: String,
+    /// The IP address the session was opened from (text), empty when not
+    /// known; the supervisor counts sessions per client by it
+    /// ([`SessionCaps::per_client`]). Absent in records written before it
+    /// existed.
+    #[serde(default)]
+    pub client: String,
     /// The endpoint path the session was opened on.
     pub endpoint: String,
     /// Negotiated protocol version.
@@ -95,6 +101,61 @@ pub struct UpstreamRecord {
     /// The upstream's capabilities from its `initialize` answer (raw JSON).
     #[serde(default)]
     pub capabilities: String,
+}
+
+/// The session caps an `initialize` is admitted under (`[limits]`), sent
+/// by the worker with the record so that the check uses the configuration
+/// the request was served under, reloads included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCaps {
+    /// Live sessions on this host, all workers together.
+    pub total: u32,
+    /// Live sessions owned by the asking worker.
+    pub per_worker: u32,
+    /// Live sessions opened from one client (its principal once
+    /// authentication exists, else its IP address).
+    pub per_client: u32,
+}
+
+/// The cap that refused a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionCap {
+    Worker,
+    Client,
+    Total,
+}
+
+impl SessionCap {
+    /// The metric label and the word in the client's error message.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Worker => "worker",
+            Self::Client => "client",
+            Self::Total => "total",
+        }
+    }
+}
+
+/// The store's answer to a worker asking for a session's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Fetched {
+    /// The record, now owned by the asker.
+    Record(Box<SessionRecord>),
+    /// The store holds no record of this session at all: an answer the
+    /// worker may remember for a moment (a negative cache).
+    Absent,
+    /// There is a record the asker may not have (its owner is alive), or the
+    /// store could not be asked: not an answer to remember.
+    Withheld,
+}
+
+impl Fetched {
+    pub fn into_record(self) -> Option<Box<SessionRecord>> {
+        match self {
+            Self::Record(r) => Some(r),
+            Self::Absent | Self::Withheld => None,
+        }
+    }
 }
 
 /// A change a worker makes to the records of sessions it owns.

@@ -45,7 +45,7 @@ use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{AfterStop, FromWorker, PROTOCOL_VERSION, ToWorker, WorkerId};
 use mcpgw_protocol::routing;
 use mcpgw_protocol::session_id::SessionId;
-use mcpgw_protocol::store::StoreWrite;
+use mcpgw_protocol::store::{Fetched, StoreWrite};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -516,27 +516,56 @@ impl Supervisor {
                         let (store, routes) = (store.clone(), routes.clone());
                         tokio::spawn(async move {
                             // Validated before it goes near a store key.
-                            let record = match SessionId::parse(session.as_bytes()) {
+                            let answer = match SessionId::parse(session.as_bytes()) {
                                 Ok(session) => {
-                                    let record = store.fetch(session, id).await;
-                                    if record.is_some() {
+                                    let answer = store.fetch(session, id).await;
+                                    if matches!(answer, Fetched::Record(_)) {
                                         // Claimed away from its slot (that
                                         // slot is down): keep it here.
                                         routes.keep_at(session, id.slot);
                                     }
-                                    record.map(Box::new)
+                                    answer
                                 }
                                 Err(e) => {
                                     warn!(worker = %id, error = %e, "store fetch for a malformed session id");
-                                    None
+                                    Fetched::Withheld
                                 }
                             };
                             let reply = ToWorker::StoreRecord {
                                 id: request,
-                                record,
+                                answer,
                             };
                             if let Err(e) = w.control.lock().await.send(&reply).await {
                                 debug!(worker = %w.id, error = %e, "store answer not sent");
+                            }
+                        });
+                    }
+                    // Answered here, under the store's lock and in this
+                    // worker's message order: the check and the record are
+                    // one step, so initializes racing on several workers
+                    // cannot pass a cap together.
+                    Ok(Some(FromWorker::Open {
+                        id: request,
+                        caps,
+                        record,
+                    })) => {
+                        let refused = match store.open(id, record, caps) {
+                            Ok(Some(session)) => {
+                                // As for a Put: it lives where it was made.
+                                routes.keep_at(session, id.slot);
+                                None
+                            }
+                            Ok(None) => None,
+                            Err(cap) => Some(cap),
+                        };
+                        let w = worker.clone();
+                        tokio::spawn(async move {
+                            let reply = ToWorker::Opened {
+                                id: request,
+                                refused,
+                            };
+                            if let Err(e) = w.control.lock().await.send(&reply).await {
+                                debug!(worker = %w.id, error = %e, "admission answer not sent");
                             }
                         });
                     }
@@ -796,7 +825,8 @@ impl Supervisor {
             | FromWorker::Reloaded { .. }
             | FromWorker::Heartbeat { .. }
             | FromWorker::Store(_)
-            | FromWorker::StoreFetch { .. } => {}
+            | FromWorker::StoreFetch { .. }
+            | FromWorker::Open { .. } => {}
         }
     }
 

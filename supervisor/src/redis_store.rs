@@ -30,7 +30,9 @@ use std::time::Duration;
 use mcpgw_protocol::config::Store as StoreConfig;
 use mcpgw_protocol::control::WorkerId;
 use mcpgw_protocol::session_id::SessionId;
-use mcpgw_protocol::store::{SessionRecord, StoreWrite, keys, owner_id, parse_owner_id};
+use mcpgw_protocol::store::{
+    Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite, keys, owner_id, parse_owner_id,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::Notify;
@@ -381,21 +383,27 @@ impl Shared {
         }
     }
 
-    async fn fetch_remote(&self, id: SessionId, asker: WorkerId) -> Option<SessionRecord> {
+    /// The record of `id` from Redis, claimed for `asker` if its owner is
+    /// dead. `Err(absent)`: none to hand out; `absent` when Redis holds no
+    /// record of it at all (the only answer a worker may remember).
+    async fn fetch_remote(&self, id: SessionId, asker: WorkerId) -> Result<SessionRecord, bool> {
         let mut conn = self.conn.clone();
         let me = self.owner(asker);
         let (owner, json) = match self.scripts.get(&mut conn, &id).await {
             Ok(Some(found)) => found,
-            Ok(None) => return None,
+            Ok(None) => {
+                self.came_up();
+                return Err(true);
+            }
             Err(e) => {
                 self.went_down("fetch", &e);
-                return None;
+                return Err(false);
             }
         };
         let json = if owner == me {
             json
         } else {
-            let check_heartbeat = self.claim_rule(&owner)?;
+            let check_heartbeat = self.claim_rule(&owner).ok_or(false)?;
             match self
                 .scripts
                 .claim(
@@ -415,11 +423,11 @@ impl Shared {
                 }
                 Ok(None) => {
                     debug!(session = %id, owner, "session not claimed: its owner is alive or changed");
-                    return None;
+                    return Err(false);
                 }
                 Err(e) => {
                     self.went_down("fetch", &e);
-                    return None;
+                    return Err(false);
                 }
             }
         };
@@ -428,17 +436,17 @@ impl Shared {
             Ok(r) => r,
             Err(e) => {
                 warn!(session = %id, error = %e, "unreadable session record in Redis; ignored");
-                return None;
+                return Err(false);
             }
         };
         if record.id != id.as_str() {
             warn!(session = %id, "session record in Redis names another session; ignored");
-            return None;
+            return Err(false);
         }
         self.records(|r| r.adopt(record.clone(), asker));
         let mut record = record;
         record.owner = asker;
-        Some(record)
+        Ok(record)
     }
 
     /// One pass: reassignments, then dirty records. Returns false if Redis
@@ -594,19 +602,35 @@ impl SessionStore for RedisStore {
         applied
     }
 
-    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>> {
+    fn open(
+        &self,
+        from: WorkerId,
+        record: Box<SessionRecord>,
+        caps: SessionCaps,
+    ) -> Result<Option<SessionId>, SessionCap> {
+        let opened = self.shared.records(|r| r.open(from, record, caps));
+        if let Ok(Some(id)) = opened {
+            self.shared.mark_dirty([id]);
+        }
+        opened
+    }
+
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Fetched> {
         Box::pin(async move {
             // Ours (this host's workers): memory answers, Redis or not.
             if let Some(record) = self.shared.records(|r| {
                 r.get(&session)
                     .map(|rec| (rec.owner == asker).then(|| rec.clone()))
             }) {
-                return record;
+                return record.map_or(Fetched::Withheld, |r| Fetched::Record(Box::new(r)));
             }
-            tokio::time::timeout(RESPONSE_TIMEOUT, self.shared.fetch_remote(session, asker))
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.shared.fetch_remote(session, asker))
                 .await
-                .ok()
-                .flatten()
+            {
+                Ok(Ok(record)) => Fetched::Record(Box::new(record)),
+                Ok(Err(true)) => Fetched::Absent,
+                Ok(Err(false)) | Err(_) => Fetched::Withheld,
+            }
         })
     }
 

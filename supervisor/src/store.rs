@@ -8,6 +8,12 @@
 //! move to its replacement by compare-and-swap ([`Records::reassign`]:
 //! owner == dead → new), so two workers can never both resume one session.
 //! Records nobody touched for longer than the idle timeout are swept.
+//!
+//! The records are also what the host-wide session caps count
+//! ([`Records::open`]): live sessions in total, per owning worker and per
+//! client address. Counting the records (rather than keeping a separate
+//! tally) means every way a session ends (DELETE, idle expiry, sweep, a
+//! claim by another host) frees its place without extra bookkeeping.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -17,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use mcpgw_protocol::control::WorkerId;
 use mcpgw_protocol::session_id::SessionId;
-use mcpgw_protocol::store::{SessionRecord, StoreWrite};
+use mcpgw_protocol::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 use tracing::{debug, warn};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,9 +36,17 @@ pub(crate) trait SessionStore: Send + Sync {
     /// A write from worker `from` (refused unless it owns the session).
     /// Returns the session and whether the write ended it.
     fn apply(&self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)>;
+    /// A new session of worker `from`: stored if no cap in `caps` is
+    /// reached, else refused with the cap (nothing stored).
+    fn open(
+        &self,
+        from: WorkerId,
+        record: Box<SessionRecord>,
+        caps: SessionCaps,
+    ) -> Result<Option<SessionId>, SessionCap>;
     /// The record of `session` for worker `asker`, if it owns it, or if its
     /// owner is dead and the record could be claimed for `asker`.
-    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>>;
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Fetched>;
     /// Compare-and-swap every session owned by `from` to `to`.
     fn reassign(&self, from: WorkerId, to: WorkerId) -> usize;
     /// Compare-and-swap each session of `from` to the worker `target` picks.
@@ -74,9 +88,23 @@ impl SessionStore for EmbeddedStore {
         self.with(|r| r.apply(from, write))
     }
 
-    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Option<SessionRecord>> {
-        let record = self.with(|r| r.fetch(&session, asker));
-        Box::pin(std::future::ready(record))
+    fn open(
+        &self,
+        from: WorkerId,
+        record: Box<SessionRecord>,
+        caps: SessionCaps,
+    ) -> Result<Option<SessionId>, SessionCap> {
+        self.with(|r| r.open(from, record, caps))
+    }
+
+    fn fetch(&self, session: SessionId, asker: WorkerId) -> BoxFuture<'_, Fetched> {
+        let answer = self.with(|r| match r.fetch(&session, asker) {
+            Some(record) => Fetched::Record(Box::new(record)),
+            // Embedded: this memory is the whole store.
+            None if r.get(&session).is_none() => Fetched::Absent,
+            None => Fetched::Withheld,
+        });
+        Box::pin(std::future::ready(answer))
     }
 
     fn reassign(&self, from: WorkerId, to: WorkerId) -> usize {
@@ -119,14 +147,100 @@ struct Entry {
     last_seen: Instant,
 }
 
-/// Session records by id, with an index by owner.
+/// Session records by id, with an index by owner and a count by client.
 #[derive(Default)]
 pub(crate) struct Records {
     records: HashMap<SessionId, Entry>,
     by_owner: HashMap<WorkerId, HashSet<SessionId>>,
+    /// Live records per client key ([`client_key`]); keys whose count drops
+    /// to zero are removed, so this is bounded by the records.
+    by_client: HashMap<String, u32>,
+}
+
+/// Whom a record counts against for the per-client cap: its principal once
+/// authentication exists, else the address it was opened from; `None` when
+/// neither is known (nothing to count it against).
+fn client_key(record: &SessionRecord) -> Option<&str> {
+    [record.principal.as_str(), record.client.as_str()]
+        .into_iter()
+        .find(|k| !k.is_empty())
 }
 
 impl Records {
+    fn count_client(&mut self, record: &SessionRecord) {
+        if let Some(k) = client_key(record) {
+            let n = self.by_client.entry(k.to_owned()).or_default();
+            *n = n.saturating_add(1);
+        }
+    }
+
+    fn uncount_client(&mut self, record: &SessionRecord) {
+        if let Some(k) = client_key(record)
+            && let Some(n) = self.by_client.get_mut(k)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_client.remove(k);
+            }
+        }
+    }
+
+    /// Insert or replace the record of `id`, keeping the client counts.
+    fn insert(&mut self, id: SessionId, record: SessionRecord) {
+        self.count_client(&record);
+        let old = self.records.insert(
+            id,
+            Entry {
+                record,
+                last_seen: Instant::now(),
+            },
+        );
+        if let Some(old) = old {
+            self.uncount_client(&old.record);
+        }
+    }
+
+    /// Remove the record of `id`, keeping the client counts (not the owner
+    /// index: callers know which set it is in).
+    fn take(&mut self, id: &SessionId) -> Option<Entry> {
+        let e = self.records.remove(id)?;
+        self.uncount_client(&e.record);
+        Some(e)
+    }
+
+    /// Live sessions opened by `key` (a principal or an address).
+    pub(crate) fn sessions_of_client(&self, key: &str) -> u32 {
+        self.by_client.get(key).copied().unwrap_or(0)
+    }
+
+    /// Admit a new session of worker `from` under `caps` and store its
+    /// record, or say which cap refuses it. Never evicts anything: a full
+    /// host refuses newcomers, its live sessions stay.
+    pub(crate) fn open(
+        &mut self,
+        from: WorkerId,
+        record: Box<SessionRecord>,
+        caps: SessionCaps,
+    ) -> Result<Option<SessionId>, SessionCap> {
+        let too_many = |n: usize, cap: u32| n >= usize::try_from(cap).unwrap_or(usize::MAX);
+        if too_many(self.records.len(), caps.total) {
+            return Err(SessionCap::Total);
+        }
+        let on_worker = self.by_owner.get(&from).map_or(0, HashSet::len);
+        if too_many(on_worker, caps.per_worker) {
+            return Err(SessionCap::Worker);
+        }
+        if let Some(k) = client_key(&record)
+            && too_many(self.sessions_of_client(k) as usize, caps.per_client)
+        {
+            return Err(SessionCap::Client);
+        }
+        // `None`: a malformed id or someone else's session, refused and
+        // logged by `apply` as any such Put is (the session then cannot fail
+        // over); not the client's doing, so not a cap refusal.
+        Ok(self.apply(from, StoreWrite::Put(record)).map(|(id, _)| id))
+    }
+
     /// Apply a write from worker `from`. Writes to sessions it does not own
     /// are refused (logged): a stale worker must not undo a reassignment.
     pub(crate) fn apply(&mut self, from: WorkerId, write: StoreWrite) -> Option<(SessionId, bool)> {
@@ -149,13 +263,7 @@ impl Records {
             }
             record.owner = from;
             self.by_owner.entry(from).or_default().insert(id);
-            self.records.insert(
-                id,
-                Entry {
-                    record: *record,
-                    last_seen: Instant::now(),
-                },
-            );
+            self.insert(id, *record);
             return Some((id, false));
         }
         let Some(entry) = self.records.get_mut(&id) else {
@@ -179,7 +287,7 @@ impl Records {
                 entry.record.upstreams.retain(|u| u.upstream != upstream);
             }
             StoreWrite::Remove { .. } => {
-                self.records.remove(&id);
+                self.take(&id);
                 if let Some(set) = self.by_owner.get_mut(&from) {
                     set.remove(&id);
                 }
@@ -261,19 +369,13 @@ impl Records {
             set.remove(&id);
         }
         self.by_owner.entry(owner).or_default().insert(id);
-        self.records.insert(
-            id,
-            Entry {
-                record,
-                last_seen: Instant::now(),
-            },
-        );
+        self.insert(id, record);
         Some(id)
     }
 
     /// Drop the record of `id` whoever owns it (another gateway took it).
     pub(crate) fn forget(&mut self, id: &SessionId) {
-        if let Some(e) = self.records.remove(id)
+        if let Some(e) = self.take(id)
             && let Some(set) = self.by_owner.get_mut(&e.record.owner)
         {
             set.remove(id);
@@ -333,6 +435,7 @@ pub(crate) fn test_record(id: &SessionId, owner: WorkerId) -> SessionRecord {
         id: id.to_string(),
         owner,
         principal: String::new(),
+        client: String::new(),
         endpoint: "/mcp".into(),
         version: "2025-11-25".into(),
         init_params: "{}".into(),
@@ -410,6 +513,63 @@ mod tests {
             },
         );
         assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn caps_count_live_records_per_host_worker_and_client_and_never_evict() {
+        let mut store = Records::default();
+        let (a, b) = (w(0, 1), w(1, 1));
+        let caps = SessionCaps {
+            total: 4,
+            per_worker: 2,
+            per_client: 2,
+        };
+        let from = |client: &str| {
+            let mut r = record(&SessionId::mint_for_slot(0, 1).expect("id"));
+            r.client = client.into();
+            r
+        };
+        let first = store
+            .open(a, from("10.0.0.1"), caps)
+            .expect("admitted")
+            .expect("stored");
+        store.open(a, from("10.0.0.2"), caps).expect("admitted");
+        assert_eq!(
+            store.open(a, from("10.0.0.3"), caps),
+            Err(SessionCap::Worker)
+        );
+        store.open(b, from("10.0.0.1"), caps).expect("admitted");
+        assert_eq!(
+            store.open(b, from("10.0.0.1"), caps),
+            Err(SessionCap::Client)
+        );
+        // A principal, once there is one, counts instead of the address.
+        let mut by_principal = from("10.0.0.1");
+        by_principal.principal = "alice".into();
+        store.open(b, by_principal, caps).expect("admitted");
+        assert_eq!(
+            store.open(b, from("10.0.0.9"), caps),
+            Err(SessionCap::Total)
+        );
+        assert_eq!(store.len(), 4, "nothing was evicted");
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 2);
+
+        // An ended session frees its places.
+        store.apply(
+            a,
+            StoreWrite::Remove {
+                session: first.to_string(),
+            },
+        );
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 1);
+        store
+            .open(a, from("10.0.0.1"), caps)
+            .expect("admitted again");
+        // Swept ones too.
+        store.sweep(Duration::ZERO);
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.sessions_of_client("10.0.0.1"), 0);
+        assert!(store.by_client.is_empty());
     }
 
     #[test]

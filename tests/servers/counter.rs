@@ -19,6 +19,10 @@
 //! test cannot see otherwise (initialize capabilities, cancellations, answers to its
 //! requests, logging levels, subscriptions, other notifications).
 //!
+//! For the hardening tests it has a hidden `flood` tool (an SSE answer carrying many
+//! server→client `ping` requests, then the result) and counts, in `GET /stats`, the
+//! TCP connections it accepted and the answers to `flood` pings it received.
+//!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
 
@@ -89,6 +93,10 @@ struct Stats {
     ping: AtomicU64,
     slow_in_flight: AtomicU64,
     open_streams: AtomicU64,
+    /// TCP connections accepted, ever.
+    connections: Arc<AtomicU64>,
+    /// Answers (responses) received to `flood`'s pings.
+    flood_answers: AtomicU64,
 }
 
 struct Server {
@@ -175,7 +183,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Small SSE writes must not wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
+    let connections = server.stats.connections.clone();
+    let listener = listener.tap_io(move |tcp| {
+        connections.fetch_add(1, Ordering::SeqCst);
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).await?;
@@ -195,6 +205,8 @@ async fn stats(State(srv): State<Arc<Server>>) -> Response {
             "ping": s.ping.load(Ordering::SeqCst),
             "slow_in_flight": s.slow_in_flight.load(Ordering::SeqCst),
             "open_streams": s.open_streams.load(Ordering::SeqCst),
+            "connections": s.connections.load(Ordering::SeqCst),
+            "flood_answers": s.flood_answers.load(Ordering::SeqCst),
         }),
     )
 }
@@ -307,6 +319,7 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
             "ask" => Some(ask(srv.clone(), session.clone(), id.clone(), &params)),
             "chatty" => Some(chatty(&srv, &id, &params)),
             "notify" => Some(notify(&srv, &session, &id, &params)),
+            "flood" => Some(flood(&id, &params)),
             "slow" => Some(slow(srv.clone(), session.clone(), id.clone(), &params).await),
             _ => None,
         };
@@ -758,6 +771,9 @@ fn ask_roots(srv: Arc<Server>, session: String, id: Value) -> Response {
 /// waits for it, if it comes on the session that was asked; anything else is dropped.
 fn client_answered(srv: &Server, headers: &HeaderMap, message: &Value) -> Response {
     let key = message.get("id").map(Value::to_string).unwrap_or_default();
+    if key.starts_with("\"flood-") {
+        srv.stats.flood_answers.fetch_add(1, Ordering::SeqCst);
+    }
     if !srv.asked().contains_key(&key) {
         return StatusCode::ACCEPTED.into_response();
     }
@@ -1102,4 +1118,30 @@ fn notify(srv: &Server, session: &str, id: &Value, params: &Value) -> Response {
         &json!({"jsonrpc": "2.0", "id": id, "result": result}),
         None,
     )
+}
+
+/// `flood` {count}: an SSE answer carrying `count` server→client `ping` requests (ids
+/// `flood-<n>`, nobody waits for their answers; `flood_answers` in `/stats` counts the
+/// ones that come), then the result.
+fn flood(id: &Value, params: &Value) -> Response {
+    let count = params
+        .pointer("/arguments/count")
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .min(100_000);
+    let mut out = String::new();
+    for n in 1..=count {
+        let ping = json!({"jsonrpc": "2.0", "id": format!("flood-{n}"), "method": "ping"});
+        out.push_str(&format!("event: message\ndata: {ping}\n\n"));
+    }
+    let result = json!({
+        "content": [{"type": "text", "text": format!("{count} pings")}],
+        "structuredContent": {"pings": count},
+        "isError": false,
+    });
+    let response = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    out.push_str(&format!("event: message\ndata: {response}\n\n"));
+    let mut r = Response::new(Body::from(out));
+    set_content_type(&mut r, "text/event-stream");
+    r
 }

@@ -387,3 +387,28 @@ fn is_chunked(head: &Response) -> bool {
     head.header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
 }
+
+impl HttpConn {
+    /// Like [`HttpConn::connect`], from the local address `from` (another loopback
+    /// address, so that a test can be a second client host).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<Self> {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .with_context(|| format!("binding to {from}"))?;
+        let stream = tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+            .await
+            .with_context(|| format!("connecting from {from} to {addr}: timed out"))?
+            .with_context(|| format!("connecting from {from} to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            host: addr.to_string(),
+            buf: Vec::new(),
+            timeout: IO_TIMEOUT,
+        })
+    }
+}

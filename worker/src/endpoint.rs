@@ -32,9 +32,10 @@ use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::sessions::Session;
+use crate::store::{Lookup, OpenRefused};
 use crate::upstream::{self, UpstreamError, UpstreamServer, UpstreamSession, read_answer};
 use crate::{Ctx, Live, versions};
-use mcpgw_protocol::store::{SessionRecord, StoreWrite};
+use mcpgw_protocol::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Where a connection came from: the public listeners, or a sibling worker
 /// forwarding a request for a session this worker owns.
@@ -43,6 +44,16 @@ pub(crate) enum Origin {
     Public,
     Internal,
 }
+
+/// The client's IP address, put in a request's extensions by the connection
+/// that received it (absent on forwarded requests, which never open
+/// sessions); the per-client session cap counts by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientAddr(pub std::net::IpAddr);
+
+/// The gateway's JSON-RPC error for `initialize` past a session cap (the
+/// -32000 to -32099 range is for implementation-defined server errors).
+const SESSION_LIMIT: i32 = -32000;
 
 /// Error code conventional for an unknown or expired session.
 const SESSION_NOT_FOUND: i32 = -32001;
@@ -315,6 +326,7 @@ async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
+    let client = req.extensions().get::<ClientAddr>().copied();
     let body = match req.into_body() {
         ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
         ReqBody::TooLarge { limit } => {
@@ -355,6 +367,7 @@ async fn post_inner(
             accept,
             &env,
             header_version.as_ref(),
+            client,
         ))
         .await;
     };
@@ -447,6 +460,14 @@ async fn batch(
     if messages.is_empty() {
         return refuse("an empty batch");
     }
+    let max_batch = usize::try_from(ctx.live().config.limits.max_batch_len).unwrap_or(usize::MAX);
+    if messages.len() > max_batch {
+        info!(session = %session.id, len = messages.len(), limit = max_batch, "batch refused: over max_batch_len");
+        return refuse(&format!(
+            "a batch of {} messages; at most {max_batch} are allowed (max_batch_len)",
+            messages.len()
+        ));
+    }
     session.touch();
     // Each answer is read whole: a batch answer is one JSON document.
     let one = Accept {
@@ -521,9 +542,12 @@ async fn sessionless(
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
     header_version: Option<&HeaderValue>,
+    client: Option<ClientAddr>,
 ) -> Response<Body> {
     match env.kind() {
-        Kind::Request("initialize") => Box::pin(initialize(ctx, endpoint, accept, env)).await,
+        Kind::Request("initialize") => {
+            Box::pin(initialize(ctx, endpoint, accept, env, client)).await
+        }
         Kind::Request("server/discover") => {
             // The stateless 2026-07-28 protocol is not served yet; this error
             // makes current clients fall back to `initialize`.
@@ -551,11 +575,18 @@ async fn sessionless(
     }
 }
 
+/// Open a session. What it keeps for its life is bounded: the params (the
+/// only part the client fills) up to `max_session_params_bytes`, the rest
+/// fixed-size or from the configuration. It is admitted under the session
+/// caps by the supervisor, which stores its record in the same step
+/// ([`crate::store::StoreClient::open`]); past a cap the client gets
+/// [`SESSION_LIMIT`] and no other session is touched.
 async fn initialize(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
+    client: Option<ClientAddr>,
 ) -> Response<Body> {
     #[derive(Deserialize)]
     struct Params<'a> {
@@ -565,6 +596,32 @@ async fn initialize(
     let id = env.id_raw();
     let Some(params) = env.params else {
         return invalid_params(accept, id, "initialize needs params");
+    };
+    let limits = &ctx.live().config.limits;
+    let max_params = usize::try_from(limits.max_session_params_bytes).unwrap_or(usize::MAX);
+    if params.get().len() > max_params {
+        info!(
+            bytes = params.get().len(),
+            limit = max_params,
+            "initialize refused: params over max_session_params_bytes"
+        );
+        ctx.metrics
+            .sessions_refused
+            .with_label_values(&["params"])
+            .inc();
+        return invalid_params(
+            accept,
+            id,
+            &format!(
+                "initialize params are {} bytes; this gateway keeps at most {max_params} (max_session_params_bytes)",
+                params.get().len()
+            ),
+        );
+    }
+    let caps = SessionCaps {
+        total: limits.max_sessions,
+        per_worker: limits.max_sessions_per_worker,
+        per_client: limits.max_sessions_per_client,
     };
     let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) else {
         return invalid_params(
@@ -598,6 +655,7 @@ async fn initialize(
         id: session_id.to_string(),
         owner: ctx.id,
         principal: String::new(),
+        client: client.map(|c| c.0.to_string()).unwrap_or_default(),
         endpoint: endpoint.path.to_string(),
         version: version.to_owned(),
         init_params: init_params.clone(),
@@ -608,7 +666,9 @@ async fn initialize(
     };
     // Recorded before the client learns the id, so the session can fail over
     // from its first request on.
-    ctx.store.write(StoreWrite::Put(Box::new(record))).await;
+    if let Err(refused) = ctx.store.open(record, caps).await {
+        return session_refused(ctx, accept, id, refused, caps, client);
+    }
     let session = Arc::new(Session::new(
         session_id,
         endpoint,
@@ -636,6 +696,68 @@ async fn initialize(
         r.headers_mut().insert(MCP_SESSION_ID, v);
     }
     r
+}
+
+/// The answer to an `initialize` past a session cap (HTTP 200, as every
+/// JSON-RPC error to a well-formed request; the message names the cap and
+/// its `[limits]` key), or when the supervisor could not admit it (503).
+fn session_refused(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    refused: OpenRefused,
+    caps: SessionCaps,
+    client: Option<ClientAddr>,
+) -> Response<Body> {
+    let cap = match refused {
+        OpenRefused::Cap(cap) => cap,
+        OpenRefused::NoAnswer => {
+            warn!("the supervisor did not admit a new session in time; initialize refused");
+            let mut r = rpc_error(
+                accept,
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "cannot create a session right now; try again",
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    let (what, key, limit) = match cap {
+        SessionCap::Worker => (
+            "this gateway worker has",
+            "max_sessions_per_worker",
+            caps.per_worker,
+        ),
+        SessionCap::Client => (
+            "your address has",
+            "max_sessions_per_client",
+            caps.per_client,
+        ),
+        SessionCap::Total => ("this gateway has", "max_sessions", caps.total),
+    };
+    info!(cap = cap.label(), limit, client = ?client.map(|c| c.0), "initialize refused: session cap reached");
+    ctx.metrics
+        .sessions_refused
+        .with_label_values(&[cap.label()])
+        .inc();
+    rpc(
+        accept,
+        StatusCode::OK,
+        jsonrpc::error(
+            id,
+            SESSION_LIMIT,
+            &format!(
+                "Session limit reached: {what} {limit} open sessions ({key}); end one (DELETE) or try later"
+            ),
+            Some(&format!(
+                "{{\"cap\":\"{}\",\"limit\":{limit}}}",
+                cap.label()
+            )),
+        ),
+    )
 }
 
 fn invalid_params(accept: Accept, id: &str, message: &str) -> Response<Body> {
@@ -1368,7 +1490,21 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
 /// moved it here) from its record, re-attaching every upstream session by
 /// its stored id: no new `initialize`, so upstream state carries on.
 async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
-    let record = ctx.store.fetch(id).await?;
+    let record = match ctx.store.fetch(id).await {
+        Lookup::CachedAbsent => {
+            ctx.metrics.store_fetches_cached.inc();
+            return None;
+        }
+        Lookup::Asked(answer) => {
+            let label = match &answer {
+                Fetched::Record(_) => "record",
+                Fetched::Absent => "absent",
+                Fetched::Withheld => "withheld",
+            };
+            ctx.metrics.store_fetches.with_label_values(&[label]).inc();
+            answer.into_record()?
+        }
+    };
     let live = ctx.live();
     let (Some(endpoint), Some(version)) = (
         live.endpoints.get(record.endpoint.as_str()).cloned(),

@@ -13,7 +13,8 @@
 //! - [`registry`]: one upstream session per (session, upstream server).
 //! - [`relay`]: server→client requests, notifications and cancellation
 //!   between a session and its upstream sessions; the id/token maps.
-//! - [`store`]: session records (write-through) and resuming inherited ones.
+//! - [`store`]: session records (write-through), admitting new sessions
+//!   under the session caps, resuming inherited ones, the negative cache.
 //! - [`upstream`]: the MCP client side of one upstream server;
 //!   [`conn_pool`]: its HTTP/1.1 connections and the client that speaks on
 //!   them (run in the caller's task).
@@ -180,6 +181,8 @@ impl Ctx {
 
     fn set_routes(&self, update: &RouteUpdate) {
         self.change_routes(|r| r.apply(update));
+        // Sessions may have moved to this worker.
+        self.store.forget_absent();
     }
 
     fn set_live(&self, live: Arc<Live>) {
@@ -355,8 +358,12 @@ async fn serve(
         loop {
             let msg = match rx.recv().await {
                 // Straight to the request waiting for it.
-                Ok(Some(ToWorker::StoreRecord { id, record })) => {
-                    reader_ctx.store.deliver(id, record);
+                Ok(Some(ToWorker::StoreRecord { id, answer })) => {
+                    reader_ctx.store.deliver_record(id, answer);
+                    continue;
+                }
+                Ok(Some(ToWorker::Opened { id, refused })) => {
+                    reader_ctx.store.deliver_opened(id, refused);
                     continue;
                 }
                 Ok(Some(ToWorker::Routes(update))) => {
@@ -417,7 +424,8 @@ async fn serve(
                         continue;
                     }
                     let guard = ConnGuard::new(&open);
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public };
+                    let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public, peer };
                     let closing = closing.clone();
                     match meta {
                         ConnMeta::Plain => {
@@ -460,7 +468,7 @@ async fn serve(
             },
             accepted = internal.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal };
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal, peer: None };
                     let closing = closing.clone();
                     tracker.spawn(Box::pin(async move {
                         if let Err(e) = h1_server::serve(stream, &handler, closing).await {
@@ -480,7 +488,8 @@ async fn serve(
                 }
                 Some(ToWorker::Init { .. }) => warn!("ignoring a second Init"),
                 // Normally delivered by the reader task already.
-                Some(ToWorker::StoreRecord { id, record }) => ctx.store.deliver(id, record),
+                Some(ToWorker::StoreRecord { id, answer }) => ctx.store.deliver_record(id, answer),
+                Some(ToWorker::Opened { id, refused }) => ctx.store.deliver_opened(id, refused),
                 Some(ToWorker::Routes(update)) => ctx.set_routes(&update),
                 Some(ToWorker::Reload { id, config }) => {
                     // The connection cap applies at once (HTTP limits are read
@@ -565,6 +574,9 @@ async fn serve(
 struct Serving {
     ctx: Arc<Ctx>,
     origin: Origin,
+    /// The client's address (the handed-over socket's peer); `None` on the
+    /// internal socket, whose requests never open sessions.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl h1_server::Handler for Serving {
@@ -580,8 +592,11 @@ impl h1_server::Handler for Serving {
 
     fn call(
         &self,
-        req: http::Request<h1_server::ReqBody>,
+        mut req: http::Request<h1_server::ReqBody>,
     ) -> impl std::future::Future<Output = http::Response<body::Body>> {
+        if let Some(ip) = self.peer {
+            req.extensions_mut().insert(endpoint::ClientAddr(ip));
+        }
         endpoint::handle(self.ctx.clone(), req, self.origin)
     }
 }
@@ -625,6 +640,8 @@ async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
     let previous = ctx.live();
     let slots = config.worker_count();
     ctx.change_routes(|r| r.set_slots(slots));
+    // A resize moves sessions between workers.
+    ctx.store.forget_absent();
     let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
     let live = Arc::new(live);
     ctx.set_live(live.clone());
@@ -658,6 +675,15 @@ async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerError> {
             sessions = ended.len(),
             "endpoint removed by reload; its sessions end"
         );
+        // Their records go too: they would count against the session caps
+        // until swept.
+        for s in &ended {
+            ctx.store
+                .write(mcpgw_protocol::store::StoreWrite::Remove {
+                    session: s.id.to_string(),
+                })
+                .await;
+        }
         ctx.registry.close_sessions(&ended).await;
     }
     info!(changed_or_removed = ?gone, "configuration reloaded");

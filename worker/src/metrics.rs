@@ -47,6 +47,18 @@ pub(crate) fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The relay's own messages to upstreams (error answers, cancels) dropped
+/// because too many were already on their way. Process-wide: the relay
+/// sends them from wherever a session's traffic is, without the context.
+pub(crate) static NOTICES_DROPPED: std::sync::LazyLock<IntCounter> =
+    std::sync::LazyLock::new(|| {
+        IntCounter::new(
+            "mcpgw_relay_notices_dropped_total",
+            "Error answers and cancels to upstreams dropped because too many were pending.",
+        )
+        .unwrap_or_else(|e| unreachable!("a valid metric name and help: {e}"))
+    });
+
 pub(crate) struct Metrics {
     registry: Registry,
     /// `method`, `outcome` (ok, error, rejected).
@@ -64,6 +76,13 @@ pub(crate) struct Metrics {
     pub forwarded: IntCounterVec,
     /// Sessions taken over from a dead worker.
     pub resumed: prometheus::IntCounter,
+    /// `cap` (params, worker, client, total): `initialize` refused.
+    pub sessions_refused: IntCounterVec,
+    /// `answer` (record, absent, withheld): record look-ups sent to the
+    /// supervisor for a session id this worker does not hold.
+    pub store_fetches: IntCounterVec,
+    /// Look-ups answered by the negative cache instead.
+    pub store_fetches_cached: IntCounter,
     /// Children of `requests` and `duration`, looked up by label once each
     /// and kept: a lookup hashes the labels and takes a lock on every request.
     /// Filled on first use, so a series appears when it first counts.
@@ -133,6 +152,31 @@ impl Metrics {
             "Sessions rebuilt from their record after their worker died.",
         )?;
         registry.register(Box::new(resumed.clone()))?;
+        let sessions_refused = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_sessions_refused_total",
+                "initialize refused by a session limit, by cap (params, worker, client, total).",
+            ),
+            &["cap"],
+        )?;
+        let store_fetches = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_store_fetches_total",
+                "Session records asked of the supervisor for unknown session ids, by answer.",
+            ),
+            &["answer"],
+        )?;
+        let store_fetches_cached = IntCounter::new(
+            "mcpgw_store_fetches_cached_total",
+            "Unknown session ids answered from the negative cache without asking the store.",
+        )?;
+        registry.register(Box::new(sessions_refused.clone()))?;
+        registry.register(Box::new(store_fetches.clone()))?;
+        registry.register(Box::new(store_fetches_cached.clone()))?;
+        registry.register(Box::new(NOTICES_DROPPED.clone()))?;
+        for cap in ["params", "worker", "client", "total"] {
+            sessions_refused.with_label_values(&[cap]);
+        }
         // Bounded label sets exist from the start, so rates see zeros.
         for direction in ["in", "out"] {
             forwarded.with_label_values(&[direction]);
@@ -147,6 +191,9 @@ impl Metrics {
             upstream_errors,
             forwarded,
             resumed,
+            sessions_refused,
+            store_fetches,
+            store_fetches_cached,
             request_children: Default::default(),
             duration_children: Default::default(),
         })

@@ -29,7 +29,11 @@
 //! else on the session's GET stream; with neither, and for a capability the
 //! client did not declare at `initialize`, the upstream gets a JSON-RPC error
 //! at once. Requests still pending when their stream goes away, or when the
-//! session ends, are answered upstream with an error.
+//! session ends, are answered upstream with an error. Those error answers
+//! (and cancels) go out a bounded number at a time per worker, with a
+//! bounded queue behind them; past it they are dropped, logged and counted
+//! (`mcpgw_relay_notices_dropped_total`), so an upstream that floods us with
+//! requests cannot make us open a connection for each.
 //!
 //! Submodules: [`caps`] (what the client declared), [`route`] (where each
 //! upstream message goes), [`streams`] (a call's SSE answer, the upstream
@@ -54,7 +58,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::bounded::join_all_within;
 use crate::jsonrpc::{self, RawObject};
@@ -68,6 +72,9 @@ const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server→client requests one session may have waiting for the client; more
 /// are refused, so a client that never answers cannot grow the map forever.
 const MAX_PENDING: usize = 1024;
+/// Longest logging level kept for replay (the longest RFC 5424 name MCP
+/// uses is 9 bytes).
+const MAX_LOG_LEVEL_LEN: usize = 32;
 /// Messages queued for a slow client stream before the sender waits.
 pub(crate) const STREAM_QUEUE: usize = 64;
 /// JSON-RPC code for a server→client request the gateway refuses or that
@@ -194,10 +201,28 @@ impl Relay {
         }
     }
 
-    /// Remember the client's logging level (raw `logging/setLevel` params).
+    /// Remember the client's logging level (`logging/setLevel` params).
+    /// Only the level is kept, and only a short one: the raw params are the
+    /// client's to fill (up to the body limit) and would be held for the
+    /// session's life.
     pub(crate) fn set_log_level(&self, params: &str) {
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(borrow)]
+            level: std::borrow::Cow<'a, str>,
+        }
+        let Some(level) = serde_json::from_str::<P<'_>>(params)
+            .ok()
+            .filter(|p| p.level.len() <= MAX_LOG_LEVEL_LEN)
+        else {
+            debug!(
+                "logging/setLevel without a short params.level; not replayed to new upstream sessions"
+            );
+            return;
+        };
+        let kept = format!("{{\"level\":{}}}", jsonrpc::json_string(&level.level));
         if let Ok(mut l) = self.log_level.lock() {
-            *l = Some(params.into());
+            *l = Some(kept.into());
         }
     }
 
@@ -470,10 +495,66 @@ async fn post_notice(us: &UpstreamSession, body: Bytes, bound: Duration) {
     }
 }
 
-fn spawn_notice(us: Arc<UpstreamSession>, body: Bytes) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move { post_notice(&us, body, NOTICE_TIMEOUT).await });
+/// Our own messages (error answers to server→client requests we cannot
+/// deliver, cancels) sent at once by this worker; each holds an upstream
+/// connection while it is sent. An upstream that floods us with requests
+/// must not make us open a connection per request.
+const MAX_NOTICES_IN_FLIGHT: usize = 32;
+/// Notices waiting for a slot besides those in flight; past it they are
+/// dropped (counted and logged): the upstream's request then times out on
+/// its side, which is all a flooding upstream can expect.
+const MAX_NOTICES_WAITING: usize = 1024;
+
+static NOTICE_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_NOTICES_IN_FLIGHT);
+/// Notices in flight or waiting.
+static NOTICES_QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Set while notices are being dropped, so a burst logs one line.
+static NOTICES_DROPPING: AtomicBool = AtomicBool::new(false);
+
+/// A place among the queued notices, given back when the notice is done
+/// (or its task is dropped).
+struct NoticePlace;
+
+impl NoticePlace {
+    fn take() -> Option<Self> {
+        let before = NOTICES_QUEUED.fetch_add(1, Ordering::AcqRel);
+        if before >= MAX_NOTICES_IN_FLIGHT + MAX_NOTICES_WAITING {
+            NOTICES_QUEUED.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self)
     }
+}
+
+impl Drop for NoticePlace {
+    fn drop(&mut self) {
+        NOTICES_QUEUED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn spawn_notice(us: Arc<UpstreamSession>, body: Bytes) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(place) = NoticePlace::take() else {
+        crate::metrics::NOTICES_DROPPED.inc();
+        if !NOTICES_DROPPING.swap(true, Ordering::Relaxed) {
+            warn!(upstream = %us.server.id, in_flight = MAX_NOTICES_IN_FLIGHT, waiting = MAX_NOTICES_WAITING,
+                "too many messages to upstreams pending; dropping error answers and cancels (mcpgw_relay_notices_dropped_total)");
+        }
+        return;
+    };
+    rt.spawn(async move {
+        // The semaphore is never closed; an error would mean no bound, so
+        // the notice is dropped rather than sent unbounded.
+        let Ok(_slot) = NOTICE_SLOTS.acquire().await else {
+            return;
+        };
+        post_notice(&us, body, NOTICE_TIMEOUT).await;
+        drop(place);
+        NOTICES_DROPPING.store(false, Ordering::Relaxed);
+    });
 }
 
 /// Relay a client message (a response or notification, already rewritten)

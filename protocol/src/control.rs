@@ -18,6 +18,13 @@ use crate::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 /// Bumped on any change to these types or their encoding.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// The fd a worker finds its control channel at (the supervisor puts it
+/// there before exec; carries [`ToWorker`] / [`FromWorker`]).
+pub const WORKER_CONTROL_FD: i32 = 3;
+/// The fd a worker receives handed-over connections on (see
+/// [`crate::fdpass`]).
+pub const WORKER_CONN_FD: i32 = 4;
+
 /// A worker process: its slot in the pool and which incarnation of that slot.
 ///
 /// Generations are unique across restarts of the gateway on one host (the

@@ -19,9 +19,8 @@ use mcpgw_protocol::fdpass::{self, ConnSender};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, watch};
 
-/// fd numbers a worker finds its sockets at.
-pub const WORKER_CONTROL_FD: i32 = 3;
-pub const WORKER_CONN_FD: i32 = 4;
+/// fd numbers a worker finds its sockets at (defined once, in `protocol`).
+pub use mcpgw_protocol::control::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SpawnError {

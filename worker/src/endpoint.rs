@@ -23,18 +23,20 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::answer_budget;
-use crate::body::{self, Body};
-use crate::conn_pool::UpstreamBody;
-use crate::federation::{self, Endpoint, ListKind};
-use crate::h1_server::ReqBody;
+use crate::ctx::{Ctx, Live};
+use crate::endpoints::Endpoint;
+use crate::http::body::{self, Body};
+use crate::http::client::UpstreamBody;
+use crate::http::server::ReqBody;
 use crate::jsonrpc::{self, Kind};
 use crate::metrics;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
-use crate::sessions::Session;
-use crate::store::{Lookup, OpenRefused};
+use crate::route::lists::{self, ListKind};
+use crate::session::Session;
+use crate::session::store::{Lookup, OpenRefused};
+use crate::upstream::answer_budget;
 use crate::upstream::{self, UpstreamError, UpstreamServer, UpstreamSession, read_answer};
-use crate::{Ctx, Live, versions};
+use crate::versions;
 use mcpgw_protocol::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Where a connection came from: the public listeners, or a sibling worker
@@ -236,7 +238,10 @@ fn rpc(accept: Accept, status: StatusCode, message: Bytes) -> Response<Body> {
     let (body, ct) = if accept.json || !accept.sse {
         (message, "application/json")
     } else {
-        (crate::sse::message_event(&message), "text/event-stream")
+        (
+            crate::http::sse::message_event(&message),
+            "text/event-stream",
+        )
     };
     let mut r = Response::new(body::full(body));
     *r.status_mut() = status;
@@ -579,7 +584,7 @@ async fn sessionless(
 /// only part the client fills) up to `max_session_params_bytes`, the rest
 /// fixed-size or from the configuration. It is admitted under the session
 /// caps by the supervisor, which stores its record in the same step
-/// ([`crate::store::StoreClient::open`]); past a cap the client gets
+/// ([`crate::session::store::StoreClient::open`]); past a cap the client gets
 /// [`SESSION_LIMIT`] and no other session is touched.
 async fn initialize(
     ctx: &Arc<Ctx>,
@@ -853,13 +858,8 @@ async fn request(
                     .params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or_default();
-                return match federation::merged_list(
-                    &ctx.registry,
-                    session,
-                    kind,
-                    p.cursor.as_deref(),
-                )
-                .await
+                return match lists::merged_list(&ctx.registry, session, kind, p.cursor.as_deref())
+                    .await
                 {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
                     Err(e) => invalid_params(accept, id, &e.to_string()),
@@ -1339,7 +1339,7 @@ async fn answer_call(
         {
             warn!(error = %e, "streamed call failed");
             let message = jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None);
-            let _ = tx.send(crate::sse::message_event(&message)).await;
+            let _ = tx.send(crate::http::sse::message_event(&message)).await;
         }
     });
     let mut r = Response::new(body::channel(rx));
@@ -1464,8 +1464,8 @@ fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept) -> Respons
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = became_true(&mut closed) => break,
-                _ = became_true(&mut stopping) => break,
+                _ = relay::became_true(&mut closed) => break,
+                _ = relay::became_true(&mut stopping) => break,
                 // A newer GET replaced this stream.
                 _ = alive.changed() => break,
                 _ = tx.closed() => break,
@@ -1548,15 +1548,6 @@ async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
         ctx.registry.adopt(&session, attached).await;
     }
     Some(session)
-}
-
-/// Resolves once the flag is (or becomes) true, or its sender is gone.
-pub(crate) async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
-    while !*flag.borrow_and_update() {
-        if flag.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// End the session: close its upstream sessions (bounded), then answer.

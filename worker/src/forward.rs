@@ -20,8 +20,8 @@ use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::body::{self, Body};
-use crate::h1_server::ReqBody;
+use crate::http::body::{self, Body};
+use crate::http::server::ReqBody;
 
 pub(crate) struct Forwarder {
     runtime_dir: PathBuf,

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::{Call, Origin, Pending, Relay, id_key, spawn_notice};
+use crate::http::sse;
 use crate::jsonrpc::{self, Kind, RawObject};
-use crate::sse;
 use crate::upstream::UpstreamSession;
 
 /// Where an upstream message came from.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn_pool::UpstreamBody;
+use crate::http::client::UpstreamBody;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::route::{Routed, Source};
 use super::{CallGuard, NOTICE_TIMEOUT, Relay};
-use crate::sse;
+use crate::http::sse;
 use crate::upstream::{UpstreamError, UpstreamSession};
 
 /// How a streamed call ended.
@@ -54,7 +54,7 @@ pub(crate) async fn pump_call(
                 debug!(upstream = %us.server.id, "client left during a streamed call");
                 return PumpEnd::ClientGone;
             }
-            _ = crate::endpoint::became_true(&mut session_closed) => return PumpEnd::ClientGone,
+            _ = became_true(&mut session_closed) => return PumpEnd::ClientGone,
             _ = guard.call.interrupt.notified() => return PumpEnd::Cancelled,
         };
         let frame = match frame {
@@ -152,7 +152,7 @@ const MAX_RETRY_MS: u64 = 5_000;
 /// The relay holds an incomplete event up to the answer limit
 /// (`limits.max_answer_bytes`).
 fn event_too_large(parser: &sse::Parser, us: &UpstreamSession) -> Option<PumpEnd> {
-    let limit = crate::answer_budget::max_answer();
+    let limit = crate::upstream::answer_budget::max_answer();
     (parser.pending_bytes() > limit).then(|| {
         PumpEnd::Failed(us.server.protocol_error(format!(
             "an event over {limit} bytes (limits.max_answer_bytes)"
@@ -221,7 +221,7 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
                         continue;
                     };
                     parser.push(&data);
-                    if parser.pending_bytes() > crate::answer_budget::max_answer() {
+                    if parser.pending_bytes() > crate::upstream::answer_budget::max_answer() {
                         warn!(upstream = %us.server.id, "upstream GET stream event too large; reopening");
                         break;
                     }
@@ -259,5 +259,14 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
             _ = alive.changed() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Resolves once the flag is (or becomes) true, or its sender is gone.
+pub(crate) async fn became_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            return;
+        }
     }
 }

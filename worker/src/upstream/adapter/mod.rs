@@ -1,7 +1,7 @@
 //! Upstreams that do not speak Streamable HTTP, presented to the rest of
 //! the worker as Streamable HTTP servers: stdio programs (one child process
 //! per upstream session) and servers of the deprecated HTTP+SSE transport
-//! (one event stream per upstream session, [`crate::legacy_sse`]).
+//! (one event stream per upstream session, [`crate::upstream::adapter::legacy_sse`]).
 //!
 //! Every such upstream gets, in each worker, a small HTTP server on a
 //! loopback port of its own (guarded by a random key header that only this
@@ -27,6 +27,8 @@
 //! worker died cannot be re-attached: its new owner starts a new process.
 //! stderr lines go to the log with the upstream id.
 
+mod legacy_sse;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,9 +53,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::body::Body;
+use crate::http::body::Body;
+use crate::http::sse;
 use crate::jsonrpc;
-use crate::sse;
 
 /// The header that proves a request comes from this worker.
 pub(crate) const KEY_HEADER: HeaderName = HeaderName::from_static("x-mcpgw-stdio-key");
@@ -90,7 +92,7 @@ pub(crate) enum Sink {
     /// A process's stdin, one message per line.
     Stdin(ChildStdin),
     /// The endpoint a legacy HTTP+SSE server named.
-    Post(crate::legacy_sse::Poster),
+    Post(legacy_sse::Poster),
 }
 
 /// One backend (a process, or a legacy event stream): one upstream session.
@@ -237,7 +239,7 @@ fn answer(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut resp = Response::new(crate::body::full(body.into()));
+    let mut resp = Response::new(crate::http::body::full(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -431,7 +433,7 @@ fn stream_response(
             }
         }
     }
-    let mut resp = Response::new(crate::body::channel_guarded(rx, EndCall(call)));
+    let mut resp = Response::new(crate::http::body::channel_guarded(rx, EndCall(call)));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     resp
@@ -451,7 +453,19 @@ async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let process = match shared.config.transport {
         Transport::Sse => {
             let id = format!("sse-{}", shared.next.fetch_add(1, Ordering::Relaxed));
-            crate::legacy_sse::open(shared.upstream.clone(), &shared.config, id).await?
+            let opened = legacy_sse::open(&shared.upstream, &shared.config).await?;
+            let process = new_process(id, shared.upstream.clone(), Sink::Post(opened.poster));
+            let reader = process.clone();
+            tokio::spawn(async move {
+                let gone = reader.gone.subscribe();
+                let reason =
+                    legacy_sse::read_events(opened.events, gone, |m| reader.route(m)).await;
+                reader.ended(&format!(
+                    "legacy SSE upstream {}: {reason}",
+                    reader.upstream
+                ));
+            });
+            process
         }
         Transport::Stdio | Transport::StreamableHttp => start_process(shared)?,
     };
@@ -471,7 +485,7 @@ async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
 }
 
 /// A backend session named `id`, writing to `sink`.
-pub(crate) fn new_process(id: String, upstream: Arc<str>, sink: Sink) -> Arc<Process> {
+fn new_process(id: String, upstream: Arc<str>, sink: Sink) -> Arc<Process> {
     let (gone, _) = watch::channel(None);
     Arc::new(Process {
         id,

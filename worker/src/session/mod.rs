@@ -4,8 +4,12 @@
 //! this worker's slot) and lives until DELETE, idle expiry or shutdown. It
 //! holds what later requests need: the endpoint it was opened on, the
 //! negotiated version, the client's initialize parameters (replayed to each
-//! upstream), its upstream sessions ([`crate::registry`]) and its relay
+//! upstream), its upstream sessions ([`crate::session::registry`]) and its relay
 //! state ([`crate::relay`]).
+
+pub(crate) mod registry;
+pub(crate) mod store;
+pub(crate) mod upstreams;
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
@@ -15,9 +19,9 @@ use mcpgw_protocol::session_id::SessionId;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::federation::Endpoint;
-use crate::registry::SessionUpstreams;
+use crate::endpoints::Endpoint;
 use crate::relay::Relay;
+use crate::session::upstreams::SessionUpstreams;
 
 pub(crate) struct Session {
     pub id: SessionId,

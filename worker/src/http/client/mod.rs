@@ -6,7 +6,7 @@
 //! idle ones for the next request, however many upstream sessions share the
 //! server. A request is exchanged by the caller's own task on a connection
 //! it holds alone: the head and body go out in one vectored write, the
-//! answer's head is parsed from the connection's buffer ([`crate::wire`]), and the
+//! answer's head is parsed from the connection's buffer ([`crate::http::wire`]), and the
 //! body ([`UpstreamBody`]) reads from the same connection as the caller
 //! polls it. When the body has been read to its end the connection goes back
 //! to the pool from inside that poll; a small answer that arrived whole with
@@ -48,9 +48,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-pub(crate) use crate::wire::HeaderBlock;
-pub(crate) use crate::wire::Malformed;
-use crate::wire::{self, Chunked, Framing, Parsed, Step};
+pub(crate) use crate::http::wire::HeaderBlock;
+pub(crate) use crate::http::wire::Malformed;
+use crate::http::wire::{self, Chunked, Framing, Parsed, Step};
 
 /// Idle connections kept per upstream server and worker; beyond it the
 /// oldest is closed.

@@ -9,6 +9,9 @@
 //! [`read_answer`] reduces either to the one JSON-RPC response the gateway
 //! asked for, while call answers are passed through untouched by the caller.
 
+pub(crate) mod adapter;
+pub(crate) mod answer_budget;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +26,9 @@ use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
-use crate::answer_budget;
-use crate::conn_pool::{ConnError, ConnPool, HeaderBlock, Outgoing, Unfit, UpstreamBody};
+use crate::http::client::{ConnError, ConnPool, HeaderBlock, Outgoing, Unfit, UpstreamBody};
+use crate::http::sse;
 use crate::jsonrpc::{self, Answer};
-use crate::sse;
 
 /// Header names made once: inserting by `&str` would parse and allocate a
 /// name on every upstream request.
@@ -109,7 +111,7 @@ pub(crate) struct UpstreamServer {
     pub config: Upstream,
     /// For a stdio or legacy SSE upstream: the local adapter this server
     /// talks to (its backends end when the server is dropped).
-    _stdio: Option<crate::adapter::Adapter>,
+    _stdio: Option<crate::upstream::adapter::Adapter>,
     /// `mcpgw_upstream_session_events_total{upstream=id, event="reused"}`,
     /// resolved on first use: it counts every call, and a labelled lookup
     /// costs more than the increment.
@@ -132,9 +134,9 @@ impl UpstreamServer {
         };
         let stdio = match cfg.transport {
             Transport::StreamableHttp => None,
-            Transport::Stdio | Transport::Sse => {
-                Some(crate::adapter::Adapter::start(cfg).map_err(|e| bad(e.to_string()))?)
-            }
+            Transport::Stdio | Transport::Sse => Some(
+                crate::upstream::adapter::Adapter::start(cfg).map_err(|e| bad(e.to_string()))?,
+            ),
         };
         let url = match &stdio {
             Some(adapter) => format!("http://{}/mcp", adapter.addr),
@@ -147,7 +149,7 @@ impl UpstreamServer {
             .map_err(|e| bad(format!("url {shown:?}: {e}")))?;
         let mut headers = HeaderMap::with_capacity(cfg.headers.len() + 4);
         if let Some(adapter) = &stdio {
-            headers.insert(crate::adapter::KEY_HEADER, adapter.key.clone());
+            headers.insert(crate::upstream::adapter::KEY_HEADER, adapter.key.clone());
         }
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())

@@ -1,6 +1,6 @@
 //! HTTP/1.1 on the wire, for both sides of the worker: the upstream
 //! client's request and answer heads ([`write_head`], [`parse_head`]), and
-//! what the client and the server ([`crate::h1_server`]) share: reading
+//! what the client and the server ([`crate::http::server`]) share: reading
 //! header lines into a map ([`header_lines`], [`share_head`]), chunked
 //! decoding, taking message bytes out of a read buffer, one vectored write.
 //!

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::{Instant, timeout_at};
 
-use crate::conn_pool::{BodyError, UpstreamBody};
+use crate::http::client::{BodyError, UpstreamBody};
 
 static ROOM: Semaphore = Semaphore::const_new(0);
 /// Permits `ROOM` was given in all (its size), to resize it by the difference.
@@ -111,8 +111,8 @@ impl Held {
     }
 
     /// The bytes as a response body that gives the room back once written.
-    pub(crate) fn into_body(self) -> crate::body::Body {
-        crate::body::full_holding(self.bytes, self.permit)
+    pub(crate) fn into_body(self) -> crate::http::body::Body {
+        crate::http::body::full_holding(self.bytes, self.permit)
     }
 }
 

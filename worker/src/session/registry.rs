@@ -3,7 +3,7 @@
 //! of its session, closed when the session ends.
 //!
 //! Each downstream session has one cell per upstream server it has used,
-//! keyed by upstream id ([`SessionUpstreams`]), so a reload that changes an
+//! keyed by upstream id ([`crate::session::upstreams::SessionUpstreams`]), so a reload that changes an
 //! endpoint's upstream list keeps the cells of the upstreams that stay. A
 //! cell's async lock is held only while the upstream
 //! session is created or probed, so concurrent first calls create exactly
@@ -12,57 +12,17 @@
 //! session that failed, never a newer one). Closing runs concurrently and is
 //! bounded: a close that hangs is abandoned with a warning.
 
-use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::bounded::join_all_within;
 use crate::metrics::Metrics;
-use crate::sessions::Session;
-use crate::store::StoreClient;
+use crate::session::Session;
+use crate::session::store::StoreClient;
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
 use mcpgw_protocol::store::StoreWrite;
-
-type Cell = Mutex<Option<Arc<UpstreamSession>>>;
-
-/// A downstream session's upstream sessions, one cell per upstream id.
-#[derive(Default)]
-pub(crate) struct SessionUpstreams {
-    cells: std::sync::Mutex<HashMap<Arc<str>, Arc<Cell>>>,
-}
-
-impl SessionUpstreams {
-    fn cell(&self, upstream: &Arc<str>) -> Arc<Cell> {
-        let Ok(mut cells) = self.cells.lock() else {
-            // A poisoned map only means a panic elsewhere; a fresh cell is safe.
-            return Arc::new(Mutex::new(None));
-        };
-        cells.entry(upstream.clone()).or_default().clone()
-    }
-
-    fn all(&self) -> Vec<(Arc<str>, Arc<Cell>)> {
-        self.cells
-            .lock()
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    /// The upstream sessions that exist now (none is created); a cell busy
-    /// creating or probing is skipped.
-    pub(crate) fn live(&self) -> Vec<Arc<UpstreamSession>> {
-        self.all()
-            .into_iter()
-            .filter_map(|(_, cell)| cell.try_lock().ok()?.clone())
-            .collect()
-    }
-
-    fn existing(&self, upstream: &str) -> Option<Arc<Cell>> {
-        self.cells.lock().ok()?.get(upstream).cloned()
-    }
-}
 
 pub(crate) struct Registry {
     probe_after: Duration,

@@ -1,5 +1,5 @@
 //! The deprecated HTTP+SSE transport (MCP 2024-11-05) as a backend of the
-//! [`crate::adapter`]: one upstream session is one event stream.
+//! [`crate::upstream::adapter`]: one upstream session is one event stream.
 //!
 //! Opening a session GETs the configured `url` (an event stream); the
 //! server's first `endpoint` event names the URL to POST messages to.
@@ -19,9 +19,8 @@ use mcpgw_protocol::config::Upstream;
 use tokio::time::timeout;
 use tracing::info;
 
-use crate::adapter::{Process, Sink, new_process};
-use crate::conn_pool::{ConnPool, HeaderBlock, Outgoing, UpstreamBody};
-use crate::sse;
+use crate::http::client::{ConnPool, HeaderBlock, Outgoing, UpstreamBody};
+use crate::http::sse;
 
 /// Longest wait for the `endpoint` event after the stream opened.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(10);
@@ -77,13 +76,22 @@ fn pool_for(authority: &str, connect_timeout: Duration) -> Result<ConnPool, Stri
     ConnPool::new(&uri, connect_timeout)
 }
 
-/// Open the event stream at `config.url`, wait for its `endpoint` event,
-/// and start routing its messages.
-pub(crate) async fn open(
-    upstream: Arc<str>,
-    config: &Upstream,
-    id: String,
-) -> Result<Arc<Process>, String> {
+/// An opened legacy session: where its messages go, and the stream its
+/// messages come from (for [`read_events`]).
+pub(crate) struct Opened {
+    pub(crate) poster: Poster,
+    pub(crate) events: Events,
+}
+
+/// The rest of the event stream after its `endpoint` event.
+pub(crate) struct Events {
+    body: UpstreamBody,
+    parser: sse::Parser,
+}
+
+/// Open the event stream at `config.url` and wait for its `endpoint`
+/// event; the caller starts [`read_events`] on what is returned.
+pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opened, String> {
     let fail = |what: String| format!("legacy SSE upstream {upstream}: {what}");
     let uri: Uri = config.url.parse().map_err(|e| fail(format!("url: {e}")))?;
     let authority = uri
@@ -159,10 +167,11 @@ pub(crate) async fn open(
         path: post_path.to_string(),
         headers: HeaderBlock::new(&post_headers),
     };
-    let process = new_process(id, upstream.clone(), Sink::Post(poster));
-    tokio::spawn(read_events(process.clone(), body, parser));
     info!(upstream = %upstream, "legacy SSE upstream session opened");
-    Ok(process)
+    Ok(Opened {
+        poster,
+        events: Events { body, parser },
+    })
 }
 
 /// An `endpoint` value: a path on the stream's server, or an http URL.
@@ -177,18 +186,26 @@ fn resolve(authority: &str, endpoint: &str) -> Option<(String, Uri)> {
         .flatten()
 }
 
-/// Route every `message` event until the stream ends or the session closes.
-async fn read_events(process: Arc<Process>, mut body: UpstreamBody, mut parser: sse::Parser) {
-    let mut gone = process.gone.subscribe();
-    let reason = loop {
+/// Hand every `message` event to `route` until the stream ends or `gone`
+/// is set; the reason it stopped.
+pub(crate) async fn read_events(
+    events: Events,
+    mut gone: tokio::sync::watch::Receiver<Option<String>>,
+    route: impl Fn(&[u8]),
+) -> String {
+    let Events {
+        mut body,
+        mut parser,
+    } = events;
+    loop {
         while let Some(event) = parser.next_event() {
             if matches!(event.event.as_deref(), None | Some("message")) {
-                process.route(event.data.as_bytes());
+                route(event.data.as_bytes());
             }
         }
         let frame = tokio::select! {
             f = body.frame() => f,
-            _ = gone.wait_for(Option::is_some) => break "closed".to_owned(),
+            _ = gone.wait_for(Option::is_some) => return "closed".to_owned(),
         };
         match frame {
             Some(Ok(frame)) => {
@@ -196,14 +213,10 @@ async fn read_events(process: Arc<Process>, mut body: UpstreamBody, mut parser: 
                     parser.push(&data);
                 }
             }
-            Some(Err(e)) => break format!("its event stream failed: {e}"),
-            None => break "its event stream ended".to_owned(),
+            Some(Err(e)) => return format!("its event stream failed: {e}"),
+            None => return "its event stream ended".to_owned(),
         }
-    };
-    process.ended(&format!(
-        "legacy SSE upstream {}: {reason}",
-        process.upstream
-    ));
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
-use crate::wire::{Malformed, has_token, header_lines, parse_decimal, push_decimal, share_head};
+use crate::http::wire::{
+    Malformed, has_token, header_lines, parse_decimal, push_decimal, share_head,
+};
 
 /// Most headers in one request head.
 const MAX_HEADERS: usize = 100;

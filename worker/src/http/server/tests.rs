@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::body;
-use crate::wire::{Parsed, parse_head};
+use crate::http::body;
+use crate::http::wire::{Parsed, parse_head};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -46,8 +46,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::body::Body;
-use crate::wire::{self, Chunked, Step};
+use crate::http::body::Body;
+use crate::http::wire::{self, Chunked, Step};
 use head::{AnswerFraming, BodyFraming, RequestHead};
 
 /// Limits read afresh for every request (a reload changes them).
@@ -128,7 +128,7 @@ pub(crate) enum ServeError {
     #[error("writing to the client: {0}")]
     Write(io::Error),
     #[error("the answer body failed: {0}")]
-    Answer(crate::body::BoxError),
+    Answer(crate::http::body::BoxError),
     #[error("the answer body's length is not what its head said")]
     AnswerLength,
     #[error("the client closed the connection during a streamed answer")]
@@ -591,7 +591,7 @@ async fn next_frame<IO>(
     buf: &mut BytesMut,
     body: &mut Body,
     max_head: usize,
-) -> Result<Option<Result<Frame<Bytes>, crate::body::BoxError>>, ServeError>
+) -> Result<Option<Result<Frame<Bytes>, crate::http::body::BoxError>>, ServeError>
 where
     IO: AsyncRead + Unpin,
 {

@@ -1,0 +1,209 @@
+//! The worker context: what request handlers read ([`Ctx`]), and the
+//! configuration in force with what is built from it ([`Live`]), which a
+//! reload swaps whole.
+
+use foldhash::{HashMap, HashMapExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use mcpgw_protocol::config::Config;
+use mcpgw_protocol::control::WorkerId;
+use mcpgw_protocol::routing::{RouteTable, RouteUpdate};
+use mcpgw_protocol::session_id::SessionId;
+use tokio::sync::watch;
+
+use crate::endpoints::Endpoint;
+use crate::error::WorkerError;
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::session::Sessions;
+use crate::session::registry::Registry;
+use crate::session::store::StoreClient;
+use crate::upstream::UpstreamServer;
+
+/// What every request handler sees.
+pub(crate) struct Ctx {
+    pub id: WorkerId,
+    /// The slot count and the routing exceptions (down slots, moved sessions) from the supervisor.
+    routes: std::sync::RwLock<RouteTable>,
+    /// What a reload replaces; a request reads it once ([`Ctx::live`]).
+    live: std::sync::RwLock<Arc<Live>>,
+    pub sessions: Sessions,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<StoreClient>,
+    pub forwarder: Forwarder,
+    /// Flips to true when the worker starts to stop; open streams end on it.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The configuration in force and what is built from it.
+pub(crate) struct Live {
+    pub config: Arc<Config>,
+    /// Upstream servers by id; an unchanged server survives a reload with
+    /// its connection pool and upstream sessions.
+    pub servers: HashMap<Arc<str>, Arc<UpstreamServer>>,
+    pub endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    pub worker_header: Option<HeaderValue>,
+    pub max_body: usize,
+    pub host_policy: crate::http::origin::HostPolicy,
+    /// One acceptor per `tls_listener`, by index. New handshakes use the
+    /// acceptor in force; live connections keep the one they started with.
+    pub tls: Vec<tokio_rustls::TlsAcceptor>,
+}
+
+impl Ctx {
+    pub(crate) fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The slot that owns `id`: its hash slot unless the supervisor said
+    /// otherwise.
+    pub(crate) fn owner_of(&self, id: &SessionId) -> u16 {
+        self.with_routes(|r| r.owner(id))
+    }
+
+    /// Slots in the pool (the modulus new session ids are minted for).
+    pub(crate) fn slot_count(&self) -> u16 {
+        self.with_routes(RouteTable::slots)
+    }
+
+    fn with_routes<T>(&self, f: impl FnOnce(&RouteTable) -> T) -> T {
+        match self.routes.read() {
+            Ok(r) => f(&r),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn change_routes(&self, f: impl FnOnce(&mut RouteTable)) {
+        match self.routes.write() {
+            Ok(mut r) => f(&mut r),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn set_routes(&self, update: &RouteUpdate) {
+        self.change_routes(|r| r.apply(update));
+        // Sessions may have moved to this worker.
+        self.store.forget_absent();
+    }
+
+    pub(crate) fn set_live(&self, live: Arc<Live>) {
+        match self.live.write() {
+            Ok(mut l) => *l = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+}
+
+impl Live {
+    /// Build from `config`, keeping the servers of `previous` whose
+    /// connection settings did not change. Returns the ids of servers that
+    /// were replaced or removed: their upstream sessions must go.
+    pub(crate) fn build(
+        id: WorkerId,
+        config: Arc<Config>,
+        previous: Option<&Live>,
+    ) -> Result<(Self, Vec<Arc<str>>), WorkerError> {
+        let mut servers = HashMap::new();
+        let mut gone = Vec::new();
+        for u in &config.upstream {
+            let kept = previous
+                .and_then(|p| p.servers.get(u.id.as_str()))
+                .filter(|old| old.adopt(u))
+                .cloned();
+            let server = match kept {
+                Some(s) => s,
+                None => {
+                    if previous.is_some_and(|p| p.servers.contains_key(u.id.as_str())) {
+                        gone.push(Arc::from(u.id.as_str()));
+                    }
+                    Arc::new(UpstreamServer::new(u)?)
+                }
+            };
+            servers.insert(server.id.clone(), server);
+        }
+        if let Some(p) = previous {
+            gone.extend(
+                p.servers
+                    .keys()
+                    .filter(|k| !servers.contains_key(*k))
+                    .cloned(),
+            );
+        }
+        let worker_header = config
+            .diagnostics
+            .worker_header
+            .then(|| {
+                HeaderValue::from_str(&format!(
+                    "{}/{}/{}",
+                    id.slot,
+                    id.generation,
+                    std::process::id()
+                ))
+                .ok()
+            })
+            .flatten();
+        let tls = config
+            .tls_listener
+            .iter()
+            .map(|t| {
+                mcpgw_protocol::tls::server_config(&t.cert, &t.key)
+                    .map(tokio_rustls::TlsAcceptor::from)
+                    .map_err(|e| WorkerError::Tls(format!("{}: {e}", t.addr)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::upstream::answer_budget::configure(
+            config.limits.max_answer_bytes as usize,
+            usize::try_from(config.limits.max_buffered_answer_bytes).unwrap_or(usize::MAX),
+        );
+        Ok((
+            Self {
+                tls,
+                endpoints: crate::endpoints::endpoints(&config, &servers),
+                max_body: config.limits.max_body_bytes as usize,
+                host_policy: crate::http::origin::HostPolicy::from_config(&config),
+                worker_header,
+                servers,
+                config,
+            },
+            gone,
+        ))
+    }
+}
+
+pub(crate) fn build_ctx(
+    id: WorkerId,
+    slots: u16,
+    config: Arc<Config>,
+    runtime_dir: std::path::PathBuf,
+    stopping: watch::Receiver<bool>,
+    store: Arc<StoreClient>,
+) -> Result<Ctx, WorkerError> {
+    let (live, _) = Live::build(id, config.clone(), None)?;
+    let metrics = Arc::new(Metrics::new()?);
+    Ok(Ctx {
+        id,
+        routes: std::sync::RwLock::new(RouteTable::new(slots)),
+        live: std::sync::RwLock::new(Arc::new(live)),
+        sessions: Sessions::new(metrics.sessions.clone()),
+        registry: Arc::new(Registry::new(
+            Duration::from_secs(config.sessions.upstream_probe_after_secs),
+            Duration::from_millis(config.sessions.upstream_close_grace_ms),
+            metrics.clone(),
+            store.clone(),
+        )),
+        metrics,
+        store,
+        forwarder: Forwarder::new(
+            runtime_dir,
+            id.slot,
+            Duration::from_millis(config.limits.dispatch_wait_ms),
+        ),
+        stopping,
+    })
+}

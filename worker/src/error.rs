@@ -1,0 +1,30 @@
+//! What stops a worker from starting or running: one variant per step.
+
+use mcpgw_protocol::channel::ChannelError;
+
+use crate::upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("taking inherited fd {fd}: {source} (is this process started by `mcpgw serve`?)")]
+    InheritedFd { fd: i32, source: std::io::Error },
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("control channel: {0}")]
+    Control(#[from] ChannelError),
+    #[error("the supervisor closed the control channel before the handshake")]
+    NoInit,
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("binding the internal socket {path}: {source}")]
+    Internal {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] upstream::ServerConfigError),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("TLS listener {0}")]
+    Tls(String),
+}

@@ -30,10 +30,10 @@
 
 mod bounded;
 mod ctx;
-mod endpoint;
 mod endpoints;
 mod error;
 mod forward;
+mod front;
 mod http;
 mod jsonrpc;
 mod metrics;

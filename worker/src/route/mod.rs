@@ -1,6 +1,400 @@
 //! Era-neutral routing of one JSON-RPC request to the upstreams of an
-//! endpoint.
+//! endpoint: answered here (ping, merged lists), to one upstream by
+//! `params.name` (namespaced) or by resource URI, broadcast to all
+//! (`logging/setLevel`), or passed through when the endpoint has one
+//! upstream. Nothing here reads HTTP headers or session ids.
 //!
 //! - [`lists`]: namespacing and merged lists.
+//! - [`call`]: running one call on one upstream and framing its answer.
+//! - [`reply`]: answers and JSON-RPC errors in the client's format.
 
+pub(crate) mod call;
 pub(crate) mod lists;
+pub(crate) mod reply;
+
+use crate::route::call::passthrough;
+use crate::route::reply::{Accept, invalid_params, rpc, rpc_error};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::ctx::Ctx;
+use crate::http::body::Body;
+use crate::jsonrpc;
+use crate::route::lists::ListKind;
+use crate::session::Session;
+use crate::upstream::read_answer;
+
+/// MCP's code for an unknown resource.
+pub(crate) const RESOURCE_NOT_FOUND: i32 = -32002;
+
+/// A request inside a session.
+pub(crate) async fn request(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    method: &str,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    let id = env.id_raw();
+    let endpoint = session.endpoint();
+    let namespaced = endpoint.namespaced();
+    match method {
+        "initialize" => rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "this session is already initialized",
+        ),
+        "ping" => rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}")),
+        "tools/call" => by_name(ctx, session, env, body, accept, "tool").await,
+        "prompts/get" => by_name(ctx, session, env, body, accept, "prompt").await,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            #[derive(Deserialize)]
+            struct P<'a> {
+                #[serde(borrow)]
+                uri: Cow<'a, str>,
+            }
+            match env
+                .params
+                .and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok())
+            {
+                Some(p) => {
+                    let progress = wants_progress(env.params);
+                    by_uri(ctx, session, &p.uri, body.clone(), id, accept, progress).await
+                }
+                None => invalid_params(accept, id, &format!("{method} needs params.uri")),
+            }
+        }
+        "completion/complete" => complete(ctx, session, env, body, accept).await,
+        "logging/setLevel" => {
+            let resp = if namespaced {
+                Box::pin(broadcast(ctx, session, method, env, accept)).await
+            } else {
+                passthrough(
+                    ctx,
+                    session,
+                    &endpoint.upstreams[0],
+                    body.clone(),
+                    id,
+                    accept,
+                    false,
+                )
+                .await
+            };
+            // Recorded after it went out, so the upstream sessions it just
+            // created do not get it twice.
+            if let Some(p) = env.params {
+                session.relay.set_log_level(p.get());
+            }
+            resp
+        }
+        m if !namespaced => {
+            // One upstream: the gateway is transparent, lists and methods it
+            // does not know included.
+            let _ = m;
+            passthrough(
+                ctx,
+                session,
+                &endpoint.upstreams[0],
+                body.clone(),
+                id,
+                accept,
+                wants_progress(env.params),
+            )
+            .await
+        }
+        m => {
+            if let Some(kind) = ListKind::from_method(m) {
+                #[derive(Deserialize, Default)]
+                struct P {
+                    #[serde(default)]
+                    cursor: Option<String>,
+                }
+                let p: P = env
+                    .params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or_default();
+                return match lists::merged_list(&ctx.registry, session, kind, p.cursor.as_deref())
+                    .await
+                {
+                    Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
+                    Err(e) => invalid_params(accept, id, &e.to_string()),
+                };
+            }
+            rpc_error(
+                accept,
+                StatusCode::OK,
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("Method not found: {m}"),
+            )
+        }
+    }
+}
+
+/// `tools/call` and `prompts/get`: route by `params.name`, strip the
+/// namespace, pass through.
+pub(crate) async fn by_name(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+    what: &str,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(rename = "progressToken", borrow, default)]
+        progress_token: Option<&'a serde_json::value::RawValue>,
+    }
+    // `_meta` is read in the same pass as the name, so the hot path does
+    // not scan the body again for a progress token.
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(rename = "_meta", borrow, default)]
+        meta: Option<Meta<'a>>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+    };
+    let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
+        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+    };
+    let endpoint = session.endpoint();
+    let Some((pos, upstream_name)) = endpoint.resolve(&p.name) else {
+        info!(session = %session.id, name = %p.name, what, "unknown name");
+        return invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
+    };
+    let body = if upstream_name == p.name {
+        body.clone()
+    } else {
+        match jsonrpc::with_param(
+            body,
+            params.get(),
+            "name",
+            &jsonrpc::json_string(upstream_name),
+        ) {
+            Some(b) => Bytes::from(b),
+            None => return invalid_params(accept, id, "params must be an object"),
+        }
+    };
+    let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
+    passthrough(
+        ctx,
+        session,
+        &endpoint.upstreams[pos],
+        body,
+        id,
+        accept,
+        progress,
+    )
+    .await
+}
+
+/// Whether a request asks for progress (then its token is mapped). A scan,
+/// not a parse: most requests have none.
+pub(crate) fn wants_progress(params: Option<&serde_json::value::RawValue>) -> bool {
+    params.is_some_and(|p| p.get().contains("progressToken"))
+}
+
+/// Route by resource URI: the learned map, else the single upstream, else
+/// ask each upstream in turn until one knows it.
+pub(crate) async fn by_uri(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    uri: &str,
+    body: Bytes,
+    id: &str,
+    accept: Accept,
+    progress: bool,
+) -> Response<Body> {
+    let endpoint = session.endpoint();
+    if !endpoint.namespaced() {
+        return passthrough(
+            ctx,
+            session,
+            &endpoint.upstreams[0],
+            body,
+            id,
+            accept,
+            progress,
+        )
+        .await;
+    }
+    let known = session
+        .relay
+        .resource_routes
+        .lock()
+        .ok()
+        .and_then(|m| m.get(uri).cloned())
+        .and_then(|upstream| {
+            endpoint
+                .upstreams
+                .iter()
+                .find(|u| u.id == upstream)
+                .cloned()
+        });
+    if let Some(server) = known {
+        return passthrough(ctx, session, &server, body, id, accept, progress).await;
+    }
+    let mut last_error = None;
+    for server in endpoint.upstreams.iter() {
+        let deadline = Instant::now() + server.request_timeout();
+        let attempt = async {
+            let us = ctx.registry.get(session, server).await?;
+            let resp = us.send(body.clone(), deadline).await?;
+            read_answer(server, resp, id, deadline).await
+        };
+        match attempt.await {
+            Ok(message) => match jsonrpc::answer(&message) {
+                Some(jsonrpc::Answer::Result(_)) => {
+                    if let Ok(mut m) = session.relay.resource_routes.lock() {
+                        m.insert(uri.to_owned(), server.id.clone());
+                    }
+                    return rpc(accept, StatusCode::OK, message);
+                }
+                _ => last_error = Some(message),
+            },
+            Err(e) => debug!(upstream = %server.id, error = %e, "resource lookup failed"),
+        }
+    }
+    let message = last_error.unwrap_or_else(|| {
+        jsonrpc::error(
+            id,
+            RESOURCE_NOT_FOUND,
+            &format!("Resource not found: {uri}"),
+            None,
+        )
+    });
+    rpc(accept, StatusCode::OK, message)
+}
+
+/// `completion/complete`: by prompt name or resource URI in `params.ref`.
+pub(crate) async fn complete(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct Ref<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        uri: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(rename = "ref", borrow)]
+        reference: Ref<'a>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, "completion/complete needs params.ref");
+    };
+    let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
+        return invalid_params(accept, id, "completion/complete needs params.ref");
+    };
+    match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
+        ("ref/prompt", Some(name), _) => {
+            let endpoint = session.endpoint();
+            let Some((pos, upstream_name)) = endpoint.resolve(&name) else {
+                return invalid_params(accept, id, &format!("Unknown prompt: {name}"));
+            };
+            let body = if upstream_name == name {
+                body.clone()
+            } else {
+                let Ok(obj) = serde_json::from_str::<jsonrpc::RawObject<'_>>(params.get()) else {
+                    return invalid_params(accept, id, "params must be an object");
+                };
+                let Some(new_ref) = obj.get("ref").and_then(|r| {
+                    jsonrpc::with_member(r.get(), "name", &jsonrpc::json_string(upstream_name))
+                }) else {
+                    return invalid_params(accept, id, "params.ref must be an object");
+                };
+                match jsonrpc::with_param(body, params.get(), "ref", &new_ref) {
+                    Some(b) => Bytes::from(b),
+                    None => return invalid_params(accept, id, "params must be an object"),
+                }
+            };
+            let progress = wants_progress(env.params);
+            passthrough(
+                ctx,
+                session,
+                &endpoint.upstreams[pos],
+                body,
+                id,
+                accept,
+                progress,
+            )
+            .await
+        }
+        ("ref/resource", _, Some(uri)) => {
+            let progress = wants_progress(env.params);
+            by_uri(ctx, session, &uri, body.clone(), id, accept, progress).await
+        }
+        _ => invalid_params(
+            accept,
+            id,
+            "params.ref must be ref/prompt with name or ref/resource with uri",
+        ),
+    }
+}
+
+/// Send the same request to every upstream of the session (e.g.
+/// `logging/setLevel`); succeed if any upstream did.
+pub(crate) async fn broadcast(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    method: &str,
+    env: &jsonrpc::Envelope<'_>,
+    accept: Accept,
+) -> Response<Body> {
+    let params = env.params.map(|p| p.get().to_owned());
+    let mut set = tokio::task::JoinSet::new();
+    for server in session.endpoint().upstreams.iter() {
+        let (ctx, session, params, method, server) = (
+            ctx.clone(),
+            session.clone(),
+            params.clone(),
+            method.to_owned(),
+            server.clone(),
+        );
+        set.spawn(async move {
+            let deadline = Instant::now() + server.request_timeout();
+            let us = ctx.registry.get(&session, &server).await.ok()?;
+            let answer = us.call(&method, params.as_deref(), deadline).await.ok()?;
+            matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_))).then_some(())
+        });
+    }
+    let mut any = false;
+    while let Some(r) = set.join_next().await {
+        any |= matches!(r, Ok(Some(())));
+    }
+    let id = env.id_raw();
+    if any {
+        rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))
+    } else {
+        rpc_error(
+            accept,
+            StatusCode::OK,
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("no upstream accepted {method}"),
+        )
+    }
+}

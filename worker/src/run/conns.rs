@@ -14,7 +14,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::ctx::Ctx;
-use crate::endpoint::{self, Origin};
+use crate::front::{
+    self,
+    common::{ClientAddr, Origin},
+};
 use crate::http::body::Body;
 use crate::http::server::{self, Handler, Limits, ReqBody};
 
@@ -115,9 +118,9 @@ impl Handler for Serving {
         mut req: http::Request<ReqBody>,
     ) -> impl std::future::Future<Output = http::Response<Body>> {
         if let Some(ip) = self.peer {
-            req.extensions_mut().insert(endpoint::ClientAddr(ip));
+            req.extensions_mut().insert(ClientAddr(ip));
         }
-        endpoint::handle(self.ctx.clone(), req, self.origin)
+        front::handle(self.ctx.clone(), req, self.origin)
     }
 }
 

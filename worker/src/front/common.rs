@@ -1,0 +1,126 @@
+//! What every front end shares: where a request came from, plain HTTP
+//! refusals, the session errors.
+
+use crate::route::reply::{Accept, rpc_error};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use mcpgw_protocol::session_id::SessionId;
+use tracing::debug;
+
+use crate::http::body::{self, Body};
+
+/// Where a connection came from: the public listeners, or a sibling worker
+/// forwarding a request for a session this worker owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Public,
+    Internal,
+}
+
+/// The client's IP address, put in a request's extensions by the connection
+/// that received it (absent on forwarded requests, which never open
+/// sessions); the per-client session cap counts by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientAddr(pub std::net::IpAddr);
+
+/// The gateway's JSON-RPC error for `initialize` past a session cap (the
+/// -32000 to -32099 range is for implementation-defined server errors).
+pub(crate) const SESSION_LIMIT: i32 = -32000;
+
+/// Error code conventional for an unknown or expired session.
+pub(crate) const SESSION_NOT_FOUND: i32 = -32001;
+
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub(crate) fn session_not_found(accept: Accept, id: &SessionId, why: &str) -> Response<Body> {
+    debug!(session = %id, why, "session not found");
+    rpc_error(
+        accept,
+        StatusCode::NOT_FOUND,
+        "null",
+        SESSION_NOT_FOUND,
+        "Session not found; initialize a new session",
+    )
+}
+
+pub(crate) fn is_json_content_type<B>(req: &Request<B>) -> bool {
+    let Some(v) = req.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    // The usual value, compared before any parsing.
+    if v.as_bytes() == b"application/json" {
+        return true;
+    }
+    v.to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+pub(crate) fn accepted() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::reply::Accept;
+    use http::header::ACCEPT;
+
+    fn req(name: http::HeaderName, values: &[&'static str]) -> Request<()> {
+        let mut r = Request::new(());
+        for v in values {
+            r.headers_mut()
+                .append(name.clone(), HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    fn accept(values: &[&'static str]) -> (bool, bool) {
+        let a = Accept::of(&req(ACCEPT, values));
+        (a.json, a.sse)
+    }
+
+    #[test]
+    fn accept_lists_are_read_case_insensitively_with_or_without_the_fast_path() {
+        assert_eq!(
+            accept(&["application/json, text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(
+            accept(&["Application/JSON;q=0.9 , TEXT/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(
+            accept(&["application/json", "text/event-stream"]),
+            (true, true)
+        );
+        assert_eq!(accept(&["application/json"]), (true, false));
+        assert_eq!(accept(&["text/*"]), (false, true));
+        assert_eq!(accept(&["*/*"]), (true, true));
+        assert_eq!(accept(&["image/png"]), (false, false));
+        // No Accept at all: lenient.
+        assert_eq!(accept(&[]), (true, true));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let is = |v: &'static str| is_json_content_type(&req(CONTENT_TYPE, &[v]));
+        assert!(is("application/json"));
+        assert!(is("Application/Json; charset=utf-8"));
+        assert!(!is("text/plain"));
+        assert!(!is_json_content_type(&Request::new(())));
+    }
+}

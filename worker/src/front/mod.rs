@@ -1,0 +1,109 @@
+//! From an HTTP request to an MCP request and back.
+//!
+//! Order of work per request: the `Host`/`Origin` policy; find the endpoint
+//! by path; find the session (forward to its owner worker if another one
+//! owns it); enforce content type, `Accept`, body size and protocol version;
+//! read only the envelope; then either answer locally (initialize, ping,
+//! merged lists) or hand the request to [`crate::route`], which passes the
+//! client's bytes to the one upstream the request belongs to and streams its
+//! answer back. Every refusal is a JSON-RPC error with the right HTTP
+//! status.
+//!
+//! - [`common`]: request origin, plain refusals, session errors.
+//! - [`stateful`]: the stateful protocol era (2025-03-26 to 2025-11-25):
+//!   sessions, initialize, GET streams, DELETE, batches.
+
+pub(crate) mod common;
+pub(crate) mod stateful;
+
+use crate::front::common::Origin;
+use crate::route::reply::{Accept, rpc_error};
+use std::sync::Arc;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use mcpgw_protocol::headers::WORKER;
+use tracing::info;
+
+use crate::ctx::Ctx;
+use crate::http::body::{self, Body};
+use crate::http::server::ReqBody;
+use crate::jsonrpc;
+
+/// The answer to one request.
+///
+/// Branches off the `tools/call` path (forwarding, resuming, batches,
+/// initialize, notifications, SSE answers …) are boxed where they are
+/// awaited: a future is as large as its largest branch, and this one is
+/// held in every connection's task, moved when a connection starts, and
+/// touched by every request.
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin) -> Response<Body> {
+    // One snapshot of the reloadable configuration for the whole request.
+    let live = ctx.live();
+    // Forwarded requests were checked by the worker that received them.
+    let refused = match origin {
+        Origin::Public => live.host_policy.check(req.headers()).err(),
+        Origin::Internal => None,
+    };
+    let mut resp = match refused {
+        Some(reason) => {
+            info!(%reason, "request refused (DNS rebinding protection)");
+            rpc_error(
+                Accept::of(&req),
+                StatusCode::FORBIDDEN,
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &reason,
+            )
+        }
+        None if origin == Origin::Internal && req.uri().path() == SNAPSHOT_PATH => snapshot(&ctx),
+        None => {
+            if origin == Origin::Internal {
+                ctx.metrics.forwarded.with_label_values(&["in"]).inc();
+            }
+            stateful::serve(&ctx, &live, req, origin).await
+        }
+    };
+    if let Some(v) = &live.worker_header {
+        // A forwarded answer already names the owner that served it.
+        resp.headers_mut()
+            .entry(WORKER)
+            .or_insert_with(|| v.clone());
+    }
+    if *ctx.stopping.borrow() {
+        // The client learns from this answer that the connection ends, and
+        // sends its next request on a new one (to whichever worker serves
+        // the session then), instead of racing the close.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Path of the worker's own status on its internal socket (never public).
+pub(crate) const SNAPSHOT_PATH: &str = "/_mcpgw/snapshot";
+
+/// This worker's sessions and upstream sessions as JSON.
+pub(crate) fn snapshot(ctx: &Ctx) -> Response<Body> {
+    let sessions = ctx.sessions.all();
+    let per_upstream: serde_json::Map<String, serde_json::Value> = ctx
+        .registry
+        .snapshot(&sessions)
+        .iter()
+        .map(|(id, count, oldest)| {
+            (
+                id.to_string(),
+                serde_json::json!({"upstream_sessions": count, "oldest_age_secs": oldest.as_secs_f64()}),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "worker": ctx.id.to_string(),
+        "sessions": sessions.len(),
+        "upstreams": per_upstream,
+    });
+    let mut r = Response::new(body::full(doc.to_string()));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,207 @@
+//! `initialize`: a new session, admitted under the session caps, its
+//! record written before the client learns its id.
+
+use crate::front::common::{ClientAddr, SESSION_LIMIT};
+use crate::route::reply::{Accept, invalid_params, rpc, rpc_error};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderValue, Response, StatusCode};
+use mcpgw_protocol::headers::MCP_SESSION_ID;
+use mcpgw_protocol::session_id::SessionId;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::ctx::Ctx;
+use crate::endpoints::Endpoint;
+use crate::http::body::Body;
+use crate::jsonrpc;
+use crate::session::Session;
+use crate::session::store::OpenRefused;
+use crate::versions;
+use mcpgw_protocol::store::{SessionCap, SessionCaps, SessionRecord};
+
+/// Open a session. What it keeps for its life is bounded: the params (the
+/// only part the client fills) up to `max_session_params_bytes`, the rest
+/// fixed-size or from the configuration. It is admitted under the session
+/// caps by the supervisor, which stores its record in the same step
+/// ([`crate::session::store::StoreClient::open`]); past a cap the client gets
+/// [`SESSION_LIMIT`] and no other session is touched.
+pub(crate) async fn initialize(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    accept: Accept,
+    env: &jsonrpc::Envelope<'_>,
+    client: Option<ClientAddr>,
+) -> Response<Body> {
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(rename = "protocolVersion", borrow)]
+        protocol_version: Cow<'a, str>,
+    }
+    let id = env.id_raw();
+    let Some(params) = env.params else {
+        return invalid_params(accept, id, "initialize needs params");
+    };
+    let limits = &ctx.live().config.limits;
+    let max_params = usize::try_from(limits.max_session_params_bytes).unwrap_or(usize::MAX);
+    if params.get().len() > max_params {
+        info!(
+            bytes = params.get().len(),
+            limit = max_params,
+            "initialize refused: params over max_session_params_bytes"
+        );
+        ctx.metrics
+            .sessions_refused
+            .with_label_values(&["params"])
+            .inc();
+        return invalid_params(
+            accept,
+            id,
+            &format!(
+                "initialize params are {} bytes; this gateway keeps at most {max_params} (max_session_params_bytes)",
+                params.get().len()
+            ),
+        );
+    }
+    let caps = SessionCaps {
+        total: limits.max_sessions,
+        per_worker: limits.max_sessions_per_worker,
+        per_client: limits.max_sessions_per_client,
+    };
+    let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) else {
+        return invalid_params(
+            accept,
+            id,
+            "initialize needs params.protocolVersion (a string)",
+        );
+    };
+    let version = versions::negotiate(&p.protocol_version);
+    let Some(init_params) = jsonrpc::with_member(
+        params.get(),
+        "protocolVersion",
+        &jsonrpc::json_string(version),
+    ) else {
+        return invalid_params(accept, id, "initialize params must be an object");
+    };
+    let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slot_count()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot mint a session id");
+            return rpc_error(
+                accept,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "cannot create a session right now",
+            );
+        }
+    };
+    let record = SessionRecord {
+        id: session_id.to_string(),
+        owner: ctx.id,
+        principal: String::new(),
+        client: client.map(|c| c.0.to_string()).unwrap_or_default(),
+        endpoint: endpoint.path.to_string(),
+        version: version.to_owned(),
+        init_params: init_params.clone(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        upstreams: Vec::new(),
+    };
+    // Recorded before the client learns the id, so the session can fail over
+    // from its first request on.
+    if let Err(refused) = ctx.store.open(record, caps).await {
+        return session_refused(ctx, accept, id, refused, caps, client);
+    }
+    let session = Arc::new(Session::new(
+        session_id,
+        endpoint,
+        version,
+        init_params.into_boxed_str(),
+    ));
+    ctx.sessions.insert(session);
+    info!(session = %session_id, version, requested = %p.protocol_version, "session created");
+    let result = format!(
+        concat!(
+            "{{\"protocolVersion\":\"{}\",\"capabilities\":{{",
+            // The relay forwards list changes and resource subscriptions of
+            // every upstream, so the gateway offers them whatever each
+            // upstream turns out to support (it is contacted lazily).
+            "\"tools\":{{\"listChanged\":true}},\"prompts\":{{\"listChanged\":true}},",
+            "\"resources\":{{\"subscribe\":true,\"listChanged\":true}},",
+            "\"logging\":{{}},\"completions\":{{}}}},",
+            "\"serverInfo\":{{\"name\":\"mcpgw\",\"version\":\"{}\"}}}}"
+        ),
+        version,
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut r = rpc(accept, StatusCode::OK, jsonrpc::result(id, &result));
+    if let Ok(v) = HeaderValue::from_str(session_id.as_str()) {
+        r.headers_mut().insert(MCP_SESSION_ID, v);
+    }
+    r
+}
+
+/// The answer to an `initialize` past a session cap (HTTP 200, as every
+/// JSON-RPC error to a well-formed request; the message names the cap and
+/// its `[limits]` key), or when the supervisor could not admit it (503).
+pub(crate) fn session_refused(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    refused: OpenRefused,
+    caps: SessionCaps,
+    client: Option<ClientAddr>,
+) -> Response<Body> {
+    let cap = match refused {
+        OpenRefused::Cap(cap) => cap,
+        OpenRefused::NoAnswer => {
+            warn!("the supervisor did not admit a new session in time; initialize refused");
+            let mut r = rpc_error(
+                accept,
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "cannot create a session right now; try again",
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    let (what, key, limit) = match cap {
+        SessionCap::Worker => (
+            "this gateway worker has",
+            "max_sessions_per_worker",
+            caps.per_worker,
+        ),
+        SessionCap::Client => (
+            "your address has",
+            "max_sessions_per_client",
+            caps.per_client,
+        ),
+        SessionCap::Total => ("this gateway has", "max_sessions", caps.total),
+    };
+    info!(cap = cap.label(), limit, client = ?client.map(|c| c.0), "initialize refused: session cap reached");
+    ctx.metrics
+        .sessions_refused
+        .with_label_values(&[cap.label()])
+        .inc();
+    rpc(
+        accept,
+        StatusCode::OK,
+        jsonrpc::error(
+            id,
+            SESSION_LIMIT,
+            &format!(
+                "Session limit reached: {what} {limit} open sessions ({key}); end one (DELETE) or try later"
+            ),
+            Some(&format!(
+                "{{\"cap\":\"{}\",\"limit\":{limit}}}",
+                cap.label()
+            )),
+        ),
+    )
+}

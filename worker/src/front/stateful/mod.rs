@@ -1,0 +1,381 @@
+//! The stateful MCP Streamable HTTP era (2025-03-26 to 2025-11-25): the
+//! session a request belongs to (forwarded to its owner, or resumed from
+//! the store), POST (one message or a batch), GET and DELETE.
+//!
+//! - [`initialize`]: opening a session under the session caps.
+//! - [`lifecycle`]: the GET stream, resuming an inherited session, DELETE.
+//! - [`messages`]: client notifications and responses.
+
+mod initialize;
+mod lifecycle;
+mod messages;
+
+use crate::front::common::{
+    ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found,
+};
+use crate::front::stateful::initialize::initialize;
+use crate::front::stateful::lifecycle::{delete, get, resume};
+use crate::front::stateful::messages::{client_notification, client_response};
+use crate::route::reply::{Accept, rpc, rpc_error};
+use crate::route::request;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use mcpgw_protocol::session_id::SessionId;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::ctx::{Ctx, Live};
+use crate::endpoints::Endpoint;
+use crate::http::body::{self, Body};
+use crate::http::server::ReqBody;
+use crate::jsonrpc::{self, Kind};
+use crate::metrics;
+use crate::session::Session;
+use crate::versions;
+
+pub(crate) async fn serve(
+    ctx: &Arc<Ctx>,
+    live: &Live,
+    req: Request<ReqBody>,
+    origin: Origin,
+) -> Response<Body> {
+    let Some(endpoint) = live.endpoints.get(req.uri().path()).cloned() else {
+        return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
+    };
+    let accept = Accept::of(&req);
+    let session = match req.headers().get(MCP_SESSION_ID) {
+        None => None,
+        Some(raw) => match SessionId::parse(raw.as_bytes()) {
+            Err(e) => {
+                info!(error = %e, "malformed Mcp-Session-Id");
+                return rpc_error(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    "null",
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("invalid Mcp-Session-Id: {e}"),
+                );
+            }
+            Ok(id) => match ctx.sessions.get(&id) {
+                Some(s) if s.endpoint().path == endpoint.path => Some(s),
+                Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
+                None => {
+                    let owner = ctx.owner_of(&id);
+                    if owner != ctx.id.slot && origin == Origin::Public {
+                        ctx.metrics.forwarded.with_label_values(&["out"]).inc();
+                        return Box::pin(ctx.forwarder.forward(owner, req)).await;
+                    }
+                    // Ours but unknown: maybe inherited from a dead worker.
+                    match Box::pin(resume(ctx, &id)).await {
+                        Some(s) if s.endpoint().path == endpoint.path => Some(s),
+                        _ => return session_not_found(accept, &id, "unknown or expired"),
+                    }
+                }
+            },
+        },
+    };
+    match *req.method() {
+        Method::POST => post(ctx, endpoint, session, accept, req).await,
+        Method::GET => get(ctx, session, accept),
+        Method::DELETE => Box::pin(delete(ctx, session, accept)).await,
+        _ => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            r
+        }
+    }
+}
+
+/// POST, counted and timed by method and outcome.
+pub(crate) async fn post(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    req: Request<ReqBody>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let mut method = "other";
+    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
+    let outcome = match resp.status().as_u16() {
+        200..=299 => "ok",
+        400..=499 => "rejected",
+        _ => "error",
+    };
+    ctx.metrics
+        .observe_request(method, outcome, start.elapsed().as_secs_f64());
+    resp
+}
+
+pub(crate) async fn post_inner(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    req: Request<ReqBody>,
+    method_label: &mut &'static str,
+) -> Response<Body> {
+    if !is_json_content_type(&req) {
+        return rpc_error(
+            accept,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        );
+    }
+    if !accept.json && !accept.sse {
+        return plain(
+            StatusCode::NOT_ACCEPTABLE,
+            "Accept must include application/json or text/event-stream\n",
+        );
+    }
+    let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
+    let client = req.extensions().get::<ClientAddr>().copied();
+    let body = match req.into_body() {
+        ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
+        ReqBody::TooLarge { limit } => {
+            info!(limit, "request body too large");
+            return rpc_error(
+                accept,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &format!("request body exceeds {limit} bytes"),
+            );
+        }
+    };
+    if jsonrpc::is_batch(&body) {
+        *method_label = "batch";
+        return Box::pin(batch(ctx, session, accept, &body)).await;
+    }
+    let Some(env) = jsonrpc::parse(&body) else {
+        info!("request body is not a JSON-RPC message");
+        return rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            "null",
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the body is not a JSON object",
+        );
+    };
+    *method_label = match env.kind() {
+        Kind::Request(m) => metrics::method_label(m),
+        Kind::Notification(_) => "notification",
+        Kind::Response => "response",
+        Kind::Invalid => "other",
+    };
+    let Some(session) = session else {
+        return Box::pin(sessionless(
+            ctx,
+            endpoint,
+            accept,
+            &env,
+            header_version.as_ref(),
+            client,
+        ))
+        .await;
+    };
+    session.touch();
+    if let Some(v) = &header_version {
+        // The transport spec asks for 400 on an invalid or unsupported
+        // version only; a supported one other than the negotiated one is
+        // let through (the session's own version governs the exchange).
+        match versions::lookup(v.as_bytes()) {
+            Some(_) => {}
+            None => {
+                return rpc_error(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    env.id_raw(),
+                    jsonrpc::INVALID_REQUEST,
+                    &format!(
+                        "unsupported MCP-Protocol-Version {:?} (this session speaks {}; supported: {})",
+                        String::from_utf8_lossy(v.as_bytes()),
+                        session.version,
+                        versions::SUPPORTED.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    dispatch(ctx, &session, &env, &body, accept).await
+}
+
+/// One message of a session, by its kind.
+pub(crate) async fn dispatch(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    accept: Accept,
+) -> Response<Body> {
+    match env.kind() {
+        Kind::Request(method) => request(ctx, session, method, env, body, accept).await,
+        Kind::Notification(method) => {
+            Box::pin(client_notification(session, method, env, body)).await
+        }
+        Kind::Response => Box::pin(client_response(session, env, body, accept)).await,
+        Kind::Invalid => rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
+        ),
+    }
+}
+
+/// A JSON-RPC batch, which 2025-03-26 allows (later versions removed it):
+/// each message is handled as if posted alone, one after the other, and the
+/// answers to its requests come back together as one JSON array.
+pub(crate) async fn batch(
+    ctx: &Arc<Ctx>,
+    session: Option<Arc<Session>>,
+    accept: Accept,
+    body: &Bytes,
+) -> Response<Body> {
+    let refuse = |message: &str| {
+        rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            "null",
+            jsonrpc::INVALID_REQUEST,
+            message,
+        )
+    };
+    let Some(session) = session else {
+        return refuse("a batch needs a session (initialize cannot be batched)");
+    };
+    if session.version != "2025-03-26" {
+        return refuse(&format!(
+            "JSON-RPC batches exist in protocol 2025-03-26 only; this session speaks {}",
+            session.version
+        ));
+    }
+    let Ok(messages) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) else {
+        return rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            "null",
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the batch is not a JSON array",
+        );
+    };
+    if messages.is_empty() {
+        return refuse("an empty batch");
+    }
+    let max_batch = usize::try_from(ctx.live().config.limits.max_batch_len).unwrap_or(usize::MAX);
+    if messages.len() > max_batch {
+        info!(session = %session.id, len = messages.len(), limit = max_batch, "batch refused: over max_batch_len");
+        return refuse(&format!(
+            "a batch of {} messages; at most {max_batch} are allowed (max_batch_len)",
+            messages.len()
+        ));
+    }
+    session.touch();
+    // Each answer is read whole: a batch answer is one JSON document.
+    let one = Accept {
+        json: true,
+        sse: false,
+    };
+    let mut answers: Vec<Bytes> = Vec::new();
+    for raw in messages {
+        let message = body.slice_ref(raw.get().as_bytes());
+        let Some(env) = jsonrpc::parse(&message) else {
+            answers.push(jsonrpc::error(
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request: a batch member is not a JSON object",
+                None,
+            ));
+            continue;
+        };
+        if let Kind::Request("initialize") = env.kind() {
+            answers.push(jsonrpc::error(
+                env.id_raw(),
+                jsonrpc::INVALID_REQUEST,
+                "initialize cannot be part of a batch",
+                None,
+            ));
+            continue;
+        }
+        let resp = dispatch(ctx, &session, &env, &message, one).await;
+        if resp.status() == StatusCode::ACCEPTED {
+            continue;
+        }
+        let id = env.id_raw();
+        let answer = resp.into_body().collect().await.map(|b| b.to_bytes());
+        match answer {
+            Ok(b) if jsonrpc::parse(&b).is_some() => answers.push(b),
+            Ok(_) | Err(_) => answers.push(jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "no JSON-RPC answer for this batch member",
+                None,
+            )),
+        }
+    }
+    if answers.is_empty() {
+        return accepted();
+    }
+    let mut out = Vec::with_capacity(answers.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(a);
+    }
+    out.push(b']');
+    let mut r = Response::new(body::full(out));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A POST without a session: only `initialize` may open one.
+pub(crate) async fn sessionless(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    accept: Accept,
+    env: &jsonrpc::Envelope<'_>,
+    header_version: Option<&HeaderValue>,
+    client: Option<ClientAddr>,
+) -> Response<Body> {
+    match env.kind() {
+        Kind::Request("initialize") => {
+            Box::pin(initialize(ctx, endpoint, accept, env, client)).await
+        }
+        Kind::Request("server/discover") => {
+            // The stateless 2026-07-28 protocol is not served yet; this error
+            // makes current clients fall back to `initialize`.
+            let requested = header_version
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("2026-07-28");
+            rpc(
+                accept,
+                StatusCode::OK,
+                jsonrpc::error(
+                    env.id_raw(),
+                    jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+                    "Unsupported protocol version: this server speaks the initialize handshake",
+                    Some(&versions::unsupported_data(requested)),
+                ),
+            )
+        }
+        _ => rpc_error(
+            accept,
+            StatusCode::BAD_REQUEST,
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: missing Mcp-Session-Id header; send initialize first",
+        ),
+    }
+}

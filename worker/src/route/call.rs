@@ -1,0 +1,225 @@
+//! One call on one upstream session: the hot passthrough path (retry once
+//! when the upstream lost its session), the call registered with the
+//! relay while it runs, and its answer checked and passed back as JSON or
+//! SSE.
+
+use crate::route::reply::{Accept, cancelled, rpc, rpc_error};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::ctx::Ctx;
+use crate::http::body::{self, Body};
+use crate::http::client::UpstreamBody;
+use crate::jsonrpc;
+use crate::relay::{self, CallGuard, PumpEnd, Relay};
+use crate::session::Session;
+use crate::upstream::answer_budget;
+use crate::upstream::{self, UpstreamError, UpstreamServer};
+
+/// The hot path: the client's bytes to one upstream of the session, the
+/// upstream's answer streamed back. A 404 from the upstream (it forgot the
+/// session) starts a new upstream session and retries once: the request was
+/// not processed. Other failures are answered, never retried, so a tool
+/// call is never run twice. While it runs the call is registered with the
+/// session's relay (cancellation, progress, server requests in its stream).
+pub(crate) async fn passthrough(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    server: &Arc<UpstreamServer>,
+    body: Bytes,
+    id: &str,
+    accept: Accept,
+    progress: bool,
+) -> Response<Body> {
+    let deadline = Instant::now() + server.request_timeout();
+    let (body, token) = match progress.then(|| Relay::map_progress(&body)).flatten() {
+        Some((rewritten, token)) => (rewritten, Some(token)),
+        None => (body, None),
+    };
+    let mut retried = false;
+    loop {
+        let us = match ctx.registry.get(session, server).await {
+            Ok(us) => us,
+            Err(e) => return upstream_failure(ctx, accept, id, session, &e),
+        };
+        let mut call = CallGuard::start(&session.relay, &us, id, token.as_ref());
+        let sent = tokio::select! {
+            sent = us.send(body.clone(), deadline) => sent,
+            _ = call.interrupted() => return cancelled(accept, id),
+        };
+        match sent {
+            Ok(resp) => {
+                return answer_call(ctx, session, resp, accept, id, deadline, server, call).await;
+            }
+            Err(e) => {
+                // Only a timed-out call may still be running upstream; the
+                // guard cancels it there when dropped unfinished.
+                if !matches!(e, UpstreamError::Timeout { .. }) {
+                    call.finish();
+                }
+                if e.evicts() {
+                    ctx.registry.evict(session, &us, &e).await;
+                }
+                if matches!(e, UpstreamError::SessionGone { .. }) && !retried {
+                    warn!(session = %session.id, upstream = %server.id,
+                        "upstream lost its session; starting a new upstream session (its state is gone)");
+                    retried = true;
+                    continue;
+                }
+                return upstream_failure(ctx, accept, id, session, &e);
+            }
+        }
+    }
+}
+
+pub(crate) fn upstream_failure(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
+    failed_call(ctx, accept, StatusCode::OK, id, session, e)
+}
+
+/// An upstream answer that arrived but cannot be passed on (cut short,
+/// malformed, too large, or the answer to another request): 502, as the
+/// client gets no answer from the upstream, with a JSON-RPC error for its
+/// request.
+pub(crate) fn bad_answer(
+    ctx: &Ctx,
+    accept: Accept,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
+    failed_call(ctx, accept, StatusCode::BAD_GATEWAY, id, session, e)
+}
+
+pub(crate) fn failed_call(
+    ctx: &Ctx,
+    accept: Accept,
+    status: StatusCode,
+    id: &str,
+    session: &Session,
+    e: &UpstreamError,
+) -> Response<Body> {
+    warn!(session = %session.id, error = %e, "upstream request failed");
+    if !matches!(e, UpstreamError::Initialize { .. }) {
+        // Initialize failures are counted where the registry makes them.
+        ctx.metrics
+            .upstream_errors
+            .with_label_values(&[e.upstream(), e.kind()])
+            .inc();
+    }
+    rpc_error(accept, status, id, jsonrpc::INTERNAL_ERROR, &e.to_string())
+}
+
+/// Pass an upstream answer back in a format the client takes. A JSON answer
+/// is read whole (usually it came whole with its head: no copy) and passed
+/// on untouched once its id is the request's; an SSE answer goes through
+/// the relay, which rewrites ids and tokens and routes server requests, and
+/// is streamed to an SSE client or reduced to its response for a JSON one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn answer_call(
+    ctx: &Ctx,
+    session: &Arc<Session>,
+    resp: Response<UpstreamBody>,
+    accept: Accept,
+    id: &str,
+    deadline: Instant,
+    server: &UpstreamServer,
+    mut call: CallGuard,
+) -> Response<Body> {
+    let ct = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let upstream_sse = ct.trim_start().starts_with("text/event-stream");
+    let upstream_json = ct.trim_start().starts_with("application/json");
+    if upstream_json {
+        // The upstream has answered; nothing is left to cancel.
+        call.finish();
+        let (mut parts, body) = resp.into_parts();
+        let unfit = body.unfit();
+        let held = match answer_budget::read_whole(body, deadline).await {
+            Ok(held) => held,
+            Err(e) => return bad_answer(ctx, accept, id, session, &server.answer_error(e)),
+        };
+        // Checked before a byte goes out: an answer left on a pooled
+        // connection by an upstream that answered twice must never reach
+        // the request (perhaps another session's) sent on it next.
+        if let Err(e) = upstream::check_answer_id(server, &held.bytes, id, &unfit) {
+            return bad_answer(ctx, accept, id, session, &e);
+        }
+        if !accept.json {
+            return rpc(accept, StatusCode::OK, held.bytes);
+        }
+        // The upstream's answer headers, emptied, carry ours: the map is
+        // already allocated.
+        parts.headers.clear();
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.status = StatusCode::OK;
+        return Response::from_parts(parts, held.into_body());
+    }
+    if !upstream_sse {
+        call.finish();
+        let e = UpstreamError::Protocol {
+            upstream: server.id.clone(),
+            reason: format!("answer has content type {ct:?}"),
+        };
+        return bad_answer(ctx, accept, id, session, &e);
+    }
+    let relay = session.relay.clone();
+    let closed = session.close_signal();
+    if !accept.sse {
+        return match Box::pin(relay::pump_call(
+            relay,
+            call,
+            resp.into_body(),
+            None,
+            deadline,
+            closed,
+        ))
+        .await
+        {
+            PumpEnd::Answer(message) => rpc(accept, StatusCode::OK, message),
+            PumpEnd::ClientGone => rpc_error(
+                accept,
+                StatusCode::OK,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the session ended during the call",
+            ),
+            PumpEnd::Cancelled => cancelled(accept, id),
+            PumpEnd::Failed(e) => bad_answer(ctx, accept, id, session, &e),
+        };
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+    let id = id.to_owned();
+    let body = resp.into_body();
+    tokio::spawn(async move {
+        if let PumpEnd::Failed(e) =
+            relay::pump_call(relay, call, body, Some(tx.clone()), deadline, closed).await
+        {
+            warn!(error = %e, "streamed call failed");
+            let message = jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None);
+            let _ = tx.send(crate::http::sse::message_event(&message)).await;
+        }
+    });
+    let mut r = Response::new(body::channel(rx));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}

@@ -54,6 +54,14 @@ pub(crate) struct Live {
 }
 
 impl Ctx {
+    /// The part of the context routing sees.
+    pub(crate) fn route_env(&self) -> crate::route::env::Env<'_> {
+        crate::route::env::Env {
+            registry: &self.registry,
+            metrics: &self.metrics,
+        }
+    }
+
     pub(crate) fn live(&self) -> Arc<Live> {
         match self.live.read() {
             Ok(l) => l.clone(),

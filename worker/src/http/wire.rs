@@ -19,7 +19,6 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 
 /// Longest answer head (status line and headers) accepted.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -118,18 +117,26 @@ where
     Ok(())
 }
 
-/// A header name; MCP's own names, which every request of a session
-/// carries and `http` does not know, without an allocation.
+/// Header names the application expects on most messages and `http` does
+/// not know (this layer does not know which: the worker names them at
+/// start), so they are read without an allocation.
+static INTERNED: std::sync::OnceLock<Box<[HeaderName]>> = std::sync::OnceLock::new();
+
+/// Name the headers read without an allocation; the first call wins.
+pub(crate) fn intern_header_names(names: &[&'static str]) {
+    let _ = INTERNED.set(names.iter().map(|n| HeaderName::from_static(n)).collect());
+}
+
+/// A header name; an interned one without an allocation.
 fn header_name(raw: &[u8]) -> Option<HeaderName> {
-    const SESSION: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
-    const VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
-    if raw.eq_ignore_ascii_case(SESSION.as_str().as_bytes()) {
-        Some(SESSION)
-    } else if raw.eq_ignore_ascii_case(VERSION.as_str().as_bytes()) {
-        Some(VERSION)
-    } else {
-        HeaderName::from_bytes(raw).ok()
+    if let Some(known) = INTERNED.get().and_then(|names| {
+        names
+            .iter()
+            .find(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    }) {
+        return Some(known.clone());
     }
+    HeaderName::from_bytes(raw).ok()
 }
 
 /// Bytes a message takes out of a connection's read buffer: copied when

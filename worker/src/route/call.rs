@@ -13,11 +13,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::ctx::Ctx;
 use crate::http::body::{self, Body};
 use crate::http::client::UpstreamBody;
 use crate::jsonrpc;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
+use crate::route::env::Env;
 use crate::session::Session;
 use crate::upstream::answer_budget;
 use crate::upstream::{self, UpstreamError, UpstreamServer};
@@ -29,7 +29,7 @@ use crate::upstream::{self, UpstreamError, UpstreamServer};
 /// call is never run twice. While it runs the call is registered with the
 /// session's relay (cancellation, progress, server requests in its stream).
 pub(crate) async fn passthrough(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     server: &Arc<UpstreamServer>,
     body: Bytes,
@@ -79,7 +79,7 @@ pub(crate) async fn passthrough(
 }
 
 pub(crate) fn upstream_failure(
-    ctx: &Ctx,
+    ctx: Env<'_>,
     accept: Accept,
     id: &str,
     session: &Session,
@@ -93,7 +93,7 @@ pub(crate) fn upstream_failure(
 /// client gets no answer from the upstream, with a JSON-RPC error for its
 /// request.
 pub(crate) fn bad_answer(
-    ctx: &Ctx,
+    ctx: Env<'_>,
     accept: Accept,
     id: &str,
     session: &Session,
@@ -103,7 +103,7 @@ pub(crate) fn bad_answer(
 }
 
 pub(crate) fn failed_call(
-    ctx: &Ctx,
+    ctx: Env<'_>,
     accept: Accept,
     status: StatusCode,
     id: &str,
@@ -128,7 +128,7 @@ pub(crate) fn failed_call(
 /// is streamed to an SSE client or reduced to its response for a JSON one.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn answer_call(
-    ctx: &Ctx,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     resp: Response<UpstreamBody>,
     accept: Accept,

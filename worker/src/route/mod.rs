@@ -5,10 +5,12 @@
 //! upstream. Nothing here reads HTTP headers or session ids.
 //!
 //! - [`lists`]: namespacing and merged lists.
+//! - [`env`]: what routing sees of the worker.
 //! - [`call`]: running one call on one upstream and framing its answer.
 //! - [`reply`]: answers and JSON-RPC errors in the client's format.
 
 pub(crate) mod call;
+pub(crate) mod env;
 pub(crate) mod lists;
 pub(crate) mod reply;
 
@@ -23,9 +25,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::ctx::Ctx;
 use crate::http::body::Body;
 use crate::jsonrpc;
+use crate::route::env::Env;
 use crate::route::lists::ListKind;
 use crate::session::Session;
 use crate::upstream::read_answer;
@@ -35,7 +37,7 @@ pub(crate) const RESOURCE_NOT_FOUND: i32 = -32002;
 
 /// A request inside a session.
 pub(crate) async fn request(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     method: &str,
     env: &jsonrpc::Envelope<'_>,
@@ -122,7 +124,7 @@ pub(crate) async fn request(
                     .params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or_default();
-                return match lists::merged_list(&ctx.registry, session, kind, p.cursor.as_deref())
+                return match lists::merged_list(ctx.registry, session, kind, p.cursor.as_deref())
                     .await
                 {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
@@ -143,7 +145,7 @@ pub(crate) async fn request(
 /// `tools/call` and `prompts/get`: route by `params.name`, strip the
 /// namespace, pass through.
 pub(crate) async fn by_name(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
@@ -211,7 +213,7 @@ pub(crate) fn wants_progress(params: Option<&serde_json::value::RawValue>) -> bo
 /// Route by resource URI: the learned map, else the single upstream, else
 /// ask each upstream in turn until one knows it.
 pub(crate) async fn by_uri(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     uri: &str,
     body: Bytes,
@@ -282,7 +284,7 @@ pub(crate) async fn by_uri(
 
 /// `completion/complete`: by prompt name or resource URI in `params.ref`.
 pub(crate) async fn complete(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
@@ -358,7 +360,7 @@ pub(crate) async fn complete(
 /// Send the same request to every upstream of the session (e.g.
 /// `logging/setLevel`); succeed if any upstream did.
 pub(crate) async fn broadcast(
-    ctx: &Arc<Ctx>,
+    ctx: Env<'_>,
     session: &Arc<Session>,
     method: &str,
     env: &jsonrpc::Envelope<'_>,
@@ -367,8 +369,8 @@ pub(crate) async fn broadcast(
     let params = env.params.map(|p| p.get().to_owned());
     let mut set = tokio::task::JoinSet::new();
     for server in session.endpoint().upstreams.iter() {
-        let (ctx, session, params, method, server) = (
-            ctx.clone(),
+        let (registry, session, params, method, server) = (
+            ctx.registry.clone(),
             session.clone(),
             params.clone(),
             method.to_owned(),
@@ -376,7 +378,7 @@ pub(crate) async fn broadcast(
         );
         set.spawn(async move {
             let deadline = Instant::now() + server.request_timeout();
-            let us = ctx.registry.get(&session, &server).await.ok()?;
+            let us = registry.get(&session, &server).await.ok()?;
             let answer = us.call(&method, params.as_deref(), deadline).await.ok()?;
             matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_))).then_some(())
         });

@@ -19,6 +19,7 @@ use mcpgw_protocol::channel::{self, ChannelError};
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{AfterStop, FromWorker, PROTOCOL_VERSION, ToWorker};
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
+use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -67,6 +68,8 @@ pub(crate) async fn serve(
         )));
     }
 
+    // Every request of a session carries these; `http` does not know them.
+    crate::http::wire::intern_header_names(&[MCP_SESSION_ID, MCP_PROTOCOL_VERSION]);
     let (stop_tx, stopping) = watch::channel(false);
     let config: Arc<Config> = Arc::from(config);
     let store = Arc::new(StoreClient::new(tx.clone()));

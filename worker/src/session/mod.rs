@@ -12,7 +12,7 @@ pub(crate) mod store;
 pub(crate) mod upstreams;
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mcpgw_protocol::session_id::SessionId;
@@ -118,19 +118,24 @@ impl Sessions {
         self.gauge.set(m.len() as i64);
     }
 
+    /// The table, also after a panic elsewhere poisoned its lock: every
+    /// change to it is a single map operation, so it is never left half
+    /// made, and refusing it would lose sessions (a client handed an id
+    /// that was never stored).
+    fn table(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn insert(&self, s: Arc<Session>) {
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(s.id, s);
-            self.sync_gauge(&m);
-        }
+        let mut m = self.table();
+        m.insert(s.id, s);
+        self.sync_gauge(&m);
     }
 
     /// Insert unless a session with this id is already there; returns the
     /// one in the table (two requests may resume the same session at once).
     pub(crate) fn insert_if_absent(&self, s: Arc<Session>) -> (Arc<Session>, bool) {
-        let Ok(mut m) = self.map.lock() else {
-            return (s, false);
-        };
+        let mut m = self.table();
         if let Some(existing) = m.get(&s.id) {
             return (existing.clone(), false);
         }
@@ -206,5 +211,41 @@ impl Sessions {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<Session> {
+        let endpoint = Arc::new(Endpoint {
+            path: "/mcp".into(),
+            upstreams: Box::new([]),
+            separator: "__".into(),
+        });
+        let id = SessionId::mint_for_slot(0, 1).expect("random");
+        Arc::new(Session::new(id, endpoint, "2025-06-18", "{}".into()))
+    }
+
+    #[test]
+    fn a_poisoned_table_still_stores_what_it_is_given() {
+        let sessions = Arc::new(Sessions::new(
+            prometheus::IntGauge::new("s", "s").expect("gauge"),
+        ));
+        let poisoner = sessions.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poisoner.map.lock();
+            panic!("poison the session table");
+        })
+        .join();
+        assert!(sessions.map.is_poisoned());
+        let a = session();
+        sessions.insert(a.clone());
+        let b = session();
+        let (kept, inserted) = sessions.insert_if_absent(b.clone());
+        assert!(inserted && Arc::ptr_eq(&kept, &b));
+        assert!(Arc::ptr_eq(&sessions.table()[&a.id], &a));
+        assert_eq!(sessions.table().len(), 2);
     }
 }

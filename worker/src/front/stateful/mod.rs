@@ -217,7 +217,7 @@ pub(crate) async fn dispatch(
     accept: Accept,
 ) -> Response<Body> {
     match env.kind() {
-        Kind::Request(method) => request(ctx, session, method, env, body, accept).await,
+        Kind::Request(method) => request(ctx.route_env(), session, method, env, body, accept).await,
         Kind::Notification(method) => {
             Box::pin(client_notification(session, method, env, body)).await
         }

@@ -17,9 +17,9 @@ use crate::endpoints::Endpoint;
 use crate::error::WorkerError;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::session::Sessions;
 use crate::session::registry::Registry;
 use crate::session::store::StoreClient;
+use crate::session::{Session, Sessions};
 use crate::upstream::UpstreamServer;
 
 /// What every request handler sees.
@@ -60,6 +60,20 @@ impl Ctx {
             registry: &self.registry,
             metrics: &self.metrics,
         }
+    }
+
+    /// End sessions already taken out of the table: their records leave
+    /// the store (they would count against the session caps until swept)
+    /// and their upstream sessions close.
+    pub(crate) async fn end_sessions(&self, ended: &[Arc<Session>]) {
+        for s in ended {
+            self.store
+                .write(mcpgw_protocol::store::StoreWrite::Remove {
+                    session: s.id.to_string(),
+                })
+                .await;
+        }
+        self.registry.close_sessions(ended).await;
     }
 
     pub(crate) fn live(&self) -> Arc<Live> {

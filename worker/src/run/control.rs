@@ -120,14 +120,7 @@ pub(crate) async fn expire_sessions(ctx: Arc<Ctx>) {
         let expired = ctx.sessions.take_expired(ttl);
         if !expired.is_empty() {
             info!(count = expired.len(), "sessions expired after being idle");
-            for s in &expired {
-                ctx.store
-                    .write(mcpgw_protocol::store::StoreWrite::Remove {
-                        session: s.id.to_string(),
-                    })
-                    .await;
-            }
-            ctx.registry.close_sessions(&expired).await;
+            ctx.end_sessions(&expired).await;
         }
     }
 }

@@ -50,16 +50,7 @@ pub(crate) async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerE
             sessions = ended.len(),
             "endpoint removed by reload; its sessions end"
         );
-        // Their records go too: they would count against the session caps
-        // until swept.
-        for s in &ended {
-            ctx.store
-                .write(mcpgw_protocol::store::StoreWrite::Remove {
-                    session: s.id.to_string(),
-                })
-                .await;
-        }
-        ctx.registry.close_sessions(&ended).await;
+        ctx.end_sessions(&ended).await;
     }
     info!(changed_or_removed = ?gone, "configuration reloaded");
     Ok(())

@@ -41,13 +41,16 @@ use mcpgw_protocol::store::{Fetched, SessionCap, SessionCaps, SessionRecord, Sto
 /// forwarding a request for a session this worker owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    Public,
+    /// A client connection, with the client's address where known.
+    Public(Option<ClientAddr>),
+    /// Forwarded by another worker over the internal socket.
     Internal,
 }
 
-/// The client's IP address, put in a request's extensions by the connection
-/// that received it (absent on forwarded requests, which never open
-/// sessions); the per-client session cap counts by it.
+/// The client's IP address, from the connection that received the request
+/// (absent on forwarded requests, which never open sessions); the
+/// per-client session cap counts by it. Passed along, not put in the
+/// request's extensions: that would allocate a map for every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
 
@@ -74,7 +77,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
     let live = ctx.live();
     // Forwarded requests were checked by the worker that received them.
     let refused = match origin {
-        Origin::Public => live.host_policy.check(req.headers()).err(),
+        Origin::Public(_) => live.host_policy.check(req.headers()).err(),
         Origin::Internal => None,
     };
     let mut resp = match refused {
@@ -143,7 +146,7 @@ async fn route(
                 Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
                 None => {
                     let owner = ctx.owner_of(&id);
-                    if owner != ctx.id.slot && origin == Origin::Public {
+                    if owner != ctx.id.slot && matches!(origin, Origin::Public(_)) {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
                         return Box::pin(ctx.forwarder.forward(owner, req)).await;
                     }
@@ -157,7 +160,13 @@ async fn route(
         },
     };
     match *req.method() {
-        Method::POST => post(ctx, endpoint, session, accept, req).await,
+        Method::POST => {
+            let client = match origin {
+                Origin::Public(client) => client,
+                Origin::Internal => None,
+            };
+            post(ctx, endpoint, session, accept, req, client).await
+        }
         Method::GET => get(ctx, session, accept),
         Method::DELETE => Box::pin(delete(ctx, session, accept)).await,
         _ => {
@@ -288,10 +297,11 @@ async fn post(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
+    client: Option<ClientAddr>,
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
-    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
+    let resp = post_inner(ctx, endpoint, session, accept, req, client, &mut method).await;
     let outcome = match resp.status().as_u16() {
         200..=299 => "ok",
         400..=499 => "rejected",
@@ -308,6 +318,7 @@ async fn post_inner(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
+    client: Option<ClientAddr>,
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
@@ -326,7 +337,6 @@ async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let client = req.extensions().get::<ClientAddr>().copied();
     let body = match req.into_body() {
         ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
         ReqBody::TooLarge { limit } => {

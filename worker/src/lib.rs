@@ -425,7 +425,7 @@ async fn serve(
                     }
                     let guard = ConnGuard::new(&open);
                     let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public, peer };
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Public(peer.map(endpoint::ClientAddr)) };
                     let closing = closing.clone();
                     match meta {
                         ConnMeta::Plain => {
@@ -468,7 +468,7 @@ async fn serve(
             },
             accepted = internal.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal, peer: None };
+                    let handler = Serving { ctx: ctx.clone(), origin: Origin::Internal };
                     let closing = closing.clone();
                     tracker.spawn(Box::pin(async move {
                         if let Err(e) = h1_server::serve(stream, &handler, closing).await {
@@ -573,10 +573,8 @@ async fn serve(
 /// The endpoint as the HTTP server on a connection calls it.
 struct Serving {
     ctx: Arc<Ctx>,
+    /// Public (with the handed-over socket's peer address) or internal.
     origin: Origin,
-    /// The client's address (the handed-over socket's peer); `None` on the
-    /// internal socket, whose requests never open sessions.
-    peer: Option<std::net::IpAddr>,
 }
 
 impl h1_server::Handler for Serving {
@@ -592,11 +590,8 @@ impl h1_server::Handler for Serving {
 
     fn call(
         &self,
-        mut req: http::Request<h1_server::ReqBody>,
+        req: http::Request<h1_server::ReqBody>,
     ) -> impl std::future::Future<Output = http::Response<body::Body>> {
-        if let Some(ip) = self.peer {
-            req.extensions_mut().insert(endpoint::ClientAddr(ip));
-        }
         endpoint::handle(self.ctx.clone(), req, self.origin)
     }
 }

@@ -163,17 +163,17 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Just past the string that opens at `b[i]` (a `"`).
+/// Just past the string that opens at `b[i]` (a `"`). Strings are most of
+/// an answer's bytes (tool output is text): searched a word at a time.
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'"' => return Some(i + 1),
-            b'\\' => i += 2,
-            _ => i += 1,
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i + 1);
         }
+        i += 2;
     }
-    None
 }
 
 /// Just past the value that starts at `b[i]`.

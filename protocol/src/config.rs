@@ -16,15 +16,15 @@ use serde::{Deserialize, Serialize};
 /// Why a configuration was refused. The message names the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
@@ -400,14 +400,14 @@ pub const DEFAULT_ENDPOINT_PATH: &str = "/mcp";
 impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                source,
+                cause,
             },
             other => other,
         })
@@ -415,9 +415,9 @@ impl Config {
 
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            source: Box::new(source),
+            cause: Box::new(cause),
         })?;
         config.validate()?;
         Ok(config)

@@ -64,7 +64,8 @@ pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 pub use crate::runtime_dir::RuntimeDirError;
 pub use crate::status::{StatusError, status};
 
-/// Why the supervisor could not start or had to stop.
+/// Why the supervisor could not start or had to stop. Each message carries
+/// its cause and none has a `source()`: `{:#}` at the edge prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("starting the async runtime: {0}")]
@@ -76,13 +77,13 @@ pub enum SupervisorError {
     #[error(transparent)]
     Config(#[from] mcpgw_protocol::config::ConfigError),
     #[error("setting up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     #[error("session store: {0}")]
     Store(String),
-    #[error("installing the handler for {signal}: {source}")]
+    #[error("installing the handler for {signal}: {cause}")]
     Signal {
         signal: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -283,7 +284,7 @@ async fn run_async(
         let _ = writeln!(out, "mcpgw admin http://{addr}");
         let _ = out.flush();
     }
-    let metrics = Arc::new(metrics::Metrics::new(slots)?);
+    let metrics = Arc::new(metrics::Metrics::new(slots).map_err(SupervisorError::Metrics)?);
     let gatherer = Arc::new(admin::Gatherer::default());
 
     let pool = Arc::new(Pool::new(slots));
@@ -423,9 +424,9 @@ fn install(
     kind: SignalKind,
     name: &'static str,
 ) -> Result<tokio::signal::unix::Signal, SupervisorError> {
-    signal(kind).map_err(|source| SupervisorError::Signal {
+    signal(kind).map_err(|cause| SupervisorError::Signal {
         signal: name,
-        source,
+        cause,
     })
 }
 

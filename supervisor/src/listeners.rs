@@ -33,10 +33,10 @@ use crate::dispatch::Dispatcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("reading a listener's local address: {0}")]
     LocalAddr(std::io::Error),
@@ -58,7 +58,7 @@ const ACCEPT_BATCH: usize = 64;
 pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     addrs
         .iter()
-        .map(|&addr| bind(addr).map_err(|source| ListenError::Bind { addr, source }))
+        .map(|&addr| bind(addr).map_err(|cause| ListenError::Bind { addr, cause }))
         .collect()
 }
 

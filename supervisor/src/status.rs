@@ -13,16 +13,16 @@ use mcpgw_protocol::config::AdminToken;
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(
-        "cannot reach the admin listener at {addr}: {source} (is mcpgw running? see admin_listen)"
+        "cannot reach the admin listener at {addr}: {cause} (is mcpgw running? see admin_listen)"
     )]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("reading from {addr}: {source}")]
+    #[error("reading from {addr}: {cause}")]
     Io {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "the admin listener at {addr} refused the token (or wants one): \
@@ -36,9 +36,9 @@ pub enum StatusError {
 /// Fetch the workers' status and render it as a table. `token`: the admin
 /// API's bearer token (`admin_token_file`), if the caller has it.
 pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, StatusError> {
-    let io = |source| StatusError::Io { addr, source };
+    let io = |cause| StatusError::Io { addr, cause };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|source| StatusError::Connect { addr, source })?;
+        .map_err(|cause| StatusError::Connect { addr, cause })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;

@@ -551,6 +551,19 @@ impl Config {
         Self::parse(&text).map_err(|e| e.in_file(path, Some(&text)))
     }
 
+    /// Read and parse a file without validating it, for tools that need a
+    /// few keys of a gateway's configuration (`mcpgw status`).
+    pub fn read_unchecked(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        toml::from_str(&text).map_err(|cause| ConfigError::Parse {
+            path: path.to_owned(),
+            cause: Box::new(cause),
+        })
+    }
+
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {

@@ -15,7 +15,6 @@
 //! reach a worker before the workers are told to stop (inline hand-overs
 //! finish before the loop looks at its stop switch again).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -184,9 +183,7 @@ pub(crate) fn serve_listener(
 ) -> (ListenerKey, watch::Sender<bool>) {
     if let Ok(local) = listener.local_addr() {
         tracing::info!(%local, scheme = key.scheme(), "listening");
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "mcpgw listening {}://{local}", key.scheme());
-        let _ = out.flush();
+        crate::announce::listening(key.scheme(), local);
     }
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(accept_loop(
@@ -311,6 +308,7 @@ fn accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
     use nix::sys::socket::getsockopt;
 
     /// Accept loops set no option per connection: this is why they need not.

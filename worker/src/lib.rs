@@ -283,6 +283,8 @@ pub fn run(args: Args) -> Result<(), WorkerError> {
     // One thread per worker process; the pool has one worker per core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Its blocking-pool threads, in `ps -L` and `top -H`.
+        .thread_name(format!("mcpgw-worker-{}", args.slot))
         .build()
         .map_err(WorkerError::Runtime)?;
     rt.block_on(serve(args, control, conns))

@@ -80,6 +80,23 @@ impl ConfigError {
     }
 }
 
+fn with_reason_prefix(e: ConfigError, prefix: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            reason,
+            file,
+            line,
+        } => ConfigError::Invalid {
+            key,
+            reason: format!("{prefix}{reason}"),
+            file,
+            line,
+        },
+        other => other,
+    }
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -210,6 +227,11 @@ pub struct Config {
     pub store: Store,
     pub upstream: Vec<Upstream>,
     pub endpoint: Vec<Endpoint>,
+    /// The configuration as written, when it had `${…}` references (see
+    /// [`crate::secrets`]): what `/admin/config` shows. Not serialized:
+    /// workers need the resolved values only.
+    #[serde(skip)]
+    pub as_written: Option<Box<Config>>,
 }
 
 impl Default for Config {
@@ -230,6 +252,7 @@ impl Default for Config {
             store: Store::default(),
             upstream: Vec::new(),
             endpoint: Vec::new(),
+            as_written: None,
         }
     }
 }
@@ -564,14 +587,67 @@ impl Config {
         })
     }
 
-    /// Parse and validate TOML text.
+    /// Parse TOML text, resolve its `${…}` references (environment, files)
+    /// and validate the result.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
+        Self::parse_with(text, &crate::secrets::Process)
+    }
+
+    fn parse_with(text: &str, from: &dyn crate::secrets::Resolver) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             cause: Box::new(cause),
         })?;
+        config.resolve_references(from)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as written (references unresolved), for display.
+    pub fn as_written(&self) -> &Config {
+        self.as_written.as_deref().unwrap_or(self)
+    }
+
+    /// Replace `${…}` references by what they stand for, in the values that
+    /// may carry credentials (see [`crate::secrets`]); keep the original for
+    /// display when any was there.
+    fn resolve_references(&mut self, from: &dyn crate::secrets::Resolver) -> Result<(), ConfigError> {
+        let written = self.clone();
+        let mut changed = false;
+        let mut one = |key: String, value: &mut String| -> Result<(), ConfigError> {
+            match crate::secrets::expand(value, from) {
+                Ok(Some(resolved)) => {
+                    *value = resolved;
+                    changed = true;
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(reason) => Err(invalid(key, reason)),
+            }
+        };
+        for (i, u) in self.upstream.iter_mut().enumerate() {
+            one(format!("upstream[{i}].url"), &mut u.url)?;
+            for (j, arg) in u.args.iter_mut().enumerate() {
+                one(format!("upstream[{i}].args[{j}]"), arg)?;
+            }
+            // The map's key path stops at the table: header and variable
+            // names need not be TOML bare keys; the reason names them.
+            for (name, value) in &mut u.headers {
+                one(format!("upstream[{i}].headers"), value)
+                    .map_err(|e| with_reason_prefix(e, &format!("header {name:?}: ")))?;
+            }
+            for (name, value) in &mut u.env {
+                one(format!("upstream[{i}].env"), value)
+                    .map_err(|e| with_reason_prefix(e, &format!("variable {name:?}: ")))?;
+            }
+        }
+        if let Some(url) = &mut self.store.redis_url {
+            one("store.redis_url".to_owned(), url)?;
+        }
+        if changed {
+            self.as_written = Some(Box::new(written));
+        }
+        Ok(())
     }
 
     /// Check everything serde cannot: ranges, references, uniqueness.
@@ -1077,6 +1153,56 @@ mod tests {
         let c = Config::parse("listen = [\"[::1]:8080\", \"127.0.0.1:0\"]").expect("IP addresses");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(parse_listen_addr("127.0.0.1:9").expect("ok").port(), 9);
+    }
+
+    struct Env;
+
+    impl crate::secrets::Resolver for Env {
+        fn var(&self, name: &str) -> Result<String, String> {
+            match name {
+                "UPSTREAM_TOKEN" => Ok("s3cret".to_owned()),
+                "REDIS_PASSWORD" => Ok("hunter2".to_owned()),
+                _ => Err(format!("${{{name}}}: {name} is not set in the environment")),
+            }
+        }
+
+        fn file(&self, path: &Path) -> Result<String, String> {
+            Err(format!("${{file:{}}}: cannot read it", path.display()))
+        }
+    }
+
+    #[test]
+    fn references_resolve_and_the_written_form_is_kept_for_display() {
+        let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}\", X-Price = \"$$5\" }\n[store]\nredis_url = \"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0\"\n";
+        let c = Config::parse_with(text, &Env).expect("valid");
+        let u = &c.upstream[0];
+        assert_eq!(u.url, "http://127.0.0.1:1/s3cret/mcp");
+        assert_eq!(u.headers["Authorization"], "Bearer s3cret");
+        assert_eq!(u.headers["X-Price"], "$5");
+        assert_eq!(c.store.redis_url.as_deref(), Some("redis://:hunter2@127.0.0.1:6379/0"));
+        let written = c.as_written();
+        assert_eq!(written.upstream[0].headers["Authorization"], "Bearer ${UPSTREAM_TOKEN}");
+        assert_eq!(written.upstream[0].url, "http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp");
+        assert!(written.as_written.is_none());
+        // Without references nothing is kept twice.
+        assert!(Config::parse_with("workers = 1", &Env).expect("valid").as_written.is_none());
+    }
+
+    #[test]
+    fn an_unresolvable_reference_names_the_key_and_the_variable() {
+        let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}${MISSING_TOKEN}\" }\n";
+        let e = Config::parse_with(text, &Env)
+            .expect_err("unset")
+            .in_file(Path::new("f.toml"), Some(text))
+            .to_string();
+        assert_eq!(
+            e,
+            "f.toml:4: upstream[0].headers: header \"Authorization\": ${MISSING_TOKEN}: MISSING_TOKEN is not set in the environment"
+        );
+        let e = Config::parse_with("[store]\nredis_url = \"redis://:${file:/nope}@h/\"", &Env)
+            .expect_err("unreadable")
+            .to_string();
+        assert!(e.starts_with("store.redis_url: ${file:/nope}"), "{e}");
     }
 
     #[test]

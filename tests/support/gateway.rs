@@ -26,6 +26,22 @@ const READY_PREFIX: &str = "mcpgw ready workers=";
 const ADMIN_PREFIX: &str = "mcpgw admin http://";
 const TLS_PREFIX: &str = "mcpgw listening https://";
 
+/// A line of `mcpgw serve`'s stdout in its text form: JSON mode's
+/// `{"event":"listening","url":"http://A"}` becomes `mcpgw listening http://A`
+/// (likewise `admin`, and `ready` with `workers`); other lines are returned
+/// as they are.
+pub fn announcement_text(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    match (v["event"].as_str(), v["url"].as_str(), v["workers"].as_u64()) {
+        (Some("admin"), Some(url), _) => format!("mcpgw admin {url}"),
+        (Some("listening"), Some(url), _) => format!("mcpgw listening {url}"),
+        (Some("ready"), _, Some(n)) => format!("mcpgw ready workers={n}"),
+        _ => line.to_owned(),
+    }
+}
+
 /// The path of an up-to-date `mcpgw` binary, built on first use.
 pub fn gateway_binary() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -106,6 +122,8 @@ pub struct GatewayConfig {
     pub extra: String,
     /// Extra environment variables for the gateway process.
     pub env: Vec<(String, String)>,
+    /// Extra `mcpgw serve` arguments (after `--config FILE`).
+    pub args: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -124,6 +142,7 @@ impl GatewayConfig {
             limits: Vec::new(),
             extra: String::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -239,6 +258,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
+        cmd.args(&config.args);
         cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = ChildGuard::spawn("mcpgw", cmd, Some(log))?;
         let stdout = LineReader::new(child.take_stdout().context("no stdout pipe")?);
@@ -250,7 +270,7 @@ impl Gateway {
         let mut seen = Vec::new();
         let workers = loop {
             let line = match stdout.next_line(deadline) {
-                Ok(Some(line)) => line,
+                Ok(Some(line)) => announcement_text(&line),
                 Ok(None) => bail!(
                     "mcpgw exited before it was ready (stdout: {seen:?}); config:\n{}\nstderr:\n{}",
                     config.to_toml(),

@@ -239,6 +239,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// TLS listeners, in configuration order.
     pub tls_listeners: Vec<SocketAddr>,
+    /// The stdout lines up to and including the ready line, as printed.
+    pub stdout_lines: Vec<String>,
     _stdout: LineReader,
     _dir: TempDir,
 }
@@ -268,9 +270,14 @@ impl Gateway {
         let mut admin = None;
         let mut tls_listeners = Vec::new();
         let mut seen = Vec::new();
+        let mut stdout_lines = Vec::new();
         let workers = loop {
             let line = match stdout.next_line(deadline) {
-                Ok(Some(line)) => announcement_text(&line),
+                Ok(Some(line)) => {
+                    let text = announcement_text(&line);
+                    stdout_lines.push(line);
+                    text
+                }
                 Ok(None) => bail!(
                     "mcpgw exited before it was ready (stdout: {seen:?}); config:\n{}\nstderr:\n{}",
                     config.to_toml(),
@@ -317,6 +324,7 @@ impl Gateway {
             workers,
             admin,
             tls_listeners,
+            stdout_lines,
             _stdout: stdout,
             _dir: dir,
         })
@@ -340,6 +348,11 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// What the gateway wrote to stderr so far (its logs).
+    pub fn log(&self) -> String {
+        self.child.log_tail()
     }
 
     /// Sends a signal to the supervisor only.

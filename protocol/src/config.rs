@@ -611,7 +611,10 @@ impl Config {
     /// Replace `${…}` references by what they stand for, in the values that
     /// may carry credentials (see [`crate::secrets`]); keep the original for
     /// display when any was there.
-    fn resolve_references(&mut self, from: &dyn crate::secrets::Resolver) -> Result<(), ConfigError> {
+    fn resolve_references(
+        &mut self,
+        from: &dyn crate::secrets::Resolver,
+    ) -> Result<(), ConfigError> {
         let written = self.clone();
         let mut changed = false;
         let mut one = |key: String, value: &mut String| -> Result<(), ConfigError> {
@@ -1135,7 +1138,10 @@ mod tests {
             .expect_err("unknown key")
             .in_file(Path::new("f.toml"), None)
             .to_string();
-        assert!(e.starts_with("f.toml: TOML parse error at line 1, column 1"), "{e}");
+        assert!(
+            e.starts_with("f.toml: TOML parse error at line 1, column 1"),
+            "{e}"
+        );
         assert_eq!(e.matches("unknown field").count(), 1, "{e}");
     }
 
@@ -1149,7 +1155,10 @@ mod tests {
             "{e}"
         );
         assert!(err("admin_listen = \"example.com:1\"").contains("host names are not resolved"));
-        assert!(err("[[tls_listener]]\naddr = \"8443\"\ncert = \"c\"\nkey = \"k\"").contains("\"8443\" is not an IP address and port"));
+        assert!(
+            err("[[tls_listener]]\naddr = \"8443\"\ncert = \"c\"\nkey = \"k\"")
+                .contains("\"8443\" is not an IP address and port")
+        );
         let c = Config::parse("listen = [\"[::1]:8080\", \"127.0.0.1:0\"]").expect("IP addresses");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(parse_listen_addr("127.0.0.1:9").expect("ok").port(), 9);
@@ -1179,13 +1188,27 @@ mod tests {
         assert_eq!(u.url, "http://127.0.0.1:1/s3cret/mcp");
         assert_eq!(u.headers["Authorization"], "Bearer s3cret");
         assert_eq!(u.headers["X-Price"], "$5");
-        assert_eq!(c.store.redis_url.as_deref(), Some("redis://:hunter2@127.0.0.1:6379/0"));
+        assert_eq!(
+            c.store.redis_url.as_deref(),
+            Some("redis://:hunter2@127.0.0.1:6379/0")
+        );
         let written = c.as_written();
-        assert_eq!(written.upstream[0].headers["Authorization"], "Bearer ${UPSTREAM_TOKEN}");
-        assert_eq!(written.upstream[0].url, "http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp");
+        assert_eq!(
+            written.upstream[0].headers["Authorization"],
+            "Bearer ${UPSTREAM_TOKEN}"
+        );
+        assert_eq!(
+            written.upstream[0].url,
+            "http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp"
+        );
         assert!(written.as_written.is_none());
         // Without references nothing is kept twice.
-        assert!(Config::parse_with("workers = 1", &Env).expect("valid").as_written.is_none());
+        assert!(
+            Config::parse_with("workers = 1", &Env)
+                .expect("valid")
+                .as_written
+                .is_none()
+        );
     }
 
     #[test]

@@ -308,8 +308,8 @@ fn accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
     use nix::sys::socket::getsockopt;
+    use std::io::Write as _;
 
     /// Accept loops set no option per connection: this is why they need not.
     #[tokio::test]

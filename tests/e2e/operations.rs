@@ -802,10 +802,17 @@ fn config_errors_print_once_with_file_key_and_line() {
     let typo = file("typo.toml", "workers = 1\nlsten = [\"127.0.0.1:1\"]\n");
     let (code, _, err) = mcpgw_cli(&["check-config", &typo]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.starts_with(&format!("mcpgw: {typo}: TOML parse error at line 2")), "{err}");
+    assert!(
+        err.starts_with(&format!("mcpgw: {typo}: TOML parse error at line 2")),
+        "{err}"
+    );
     assert_eq!(err.matches("unknown field `lsten`").count(), 1, "{err}");
 
-    let missing = dir.path().join("missing.toml").to_string_lossy().into_owned();
+    let missing = dir
+        .path()
+        .join("missing.toml")
+        .to_string_lossy()
+        .into_owned();
     let (code, _, err) = mcpgw_cli(&["check-config", &missing]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
@@ -917,7 +924,10 @@ async fn flags_apply_where_given_and_misplaced_ones_are_refused() {
         ..GatewayConfig::new(2)
     })
     .expect("start mcpgw");
-    assert_eq!(gateway.workers, 1, "serve --workers 1 overrides workers = 2");
+    assert_eq!(
+        gateway.workers, 1,
+        "serve --workers 1 overrides workers = 2"
+    );
 }
 
 #[tokio::test]
@@ -934,10 +944,17 @@ async fn status_columns_line_up_and_c_finds_the_admin_listener() {
     assert_eq!(lines.len(), gateway.workers + 2, "{table}");
     // Each numeric column ends where its header ends.
     let header = lines[0];
-    let ends: Vec<usize> = ["SLOT", "GENERATION", "PID", "UPTIME", "CONNECTIONS", "SESSIONS"]
-        .iter()
-        .map(|h| header.find(h).expect("header") + h.len())
-        .collect();
+    let ends: Vec<usize> = [
+        "SLOT",
+        "GENERATION",
+        "PID",
+        "UPTIME",
+        "CONNECTIONS",
+        "SESSIONS",
+    ]
+    .iter()
+    .map(|h| header.find(h).expect("header") + h.len())
+    .collect();
     for row in &lines[1..=gateway.workers] {
         let mut row_ends = Vec::new();
         let mut prev = ' ';
@@ -1023,7 +1040,10 @@ async fn a_stop_signal_to_the_process_group_drains_cleanly() {
             "{signal}: workers exit 0, not by the signal:\n{log}"
         );
         for pid in pids {
-            assert!(!mcpgw_tests::process::process_alive(pid), "worker {pid} left behind");
+            assert!(
+                !mcpgw_tests::process::process_alive(pid),
+                "worker {pid} left behind"
+            );
         }
     }
 }
@@ -1088,7 +1108,11 @@ async fn an_upstream_header_from_the_environment_reaches_the_upstream() {
         .call_tool("increment", json!({}))
         .await
         .expect("increment");
-    assert_eq!(reply.count().expect("a count"), 1, "the upstream took the header");
+    assert_eq!(
+        reply.count().expect("a count"),
+        1,
+        "the upstream took the header"
+    );
     let (status, config) = admin_get(&gateway, "/admin/config").await;
     assert_eq!(status, 200, "{config}");
     assert!(!config.contains("e2e-t0ken"), "{config}");

@@ -34,7 +34,11 @@ pub fn announcement_text(line: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
         return line.to_owned();
     };
-    match (v["event"].as_str(), v["url"].as_str(), v["workers"].as_u64()) {
+    match (
+        v["event"].as_str(),
+        v["url"].as_str(),
+        v["workers"].as_u64(),
+    ) {
         (Some("admin"), Some(url), _) => format!("mcpgw admin {url}"),
         (Some("listening"), Some(url), _) => format!("mcpgw listening {url}"),
         (Some("ready"), _, Some(n)) => format!("mcpgw ready workers={n}"),

@@ -92,27 +92,35 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("taking inherited fd {fd}: {source} (is this process started by `mcpgw serve`?)")]
-    InheritedFd { fd: i32, source: std::io::Error },
+    #[error("taking inherited fd {fd}: {cause} (is this process started by `mcpgw serve`?)")]
+    InheritedFd { fd: i32, cause: std::io::Error },
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("control channel: {0}")]
-    Control(#[from] ChannelError),
+    Control(ChannelError),
     #[error("the supervisor closed the control channel before the handshake")]
     NoInit,
     #[error("handshake: {0}")]
     Handshake(String),
-    #[error("binding the internal socket {path}: {source}")]
+    #[error("binding the internal socket {path}: {cause}")]
     Internal {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Upstream(#[from] upstream::ServerConfigError),
     #[error("setting up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     #[error("TLS listener {0}")]
     Tls(String),
+}
+
+// By hand, not `#[from]`: the message already carries the cause, and a
+// `source()` too would print it twice at the edge.
+impl From<ChannelError> for WorkerError {
+    fn from(e: ChannelError) -> Self {
+        Self::Control(e)
+    }
 }
 
 /// What every request handler sees.
@@ -272,12 +280,14 @@ impl Live {
 /// Run a worker until the supervisor tells it to stop (or disappears).
 pub fn run(args: Args) -> Result<(), WorkerError> {
     let take =
-        |fd| fdpass::take_inherited(fd).map_err(|source| WorkerError::InheritedFd { fd, source });
+        |fd| fdpass::take_inherited(fd).map_err(|cause| WorkerError::InheritedFd { fd, cause });
     let control = take(CONTROL_FD)?;
     let conns = take(CONN_FD)?;
     // One thread per worker process; the pool has one worker per core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Its blocking-pool threads, in `ps -L` and `top -H`.
+        .thread_name(format!("mcpgw-worker-{}", args.slot))
         .build()
         .map_err(WorkerError::Runtime)?;
     rt.block_on(serve(args, control, conns))
@@ -328,9 +338,9 @@ async fn serve(
 
     let path = forward::socket_path(&runtime_dir, id.slot);
     let _ = std::fs::remove_file(&path);
-    let internal = UnixListener::bind(&path).map_err(|source| WorkerError::Internal {
+    let internal = UnixListener::bind(&path).map_err(|cause| WorkerError::Internal {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let receiver = ConnReceiver::new(conns).map_err(|e| WorkerError::Handshake(e.to_string()))?;
 
@@ -605,7 +615,7 @@ fn build_ctx(
     store: Arc<store::StoreClient>,
 ) -> Result<Ctx, WorkerError> {
     let (live, _) = Live::build(id, config.clone(), None)?;
-    let metrics = Arc::new(metrics::Metrics::new()?);
+    let metrics = Arc::new(metrics::Metrics::new().map_err(WorkerError::Metrics)?);
     Ok(Ctx {
         id,
         routes: std::sync::RwLock::new(RouteTable::new(slots)),

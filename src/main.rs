@@ -2,13 +2,17 @@
 //! `worker` is what the supervisor execs for each worker process, and
 //! `check-config` validates a file without starting anything, `status` shows
 //! a running gateway through its admin listener.
+//!
+//! Each flag belongs to its subcommand (`--log-format` applies to all);
+//! `mcpgw` alone, or with `serve`'s flags, is `mcpgw serve`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use mcpgw_protocol::config::{AdminToken, Config};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use mcpgw_protocol::config::{self, AdminToken, Config};
+use mcpgw_supervisor::OutputFormat;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc for every process (supervisor and
@@ -23,11 +27,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "mcpgw",
     version,
-    about = "A gateway for the Model Context Protocol"
+    about = "A gateway for the Model Context Protocol",
+    after_help = "Without a subcommand, `mcpgw [--config FILE] [--listen IP:PORT] [--workers N]` is `mcpgw serve`."
 )]
 struct Cli {
+    /// Log format: `text`, or `json` (the default under journald). Applies
+    /// wherever it is given; in JSON mode stdout's lines are JSON too.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
+    /// `serve`'s flags, for `mcpgw` without a subcommand.
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -35,17 +45,18 @@ struct Cli {
 #[derive(clap::Args, Default)]
 struct ServeArgs {
     /// Configuration file (TOML). Without one, the embedded defaults apply.
-    #[arg(long, short = 'c', global = true)]
+    #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address; replaces `listen` from the file. Repeatable.
-    #[arg(long)]
+    /// Listen address (IP:PORT); replaces `listen` from the file. Repeatable.
+    #[arg(long, value_name = "IP:PORT", value_parser = listen_addr)]
     listen: Vec<std::net::SocketAddr>,
     /// Worker processes; replaces `workers` from the file.
     #[arg(long)]
     workers: Option<u16>,
-    /// Log format: `text`, or `json` (the default under journald).
-    #[arg(long, global = true)]
-    log_format: Option<LogFormat>,
+}
+
+fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    config::parse_listen_addr(text)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -84,9 +95,14 @@ enum Command {
     },
     /// Show the workers, sessions and upstream sessions of a running gateway.
     Status {
-        /// The gateway's admin listener (`admin_listen`).
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: std::net::SocketAddr,
+        /// The gateway's configuration: `admin_listen` and `admin_token_file`
+        /// are taken from it unless --admin and --token-file are given.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The gateway's admin listener (`admin_listen`). Default: the
+        /// config's, else 127.0.0.1:8411.
+        #[arg(long, value_name = "IP:PORT")]
+        admin: Option<std::net::SocketAddr>,
         /// File holding the admin API's token (`admin_token_file`); needed
         /// when the admin listener is not on loopback.
         #[arg(long, value_name = "FILE")]
@@ -104,29 +120,68 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_format = match &cli.command {
-        Some(Command::Serve(a)) => a.log_format,
-        _ => cli.serve.log_format,
-    };
-    init_logging(log_format);
-    match run(cli) {
+    // Serve's flags before a subcommand (`mcpgw --workers 1 serve`) are
+    // refused, not silently dropped: each flag belongs to its subcommand.
+    // (Not clap's `args_conflicts_with_subcommands`: it refuses the global
+    // `--log-format` there too.)
+    let ServeArgs {
+        config,
+        listen,
+        workers,
+    } = &cli.serve;
+    if cli.command.is_some() && (config.is_some() || !listen.is_empty() || workers.is_some()) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--config, --listen and --workers go after the subcommand \
+                 (`mcpgw serve --config FILE`), or without one (`mcpgw --config FILE`)",
+            )
+            .exit();
+    }
+    if let Some(Command::Worker { slot, .. }) = &cli.command {
+        name_worker_thread(*slot);
+    }
+    let json = init_logging(cli.log_format);
+    match run(cli, json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // stderr is also where logs go (and what journald captures).
+            // The one place an error is printed; `{:#}` adds the contexts,
+            // and no error type repeats its cause (see ConfigError). stderr
+            // is also where logs go (and what journald captures).
             eprintln!("mcpgw: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// `top` and `ps -L` show a thread's name (`comm`), which for a worker exec'd
+/// from /proc/self/exe would be `exe`. The kernel keeps 15 bytes of it, so
+/// slots above 99 lose their last digit there; argv[0] (`mcpgw: worker N`,
+/// set by the supervisor) is whole in `ps -f` and /proc/PID/cmdline.
+fn name_worker_thread(slot: u16) {
+    if let Ok(name) = std::ffi::CString::new(format!("mcpgw-worker-{slot}")) {
+        // A cosmetic: a failure changes nothing else.
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+fn run(cli: Cli, json: bool) -> anyhow::Result<()> {
+    let format = if json {
+        OutputFormat::Json
+    } else {
+        OutputFormat::Text
+    };
     match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve, format),
+        Some(Command::Serve(args)) => serve(args, format),
         Some(Command::CheckConfig { file }) => {
             let config = Config::load(&file)?;
-            config.check_tls_files()?;
-            config.read_admin_token()?;
+            config
+                .check_tls_files()
+                .map_err(|e| e.in_file(&file, None))?;
+            config
+                .read_admin_token()
+                .map_err(|e| e.in_file(&file, None))?;
             println!(
                 "{}: ok ({} upstreams, {} endpoints, {} workers)",
                 file.display(),
@@ -149,15 +204,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_secs: timeout,
             reinitialize,
         })?),
-        Some(Command::Status { admin, token_file }) => {
-            let token = token_file
-                .map(|path| AdminToken::read(&path))
-                .transpose()
-                .map_err(anyhow::Error::msg)
-                .context("--token-file")?;
-            print!("{}", mcpgw_supervisor::status(admin, token.as_ref())?);
-            Ok(())
-        }
+        Some(Command::Status {
+            config,
+            admin,
+            token_file,
+        }) => status(config, admin, token_file),
         Some(Command::Worker { slot, generation }) => {
             mcpgw_worker::run(mcpgw_worker::Args { slot, generation })
                 .with_context(|| format!("worker {slot}/{generation}"))
@@ -165,12 +216,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `mcpgw status`: flags first, then the config file's settings, then the
+/// default admin address.
+fn status(
+    config: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+    token_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (admin, token_file, from) = match config {
+        None => (
+            admin.unwrap_or_else(|| Config::default().admin_listen),
+            token_file,
+            None,
+        ),
+        Some(path) => {
+            // Not `Config::load`: status needs two keys, not the secrets the
+            // file may reference (they may be in the service's environment
+            // only) nor the rest of a validation.
+            let config = Config::read_unchecked(&path)?;
+            (
+                admin.unwrap_or(config.admin_listen),
+                token_file.or(config.admin_token_file),
+                Some(path),
+            )
+        }
+    };
+    if admin.port() == 0 {
+        let from = from.map_or_else(String::new, |p| format!(" in {}", p.display()));
+        anyhow::bail!(
+            "admin_listen{from} is {admin}: port 0 is chosen at start; pass the address \
+             the gateway printed (`mcpgw admin http://…`) as --admin"
+        );
+    }
+    let token = token_file
+        .map(|path| AdminToken::read(&path))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--token-file")?;
+    print!("{}", mcpgw_supervisor::status(admin, token.as_ref())?);
+    Ok(())
+}
+
+fn serve(args: ServeArgs, format: OutputFormat) -> anyhow::Result<()> {
     let ServeArgs {
         config: path,
         listen,
         workers,
-        ..
     } = args;
     // The same steps at start and on every reload: the file (if any), then
     // the command-line overrides, then validation.
@@ -186,18 +277,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.workers = workers;
         }
         config.validate().context("command-line overrides")?;
-        config.check_tls_files()?;
+        config.check_tls_files().map_err(|e| match &path {
+            Some(path) => e.in_file(path, None),
+            None => e,
+        })?;
         Ok(config)
     };
     let config = load()?;
     mcpgw_supervisor::run(
         config,
         Box::new(move || load().map_err(|e| format!("{e:#}"))),
+        format,
     )?;
     Ok(())
 }
 
-fn init_logging(format: Option<LogFormat>) {
+/// Logs go to stderr, in `format` (JSON under journald by default); true
+/// when that is JSON.
+fn init_logging(format: Option<LogFormat>) -> bool {
     let filter = EnvFilter::try_from_env("MCPGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         Some(LogFormat::Json) => true,
@@ -215,4 +312,5 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         builder.init();
     }
+    json
 }

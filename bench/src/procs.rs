@@ -147,6 +147,7 @@ async fn wait_for_line(
 ) -> Result<String> {
     tokio::time::timeout(STARTUP_TIMEOUT, async {
         while let Some(line) = lines.next_line().await? {
+            let line = announcement_text(&line);
             if let Some(rest) = line.strip_prefix(prefix) {
                 return Ok(rest.trim().to_owned());
             }
@@ -189,6 +190,24 @@ pub(crate) struct Gateway {
     pub(crate) proc: Proc,
     pub(crate) addr: SocketAddr,
     pub(crate) admin: SocketAddr,
+}
+
+/// A line of mcpgw's stdout in its text form (`--log-format json` prints
+/// `{"event":"listening","url":"http://A"}` for `mcpgw listening http://A`).
+fn announcement_text(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    match (
+        v["event"].as_str(),
+        v["url"].as_str(),
+        v["workers"].as_u64(),
+    ) {
+        (Some("admin"), Some(url), _) => format!("mcpgw admin {url}"),
+        (Some("listening"), Some(url), _) => format!("mcpgw listening {url}"),
+        (Some("ready"), _, Some(n)) => format!("mcpgw ready workers={n}"),
+        _ => line.to_owned(),
+    }
 }
 
 /// mcpgw with `workers` workers in front of `upstream`.

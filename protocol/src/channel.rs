@@ -17,16 +17,36 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// Largest frame either side accepts (a config with many upstreams fits).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
+/// The message carries the cause (no `source()` chain), so it reads whole
+/// in a log line and prints once at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     #[error("control channel I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("control frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
     #[error("cannot encode control message: {0}")]
-    Encode(#[from] bincode::error::EncodeError),
+    Encode(bincode::error::EncodeError),
     #[error("cannot decode control message: {0}")]
-    Decode(#[from] bincode::error::DecodeError),
+    Decode(bincode::error::DecodeError),
+}
+
+impl From<std::io::Error> for ChannelError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<bincode::error::EncodeError> for ChannelError {
+    fn from(e: bincode::error::EncodeError) -> Self {
+        Self::Encode(e)
+    }
+}
+
+impl From<bincode::error::DecodeError> for ChannelError {
+    fn from(e: bincode::error::DecodeError) -> Self {
+        Self::Decode(e)
+    }
 }
 
 fn bincode_config() -> impl bincode::config::Config {

@@ -13,37 +13,196 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a configuration was refused. The message names the key and the reason.
+/// Why a configuration was refused. The message names the file (when the
+/// configuration came from one), the line (TOML's own errors give line and
+/// column; a refused value gives the line of its key when the file has it),
+/// the key path as written in the file (`upstream[1].connect_timeout_ms`)
+/// and the reason. It carries its cause and has no `source()`: it prints
+/// whole, once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{}: {}", path.display(), cause.to_string().trim_end())]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    #[error("{}{key}: {reason}", Place(file.as_deref(), *line))]
+    Invalid {
+        key: String,
+        reason: String,
+        /// The file the value came from, when known.
+        file: Option<PathBuf>,
+        /// 1-based line of the key in `file`, when it is there.
+        line: Option<usize>,
+    },
+}
+
+/// `file:line: `, `file: ` or nothing.
+struct Place<'a>(Option<&'a Path>, Option<usize>);
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place(Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display()),
+            Place(Some(file), None) => write!(f, "{}: ", file.display()),
+            Place(None, _) => Ok(()),
+        }
+    }
+}
+
+impl ConfigError {
+    /// The same error, placed in `path`: a refused value gets the file and,
+    /// if `text` (the file's content) has its key, the line.
+    pub fn in_file(self, path: &Path, text: Option<&str>) -> Self {
+        match self {
+            Self::Invalid {
+                key,
+                reason,
+                file: None,
+                ..
+            } => Self::Invalid {
+                line: text.and_then(|t| line_of_key(t, &key)),
+                key,
+                reason,
+                file: Some(path.to_owned()),
+            },
+            Self::Parse { cause, .. } => Self::Parse {
+                path: path.to_owned(),
+                cause,
+            },
+            other => other,
+        }
+    }
+}
+
+fn with_reason_prefix(e: ConfigError, prefix: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            reason,
+            file,
+            line,
+        } => ConfigError::Invalid {
+            key,
+            reason: format!("{prefix}{reason}"),
+            file,
+            line,
+        },
+        other => other,
+    }
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
+        file: None,
+        line: None,
     }
 }
+
+/// The 1-based line where `key` (a path as [`ConfigError::Invalid`] names
+/// it: `a.b`, `a[2].b`) is written in `text`; for a key that is not written
+/// (a default), the line of the nearest enclosing table that is. A second,
+/// span-keeping parse: serde's typed parse forgets where values were.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut found: Option<std::ops::Range<usize>> = None;
+    'path: for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+            break;
+        };
+        found = Some(k.span());
+        let mut value = v;
+        if let Some(i) = index {
+            let DeValue::Array(items) = value.get_ref() else {
+                break;
+            };
+            let Some(item) = items.get(i) else { break };
+            // An array-of-tables entry's span starts at its header, a
+            // plain array item's at the item.
+            found = Some(item.span());
+            value = item;
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break 'path,
+        }
+    }
+    let start = found?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
+/// An address a listener binds: an IP address and a port. Host names are
+/// refused, with a hint, rather than resolved: a name can stand for several
+/// addresses (`localhost` for 127.0.0.1 and ::1), and which of them is
+/// bound should be written down, not left to the resolver.
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        let hint = if text.contains(':') && !text.starts_with('[') {
+            "host names are not resolved: use an IP address and a port, e.g. 127.0.0.1:8080 \
+             (or [::1]:8080; 0.0.0.0:8080 for every interface)"
+        } else {
+            "use an IP address and a port, e.g. 127.0.0.1:8080 (IPv6: [::1]:8080)"
+        };
+        format!("{text:?} is not an IP address and port; {hint}")
+    })
+}
+
+/// serde helpers for listener addresses: strings through
+/// [`parse_listen_addr`] in TOML; the plain encoding in bincode (the
+/// control channel), which is not human-readable.
+mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn one<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        if !d.is_human_readable() {
+            return SocketAddr::deserialize(d);
+        }
+        let text = String::deserialize(d)?;
+        super::parse_listen_addr(&text).map_err(D::Error::custom)
+    }
+
+    pub(super) fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        if !d.is_human_readable() {
+            return Vec::<SocketAddr>::deserialize(d);
+        }
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| super::parse_listen_addr(text).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// The admin listener's default port (on 127.0.0.1). Not 9090: that is
+/// Prometheus's own port (a Prometheus on the same host would scrape itself),
+/// and 9091-9999 are the Prometheus exporters' range; 8080, 8081 and 8443
+/// are every other HTTP service's. 8411 is, as far as we know, unassigned.
+pub const DEFAULT_ADMIN_PORT: u16 = 8411;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Plaintext listeners.
+    #[serde(deserialize_with = "listen_addr::many")]
     pub listen: Vec<SocketAddr>,
     /// Metrics and the admin API; never on a public listener.
+    #[serde(deserialize_with = "listen_addr::one")]
     pub admin_listen: SocketAddr,
     /// A file whose content (trimmed) is the admin API's bearer token.
     /// Required by state-changing admin endpoints, and by every endpoint
@@ -68,13 +227,18 @@ pub struct Config {
     pub store: Store,
     pub upstream: Vec<Upstream>,
     pub endpoint: Vec<Endpoint>,
+    /// The configuration as written, when it had `${…}` references (see
+    /// [`crate::secrets`]): what `/admin/config` shows. Not serialized:
+    /// workers need the resolved values only.
+    #[serde(skip)]
+    pub as_written: Option<Box<Config>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
             admin_token_file: None,
             tls_listener: Vec::new(),
             workers: None,
@@ -88,6 +252,7 @@ impl Default for Config {
             store: Store::default(),
             upstream: Vec::new(),
             endpoint: Vec::new(),
+            as_written: None,
         }
     }
 }
@@ -97,6 +262,7 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
+    #[serde(deserialize_with = "listen_addr::one")]
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -398,29 +564,93 @@ pub struct Endpoint {
 pub const DEFAULT_ENDPOINT_PATH: &str = "/mcp";
 
 impl Config {
-    /// Read, parse and validate a file.
+    /// Read, parse and validate a file. Errors name the file, and the line
+    /// where they can.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            },
-            other => other,
+        Self::parse(&text).map_err(|e| e.in_file(path, Some(&text)))
+    }
+
+    /// Read and parse a file without validating it, for tools that need a
+    /// few keys of a gateway's configuration (`mcpgw status`).
+    pub fn read_unchecked(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        toml::from_str(&text).map_err(|cause| ConfigError::Parse {
+            path: path.to_owned(),
+            cause: Box::new(cause),
         })
     }
 
-    /// Parse and validate TOML text.
+    /// Parse TOML text, resolve its `${…}` references (environment, files)
+    /// and validate the result.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Self::parse_with(text, &crate::secrets::Process)
+    }
+
+    fn parse_with(text: &str, from: &dyn crate::secrets::Resolver) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            source: Box::new(source),
+            cause: Box::new(cause),
         })?;
+        config.resolve_references(from)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as written (references unresolved), for display.
+    pub fn as_written(&self) -> &Config {
+        self.as_written.as_deref().unwrap_or(self)
+    }
+
+    /// Replace `${…}` references by what they stand for, in the values that
+    /// may carry credentials (see [`crate::secrets`]); keep the original for
+    /// display when any was there.
+    fn resolve_references(
+        &mut self,
+        from: &dyn crate::secrets::Resolver,
+    ) -> Result<(), ConfigError> {
+        let written = self.clone();
+        let mut changed = false;
+        let mut one = |key: String, value: &mut String| -> Result<(), ConfigError> {
+            match crate::secrets::expand(value, from) {
+                Ok(Some(resolved)) => {
+                    *value = resolved;
+                    changed = true;
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(reason) => Err(invalid(key, reason)),
+            }
+        };
+        for (i, u) in self.upstream.iter_mut().enumerate() {
+            one(format!("upstream[{i}].url"), &mut u.url)?;
+            for (j, arg) in u.args.iter_mut().enumerate() {
+                one(format!("upstream[{i}].args[{j}]"), arg)?;
+            }
+            // The map's key path stops at the table: header and variable
+            // names need not be TOML bare keys; the reason names them.
+            for (name, value) in &mut u.headers {
+                one(format!("upstream[{i}].headers"), value)
+                    .map_err(|e| with_reason_prefix(e, &format!("header {name:?}: ")))?;
+            }
+            for (name, value) in &mut u.env {
+                one(format!("upstream[{i}].env"), value)
+                    .map_err(|e| with_reason_prefix(e, &format!("variable {name:?}: ")))?;
+            }
+        }
+        if let Some(url) = &mut self.store.redis_url {
+            one("store.redis_url".to_owned(), url)?;
+        }
+        if changed {
+            self.as_written = Some(Box::new(written));
+        }
+        Ok(())
     }
 
     /// Check everything serde cannot: ranges, references, uniqueness.
@@ -571,9 +801,18 @@ impl Config {
             match u.transport {
                 Transport::StreamableHttp | Transport::Sse => {
                     check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;
-                    if u.command.is_some() || !u.args.is_empty() || !u.env.is_empty() {
+                    let stdio_only = if u.command.is_some() {
+                        Some("command")
+                    } else if !u.args.is_empty() {
+                        Some("args")
+                    } else if !u.env.is_empty() {
+                        Some("env")
+                    } else {
+                        None
+                    };
+                    if let Some(field) = stdio_only {
                         return Err(invalid(
-                            key("command"),
+                            key(field),
                             "command, args and env are for transport = \"stdio\"",
                         ));
                     }
@@ -621,8 +860,11 @@ impl Config {
                     ));
                 }
             }
-            if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
-                return Err(invalid(key("timeouts"), "timeouts must be greater than 0"));
+            if u.connect_timeout_ms == 0 {
+                return Err(invalid(key("connect_timeout_ms"), "must be greater than 0"));
+            }
+            if u.request_timeout_ms == 0 {
+                return Err(invalid(key("request_timeout_ms"), "must be greater than 0"));
             }
         }
         if self.sessions.heartbeat_ttl_ms < 2 * self.sessions.heartbeat_ms {
@@ -785,6 +1027,7 @@ mod tests {
         assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
         assert!(c.worker_count() >= 1);
         assert_eq!(c.effective_endpoints()[0].path, "/mcp");
+        assert_eq!(c.admin_listen, "127.0.0.1:8411".parse().expect("addr"));
     }
 
     #[test]
@@ -853,6 +1096,136 @@ mod tests {
                 .starts_with("endpoint[0].upstreams:")
         );
         assert!(err("[[endpoint]]\npath = \"x\"\nupstreams = []").starts_with("endpoint[0].path:"));
+    }
+
+    /// Errors of a file named `f.toml` holding `text`.
+    fn err_in_file(text: &str) -> String {
+        Config::parse(text)
+            .expect_err("must be refused")
+            .in_file(Path::new("f.toml"), Some(text))
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_the_real_key_and_its_line() {
+        let two = "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\n\n[[upstream]]\nid = \"b\"\nurl = \"http://x/\"\n";
+        assert_eq!(
+            err_in_file(&format!("{two}connect_timeout_ms = 0\n")),
+            "f.toml:8: upstream[1].connect_timeout_ms: must be greater than 0"
+        );
+        assert_eq!(
+            err_in_file(&format!("{two}request_timeout_ms = 0\n")),
+            "f.toml:8: upstream[1].request_timeout_ms: must be greater than 0"
+        );
+        assert_eq!(
+            err_in_file("workers = 2\n\n[limits]\nmax_body_bytes = 0\n"),
+            "f.toml:4: limits.max_body_bytes: must be greater than 0"
+        );
+        assert_eq!(
+            err_in_file("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\nargs = [\"x\"]\n"),
+            "f.toml:4: upstream[0].args: command, args and env are for transport = \"stdio\""
+        );
+        // A key left at its default has no line of its own: its table's header.
+        let e = err_in_file("[sessions]\nheartbeat_ms = 5000\n");
+        assert_eq!(
+            e,
+            "f.toml:1: sessions.heartbeat_ttl_ms: must be at least twice sessions.heartbeat_ms"
+        );
+        // Without a file: the key alone, as before.
+        assert_eq!(err("workers = 0"), "workers: must be 1..=256, got 0");
+        // TOML's own errors keep their line and column, once.
+        let e = Config::parse("lsten = []")
+            .expect_err("unknown key")
+            .in_file(Path::new("f.toml"), None)
+            .to_string();
+        assert!(
+            e.starts_with("f.toml: TOML parse error at line 1, column 1"),
+            "{e}"
+        );
+        assert_eq!(e.matches("unknown field").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_says_an_ip_address_is_needed() {
+        let e = err("listen = [\"localhost:8080\"]");
+        assert!(e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("\"localhost:8080\" is not an IP address and port")
+                && e.contains("e.g. 127.0.0.1:8080"),
+            "{e}"
+        );
+        assert!(err("admin_listen = \"example.com:1\"").contains("host names are not resolved"));
+        assert!(
+            err("[[tls_listener]]\naddr = \"8443\"\ncert = \"c\"\nkey = \"k\"")
+                .contains("\"8443\" is not an IP address and port")
+        );
+        let c = Config::parse("listen = [\"[::1]:8080\", \"127.0.0.1:0\"]").expect("IP addresses");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(parse_listen_addr("127.0.0.1:9").expect("ok").port(), 9);
+    }
+
+    struct Env;
+
+    impl crate::secrets::Resolver for Env {
+        fn var(&self, name: &str) -> Result<String, String> {
+            match name {
+                "UPSTREAM_TOKEN" => Ok("s3cret".to_owned()),
+                "REDIS_PASSWORD" => Ok("hunter2".to_owned()),
+                _ => Err(format!("${{{name}}}: {name} is not set in the environment")),
+            }
+        }
+
+        fn file(&self, path: &Path) -> Result<String, String> {
+            Err(format!("${{file:{}}}: cannot read it", path.display()))
+        }
+    }
+
+    #[test]
+    fn references_resolve_and_the_written_form_is_kept_for_display() {
+        let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}\", X-Price = \"$$5\" }\n[store]\nredis_url = \"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0\"\n";
+        let c = Config::parse_with(text, &Env).expect("valid");
+        let u = &c.upstream[0];
+        assert_eq!(u.url, "http://127.0.0.1:1/s3cret/mcp");
+        assert_eq!(u.headers["Authorization"], "Bearer s3cret");
+        assert_eq!(u.headers["X-Price"], "$5");
+        assert_eq!(
+            c.store.redis_url.as_deref(),
+            Some("redis://:hunter2@127.0.0.1:6379/0")
+        );
+        let written = c.as_written();
+        assert_eq!(
+            written.upstream[0].headers["Authorization"],
+            "Bearer ${UPSTREAM_TOKEN}"
+        );
+        assert_eq!(
+            written.upstream[0].url,
+            "http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp"
+        );
+        assert!(written.as_written.is_none());
+        // Without references nothing is kept twice.
+        assert!(
+            Config::parse_with("workers = 1", &Env)
+                .expect("valid")
+                .as_written
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unresolvable_reference_names_the_key_and_the_variable() {
+        let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}${MISSING_TOKEN}\" }\n";
+        let e = Config::parse_with(text, &Env)
+            .expect_err("unset")
+            .in_file(Path::new("f.toml"), Some(text))
+            .to_string();
+        assert_eq!(
+            e,
+            "f.toml:4: upstream[0].headers: header \"Authorization\": ${MISSING_TOKEN}: MISSING_TOKEN is not set in the environment"
+        );
+        let e = Config::parse_with("[store]\nredis_url = \"redis://:${file:/nope}@h/\"", &Env)
+            .expect_err("unreadable")
+            .to_string();
+        assert!(e.starts_with("store.redis_url: ${file:/nope}"), "{e}");
     }
 
     #[test]

@@ -314,6 +314,33 @@ pub fn kill_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Make the child `cmd` starts block SIGINT and SIGTERM (the mask survives
+/// exec): a worker takes stop orders from its supervisor only, so Ctrl-C in
+/// a terminal or `kill -- -PGID`, which reach the whole process group, make
+/// the supervisor drain instead of killing workers under it. Blocked rather
+/// than ignored because the Rust runtime clears the mask (not ignored
+/// dispositions) in the processes the worker starts in turn (stdio
+/// upstreams), which thus get the default handling back.
+pub fn block_stop_signals(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    // SAFETY: the closure runs between fork and exec (after std resets the
+    // child's signal mask) and only calls pthread_sigmask, which is
+    // async-signal-safe; `set` is built before the fork, nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&set),
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+    }
+}
+
 const PR_SET_PDEATHSIG: i32 = 1;
 const SIGKILL: std::ffi::c_ulong = 9;
 

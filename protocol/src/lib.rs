@@ -12,6 +12,8 @@
 //! - [`host_policy`]: which `Host` and `Origin` headers requests may carry
 //!   (public and admin listeners alike).
 //! - [`redact`]: hiding secrets in configuration values that are shown.
+//! - `secrets`: `${NAME}` and `${file:/path}` references in the values
+//!   that carry credentials, resolved when the configuration is loaded.
 //! - [`tls`]: reading TLS certificates and keys, certificate expiry.
 //! - [`store`]: session records, written by workers, kept by the store.
 //!
@@ -26,6 +28,7 @@ pub mod headers;
 pub mod host_policy;
 pub mod redact;
 pub mod routing;
+mod secrets;
 pub mod session_id;
 pub mod store;
 pub mod tls;

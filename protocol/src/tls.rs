@@ -14,10 +14,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: rustls::pki_types::pem::Error,
+        cause: rustls::pki_types::pem::Error,
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
@@ -34,18 +34,18 @@ pub fn load_identity(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: cert.to_owned(),
-            source,
+            cause,
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
             path: cert.to_owned(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|cause| TlsError::Read {
         path: key.to_owned(),
-        source,
+        cause,
     })?;
     Ok((chain, key))
 }
@@ -69,9 +69,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 pub fn not_after(cert: &Path) -> Result<i64, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|mut certs| certs.next().transpose())
-        .map_err(|source| TlsError::Read {
+        .map_err(|cause| TlsError::Read {
             path: cert.to_owned(),
-            source,
+            cause,
         })?
         .ok_or_else(|| TlsError::NoCertificate {
             path: cert.to_owned(),

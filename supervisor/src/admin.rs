@@ -348,7 +348,8 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
 /// and the user info and query values of the upstream and Redis URLs.
 pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
     use mcpgw_protocol::redact::{self, REDACTED};
-    let mut doc = serde_json::to_value(config).unwrap_or_default();
+    // As written: `${…}` references, not what they resolved to.
+    let mut doc = serde_json::to_value(config.as_written()).unwrap_or_default();
     let redact_url = |url: &mut serde_json::Value| {
         if let Some(text) = url.as_str() {
             *url = serde_json::Value::from(redact::url(text));
@@ -399,6 +400,26 @@ mod tests {
         let doc = redacted_config(&c);
         assert!(!doc.contains("hunter2"), "{doc}");
         assert!(doc.contains("redis://<redacted>@10.0.0.1:6379/0"), "{doc}");
+    }
+
+    /// A secret from a reference is shown as the reference, wherever it
+    /// went (here a URL path, which no redaction rule covers).
+    #[test]
+    fn references_are_shown_as_written() {
+        let dir = std::env::temp_dir().join(format!("mcpgw-admin-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "p4th-s3cret\n").expect("write");
+        let c = mcpgw_protocol::config::Config::parse(&format!(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/${{file:{}}}/mcp\"",
+            file.display()
+        ))
+        .expect("config");
+        assert_eq!(c.upstream[0].url, "http://127.0.0.1:1/p4th-s3cret/mcp");
+        let doc = redacted_config(&c);
+        assert!(!doc.contains("p4th-s3cret"), "{doc}");
+        assert!(doc.contains("/${file:"), "{doc}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`runtime_dir`]: the private directory for internal sockets.
 //! - [`systemd`]: readiness notification and socket activation.
 //! - [`status`]: `mcpgw status`, a client of the admin API.
+//! - [`announce`]: the stdout lines (`mcpgw listening …`) and the output
+//!   format the workers inherit.
 //! - [`store`]: the session store trait, the records and the embedded
 //!   backend; [`redis_store`]: the Redis backend.
 //! - [`routes`]: routing exceptions (down slots, moved sessions), shared
@@ -23,6 +25,7 @@
 
 mod admin;
 mod admin_guard;
+mod announce;
 mod dispatch;
 mod listeners;
 mod metrics;
@@ -35,7 +38,6 @@ mod status;
 mod store;
 mod systemd;
 
-use std::io::Write;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +61,14 @@ use crate::routes::Routes;
 use crate::runtime_dir::RuntimeDir;
 use crate::store::SessionStore;
 
+pub use crate::announce::OutputFormat;
 pub use crate::listeners::ListenError;
 pub use crate::pool::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 pub use crate::runtime_dir::RuntimeDirError;
 pub use crate::status::{StatusError, status};
 
-/// Why the supervisor could not start or had to stop.
+/// Why the supervisor could not start or had to stop. Each message carries
+/// its cause and none has a `source()`: `{:#}` at the edge prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("starting the async runtime: {0}")]
@@ -76,13 +80,13 @@ pub enum SupervisorError {
     #[error(transparent)]
     Config(#[from] mcpgw_protocol::config::ConfigError),
     #[error("setting up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     #[error("session store: {0}")]
     Store(String),
-    #[error("installing the handler for {signal}: {source}")]
+    #[error("installing the handler for {signal}: {cause}")]
     Signal {
         signal: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -91,8 +95,14 @@ pub enum SupervisorError {
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 /// Run the gateway until it is told to stop. Returns after a clean drain.
-/// `source` is asked again on SIGHUP and `POST /admin/reload`.
-pub fn run(config: Config, source: ConfigSource) -> Result<(), SupervisorError> {
+/// `source` is asked again on SIGHUP and `POST /admin/reload`. `format`:
+/// how the stdout lines are written, and the `--log-format` workers get.
+pub fn run(
+    config: Config,
+    source: ConfigSource,
+    format: OutputFormat,
+) -> Result<(), SupervisorError> {
+    announce::set_format(format);
     // Before any thread exists: these fds and variables are process-wide.
     let activated = systemd::take_activated();
     let notifier = systemd::Notifier::from_env();
@@ -275,15 +285,13 @@ async fn run_async(
     bound.extend(ours.into_iter().zip(listeners::bind_all(&addrs)?));
     let admin_listener = listeners::bind_all(&[config.admin_listen])?.remove(0);
     {
-        let mut out = std::io::stdout().lock();
         let addr = admin_listener
             .local_addr()
             .map_err(listeners::ListenError::LocalAddr)?;
         info!(%addr, "admin listening");
-        let _ = writeln!(out, "mcpgw admin http://{addr}");
-        let _ = out.flush();
+        announce::admin(addr);
     }
-    let metrics = Arc::new(metrics::Metrics::new(slots)?);
+    let metrics = Arc::new(metrics::Metrics::new(slots).map_err(SupervisorError::Metrics)?);
     let gatherer = Arc::new(admin::Gatherer::default());
 
     let pool = Arc::new(Pool::new(slots));
@@ -423,9 +431,9 @@ fn install(
     kind: SignalKind,
     name: &'static str,
 ) -> Result<tokio::signal::unix::Signal, SupervisorError> {
-    signal(kind).map_err(|source| SupervisorError::Signal {
+    signal(kind).map_err(|cause| SupervisorError::Signal {
         signal: name,
-        source,
+        cause,
     })
 }
 
@@ -814,9 +822,7 @@ impl Supervisor {
                     self.phase = Phase::Running;
                     info!(workers = self.pool.len(), "ready");
                     self.notifier.notify("READY=1");
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "mcpgw ready workers={}", self.pool.len());
-                    let _ = out.flush();
+                    announce::ready(self.pool.len());
                 }
             }
             FromWorker::Load { connections } => worker.note_report(connections),

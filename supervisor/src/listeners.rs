@@ -17,7 +17,6 @@
 //! reach a worker before the workers are told to stop (inline hand-overs
 //! finish before the loop looks at its stop switch again).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -35,10 +34,10 @@ use crate::dispatch::{Dispatcher, Now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("reading a listener's local address: {0}")]
     LocalAddr(std::io::Error),
@@ -60,7 +59,7 @@ const ACCEPT_BATCH: usize = 64;
 pub(crate) fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
     addrs
         .iter()
-        .map(|&addr| bind(addr).map_err(|source| ListenError::Bind { addr, source }))
+        .map(|&addr| bind(addr).map_err(|cause| ListenError::Bind { addr, cause }))
         .collect()
 }
 
@@ -186,9 +185,7 @@ pub(crate) fn serve_listener(
 ) -> (ListenerKey, watch::Sender<bool>) {
     if let Ok(local) = listener.local_addr() {
         tracing::info!(%local, scheme = key.scheme(), "listening");
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "mcpgw listening {}://{local}", key.scheme());
-        let _ = out.flush();
+        crate::announce::listening(key.scheme(), local);
     }
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(accept_loop(
@@ -320,6 +317,7 @@ fn accepted(
 mod tests {
     use super::*;
     use nix::sys::socket::getsockopt;
+    use std::io::Write as _;
 
     /// Accept loops set no option per connection: this is why they need not.
     #[tokio::test]

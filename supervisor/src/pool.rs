@@ -6,9 +6,11 @@
 //! slot's `watch` while it restarts; the supervisor's main loop is the only
 //! writer. Workers are `mcpgw worker` exec'd from `/proc/self/exe`, so a
 //! restarted worker always runs the supervisor's own build, with the control
-//! socket at fd 3 and the connection socket at fd 4.
+//! socket at fd 3 and the connection socket at fd 4, under the name
+//! `mcpgw: worker N` and with the supervisor's `--log-format`.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
@@ -194,7 +196,12 @@ pub(crate) fn spawn(
     let conn_child = fdpass::raise_above_stdio(&conn_child).map_err(SpawnError::Fds)?;
 
     let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg("worker")
+    // argv[0] is what `ps` and `/proc/PID/cmdline` show; the worker names
+    // its threads (`comm`) itself.
+    cmd.arg0(format!("mcpgw: worker {}", id.slot))
+        .arg("worker")
+        .arg("--log-format")
+        .arg(crate::announce::format().flag())
         .arg("--slot")
         .arg(id.slot.to_string())
         .arg("--generation")
@@ -205,6 +212,7 @@ pub(crate) fn spawn(
     for var in crate::systemd::VARIABLES {
         cmd.env_remove(var);
     }
+    fdpass::block_stop_signals(&mut cmd);
     fdpass::install_on_exec(
         &mut cmd,
         vec![

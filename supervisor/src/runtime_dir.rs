@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeDirError {
-    #[error("cannot create the runtime directory in {path}: {source}")]
+    #[error("cannot create the runtime directory in {path}: {cause}")]
     Create {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "runtime_dir {path} is unsafe: {reason} (owner uid {owner}, mode {mode:04o}); \
@@ -57,7 +57,7 @@ impl RuntimeDir {
         let path = nix::unistd::mkdtemp(&base.join("mcpgw.XXXXXX")).map_err(|errno| {
             RuntimeDirError::Create {
                 path: base.clone(),
-                source: errno.into(),
+                cause: errno.into(),
             }
         })?;
         Ok(Self { path })
@@ -74,9 +74,9 @@ impl RuntimeDir {
 
 /// Create `dir` (mode 0700) if it is missing, then check it as it is now.
 fn ensure_private(dir: &Path) -> Result<(), RuntimeDirError> {
-    let create = |source| RuntimeDirError::Create {
+    let create = |cause| RuntimeDirError::Create {
         path: dir.to_owned(),
-        source,
+        cause,
     };
     // Recursive: it tolerates a directory that appears meanwhile, which the
     // check below then judges like any other.

@@ -13,16 +13,16 @@ use mcpgw_protocol::config::AdminToken;
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(
-        "cannot reach the admin listener at {addr}: {source} (is mcpgw running? see admin_listen)"
+        "cannot reach the admin listener at {addr}: {cause} (is mcpgw running? see admin_listen)"
     )]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("reading from {addr}: {source}")]
+    #[error("reading from {addr}: {cause}")]
     Io {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "the admin listener at {addr} refused the token (or wants one): \
@@ -36,9 +36,9 @@ pub enum StatusError {
 /// Fetch the workers' status and render it as a table. `token`: the admin
 /// API's bearer token (`admin_token_file`), if the caller has it.
 pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, StatusError> {
-    let io = |source| StatusError::Io { addr, source };
+    let io = |cause| StatusError::Io { addr, cause };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|source| StatusError::Connect { addr, source })?;
+        .map_err(|cause| StatusError::Connect { addr, cause })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
@@ -73,12 +73,20 @@ pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, St
     Ok(render(&doc))
 }
 
+/// One column: its header and whether it is right-aligned (numbers).
+const COLUMNS: [(&str, bool); 7] = [
+    ("SLOT", true),
+    ("GENERATION", true),
+    ("PID", true),
+    ("UPTIME", true),
+    ("CONNECTIONS", true),
+    ("SESSIONS", true),
+    ("UPSTREAM SESSIONS", false),
+];
+
 fn render(doc: &serde_json::Value) -> String {
-    let mut out = format!(
-        "{:<6} {:<10} {:<8} {:>9} {:>11} {:>8}  {}\n",
-        "SLOT", "GENERATION", "PID", "UPTIME", "CONNECTIONS", "SESSIONS", "UPSTREAM SESSIONS"
-    );
     let empty = Vec::new();
+    let mut rows: Vec<[String; 7]> = Vec::new();
     for w in doc["workers"].as_array().unwrap_or(&empty) {
         let upstreams: Vec<String> = w["upstream_sessions"]
             .as_array()
@@ -94,20 +102,49 @@ fn render(doc: &serde_json::Value) -> String {
                 "-".to_owned()
             }
         };
-        out.push_str(&format!(
-            "{:<6} {:<10} {:<8} {:>8}s {:>11} {:>8}  {}\n",
-            w["slot"],
-            w["generation"],
-            w["pid"],
-            w["uptime_secs"],
+        rows.push([
+            w["slot"].to_string(),
+            w["generation"].to_string(),
+            w["pid"].to_string(),
+            format!("{}s", w["uptime_secs"]),
             num("connections"),
             num("sessions"),
             if answered {
                 upstreams.join(" ")
             } else {
                 "(no answer)".to_owned()
+            },
+        ]);
+    }
+    // Widths from the content: generations are Unix milliseconds (13
+    // digits), wider than any fixed guess.
+    let mut widths = COLUMNS.map(|(h, _)| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 7]| {
+        let mut text = String::new();
+        for (i, ((cell, width), (_, right))) in cells.iter().zip(widths).zip(COLUMNS).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
             }
-        ));
+            if i == COLUMNS.len() - 1 {
+                text.push_str(cell);
+            } else if right {
+                text.push_str(&format!("{cell:>width$}"));
+            } else {
+                text.push_str(&format!("{cell:<width$}"));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(COLUMNS.map(|(h, _)| h));
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
     }
     out.push_str(&format!("sessions: {}\n", doc["sessions"]));
     out
@@ -128,10 +165,48 @@ mod tests {
         assert!(
             t.lines()
                 .nth(1)
-                .is_some_and(|l| l.contains("a=3") && l.starts_with('0')),
+                .is_some_and(|l| l.contains("a=3") && l.trim_start().starts_with('0')),
             "{t}"
         );
         assert!(t.contains("(no answer)"));
         assert!(t.ends_with("sessions: 3\n"));
+    }
+
+    /// Every header ends (right-aligned columns) or starts (the last one)
+    /// where its cells do, whatever the widths of the values.
+    #[test]
+    fn columns_line_up_under_their_headers() {
+        let doc = serde_json::json!({"workers":[
+            {"slot":0,"generation":1796396959578u64,"pid":16373,"uptime_secs":0,"answered":true,
+             "connections":0,"sessions":0,"upstream_sessions":[]},
+            {"slot":12,"generation":1796396959579u64,"pid":7,"uptime_secs":123456,"answered":true,
+             "connections":1234567,"sessions":5,"upstream_sessions":[{"upstream":"counter","count":5}]}],
+            "sessions":5});
+        let t = render(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        let header = lines[0];
+        let ends = |line: &str| -> Vec<usize> {
+            // Ends of whitespace-separated fields, the header's two-word
+            // last column counted as one.
+            let mut ends = Vec::new();
+            let mut prev = ' ';
+            for (i, c) in line.char_indices() {
+                if c == ' ' && prev != ' ' {
+                    ends.push(i);
+                }
+                prev = c;
+            }
+            if prev != ' ' {
+                ends.push(line.len());
+            }
+            ends
+        };
+        let header_ends = ends(header);
+        for row in &lines[1..3] {
+            let row_ends = ends(row);
+            assert_eq!(row_ends[..6], header_ends[..6], "\n{t}");
+        }
+        let last = header.find("UPSTREAM SESSIONS").expect("last header");
+        assert_eq!(lines[2].find("counter=5"), Some(last), "\n{t}");
     }
 }

@@ -775,3 +775,362 @@ async fn tls_listener_serves_forwards_and_rotates_certificates_on_reload() {
     let (_, reply) = tls_post(&mut fresh, Some(&session), &call(7)).await;
     assert_eq!(reply["result"]["structuredContent"]["count"], 7, "{reply}");
 }
+
+/// `mcpgw ARGS` to completion: exit success, stdout, stderr.
+fn mcpgw_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(gateway_binary().expect("mcpgw binary"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcpgw");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_print_once_with_file_key_and_line() {
+    let dir = TempDir::new("mcpgw-cli-errors").expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        path.to_string_lossy().into_owned()
+    };
+
+    let typo = file("typo.toml", "workers = 1\nlsten = [\"127.0.0.1:1\"]\n");
+    let (code, _, err) = mcpgw_cli(&["check-config", &typo]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("mcpgw: {typo}: TOML parse error at line 2")),
+        "{err}"
+    );
+    assert_eq!(err.matches("unknown field `lsten`").count(), 1, "{err}");
+
+    let missing = dir
+        .path()
+        .join("missing.toml")
+        .to_string_lossy()
+        .into_owned();
+    let (code, _, err) = mcpgw_cli(&["check-config", &missing]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains(&missing), "{err}");
+
+    let zero = file(
+        "zero.toml",
+        "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\n\n[[upstream]]\nid = \"b\"\nurl = \"http://127.0.0.1:1/mcp\"\nconnect_timeout_ms = 0\n",
+    );
+    let (code, _, err) = mcpgw_cli(&["check-config", &zero]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!("mcpgw: {zero}:8: upstream[1].connect_timeout_ms: must be greater than 0\n")
+    );
+
+    let host = file("host.toml", "listen = [\"localhost:8080\"]\n");
+    let (code, _, err) = mcpgw_cli(&["check-config", &host]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not an IP address and port") && err.contains("e.g. 127.0.0.1:8080"),
+        "{err}"
+    );
+    assert_eq!(err.matches("is not an IP address").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_busy_admin_port_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = TempDir::new("mcpgw-busy").expect("temp dir");
+    let config = dir.path().join("busy.toml");
+    std::fs::write(
+        &config,
+        format!("listen = [\"127.0.0.1:0\"]\nadmin_listen = \"{addr}\"\nworkers = 1\n"),
+    )
+    .expect("write config");
+    let run = tokio::process::Command::new(gateway_binary().expect("mcpgw binary"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("mcpgw exits when its admin port is taken")
+        .expect("run mcpgw");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn flags_apply_where_given_and_misplaced_ones_are_refused() {
+    let dir = TempDir::new("mcpgw-flags").expect("temp dir");
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n",
+    )
+    .expect("write config");
+    let config = config.to_string_lossy().into_owned();
+
+    // Serve's flags before the subcommand: refused, not dropped.
+    let (code, _, err) = mcpgw_cli(&["--workers", "1", "serve", "-c", &config]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("go after the subcommand"), "{err}");
+    // -c where it means nothing: refused.
+    for sub in [["check-config", "-c"], ["wrapper", "-c"]] {
+        let (code, _, err) = mcpgw_cli(&[sub[0], sub[1], &config]);
+        assert_eq!(code, Some(2), "{sub:?}: {err}");
+        assert!(err.contains("unexpected argument '-c'"), "{sub:?}: {err}");
+    }
+
+    // Without a subcommand, serve's flags apply (and the global
+    // --log-format is taken before a subcommand).
+    let mut cmd = Command::new(gateway_binary().expect("mcpgw binary"));
+    cmd.args(["--config", &config, "--workers", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log"));
+    let mut child =
+        ChildGuard::spawn("mcpgw", cmd, Some(dir.path().join("stderr.log"))).expect("spawn");
+    let lines = LineReader::new(child.take_stdout().expect("stdout"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .next_line(deadline)
+            .expect("a line before the deadline")
+            .expect("mcpgw runs");
+        if let Some(n) = line.strip_prefix("mcpgw ready workers=") {
+            assert_eq!(n, "1", "--workers 1 without a subcommand");
+            break;
+        }
+    }
+    child.signal(Signal::SIGTERM).expect("SIGTERM");
+    assert!(
+        child
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("exit")
+            .success()
+    );
+
+    let gateway = Gateway::start(&GatewayConfig {
+        args: vec!["--workers".into(), "1".into()],
+        ..GatewayConfig::new(2)
+    })
+    .expect("start mcpgw");
+    assert_eq!(
+        gateway.workers, 1,
+        "serve --workers 1 overrides workers = 2"
+    );
+}
+
+#[tokio::test]
+async fn status_columns_line_up_and_c_finds_the_admin_listener() {
+    let (_counter, gateway) = started(2).await;
+    let _clients = sessions_on_every_worker(&gateway).await;
+    let admin = gateway.admin.expect("admin");
+    let dir = TempDir::new("mcpgw-status").expect("temp dir");
+    let config = dir.path().join("gw.toml");
+    std::fs::write(&config, format!("admin_listen = \"{admin}\"\n")).expect("write config");
+    let (code, table, err) = mcpgw_cli(&["status", "-c", &config.to_string_lossy()]);
+    assert_eq!(code, Some(0), "{table}{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), gateway.workers + 2, "{table}");
+    // Each numeric column ends where its header ends.
+    let header = lines[0];
+    let ends: Vec<usize> = [
+        "SLOT",
+        "GENERATION",
+        "PID",
+        "UPTIME",
+        "CONNECTIONS",
+        "SESSIONS",
+    ]
+    .iter()
+    .map(|h| header.find(h).expect("header") + h.len())
+    .collect();
+    for row in &lines[1..=gateway.workers] {
+        let mut row_ends = Vec::new();
+        let mut prev = ' ';
+        for (i, c) in row.char_indices().chain([(row.len(), ' ')]) {
+            if c == ' ' && prev != ' ' {
+                row_ends.push(i);
+            }
+            prev = c;
+        }
+        assert_eq!(row_ends[..6], ends[..], "{table}");
+    }
+    let upstream_col = header.find("UPSTREAM SESSIONS").expect("header");
+    assert!(
+        lines[1..=gateway.workers]
+            .iter()
+            .all(|r| r.find("counter=") == Some(upstream_col)),
+        "{table}"
+    );
+
+    // --admin wins over the file's admin_listen.
+    std::fs::write(&config, "admin_listen = \"127.0.0.1:0\"\n").expect("write config");
+    let (code, table, err) = mcpgw_cli(&[
+        "status",
+        "-c",
+        &config.to_string_lossy(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{table}{err}");
+    // The file's port 0 alone: a clear error, not a connection to port 0.
+    let (code, _, err) = mcpgw_cli(&["status", "-c", &config.to_string_lossy()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("port 0 is chosen at start"), "{err}");
+}
+
+#[tokio::test]
+async fn workers_show_their_name_in_ps() {
+    let (_counter, gateway) = started(2).await;
+    let pids = mcpgw_tests::ops::worker_pids(&gateway).await;
+    assert_eq!(pids.len(), 2);
+    let mut slots = BTreeSet::new();
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let argv0 = cmdline.split(|&b| b == 0).next().expect("argv[0]");
+        let argv0 = String::from_utf8_lossy(argv0).into_owned();
+        let slot = argv0
+            .strip_prefix("mcpgw: worker ")
+            .unwrap_or_else(|| panic!("argv[0] of worker {pid}: {argv0:?}"))
+            .to_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+        assert_eq!(comm.trim_end(), format!("mcpgw-worker-{slot}"));
+        slots.insert(slot);
+    }
+    assert_eq!(slots.len(), 2, "{slots:?}");
+}
+
+/// Ctrl-C in a terminal and `kill -- -PGID` signal every process of the
+/// group: workers must leave stopping to the supervisor, which drains.
+#[tokio::test]
+async fn a_stop_signal_to_the_process_group_drains_cleanly() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let (_counter, mut gateway) = started(2).await;
+        let mut client = gateway.client();
+        client.initialize().await.expect("initialize");
+        let pids = mcpgw_tests::ops::worker_pids(&gateway).await;
+        let group = nix::unistd::Pid::from_raw(i32::try_from(gateway.pid()).expect("pid"));
+        nix::sys::signal::killpg(group, signal).expect("signal the group");
+        let status = gateway
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("the supervisor exits");
+        let log = gateway.log();
+        assert!(status.success(), "{signal}: {status}\n{log}");
+        assert!(!log.contains("unexpectedly"), "{signal}:\n{log}");
+        assert!(log.contains("draining workers"), "{signal}:\n{log}");
+        assert_eq!(
+            log.matches("worker exited").count(),
+            2,
+            "{signal}: both workers drained:\n{log}"
+        );
+        assert!(
+            log.matches("status=exit status: 0").count() >= 2,
+            "{signal}: workers exit 0, not by the signal:\n{log}"
+        );
+        for pid in pids {
+            assert!(
+                !mcpgw_tests::process::process_alive(pid),
+                "worker {pid} left behind"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_log_format_makes_every_line_json() {
+    let counter = start_counter!().expect("start counter-server");
+    let mut gateway = Gateway::start(&GatewayConfig {
+        args: vec!["--log-format".into(), "json".into()],
+        ..GatewayConfig::new(2).upstream("counter", &counter.url())
+    })
+    .expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    for line in &gateway.stdout_lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(v["event"].is_string(), "{line}");
+    }
+    assert_eq!(
+        gateway.stdout_lines.last().map(String::as_str),
+        Some(r#"{"event":"ready","workers":2}"#)
+    );
+    gateway.signal(Signal::SIGTERM).expect("SIGTERM");
+    assert!(
+        gateway
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("exit")
+            .success()
+    );
+    let log = gateway.log();
+    // Worker lines included: they used to be plain text.
+    assert!(log.contains("\"target\":\"mcpgw_worker\""), "{log}");
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_header_from_the_environment_reaches_the_upstream() {
+    let counter = start_counter!(mcpgw_tests::CounterOpts {
+        require_header: Some("Authorization: Bearer e2e-t0ken".to_owned()),
+        ..mcpgw_tests::CounterOpts::default()
+    })
+    .expect("start counter-server");
+    let upstream = format!(
+        "[[upstream]]\nid = \"counter\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer ${{MCPGW_E2E_TOKEN}}\" }}\n",
+        counter.url()
+    );
+    let gateway = Gateway::start(&GatewayConfig {
+        extra: upstream.clone(),
+        env: vec![("MCPGW_E2E_TOKEN".into(), "e2e-t0ken".into())],
+        ..GatewayConfig::new(1)
+    })
+    .expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    let reply = client
+        .call_tool("increment", json!({}))
+        .await
+        .expect("increment");
+    assert_eq!(
+        reply.count().expect("a count"),
+        1,
+        "the upstream took the header"
+    );
+    let (status, config) = admin_get(&gateway, "/admin/config").await;
+    assert_eq!(status, 200, "{config}");
+    assert!(!config.contains("e2e-t0ken"), "{config}");
+
+    // The variable unset: refused, naming key and variable.
+    let dir = TempDir::new("mcpgw-secret").expect("temp dir");
+    let file = dir.path().join("s.toml");
+    std::fs::write(&file, &upstream).expect("write config");
+    let out = Command::new(gateway_binary().expect("mcpgw binary"))
+        .arg("check-config")
+        .arg(&file)
+        .env_remove("MCPGW_E2E_TOKEN")
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(":4: upstream[0].headers: header \"Authorization\": ${MCPGW_E2E_TOKEN}: MCPGW_E2E_TOKEN is not set"),
+        "{err}"
+    );
+}

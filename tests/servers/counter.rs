@@ -74,6 +74,10 @@ struct Args {
     /// headers (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`) on every POST.
     #[arg(long)]
     stateless: bool,
+    /// Refuse (401) every POST without this header, as 'Name: value'
+    /// (an upstream that wants a credential).
+    #[arg(long, value_name = "NAME: VALUE")]
+    require_header: Option<String>,
 }
 
 struct Session {
@@ -113,6 +117,8 @@ struct Server {
     running: Mutex<HashMap<(String, String), oneshot::Sender<String>>>,
     /// What `GET /debug/events` reports, in arrival order.
     events: Mutex<Vec<Value>>,
+    /// `--require-header`, split into name and value.
+    required_header: Option<(String, String)>,
 }
 
 impl Server {
@@ -159,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
         next_ask: AtomicU64::new(1),
         running: Mutex::new(HashMap::new()),
         events: Mutex::new(Vec::new()),
+        required_header: args.require_header.as_deref().map(|h| {
+            let (name, value) = h.split_once(':').unwrap_or((h, ""));
+            (name.trim().to_owned(), value.trim().to_owned())
+        }),
     });
     if server.stateless {
         server
@@ -253,6 +263,14 @@ fn check_session(srv: &Server, headers: &HeaderMap) -> Result<String, SessionPro
 }
 
 async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some((name, value)) = &srv.required_header
+        && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": format!("header {name} missing or wrong")}),
+        );
+    }
     let msg: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

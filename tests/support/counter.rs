@@ -24,6 +24,8 @@ pub struct CounterOpts {
     pub sse: bool,
     pub name: Option<String>,
     pub page_size: Option<usize>,
+    /// `--require-header 'Name: value'`: POSTs without it get 401.
+    pub require_header: Option<String>,
 }
 
 impl CounterOpts {
@@ -69,6 +71,9 @@ impl CounterServer {
         }
         if let Some(n) = opts.page_size {
             cmd.args(["--page-size", &n.to_string()]);
+        }
+        if let Some(h) = &opts.require_header {
+            cmd.args(["--require-header", h]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

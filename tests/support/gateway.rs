@@ -26,6 +26,26 @@ const READY_PREFIX: &str = "mcpgw ready workers=";
 const ADMIN_PREFIX: &str = "mcpgw admin http://";
 const TLS_PREFIX: &str = "mcpgw listening https://";
 
+/// A line of `mcpgw serve`'s stdout in its text form: JSON mode's
+/// `{"event":"listening","url":"http://A"}` becomes `mcpgw listening http://A`
+/// (likewise `admin`, and `ready` with `workers`); other lines are returned
+/// as they are.
+pub fn announcement_text(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    match (
+        v["event"].as_str(),
+        v["url"].as_str(),
+        v["workers"].as_u64(),
+    ) {
+        (Some("admin"), Some(url), _) => format!("mcpgw admin {url}"),
+        (Some("listening"), Some(url), _) => format!("mcpgw listening {url}"),
+        (Some("ready"), _, Some(n)) => format!("mcpgw ready workers={n}"),
+        _ => line.to_owned(),
+    }
+}
+
 /// The path of an up-to-date `mcpgw` binary, built on first use.
 pub fn gateway_binary() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -106,6 +126,8 @@ pub struct GatewayConfig {
     pub extra: String,
     /// Extra environment variables for the gateway process.
     pub env: Vec<(String, String)>,
+    /// Extra `mcpgw serve` arguments (after `--config FILE`).
+    pub args: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -124,6 +146,7 @@ impl GatewayConfig {
             limits: Vec::new(),
             extra: String::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -220,6 +243,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// TLS listeners, in configuration order.
     pub tls_listeners: Vec<SocketAddr>,
+    /// The stdout lines up to and including the ready line, as printed.
+    pub stdout_lines: Vec<String>,
     _stdout: LineReader,
     _dir: TempDir,
 }
@@ -239,6 +264,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
+        cmd.args(&config.args);
         cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = ChildGuard::spawn("mcpgw", cmd, Some(log))?;
         let stdout = LineReader::new(child.take_stdout().context("no stdout pipe")?);
@@ -248,9 +274,14 @@ impl Gateway {
         let mut admin = None;
         let mut tls_listeners = Vec::new();
         let mut seen = Vec::new();
+        let mut stdout_lines = Vec::new();
         let workers = loop {
             let line = match stdout.next_line(deadline) {
-                Ok(Some(line)) => line,
+                Ok(Some(line)) => {
+                    let text = announcement_text(&line);
+                    stdout_lines.push(line);
+                    text
+                }
                 Ok(None) => bail!(
                     "mcpgw exited before it was ready (stdout: {seen:?}); config:\n{}\nstderr:\n{}",
                     config.to_toml(),
@@ -297,6 +328,7 @@ impl Gateway {
             workers,
             admin,
             tls_listeners,
+            stdout_lines,
             _stdout: stdout,
             _dir: dir,
         })
@@ -320,6 +352,11 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// What the gateway wrote to stderr so far (its logs).
+    pub fn log(&self) -> String {
+        self.child.log_tail()
     }
 
     /// Sends a signal to the supervisor only.

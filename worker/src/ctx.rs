@@ -207,7 +207,7 @@ pub(crate) fn build_ctx(
     store: Arc<StoreClient>,
 ) -> Result<Ctx, WorkerError> {
     let (live, _) = Live::build(id, config.clone(), None)?;
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new().map_err(WorkerError::Metrics)?);
     Ok(Ctx {
         id,
         routes: std::sync::RwLock::new(RouteTable::new(slots)),

@@ -6,25 +6,33 @@ use crate::upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("taking inherited fd {fd}: {source} (is this process started by `mcpgw serve`?)")]
-    InheritedFd { fd: i32, source: std::io::Error },
+    #[error("taking inherited fd {fd}: {cause} (is this process started by `mcpgw serve`?)")]
+    InheritedFd { fd: i32, cause: std::io::Error },
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("control channel: {0}")]
-    Control(#[from] ChannelError),
+    Control(ChannelError),
     #[error("the supervisor closed the control channel before the handshake")]
     NoInit,
     #[error("handshake: {0}")]
     Handshake(String),
-    #[error("binding the internal socket {path}: {source}")]
+    #[error("binding the internal socket {path}: {cause}")]
     Internal {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Upstream(#[from] upstream::ServerConfigError),
     #[error("setting up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     #[error("TLS listener {0}")]
     Tls(String),
+}
+
+// By hand, not `#[from]`: the message already carries the cause, and a
+// `source()` too would print it twice at the edge.
+impl From<ChannelError> for WorkerError {
+    fn from(e: ChannelError) -> Self {
+        Self::Control(e)
+    }
 }

@@ -105,10 +105,112 @@ pub(crate) fn same_id(a: &str, b: &str) -> bool {
     )
 }
 
-/// The id of the JSON-RPC response in `message`, if it is one.
+/// The raw `id` of the JSON-RPC response in `message`, if it is one: a
+/// top-level object with an `id`, a `result` or an `error`, and no `method`.
+///
+/// Every upstream answer passes here, and its `result` can be large, so the
+/// top level is scanned and every other member skipped over (strings and
+/// nesting tracked, nothing decoded or validated) instead of parsed: the
+/// bytes go to the client as they are, and the client judges them; the id
+/// only decides whether they go. What a scan cannot settle is refused: an
+/// `id` given twice (parsers disagree on which counts), a member name with
+/// escapes (it could spell `id`), anything that does not end where it should.
 pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
-    let env = parse(message)?;
-    (env.kind() == Kind::Response).then(|| env.id.map_or("null", RawValue::get))
+    let b = message;
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let (mut id, mut answer, mut method) = (None, false, false);
+    if b.get(i) != Some(&b'}') {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(b, i)?;
+            let key = &b[i + 1..key_end - 1];
+            i = skip_ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(b, i + 1);
+            let end = value_end(b, start)?;
+            match key {
+                b"id" if id.is_some() => return None,
+                b"id" => id = Some(&b[start..end]),
+                b"result" | b"error" => answer = true,
+                b"method" => method = true,
+                k if k.contains(&b'\\') => return None,
+                _ => {}
+            }
+            i = skip_ws(b, end);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => break,
+                _ => return None,
+            }
+        }
+    }
+    let id = std::str::from_utf8(id?).ok()?;
+    (answer && !method && is_answer_id(id)).then_some(id)
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Just past the string that opens at `b[i]` (a `"`). Strings are most of
+/// an answer's bytes (tool output is text): searched a word at a time.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// Just past the value that starts at `b[i]`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while let Some(&c) = b.get(j) {
+                match c {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            // A number or a literal: up to the next delimiter.
+            let end = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(b.len(), |n| i + n);
+            (end > i).then_some(end)
+        }
+    }
 }
 
 /// Parse one message; `None` when the body is not a JSON object at all.
@@ -356,6 +458,47 @@ mod tests {
             response_id(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#),
             None
         );
+    }
+
+    #[test]
+    fn the_answer_id_scan_agrees_with_a_parser_and_refuses_what_it_cannot_settle() {
+        let agree = [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"a \"}\" ]"}],"id":9}}"#,
+            r#" { "result" : [ 1 , { "id" : 2 } ] , "jsonrpc" : "2.0" , "id" : "x\"y" } "#,
+            r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"m"},"id":null}"#,
+            r#"{"id":-12.5e3,"result":true}"#,
+            r#"{"id":"\u0061","result":{}}"#,
+            r#"{"result":{},"id":[1]}"#,
+            r#"{"id":1}"#,
+            r#"{"id":1,"method":"x","result":{}}"#,
+            r#"{}"#,
+            r#"[{"id":1,"result":{}}]"#,
+        ];
+        for m in agree {
+            let by_parser = parse(m.as_bytes())
+                .filter(|e| e.kind() == Kind::Response)
+                .map(|e| e.id.map_or("null", RawValue::get).to_owned());
+            assert_eq!(
+                response_id(m.as_bytes()).map(str::to_owned),
+                by_parser,
+                "{m}"
+            );
+        }
+        for refused in [
+            &br#"{"id":1,"result":{},"id":99}"#[..],
+            br#"{"\u0069d":99,"id":1,"result":{}}"#,
+            br#"{"id":1,"result":{"a":"unterminated}"#,
+            br#"{"id":1,"result":{} x"#,
+            br#"{"id":1 "result":{}}"#,
+            b"",
+        ] {
+            assert_eq!(
+                response_id(refused),
+                None,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 
     #[test]

@@ -53,12 +53,14 @@ pub use crate::run::Args;
 /// Run a worker until the supervisor tells it to stop (or disappears).
 pub fn run(args: Args) -> Result<(), WorkerError> {
     let take =
-        |fd| fdpass::take_inherited(fd).map_err(|source| WorkerError::InheritedFd { fd, source });
+        |fd| fdpass::take_inherited(fd).map_err(|cause| WorkerError::InheritedFd { fd, cause });
     let control = take(WORKER_CONTROL_FD)?;
     let conns = take(WORKER_CONN_FD)?;
     // One thread per worker process; the pool has one worker per core.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Its blocking-pool threads, in `ps -L` and `top -H`.
+        .thread_name(format!("mcpgw-worker-{}", args.slot))
         .build()
         .map_err(WorkerError::Runtime)?;
     rt.block_on(run::serve(args, control, conns))

@@ -53,7 +53,7 @@ pub enum WrapperError {
     #[error(transparent)]
     Options(#[from] OptionsError),
     #[error("cannot start: {0}")]
-    Start(#[source] std::io::Error),
+    Start(std::io::Error),
     #[error(
         "the MCP server at {url} is unreachable, so the session could not be initialized: {reason}"
     )]

@@ -51,11 +51,10 @@ pub(crate) struct Options {
 /// A flag that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    #[error("--url {url:?} is not a valid URL: {source}")]
+    #[error("--url {url:?} is not a valid URL: {cause}")]
     Url {
         url: String,
-        #[source]
-        source: hyper::http::uri::InvalidUri,
+        cause: hyper::http::uri::InvalidUri,
     },
     #[error(
         "--url {url:?}: https is not supported by mcpgw wrapper; use an http:// URL (for example through a local TLS-terminating proxy)"
@@ -69,11 +68,10 @@ pub enum OptionsError {
     HeaderInvalid { header: String },
     #[error("--header {header:?}: the wrapper sets {name} itself")]
     HeaderManaged { header: String, name: String },
-    #[error("--bearer-token-file {path:?} cannot be read: {source}")]
+    #[error("--bearer-token-file {path:?} cannot be read: {cause}")]
     TokenFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("--bearer-token-file {path:?} is empty or holds characters not allowed in a header")]
     TokenInvalid { path: PathBuf },
@@ -95,9 +93,9 @@ impl Options {
             if headers.contains_key(AUTHORIZATION) {
                 return Err(OptionsError::AuthorizationTwice);
             }
-            let text = std::fs::read_to_string(path).map_err(|source| OptionsError::TokenFile {
+            let text = std::fs::read_to_string(path).map_err(|cause| OptionsError::TokenFile {
                 path: path.clone(),
-                source,
+                cause,
             })?;
             let token = text.trim();
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -126,9 +124,9 @@ impl Options {
 }
 
 fn parse_url(url: &str) -> Result<Uri, OptionsError> {
-    let uri: Uri = url.parse().map_err(|source| OptionsError::Url {
+    let uri: Uri = url.parse().map_err(|cause| OptionsError::Url {
         url: url.to_owned(),
-        source,
+        cause,
     })?;
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("https") => {

@@ -15,13 +15,16 @@ use crate::http::body::{self, Body};
 /// forwarding a request for a session this worker owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    Public,
+    /// A client connection, with the client's address where known.
+    Public(Option<ClientAddr>),
+    /// Forwarded by another worker over the internal socket.
     Internal,
 }
 
-/// The client's IP address, put in a request's extensions by the connection
-/// that received it (absent on forwarded requests, which never open
-/// sessions); the per-client session cap counts by it.
+/// The client's IP address, from the connection that received the request
+/// (absent on forwarded requests, which never open sessions); the
+/// per-client session cap counts by it. Passed along, not put in the
+/// request's extensions: that would allocate a map for every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
 

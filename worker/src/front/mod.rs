@@ -42,7 +42,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
     let live = ctx.live();
     // Forwarded requests were checked by the worker that received them.
     let refused = match origin {
-        Origin::Public => live.host_policy.check(req.headers()).err(),
+        Origin::Public(_) => live.host_policy.check(req.headers()).err(),
         Origin::Internal => None,
     };
     let mut resp = match refused {

@@ -34,8 +34,7 @@ pub(crate) fn serve_handed(
     let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
     let handler = Serving {
         ctx: ctx.clone(),
-        origin: Origin::Public,
-        peer,
+        origin: Origin::Public(peer.map(ClientAddr)),
     };
     match meta {
         ConnMeta::Plain => {
@@ -84,7 +83,6 @@ pub(crate) fn serve_internal(
     let handler = Serving {
         ctx: ctx.clone(),
         origin: Origin::Internal,
-        peer: None,
     };
     tracker.spawn(Box::pin(async move {
         if let Err(e) = server::serve(stream, &handler, closing).await {
@@ -96,10 +94,8 @@ pub(crate) fn serve_internal(
 /// The endpoint as the HTTP server on a connection calls it.
 struct Serving {
     ctx: Arc<Ctx>,
+    /// Public (with the handed-over socket's peer address) or internal.
     origin: Origin,
-    /// The client's address (the handed-over socket's peer); `None` on the
-    /// internal socket, whose requests never open sessions.
-    peer: Option<std::net::IpAddr>,
 }
 
 impl Handler for Serving {
@@ -115,11 +111,8 @@ impl Handler for Serving {
 
     fn call(
         &self,
-        mut req: http::Request<ReqBody>,
+        req: http::Request<ReqBody>,
     ) -> impl std::future::Future<Output = http::Response<Body>> {
-        if let Some(ip) = self.peer {
-            req.extensions_mut().insert(ClientAddr(ip));
-        }
         front::handle(self.ctx.clone(), req, self.origin)
     }
 }

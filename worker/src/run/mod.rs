@@ -84,9 +84,9 @@ pub(crate) async fn serve(
 
     let path = forward::socket_path(&runtime_dir, id.slot);
     let _ = std::fs::remove_file(&path);
-    let internal = UnixListener::bind(&path).map_err(|source| WorkerError::Internal {
+    let internal = UnixListener::bind(&path).map_err(|cause| WorkerError::Internal {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let receiver = ConnReceiver::new(conns).map_err(|e| WorkerError::Handshake(e.to_string()))?;
 

@@ -73,7 +73,7 @@ pub(crate) fn max_answer() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadError {
     #[error("{0}")]
-    Body(#[from] BodyError),
+    Body(BodyError),
     #[error("the answer is larger than {limit} bytes (limits.max_answer_bytes)")]
     TooLarge { limit: usize },
     #[error("the answer did not arrive within the request timeout")]
@@ -168,7 +168,7 @@ async fn read_streamed(
         let frame = match timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(ReadError::TimedOut),
             Ok(None) => break,
-            Ok(Some(frame)) => frame?,
+            Ok(Some(frame)) => frame.map_err(ReadError::Body)?,
         };
         let Ok(data) = frame.into_data() else {
             continue;

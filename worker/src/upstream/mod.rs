@@ -41,10 +41,10 @@ const INIT_ID_RAW: &str = "\"mcpgw-init\"";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    #[error("upstream {upstream} is unreachable: {source}")]
+    #[error("upstream {upstream} is unreachable: {cause}")]
     Transport {
         upstream: Arc<str>,
-        source: ConnError,
+        cause: ConnError,
     },
     #[error("upstream {upstream} did not answer within {timeout_ms} ms")]
     Timeout { upstream: Arc<str>, timeout_ms: u64 },
@@ -237,9 +237,9 @@ impl UpstreamServer {
         };
         match timeout_at(deadline, self.pool.send(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(source)) => Err(UpstreamError::Transport {
+            Ok(Err(cause)) => Err(UpstreamError::Transport {
                 upstream: self.id.clone(),
-                source,
+                cause,
             }),
             Err(_) => Err(self.timeout_error()),
         }

@@ -66,7 +66,7 @@ pub(crate) async fn serve(
                 Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
                 None => {
                     let owner = ctx.owner_of(&id);
-                    if owner != ctx.id.slot && origin == Origin::Public {
+                    if owner != ctx.id.slot && matches!(origin, Origin::Public(_)) {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
                         return Box::pin(ctx.forwarder.forward(owner, req)).await;
                     }
@@ -80,7 +80,13 @@ pub(crate) async fn serve(
         },
     };
     match *req.method() {
-        Method::POST => post(ctx, endpoint, session, accept, req).await,
+        Method::POST => {
+            let client = match origin {
+                Origin::Public(client) => client,
+                Origin::Internal => None,
+            };
+            post(ctx, endpoint, session, accept, req, client).await
+        }
         Method::GET => get(ctx, session, accept),
         Method::DELETE => Box::pin(delete(ctx, session, accept)).await,
         _ => {
@@ -99,10 +105,11 @@ pub(crate) async fn post(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
+    client: Option<ClientAddr>,
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
-    let resp = post_inner(ctx, endpoint, session, accept, req, &mut method).await;
+    let resp = post_inner(ctx, endpoint, session, accept, req, client, &mut method).await;
     let outcome = match resp.status().as_u16() {
         200..=299 => "ok",
         400..=499 => "rejected",
@@ -119,6 +126,7 @@ pub(crate) async fn post_inner(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
+    client: Option<ClientAddr>,
     method_label: &mut &'static str,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
@@ -137,7 +145,6 @@ pub(crate) async fn post_inner(
         );
     }
     let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let client = req.extensions().get::<ClientAddr>().copied();
     let body = match req.into_body() {
         ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
         ReqBody::TooLarge { limit } => {

@@ -65,36 +65,38 @@ const READ_SIZE: usize = 16 * 1024;
 /// A read buffer grown past this by a large answer is not kept for the next.
 const MAX_KEPT_BUFFER: usize = 256 * 1024;
 
-/// Why a request could not be exchanged with the upstream.
+/// Why a request could not be exchanged with the upstream. Messages carry
+/// their cause and no `source()`, so a chain printed at the edge says it
+/// once (this holds for every error type of the worker).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
-    #[error("resolving {host}: {source}")]
-    Resolve { host: String, source: io::Error },
+    #[error("resolving {host}: {cause}")]
+    Resolve { host: String, cause: io::Error },
     #[error("{host} resolves to no address")]
     NoAddress { host: String },
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: SocketAddr, cause: io::Error },
     #[error("connecting to {addr} timed out after {timeout_ms} ms")]
     ConnectTimeout { addr: SocketAddr, timeout_ms: u64 },
     #[error("sending the request: {0}")]
-    Write(#[source] io::Error),
+    Write(io::Error),
     #[error("reading the answer: {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
     #[error("the connection closed before an answer")]
     Closed,
     #[error("the answer is not usable HTTP/1.1: {0}")]
-    Malformed(#[source] Malformed),
+    Malformed(Malformed),
 }
 
 /// Why an answer body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     #[error("reading the answer body: {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
     #[error("the connection closed in the middle of the answer body")]
     Truncated,
     #[error("the answer body is not usable HTTP/1.1: {0}")]
-    Malformed(#[source] Malformed),
+    Malformed(Malformed),
 }
 
 /// A request to send: origin-form `path`, headers including `Host`.
@@ -376,9 +378,9 @@ impl ConnPool {
             Target::Name { host, port } => {
                 let addrs = tokio::net::lookup_host((host.as_str(), *port))
                     .await
-                    .map_err(|source| ConnError::Resolve {
+                    .map_err(|cause| ConnError::Resolve {
                         host: host.clone(),
-                        source,
+                        cause,
                     })?;
                 let mut last = None;
                 let mut stream = None;
@@ -409,7 +411,7 @@ impl ConnPool {
                 addr,
                 timeout_ms: timeout.as_millis() as u64,
             })?
-            .map_err(|source| ConnError::Connect { addr, source })?;
+            .map_err(|cause| ConnError::Connect { addr, cause })?;
         // Requests are written whole; Nagle would only delay small SSE
         // writes and answers.
         if let Err(e) = stream.set_nodelay(true) {

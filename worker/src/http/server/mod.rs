@@ -171,7 +171,15 @@ where
         let http10 = head.is_http10();
         let head_only = head.parts.method == Method::HEAD;
         let mut keep_alive = head.keep_alive;
-        let body = match read_body(&mut io, &mut buf, &head, &limits).await? {
+        // Most bodies came whole with their head: taken without a future.
+        // The reading one (a deadline timer inside) is boxed so that it
+        // does not widen the connection's future, which is moved on every
+        // request.
+        let read = match body_at_hand(&mut buf, &head, &limits) {
+            Some(read) => read,
+            None => Box::pin(read_body(&mut io, &mut buf, &head, &limits)).await?,
+        };
+        let body = match read {
             BodyRead::Body(body) => body,
             // The connection is out of step (malformed chunked framing) or
             // the client too slow: it cannot carry another request.
@@ -376,6 +384,24 @@ where
                 }
             }
         }
+    }
+}
+
+/// The body, when no read is needed for it: none, refused for its declared
+/// length, or already in the buffer whole.
+fn body_at_hand(buf: &mut BytesMut, head: &RequestHead, limits: &Limits) -> Option<BodyRead> {
+    let limit = limits.max_body;
+    match head.framing {
+        BodyFraming::None => Some(BodyRead::Body(ReqBody::Whole(None))),
+        BodyFraming::Length(n) if n > limit as u64 => {
+            Some(BodyRead::Body(ReqBody::TooLarge { limit }))
+        }
+        BodyFraming::Length(n) if buf.len() as u64 >= n => {
+            // At most `limit`, a usize: the guard above.
+            let n = usize::try_from(n).unwrap_or(limit);
+            Some(BodyRead::Body(ReqBody::whole(wire::take_bytes(buf, n))))
+        }
+        _ => None,
     }
 }
 

@@ -1076,7 +1076,7 @@ async fn json_log_format_makes_every_line_json() {
     );
     let log = gateway.log();
     // Worker lines included: they used to be plain text.
-    assert!(log.contains("\"target\":\"mcpgw_worker\""), "{log}");
+    assert!(log.contains("\"target\":\"mcpgw_worker"), "{log}");
     for line in log.lines().filter(|l| !l.is_empty()) {
         assert!(
             serde_json::from_str::<Value>(line).is_ok(),

@@ -20,11 +20,14 @@ fi
 
 # promtool (Debian package prometheus) checks the /metrics page; the openssl
 # command makes the TLS tests' certificates; the store tests start their own
-# redis-server (the package's service is not used).
+# redis-server (the package's service is not used); systemd-analyze (Debian
+# package systemd; needs no running systemd, and its postinst starts nothing
+# where systemd is not PID 1) checks the unit files in deploy/.
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test-all: installing ${missing[*]}"
     apt-get update -qq

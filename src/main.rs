@@ -141,14 +141,21 @@ fn main() -> ExitCode {
     if let Some(Command::Worker { slot, .. }) = &cli.command {
         name_worker_thread(*slot);
     }
-    let json = init_logging(cli.log_format);
-    match run(cli, json) {
+    let logging = init_logging(cli.log_format);
+    match run(cli, logging.json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one place an error is printed; `{:#}` adds the contexts,
             // and no error type repeats its cause (see ConfigError). stderr
-            // is also where logs go (and what journald captures).
-            eprintln!("mcpgw: {e:#}");
+            // is also where logs go (and what journald captures, then at
+            // error priority).
+            use std::io::Write as _;
+            let mut out = journal::Event::new(
+                std::io::stderr(),
+                logging.journal.then_some(tracing::Level::ERROR),
+            );
+            // Nowhere to report a failure to write to stderr.
+            let _ = writeln!(out, "mcpgw: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -292,9 +299,14 @@ fn serve(args: ServeArgs, format: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr, in `format` (JSON under journald by default); true
-/// when that is JSON.
-fn init_logging(format: Option<LogFormat>) -> bool {
+/// Logs go to stderr, in `format` (JSON under journald by default).
+struct Logging {
+    json: bool,
+    /// stderr is a journald stream: lines carry a `<N>` priority prefix.
+    journal: bool,
+}
+
+fn init_logging(format: Option<LogFormat>) -> Logging {
     let filter = EnvFilter::try_from_env("MCPGW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         Some(LogFormat::Json) => true,
@@ -302,15 +314,176 @@ fn init_logging(format: Option<LogFormat>) -> bool {
         // systemd sets JOURNAL_STREAM when stderr goes to the journal.
         None => std::env::var_os("JOURNAL_STREAM").is_some(),
     };
+    // Only when stderr itself is that stream: the variable is inherited by
+    // whatever the service starts, which may have redirected stderr (workers
+    // inherit the supervisor's stderr and variable, so they match too).
+    let journal = std::env::var("JOURNAL_STREAM").is_ok_and(|value| journal::stderr_is(&value));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(journal::Stderr { prefix: journal });
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    json
+    Logging { json, journal }
+}
+
+/// journald reads a `<N>` syslog priority at the start of each line of a
+/// stream (`SyslogLevelPrefix=yes`, systemd's default) and strips it; without
+/// one every line is info, and `journalctl -p warning` filters nothing.
+mod journal {
+    use std::io::{self, Write};
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+
+    use tracing::{Level, Metadata};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Whether stderr is the journal stream `JOURNAL_STREAM` names
+    /// ("DEVICE:INODE", see systemd.exec(5)).
+    pub(crate) fn stderr_is(value: &str) -> bool {
+        let Some((dev, ino)) = value.split_once(':') else {
+            return false;
+        };
+        let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+            return false;
+        };
+        // A duplicate of fd 2, as a File, to fstat it without unsafe code.
+        let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        std::fs::File::from(fd)
+            .metadata()
+            .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    }
+
+    /// syslog priorities (sd-daemon.h's SD_ERR ... SD_DEBUG).
+    pub(crate) fn prefix(level: Level) -> &'static [u8] {
+        match level {
+            Level::ERROR => b"<3>",
+            Level::WARN => b"<4>",
+            Level::INFO => b"<6>",
+            Level::DEBUG | Level::TRACE => b"<7>",
+        }
+    }
+
+    /// stderr, with each event's lines prefixed by its priority when
+    /// `prefix` is set.
+    pub(crate) struct Stderr {
+        pub(crate) prefix: bool,
+    }
+
+    impl<'a> MakeWriter<'a> for Stderr {
+        type Writer = Event<io::Stderr>;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            Event::new(io::stderr(), self.prefix.then_some(Level::INFO))
+        }
+
+        fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+            Event::new(io::stderr(), self.prefix.then_some(*meta.level()))
+        }
+    }
+
+    /// One event's output: collected, then written with one `write_all`
+    /// when dropped, so that lines from the supervisor and the workers
+    /// (one stderr) do not interleave inside a line. With a level, each line
+    /// starts with its priority: a multi-line message (an error's context
+    /// chain, a debug dump) stays at its level in every line.
+    pub(crate) struct Event<W: Write> {
+        out: W,
+        level: Option<Level>,
+        buf: Vec<u8>,
+    }
+
+    impl<W: Write> Event<W> {
+        pub(crate) fn new(out: W, level: Option<Level>) -> Self {
+            Self {
+                out,
+                level,
+                buf: Vec::new(),
+            }
+        }
+    }
+
+    impl<W: Write> Write for Event<W> {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let Some(level) = self.level else {
+                self.buf.extend_from_slice(data);
+                return Ok(data.len());
+            };
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                if self.buf.is_empty() || self.buf.ends_with(b"\n") {
+                    self.buf.extend_from_slice(prefix(level));
+                }
+                self.buf.extend_from_slice(line);
+            }
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            if !self.buf.is_empty() {
+                self.out.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+            self.out.flush()
+        }
+    }
+
+    impl<W: Write> Drop for Event<W> {
+        fn drop(&mut self) {
+            // Nowhere to report a failure to write the log.
+            let _ = self.flush();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn written(level: Option<Level>, parts: &[&[u8]]) -> Vec<u8> {
+            let mut out = Vec::new();
+            {
+                let mut event = Event::new(&mut out, level);
+                for part in parts {
+                    event.write_all(part).expect("write to a Vec");
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn each_line_gets_the_priority_of_its_level() {
+            assert_eq!(
+                written(Some(Level::WARN), &[b"a warning\n"]),
+                b"<4>a warning\n"
+            );
+            assert_eq!(written(Some(Level::ERROR), &[b"x\n"]), b"<3>x\n");
+            assert_eq!(written(Some(Level::INFO), &[b"x\n"]), b"<6>x\n");
+            assert_eq!(written(Some(Level::DEBUG), &[b"x\n"]), b"<7>x\n");
+            assert_eq!(written(Some(Level::TRACE), &[b"x\n"]), b"<7>x\n");
+            // Split writes: the prefix only where a line starts.
+            assert_eq!(
+                written(Some(Level::WARN), &[b"one ", b"line\nsecond", b" line\n"]),
+                b"<4>one line\n<4>second line\n"
+            );
+            assert_eq!(written(Some(Level::ERROR), &[b"", b"x"]), b"<3>x");
+        }
+
+        #[test]
+        fn without_journal_the_output_is_unchanged() {
+            assert_eq!(written(None, &[b"a ", b"line\n", b"b\n"]), b"a line\nb\n");
+            assert_eq!(written(None, &[]), b"");
+        }
+
+        #[test]
+        fn the_stream_must_name_stderr() {
+            for value in ["", "1", "x:y", "1:", ":1", "0:0"] {
+                assert!(!stderr_is(value), "{value:?}");
+            }
+        }
+    }
 }

@@ -1134,3 +1134,170 @@ async fn an_upstream_header_from_the_environment_reaches_the_upstream() {
         "{err}"
     );
 }
+
+/// Under journald (stderr is the stream `JOURNAL_STREAM` names) every line,
+/// the supervisor's and the workers', starts with its syslog priority, so
+/// that `journalctl -p warning` selects warnings and errors.
+#[tokio::test]
+async fn under_journald_every_line_carries_its_priority() {
+    let counter = start_counter!().expect("start counter-server");
+    let dir = TempDir::new("mcpgw-journal").expect("temp dir");
+    let config = GatewayConfig {
+        journal_stream: true,
+        runtime_dir: Some(dir.path().to_path_buf()),
+        ..GatewayConfig::new(2).upstream("counter", &counter.url())
+    };
+    let mut gateway = Gateway::start(&config).expect("start mcpgw");
+    // JSON by default under journald: the announcements are JSON.
+    assert!(
+        gateway
+            .stdout_lines
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{:?}",
+        gateway.stdout_lines
+    );
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+
+    // A warning: runtime_dir changes only with a restart.
+    let moved = TempDir::new("mcpgw-journal-moved").expect("temp dir");
+    write_config(
+        &gateway,
+        &GatewayConfig {
+            runtime_dir: Some(moved.path().to_path_buf()),
+            ..config.clone()
+        },
+    );
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "ok", 1.0).await;
+    // An error: a file that does not parse.
+    std::fs::write(gateway.config_path(), "workers = [").expect("rewrite config");
+    gateway.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_for_reloads(&gateway, "failed", 1.0).await;
+
+    gateway.signal(Signal::SIGTERM).expect("SIGTERM");
+    assert!(
+        gateway
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("exit")
+            .success()
+    );
+    let log = gateway.log();
+    let line_with = |text: &str| {
+        log.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no line with {text:?} in:\n{log}"))
+    };
+    assert!(line_with("runtime_dir stays").starts_with("<4>{"), "{log}");
+    assert!(line_with("reload refused").starts_with("<3>{"), "{log}");
+    assert!(line_with("reload applied").starts_with("<6>{"), "{log}");
+    // Worker lines too: they inherit stderr and the variable.
+    assert!(
+        line_with("\"target\":\"mcpgw_worker").starts_with("<6>{"),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let json = ["<3>", "<4>", "<6>", "<7>"]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+            .unwrap_or_else(|| panic!("no priority prefix: {line:?}"));
+        assert!(
+            serde_json::from_str::<Value>(json).is_ok(),
+            "not JSON after the prefix: {line:?}"
+        );
+    }
+}
+
+/// The shipped unit, alone and with the drop-ins in deploy/mcpgw.service.d,
+/// passes `systemd-analyze verify`, and `systemd-analyze security` finds the
+/// hardening the unit promises. systemd < 253 does not know
+/// Type=notify-reload (systemd-before-253.conf is for it): its two
+/// complaints about that are the only ones accepted there.
+#[test]
+fn the_systemd_unit_verifies_and_keeps_its_hardening() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let bin = gateway_binary().expect("mcpgw binary");
+    let version = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect(
+            "systemd-analyze is installed (Debian package systemd; scripts/test-all.sh installs it)",
+        );
+    let version: u32 = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("`systemd-analyze --version` starts with `systemd N`");
+    let accepted = |line: &str| {
+        version < 253
+            && (line.ends_with("Failed to parse service type, ignoring: notify-reload")
+                || line.ends_with("Unknown key 'ReloadSignal' in section [Service], ignoring."))
+    };
+
+    let unit = std::fs::read_to_string(deploy.join("mcpgw.service")).expect("read the unit");
+    // verify checks that ExecStart's program exists: the one just built.
+    let unit = unit.replace("/usr/local/bin/mcpgw", &bin.to_string_lossy());
+    for drop_ins in [false, true] {
+        let dir = TempDir::new("mcpgw-unit").expect("temp dir");
+        std::fs::write(dir.path().join("mcpgw.service"), &unit).expect("write the unit");
+        std::fs::copy(deploy.join("mcpgw.socket"), dir.path().join("mcpgw.socket"))
+            .expect("copy the socket unit");
+        if drop_ins {
+            let to = dir.path().join("mcpgw.service.d");
+            std::fs::create_dir(&to).expect("drop-in dir");
+            for entry in std::fs::read_dir(deploy.join("mcpgw.service.d")).expect("drop-ins") {
+                let entry = entry.expect("drop-in entry");
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a drop-in");
+            }
+        }
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "./mcpgw.service", "./mcpgw.socket"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run systemd-analyze verify");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let complaints: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !accepted(l))
+            .collect();
+        assert!(
+            out.status.success() && complaints.is_empty(),
+            "systemd-analyze verify (drop-ins: {drop_ins}), systemd {version}:\n{stderr}"
+        );
+        if drop_ins {
+            continue;
+        }
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "./mcpgw.service"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run systemd-analyze security");
+        let report = String::from_utf8_lossy(&out.stdout);
+        for setting in [
+            "ProtectProc=",
+            "ProcSubset=",
+            "UMask=",
+            "PrivateUsers=",
+            "PrivateMounts=",
+            "SystemCallFilter=~@privileged",
+            "SystemCallFilter=~@resources",
+            "MemoryDenyWriteExecute=",
+            "CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)",
+        ] {
+            let line = report
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(setting))
+                .unwrap_or_else(|| panic!("{setting} not in the report:\n{report}"));
+            assert!(line.starts_with('✓'), "{line}\n{report}");
+        }
+        let exposure: f64 = report
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for mcpgw.service: ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
+        assert!(exposure <= 1.2, "exposure {exposure}:\n{report}");
+    }
+}

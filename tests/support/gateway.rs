@@ -128,6 +128,9 @@ pub struct GatewayConfig {
     pub env: Vec<(String, String)>,
     /// Extra `mcpgw serve` arguments (after `--config FILE`).
     pub args: Vec<String>,
+    /// Set `JOURNAL_STREAM` to the stderr log's device:inode, as systemd does
+    /// when stderr is a journald stream: the gateway then logs as for journald.
+    pub journal_stream: bool,
 }
 
 impl GatewayConfig {
@@ -147,6 +150,7 @@ impl GatewayConfig {
             extra: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            journal_stream: false,
         }
     }
 
@@ -266,6 +270,11 @@ impl Gateway {
             .stderr(std::fs::File::create(&log)?);
         cmd.args(&config.args);
         cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
+        if config.journal_stream {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(&log).context("stat the stderr log")?;
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
         let mut child = ChildGuard::spawn("mcpgw", cmd, Some(log))?;
         let stdout = LineReader::new(child.take_stdout().context("no stdout pipe")?);
 

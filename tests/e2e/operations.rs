@@ -1174,8 +1174,15 @@ async fn request_outcomes_tell_failures_apart() {
     assert_eq!(count("other", "refused").await, 1.0);
 
     drop(counter);
-    let down = client.call_tool("increment", json!({})).await.expect("call");
+    let down = client
+        .call_tool("increment", json!({}))
+        .await
+        .expect("call");
     assert!(down.error().is_some(), "{down:?}");
     assert_eq!(count("tools/call", "upstream_error").await, 1.0);
-    assert_eq!(count("tools/call", "ok").await, 1.0, "no failure counted as ok");
+    assert_eq!(
+        count("tools/call", "ok").await,
+        1.0,
+        "no failure counted as ok"
+    );
 }

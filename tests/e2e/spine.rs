@@ -499,8 +499,9 @@ async fn delete_ends_every_upstream_session() {
 
     let response = both.delete().await.expect("DELETE");
     assert_eq!(response.status, 200, "{}", response.text());
+    // `only_a` has a session on b too: initialize opens every upstream's.
     wait_for_deletes(&a, 1, 1).await;
-    wait_for_deletes(&b, 1, 0).await;
+    wait_for_deletes(&b, 1, 1).await;
 
     let again = both
         .send(&both.post_request(r#"{"jsonrpc":"2.0","id":77,"method":"ping"}"#))
@@ -516,6 +517,7 @@ async fn delete_ends_every_upstream_session() {
 
     assert_eq!(only_a.delete().await.expect("DELETE").status, 200);
     wait_for_deletes(&a, 2, 0).await;
+    wait_for_deletes(&b, 2, 0).await;
     assert_eq!(
         a.stats().await.expect("stats").delete,
         2,
@@ -523,7 +525,7 @@ async fn delete_ends_every_upstream_session() {
     );
     assert_eq!(
         b.stats().await.expect("stats").delete,
-        1,
+        2,
         "one DELETE per upstream session"
     );
 }
@@ -784,7 +786,10 @@ async fn initialize_shows_who_is_behind_the_endpoint() {
     // The counter offers prompts without listChanged; the gateway used to
     // add it.
     assert_eq!(result["capabilities"]["prompts"], json!({}), "{result}");
-    assert_eq!(result["capabilities"]["tools"]["listChanged"], true, "{result}");
+    assert_eq!(
+        result["capabilities"]["tools"]["listChanged"], true,
+        "{result}"
+    );
     assert_eq!(a.stats().await.expect("stats").initialize, 1);
     assert_eq!(one.count("increment").await.expect("increment"), 1);
     assert_eq!(
@@ -812,6 +817,9 @@ async fn initialize_shows_who_is_behind_the_endpoint() {
         json!({"subscribe": true, "listChanged": true}),
         "{result}"
     );
-    assert!(caps["logging"].is_object() && caps["completions"].is_object(), "{result}");
+    assert!(
+        caps["logging"].is_object() && caps["completions"].is_object(),
+        "{result}"
+    );
     assert_eq!(b.stats().await.expect("stats").initialize, 1);
 }

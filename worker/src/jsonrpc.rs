@@ -469,11 +469,19 @@ mod tests {
 
     #[test]
     fn answer_kinds_in_the_id_scan() {
-        let k = |s: &str, tool: bool| response_kind(s.as_bytes(), tool).map(|(id, k)| (id.to_owned(), k));
+        let k = |s: &str, tool: bool| {
+            response_kind(s.as_bytes(), tool).map(|(id, k)| (id.to_owned(), k))
+        };
         let r = |id: &str, kind| Some((id.to_owned(), kind));
-        assert_eq!(k(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true), r("1", AnswerKind::Result));
         assert_eq!(
-            k(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#, true),
+            k(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true),
+            r("1", AnswerKind::Result)
+        );
+        assert_eq!(
+            k(
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#,
+                true
+            ),
             r("1", AnswerKind::Error)
         );
         let failed = r#"{"result":{"content":[{"type":"text","text":"\"isError\":true"}],"isError" : true},"id":"a","jsonrpc":"2.0"}"#;
@@ -483,7 +491,10 @@ mod tests {
         let nested = r#"{"id":2,"result":{"structuredContent":{"isError":true},"isError":false}}"#;
         assert_eq!(k(nested, true), r("2", AnswerKind::Result));
         assert_eq!(k(r#"{"id":2,"result":{"isError":true"#, true), None);
-        assert_eq!(k(r#"{"id":2,"result":[1,2]}"#, true), r("2", AnswerKind::Result));
+        assert_eq!(
+            k(r#"{"id":2,"result":[1,2]}"#, true),
+            r("2", AnswerKind::Result)
+        );
         assert_eq!(k(r#"{"id":2}"#, true), None);
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::http::body::Body;
 use crate::metrics::{Metrics, Outcome, OutcomeSlot};
 use crate::route::reply::{self, Accept};
-use http::{Response, StatusCode};
 use crate::session::registry::Registry;
+use http::{Response, StatusCode};
 
 /// What routing needs of the worker: the upstream sessions and the
 /// counters. A borrowed view of the worker context, made per request at

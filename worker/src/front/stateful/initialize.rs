@@ -19,8 +19,8 @@ use crate::http::body::Body;
 use crate::jsonrpc;
 use crate::metrics::{Outcome, OutcomeSlot};
 use crate::session::Session;
-use crate::upstream::UpstreamSession;
 use crate::session::store::OpenRefused;
+use crate::upstream::UpstreamSession;
 use crate::versions;
 use mcpgw_protocol::store::{SessionCap, SessionCaps, SessionRecord};
 
@@ -166,7 +166,9 @@ async fn open_upstreams(ctx: &Arc<Ctx>, session: &Arc<Session>) -> Vec<Arc<Upstr
                 error = %e,
                 "upstream not reachable at initialize; left out of the answer"
             ),
-            Err(e) => warn!(session = %session.id, error = %e, "opening an upstream session failed"),
+            Err(e) => {
+                warn!(session = %session.id, error = %e, "opening an upstream session failed")
+            }
         }
     }
     // In endpoint order, so federated instructions read the same each time.
@@ -185,14 +187,19 @@ const GATEWAY_CAPABILITIES: &str = concat!(
 
 /// Capability families the gateway serves on a federated endpoint (merged
 /// lists, routing by name or URI, broadcast `logging/setLevel`).
-const FEDERATED_CAPABILITIES: [&str; 5] = ["tools", "prompts", "resources", "logging", "completions"];
+const FEDERATED_CAPABILITIES: [&str; 5] =
+    ["tools", "prompts", "resources", "logging", "completions"];
 
 /// The `initialize` result. One upstream (transparent): its `serverInfo`,
 /// `instructions` and capabilities as it gave them. Several (federated):
 /// the gateway's `serverInfo`, the capability families any upstream has
 /// (each boolean flag set if any upstream sets it), and each upstream's
 /// instructions under its id. No upstream reached: the gateway's own.
-fn initialize_result(endpoint: &Endpoint, version: &str, opened: &[Arc<UpstreamSession>]) -> String {
+fn initialize_result(
+    endpoint: &Endpoint,
+    version: &str,
+    opened: &[Arc<UpstreamSession>],
+) -> String {
     use serde_json::{Map, Value};
     let gateway_info = serde_json::json!({"name": "mcpgw", "version": env!("CARGO_PKG_VERSION")});
     let parse = |raw: &str| serde_json::from_str::<Value>(raw).ok();

@@ -130,6 +130,8 @@ pub(crate) async fn post(
     resp
 }
 
+/// `method_label` and `outcome` are filled in for [`post`]'s counting.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn post_inner(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,

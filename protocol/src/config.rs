@@ -305,7 +305,10 @@ pub struct Limits {
     pub max_sessions: u32,
     /// Live sessions on one worker.
     pub max_sessions_per_worker: u32,
-    /// Live sessions opened from one client IP address.
+    /// Live sessions opened from one client IP address; 0 (the default):
+    /// no such cap. Off by default because behind a reverse proxy or load
+    /// balancer every client has the proxy's address, and a per-address
+    /// cap would then be a second, smaller total.
     pub max_sessions_per_client: u32,
     /// Messages in one JSON-RPC batch; longer batches get -32600.
     pub max_batch_len: u32,
@@ -326,7 +329,7 @@ impl Default for Limits {
             max_session_params_bytes: 64 * 1024,
             max_sessions: 100_000,
             max_sessions_per_worker: 50_000,
-            max_sessions_per_client: 1_000,
+            max_sessions_per_client: 0,
             max_batch_len: 100,
         }
     }
@@ -752,10 +755,6 @@ impl Config {
             (
                 "limits.max_sessions_per_worker",
                 u64::from(l.max_sessions_per_worker),
-            ),
-            (
-                "limits.max_sessions_per_client",
-                u64::from(l.max_sessions_per_client),
             ),
             ("limits.max_batch_len", u64::from(l.max_batch_len)),
             (

@@ -230,7 +230,9 @@ impl Records {
         if too_many(on_worker, caps.per_worker) {
             return Err(SessionCap::Worker);
         }
-        if let Some(k) = client_key(&record)
+        // 0: no per-client cap (the default; see `Limits::max_sessions_per_client`).
+        if caps.per_client != 0
+            && let Some(k) = client_key(&record)
             && too_many(self.sessions_of_client(k) as usize, caps.per_client)
         {
             return Err(SessionCap::Client);

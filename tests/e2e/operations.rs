@@ -1300,4 +1300,55 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
             .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
         assert!(exposure <= 1.2, "exposure {exposure}:\n{report}");
     }
+
+/// `mcpgw_requests_total` tells a JSON-RPC error, a failed tool, an
+/// unreachable upstream and a refused request from a success.
+#[tokio::test]
+async fn request_outcomes_tell_failures_apart() {
+    let (counter, gateway) = started(1).await;
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    let count = |method: &'static str, outcome: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let series = format!(
+                "mcpgw_requests_total{{worker=\"0\",method=\"{method}\",outcome=\"{outcome}\"}}"
+            );
+            mcpgw_tests::ops::metric_sum(gateway, &series).await
+        }
+    };
+
+    assert_eq!(client.count("increment").await.expect("increment"), 1);
+    assert_eq!(count("tools/call", "ok").await, 1.0);
+
+    let failed = client.call_tool("fail", json!({})).await.expect("fail");
+    assert_eq!(failed.result().expect("result")["isError"], true);
+    assert_eq!(count("tools/call", "tool_error").await, 1.0);
+
+    let unknown = client
+        .call_tool("no_such_tool", json!({}))
+        .await
+        .expect("call");
+    assert!(unknown.error().is_some(), "{unknown:?}");
+    assert_eq!(count("tools/call", "jsonrpc_error").await, 1.0);
+
+    let malformed = client
+        .send(&client.post_request("{not json".to_owned()))
+        .await
+        .expect("POST");
+    assert_eq!(malformed.status, 400, "{}", malformed.text());
+    assert_eq!(count("other", "refused").await, 1.0);
+
+    drop(counter);
+    let down = client
+        .call_tool("increment", json!({}))
+        .await
+        .expect("call");
+    assert!(down.error().is_some(), "{down:?}");
+    assert_eq!(count("tools/call", "upstream_error").await, 1.0);
+    assert_eq!(
+        count("tools/call", "ok").await,
+        1.0,
+        "no failure counted as ok"
+    );
 }

@@ -220,8 +220,8 @@ async fn one_session_reuses_one_upstream_session() {
     client.initialize().await.expect("initialize");
     let before = counter.stats().await.expect("stats");
     assert_eq!(
-        before.initialize, 0,
-        "upstream sessions are created on first use: {before:?}"
+        before.initialize, 1,
+        "the upstream session is opened by the client's initialize: {before:?}"
     );
 
     for expected in 1..=50 {
@@ -499,8 +499,9 @@ async fn delete_ends_every_upstream_session() {
 
     let response = both.delete().await.expect("DELETE");
     assert_eq!(response.status, 200, "{}", response.text());
+    // `only_a` has a session on b too: initialize opens every upstream's.
     wait_for_deletes(&a, 1, 1).await;
-    wait_for_deletes(&b, 1, 0).await;
+    wait_for_deletes(&b, 1, 1).await;
 
     let again = both
         .send(&both.post_request(r#"{"jsonrpc":"2.0","id":77,"method":"ping"}"#))
@@ -516,6 +517,7 @@ async fn delete_ends_every_upstream_session() {
 
     assert_eq!(only_a.delete().await.expect("DELETE").status, 200);
     wait_for_deletes(&a, 2, 0).await;
+    wait_for_deletes(&b, 2, 0).await;
     assert_eq!(
         a.stats().await.expect("stats").delete,
         2,
@@ -523,7 +525,7 @@ async fn delete_ends_every_upstream_session() {
     );
     assert_eq!(
         b.stats().await.expect("stats").delete,
-        1,
+        2,
         "one DELETE per upstream session"
     );
 }
@@ -751,4 +753,73 @@ async fn batches_of_a_2025_03_26_session_are_answered_as_one_array() {
         .await
         .expect("answer");
     assert_eq!(resp.status, 400, "{}", resp.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_shows_who_is_behind_the_endpoint() {
+    let a = start_counter!(CounterOpts {
+        instructions: Some("count with a".to_owned()),
+        ..CounterOpts::named("alpha")
+    })
+    .expect("start a");
+    let b = start_counter!(CounterOpts {
+        instructions: Some("count with b".to_owned()),
+        ..CounterOpts::named("beta")
+    })
+    .expect("start b");
+    let gateway = Gateway::start(
+        &GatewayConfig::new(1)
+            .upstream("a", &a.url())
+            .upstream("b", &b.url())
+            .endpoint("/one/mcp", &["a"])
+            .endpoint("/both/mcp", &["a", "b"]),
+    )
+    .expect("start mcpgw");
+
+    // One upstream: the gateway is transparent, the upstream's identity too.
+    let mut one = gateway.client_at("/one/mcp");
+    let init = one.initialize().await.expect("initialize /one");
+    let result = init.result().expect("result");
+    assert_eq!(result["serverInfo"]["name"], "alpha", "{result}");
+    assert_eq!(result["serverInfo"]["version"], "1.0.0", "{result}");
+    assert_eq!(result["instructions"], "count with a", "{result}");
+    // The counter offers prompts without listChanged; the gateway used to
+    // add it.
+    assert_eq!(result["capabilities"]["prompts"], json!({}), "{result}");
+    assert_eq!(
+        result["capabilities"]["tools"]["listChanged"], true,
+        "{result}"
+    );
+    assert_eq!(a.stats().await.expect("stats").initialize, 1);
+    assert_eq!(one.count("increment").await.expect("increment"), 1);
+    assert_eq!(
+        a.stats().await.expect("stats").initialize,
+        1,
+        "the first call uses the upstream session initialize opened"
+    );
+
+    // Federated: the gateway's serverInfo, merged capabilities, every
+    // upstream's instructions under its id.
+    let mut both = gateway.client_at("/both/mcp");
+    let init = both.initialize().await.expect("initialize /both");
+    let result = init.result().expect("result");
+    assert_eq!(result["serverInfo"]["name"], "mcpgw", "{result}");
+    let instructions = result["instructions"].as_str().expect("instructions");
+    assert!(
+        instructions.contains("[upstream a]\ncount with a")
+            && instructions.contains("[upstream b]\ncount with b"),
+        "{instructions}"
+    );
+    let caps = &result["capabilities"];
+    assert_eq!(caps["prompts"], json!({}), "{result}");
+    assert_eq!(
+        caps["resources"],
+        json!({"subscribe": true, "listChanged": true}),
+        "{result}"
+    );
+    assert!(
+        caps["logging"].is_object() && caps["completions"].is_object(),
+        "{result}"
+    );
+    assert_eq!(b.stats().await.expect("stats").initialize, 1);
 }

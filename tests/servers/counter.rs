@@ -67,6 +67,9 @@ struct Args {
     /// Server name reported in `serverInfo` and in prompt text.
     #[arg(long, default_value = "counter")]
     name: String,
+    /// `instructions` in the `initialize` answer (none without it).
+    #[arg(long)]
+    instructions: Option<String>,
     /// Paginate `tools/list` with at most this many tools per page.
     #[arg(long)]
     page_size: Option<usize>,
@@ -105,6 +108,7 @@ struct Stats {
 
 struct Server {
     name: String,
+    instructions: Option<String>,
     sse: bool,
     page_size: Option<usize>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let server = Arc::new(Server {
         name: args.name,
+        instructions: args.instructions,
         sse: args.sse,
         page_size: args.page_size.filter(|&n| n > 0),
         sessions: Mutex::new(HashMap::new()),
@@ -394,7 +399,7 @@ fn initialize(srv: &Server, id: Value, params: &Value) -> Response {
 }
 
 fn initialize_result(srv: &Server, version: &str) -> Value {
-    json!({
+    let mut result = json!({
         "protocolVersion": version,
         "capabilities": {
             "tools": {"listChanged": true}, "prompts": {},
@@ -402,7 +407,11 @@ fn initialize_result(srv: &Server, version: &str) -> Value {
             "logging": {}, "completions": {}
         },
         "serverInfo": {"name": srv.name, "version": "1.0.0"},
-    })
+    });
+    if let Some(text) = &srv.instructions {
+        result["instructions"] = json!(text);
+    }
+    result
 }
 
 fn mint_session_id() -> Result<String, getrandom::Error> {

@@ -26,6 +26,8 @@ pub struct CounterOpts {
     pub page_size: Option<usize>,
     /// `--require-header 'Name: value'`: POSTs without it get 401.
     pub require_header: Option<String>,
+    /// `--instructions TEXT`: `instructions` in its `initialize` answer.
+    pub instructions: Option<String>,
 }
 
 impl CounterOpts {
@@ -71,6 +73,9 @@ impl CounterServer {
         }
         if let Some(n) = opts.page_size {
             cmd.args(["--page-size", &n.to_string()]);
+        }
+        if let Some(text) = &opts.instructions {
+            cmd.args(["--instructions", text]);
         }
         if let Some(h) = &opts.require_header {
             cmd.args(["--require-header", h]);

@@ -54,11 +54,17 @@ pub(crate) struct Live {
 }
 
 impl Ctx {
-    /// The part of the context routing sees.
-    pub(crate) fn route_env(&self) -> crate::route::env::Env<'_> {
+    /// The part of the context routing sees; it reports the request's
+    /// outcome into `outcome`.
+    pub(crate) fn route_env<'a>(
+        &'a self,
+        outcome: &'a crate::metrics::OutcomeSlot,
+    ) -> crate::route::env::Env<'a> {
         crate::route::env::Env {
             registry: &self.registry,
             metrics: &self.metrics,
+            outcome,
+            tool_call: false,
         }
     }
 

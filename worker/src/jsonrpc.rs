@@ -115,14 +115,35 @@ pub(crate) fn same_id(a: &str, b: &str) -> bool {
 /// only decides whether they go. What a scan cannot settle is refused: an
 /// `id` given twice (parsers disagree on which counts), a member name with
 /// escapes (it could spell `id`), anything that does not end where it should.
+/// The gateway uses [`response_kind`], which is this scan.
+#[cfg(test)]
 pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
+    response_kind(message, false).map(|(id, _)| id)
+}
+
+/// What a JSON-RPC response says, as far as counting it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AnswerKind {
+    /// A `result` (for a tool call: without `isError: true`).
+    Result,
+    /// An `error` member: the request failed as a JSON-RPC request.
+    Error,
+    /// A `tools/call` result with `isError: true`: the tool ran and failed.
+    ToolError,
+}
+
+/// [`response_id`] and, in the same scan, whether the answer is a `result`
+/// or an `error`; with `tool_call`, the `result` object's own top level is
+/// walked (members skipped, nothing decoded) for an `isError` that is
+/// `true`, so a failed tool is told from a successful one at no extra pass.
+pub(crate) fn response_kind(message: &[u8], tool_call: bool) -> Option<(&str, AnswerKind)> {
     let b = message;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(b, i + 1);
-    let (mut id, mut answer, mut method) = (None, false, false);
+    let (mut id, mut kind, mut method) = (None, None, false);
     if b.get(i) != Some(&b'}') {
         loop {
             if b.get(i) != Some(&b'"') {
@@ -135,11 +156,23 @@ pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
                 return None;
             }
             let start = skip_ws(b, i + 1);
-            let end = value_end(b, start)?;
+            let end = match key {
+                b"result" if tool_call && b.get(start) == Some(&b'{') => {
+                    let (end, is_error) = object_flag(b, start, b"isError")?;
+                    kind = Some(if is_error {
+                        AnswerKind::ToolError
+                    } else {
+                        AnswerKind::Result
+                    });
+                    end
+                }
+                _ => value_end(b, start)?,
+            };
             match key {
                 b"id" if id.is_some() => return None,
                 b"id" => id = Some(&b[start..end]),
-                b"result" | b"error" => answer = true,
+                b"result" => kind = kind.or(Some(AnswerKind::Result)),
+                b"error" => kind = Some(AnswerKind::Error),
                 b"method" => method = true,
                 k if k.contains(&b'\\') => return None,
                 _ => {}
@@ -153,7 +186,40 @@ pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
         }
     }
     let id = std::str::from_utf8(id?).ok()?;
-    (answer && !method && is_answer_id(id)).then_some(id)
+    let kind = kind?;
+    (!method && is_answer_id(id)).then_some((id, kind))
+}
+
+/// Walk the object that opens at `b[i]` member by member: just past its
+/// end, and whether its member `flag` (spelled without escapes) is `true`.
+fn object_flag(b: &[u8], i: usize, flag: &[u8]) -> Option<(usize, bool)> {
+    let mut i = skip_ws(b, i + 1);
+    let mut set = false;
+    if b.get(i) == Some(&b'}') {
+        return Some((i + 1, false));
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let key = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = value_end(b, start)?;
+        if key == flag {
+            set = &b[start..end] == b"true";
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some((i + 1, set)),
+            _ => return None,
+        }
+    }
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -400,6 +466,37 @@ pub(crate) fn answer(message: &[u8]) -> Option<Answer<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_kinds_in_the_id_scan() {
+        let k = |s: &str, tool: bool| {
+            response_kind(s.as_bytes(), tool).map(|(id, k)| (id.to_owned(), k))
+        };
+        let r = |id: &str, kind| Some((id.to_owned(), kind));
+        assert_eq!(
+            k(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true),
+            r("1", AnswerKind::Result)
+        );
+        assert_eq!(
+            k(
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#,
+                true
+            ),
+            r("1", AnswerKind::Error)
+        );
+        let failed = r#"{"result":{"content":[{"type":"text","text":"\"isError\":true"}],"isError" : true},"id":"a","jsonrpc":"2.0"}"#;
+        assert_eq!(k(failed, true), r("\"a\"", AnswerKind::ToolError));
+        // Only for a tool call, and only at the result's own top level.
+        assert_eq!(k(failed, false), r("\"a\"", AnswerKind::Result));
+        let nested = r#"{"id":2,"result":{"structuredContent":{"isError":true},"isError":false}}"#;
+        assert_eq!(k(nested, true), r("2", AnswerKind::Result));
+        assert_eq!(k(r#"{"id":2,"result":{"isError":true"#, true), None);
+        assert_eq!(
+            k(r#"{"id":2,"result":[1,2]}"#, true),
+            r("2", AnswerKind::Result)
+        );
+        assert_eq!(k(r#"{"id":2}"#, true), None);
+    }
 
     #[test]
     fn kinds() {

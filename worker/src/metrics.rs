@@ -35,8 +35,90 @@ const KNOWN_METHODS: [&str; 18] = [
     "other",
 ];
 
-/// Outcomes of a request, as `mcpgw_requests_total` labels them.
-const OUTCOMES: [&str; 3] = ["ok", "rejected", "error"];
+/// How a request ended, as `mcpgw_requests_total` labels it. The order is
+/// the index into [`Outcome::LABELS`] and the kept counter children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Outcome {
+    /// Answered with a result (streamed SSE answers: counted at head time).
+    Ok = 0,
+    /// Answered with a JSON-RPC error, the upstream's or the gateway's.
+    JsonrpcError = 1,
+    /// A `tools/call` result with `isError: true`.
+    ToolError = 2,
+    /// No usable answer from the upstream: transport, timeout, bad answer.
+    UpstreamError = 3,
+    /// HTTP 4xx the gateway answered itself (bad input, unknown session…).
+    Refused = 4,
+    /// Any other HTTP 5xx.
+    Error = 5,
+}
+
+impl Outcome {
+    const LABELS: [&str; 6] = [
+        "ok",
+        "jsonrpc_error",
+        "tool_error",
+        "upstream_error",
+        "refused",
+        "error",
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+
+    /// The outcome of an answer nobody classified: by its HTTP status only.
+    pub(crate) fn of_status(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            200..=299 => Outcome::Ok,
+            400..=499 => Outcome::Refused,
+            502 | 504 => Outcome::UpstreamError,
+            _ => Outcome::Error,
+        }
+    }
+
+    pub(crate) fn of_answer(kind: crate::jsonrpc::AnswerKind) -> Self {
+        match kind {
+            crate::jsonrpc::AnswerKind::Result => Outcome::Ok,
+            crate::jsonrpc::AnswerKind::Error => Outcome::JsonrpcError,
+            crate::jsonrpc::AnswerKind::ToolError => Outcome::ToolError,
+        }
+    }
+}
+
+/// Where routing reports how a request ended, when the HTTP status cannot
+/// tell (a JSON-RPC error or a failed tool travels in a 200). One per POST,
+/// on its stack: no allocation; atomic only so the request's future stays
+/// `Send` (it is never shared between threads).
+#[derive(Default)]
+pub(crate) struct OutcomeSlot(std::sync::atomic::AtomicU8);
+
+impl OutcomeSlot {
+    const UNSET: u8 = u8::MAX;
+
+    pub(crate) fn new() -> Self {
+        Self(std::sync::atomic::AtomicU8::new(Self::UNSET))
+    }
+
+    pub(crate) fn set(&self, outcome: Outcome) {
+        self.0
+            .store(outcome as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What was reported, else what the status says.
+    pub(crate) fn outcome(&self, status: http::StatusCode) -> Outcome {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Outcome::Ok,
+            1 => Outcome::JsonrpcError,
+            2 => Outcome::ToolError,
+            3 => Outcome::UpstreamError,
+            4 => Outcome::Refused,
+            5 => Outcome::Error,
+            _ => Outcome::of_status(status),
+        }
+    }
+}
 
 /// Bounded label value for an MCP method.
 pub(crate) fn method_label(method: &str) -> &'static str {
@@ -61,7 +143,7 @@ pub(crate) static NOTICES_DROPPED: std::sync::LazyLock<IntCounter> =
 
 pub(crate) struct Metrics {
     registry: Registry,
-    /// `method`, `outcome` (ok, error, rejected).
+    /// `method`, `outcome` (an [`Outcome`] label).
     pub requests: IntCounterVec,
     /// `method`.
     pub duration: HistogramVec,
@@ -86,7 +168,7 @@ pub(crate) struct Metrics {
     /// Children of `requests` and `duration`, looked up by label once each
     /// and kept: a lookup hashes the labels and takes a lock on every request.
     /// Filled on first use, so a series appears when it first counts.
-    request_children: [[OnceLock<IntCounter>; OUTCOMES.len()]; KNOWN_METHODS.len()],
+    request_children: [[OnceLock<IntCounter>; Outcome::LABELS.len()]; KNOWN_METHODS.len()],
     duration_children: [OnceLock<Histogram>; KNOWN_METHODS.len()],
 }
 
@@ -96,7 +178,10 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "mcpgw_requests_total",
-                "MCP messages handled, by method and outcome.",
+                "MCP messages handled, by method and outcome: ok, jsonrpc_error (a JSON-RPC error answer), \
+                 tool_error (tools/call result with isError), upstream_error (no usable upstream answer: \
+                 transport, timeout, bad answer), refused (HTTP 4xx from the gateway), error (other 5xx). \
+                 Streamed SSE answers count when their head is sent; a batch counts once, by its status.",
             ),
             &["method", "outcome"],
         )?;
@@ -200,12 +285,13 @@ impl Metrics {
     }
 
     /// Count one request of `method` (a [`method_label`]) with `outcome`
-    /// (`ok`, `rejected`, `error`) and its time to the answer's head.
-    pub(crate) fn observe_request(&self, method: &str, outcome: &str, seconds: f64) {
+    /// and its time to the answer's head.
+    pub(crate) fn observe_request(&self, method: &str, outcome: Outcome, seconds: f64) {
         let m = KNOWN_METHODS.iter().position(|k| *k == method);
-        let o = OUTCOMES.iter().position(|k| *k == outcome);
-        match (m, o) {
-            (Some(m), Some(o)) => {
+        let o = outcome as usize;
+        let outcome = outcome.label();
+        match m {
+            Some(m) => {
                 self.request_children[m][o]
                     .get_or_init(|| self.requests.with_label_values(&[method, outcome]))
                     .inc();
@@ -214,7 +300,7 @@ impl Metrics {
                     .observe(seconds);
             }
             // Not a bounded value: counted as it comes (never on the hot path).
-            _ => {
+            None => {
                 self.requests.with_label_values(&[method, outcome]).inc();
                 self.duration.with_label_values(&[method]).observe(seconds);
             }
@@ -244,20 +330,20 @@ mod tests {
     #[test]
     fn kept_children_count_in_the_registry() {
         let m = Metrics::new().expect("metrics");
-        m.observe_request("tools/call", "ok", 0.001);
-        m.observe_request("tools/call", "ok", 0.001);
-        m.observe_request("tools/call", "error", 0.001);
-        m.observe_request("x", "ok", 0.001);
+        m.observe_request("tools/call", Outcome::Ok, 0.001);
+        m.observe_request("tools/call", Outcome::Ok, 0.001);
+        m.observe_request("tools/call", Outcome::ToolError, 0.001);
+        m.observe_request("x", Outcome::Ok, 0.001);
         let text = m.render();
         for line in [
             "mcpgw_requests_total{method=\"tools/call\",outcome=\"ok\"} 2",
-            "mcpgw_requests_total{method=\"tools/call\",outcome=\"error\"} 1",
+            "mcpgw_requests_total{method=\"tools/call\",outcome=\"tool_error\"} 1",
             "mcpgw_requests_total{method=\"x\",outcome=\"ok\"} 1",
             "mcpgw_request_duration_seconds_count{method=\"tools/call\"} 3",
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }
-        assert!(!text.contains("outcome=\"rejected\""), "{text}");
+        assert!(!text.contains("outcome=\"refused\""), "{text}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! relay while it runs, and its answer checked and passed back as JSON or
 //! SSE.
 
-use crate::route::reply::{Accept, cancelled, rpc, rpc_error};
+use crate::metrics::Outcome;
+use crate::route::reply::{Accept, rpc, rpc_error};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -51,7 +52,7 @@ pub(crate) async fn passthrough(
         let mut call = CallGuard::start(&session.relay, &us, id, token.as_ref());
         let sent = tokio::select! {
             sent = us.send(body.clone(), deadline) => sent,
-            _ = call.interrupted() => return cancelled(accept, id),
+            _ = call.interrupted() => return ctx.cancelled(accept, id),
         };
         match sent {
             Ok(resp) => {
@@ -111,6 +112,7 @@ pub(crate) fn failed_call(
     e: &UpstreamError,
 ) -> Response<Body> {
     warn!(session = %session.id, error = %e, "upstream request failed");
+    ctx.outcome.set(Outcome::UpstreamError);
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
         ctx.metrics
@@ -156,8 +158,11 @@ pub(crate) async fn answer_call(
         // Checked before a byte goes out: an answer left on a pooled
         // connection by an upstream that answered twice must never reach
         // the request (perhaps another session's) sent on it next.
-        if let Err(e) = upstream::check_answer_id(server, &held.bytes, id, &unfit) {
-            return bad_answer(ctx, accept, id, session, &e);
+        // The same scan tells a result from an error (and, for a tool
+        // call, a failed tool) for the request's outcome.
+        match upstream::check_answer_kind(server, &held.bytes, id, &unfit, ctx.tool_call) {
+            Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
+            Err(e) => return bad_answer(ctx, accept, id, session, &e),
         }
         if !accept.json {
             return rpc(accept, StatusCode::OK, held.bytes);
@@ -192,18 +197,26 @@ pub(crate) async fn answer_call(
         ))
         .await
         {
-            PumpEnd::Answer(message) => rpc(accept, StatusCode::OK, message),
-            PumpEnd::ClientGone => rpc_error(
+            PumpEnd::Answer(message) => {
+                // The relay has rewritten this answer already; a top-level
+                // scan (no parse) of it tells its outcome.
+                if let Some((_, kind)) = jsonrpc::response_kind(&message, ctx.tool_call) {
+                    ctx.outcome.set(Outcome::of_answer(kind));
+                }
+                rpc(accept, StatusCode::OK, message)
+            }
+            PumpEnd::ClientGone => ctx.rpc_error(
                 accept,
-                StatusCode::OK,
                 id,
                 jsonrpc::INTERNAL_ERROR,
                 "the session ended during the call",
             ),
-            PumpEnd::Cancelled => cancelled(accept, id),
+            PumpEnd::Cancelled => ctx.cancelled(accept, id),
             PumpEnd::Failed(e) => bad_answer(ctx, accept, id, session, &e),
         };
     }
+    // Streamed to the client: the answer comes after the head, when the
+    // request has been counted (as `ok`, by its 200).
     let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
     let id = id.to_owned();
     let body = resp.into_body();

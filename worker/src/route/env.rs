@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+use crate::http::body::Body;
+use crate::metrics::{Metrics, Outcome, OutcomeSlot};
+use crate::route::reply::{self, Accept};
 use crate::session::registry::Registry;
+use http::{Response, StatusCode};
 
 /// What routing needs of the worker: the upstream sessions and the
 /// counters. A borrowed view of the worker context, made per request at
@@ -13,4 +16,33 @@ use crate::session::registry::Registry;
 pub(crate) struct Env<'a> {
     pub(crate) registry: &'a Arc<Registry>,
     pub(crate) metrics: &'a Metrics,
+    /// Where the request's outcome is reported when its HTTP status cannot
+    /// tell it (a JSON-RPC error or a failed tool in a 200).
+    pub(crate) outcome: &'a OutcomeSlot,
+    /// The request is a `tools/call`: its answer's `result.isError` counts.
+    pub(crate) tool_call: bool,
+}
+
+impl Env<'_> {
+    /// A JSON-RPC error the gateway answers itself in a 200, counted as one.
+    pub(crate) fn rpc_error(
+        &self,
+        accept: Accept,
+        id: &str,
+        code: i32,
+        message: &str,
+    ) -> Response<Body> {
+        self.outcome.set(Outcome::JsonrpcError);
+        reply::rpc_error(accept, StatusCode::OK, id, code, message)
+    }
+
+    pub(crate) fn invalid_params(&self, accept: Accept, id: &str, message: &str) -> Response<Body> {
+        self.outcome.set(Outcome::JsonrpcError);
+        reply::invalid_params(accept, id, message)
+    }
+
+    pub(crate) fn cancelled(&self, accept: Accept, id: &str) -> Response<Body> {
+        self.outcome.set(Outcome::JsonrpcError);
+        reply::cancelled(accept, id)
+    }
 }

@@ -15,7 +15,7 @@ pub(crate) mod lists;
 pub(crate) mod reply;
 
 use crate::route::call::passthrough;
-use crate::route::reply::{Accept, invalid_params, rpc, rpc_error};
+use crate::route::reply::{Accept, rpc, rpc_error};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -56,7 +56,13 @@ pub(crate) async fn request(
             "this session is already initialized",
         ),
         "ping" => rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}")),
-        "tools/call" => by_name(ctx, session, env, body, accept, "tool").await,
+        "tools/call" => {
+            let ctx = Env {
+                tool_call: true,
+                ..ctx
+            };
+            by_name(ctx, session, env, body, accept, "tool").await
+        }
         "prompts/get" => by_name(ctx, session, env, body, accept, "prompt").await,
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             #[derive(Deserialize)]
@@ -72,7 +78,7 @@ pub(crate) async fn request(
                     let progress = wants_progress(env.params);
                     by_uri(ctx, session, &p.uri, body.clone(), id, accept, progress).await
                 }
-                None => invalid_params(accept, id, &format!("{method} needs params.uri")),
+                None => ctx.invalid_params(accept, id, &format!("{method} needs params.uri")),
             }
         }
         "completion/complete" => complete(ctx, session, env, body, accept).await,
@@ -128,12 +134,11 @@ pub(crate) async fn request(
                     .await
                 {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
-                    Err(e) => invalid_params(accept, id, &e.to_string()),
+                    Err(e) => ctx.invalid_params(accept, id, &e.to_string()),
                 };
             }
-            rpc_error(
+            ctx.rpc_error(
                 accept,
-                StatusCode::OK,
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!("Method not found: {m}"),
@@ -168,15 +173,15 @@ pub(crate) async fn by_name(
     }
     let id = env.id_raw();
     let Some(params) = env.params else {
-        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+        return ctx.invalid_params(accept, id, &format!("missing params.name ({what} name)"));
     };
     let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
-        return invalid_params(accept, id, &format!("missing params.name ({what} name)"));
+        return ctx.invalid_params(accept, id, &format!("missing params.name ({what} name)"));
     };
     let endpoint = session.endpoint();
     let Some((pos, upstream_name)) = endpoint.resolve(&p.name) else {
         info!(session = %session.id, name = %p.name, what, "unknown name");
-        return invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
+        return ctx.invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
     };
     let body = if upstream_name == p.name {
         body.clone()
@@ -188,7 +193,7 @@ pub(crate) async fn by_name(
             &jsonrpc::json_string(upstream_name),
         ) {
             Some(b) => Bytes::from(b),
-            None => return invalid_params(accept, id, "params must be an object"),
+            None => return ctx.invalid_params(accept, id, "params must be an object"),
         }
     };
     let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
@@ -271,6 +276,7 @@ pub(crate) async fn by_uri(
             Err(e) => debug!(upstream = %server.id, error = %e, "resource lookup failed"),
         }
     }
+    ctx.outcome.set(crate::metrics::Outcome::JsonrpcError);
     let message = last_error.unwrap_or_else(|| {
         jsonrpc::error(
             id,
@@ -306,31 +312,31 @@ pub(crate) async fn complete(
     }
     let id = env.id_raw();
     let Some(params) = env.params else {
-        return invalid_params(accept, id, "completion/complete needs params.ref");
+        return ctx.invalid_params(accept, id, "completion/complete needs params.ref");
     };
     let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
-        return invalid_params(accept, id, "completion/complete needs params.ref");
+        return ctx.invalid_params(accept, id, "completion/complete needs params.ref");
     };
     match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
         ("ref/prompt", Some(name), _) => {
             let endpoint = session.endpoint();
             let Some((pos, upstream_name)) = endpoint.resolve(&name) else {
-                return invalid_params(accept, id, &format!("Unknown prompt: {name}"));
+                return ctx.invalid_params(accept, id, &format!("Unknown prompt: {name}"));
             };
             let body = if upstream_name == name {
                 body.clone()
             } else {
                 let Ok(obj) = serde_json::from_str::<jsonrpc::RawObject<'_>>(params.get()) else {
-                    return invalid_params(accept, id, "params must be an object");
+                    return ctx.invalid_params(accept, id, "params must be an object");
                 };
                 let Some(new_ref) = obj.get("ref").and_then(|r| {
                     jsonrpc::with_member(r.get(), "name", &jsonrpc::json_string(upstream_name))
                 }) else {
-                    return invalid_params(accept, id, "params.ref must be an object");
+                    return ctx.invalid_params(accept, id, "params.ref must be an object");
                 };
                 match jsonrpc::with_param(body, params.get(), "ref", &new_ref) {
                     Some(b) => Bytes::from(b),
-                    None => return invalid_params(accept, id, "params must be an object"),
+                    None => return ctx.invalid_params(accept, id, "params must be an object"),
                 }
             };
             let progress = wants_progress(env.params);
@@ -349,7 +355,7 @@ pub(crate) async fn complete(
             let progress = wants_progress(env.params);
             by_uri(ctx, session, &uri, body.clone(), id, accept, progress).await
         }
-        _ => invalid_params(
+        _ => ctx.invalid_params(
             accept,
             id,
             "params.ref must be ref/prompt with name or ref/resource with uri",
@@ -391,9 +397,8 @@ pub(crate) async fn broadcast(
     if any {
         rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))
     } else {
-        rpc_error(
+        ctx.rpc_error(
             accept,
-            StatusCode::OK,
             id,
             jsonrpc::INTERNAL_ERROR,
             &format!("no upstream accepted {method}"),

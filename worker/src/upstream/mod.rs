@@ -287,6 +287,18 @@ pub(crate) struct UpstreamSession {
     /// The server's capabilities from its `initialize` answer (raw JSON),
     /// kept in the session record.
     capabilities: Box<str>,
+    /// What the server said of itself in its `initialize` answer
+    /// (`serverInfo`, `instructions`), for the gateway's own `initialize`
+    /// answer. Unknown for a session taken over from another worker.
+    identity: Option<Identity>,
+}
+
+/// The parts of an upstream's `initialize` answer the gateway passes on to
+/// its client: `serverInfo` (raw JSON) and `instructions`.
+#[derive(Debug, Default)]
+pub(crate) struct Identity {
+    pub server_info: Option<Box<str>>,
+    pub instructions: Option<Box<str>>,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +307,10 @@ struct InitializeResult<'a> {
     protocol_version: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
     capabilities: Option<&'a serde_json::value::RawValue>,
+    #[serde(rename = "serverInfo", borrow, default)]
+    server_info: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    instructions: Option<String>,
 }
 
 impl UpstreamSession {
@@ -317,13 +333,17 @@ impl UpstreamSession {
         }
         let session_id = resp.headers().get(&SESSION_ID).cloned();
         let message = read_answer(&server, resp, INIT_ID_RAW, deadline).await?;
-        let (version, capabilities) = match jsonrpc::answer(&message) {
+        let (version, capabilities, identity) = match jsonrpc::answer(&message) {
             Some(Answer::Result(r)) => {
                 let result = serde_json::from_str::<InitializeResult<'_>>(r.get())
                     .map_err(|e| server.protocol_error(format!("initialize result: {e}")))?;
                 (
                     result.protocol_version.into_owned(),
                     result.capabilities.map_or("{}", |c| c.get()).into(),
+                    Identity {
+                        server_info: result.server_info.map(|v| v.get().into()),
+                        instructions: result.instructions.map(String::into_boxed_str),
+                    },
                 )
             }
             Some(Answer::Error { code, message }) => {
@@ -336,7 +356,7 @@ impl UpstreamSession {
         };
         let version = HeaderValue::from_str(&version)
             .map_err(|_| server.protocol_error(format!("protocol version {version:?}")))?;
-        let session = Self::with_ids(server, session_id, version, capabilities);
+        let session = Self::with_ids(server, session_id, version, capabilities, Some(identity));
         let note = jsonrpc::notification("notifications/initialized");
         let resp = session
             .server
@@ -376,6 +396,7 @@ impl UpstreamSession {
             session_id,
             version,
             capabilities.into(),
+            None,
         ))
     }
 
@@ -384,6 +405,7 @@ impl UpstreamSession {
         session_id: Option<HeaderValue>,
         version: HeaderValue,
         capabilities: Box<str>,
+        identity: Option<Identity>,
     ) -> Arc<Self> {
         let headers = server.headers_for(session_id.as_ref(), Some(&version));
         Arc::new(Self {
@@ -397,7 +419,19 @@ impl UpstreamSession {
             next_id: AtomicU64::new(1),
             listened_for: AtomicU64::new(0),
             capabilities,
+            identity,
         })
+    }
+
+    /// The server's capabilities from its `initialize` answer (raw JSON).
+    pub(crate) fn capabilities(&self) -> &str {
+        &self.capabilities
+    }
+
+    /// What the server said of itself when this session opened, if this
+    /// worker opened it.
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// What the store keeps of this upstream session.
@@ -632,11 +666,23 @@ pub(crate) fn check_answer_id(
     expected_id: &str,
     unfit: &Unfit,
 ) -> Result<(), UpstreamError> {
-    match jsonrpc::response_id(message) {
-        Some(id) if jsonrpc::same_id(id, expected_id) => Ok(()),
+    check_answer_kind(server, message, expected_id, unfit, false).map(|_| ())
+}
+
+/// [`check_answer_id`], also saying what kind of answer it is (for a tool
+/// call, whether the tool failed), from the same scan.
+pub(crate) fn check_answer_kind(
+    server: &UpstreamServer,
+    message: &[u8],
+    expected_id: &str,
+    unfit: &Unfit,
+    tool_call: bool,
+) -> Result<jsonrpc::AnswerKind, UpstreamError> {
+    match jsonrpc::response_kind(message, tool_call) {
+        Some((id, kind)) if jsonrpc::same_id(id, expected_id) => Ok(kind),
         got => {
             unfit.set();
-            let got = got.map_or_else(|| "no response".to_owned(), |id| format!("id {id}"));
+            let got = got.map_or_else(|| "no response".to_owned(), |(id, _)| format!("id {id}"));
             Err(server.protocol_error(format!(
                 "answered another request ({got}, expected id {expected_id}); its connection is closed"
             )))

@@ -1,5 +1,6 @@
 //! `initialize`: a new session, admitted under the session caps, its
-//! record written before the client learns its id.
+//! record written before the client learns its id, its upstream sessions
+//! opened before it answers so the answer can say who is behind it.
 
 use crate::front::common::{ClientAddr, SESSION_LIMIT};
 use crate::route::reply::{Accept, invalid_params, rpc, rpc_error};
@@ -16,8 +17,10 @@ use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
 use crate::http::body::Body;
 use crate::jsonrpc;
+use crate::metrics::{Outcome, OutcomeSlot};
 use crate::session::Session;
 use crate::session::store::OpenRefused;
+use crate::upstream::UpstreamSession;
 use crate::versions;
 use mcpgw_protocol::store::{SessionCap, SessionCaps, SessionRecord};
 
@@ -33,7 +36,12 @@ pub(crate) async fn initialize(
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
     client: Option<ClientAddr>,
+    outcome: &OutcomeSlot,
 ) -> Response<Body> {
+    let invalid_params = |accept, id: &str, message: &str| {
+        outcome.set(Outcome::JsonrpcError);
+        invalid_params(accept, id, message)
+    };
     #[derive(Deserialize)]
     struct Params<'a> {
         #[serde(rename = "protocolVersion", borrow)]
@@ -113,6 +121,9 @@ pub(crate) async fn initialize(
     // Recorded before the client learns the id, so the session can fail over
     // from its first request on.
     if let Err(refused) = ctx.store.open(record, caps).await {
+        if matches!(refused, OpenRefused::Cap(_)) {
+            outcome.set(Outcome::JsonrpcError);
+        }
         return session_refused(ctx, accept, id, refused, caps, client);
     }
     let session = Arc::new(Session::new(
@@ -121,27 +132,137 @@ pub(crate) async fn initialize(
         version,
         init_params.into_boxed_str(),
     ));
-    ctx.sessions.insert(session);
+    ctx.sessions.insert(session.clone());
     info!(session = %session_id, version, requested = %p.protocol_version, "session created");
-    let result = format!(
-        concat!(
-            "{{\"protocolVersion\":\"{}\",\"capabilities\":{{",
-            // The relay forwards list changes and resource subscriptions of
-            // every upstream, so the gateway offers them whatever each
-            // upstream turns out to support (it is contacted lazily).
-            "\"tools\":{{\"listChanged\":true}},\"prompts\":{{\"listChanged\":true}},",
-            "\"resources\":{{\"subscribe\":true,\"listChanged\":true}},",
-            "\"logging\":{{}},\"completions\":{{}}}},",
-            "\"serverInfo\":{{\"name\":\"mcpgw\",\"version\":\"{}\"}}}}"
-        ),
-        version,
-        env!("CARGO_PKG_VERSION")
-    );
+    let opened = open_upstreams(ctx, &session).await;
+    let result = initialize_result(&session.endpoint(), version, &opened);
     let mut r = rpc(accept, StatusCode::OK, jsonrpc::result(id, &result));
     if let Ok(v) = HeaderValue::from_str(session_id.as_str()) {
         r.headers_mut().insert(MCP_SESSION_ID, v);
     }
     r
+}
+
+/// Open the session's upstream sessions now, concurrently, each bounded by
+/// its upstream's request timeout: the answer to the client says what they
+/// are. An upstream that cannot be reached is left out with a warning (its
+/// session is opened on first use, as before). The registry's cell lock
+/// keeps one upstream session per (session, upstream): the first call finds
+/// the one made here.
+async fn open_upstreams(ctx: &Arc<Ctx>, session: &Arc<Session>) -> Vec<Arc<UpstreamSession>> {
+    let endpoint = session.endpoint();
+    let mut set = tokio::task::JoinSet::new();
+    for (pos, server) in endpoint.upstreams.iter().enumerate() {
+        let (registry, session, server) = (ctx.registry.clone(), session.clone(), server.clone());
+        set.spawn(async move { (pos, registry.get(&session, &server).await) });
+    }
+    let mut opened = Vec::with_capacity(endpoint.upstreams.len());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((pos, Ok(us))) => opened.push((pos, us)),
+            Ok((pos, Err(e))) => warn!(
+                session = %session.id,
+                upstream = %endpoint.upstreams[pos].id,
+                error = %e,
+                "upstream not reachable at initialize; left out of the answer"
+            ),
+            Err(e) => {
+                warn!(session = %session.id, error = %e, "opening an upstream session failed")
+            }
+        }
+    }
+    // In endpoint order, so federated instructions read the same each time.
+    opened.sort_by_key(|(pos, _)| *pos);
+    opened.into_iter().map(|(_, us)| us).collect()
+}
+
+/// Capabilities the gateway relays for any upstream, offered when no
+/// upstream could be asked: list changes, resource subscriptions, logging,
+/// completions.
+const GATEWAY_CAPABILITIES: &str = concat!(
+    "{\"tools\":{\"listChanged\":true},\"prompts\":{\"listChanged\":true},",
+    "\"resources\":{\"subscribe\":true,\"listChanged\":true},",
+    "\"logging\":{},\"completions\":{}}"
+);
+
+/// Capability families the gateway serves on a federated endpoint (merged
+/// lists, routing by name or URI, broadcast `logging/setLevel`).
+const FEDERATED_CAPABILITIES: [&str; 5] =
+    ["tools", "prompts", "resources", "logging", "completions"];
+
+/// The `initialize` result. One upstream (transparent): its `serverInfo`,
+/// `instructions` and capabilities as it gave them. Several (federated):
+/// the gateway's `serverInfo`, the capability families any upstream has
+/// (each boolean flag set if any upstream sets it), and each upstream's
+/// instructions under its id. No upstream reached: the gateway's own.
+fn initialize_result(
+    endpoint: &Endpoint,
+    version: &str,
+    opened: &[Arc<UpstreamSession>],
+) -> String {
+    use serde_json::{Map, Value};
+    let gateway_info = serde_json::json!({"name": "mcpgw", "version": env!("CARGO_PKG_VERSION")});
+    let parse = |raw: &str| serde_json::from_str::<Value>(raw).ok();
+    let mut result = Map::new();
+    result.insert("protocolVersion".into(), Value::from(version));
+    if opened.is_empty() {
+        result.insert(
+            "capabilities".into(),
+            parse(GATEWAY_CAPABILITIES).unwrap_or_default(),
+        );
+        result.insert("serverInfo".into(), gateway_info);
+    } else if !endpoint.namespaced() {
+        let us = &opened[0];
+        let identity = us.identity();
+        result.insert(
+            "capabilities".into(),
+            parse(us.capabilities()).unwrap_or_else(|| Value::Object(Map::new())),
+        );
+        let info = identity
+            .and_then(|i| i.server_info.as_deref())
+            .and_then(parse)
+            .unwrap_or(gateway_info);
+        result.insert("serverInfo".into(), info);
+        if let Some(text) = identity.and_then(|i| i.instructions.as_deref()) {
+            result.insert("instructions".into(), Value::from(text));
+        }
+    } else {
+        let mut caps = Map::new();
+        for us in opened {
+            let Some(Value::Object(theirs)) = parse(us.capabilities()) else {
+                continue;
+            };
+            for family in FEDERATED_CAPABILITIES {
+                let Some(Value::Object(flags)) = theirs.get(family) else {
+                    continue;
+                };
+                let Value::Object(ours) = caps
+                    .entry(family)
+                    .or_insert_with(|| Value::Object(Map::new()))
+                else {
+                    continue;
+                };
+                for (flag, on) in flags {
+                    if on == &Value::Bool(true) {
+                        ours.insert(flag.clone(), Value::Bool(true));
+                    }
+                }
+            }
+        }
+        result.insert("capabilities".into(), Value::Object(caps));
+        result.insert("serverInfo".into(), gateway_info);
+        let labelled: Vec<String> = opened
+            .iter()
+            .filter_map(|us| {
+                let text = us.identity()?.instructions.as_deref()?;
+                Some(format!("[upstream {}]\n{text}", us.server.id))
+            })
+            .collect();
+        if !labelled.is_empty() {
+            result.insert("instructions".into(), Value::from(labelled.join("\n\n")));
+        }
+    }
+    Value::Object(result).to_string()
 }
 
 /// The answer to an `initialize` past a session cap (HTTP 200, as every

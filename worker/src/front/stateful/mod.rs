@@ -34,7 +34,7 @@ use crate::endpoints::Endpoint;
 use crate::http::body::{self, Body};
 use crate::http::server::ReqBody;
 use crate::jsonrpc::{self, Kind};
-use crate::metrics;
+use crate::metrics::{self, Outcome, OutcomeSlot};
 use crate::session::Session;
 use crate::versions;
 
@@ -109,17 +109,29 @@ pub(crate) async fn post(
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
-    let resp = post_inner(ctx, endpoint, session, accept, req, client, &mut method).await;
-    let outcome = match resp.status().as_u16() {
-        200..=299 => "ok",
-        400..=499 => "rejected",
-        _ => "error",
-    };
-    ctx.metrics
-        .observe_request(method, outcome, start.elapsed().as_secs_f64());
+    // Filled by routing when the status cannot tell (see `OutcomeSlot`).
+    let outcome = OutcomeSlot::new();
+    let resp = post_inner(
+        ctx,
+        endpoint,
+        session,
+        accept,
+        req,
+        client,
+        &mut method,
+        &outcome,
+    )
+    .await;
+    ctx.metrics.observe_request(
+        method,
+        outcome.outcome(resp.status()),
+        start.elapsed().as_secs_f64(),
+    );
     resp
 }
 
+/// `method_label` and `outcome` are filled in for [`post`]'s counting.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn post_inner(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
@@ -128,6 +140,7 @@ pub(crate) async fn post_inner(
     req: Request<ReqBody>,
     client: Option<ClientAddr>,
     method_label: &mut &'static str,
+    outcome: &OutcomeSlot,
 ) -> Response<Body> {
     if !is_json_content_type(&req) {
         return rpc_error(
@@ -186,6 +199,7 @@ pub(crate) async fn post_inner(
             &env,
             header_version.as_ref(),
             client,
+            outcome,
         ))
         .await;
     };
@@ -212,7 +226,7 @@ pub(crate) async fn post_inner(
             }
         }
     }
-    dispatch(ctx, &session, &env, &body, accept).await
+    dispatch(ctx, &session, &env, &body, accept, outcome).await
 }
 
 /// One message of a session, by its kind.
@@ -222,9 +236,12 @@ pub(crate) async fn dispatch(
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     accept: Accept,
+    outcome: &OutcomeSlot,
 ) -> Response<Body> {
     match env.kind() {
-        Kind::Request(method) => request(ctx.route_env(), session, method, env, body, accept).await,
+        Kind::Request(method) => {
+            request(ctx.route_env(outcome), session, method, env, body, accept).await
+        }
         Kind::Notification(method) => {
             Box::pin(client_notification(session, method, env, body)).await
         }
@@ -313,7 +330,9 @@ pub(crate) async fn batch(
             ));
             continue;
         }
-        let resp = dispatch(ctx, &session, &env, &message, one).await;
+        // A batch counts once, by its status; its members' own outcomes
+        // are not kept.
+        let resp = dispatch(ctx, &session, &env, &message, one, &OutcomeSlot::new()).await;
         if resp.status() == StatusCode::ACCEPTED {
             continue;
         }
@@ -355,10 +374,11 @@ pub(crate) async fn sessionless(
     env: &jsonrpc::Envelope<'_>,
     header_version: Option<&HeaderValue>,
     client: Option<ClientAddr>,
+    outcome: &OutcomeSlot,
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request("initialize") => {
-            Box::pin(initialize(ctx, endpoint, accept, env, client)).await
+            Box::pin(initialize(ctx, endpoint, accept, env, client, outcome)).await
         }
         Kind::Request("server/discover") => {
             // The stateless 2026-07-28 protocol is not served yet; this error
@@ -366,6 +386,7 @@ pub(crate) async fn sessionless(
             let requested = header_version
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("2026-07-28");
+            outcome.set(Outcome::JsonrpcError);
             rpc(
                 accept,
                 StatusCode::OK,

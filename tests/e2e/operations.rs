@@ -1300,6 +1300,7 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
             .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
         assert!(exposure <= 1.2, "exposure {exposure}:\n{report}");
     }
+}
 
 /// `mcpgw_requests_total` tells a JSON-RPC error, a failed tool, an
 /// unreachable upstream and a refused request from a success.

@@ -269,6 +269,10 @@ impl Gateway {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
         cmd.args(&config.args);
+        // The gateway's private runtime directory goes inside this test's own
+        // scratch directory (unless the test says otherwise), so a gateway
+        // killed with SIGKILL leaves nothing behind in /tmp.
+        cmd.env("XDG_RUNTIME_DIR", dir.path());
         cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         if config.journal_stream {
             use std::os::unix::fs::MetadataExt as _;

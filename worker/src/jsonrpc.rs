@@ -138,65 +138,59 @@ pub(crate) enum AnswerKind {
 /// `true`, so a failed tool is told from a successful one at no extra pass.
 pub(crate) fn response_kind(message: &[u8], tool_call: bool) -> Option<(&str, AnswerKind)> {
     let b = message;
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+    let start = skip_ws(b, 0);
+    if b.get(start) != Some(&b'{') {
         return None;
     }
-    i = skip_ws(b, i + 1);
     let (mut id, mut kind, mut method) = (None, None, false);
-    if b.get(i) != Some(&b'}') {
-        loop {
-            if b.get(i) != Some(&b'"') {
-                return None;
+    walk_object(b, start, |key, start| {
+        let end = match key {
+            b"result" if tool_call && b.get(start) == Some(&b'{') => {
+                let mut is_error = false;
+                let end = walk_object(b, start, |flag, at| {
+                    let end = value_end(b, at)?;
+                    if flag == b"isError" {
+                        is_error = &b[at..end] == b"true";
+                    }
+                    Some(end)
+                })?;
+                kind = Some(if is_error {
+                    AnswerKind::ToolError
+                } else {
+                    AnswerKind::Result
+                });
+                end
             }
-            let key_end = string_end(b, i)?;
-            let key = &b[i + 1..key_end - 1];
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            let start = skip_ws(b, i + 1);
-            let end = match key {
-                b"result" if tool_call && b.get(start) == Some(&b'{') => {
-                    let (end, is_error) = object_flag(b, start, b"isError")?;
-                    kind = Some(if is_error {
-                        AnswerKind::ToolError
-                    } else {
-                        AnswerKind::Result
-                    });
-                    end
-                }
-                _ => value_end(b, start)?,
-            };
-            match key {
-                b"id" if id.is_some() => return None,
-                b"id" => id = Some(&b[start..end]),
-                b"result" => kind = kind.or(Some(AnswerKind::Result)),
-                b"error" => kind = Some(AnswerKind::Error),
-                b"method" => method = true,
-                k if k.contains(&b'\\') => return None,
-                _ => {}
-            }
-            i = skip_ws(b, end);
-            match b.get(i) {
-                Some(b',') => i = skip_ws(b, i + 1),
-                Some(b'}') => break,
-                _ => return None,
-            }
+            _ => value_end(b, start)?,
+        };
+        match key {
+            b"id" if id.is_some() => return None,
+            b"id" => id = Some(&b[start..end]),
+            b"result" => kind = kind.or(Some(AnswerKind::Result)),
+            b"error" => kind = Some(AnswerKind::Error),
+            b"method" => method = true,
+            k if k.contains(&b'\\') => return None,
+            _ => {}
         }
-    }
+        Some(end)
+    })?;
     let id = std::str::from_utf8(id?).ok()?;
     let kind = kind?;
     (!method && is_answer_id(id)).then_some((id, kind))
 }
 
-/// Walk the object that opens at `b[i]` member by member: just past its
-/// end, and whether its member `flag` (spelled without escapes) is `true`.
-fn object_flag(b: &[u8], i: usize, flag: &[u8]) -> Option<(usize, bool)> {
+/// Walk the object that opens at `b[i]` member by member, nothing decoded:
+/// `visit(name, value_start)` returns where the member's value ends (or
+/// `None` to refuse the object). Just past the object's end; `None` when it
+/// does not end where it should.
+fn walk_object(
+    b: &[u8],
+    i: usize,
+    mut visit: impl FnMut(&[u8], usize) -> Option<usize>,
+) -> Option<usize> {
     let mut i = skip_ws(b, i + 1);
-    let mut set = false;
     if b.get(i) == Some(&b'}') {
-        return Some((i + 1, false));
+        return Some(i + 1);
     }
     loop {
         if b.get(i) != Some(&b'"') {
@@ -208,15 +202,11 @@ fn object_flag(b: &[u8], i: usize, flag: &[u8]) -> Option<(usize, bool)> {
         if b.get(i) != Some(&b':') {
             return None;
         }
-        let start = skip_ws(b, i + 1);
-        let end = value_end(b, start)?;
-        if key == flag {
-            set = &b[start..end] == b"true";
-        }
+        let end = visit(key, skip_ws(b, i + 1))?;
         i = skip_ws(b, end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => return Some((i + 1, set)),
+            Some(b'}') => return Some(i + 1),
             _ => return None,
         }
     }

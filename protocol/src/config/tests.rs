@@ -1,0 +1,278 @@
+//! Tests of the configuration: defaults, refused values, error places, secrets.
+
+use super::*;
+
+#[test]
+fn empty_file_is_the_embedded_default() {
+    let c = Config::parse("").expect("valid");
+    assert_eq!(c, Config::default());
+    assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
+    assert!(c.worker_count() >= 1);
+    assert_eq!(c.effective_endpoints()[0].path, "/mcp");
+    assert_eq!(c.admin_listen, "127.0.0.1:8411".parse().expect("addr"));
+}
+
+#[test]
+fn issue_example_parses() {
+    let c = Config::parse(
+        r#"
+        listen = ["127.0.0.1:8080"]
+        workers = 4
+        [[upstream]]
+        id = "counter"
+        url = "http://127.0.0.1:3101/mcp"
+        headers = { "X-Api-Key" = "k" }
+        [[endpoint]]
+        path = "/counter/mcp"
+        upstreams = ["counter"]
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(c.worker_count(), 4);
+    assert_eq!(c.upstream[0].transport, Transport::StreamableHttp);
+    assert_eq!(c.effective_endpoints()[0].upstreams, vec!["counter"]);
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text)
+        .expect_err("must be refused")
+        .to_string()
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert!(err("workers = 0").starts_with("workers:"));
+    assert!(err("listen = []").starts_with("listen:"));
+    assert!(err("bogus = 1").contains("bogus"));
+    assert!(err("[limits]\nmax_body_bytes = 0").starts_with("limits.max_body_bytes:"));
+    assert!(err("[[upstream]]\nid = \"a b\"\nurl = \"http://x/\"").starts_with("upstream[0].id:"));
+    assert!(
+        err("[[upstream]]\nid = \"a\"\ntransport = \"stdio\"").starts_with("upstream[0].command:")
+    );
+    assert!(
+        err(
+            "[[upstream]]\nid = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\nurl = \"http://x/\""
+        )
+        .starts_with("upstream[0].url:")
+    );
+    assert!(
+        err("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\ncommand = \"x\"")
+            .starts_with("upstream[0].command:")
+    );
+    let stdio = Config::parse(
+        "[[upstream]]\nid = \"fs\"\ntransport = \"stdio\"\ncommand = \"npx\"\nargs = [\"-y\", \"server\"]\nenv = { TOKEN = \"t\" }",
+    )
+    .expect("stdio upstream");
+    assert_eq!(stdio.upstream[0].transport, Transport::Stdio);
+    assert_eq!(stdio.upstream[0].max_processes, 64);
+    assert!(err("[[upstream]]\nid = \"a\"\nurl = \"ftp://x/\"").starts_with("upstream[0].url:"));
+    assert!(err(
+        "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\n[[upstream]]\nid = \"a\"\nurl = \"http://y/\""
+    )
+    .contains("duplicate"));
+    assert!(
+        err("[[endpoint]]\npath = \"/x\"\nupstreams = [\"nope\"]")
+            .starts_with("endpoint[0].upstreams:")
+    );
+    assert!(err("[[endpoint]]\npath = \"x\"\nupstreams = []").starts_with("endpoint[0].path:"));
+}
+
+/// Errors of a file named `f.toml` holding `text`.
+fn err_in_file(text: &str) -> String {
+    Config::parse(text)
+        .expect_err("must be refused")
+        .in_file(Path::new("f.toml"), Some(text))
+        .to_string()
+}
+
+#[test]
+fn errors_name_the_file_the_real_key_and_its_line() {
+    let two = "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\n\n[[upstream]]\nid = \"b\"\nurl = \"http://x/\"\n";
+    assert_eq!(
+        err_in_file(&format!("{two}connect_timeout_ms = 0\n")),
+        "f.toml:8: upstream[1].connect_timeout_ms: must be greater than 0"
+    );
+    assert_eq!(
+        err_in_file(&format!("{two}request_timeout_ms = 0\n")),
+        "f.toml:8: upstream[1].request_timeout_ms: must be greater than 0"
+    );
+    assert_eq!(
+        err_in_file("workers = 2\n\n[limits]\nmax_body_bytes = 0\n"),
+        "f.toml:4: limits.max_body_bytes: must be greater than 0"
+    );
+    assert_eq!(
+        err_in_file("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\nargs = [\"x\"]\n"),
+        "f.toml:4: upstream[0].args: command, args and env are for transport = \"stdio\""
+    );
+    // A key left at its default has no line of its own: its table's header.
+    let e = err_in_file("[sessions]\nheartbeat_ms = 5000\n");
+    assert_eq!(
+        e,
+        "f.toml:1: sessions.heartbeat_ttl_ms: must be at least twice sessions.heartbeat_ms"
+    );
+    // Without a file: the key alone, as before.
+    assert_eq!(err("workers = 0"), "workers: must be 1..=256, got 0");
+    // TOML's own errors keep their line and column, once.
+    let e = Config::parse("lsten = []")
+        .expect_err("unknown key")
+        .in_file(Path::new("f.toml"), None)
+        .to_string();
+    assert!(
+        e.starts_with("f.toml: TOML parse error at line 1, column 1"),
+        "{e}"
+    );
+    assert_eq!(e.matches("unknown field").count(), 1, "{e}");
+}
+
+#[test]
+fn a_host_name_as_listen_address_says_an_ip_address_is_needed() {
+    let e = err("listen = [\"localhost:8080\"]");
+    assert!(e.contains("line 1"), "{e}");
+    assert!(
+        e.contains("\"localhost:8080\" is not an IP address and port")
+            && e.contains("e.g. 127.0.0.1:8080"),
+        "{e}"
+    );
+    assert!(err("admin_listen = \"example.com:1\"").contains("host names are not resolved"));
+    assert!(
+        err("[[tls_listener]]\naddr = \"8443\"\ncert = \"c\"\nkey = \"k\"")
+            .contains("\"8443\" is not an IP address and port")
+    );
+    let c = Config::parse("listen = [\"[::1]:8080\", \"127.0.0.1:0\"]").expect("IP addresses");
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(parse_listen_addr("127.0.0.1:9").expect("ok").port(), 9);
+}
+
+struct Env;
+
+impl crate::secrets::Resolver for Env {
+    fn var(&self, name: &str) -> Result<String, String> {
+        match name {
+            "UPSTREAM_TOKEN" => Ok("s3cret".to_owned()),
+            "REDIS_PASSWORD" => Ok("hunter2".to_owned()),
+            _ => Err(format!("${{{name}}}: {name} is not set in the environment")),
+        }
+    }
+
+    fn file(&self, path: &Path) -> Result<String, String> {
+        Err(format!("${{file:{}}}: cannot read it", path.display()))
+    }
+}
+
+#[test]
+fn references_resolve_and_the_written_form_is_kept_for_display() {
+    let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}\", X-Price = \"$$5\" }\n[store]\nredis_url = \"redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0\"\n";
+    let c = Config::parse_with(text, &Env).expect("valid");
+    let u = &c.upstream[0];
+    assert_eq!(u.url, "http://127.0.0.1:1/s3cret/mcp");
+    assert_eq!(u.headers["Authorization"], "Bearer s3cret");
+    assert_eq!(u.headers["X-Price"], "$5");
+    assert_eq!(
+        c.store.redis_url.as_deref(),
+        Some("redis://:hunter2@127.0.0.1:6379/0")
+    );
+    let written = c.as_written();
+    assert_eq!(
+        written.upstream[0].headers["Authorization"],
+        "Bearer ${UPSTREAM_TOKEN}"
+    );
+    assert_eq!(
+        written.upstream[0].url,
+        "http://127.0.0.1:1/${UPSTREAM_TOKEN}/mcp"
+    );
+    assert!(written.as_written.is_none());
+    // Without references nothing is kept twice.
+    assert!(
+        Config::parse_with("workers = 1", &Env)
+            .expect("valid")
+            .as_written
+            .is_none()
+    );
+}
+
+#[test]
+fn an_unresolvable_reference_names_the_key_and_the_variable() {
+    let text = "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaders = { Authorization = \"Bearer ${UPSTREAM_TOKEN}${MISSING_TOKEN}\" }\n";
+    let e = Config::parse_with(text, &Env)
+        .expect_err("unset")
+        .in_file(Path::new("f.toml"), Some(text))
+        .to_string();
+    assert_eq!(
+        e,
+        "f.toml:4: upstream[0].headers: header \"Authorization\": ${MISSING_TOKEN}: MISSING_TOKEN is not set in the environment"
+    );
+    let e = Config::parse_with("[store]\nredis_url = \"redis://:${file:/nope}@h/\"", &Env)
+        .expect_err("unreadable")
+        .to_string();
+    assert!(e.starts_with("store.redis_url: ${file:/nope}"), "{e}");
+}
+
+#[test]
+fn errors_never_show_a_password() {
+    let e = err("[[upstream]]\nid = \"a\"\nurl = \"http://user:s3cret@127.0.0.1:1/mcp\"");
+    assert!(e.starts_with("upstream[0].url:"), "{e}");
+    assert!(
+        !e.contains("s3cret") && e.contains("<redacted>@127.0.0.1:1"),
+        "{e}"
+    );
+    let e = err("[[upstream]]\nid = \"a\"\nurl = \"https://u:s3cret@x/?key=k3y\"");
+    assert!(!e.contains("s3cret") && !e.contains("k3y"), "{e}");
+    let e = err("[store]\nredis_url = \"rediss://:hunter2@10.0.0.1/\"");
+    assert!(
+        e.starts_with("store.redis_url:") && !e.contains("hunter2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_admin_api_off_loopback_needs_a_token_file() {
+    let e = err("admin_listen = \"0.0.0.0:9090\"");
+    assert!(e.starts_with("admin_token_file:"), "{e}");
+    assert!(e.contains("0.0.0.0:9090"), "{e}");
+    Config::parse("admin_listen = \"0.0.0.0:9090\"\nadmin_token_file = \"/t\"")
+        .expect("with a token file");
+    Config::parse("admin_listen = \"[::1]:9090\"").expect("loopback needs none");
+}
+
+#[test]
+fn admin_token_is_read_trimmed_and_checked() {
+    let dir = std::env::temp_dir().join(format!("mcpgw-token-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("token");
+    let mut config = Config::default();
+    assert_eq!(config.read_admin_token().expect("none"), None);
+    config.admin_token_file = Some(file.clone());
+    let e = config
+        .read_admin_token()
+        .expect_err("missing file")
+        .to_string();
+    assert!(
+        e.starts_with("admin_token_file: cannot read") && e.contains("token"),
+        "{e}"
+    );
+    std::fs::write(&file, " \n").expect("write");
+    let e = config.read_admin_token().expect_err("empty").to_string();
+    assert!(
+        e.starts_with("admin_token_file:") && e.ends_with("is empty"),
+        "{e}"
+    );
+    std::fs::write(&file, "two words\n").expect("write");
+    assert!(config.read_admin_token().is_err());
+    std::fs::write(&file, "t0ken\n").expect("write");
+    let token = config.read_admin_token().expect("read").expect("a token");
+    assert_eq!(token.as_bytes(), b"t0ken");
+    assert!(!format!("{token:?}").contains("t0ken"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn survives_the_control_channel_encoding() {
+    let c = Config::parse(
+        "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaders = { k = \"v\" }",
+    )
+    .expect("valid");
+    let bytes = bincode::serde::encode_to_vec(&c, bincode::config::standard()).expect("enc");
+    let (back, _): (Config, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
+    assert_eq!(back, c);
+}

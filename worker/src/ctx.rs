@@ -61,7 +61,6 @@ impl Ctx {
         outcome: &'a crate::metrics::OutcomeSlot,
     ) -> crate::route::env::Env<'a> {
         crate::route::env::Env {
-            registry: &self.registry,
             metrics: &self.metrics,
             outcome,
             tool_call: false,

@@ -5,6 +5,7 @@
 
 use crate::metrics::Outcome;
 use crate::route::reply::{Accept, rpc, rpc_error};
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use crate::http::client::UpstreamBody;
 use crate::jsonrpc;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::route::env::Env;
-use crate::session::Session;
+use crate::route::source::Source;
 use crate::upstream::answer_budget;
 use crate::upstream::{self, UpstreamError, UpstreamServer};
 
@@ -29,9 +30,9 @@ use crate::upstream::{self, UpstreamError, UpstreamServer};
 /// not processed. Other failures are answered, never retried, so a tool
 /// call is never run twice. While it runs the call is registered with the
 /// session's relay (cancellation, progress, server requests in its stream).
-pub(crate) async fn passthrough(
+pub(crate) async fn passthrough<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     server: &Arc<UpstreamServer>,
     body: Bytes,
     id: &str,
@@ -45,18 +46,18 @@ pub(crate) async fn passthrough(
     };
     let mut retried = false;
     loop {
-        let us = match ctx.registry.get(session, server).await {
+        let us = match src.upstream(server).await {
             Ok(us) => us,
-            Err(e) => return upstream_failure(ctx, accept, id, session, &e),
+            Err(e) => return upstream_failure(ctx, accept, id, src.who(), &e),
         };
-        let mut call = CallGuard::start(&session.relay, &us, id, token.as_ref());
+        let mut call = CallGuard::start(src.relay(), &us, id, token.as_ref());
         let sent = tokio::select! {
             sent = us.send(body.clone(), deadline) => sent,
             _ = call.interrupted() => return ctx.cancelled(accept, id),
         };
         match sent {
             Ok(resp) => {
-                return answer_call(ctx, session, resp, accept, id, deadline, server, call).await;
+                return answer_call(ctx, src, resp, accept, id, deadline, server, call).await;
             }
             Err(e) => {
                 // Only a timed-out call may still be running upstream; the
@@ -65,15 +66,15 @@ pub(crate) async fn passthrough(
                     call.finish();
                 }
                 if e.evicts() {
-                    ctx.registry.evict(session, &us, &e).await;
+                    src.evict(&us, &e).await;
                 }
                 if matches!(e, UpstreamError::SessionGone { .. }) && !retried {
-                    warn!(session = %session.id, upstream = %server.id,
+                    warn!(session = %src.who(), upstream = %server.id,
                         "upstream lost its session; starting a new upstream session (its state is gone)");
                     retried = true;
                     continue;
                 }
-                return upstream_failure(ctx, accept, id, session, &e);
+                return upstream_failure(ctx, accept, id, src.who(), &e);
             }
         }
     }
@@ -83,10 +84,10 @@ pub(crate) fn upstream_failure(
     ctx: Env<'_>,
     accept: Accept,
     id: &str,
-    session: &Session,
+    who: &dyn fmt::Display,
     e: &UpstreamError,
 ) -> Response<Body> {
-    failed_call(ctx, accept, StatusCode::OK, id, session, e)
+    failed_call(ctx, accept, StatusCode::OK, id, who, e)
 }
 
 /// An upstream answer that arrived but cannot be passed on (cut short,
@@ -97,10 +98,10 @@ pub(crate) fn bad_answer(
     ctx: Env<'_>,
     accept: Accept,
     id: &str,
-    session: &Session,
+    who: &dyn fmt::Display,
     e: &UpstreamError,
 ) -> Response<Body> {
-    failed_call(ctx, accept, StatusCode::BAD_GATEWAY, id, session, e)
+    failed_call(ctx, accept, StatusCode::BAD_GATEWAY, id, who, e)
 }
 
 pub(crate) fn failed_call(
@@ -108,10 +109,10 @@ pub(crate) fn failed_call(
     accept: Accept,
     status: StatusCode,
     id: &str,
-    session: &Session,
+    who: &dyn fmt::Display,
     e: &UpstreamError,
 ) -> Response<Body> {
-    warn!(session = %session.id, error = %e, "upstream request failed");
+    warn!(session = %who, error = %e, "upstream request failed");
     ctx.outcome.set(Outcome::UpstreamError);
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
@@ -129,9 +130,9 @@ pub(crate) fn failed_call(
 /// the relay, which rewrites ids and tokens and routes server requests, and
 /// is streamed to an SSE client or reduced to its response for a JSON one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn answer_call(
+pub(crate) async fn answer_call<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     resp: Response<UpstreamBody>,
     accept: Accept,
     id: &str,
@@ -153,7 +154,7 @@ pub(crate) async fn answer_call(
         let unfit = body.unfit();
         let held = match answer_budget::read_whole(body, deadline).await {
             Ok(held) => held,
-            Err(e) => return bad_answer(ctx, accept, id, session, &server.answer_error(e)),
+            Err(e) => return bad_answer(ctx, accept, id, src.who(), &server.answer_error(e)),
         };
         // Checked before a byte goes out: an answer left on a pooled
         // connection by an upstream that answered twice must never reach
@@ -162,7 +163,7 @@ pub(crate) async fn answer_call(
         // call, a failed tool) for the request's outcome.
         match upstream::check_answer_kind(server, &held.bytes, id, &unfit, ctx.tool_call) {
             Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
-            Err(e) => return bad_answer(ctx, accept, id, session, &e),
+            Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
         }
         if !accept.json {
             return rpc(accept, StatusCode::OK, held.bytes);
@@ -182,10 +183,10 @@ pub(crate) async fn answer_call(
             upstream: server.id.clone(),
             reason: format!("answer has content type {ct:?}"),
         };
-        return bad_answer(ctx, accept, id, session, &e);
+        return bad_answer(ctx, accept, id, src.who(), &e);
     }
-    let relay = session.relay.clone();
-    let closed = session.close_signal();
+    let relay = src.relay().clone();
+    let closed = src.closed();
     if !accept.sse {
         return match Box::pin(relay::pump_call(
             relay,
@@ -212,7 +213,7 @@ pub(crate) async fn answer_call(
                 "the session ended during the call",
             ),
             PumpEnd::Cancelled => ctx.cancelled(accept, id),
-            PumpEnd::Failed(e) => bad_answer(ctx, accept, id, session, &e),
+            PumpEnd::Failed(e) => bad_answer(ctx, accept, id, src.who(), &e),
         };
     }
     // Streamed to the client: the answer comes after the head, when the

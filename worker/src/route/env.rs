@@ -1,20 +1,15 @@
 //! What routing sees of the worker: a borrowed view of the worker context,
 //! so routing can be driven without a running worker.
 
-use std::sync::Arc;
-
 use crate::http::body::Body;
 use crate::metrics::{Metrics, Outcome, OutcomeSlot};
 use crate::route::reply::{self, Accept};
-use crate::session::registry::Registry;
 use http::{Response, StatusCode};
 
-/// What routing needs of the worker: the upstream sessions and the
-/// counters. A borrowed view of the worker context, made per request at
+/// What routing needs of the worker: the counters. A borrowed view of the worker context, made per request at
 /// no cost, so routing never sees the rest of it.
 #[derive(Clone, Copy)]
 pub(crate) struct Env<'a> {
-    pub(crate) registry: &'a Arc<Registry>,
     pub(crate) metrics: &'a Metrics,
     /// Where the request's outcome is reported when its HTTP status cannot
     /// tell it (a JSON-RPC error or a failed tool in a 200).

@@ -16,14 +16,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::endpoints::Endpoint;
 use crate::jsonrpc::{self, Answer, RawObject};
-use crate::session::Session;
-use crate::session::registry::Registry;
+use crate::route::source::Source;
 use crate::upstream::UpstreamServer;
 
 /// The four list methods and what differs between them.
@@ -78,41 +76,30 @@ pub(crate) enum ListError {
 
 /// One page of a list over every upstream of a multi-upstream endpoint.
 /// Returns the raw `result` object.
-pub(crate) async fn merged_list(
-    registry: &Arc<Registry>,
-    session: &Arc<Session>,
+pub(crate) async fn merged_list<S: Source>(
+    src: &S,
     kind: ListKind,
     cursor: Option<&str>,
 ) -> Result<String, ListError> {
-    let endpoint = session.endpoint();
+    let endpoint = src.endpoint();
     let n = endpoint.upstreams.len();
     let wanted: Vec<(usize, Option<String>)> = match cursor {
         None => (0..n).map(|pos| (pos, None)).collect(),
         Some(c) => decode_cursor(c, n).ok_or(ListError::BadCursor)?,
     };
-    let mut set = JoinSet::new();
-    for (pos, upstream_cursor) in wanted {
-        let registry = registry.clone();
-        let session = session.clone();
-        let server = endpoint.upstreams[pos].clone();
-        set.spawn(async move {
-            let page = fetch_page(
-                &registry,
-                &session,
-                &server,
-                kind,
-                upstream_cursor.as_deref(),
-            )
-            .await;
-            (pos, page)
-        });
-    }
-    let mut pages: Vec<(usize, Page)> = Vec::with_capacity(n);
-    while let Some(joined) = set.join_next().await {
-        if let Ok((pos, Some(page))) = joined {
-            pages.push((pos, page));
+    // Concurrently, within this request: an abandoned request stops asking.
+    let fetches = wanted.iter().map(|(pos, upstream_cursor)| {
+        let server = &endpoint.upstreams[*pos];
+        async move {
+            let page = fetch_page(src, server, kind, upstream_cursor.as_deref()).await;
+            page.map(|page| (*pos, page))
         }
-    }
+    });
+    let mut pages: Vec<(usize, Page)> = futures_util::future::join_all(fetches)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     // Deterministic order: by upstream position, as configured.
     pages.sort_by_key(|(pos, _)| *pos);
 
@@ -155,7 +142,7 @@ pub(crate) async fn merged_list(
     }
     out.push('}');
     if !routes.is_empty()
-        && let Ok(mut map) = session.relay.resource_routes.lock()
+        && let Ok(mut map) = src.relay().resource_routes.lock()
     {
         let position = |id: &str| endpoint.upstreams.iter().position(|u| &*u.id == id);
         for (uri, id) in routes {
@@ -211,9 +198,8 @@ struct Page {
 }
 
 /// One page from one upstream; `None` (with a log line) when it fails.
-async fn fetch_page(
-    registry: &Registry,
-    session: &Session,
+async fn fetch_page<S: Source>(
+    src: &S,
     server: &Arc<UpstreamServer>,
     kind: ListKind,
     cursor: Option<&str>,
@@ -230,10 +216,10 @@ async fn fetch_page(
         p
     });
     let deadline = Instant::now() + server.request_timeout();
-    let us = match registry.get(session, server).await {
+    let us = match src.upstream(server).await {
         Ok(us) => us,
         Err(e) => {
-            warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
+            warn!(session = %src.who(), upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
             return None;
         }
     };
@@ -241,9 +227,9 @@ async fn fetch_page(
         Ok(a) => a,
         Err(e) => {
             if e.evicts() {
-                registry.evict(session, &us, &e).await;
+                src.evict(&us, &e).await;
             }
-            warn!(session = %session.id, upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
+            warn!(session = %src.who(), upstream = %server.id, error = %e, method = kind.method(), "upstream left out of the list");
             return None;
         }
     };

@@ -5,6 +5,7 @@
 //! upstream. Nothing here reads HTTP headers or session ids.
 //!
 //! - [`lists`]: namespacing and merged lists.
+//! - [`source`]: where a request's upstream sessions come from.
 //! - [`env`]: what routing sees of the worker.
 //! - [`call`]: running one call on one upstream and framing its answer.
 //! - [`reply`]: answers and JSON-RPC errors in the client's format.
@@ -13,11 +14,13 @@ pub(crate) mod call;
 pub(crate) mod env;
 pub(crate) mod lists;
 pub(crate) mod reply;
+pub(crate) mod source;
+#[cfg(test)]
+mod tests;
 
 use crate::route::call::passthrough;
 use crate::route::reply::{Accept, rpc, rpc_error};
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -29,23 +32,24 @@ use crate::http::body::Body;
 use crate::jsonrpc;
 use crate::route::env::Env;
 use crate::route::lists::ListKind;
-use crate::session::Session;
+use crate::route::source::Source;
 use crate::upstream::read_answer;
 
 /// MCP's code for an unknown resource.
 pub(crate) const RESOURCE_NOT_FOUND: i32 = -32002;
 
-/// A request inside a session.
-pub(crate) async fn request(
+/// Route one request that is not the lifecycle's own (`initialize` is
+/// refused: the source is open already).
+pub(crate) async fn request<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     method: &str,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     accept: Accept,
 ) -> Response<Body> {
     let id = env.id_raw();
-    let endpoint = session.endpoint();
+    let endpoint = src.endpoint();
     let namespaced = endpoint.namespaced();
     match method {
         "initialize" => rpc_error(
@@ -61,9 +65,9 @@ pub(crate) async fn request(
                 tool_call: true,
                 ..ctx
             };
-            by_name(ctx, session, env, body, accept, "tool").await
+            by_name(ctx, src, env, body, accept, "tool").await
         }
-        "prompts/get" => by_name(ctx, session, env, body, accept, "prompt").await,
+        "prompts/get" => by_name(ctx, src, env, body, accept, "prompt").await,
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             #[derive(Deserialize)]
             struct P<'a> {
@@ -76,19 +80,19 @@ pub(crate) async fn request(
             {
                 Some(p) => {
                     let progress = wants_progress(env.params);
-                    by_uri(ctx, session, &p.uri, body.clone(), id, accept, progress).await
+                    by_uri(ctx, src, &p.uri, body.clone(), id, accept, progress).await
                 }
                 None => ctx.invalid_params(accept, id, &format!("{method} needs params.uri")),
             }
         }
-        "completion/complete" => complete(ctx, session, env, body, accept).await,
+        "completion/complete" => complete(ctx, src, env, body, accept).await,
         "logging/setLevel" => {
             let resp = if namespaced {
-                Box::pin(broadcast(ctx, session, method, env, accept)).await
+                Box::pin(broadcast(ctx, src, method, env, accept)).await
             } else {
                 passthrough(
                     ctx,
-                    session,
+                    src,
                     &endpoint.upstreams[0],
                     body.clone(),
                     id,
@@ -100,7 +104,7 @@ pub(crate) async fn request(
             // Recorded after it went out, so the upstream sessions it just
             // created do not get it twice.
             if let Some(p) = env.params {
-                session.relay.set_log_level(p.get());
+                src.relay().set_log_level(p.get());
             }
             resp
         }
@@ -110,7 +114,7 @@ pub(crate) async fn request(
             let _ = m;
             passthrough(
                 ctx,
-                session,
+                src,
                 &endpoint.upstreams[0],
                 body.clone(),
                 id,
@@ -130,9 +134,7 @@ pub(crate) async fn request(
                     .params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or_default();
-                return match lists::merged_list(ctx.registry, session, kind, p.cursor.as_deref())
-                    .await
-                {
+                return match lists::merged_list(src, kind, p.cursor.as_deref()).await {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
                     Err(e) => ctx.invalid_params(accept, id, &e.to_string()),
                 };
@@ -149,9 +151,9 @@ pub(crate) async fn request(
 
 /// `tools/call` and `prompts/get`: route by `params.name`, strip the
 /// namespace, pass through.
-pub(crate) async fn by_name(
+pub(crate) async fn by_name<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     accept: Accept,
@@ -178,9 +180,9 @@ pub(crate) async fn by_name(
     let Ok(p) = serde_json::from_str::<P<'_>>(params.get()) else {
         return ctx.invalid_params(accept, id, &format!("missing params.name ({what} name)"));
     };
-    let endpoint = session.endpoint();
+    let endpoint = src.endpoint();
     let Some((pos, upstream_name)) = endpoint.resolve(&p.name) else {
-        info!(session = %session.id, name = %p.name, what, "unknown name");
+        info!(session = %src.who(), name = %p.name, what, "unknown name");
         return ctx.invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
     };
     let body = if upstream_name == p.name {
@@ -199,7 +201,7 @@ pub(crate) async fn by_name(
     let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
     passthrough(
         ctx,
-        session,
+        src,
         &endpoint.upstreams[pos],
         body,
         id,
@@ -217,30 +219,21 @@ pub(crate) fn wants_progress(params: Option<&serde_json::value::RawValue>) -> bo
 
 /// Route by resource URI: the learned map, else the single upstream, else
 /// ask each upstream in turn until one knows it.
-pub(crate) async fn by_uri(
+pub(crate) async fn by_uri<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     uri: &str,
     body: Bytes,
     id: &str,
     accept: Accept,
     progress: bool,
 ) -> Response<Body> {
-    let endpoint = session.endpoint();
+    let endpoint = src.endpoint();
     if !endpoint.namespaced() {
-        return passthrough(
-            ctx,
-            session,
-            &endpoint.upstreams[0],
-            body,
-            id,
-            accept,
-            progress,
-        )
-        .await;
+        return passthrough(ctx, src, &endpoint.upstreams[0], body, id, accept, progress).await;
     }
-    let known = session
-        .relay
+    let known = src
+        .relay()
         .resource_routes
         .lock()
         .ok()
@@ -253,20 +246,20 @@ pub(crate) async fn by_uri(
                 .cloned()
         });
     if let Some(server) = known {
-        return passthrough(ctx, session, &server, body, id, accept, progress).await;
+        return passthrough(ctx, src, &server, body, id, accept, progress).await;
     }
     let mut last_error = None;
     for server in endpoint.upstreams.iter() {
         let deadline = Instant::now() + server.request_timeout();
         let attempt = async {
-            let us = ctx.registry.get(session, server).await?;
+            let us = src.upstream(server).await?;
             let resp = us.send(body.clone(), deadline).await?;
             read_answer(server, resp, id, deadline).await
         };
         match attempt.await {
             Ok(message) => match jsonrpc::answer(&message) {
                 Some(jsonrpc::Answer::Result(_)) => {
-                    if let Ok(mut m) = session.relay.resource_routes.lock() {
+                    if let Ok(mut m) = src.relay().resource_routes.lock() {
                         m.insert(uri.to_owned(), server.id.clone());
                     }
                     return rpc(accept, StatusCode::OK, message);
@@ -289,9 +282,9 @@ pub(crate) async fn by_uri(
 }
 
 /// `completion/complete`: by prompt name or resource URI in `params.ref`.
-pub(crate) async fn complete(
+pub(crate) async fn complete<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     accept: Accept,
@@ -319,7 +312,7 @@ pub(crate) async fn complete(
     };
     match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
         ("ref/prompt", Some(name), _) => {
-            let endpoint = session.endpoint();
+            let endpoint = src.endpoint();
             let Some((pos, upstream_name)) = endpoint.resolve(&name) else {
                 return ctx.invalid_params(accept, id, &format!("Unknown prompt: {name}"));
             };
@@ -342,7 +335,7 @@ pub(crate) async fn complete(
             let progress = wants_progress(env.params);
             passthrough(
                 ctx,
-                session,
+                src,
                 &endpoint.upstreams[pos],
                 body,
                 id,
@@ -353,7 +346,7 @@ pub(crate) async fn complete(
         }
         ("ref/resource", _, Some(uri)) => {
             let progress = wants_progress(env.params);
-            by_uri(ctx, session, &uri, body.clone(), id, accept, progress).await
+            by_uri(ctx, src, &uri, body.clone(), id, accept, progress).await
         }
         _ => ctx.invalid_params(
             accept,
@@ -363,36 +356,31 @@ pub(crate) async fn complete(
     }
 }
 
-/// Send the same request to every upstream of the session (e.g.
+/// Send the same request to every upstream of the endpoint (e.g.
 /// `logging/setLevel`); succeed if any upstream did.
-pub(crate) async fn broadcast(
+pub(crate) async fn broadcast<S: Source>(
     ctx: Env<'_>,
-    session: &Arc<Session>,
+    src: &S,
     method: &str,
     env: &jsonrpc::Envelope<'_>,
     accept: Accept,
 ) -> Response<Body> {
-    let params = env.params.map(|p| p.get().to_owned());
-    let mut set = tokio::task::JoinSet::new();
-    for server in session.endpoint().upstreams.iter() {
-        let (registry, session, params, method, server) = (
-            ctx.registry.clone(),
-            session.clone(),
-            params.clone(),
-            method.to_owned(),
-            server.clone(),
-        );
-        set.spawn(async move {
-            let deadline = Instant::now() + server.request_timeout();
-            let us = registry.get(&session, &server).await.ok()?;
-            let answer = us.call(&method, params.as_deref(), deadline).await.ok()?;
-            matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_))).then_some(())
-        });
-    }
-    let mut any = false;
-    while let Some(r) = set.join_next().await {
-        any |= matches!(r, Ok(Some(())));
-    }
+    let params = env.params.map(|p| p.get());
+    let endpoint = src.endpoint();
+    let each = endpoint.upstreams.iter().map(|server| async move {
+        let deadline = Instant::now() + server.request_timeout();
+        let Ok(us) = src.upstream(server).await else {
+            return false;
+        };
+        let Ok(answer) = us.call(method, params, deadline).await else {
+            return false;
+        };
+        matches!(jsonrpc::answer(&answer), Some(jsonrpc::Answer::Result(_)))
+    });
+    let any = futures_util::future::join_all(each)
+        .await
+        .into_iter()
+        .any(|accepted| accepted);
     let id = env.id_raw();
     if any {
         rpc(accept, StatusCode::OK, jsonrpc::result(id, "{}"))

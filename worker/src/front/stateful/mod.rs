@@ -18,6 +18,7 @@ use crate::front::stateful::lifecycle::{delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
 use crate::route::reply::{Accept, rpc, rpc_error};
 use crate::route::request;
+use crate::route::source::InSession;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -240,7 +241,11 @@ pub(crate) async fn dispatch(
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request(method) => {
-            request(ctx.route_env(outcome), session, method, env, body, accept).await
+            let src = InSession {
+                registry: &ctx.registry,
+                session,
+            };
+            request(ctx.route_env(outcome), &src, method, env, body, accept).await
         }
         Kind::Notification(method) => {
             Box::pin(client_notification(session, method, env, body)).await

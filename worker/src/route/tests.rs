@@ -1,0 +1,349 @@
+//! Routing over several upstreams, driven directly: a [`Source`] that opens
+//! upstream sessions itself, and small MCP servers on loopback that say
+//! which of them answered. No worker, no supervisor, no session table.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mcpgw_protocol::config::Upstream;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use super::env::Env;
+use super::reply::Accept;
+use super::source::Source;
+use crate::endpoints::Endpoint;
+use crate::jsonrpc;
+use crate::metrics::{Metrics, OutcomeSlot};
+use crate::relay::Relay;
+use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
+
+const INIT_PARAMS: &str = r#"{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"route-tests","version":"0"}}"#;
+
+/// A loopback MCP server named `name`: one tool (`echo`, answering
+/// `"<name>:<tool name it was called with>"`, and `slow`, which answers
+/// once `release` is notified), one resource `mem://<name>/doc`.
+struct FakeUpstream {
+    url: String,
+    release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fake_upstream(name: &'static str) -> FakeUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let release = Arc::new(Notify::new());
+    let released = release.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let released = released.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let released = released.clone();
+                    async move { Ok::<_, Infallible>(answer(name, req, &released).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    FakeUpstream { url, release, task }
+}
+
+async fn answer(name: &str, req: Request<Incoming>, release: &Notify) -> Response<Full<Bytes>> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = msg.get("id").cloned() else {
+        // Notifications.
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        return r;
+    };
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let outcome = match msg.get("method").and_then(Value::as_str).unwrap_or("") {
+        "initialize" => Ok(json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}, "resources": {}},
+            "serverInfo": {"name": name, "version": "1"},
+        })),
+        "tools/list" => Ok(json!({"tools": [
+            {"name": "echo", "inputSchema": {"type": "object"}},
+            {"name": "slow", "inputSchema": {"type": "object"}},
+        ]})),
+        "tools/call" => {
+            let tool = params["name"].as_str().unwrap_or("").to_owned();
+            if tool == "slow" {
+                release.notified().await;
+            }
+            Ok(json!({"content": [{"type": "text", "text": format!("{name}:{tool}")}]}))
+        }
+        "resources/list" => Ok(json!({"resources": [
+            {"uri": format!("mem://{name}/doc"), "name": "doc"},
+        ]})),
+        "resources/read" => {
+            let uri = params["uri"].as_str().unwrap_or("");
+            if uri.starts_with(&format!("mem://{name}/")) {
+                Ok(json!({"contents": [{"uri": uri, "text": name}]}))
+            } else {
+                Err(json!({"code": -32002, "message": "Resource not found"}))
+            }
+        }
+        _ => Err(json!({"code": -32601, "message": "Method not found"})),
+    };
+    let message = match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(message.to_string())));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        "mcp-session-id",
+        http::HeaderValue::from_static("upstream-session"),
+    );
+    r
+}
+
+/// An address nothing listens on: an upstream that is down.
+async fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    format!("http://{}/mcp", listener.local_addr().expect("addr"))
+}
+
+/// Routing's view of one client: its endpoint and the upstream sessions it
+/// opened, one per upstream.
+struct Direct {
+    endpoint: Arc<Endpoint>,
+    relay: Arc<Relay>,
+    opened: Mutex<HashMap<Arc<str>, Arc<UpstreamSession>>>,
+    closed: watch::Sender<bool>,
+}
+
+impl Direct {
+    fn new(upstreams: &[(&str, &str)]) -> Self {
+        // The worker sizes the process-wide answer budget at start; the
+        // same figures every time, as tests share the process.
+        crate::upstream::answer_budget::configure(1 << 20, 64 << 20);
+        let upstreams = upstreams
+            .iter()
+            .map(|(id, url)| {
+                Arc::new(UpstreamServer::new(&Upstream::http(id, url)).expect("upstream"))
+            })
+            .collect();
+        Self {
+            endpoint: Arc::new(Endpoint {
+                path: "/mcp".into(),
+                upstreams,
+                separator: "__".into(),
+            }),
+            relay: Arc::new(Relay::new(INIT_PARAMS)),
+            opened: Mutex::new(HashMap::new()),
+            closed: watch::Sender::new(false),
+        }
+    }
+
+    fn opened(&self) -> Vec<Arc<str>> {
+        let mut ids: Vec<_> = self.opened.lock().expect("lock").keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Source for Direct {
+    fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.clone()
+    }
+
+    fn who(&self) -> &dyn fmt::Display {
+        &"route-test"
+    }
+
+    fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    async fn upstream(
+        &self,
+        server: &Arc<UpstreamServer>,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        if let Some(us) = self.opened.lock().expect("lock").get(&server.id) {
+            return Ok(us.clone());
+        }
+        let us = UpstreamSession::initialize(server.clone(), INIT_PARAMS).await?;
+        self.opened
+            .lock()
+            .expect("lock")
+            .insert(server.id.clone(), us.clone());
+        Ok(us)
+    }
+
+    async fn evict(&self, failed: &Arc<UpstreamSession>, _why: &UpstreamError) {
+        self.opened.lock().expect("lock").remove(&failed.server.id);
+    }
+}
+
+/// Route one request as a JSON client would; its answer, parsed.
+async fn route(src: &Direct, method: &str, params: Value) -> Value {
+    let body = Bytes::from(
+        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string(),
+    );
+    let metrics = Metrics::new().expect("metrics");
+    let outcome = OutcomeSlot::new();
+    let ctx = Env {
+        metrics: &metrics,
+        outcome: &outcome,
+        tool_call: false,
+    };
+    let env = jsonrpc::parse(&body).expect("envelope");
+    let accept = Accept {
+        json: true,
+        sse: false,
+    };
+    let resp = super::request(ctx, src, method, &env, &body, accept).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{method}");
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("answer body")
+        .to_bytes();
+    serde_json::from_slice(&bytes).expect("answer is JSON")
+}
+
+fn text(answer: &Value) -> &str {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {answer}"))
+}
+
+#[tokio::test]
+async fn a_namespaced_name_reaches_its_upstream_under_its_own_name() {
+    let (a, b) = (fake_upstream("a").await, fake_upstream("b").await);
+    let src = Direct::new(&[("a", &a.url), ("b", &b.url)]);
+
+    let answer = route(&src, "tools/call", json!({"name": "b__echo"})).await;
+    assert_eq!(text(&answer), "b:echo");
+    // Only the upstream that was needed has an upstream session.
+    assert_eq!(src.opened(), vec![Arc::from("b")]);
+
+    let answer = route(&src, "tools/call", json!({"name": "a__echo"})).await;
+    assert_eq!(text(&answer), "a:echo");
+
+    let unknown = route(&src, "tools/call", json!({"name": "c__echo"})).await;
+    assert_eq!(unknown["error"]["code"], jsonrpc::INVALID_PARAMS);
+    assert_eq!(src.opened().len(), 2);
+}
+
+#[tokio::test]
+async fn one_upstream_is_transparent() {
+    let a = fake_upstream("a").await;
+    let src = Direct::new(&[("a", &a.url)]);
+    let answer = route(&src, "tools/call", json!({"name": "echo"})).await;
+    assert_eq!(text(&answer), "a:echo");
+    let list = route(&src, "tools/list", json!({})).await;
+    assert_eq!(list["result"]["tools"][0]["name"], "echo");
+}
+
+#[tokio::test]
+async fn a_merged_list_leaves_out_a_failing_upstream_and_keeps_the_order() {
+    let (a, b) = (fake_upstream("a").await, fake_upstream("b").await);
+    let dead = dead_url().await;
+    let src = Direct::new(&[("a", &a.url), ("down", &dead), ("b", &b.url)]);
+
+    let list = route(&src, "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a__echo", "a__slow", "b__echo", "b__slow"]);
+
+    // A call to the failing upstream is an error for that call only.
+    let failed = route(&src, "tools/call", json!({"name": "down__echo"})).await;
+    assert_eq!(failed["error"]["code"], jsonrpc::INTERNAL_ERROR);
+    let answer = route(&src, "tools/call", json!({"name": "b__echo"})).await;
+    assert_eq!(text(&answer), "b:echo");
+}
+
+#[tokio::test]
+async fn a_resource_uri_is_routed_to_the_upstream_that_knows_it() {
+    let (a, b) = (fake_upstream("a").await, fake_upstream("b").await);
+    let src = Direct::new(&[("a", &a.url), ("b", &b.url)]);
+
+    // Not listed yet: each upstream is asked in turn.
+    let read = route(&src, "resources/read", json!({"uri": "mem://b/doc"})).await;
+    assert_eq!(read["result"]["contents"][0]["text"], "b");
+    let learned = src.relay.resource_routes.lock().expect("lock").clone();
+    assert_eq!(learned.get("mem://b/doc").map(|id| &**id), Some("b"));
+
+    // Listed: the list teaches the route of each URI.
+    let list = route(&src, "resources/list", json!({})).await;
+    assert_eq!(
+        list["result"]["resources"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let learned = src.relay.resource_routes.lock().expect("lock").clone();
+    assert_eq!(learned.get("mem://a/doc").map(|id| &**id), Some("a"));
+
+    let missing = route(&src, "resources/read", json!({"uri": "mem://c/doc"})).await;
+    assert_eq!(missing["error"]["code"], super::RESOURCE_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_cancellation_targets_the_upstream_that_runs_the_call() {
+    let (a, b) = (fake_upstream("a").await, fake_upstream("b").await);
+    let src = Direct::new(&[("a", &a.url), ("b", &b.url)]);
+
+    let call = route(&src, "tools/call", json!({"name": "b__slow"}));
+    let cancel = async {
+        let params =
+            serde_json::value::RawValue::from_string(r#"{"requestId":7}"#.to_owned()).expect("raw");
+        // Registered once the call is on its way: poll the relay until then.
+        let target = loop {
+            if let Some(target) = src.relay.cancel_target(Some(&params)) {
+                break target;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
+        assert_eq!(&*target.upstream().server.id, "b");
+        target.interrupt();
+    };
+    let (answer, ()) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(call, cancel)
+    })
+    .await
+    .expect("the cancelled call ends");
+    assert_eq!(answer["error"]["code"], super::reply::REQUEST_CANCELLED);
+    b.release.notify_waiters();
+    drop(a);
+}

@@ -666,7 +666,9 @@ async fn server_discover_is_refused_so_clients_fall_back() {
     let (code, message) = reply
         .error()
         .unwrap_or_else(|| panic!("expected an error: {}", reply.message));
-    assert_eq!(code, -32022, "{message}");
+    // Method not found, as from any server of the initialize era: a
+    // modern -32022 would forbid the client to fall back.
+    assert_eq!(code, -32601, "{message}");
     assert_eq!(client.session_id(), None);
     client
         .initialize()
@@ -822,4 +824,78 @@ async fn initialize_shows_who_is_behind_the_endpoint() {
         "{result}"
     );
     assert_eq!(b.stats().await.expect("stats").initialize, 1);
+}
+
+/// The count in a counter-server tool result.
+fn rmcp_count(result: &rmcp::model::CallToolResult) -> u64 {
+    result
+        .structured_content
+        .as_ref()
+        .and_then(|s| s.get("count"))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no count in {result:?}"))
+}
+
+/// The official Rust SDK (rmcp) as a client, in each of its lifecycle modes. `auto` probes
+/// `server/discover` and must fall back to `initialize` (the gateway does not serve the
+/// stateless protocol yet); `initialize` is the handshake itself; `discover` never falls
+/// back, so until the stateless protocol is served it must fail cleanly rather than hang.
+/// Two clients at once keep their own upstream counters (#4205).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
+    use rmcp::ClientServiceExt;
+    use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+    use rmcp::service::ClientLifecycleMode;
+    use rmcp::transport::StreamableHttpClientTransport;
+
+    let (_counter, gateway) = counter_behind_gateway(2);
+    let url = format!("http://{}/mcp", gateway.addr);
+    let connect = |mode: ClientLifecycleMode| {
+        let transport = StreamableHttpClientTransport::from_uri(url.clone());
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                ().serve_with_lifecycle(transport, mode),
+            )
+            .await
+            .expect("the client's start-up ends within 30 s")
+        }
+    };
+    let auto = || ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: None,
+    };
+    let a = connect(auto()).await.expect("rmcp client in auto mode");
+    let b = connect(ClientLifecycleMode::Initialize)
+        .await
+        .expect("rmcp client in initialize mode");
+    for client in [&a, &b] {
+        let info = client.peer_info().expect("the server's initialize result");
+        let server = info.server_info.as_ref().map(|s| s.name.as_str());
+        assert_eq!(server, Some("counter"), "{info:?}");
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, COUNTER_TOOLS);
+    }
+    for expected in 1..=3 {
+        for client in [&a, &b] {
+            let result = client
+                .call_tool(CallToolRequestParams::new("increment"))
+                .await
+                .expect("increment");
+            assert_eq!(rmcp_count(&result), expected, "each client counts alone");
+        }
+    }
+    a.cancel().await.expect("close the auto client");
+    b.cancel().await.expect("close the initialize client");
+
+    let refused = connect(ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    })
+    .await;
+    assert!(
+        refused.is_err(),
+        "discover mode cannot start against a gateway without the stateless protocol"
+    );
 }

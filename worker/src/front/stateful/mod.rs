@@ -386,20 +386,24 @@ pub(crate) async fn sessionless(
             Box::pin(initialize(ctx, endpoint, accept, env, client, outcome)).await
         }
         Kind::Request("server/discover") => {
-            // The stateless 2026-07-28 protocol is not served yet; this error
-            // makes current clients fall back to `initialize`.
-            let requested = header_version
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("2026-07-28");
+            // The stateless 2026-07-28 protocol is not served yet. A server
+            // of the initialize era does not know the method; that answer
+            // (not -32022, which is a modern server's "no version in
+            // common" and forbids falling back) is what makes clients in
+            // their auto mode fall back to `initialize`.
+            info!(
+                version = header_version.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                "server/discover: the stateless protocol is not served; the client falls back to initialize"
+            );
             outcome.set(Outcome::JsonrpcError);
             rpc(
                 accept,
                 StatusCode::OK,
                 jsonrpc::error(
                     env.id_raw(),
-                    jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
-                    "Unsupported protocol version: this server speaks the initialize handshake",
-                    Some(&versions::unsupported_data(requested)),
+                    jsonrpc::METHOD_NOT_FOUND,
+                    "Method not found: server/discover (this endpoint speaks the initialize handshake)",
+                    None,
                 ),
             )
         }

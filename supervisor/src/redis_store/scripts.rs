@@ -1,0 +1,192 @@
+//! The Lua scripts through which ownership of a session record changes in
+//! Redis, each a compare-and-swap (the rules are in the parent module's
+//! doc), and the calls that run them and read a record back, against the
+//! key layout of [`mcpgw_protocol::store::keys`]. The store and its tests
+//! share them; when to call them is the store's business.
+
+use mcpgw_protocol::session_id::SessionId;
+use mcpgw_protocol::store::{SessionRecord, keys};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
+
+const PUT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur and cur ~= ARGV[1] then
+  if string.sub(cur, 1, string.len(ARGV[4])) ~= ARGV[4] then return 0 end
+  redis.call('SREM', ARGV[5] .. cur, ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'record', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', ARGV[5] .. ARGV[1], ARGV[6])
+redis.call('PEXPIRE', ARGV[5] .. ARGV[1], ARGV[3])
+return 1
+";
+
+const REMOVE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if not cur then return 1 end
+if string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[2] .. cur, ARGV[3])
+return 1
+";
+
+const CLAIM: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'owner')
+if cur ~= ARGV[1] then return false end
+if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SREM', ARGV[4] .. cur, ARGV[5])
+redis.call('SADD', ARGV[4] .. ARGV[2], ARGV[5])
+redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[6])
+return redis.call('HGET', KEYS[1], 'record')
+";
+
+const REASSIGN: &str = r"
+local moved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'owner') == ARGV[1] then
+    redis.call('HSET', key, 'owner', ARGV[2])
+    redis.call('SADD', ARGV[4] .. ARGV[2], id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+if moved > 0 then redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[5]) end
+return moved
+";
+
+/// The Lua scripts and the key names, shared by the store and its tests.
+pub(crate) struct Scripts {
+    pub(crate) prefix: String,
+    put: Script,
+    remove: Script,
+    claim: Script,
+    reassign: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            put: Script::new(PUT),
+            remove: Script::new(REMOVE),
+            claim: Script::new(CLAIM),
+            reassign: Script::new(REASSIGN),
+        }
+    }
+
+    /// Write `record` as owned by `owner`, unless another host owns it.
+    pub(crate) async fn put(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+        owner: &str,
+        record: &SessionRecord,
+        id: &SessionId,
+        ttl_ms: u64,
+    ) -> Result<bool, RedisError> {
+        let json = serde_json::to_string(record).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "encoding a session record",
+                e.to_string(),
+            ))
+        })?;
+        let done: i64 = self
+            .put
+            .key(keys::session(&self.prefix, id))
+            .arg(owner)
+            .arg(json)
+            .arg(ttl_ms)
+            .arg(format!("{host}/"))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Delete the record of `id`, unless another host owns it.
+    pub(crate) async fn remove(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+        id: &SessionId,
+    ) -> Result<bool, RedisError> {
+        let done: i64 = self
+            .remove
+            .key(keys::session(&self.prefix, id))
+            .arg(format!("{host}/"))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .invoke_async(conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Compare-and-swap the owner of `id` from `expected` to `new`; with
+    /// `unless_heartbeat`, only while `expected` has no heartbeat. Returns
+    /// the record (JSON) if the swap happened.
+    pub(crate) async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &SessionId,
+        expected: &str,
+        new: &str,
+        unless_heartbeat: bool,
+        ttl_ms: u64,
+    ) -> Result<Option<String>, RedisError> {
+        let hb = if unless_heartbeat {
+            keys::heartbeat(&self.prefix, expected)
+        } else {
+            String::new()
+        };
+        self.claim
+            .key(keys::session(&self.prefix, id))
+            .arg(expected)
+            .arg(new)
+            .arg(hb)
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(id.as_str())
+            .arg(ttl_ms)
+            .invoke_async(conn)
+            .await
+    }
+
+    /// Compare-and-swap every session of `from` to `to`; returns how many.
+    pub(crate) async fn reassign(
+        &self,
+        conn: &mut ConnectionManager,
+        from: &str,
+        to: &str,
+        ttl_ms: u64,
+    ) -> Result<u64, RedisError> {
+        self.reassign
+            .key(keys::owner_sessions(&self.prefix, from))
+            .arg(from)
+            .arg(to)
+            .arg(format!("{}s:", self.prefix))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(ttl_ms)
+            .invoke_async(conn)
+            .await
+    }
+
+    /// The owner and record of `id`, if Redis has it.
+    pub(crate) async fn get(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &SessionId,
+    ) -> Result<Option<(String, String)>, RedisError> {
+        let (owner, record): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::session(&self.prefix, id))
+            .arg("owner")
+            .arg("record")
+            .query_async(conn)
+            .await?;
+        Ok(owner.zip(record))
+    }
+}

@@ -677,7 +677,9 @@ async fn server_discover_is_refused_so_clients_fall_back() {
     assert_eq!(client.count("increment").await.expect("increment"), 1);
 }
 
-/// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`) as a client.
+/// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`) as a client,
+/// in its default mode (`auto`: it must settle on the stateless 2026-07-28 protocol) and in
+/// `legacy` mode (one session, one upstream session, as before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_client_works_through_the_gateway() {
     let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -689,24 +691,50 @@ async fn python_sdk_client_works_through_the_gateway() {
     );
     let (counter, gateway) = counter_behind_gateway(2);
     let url = format!("http://{}/mcp", gateway.addr);
-    let run = tokio::process::Command::new(&python)
-        .arg(tests_dir.join("python/client_smoke.py"))
-        .arg(&url)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("client_smoke.py did not finish within 120 s")
-        .expect("run client_smoke.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.lines().last() == Some("OK"),
-        "client_smoke.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    let stats = counter.stats().await.expect("stats");
-    assert_eq!(stats.initialize, 1, "{stats:?}");
+    for mode in ["legacy", "auto"] {
+        let before = counter.stats().await.expect("stats");
+        let run = tokio::process::Command::new(&python)
+            .arg(tests_dir.join("python/client_smoke.py"))
+            .arg(&url)
+            .arg(mode)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("client_smoke.py did not finish within 120 s")
+            .expect("run client_smoke.py");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.lines().last() == Some("OK"),
+            "client_smoke.py {mode} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            output.status
+        );
+        let stats = counter.stats().await.expect("stats");
+        let opened = stats.initialize - before.initialize;
+        if mode == "legacy" {
+            assert_eq!(opened, 1, "one upstream session for the session: {stats:?}");
+        } else {
+            // tools/list, 2 × increment, prompts/get, resources/read: one each (the
+            // discover probe opens one more to learn what the upstream offers).
+            assert_eq!(
+                opened, 6,
+                "an upstream session per stateless request: {stats:?}"
+            );
+        }
+    }
+    // Every upstream session of a stateless request is closed after it, and the legacy
+    // client's at its session's end.
+    wait_until(
+        "no upstream session outlives its client",
+        Duration::from_secs(10),
+        || async {
+            let stats = counter.stats().await?;
+            Ok((stats.live_sessions == 0).then_some(()))
+        },
+    )
+    .await
+    .expect("upstream sessions closed");
 }
 
 /// A 2025-03-26 client may send JSON-RPC batches (later versions removed them): the
@@ -836,11 +864,12 @@ fn rmcp_count(result: &rmcp::model::CallToolResult) -> u64 {
         .unwrap_or_else(|| panic!("no count in {result:?}"))
 }
 
-/// The official Rust SDK (rmcp) as a client, in each of its lifecycle modes. `auto` probes
-/// `server/discover` and must fall back to `initialize` (the gateway does not serve the
-/// stateless protocol yet); `initialize` is the handshake itself; `discover` never falls
-/// back, so until the stateless protocol is served it must fail cleanly rather than hang.
-/// Two clients at once keep their own upstream counters (#4205).
+/// The official Rust SDK (rmcp) as a client, in each of its lifecycle modes. `discover`
+/// and `auto` settle on the stateless 2026-07-28 protocol (the gateway answers
+/// `server/discover`); `initialize` is the handshake and one session. A stateless client
+/// has no session, so each of its calls reaches the stateful counter through an upstream
+/// session of its own and counts from zero; the session's calls count on (#4205: two
+/// clients never share a count either way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
     use rmcp::ClientServiceExt;
@@ -848,7 +877,7 @@ async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
     use rmcp::service::ClientLifecycleMode;
     use rmcp::transport::StreamableHttpClientTransport;
 
-    let (_counter, gateway) = counter_behind_gateway(2);
+    let (counter, gateway) = counter_behind_gateway(2);
     let url = format!("http://{}/mcp", gateway.addr);
     let connect = |mode: ClientLifecycleMode| {
         let transport = StreamableHttpClientTransport::from_uri(url.clone());
@@ -861,16 +890,26 @@ async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
             .expect("the client's start-up ends within 30 s")
         }
     };
-    let auto = || ClientLifecycleMode::Auto {
-        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    let modern = || vec![ProtocolVersion::V_2026_07_28];
+    let auto = connect(ClientLifecycleMode::Auto {
+        preferred_versions: modern(),
         legacy_version: None,
-    };
-    let a = connect(auto()).await.expect("rmcp client in auto mode");
-    let b = connect(ClientLifecycleMode::Initialize)
+    })
+    .await
+    .expect("rmcp client in auto mode");
+    let discover = connect(ClientLifecycleMode::Discover {
+        preferred_versions: modern(),
+    })
+    .await
+    .expect("rmcp client in discover mode");
+    let session = connect(ClientLifecycleMode::Initialize)
         .await
         .expect("rmcp client in initialize mode");
-    for client in [&a, &b] {
-        let info = client.peer_info().expect("the server's initialize result");
+    let clients = [(&auto, true), (&discover, true), (&session, false)];
+    for (client, stateless) in clients {
+        let info = client.peer_info().expect("what the server said of itself");
+        let version = info.protocol_version.to_string();
+        assert_eq!(version == "2026-07-28", stateless, "{info:?}");
         let server = info.server_info.as_ref().map(|s| s.name.as_str());
         assert_eq!(server, Some("counter"), "{info:?}");
         let tools = client.list_all_tools().await.expect("tools/list");
@@ -878,24 +917,27 @@ async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
         names.sort();
         assert_eq!(names, COUNTER_TOOLS);
     }
-    for expected in 1..=3 {
-        for client in [&a, &b] {
+    for round in 1..=3 {
+        for (client, stateless) in clients {
             let result = client
                 .call_tool(CallToolRequestParams::new("increment"))
                 .await
                 .expect("increment");
-            assert_eq!(rmcp_count(&result), expected, "each client counts alone");
+            let expected = if stateless { 1 } else { round };
+            assert_eq!(rmcp_count(&result), expected, "stateless: {stateless}");
         }
     }
-    a.cancel().await.expect("close the auto client");
-    b.cancel().await.expect("close the initialize client");
-
-    let refused = connect(ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-    })
-    .await;
-    assert!(
-        refused.is_err(),
-        "discover mode cannot start against a gateway without the stateless protocol"
-    );
+    for client in [auto, discover, session] {
+        client.cancel().await.expect("close the client");
+    }
+    wait_until(
+        "no upstream session outlives its client",
+        Duration::from_secs(10),
+        || async {
+            let stats = counter.stats().await?;
+            Ok((stats.live_sessions == 0).then_some(()))
+        },
+    )
+    .await
+    .expect("upstream sessions closed");
 }

@@ -22,6 +22,8 @@ pub(crate) const INVALID_PARAMS: i32 = -32602;
 pub(crate) const INTERNAL_ERROR: i32 = -32603;
 /// 2026-07-28: the request's protocol version is not supported here.
 pub(crate) const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
+/// 2026-07-28: a routing header disagrees with the body.
+pub(crate) const HEADER_MISMATCH: i32 = -32020;
 
 /// The top level of one JSON-RPC message, borrowed from the request body.
 #[derive(Debug, Deserialize)]

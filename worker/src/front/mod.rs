@@ -12,9 +12,14 @@
 //! - [`common`]: request origin, plain refusals, session errors.
 //! - [`stateful`]: the stateful protocol era (2025-03-26 to 2025-11-25):
 //!   sessions, initialize, GET streams, DELETE, batches.
+//! - [`stateless`]: the stateless era (2026-07-28): self-contained
+//!   requests, `server/discover`, upstream sessions per request.
+//! - [`identity`]: who an endpoint is to its clients (either era).
 
 pub(crate) mod common;
+pub(crate) mod identity;
 pub(crate) mod stateful;
+pub(crate) mod stateless;
 
 use crate::front::common::Origin;
 use crate::route::reply::{Accept, rpc_error};

@@ -87,3 +87,119 @@ impl Source for InSession<'_> {
         self.registry.evict(self.session, failed, why).await;
     }
 }
+
+/// One request's own upstream sessions, for a client without a session (a
+/// stateless 2026-07-28 client in front of stateful upstreams): each is
+/// opened with the client's own capabilities and identity from the
+/// request, used by this request alone, and closed when the request is
+/// done, so two requests never share upstream state (#4205).
+pub(crate) struct PerRequest {
+    registry: Arc<Registry>,
+    endpoint: Arc<Endpoint>,
+    /// `initialize` params for the upstreams: the client's capabilities and
+    /// info from the request's `_meta`.
+    init_params: Box<str>,
+    relay: Arc<Relay>,
+    opened: std::sync::Mutex<Vec<Arc<UpstreamSession>>>,
+    /// Never flips while the request runs; the request's end drops it.
+    closed: watch::Sender<bool>,
+}
+
+impl PerRequest {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        endpoint: Arc<Endpoint>,
+        init_params: String,
+    ) -> Self {
+        Self {
+            registry,
+            endpoint,
+            relay: Arc::new(Relay::new(&init_params)),
+            init_params: init_params.into_boxed_str(),
+            opened: std::sync::Mutex::new(Vec::new()),
+            closed: watch::Sender::new(false),
+        }
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, Vec<Arc<UpstreamSession>>> {
+        self.opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The upstream sessions opened so far (what they said of themselves
+    /// makes the answer to `server/discover`), in endpoint order.
+    pub(crate) fn open_all(&self) -> impl Future<Output = Vec<Arc<UpstreamSession>>> + Send + '_ {
+        async move {
+            let each = self.endpoint.upstreams.iter().map(|server| async move {
+                match self.upstream(server).await {
+                    Ok(us) => Some(us),
+                    Err(e) => {
+                        tracing::warn!(upstream = %server.id, error = %e, "upstream not reachable; left out");
+                        None
+                    }
+                }
+            });
+            futures_util::future::join_all(each)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+    }
+}
+
+impl Drop for PerRequest {
+    fn drop(&mut self) {
+        // Whatever streams still hang on the request end with it.
+        self.closed.send_replace(true);
+        let taken = std::mem::take(&mut *self.opened());
+        self.registry.close_unkept(taken);
+    }
+}
+
+impl Source for PerRequest {
+    fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.clone()
+    }
+
+    fn who(&self) -> &dyn fmt::Display {
+        &"stateless request"
+    }
+
+    fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    async fn upstream(
+        &self,
+        server: &Arc<UpstreamServer>,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        if let Some(us) = self
+            .opened()
+            .iter()
+            .find(|us| Arc::ptr_eq(&us.server, server))
+        {
+            return Ok(us.clone());
+        }
+        let us = self.registry.open_unkept(server, &self.init_params).await?;
+        self.opened().push(us.clone());
+        Ok(us)
+    }
+
+    async fn evict(&self, failed: &Arc<UpstreamSession>, _why: &UpstreamError) {
+        let removed = {
+            let mut opened = self.opened();
+            let before = opened.len();
+            opened.retain(|us| !Arc::ptr_eq(us, failed));
+            before - opened.len()
+        };
+        if removed > 0 {
+            self.registry.close_unkept(vec![failed.clone()]);
+        }
+    }
+}

@@ -164,6 +164,47 @@ impl Registry {
         Ok(created)
     }
 
+    /// An upstream session for one request only (a stateless client's):
+    /// kept in no cell and never handed to another request; the caller
+    /// closes it with [`Registry::close_unkept`].
+    pub(crate) async fn open_unkept(
+        &self,
+        server: &Arc<UpstreamServer>,
+        init_params: &str,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        match UpstreamSession::initialize(server.clone(), init_params).await {
+            Ok(created) => {
+                self.event(&server.id, "created");
+                self.live(&server.id, 1);
+                Ok(created)
+            }
+            Err(e) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&server.id, e.kind()])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Close upstream sessions made by [`Registry::open_unkept`], in the
+    /// background: the request they served has its answer already.
+    pub(crate) fn close_unkept(self: &Arc<Self>, taken: Vec<Arc<UpstreamSession>>) {
+        if taken.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let registry = self.clone();
+        rt.spawn(async move {
+            registry
+                .close_all(taken, "closed", registry.close_grace * 2)
+                .await;
+        });
+    }
+
     /// Drop `failed` from its cell after a transport error, unless the cell
     /// already holds a newer upstream session.
     pub(crate) async fn evict(

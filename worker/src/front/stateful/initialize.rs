@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
+use crate::front::identity::EndpointIdentity;
 use crate::http::body::Body;
 use crate::jsonrpc;
 use crate::metrics::{Outcome, OutcomeSlot};
@@ -176,91 +177,21 @@ async fn open_upstreams(ctx: &Arc<Ctx>, session: &Arc<Session>) -> Vec<Arc<Upstr
     opened.into_iter().map(|(_, us)| us).collect()
 }
 
-/// Capabilities the gateway relays for any upstream, offered when no
-/// upstream could be asked: list changes, resource subscriptions, logging,
-/// completions.
-const GATEWAY_CAPABILITIES: &str = concat!(
-    "{\"tools\":{\"listChanged\":true},\"prompts\":{\"listChanged\":true},",
-    "\"resources\":{\"subscribe\":true,\"listChanged\":true},",
-    "\"logging\":{},\"completions\":{}}"
-);
-
-/// Capability families the gateway serves on a federated endpoint (merged
-/// lists, routing by name or URI, broadcast `logging/setLevel`).
-const FEDERATED_CAPABILITIES: [&str; 5] =
-    ["tools", "prompts", "resources", "logging", "completions"];
-
-/// The `initialize` result. One upstream (transparent): its `serverInfo`,
-/// `instructions` and capabilities as it gave them. Several (federated):
-/// the gateway's `serverInfo`, the capability families any upstream has
-/// (each boolean flag set if any upstream sets it), and each upstream's
-/// instructions under its id. No upstream reached: the gateway's own.
+/// The `initialize` result: the version and who the endpoint is
+/// ([`EndpointIdentity`]).
 fn initialize_result(
     endpoint: &Endpoint,
     version: &str,
     opened: &[Arc<UpstreamSession>],
 ) -> String {
     use serde_json::{Map, Value};
-    let gateway_info = serde_json::json!({"name": "mcpgw", "version": env!("CARGO_PKG_VERSION")});
-    let parse = |raw: &str| serde_json::from_str::<Value>(raw).ok();
+    let who = EndpointIdentity::of(endpoint, opened);
     let mut result = Map::new();
     result.insert("protocolVersion".into(), Value::from(version));
-    if opened.is_empty() {
-        result.insert(
-            "capabilities".into(),
-            parse(GATEWAY_CAPABILITIES).unwrap_or_default(),
-        );
-        result.insert("serverInfo".into(), gateway_info);
-    } else if !endpoint.namespaced() {
-        let us = &opened[0];
-        let identity = us.identity();
-        result.insert(
-            "capabilities".into(),
-            parse(us.capabilities()).unwrap_or_else(|| Value::Object(Map::new())),
-        );
-        let info = identity
-            .and_then(|i| i.server_info.as_deref())
-            .and_then(parse)
-            .unwrap_or(gateway_info);
-        result.insert("serverInfo".into(), info);
-        if let Some(text) = identity.and_then(|i| i.instructions.as_deref()) {
-            result.insert("instructions".into(), Value::from(text));
-        }
-    } else {
-        let mut caps = Map::new();
-        for us in opened {
-            let Some(Value::Object(theirs)) = parse(us.capabilities()) else {
-                continue;
-            };
-            for family in FEDERATED_CAPABILITIES {
-                let Some(Value::Object(flags)) = theirs.get(family) else {
-                    continue;
-                };
-                let Value::Object(ours) = caps
-                    .entry(family)
-                    .or_insert_with(|| Value::Object(Map::new()))
-                else {
-                    continue;
-                };
-                for (flag, on) in flags {
-                    if on == &Value::Bool(true) {
-                        ours.insert(flag.clone(), Value::Bool(true));
-                    }
-                }
-            }
-        }
-        result.insert("capabilities".into(), Value::Object(caps));
-        result.insert("serverInfo".into(), gateway_info);
-        let labelled: Vec<String> = opened
-            .iter()
-            .filter_map(|us| {
-                let text = us.identity()?.instructions.as_deref()?;
-                Some(format!("[upstream {}]\n{text}", us.server.id))
-            })
-            .collect();
-        if !labelled.is_empty() {
-            result.insert("instructions".into(), Value::from(labelled.join("\n\n")));
-        }
+    result.insert("capabilities".into(), who.capabilities);
+    result.insert("serverInfo".into(), who.server_info);
+    if let Some(text) = who.instructions {
+        result.insert("instructions".into(), Value::from(text));
     }
     Value::Object(result).to_string()
 }

@@ -16,7 +16,8 @@ use crate::front::common::{
 use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
-use crate::route::reply::{Accept, rpc, rpc_error};
+use crate::front::stateless;
+use crate::route::reply::{Accept, rpc_error};
 use crate::route::request;
 use crate::route::source::InSession;
 use std::sync::Arc;
@@ -49,7 +50,10 @@ pub(crate) async fn serve(
         return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
     };
     let accept = Accept::of(&req);
+    // A stateless client's request: its session id, if any, is ignored.
+    let stateless = stateless::by_header(req.headers());
     let session = match req.headers().get(MCP_SESSION_ID) {
+        _ if stateless => None,
         None => None,
         Some(raw) => match SessionId::parse(raw.as_bytes()) {
             Err(e) => {
@@ -86,8 +90,9 @@ pub(crate) async fn serve(
                 Origin::Public(client) => client,
                 Origin::Internal => None,
             };
-            post(ctx, endpoint, session, accept, req, client).await
+            post(ctx, endpoint, session, accept, req, client, stateless).await
         }
+        Method::GET | Method::DELETE if stateless => stateless::no_session_method(),
         Method::GET => get(ctx, session, accept),
         Method::DELETE => Box::pin(delete(ctx, session, accept)).await,
         _ => {
@@ -107,6 +112,7 @@ pub(crate) async fn post(
     accept: Accept,
     req: Request<ReqBody>,
     client: Option<ClientAddr>,
+    stateless: bool,
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
@@ -119,6 +125,7 @@ pub(crate) async fn post(
         accept,
         req,
         client,
+        stateless,
         &mut method,
         &outcome,
     )
@@ -140,6 +147,7 @@ pub(crate) async fn post_inner(
     accept: Accept,
     req: Request<ReqBody>,
     client: Option<ClientAddr>,
+    stateless: bool,
     method_label: &mut &'static str,
     outcome: &OutcomeSlot,
 ) -> Response<Body> {
@@ -158,8 +166,9 @@ pub(crate) async fn post_inner(
             "Accept must include application/json or text/event-stream\n",
         );
     }
-    let header_version = req.headers().get(MCP_PROTOCOL_VERSION).cloned();
-    let body = match req.into_body() {
+    let (parts, body) = req.into_parts();
+    let header_version = parts.headers.get(MCP_PROTOCOL_VERSION);
+    let body = match body {
         ReqBody::Whole(bytes) => bytes.unwrap_or_default(),
         ReqBody::TooLarge { limit } => {
             info!(limit, "request body too large");
@@ -174,6 +183,16 @@ pub(crate) async fn post_inner(
     };
     if jsonrpc::is_batch(&body) {
         *method_label = "batch";
+        if stateless {
+            outcome.set(Outcome::JsonrpcError);
+            return rpc_error(
+                accept,
+                StatusCode::BAD_REQUEST,
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                "a stateless (2026-07-28) request cannot be a batch",
+            );
+        }
         return Box::pin(batch(ctx, session, accept, &body)).await;
     }
     let Some(env) = jsonrpc::parse(&body) else {
@@ -192,17 +211,23 @@ pub(crate) async fn post_inner(
         Kind::Response => "response",
         Kind::Invalid => "other",
     };
-    let Some(session) = session else {
-        return Box::pin(sessionless(
+    if session.is_none()
+        && (stateless || stateless::by_body(&env))
+        && !matches!(env.kind(), Kind::Request("initialize"))
+    {
+        return Box::pin(stateless::post(
             ctx,
             endpoint,
             accept,
+            &parts.headers,
             &env,
-            header_version.as_ref(),
-            client,
+            &body,
             outcome,
         ))
         .await;
+    }
+    let Some(session) = session else {
+        return Box::pin(sessionless(ctx, endpoint, accept, &env, client, outcome)).await;
     };
     session.touch();
     if let Some(v) = &header_version {
@@ -377,35 +402,12 @@ pub(crate) async fn sessionless(
     endpoint: Arc<Endpoint>,
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
-    header_version: Option<&HeaderValue>,
     client: Option<ClientAddr>,
     outcome: &OutcomeSlot,
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request("initialize") => {
             Box::pin(initialize(ctx, endpoint, accept, env, client, outcome)).await
-        }
-        Kind::Request("server/discover") => {
-            // The stateless 2026-07-28 protocol is not served yet. A server
-            // of the initialize era does not know the method; that answer
-            // (not -32022, which is a modern server's "no version in
-            // common" and forbids falling back) is what makes clients in
-            // their auto mode fall back to `initialize`.
-            info!(
-                version = header_version.and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                "server/discover: the stateless protocol is not served; the client falls back to initialize"
-            );
-            outcome.set(Outcome::JsonrpcError);
-            rpc(
-                accept,
-                StatusCode::OK,
-                jsonrpc::error(
-                    env.id_raw(),
-                    jsonrpc::METHOD_NOT_FOUND,
-                    "Method not found: server/discover (this endpoint speaks the initialize handshake)",
-                    None,
-                ),
-            )
         }
         _ => rpc_error(
             accept,

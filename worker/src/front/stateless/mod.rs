@@ -1,0 +1,317 @@
+//! The stateless MCP era (2026-07-28): every POST is one self-contained
+//! request. Its `_meta` says who the client is and what it can do, its
+//! headers repeat the method and name so that they can be routed without
+//! a parse (and must agree with the body), and nothing outlives it: no
+//! session id is minted or read, GET and DELETE have no meaning.
+//!
+//! In front of stateful upstreams, a request gets upstream sessions of its
+//! own ([`PerRequest`]): opened with the client's capabilities and info,
+//! used by this request alone, closed after it, so two clients (or two
+//! requests of one client) never share upstream state. Routing is the same
+//! as for the stateful era ([`crate::route`]); this front end only checks
+//! the request, and completes each result as the revision requires
+//! (`resultType`, cache hints).
+//!
+//! - [`meta`]: the request's `_meta` and its routing headers, checked.
+
+mod meta;
+
+use crate::front::common::accepted;
+use crate::front::identity::EndpointIdentity;
+use crate::route::reply::{Accept, rpc};
+use crate::route::source::{PerRequest, Source};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::ALLOW;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use mcpgw_protocol::headers::MCP_PROTOCOL_VERSION;
+use tracing::info;
+
+use crate::ctx::Ctx;
+use crate::endpoints::Endpoint;
+use crate::front::stateless::meta::{Refusal, RequestMeta};
+use crate::http::body::Body;
+use crate::jsonrpc::{self, Answer, Kind, RawObject};
+use crate::metrics::{Outcome, OutcomeSlot};
+use crate::route;
+
+/// The one stateless revision served.
+pub(crate) const VERSION: &str = "2026-07-28";
+
+/// Every version a client may use here, newest first (`server/discover`'s
+/// `supportedVersions`, and what a -32022 lists).
+const SUPPORTED: [&str; 4] = [VERSION, "2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// The stateful version the gateway speaks to a stateful upstream on a
+/// stateless client's behalf.
+const UPSTREAM_VERSION: &str = "2025-11-25";
+
+/// Methods the 2026-07-28 revision removed: a stateless client that sends
+/// one gets "method not found", as from any server of the revision.
+const REMOVED: [&str; 7] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tasks/list",
+    "tasks/result",
+];
+
+/// A request of the stateless era by its headers: its `MCP-Protocol-Version`
+/// names the stateless revision. Such a request's `Mcp-Session-Id` is
+/// ignored, as the revision says.
+pub(crate) fn by_header(headers: &HeaderMap) -> bool {
+    headers
+        .get(MCP_PROTOCOL_VERSION)
+        .is_some_and(|v| v.as_bytes() == VERSION.as_bytes())
+}
+
+/// A request without a session that is of the stateless era by its body:
+/// `server/discover`, or per-request `_meta` naming a protocol version. A
+/// scan, not a parse: it runs only for requests without a session.
+pub(crate) fn by_body(env: &jsonrpc::Envelope<'_>) -> bool {
+    match env.kind() {
+        Kind::Request("initialize") => false,
+        Kind::Request("server/discover") => true,
+        _ => env
+            .params
+            .is_some_and(|p| p.get().contains(meta::PROTOCOL_VERSION_KEY)),
+    }
+}
+
+/// GET or DELETE of a stateless client: there is no stream or session to
+/// open or end.
+pub(crate) fn no_session_method() -> Response<Body> {
+    let mut r = crate::front::common::plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "a stateless (2026-07-28) client has no session: use POST\n",
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+/// One stateless POST (not a batch: the caller refuses those).
+pub(crate) async fn post(
+    ctx: &Arc<Ctx>,
+    endpoint: Arc<Endpoint>,
+    accept: Accept,
+    headers: &HeaderMap,
+    env: &jsonrpc::Envelope<'_>,
+    body: &Bytes,
+    outcome: &OutcomeSlot,
+) -> Response<Body> {
+    let id = env.id_raw();
+    let method = match env.kind() {
+        Kind::Request(m) => m,
+        // The revision defines none a client would send over HTTP; they
+        // are taken and dropped, as a server of the revision does.
+        Kind::Notification(_) => return accepted(),
+        Kind::Response | Kind::Invalid => {
+            return refuse(
+                accept,
+                outcome,
+                id,
+                Refusal::Invalid("a stateless client sends requests only".into()),
+            );
+        }
+    };
+    let meta = match RequestMeta::check(headers, method, env.params) {
+        Ok(meta) => meta,
+        Err(refusal) => return refuse(accept, outcome, id, refusal),
+    };
+    if REMOVED.contains(&method) || method == "subscriptions/listen" {
+        // `subscriptions/listen` is not served yet (no stream outlives a
+        // stateless request here); a client learns it like any method a
+        // server does not have.
+        return refuse(
+            accept,
+            outcome,
+            id,
+            Refusal::NoMethod(format!("Method not found: {method}")),
+        );
+    }
+    let src = PerRequest::new(
+        ctx.registry.clone(),
+        endpoint,
+        meta.upstream_init_params(UPSTREAM_VERSION),
+    );
+    if method == "server/discover" {
+        let opened = src.open_all().await;
+        let who = EndpointIdentity::of(&src.endpoint(), &opened);
+        return rpc(
+            accept,
+            StatusCode::OK,
+            jsonrpc::result(id, &discover_result(who)),
+        );
+    }
+    // Routed as for any client, answered whole (the upstream sessions end
+    // with the request), then completed for the revision.
+    let whole = Accept {
+        json: true,
+        sse: false,
+    };
+    let env_route = ctx.route_env(outcome);
+    let env_route = route::env::Env {
+        tool_call: method == "tools/call",
+        ..env_route
+    };
+    let resp = route::request(env_route, &src, method, env, body, whole).await;
+    drop(src);
+    let status = resp.status();
+    let message = match resp.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            info!(error = %e, "stateless answer could not be read");
+            outcome.set(Outcome::UpstreamError);
+            jsonrpc::error(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the upstream answer could not be read",
+                None,
+            )
+        }
+    };
+    let cache_hints = matches!(
+        method,
+        "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    );
+    rpc(accept, status, complete_result(message, cache_hints))
+}
+
+/// A refused request: the status and JSON-RPC error the revision gives
+/// each reason, and a log line that says what was wrong.
+fn refuse(accept: Accept, outcome: &OutcomeSlot, id: &str, refusal: Refusal) -> Response<Body> {
+    info!(reason = %refusal, "stateless request refused");
+    outcome.set(Outcome::JsonrpcError);
+    let (status, code, data) = match &refusal {
+        Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, jsonrpc::INVALID_REQUEST, None),
+        Refusal::Meta(_) => (StatusCode::BAD_REQUEST, jsonrpc::INVALID_PARAMS, None),
+        Refusal::Header(_) => (StatusCode::BAD_REQUEST, jsonrpc::HEADER_MISMATCH, None),
+        Refusal::Version(requested) => (
+            StatusCode::BAD_REQUEST,
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            Some(serde_json::json!({"supported": SUPPORTED, "requested": requested}).to_string()),
+        ),
+        Refusal::NoMethod(_) => (StatusCode::NOT_FOUND, jsonrpc::METHOD_NOT_FOUND, None),
+    };
+    rpc(
+        accept,
+        status,
+        jsonrpc::error(id, code, &refusal.to_string(), data.as_deref()),
+    )
+}
+
+/// The `server/discover` result: every version served, who the endpoint
+/// is, and no caching (what the upstreams offer may change with the
+/// client's capabilities, and stateful upstreams give no lifetime).
+fn discover_result(who: EndpointIdentity) -> String {
+    let mut result = serde_json::json!({
+        "resultType": "complete",
+        "supportedVersions": SUPPORTED,
+        "capabilities": who.capabilities,
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": {"io.modelcontextprotocol/serverInfo": who.server_info},
+    });
+    if let (Some(text), Some(obj)) = (who.instructions, result.as_object_mut()) {
+        obj.insert("instructions".into(), serde_json::Value::from(text));
+    }
+    result.to_string()
+}
+
+/// A result as the revision requires it: `resultType` on every one, and
+/// cache hints on lists and reads (`ttlMs` 0 and `private` when the
+/// upstream gave none: a stateful upstream's results were never meant to
+/// be cached or shared). Errors pass unchanged.
+fn complete_result(message: Bytes, cache_hints: bool) -> Bytes {
+    let Some(Answer::Result(result)) = jsonrpc::answer(&message) else {
+        return message;
+    };
+    let raw = result.get().trim();
+    let Some(rest) = raw.strip_prefix('{') else {
+        return message;
+    };
+    let Ok(members) = serde_json::from_str::<RawObject<'_>>(raw) else {
+        return message;
+    };
+    let mut added = String::with_capacity(64);
+    let mut add = |key: &str, value: &str| {
+        if members.get(key).is_none() {
+            if !added.is_empty() {
+                added.push(',');
+            }
+            jsonrpc::push_json_string(&mut added, key);
+            added.push(':');
+            added.push_str(value);
+        }
+    };
+    add("resultType", "\"complete\"");
+    if cache_hints {
+        add("ttlMs", "0");
+        add("cacheScope", "\"private\"");
+    }
+    if added.is_empty() {
+        return message;
+    }
+    let mut completed = String::with_capacity(raw.len() + added.len() + 2);
+    completed.push('{');
+    completed.push_str(&added);
+    if !members.0.is_empty() {
+        completed.push(',');
+    }
+    completed.push_str(rest);
+    let id = jsonrpc::response_kind(&message, false).map_or("null", |(id, _)| id);
+    jsonrpc::result(id, &completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result_of(message: &Bytes) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(message).expect("json");
+        v["result"].clone()
+    }
+
+    #[test]
+    fn results_are_completed_once() {
+        let m = complete_result(
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#),
+            true,
+        );
+        let r = result_of(&m);
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["ttlMs"], 0);
+        assert_eq!(r["cacheScope"], "private");
+        assert_eq!(r["tools"], serde_json::json!([]));
+        let v: serde_json::Value = serde_json::from_slice(&m).expect("json");
+        assert_eq!(v["id"], 3);
+
+        let empty = complete_result(
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
+            false,
+        );
+        assert_eq!(
+            result_of(&empty),
+            serde_json::json!({"resultType": "complete"})
+        );
+
+        let given = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","ttlMs":5,"cacheScope":"public","tools":[]}}"#,
+        );
+        assert_eq!(complete_result(given.clone(), true), given);
+
+        let error = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#,
+        );
+        assert_eq!(complete_result(error.clone(), true), error);
+    }
+}

@@ -26,14 +26,11 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::http::body::Body;
-use crate::jsonrpc;
+use crate::jsonrpc::{self, RESOURCE_NOT_FOUND};
 use crate::route::env::Env;
 use crate::route::lists::ListKind;
 use crate::session::Session;
 use crate::upstream::read_answer;
-
-/// MCP's code for an unknown resource.
-pub(crate) const RESOURCE_NOT_FOUND: i32 = -32002;
 
 /// A request inside a session.
 pub(crate) async fn request(

@@ -24,7 +24,8 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use mcpgw_mcp::version::ProtocolVersion;
 use mcpgw_protocol::session_id::SessionId;
 use tokio::time::Instant;
 use tracing::info;
@@ -277,7 +278,7 @@ pub(crate) async fn batch(
     let Some(session) = session else {
         return refuse("a batch needs a session (initialize cannot be batched)");
     };
-    if session.version != "2025-03-26" {
+    if ProtocolVersion::parse(session.version) != Some(ProtocolVersion::V2025_03_26) {
         return refuse(&format!(
             "JSON-RPC batches exist in protocol 2025-03-26 only; this session speaks {}",
             session.version
@@ -385,7 +386,7 @@ pub(crate) async fn sessionless(
             // makes current clients fall back to `initialize`.
             let requested = header_version
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("2026-07-28");
+                .unwrap_or(ProtocolVersion::V2026_07_28.as_str());
             outcome.set(Outcome::JsonrpcError);
             rpc(
                 accept,

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use mcpgw_protocol::headers::MCP_SESSION_ID;
+use mcpgw_mcp::headers::text::MCP_SESSION_ID;
 use mcpgw_protocol::session_id::SessionId;
 use nix::sys::socket::{MsgFlags, recv};
 use tokio::io::Interest;

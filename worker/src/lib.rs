@@ -24,9 +24,13 @@
 //! - [`http`]: HTTP, blind to MCP: the server, the pooled client, framing,
 //!   bodies, SSE, the `Host`/`Origin` policy.
 //! - [`metrics`]: this worker's Prometheus registry.
-//! - [`jsonrpc`], [`versions`]: MCP message plumbing; [`bounded`]:
-//!   background jobs under one time bound (closing paths); [`error`]: why a
-//!   worker stops.
+//! - [`bounded`]: background jobs under one time bound (closing paths);
+//!   [`error`]: why a worker stops.
+//!
+//! The MCP vocabulary (JSON-RPC as raw bytes, error codes, SSE, header
+//! names, protocol versions) is the `mcpgw-mcp` crate, shared with the
+//! wrapper; `jsonrpc` and `versions` are imported here under the names the
+//! modules above have always used.
 
 mod bounded;
 mod ctx;
@@ -35,15 +39,15 @@ mod error;
 mod forward;
 mod front;
 mod http;
-mod jsonrpc;
 mod metrics;
 mod relay;
 mod route;
 mod run;
 mod session;
 pub mod upstream;
-mod versions;
 
+use mcpgw_mcp::jsonrpc;
+use mcpgw_mcp::version as versions;
 use mcpgw_protocol::control::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 use mcpgw_protocol::fdpass;
 

@@ -21,16 +21,16 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
+use mcpgw_mcp::headers::MCP_SESSION_ID;
+use mcpgw_mcp::sse::{Parser, TooLarge};
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
 use crate::bridge::Bridge;
 use crate::failure::Failure;
-use crate::headers::MCP_SESSION_ID;
 use crate::jsonrpc::{self, IdKey, Kind};
 use crate::session::Phase;
-use crate::sse::{SseParser, SseTooLarge};
 use crate::transport::{
     Routing, SessionHeaders, TransportError, media_type, next_chunk, read_body,
 };
@@ -117,7 +117,7 @@ enum StreamEnd {
     AllAnswered,
     Ended,
     Broken(TransportError),
-    TooLarge(SseTooLarge),
+    TooLarge(TooLarge),
 }
 
 impl Bridge {
@@ -282,7 +282,7 @@ impl Bridge {
         out: &Outgoing<'_>,
         ctx: &mut Ctx,
     ) -> Result<(), Failure> {
-        let mut parser = SseParser::new(MAX_ANSWER);
+        let mut parser = Parser::with_limit(MAX_ANSWER);
         let (mut end, _) = self.read_events(body, &mut parser, Some(ctx)).await;
         let mut attempts = 0;
         loop {
@@ -360,7 +360,7 @@ impl Bridge {
     async fn read_events(
         self: &Arc<Self>,
         mut body: Incoming,
-        parser: &mut SseParser,
+        parser: &mut Parser,
         mut ctx: Option<&mut Ctx>,
     ) -> (StreamEnd, usize) {
         let url = self.transport.url().clone();
@@ -402,7 +402,7 @@ impl Bridge {
     pub(crate) async fn read_stream_events(
         self: &Arc<Self>,
         body: Incoming,
-        parser: &mut SseParser,
+        parser: &mut Parser,
     ) -> (Result<(), String>, usize) {
         let (end, count) = self.read_events(body, parser, None).await;
         let result = match end {

@@ -42,7 +42,7 @@ impl Failure {
         }
     }
 
-    fn code(&self) -> i64 {
+    fn code(&self) -> i32 {
         match self {
             Self::Timeout { .. } => jsonrpc::REQUEST_TIMEOUT,
             Self::NoAnswer { .. } | Self::InvalidAnswer { .. } => jsonrpc::INTERNAL_ERROR,

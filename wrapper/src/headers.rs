@@ -1,5 +1,5 @@
-//! The MCP-specific HTTP headers the wrapper sends and reads, and how a value from a
-//! JSON-RPC body becomes a header value.
+//! Which headers the wrapper manages itself, and how a value from a JSON-RPC body
+//! becomes a routing-header value. The names are `mcpgw_mcp::headers`.
 //!
 //! `Mcp-Method` and `Mcp-Name` (the routing headers of the 2026-07-28 revision) copy
 //! the method and `params.name`/`params.uri` of the message; a value that is not safe
@@ -7,21 +7,16 @@
 //! sent as `=?base64?<base64 of its UTF-8>?=`, so a tool name can never inject a header.
 //! Building requests is [`crate::transport`]'s job; this module only names and encodes.
 
-use hyper::header::{HeaderName, HeaderValue};
-
-pub(crate) const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-pub(crate) const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-pub(crate) const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-pub(crate) const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-pub(crate) const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+use hyper::header::HeaderValue;
+use mcpgw_mcp::headers::text;
 
 /// Headers the wrapper manages itself; `--header` may not set them.
 pub(crate) const MANAGED: [&str; 9] = [
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "mcp-method",
-    "mcp-name",
-    "last-event-id",
+    text::MCP_SESSION_ID,
+    text::MCP_PROTOCOL_VERSION,
+    text::MCP_METHOD,
+    text::MCP_NAME,
+    text::LAST_EVENT_ID,
     "accept",
     "content-type",
     "content-length",

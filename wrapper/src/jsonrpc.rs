@@ -1,24 +1,25 @@
-//! JSON-RPC as far as the wrapper needs it: what kind of message a line is, the keys
-//! that route it (`id`, `method`, `params.name`/`params.uri`, the 2026-07-28
-//! `_meta` protocol version), and the error responses the wrapper writes on behalf of
-//! a server that could not answer.
+//! JSON-RPC as far as the wrapper needs it, on parsed [`Value`]s: what kind of message
+//! a line is, the keys that route it (`id`, `method`, `params.name`/`params.uri`, the
+//! 2026-07-28 `_meta` protocol version), and the error responses the wrapper writes on
+//! behalf of a server that could not answer.
 //!
 //! Messages are otherwise passed through untouched (parsed to [`Value`] and written
-//! back in the same key order); the wrapper never rewrites a payload.
+//! back in the same key order); the wrapper never rewrites a payload. The error codes
+//! and the `_meta` key are the shared vocabulary (`mcpgw_mcp`); what stays here works
+//! on `Value`s and has the wrapper's own rules, which differ from the gateway's raw
+//! scan on purpose: an `id` of `null` counts as absent and any other `id` is passed on
+//! for the server to judge, because the wrapper relays rather than serves.
 
+use mcpgw_mcp::version::META_PROTOCOL_VERSION;
 use serde_json::{Value, json};
 
-/// The connection to the server failed or the session was lost (the code the MCP SDKs
-/// use for a closed connection).
-pub(crate) const CONNECTION_CLOSED: i64 = -32000;
-/// The request did not complete within `--timeout` (the MCP SDKs' request-timeout code).
-pub(crate) const REQUEST_TIMEOUT: i64 = -32001;
-pub(crate) const INVALID_REQUEST: i64 = -32600;
-pub(crate) const INTERNAL_ERROR: i64 = -32603;
-pub(crate) const PARSE_ERROR: i64 = -32700;
+pub(crate) use mcpgw_mcp::jsonrpc::{INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR};
 
-/// Where `_meta` carries the protocol version in the 2026-07-28 revision.
-const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The connection to the server failed or the session was lost (the code the MCP SDKs
+/// use for a closed connection; the gateway gives -32000 another meaning).
+pub(crate) const CONNECTION_CLOSED: i32 = -32000;
+/// The request did not complete within `--timeout` (the MCP SDKs' request-timeout code).
+pub(crate) const REQUEST_TIMEOUT: i32 = -32001;
 
 /// A JSON-RPC id as a map key: its canonical JSON text, so `1` and `"1"` differ.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,7 +108,7 @@ pub(crate) fn meta_protocol_version(message: &Value) -> Option<&str> {
 }
 
 /// The error response for request `id`.
-pub(crate) fn error_response(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+pub(crate) fn error_response(id: &Value, code: i32, message: &str, data: Option<Value>) -> Value {
     let mut error = json!({"code": code, "message": message});
     if let (Some(data), Some(obj)) = (data, error.as_object_mut()) {
         obj.insert("data".to_owned(), data);

@@ -19,9 +19,11 @@
 //! - `session`: session phases and generations.
 //! - `pending`: requests awaiting an answer; exactly one answer each.
 //! - `transport`: HTTP requests to the server (hyper, plain http only).
-//! - `sse`: the incremental `text/event-stream` parser.
-//! - `jsonrpc`: message classification and error responses.
-//! - `headers`: MCP header names and routing-header value encoding.
+//! - `jsonrpc`: message classification and error responses, on parsed values.
+//! - `headers`: the headers the wrapper manages and routing-header value encoding.
+//!
+//! The MCP vocabulary it shares with the gateway (error codes, the SSE parser, header
+//! names, protocol versions) is the `mcpgw-mcp` crate.
 //! - `failure`: why a request got an error from the wrapper, as a JSON-RPC error.
 //! - `bridge_tests` (tests only): the bridge against a scripted in-process server.
 
@@ -35,7 +37,6 @@ mod jsonrpc;
 pub mod options;
 mod pending;
 mod session;
-mod sse;
 mod stdio;
 mod stream;
 mod transport;

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
+use mcpgw_mcp::sse::Parser;
 use tracing::{debug, info, warn};
 
 use crate::bridge::Bridge;
 use crate::exchange::{MAX_ANSWER, boxed_session_lost};
-use crate::sse::SseParser;
 use crate::transport::{SessionHeaders, media_type};
 
 /// First reconnection delay when the server did not set one with `retry:`.
@@ -24,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Bridge {
     pub(crate) async fn run_stream(self: Arc<Self>, generation: u64, headers: SessionHeaders) {
-        let mut parser = SseParser::new(MAX_ANSWER);
+        let mut parser = Parser::with_limit(MAX_ANSWER);
         let mut backoff = INITIAL_BACKOFF;
         let mut opened_once = false;
         loop {

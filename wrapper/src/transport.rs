@@ -16,10 +16,11 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-use crate::headers::{
-    LAST_EVENT_ID, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, routing_value,
+use mcpgw_mcp::headers::{
+    LAST_EVENT_ID, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID,
 };
+
+use crate::headers::routing_value;
 use crate::options::Options;
 
 const ACCEPT_POST: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");

@@ -80,6 +80,9 @@ pub(crate) async fn pump_call(
                 match us.resume_stream(&last, deadline).await {
                     Ok(resp) => {
                         body = resp.into_body();
+                        // A new stream: the broken one's unfinished event is
+                        // void, and this one may open with a BOM.
+                        parser.restart();
                         continue;
                     }
                     Err(e) => return PumpEnd::Failed(e),

@@ -29,14 +29,11 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::http::body::Body;
-use crate::jsonrpc;
+use crate::jsonrpc::{self, RESOURCE_NOT_FOUND};
 use crate::route::env::Env;
 use crate::route::lists::ListKind;
 use crate::route::source::Source;
 use crate::upstream::read_answer;
-
-/// MCP's code for an unknown resource.
-pub(crate) const RESOURCE_NOT_FOUND: i32 = -32002;
 
 /// Route one request that is not the lifecycle's own (`initialize` is
 /// refused: the source is open already).

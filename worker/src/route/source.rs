@@ -129,23 +129,21 @@ impl PerRequest {
 
     /// The upstream sessions opened so far (what they said of themselves
     /// makes the answer to `server/discover`), in endpoint order.
-    pub(crate) fn open_all(&self) -> impl Future<Output = Vec<Arc<UpstreamSession>>> + Send + '_ {
-        async move {
-            let each = self.endpoint.upstreams.iter().map(|server| async move {
-                match self.upstream(server).await {
-                    Ok(us) => Some(us),
-                    Err(e) => {
-                        tracing::warn!(upstream = %server.id, error = %e, "upstream not reachable; left out");
-                        None
-                    }
+    pub(crate) async fn open_all(&self) -> Vec<Arc<UpstreamSession>> {
+        let each = self.endpoint.upstreams.iter().map(|server| async move {
+            match self.upstream(server).await {
+                Ok(us) => Some(us),
+                Err(e) => {
+                    tracing::warn!(upstream = %server.id, error = %e, "upstream not reachable; left out");
+                    None
                 }
-            });
-            futures_util::future::join_all(each)
-                .await
-                .into_iter()
-                .flatten()
-                .collect()
-        }
+            }
+        });
+        futures_util::future::join_all(each)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use mcpgw_mcp::headers::text::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use mcpgw_protocol::channel::{self, ChannelError};
 use mcpgw_protocol::config::Config;
 use mcpgw_protocol::control::{AfterStop, FromWorker, PROTOCOL_VERSION, ToWorker};
 use mcpgw_protocol::fdpass::{self, ConnReceiver};
-use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use mcpgw_mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use mcpgw_protocol::config::{Transport, Upstream};
-use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
@@ -29,11 +29,6 @@ use tracing::{debug, warn};
 use crate::http::client::{ConnError, ConnPool, HeaderBlock, Outgoing, Unfit, UpstreamBody};
 use crate::http::sse;
 use crate::jsonrpc::{self, Answer};
-
-/// Header names made once: inserting by `&str` would parse and allocate a
-/// name on every upstream request.
-const SESSION_ID: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
-const PROTOCOL_VERSION: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
 
 /// The id of the gateway's `initialize` upstream, and the same as raw JSON.
 const INIT_ID: &str = "mcpgw-init";
@@ -213,10 +208,10 @@ impl UpstreamServer {
         let mut h = self.headers.clone();
         h.reserve(2);
         if let Some(s) = session {
-            h.insert(SESSION_ID, s.clone());
+            h.insert(MCP_SESSION_ID, s.clone());
         }
         if let Some(v) = version {
-            h.insert(PROTOCOL_VERSION, v.clone());
+            h.insert(MCP_PROTOCOL_VERSION, v.clone());
         }
         h
     }
@@ -331,7 +326,7 @@ impl UpstreamSession {
                 status: resp.status(),
             });
         }
-        let session_id = resp.headers().get(&SESSION_ID).cloned();
+        let session_id = resp.headers().get(&MCP_SESSION_ID).cloned();
         let message = read_answer(&server, resp, INIT_ID_RAW, deadline).await?;
         let (version, capabilities, identity) = match jsonrpc::answer(&message) {
             Some(Answer::Result(r)) => {
@@ -527,7 +522,7 @@ impl UpstreamSession {
         if let Some(id) = last_event_id {
             let id = HeaderValue::from_str(id)
                 .map_err(|_| self.server.protocol_error("event id is not a header value"))?;
-            h.insert(http::header::HeaderName::from_static("last-event-id"), id);
+            h.insert(LAST_EVENT_ID, id);
         }
         let resp = self
             .server

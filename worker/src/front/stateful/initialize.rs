@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode};
-use mcpgw_protocol::headers::MCP_SESSION_ID;
+use mcpgw_mcp::headers::MCP_SESSION_ID;
 use mcpgw_protocol::session_id::SessionId;
 use serde::Deserialize;
 use tracing::{info, warn};

@@ -26,7 +26,8 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use mcpgw_mcp::version::ProtocolVersion;
 use mcpgw_protocol::session_id::SessionId;
 use tokio::time::Instant;
 use tracing::info;
@@ -307,7 +308,7 @@ pub(crate) async fn batch(
     let Some(session) = session else {
         return refuse("a batch needs a session (initialize cannot be batched)");
     };
-    if session.version != "2025-03-26" {
+    if ProtocolVersion::parse(session.version) != Some(ProtocolVersion::V2025_03_26) {
         return refuse(&format!(
             "JSON-RPC batches exist in protocol 2025-03-26 only; this session speaks {}",
             session.version

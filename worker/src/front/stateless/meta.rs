@@ -8,16 +8,13 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
+use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::VERSION;
-
-pub(crate) const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
-
-const MCP_METHOD: &str = "mcp-method";
-const MCP_NAME: &str = "mcp-name";
 
 /// Why a stateless request is refused, by the error the revision gives it.
 #[derive(Debug)]
@@ -87,17 +84,17 @@ impl<'a> RequestMeta<'a> {
         let params: Params<'a> = match params {
             Some(p) => serde_json::from_str(p.get())
                 .map_err(|_| Refusal::Meta("params must be an object".into()))?,
-            None => return Err(missing(PROTOCOL_VERSION_KEY)),
+            None => return Err(missing(META_PROTOCOL_VERSION)),
         };
-        let meta = params.meta.ok_or_else(|| missing(PROTOCOL_VERSION_KEY))?;
-        let version = meta.version.ok_or_else(|| missing(PROTOCOL_VERSION_KEY))?;
+        let meta = params.meta.ok_or_else(|| missing(META_PROTOCOL_VERSION))?;
+        let version = meta.version.ok_or_else(|| missing(META_PROTOCOL_VERSION))?;
         let capabilities = meta
             .capabilities
             .filter(|c| c.get().trim_start().starts_with('{'))
             .ok_or_else(|| missing("io.modelcontextprotocol/clientCapabilities"))?;
 
-        one_header(headers, "MCP-Protocol-Version", &version)?;
-        one_header(headers, MCP_METHOD, method)?;
+        one_header(headers, &MCP_PROTOCOL_VERSION, &version)?;
+        one_header(headers, &MCP_METHOD, method)?;
         let name = match method {
             "tools/call" | "prompts/get" => Some(("params.name", params.name)),
             "resources/read" => Some(("params.uri", params.uri)),
@@ -105,10 +102,10 @@ impl<'a> RequestMeta<'a> {
         };
         if let Some((what, value)) = name {
             let value = value.ok_or_else(|| Refusal::Meta(format!("{method} needs {what}")))?;
-            one_header(headers, MCP_NAME, &value)?;
+            one_header(headers, &MCP_NAME, &value)?;
         }
 
-        if version != VERSION {
+        if ProtocolVersion::parse(&version) != Some(VERSION) {
             return Err(Refusal::Version(version.into_owned()));
         }
         Ok(Self {
@@ -143,7 +140,7 @@ impl<'a> RequestMeta<'a> {
 
 /// Header `name` must be there once and say `expected` (its value may be
 /// in the revision's `=?base64?…?=` form).
-fn one_header(headers: &HeaderMap, name: &str, expected: &str) -> Result<(), Refusal> {
+fn one_header(headers: &HeaderMap, name: &HeaderName, expected: &str) -> Result<(), Refusal> {
     let mut values = headers.get_all(name).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Refusal::Header(

@@ -26,7 +26,8 @@ use bytes::Bytes;
 use http::header::ALLOW;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
-use mcpgw_protocol::headers::MCP_PROTOCOL_VERSION;
+use mcpgw_mcp::headers::MCP_PROTOCOL_VERSION;
+use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use tracing::info;
 
 use crate::ctx::Ctx;
@@ -38,15 +39,17 @@ use crate::metrics::{Outcome, OutcomeSlot};
 use crate::route;
 
 /// The one stateless revision served.
-pub(crate) const VERSION: &str = "2026-07-28";
+pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V2026_07_28;
 
 /// Every version a client may use here, newest first (`server/discover`'s
 /// `supportedVersions`, and what a -32022 lists).
-const SUPPORTED: [&str; 4] = [VERSION, "2025-11-25", "2025-06-18", "2025-03-26"];
+fn supported() -> impl Iterator<Item = &'static str> {
+    ProtocolVersion::ALL.iter().rev().map(|v| v.as_str())
+}
 
 /// The stateful version the gateway speaks to a stateful upstream on a
 /// stateless client's behalf.
-const UPSTREAM_VERSION: &str = "2025-11-25";
+const UPSTREAM_VERSION: ProtocolVersion = ProtocolVersion::LATEST_STATEFUL;
 
 /// Methods the 2026-07-28 revision removed: a stateless client that sends
 /// one gets "method not found", as from any server of the revision.
@@ -66,7 +69,7 @@ const REMOVED: [&str; 7] = [
 pub(crate) fn by_header(headers: &HeaderMap) -> bool {
     headers
         .get(MCP_PROTOCOL_VERSION)
-        .is_some_and(|v| v.as_bytes() == VERSION.as_bytes())
+        .is_some_and(|v| ProtocolVersion::from_bytes(v.as_bytes()) == Some(VERSION))
 }
 
 /// A request without a session that is of the stateless era by its body:
@@ -78,7 +81,7 @@ pub(crate) fn by_body(env: &jsonrpc::Envelope<'_>) -> bool {
         Kind::Request("server/discover") => true,
         _ => env
             .params
-            .is_some_and(|p| p.get().contains(meta::PROTOCOL_VERSION_KEY)),
+            .is_some_and(|p| p.get().contains(META_PROTOCOL_VERSION)),
     }
 }
 
@@ -137,7 +140,7 @@ pub(crate) async fn post(
     let src = PerRequest::new(
         ctx.registry.clone(),
         endpoint,
-        meta.upstream_init_params(UPSTREAM_VERSION),
+        meta.upstream_init_params(UPSTREAM_VERSION.as_str()),
     );
     if method == "server/discover" {
         let opened = src.open_all().await;
@@ -198,7 +201,8 @@ fn refuse(accept: Accept, outcome: &OutcomeSlot, id: &str, refusal: Refusal) -> 
         Refusal::Version(requested) => (
             StatusCode::BAD_REQUEST,
             jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
-            Some(serde_json::json!({"supported": SUPPORTED, "requested": requested}).to_string()),
+            Some(serde_json::json!({"supported": supported().collect::<Vec<_>>(), "requested": requested})
+                    .to_string()),
         ),
         Refusal::NoMethod(_) => (StatusCode::NOT_FOUND, jsonrpc::METHOD_NOT_FOUND, None),
     };
@@ -215,7 +219,7 @@ fn refuse(accept: Accept, outcome: &OutcomeSlot, id: &str, refusal: Refusal) -> 
 fn discover_result(who: EndpointIdentity) -> String {
     let mut result = serde_json::json!({
         "resultType": "complete",
-        "supportedVersions": SUPPORTED,
+        "supportedVersions": supported().collect::<Vec<_>>(),
         "capabilities": who.capabilities,
         "ttlMs": 0,
         "cacheScope": "private",

@@ -328,7 +328,7 @@ pub(crate) fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use mcpgw_protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+    use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 
     fn parse(raw: &str) -> Result<Option<(RequestHead, usize)>, Refused> {
         parse_request(raw.as_bytes(), 16 * 1024)

@@ -129,7 +129,7 @@ pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opene
     let endpoint = timeout(ENDPOINT_WAIT, async {
         loop {
             while let Some(event) = parser.next_event() {
-                if event.event.as_deref() == Some("endpoint") {
+                if event.event == "endpoint" {
                     return Ok(event.data);
                 }
             }
@@ -199,7 +199,7 @@ pub(crate) async fn read_events(
     } = events;
     loop {
         while let Some(event) = parser.next_event() {
-            if matches!(event.event.as_deref(), None | Some("message")) {
+            if event.event == "message" {
                 route(event.data.as_bytes());
             }
         }

@@ -1,11 +1,12 @@
 //! JSON-RPC 2.0 messages as raw bytes.
 //!
-//! The gateway reads only what routing needs (`id`, `method`, a few params)
-//! and rewrites only what must change, splicing raw JSON: tool arguments,
+//! mcpgw reads only what routing needs (`id`, `method`, a few params) and
+//! rewrites only what must change, splicing raw JSON: tool arguments,
 //! results and unknown fields are never parsed into values and re-encoded,
 //! so nothing a newer client or server sends is lost in transit.
-//! Also: the error codes and the builders for the answers the gateway makes
-//! itself.
+//! Also: the JSON-RPC and MCP error codes, and the builders for the
+//! messages mcpgw writes on its own account. Which code a given failure
+//! gets is the caller's decision.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -15,19 +16,32 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-pub(crate) const PARSE_ERROR: i32 = -32700;
-pub(crate) const INVALID_REQUEST: i32 = -32600;
-pub(crate) const METHOD_NOT_FOUND: i32 = -32601;
-pub(crate) const INVALID_PARAMS: i32 = -32602;
-pub(crate) const INTERNAL_ERROR: i32 = -32603;
-/// 2026-07-28: the request's protocol version is not supported here.
-pub(crate) const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
-/// 2026-07-28: a routing header disagrees with the body.
-pub(crate) const HEADER_MISMATCH: i32 = -32020;
+/// JSON-RPC 2.0: the message is not valid JSON.
+pub const PARSE_ERROR: i32 = -32700;
+/// JSON-RPC 2.0: valid JSON, but not a request object.
+pub const INVALID_REQUEST: i32 = -32600;
+/// JSON-RPC 2.0: no such method.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// JSON-RPC 2.0: the method exists, its params are wrong (MCP also uses it
+/// for an unknown tool, prompt or, from 2026-07-28, resource).
+pub const INVALID_PARAMS: i32 = -32602;
+/// JSON-RPC 2.0: the server failed on its side.
+pub const INTERNAL_ERROR: i32 = -32603;
+/// MCP (2025 revisions): `resources/read` of a URI the server does not have.
+pub const RESOURCE_NOT_FOUND: i32 = -32002;
+/// MCP 2026-07-28: a routing header (`Mcp-Method`, `Mcp-Name`,
+/// `MCP-Protocol-Version`) is missing, malformed or disagrees with the body.
+pub const HEADER_MISMATCH: i32 = -32020;
+/// MCP 2026-07-28: the request needs a client capability the request's
+/// `_meta` does not declare.
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i32 = -32021;
+/// MCP 2026-07-28: the request's protocol version is not supported here;
+/// `data` says which are (see [`crate::version::unsupported_data`]).
+pub const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
 
 /// The top level of one JSON-RPC message, borrowed from the request body.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Envelope<'a> {
+pub struct Envelope<'a> {
     /// `Some("null")` for an explicit null (invalid in MCP), `None` if absent.
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
@@ -48,7 +62,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 
 /// What kind of message an envelope is.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Kind<'e> {
+pub enum Kind<'e> {
     Request(&'e str),
     Notification(&'e str),
     Response,
@@ -56,7 +70,7 @@ pub(crate) enum Kind<'e> {
 }
 
 impl Envelope<'_> {
-    pub(crate) fn kind(&self) -> Kind<'_> {
+    pub fn kind(&self) -> Kind<'_> {
         match (&self.method, self.id) {
             (Some(m), Some(id)) if is_request_id(id.get()) => Kind::Request(m),
             (Some(m), None) => Kind::Notification(m),
@@ -71,7 +85,7 @@ impl Envelope<'_> {
 
     /// The id as raw JSON for an answer to this message: `null` when it is
     /// absent or not an id at all (an array or object is never echoed back).
-    pub(crate) fn id_raw(&self) -> &str {
+    pub fn id_raw(&self) -> &str {
         self.id
             .map(RawValue::get)
             .filter(|id| is_answer_id(id))
@@ -93,7 +107,7 @@ fn is_answer_id(raw: &str) -> bool {
 
 /// Whether two raw JSON ids are the same id: the same text, or the same
 /// string written with other escapes (`"a"` and `"\u0061"`).
-pub(crate) fn same_id(a: &str, b: &str) -> bool {
+pub fn same_id(a: &str, b: &str) -> bool {
     let (a, b) = (a.trim(), b.trim());
     if a == b {
         return true;
@@ -119,13 +133,13 @@ pub(crate) fn same_id(a: &str, b: &str) -> bool {
 /// escapes (it could spell `id`), anything that does not end where it should.
 /// The gateway uses [`response_kind`], which is this scan.
 #[cfg(test)]
-pub(crate) fn response_id(message: &[u8]) -> Option<&str> {
+fn response_id(message: &[u8]) -> Option<&str> {
     response_kind(message, false).map(|(id, _)| id)
 }
 
 /// What a JSON-RPC response says, as far as counting it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AnswerKind {
+pub enum AnswerKind {
     /// A `result` (for a tool call: without `isError: true`).
     Result,
     /// An `error` member: the request failed as a JSON-RPC request.
@@ -138,7 +152,7 @@ pub(crate) enum AnswerKind {
 /// or an `error`; with `tool_call`, the `result` object's own top level is
 /// walked (members skipped, nothing decoded) for an `isError` that is
 /// `true`, so a failed tool is told from a successful one at no extra pass.
-pub(crate) fn response_kind(message: &[u8], tool_call: bool) -> Option<(&str, AnswerKind)> {
+pub fn response_kind(message: &[u8], tool_call: bool) -> Option<(&str, AnswerKind)> {
     let b = message;
     let start = skip_ws(b, 0);
     if b.get(start) != Some(&b'{') {
@@ -272,7 +286,7 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// Parse one message; `None` when the body is not a JSON object at all.
-pub(crate) fn parse(body: &[u8]) -> Option<Envelope<'_>> {
+pub fn parse(body: &[u8]) -> Option<Envelope<'_>> {
     // serde would also take an array as a struct (sequence form).
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
@@ -282,14 +296,14 @@ pub(crate) fn parse(body: &[u8]) -> Option<Envelope<'_>> {
 }
 
 /// Whether a body is a JSON array (a batch) rather than one message.
-pub(crate) fn is_batch(body: &[u8]) -> bool {
+pub fn is_batch(body: &[u8]) -> bool {
     body.iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[')
 }
 
 /// A JSON object's members in order, values left raw.
-pub(crate) struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -313,21 +327,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
 }
 
 impl RawObject<'_> {
-    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
 
 /// The message `body` with `params.<key>` set to `value` (raw JSON); `params`
 /// is the message's current params. Everything else is copied byte for byte.
-pub(crate) fn with_param(body: &[u8], params: &str, key: &str, value: &str) -> Option<String> {
+pub fn with_param(body: &[u8], params: &str, key: &str, value: &str) -> Option<String> {
     let new_params = with_member(params, key, value)?;
     with_member(std::str::from_utf8(body).ok()?, "params", &new_params)
 }
 
 /// Rebuild the JSON object `raw` with member `key` set to `value` (raw JSON),
 /// added if absent. Every other member is copied byte for byte.
-pub(crate) fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {
+pub fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {
     let obj: RawObject<'_> = serde_json::from_str(raw).ok()?;
     let mut out = String::with_capacity(raw.len() + value.len() + key.len() + 4);
     out.push('{');
@@ -358,7 +372,7 @@ pub(crate) fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {
 }
 
 /// Append `s` as a JSON string literal.
-pub(crate) fn push_json_string(out: &mut String, s: &str) {
+pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -376,14 +390,14 @@ pub(crate) fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-pub(crate) fn json_string(s: &str) -> String {
+pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     push_json_string(&mut out, s);
     out
 }
 
 /// A request the gateway sends on its own account.
-pub(crate) fn request(id: &str, method: &str, params: Option<&str>) -> Bytes {
+pub fn request(id: &str, method: &str, params: Option<&str>) -> Bytes {
     let mut out = String::with_capacity(64 + params.map_or(0, str::len));
     out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
     push_json_string(&mut out, id);
@@ -398,7 +412,7 @@ pub(crate) fn request(id: &str, method: &str, params: Option<&str>) -> Bytes {
 }
 
 /// A notification the gateway sends on its own account.
-pub(crate) fn notification(method: &str) -> Bytes {
+pub fn notification(method: &str) -> Bytes {
     let mut out = String::from("{\"jsonrpc\":\"2.0\",\"method\":");
     push_json_string(&mut out, method);
     out.push('}');
@@ -406,7 +420,7 @@ pub(crate) fn notification(method: &str) -> Bytes {
 }
 
 /// A success answer with a raw result.
-pub(crate) fn result(id_raw: &str, result_raw: &str) -> Bytes {
+pub fn result(id_raw: &str, result_raw: &str) -> Bytes {
     let mut out = String::with_capacity(40 + id_raw.len() + result_raw.len());
     out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
     out.push_str(id_raw);
@@ -417,7 +431,7 @@ pub(crate) fn result(id_raw: &str, result_raw: &str) -> Bytes {
 }
 
 /// An error answer; `data_raw` is raw JSON when present.
-pub(crate) fn error(id_raw: &str, code: i32, message: &str, data_raw: Option<&str>) -> Bytes {
+pub fn error(id_raw: &str, code: i32, message: &str, data_raw: Option<&str>) -> Bytes {
     let mut out = String::with_capacity(64 + message.len());
     out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
     out.push_str(id_raw);
@@ -432,12 +446,12 @@ pub(crate) fn error(id_raw: &str, code: i32, message: &str, data_raw: Option<&st
 }
 
 /// The `result` (or the error) of an answer the gateway asked for itself.
-pub(crate) enum Answer<'a> {
+pub enum Answer<'a> {
     Result(&'a RawValue),
     Error { code: i64, message: String },
 }
 
-pub(crate) fn answer(message: &[u8]) -> Option<Answer<'_>> {
+pub fn answer(message: &[u8]) -> Option<Answer<'_>> {
     #[derive(Deserialize)]
     struct ErrorObj {
         code: i64,

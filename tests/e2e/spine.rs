@@ -655,8 +655,10 @@ async fn json_only_client_gets_json_answers() {
     );
 }
 
+/// A `server/discover` without the revision's `_meta` is refused as the revision says
+/// (-32602, HTTP 400), and the same client can still open a session with `initialize`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_discover_is_refused_so_clients_fall_back() {
+async fn a_malformed_discover_is_refused_and_initialize_still_works() {
     let (_counter, gateway) = counter_behind_gateway(2);
     let mut client = gateway.client();
     let reply = client
@@ -666,9 +668,8 @@ async fn server_discover_is_refused_so_clients_fall_back() {
     let (code, message) = reply
         .error()
         .unwrap_or_else(|| panic!("expected an error: {}", reply.message));
-    // Method not found, as from any server of the initialize era: a
-    // modern -32022 would forbid the client to fall back.
-    assert_eq!(code, -32601, "{message}");
+    assert_eq!(code, -32602, "{message}");
+    assert_eq!(reply.status(), 400, "{message}");
     assert_eq!(client.session_id(), None);
     client
         .initialize()
@@ -715,26 +716,15 @@ async fn python_sdk_client_works_through_the_gateway() {
         if mode == "legacy" {
             assert_eq!(opened, 1, "one upstream session for the session: {stats:?}");
         } else {
-            // tools/list, 2 × increment, prompts/get, resources/read: one each (the
-            // discover probe opens one more to learn what the upstream offers).
-            assert_eq!(
-                opened, 6,
+            // discover, tools/list, 2 × increment, prompts/get, resources/read: an
+            // upstream session each (some of them opened ahead, in the warm pool).
+            assert!(
+                opened >= 6,
                 "an upstream session per stateless request: {stats:?}"
             );
         }
     }
-    // Every upstream session of a stateless request is closed after it, and the legacy
-    // client's at its session's end.
-    wait_until(
-        "no upstream session outlives its client",
-        Duration::from_secs(10),
-        || async {
-            let stats = counter.stats().await?;
-            Ok((stats.live_sessions == 0).then_some(()))
-        },
-    )
-    .await
-    .expect("upstream sessions closed");
+    upstream_sessions_all_closed_at_stop(&counter, gateway).await;
 }
 
 /// A 2025-03-26 client may send JSON-RPC batches (later versions removed them): the
@@ -930,14 +920,21 @@ async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
     for client in [auto, discover, session] {
         client.cancel().await.expect("close the client");
     }
-    wait_until(
-        "no upstream session outlives its client",
-        Duration::from_secs(10),
-        || async {
-            let stats = counter.stats().await?;
-            Ok((stats.live_sessions == 0).then_some(()))
-        },
-    )
-    .await
-    .expect("upstream sessions closed");
+    upstream_sessions_all_closed_at_stop(&counter, gateway).await;
+}
+
+/// Every upstream session is closed once its client is done or the gateway stops: those
+/// of a stateless request after it, a session's at its DELETE, and the warm pool's (opened
+/// ahead for stateless clients, in each worker) when the gateway stops.
+async fn upstream_sessions_all_closed_at_stop(counter: &CounterServer, mut gateway: Gateway) {
+    gateway
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    gateway
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the gateway stops");
+    let stats = counter.stats().await.expect("stats");
+    assert_eq!(stats.live_sessions, 0, "{stats:?}");
+    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
 }

@@ -221,6 +221,7 @@ pub(crate) fn build_ctx(
         registry: Arc::new(Registry::new(
             Duration::from_secs(config.sessions.upstream_probe_after_secs),
             Duration::from_millis(config.sessions.upstream_close_grace_ms),
+            config.sessions.stateless_warm_sessions as usize,
             metrics.clone(),
             store.clone(),
         )),

@@ -150,7 +150,7 @@ pub(crate) struct Metrics {
     pub sessions: IntGauge,
     /// `upstream`.
     pub upstream_sessions: IntGaugeVec,
-    /// `upstream`, `event` (created, reused, probe_failed, evicted, closed).
+    /// `upstream`, `event` (created, reused, warm_taken, evicted_*, reattached, closed).
     pub upstream_session_events: IntCounterVec,
     /// `upstream`, `kind` (transport, timeout, session_gone, status, protocol, initialize).
     pub upstream_errors: IntCounterVec,

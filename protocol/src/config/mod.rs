@@ -214,6 +214,9 @@ impl Default for Limits {
     }
 }
 
+/// The most `sessions.stateless_warm_sessions` may be.
+pub const MAX_WARM_SESSIONS: u32 = 64;
+
 /// Session lifetime policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,6 +232,12 @@ pub struct Sessions {
     /// A worker silent this long is taken for hung: it is killed and its
     /// sessions move to its replacement.
     pub heartbeat_ttl_ms: u64,
+    /// Upstream sessions opened ahead of need for stateless (2026-07-28)
+    /// clients, per upstream and kind of client (its capabilities and
+    /// info): a stateless request takes one instead of waiting for an
+    /// `initialize` round trip. Each serves one request and is closed; 0
+    /// opens them on demand.
+    pub stateless_warm_sessions: u32,
 }
 
 impl Default for Sessions {
@@ -239,6 +248,7 @@ impl Default for Sessions {
             upstream_close_grace_ms: 2_000,
             heartbeat_ms: 1_000,
             heartbeat_ttl_ms: 3_000,
+            stateless_warm_sessions: 2,
         }
     }
 }
@@ -749,6 +759,12 @@ impl Config {
             return Err(invalid(
                 "sessions.heartbeat_ttl_ms",
                 "must be at least twice sessions.heartbeat_ms",
+            ));
+        }
+        if self.sessions.stateless_warm_sessions > MAX_WARM_SESSIONS {
+            return Err(invalid(
+                "sessions.stateless_warm_sessions",
+                "must be at most 64 (each one is an open upstream session per kind of client)",
             ));
         }
         let mut paths = std::collections::BTreeSet::new();

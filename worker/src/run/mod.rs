@@ -232,6 +232,10 @@ pub(crate) async fn serve(
             "grace period over; cutting the connections left"
         );
     }
+    // Upstream sessions opened ahead for stateless clients belong to no
+    // session: nothing resumes them, so they are closed whatever happens to
+    // the sessions.
+    ctx.registry.close_warm().await;
     if after != AfterStop::Close {
         // The records stay in the store and the upstream sessions open:
         // another worker (or the gateway's next run) resumes these sessions.

@@ -10,6 +10,7 @@
 pub(crate) mod registry;
 pub(crate) mod store;
 pub(crate) mod upstreams;
+pub(crate) mod warm;
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -21,6 +21,7 @@ use crate::bounded::join_all_within;
 use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::session::store::StoreClient;
+use crate::session::warm::WarmPool;
 use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
 use mcpgw_protocol::store::StoreWrite;
 
@@ -30,12 +31,15 @@ pub(crate) struct Registry {
     close_grace: Duration,
     metrics: Arc<Metrics>,
     store: Arc<StoreClient>,
+    /// Upstream sessions opened ahead for stateless clients.
+    warm: WarmPool,
 }
 
 impl Registry {
     pub(crate) fn new(
         probe_after: Duration,
         close_grace: Duration,
+        warm_depth: usize,
         metrics: Arc<Metrics>,
         store: Arc<StoreClient>,
     ) -> Self {
@@ -45,6 +49,7 @@ impl Registry {
             close_grace,
             metrics,
             store,
+            warm: WarmPool::new(warm_depth, probe_after),
         }
     }
 
@@ -166,8 +171,41 @@ impl Registry {
 
     /// An upstream session for one request only (a stateless client's):
     /// kept in no cell and never handed to another request; the caller
-    /// closes it with [`Registry::close_unkept`].
+    /// closes it with [`Registry::close_unkept`]. Taken from the warm pool
+    /// when one is ready for this kind of client (`init_params`), which is
+    /// refilled in the background.
     pub(crate) async fn open_unkept(
+        self: &Arc<Self>,
+        server: &Arc<UpstreamServer>,
+        init_params: &str,
+    ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        let taken = self.warm.take(server, init_params);
+        self.close_unkept(taken.discard);
+        for _ in 0..taken.refill {
+            let (registry, server, params) =
+                (self.clone(), server.clone(), Box::<str>::from(init_params));
+            tokio::spawn(async move {
+                let opened = registry.open_counted(&server, &params).await.ok();
+                if let Some(unwanted) = registry.warm.put(&server, &params, opened) {
+                    registry.close_unkept(vec![unwanted]);
+                }
+            });
+        }
+        if let Some(ready) = taken.session {
+            self.event(&server.id, "warm_taken");
+            return Ok(ready);
+        }
+        self.open_counted(server, init_params).await
+    }
+
+    /// Close the warm pool's sessions for good (the worker stops), bounded.
+    pub(crate) async fn close_warm(&self) {
+        let taken = self.warm.drain();
+        self.close_all(taken, "closed", self.close_grace * 2).await;
+    }
+
+    /// `initialize` an upstream session kept in no cell, counted.
+    async fn open_counted(
         &self,
         server: &Arc<UpstreamServer>,
         init_params: &str,

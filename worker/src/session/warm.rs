@@ -1,0 +1,161 @@
+//! Upstream sessions opened ahead of need for stateless clients: the
+//! `initialize` round trip of a stateless request's own upstream session
+//! is taken off the request's path.
+//!
+//! A pooled session is made for one kind of client: it was opened with a
+//! client's capabilities and info (a server may offer a client what that
+//! client can use, so a session opened for one kind is no good for
+//! another), and the pool is keyed by them. A session leaves the pool for
+//! exactly one request and is closed after it, never returned: a stateless
+//! request never sees state another request left upstream (#4205). Each
+//! take asks for a replacement in the background, so a steady stream of
+//! requests of one kind finds its sessions ready.
+//!
+//! Bounded: `depth` sessions per (upstream, kind), at most [`MAX_KINDS`]
+//! kinds per upstream (the least recently used kind is dropped and its
+//! sessions closed), kinds whose description is over [`MAX_KEY_BYTES`]
+//! are never pooled, and a session idle past the probe age is closed
+//! rather than handed out (the upstream may have forgotten it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::upstream::{UpstreamServer, UpstreamSession};
+
+/// Kinds of client kept per upstream.
+pub(crate) const MAX_KINDS: usize = 64;
+/// The longest client description (initialize params) pooled.
+pub(crate) const MAX_KEY_BYTES: usize = 4096;
+
+/// One kind of client on one upstream: its ready sessions and how many
+/// are being opened for it.
+#[derive(Default)]
+struct Kind {
+    ready: Vec<Arc<UpstreamSession>>,
+    opening: usize,
+    /// For the least-recently-used choice.
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    kinds: HashMap<(Arc<str>, Box<str>), Kind>,
+    clock: u64,
+    /// Drained for good (the worker stops): nothing is pooled any more.
+    closed: bool,
+}
+
+pub(crate) struct WarmPool {
+    depth: usize,
+    max_idle: Duration,
+    state: Mutex<State>,
+}
+
+/// What [`WarmPool::take`] found.
+pub(crate) struct Taken {
+    /// A ready session, if there was one.
+    pub(crate) session: Option<Arc<UpstreamSession>>,
+    /// How many sessions to open now for this kind (the caller opens them
+    /// in the background and [`WarmPool::put`]s them).
+    pub(crate) refill: usize,
+    /// Sessions that must be closed: stale, of an older server (reload), or
+    /// of a kind dropped to make room.
+    pub(crate) discard: Vec<Arc<UpstreamSession>>,
+}
+
+impl WarmPool {
+    pub(crate) fn new(depth: usize, max_idle: Duration) -> Self {
+        Self {
+            depth,
+            max_idle,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poolable(&self, init_params: &str) -> bool {
+        self.depth > 0 && init_params.len() <= MAX_KEY_BYTES
+    }
+
+    /// A ready session of `server` for this kind of client, and how many to
+    /// open to keep the kind's sessions at depth.
+    pub(crate) fn take(&self, server: &Arc<UpstreamServer>, init_params: &str) -> Taken {
+        let mut taken = Taken {
+            session: None,
+            refill: 0,
+            discard: Vec::new(),
+        };
+        if !self.poolable(init_params) {
+            return taken;
+        }
+        let mut st = self.state();
+        if st.closed {
+            return taken;
+        }
+        st.clock += 1;
+        let now = st.clock;
+        let key = (server.id.clone(), Box::<str>::from(init_params));
+        if !st.kinds.contains_key(&key) {
+            let kinds_here = st.kinds.keys().filter(|(id, _)| *id == server.id).count();
+            if kinds_here >= MAX_KINDS
+                && let Some(oldest) = st
+                    .kinds
+                    .iter()
+                    .filter(|((id, _), _)| *id == server.id)
+                    .min_by_key(|(_, k)| k.last_used)
+                    .map(|(k, _)| k.clone())
+                && let Some(dropped) = st.kinds.remove(&oldest)
+            {
+                taken.discard.extend(dropped.ready);
+            }
+        }
+        let kind = st.kinds.entry(key).or_default();
+        kind.last_used = now;
+        while let Some(us) = kind.ready.pop() {
+            if Arc::ptr_eq(&us.server, server) && us.idle_for() < self.max_idle {
+                taken.session = Some(us);
+                break;
+            }
+            taken.discard.push(us);
+        }
+        let wanted = self.depth.saturating_sub(kind.ready.len() + kind.opening);
+        kind.opening += wanted;
+        taken.refill = wanted;
+        taken
+    }
+
+    /// A session opened for this kind (`None`: opening failed). Returns it
+    /// when the pool has no room for it any more (the caller closes it).
+    pub(crate) fn put(
+        &self,
+        server: &Arc<UpstreamServer>,
+        init_params: &str,
+        opened: Option<Arc<UpstreamSession>>,
+    ) -> Option<Arc<UpstreamSession>> {
+        let mut st = self.state();
+        let key = (server.id.clone(), Box::<str>::from(init_params));
+        let Some(kind) = st.kinds.get_mut(&key) else {
+            // The kind was dropped meanwhile.
+            return opened;
+        };
+        kind.opening = kind.opening.saturating_sub(1);
+        let us = opened?;
+        if kind.ready.len() >= self.depth || !Arc::ptr_eq(&us.server, server) {
+            return Some(us);
+        }
+        kind.ready.push(us);
+        None
+    }
+
+    /// Every pooled session, for good (the worker stops): sessions opened
+    /// after this are not pooled but handed back by [`WarmPool::put`].
+    pub(crate) fn drain(&self) -> Vec<Arc<UpstreamSession>> {
+        let mut st = self.state();
+        st.closed = true;
+        st.kinds.drain().flat_map(|(_, k)| k.ready).collect()
+    }
+}

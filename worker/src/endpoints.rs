@@ -1,7 +1,7 @@
 //! Endpoints ("virtual servers"): a path and the upstream servers it
 //! serves, and how names are namespaced when there are several. Config
 //! data and pure functions of it; the routing that uses them is in
-//! [`crate::route`].
+//! `crate::route` (which imports this module, not the other way).
 
 use foldhash::HashMap;
 use std::sync::Arc;

@@ -8,13 +8,16 @@
 //!   TLS, internal), the control channel, heartbeats, reload, shutdown.
 //! - [`ctx`]: what request handlers read ([`ctx::Ctx`]) and the
 //!   configuration in force ([`ctx::Live`]).
-//! - [`endpoint`]: the MCP Streamable HTTP endpoint (one request → answer).
+//! - [`front`]: from an HTTP request to an MCP request and back, for each
+//!   protocol era ([`front::stateful`] with sessions, [`front::stateless`]
+//!   for 2026-07-28).
 //! - [`forward`]: requests for sessions another worker owns.
 //! - [`route`]: era-neutral routing of a request to upstreams (namespacing,
-//!   merged lists).
+//!   merged lists), with a [`route::source::Source`] of upstream sessions.
 //! - [`session`]: the downstream sessions this worker owns, their upstream
-//!   sessions ([`session::registry`]) and their records
-//!   ([`session::store`]: admission under the caps, resume, negative cache).
+//!   sessions ([`session::registry`]), the warm pool for stateless clients
+//!   ([`session::warm`]) and their records ([`session::store`]: admission
+//!   under the caps, resume, negative cache).
 //! - [`relay`]: server→client requests, notifications and cancellation
 //!   between a session and its upstream sessions; the id/token maps.
 //! - [`endpoints`]: the configured endpoints and their namespacing rule.

@@ -108,6 +108,12 @@ impl Metrics {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(dispatched.clone()))?;
+        // process_* of the supervisor itself; each worker exports its own,
+        // under its `worker` label once merged.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(dispatch_seconds.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(pending.clone()))?;

@@ -1353,3 +1353,105 @@ async fn request_outcomes_tell_failures_apart() {
         "no failure counted as ok"
     );
 }
+
+/// `[log] access = true`: one access line per MCP message (endpoint, method, the tool's
+/// public name, upstream, a session id prefix, outcome), never the whole session id; the
+/// per-upstream and per-tool families say which upstream and which tool answered how; every
+/// process exports its `process_*` metrics (the supervisor's unlabelled, each worker's under
+/// its `worker` label).
+#[tokio::test]
+async fn access_log_and_per_upstream_metrics_say_what_went_where() {
+    let counter = start_counter!().expect("start counter-server");
+    let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
+    config.extra.push_str("\n[log]\naccess = true\n");
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    assert_eq!(client.count("increment").await.expect("increment"), 1);
+    let failed = client.call_tool("fail", json!({})).await.expect("fail");
+    assert_eq!(failed.result().expect("result")["isError"], true);
+    let session = client.session_id().expect("session id").to_owned();
+
+    let access_lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("mcpgw::access"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines = mcpgw_tests::wait_until("access lines", Duration::from_secs(10), || async {
+        let lines = access_lines(&gateway.log());
+        let done = lines.iter().any(|l| l.contains("tool_error"));
+        Ok(done.then_some(lines))
+    })
+    .await
+    .expect("the access log has the failed call");
+    let call = lines
+        .iter()
+        .find(|l| l.contains("increment"))
+        .unwrap_or_else(|| panic!("no access line for increment in {lines:#?}"));
+    for field in ["/mcp", "tools/call", "counter", "ok", &session[..8]] {
+        assert!(call.contains(field), "{field} missing from {call}");
+    }
+    let fail = lines
+        .iter()
+        .find(|l| l.contains("tool_error"))
+        .unwrap_or_else(|| panic!("no tool_error line in {lines:#?}"));
+    assert!(fail.contains("fail"), "{fail}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("initialize") && l.contains(&session[..8])),
+        "the initialize line names its new session: {lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(&session)),
+        "an access line carries the whole session id: {lines:#?}"
+    );
+
+    let (status, text) = admin_get(&gateway, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let has = |prefix: &str, parts: &[&str]| {
+        text.lines()
+            .any(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+    };
+    assert!(
+        has(
+            "mcpgw_upstream_requests_total{",
+            &["upstream=\"counter\"", "outcome=\"ok\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mcpgw_upstream_request_duration_seconds_count{",
+            &["upstream=\"counter\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mcpgw_tool_calls_total{",
+            &["tool=\"increment\"", "outcome=\"ok\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mcpgw_tool_calls_total{",
+            &["tool=\"fail\"", "outcome=\"tool_error\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process_resident_memory_bytes ")),
+        "the supervisor's own process metrics: {text}"
+    );
+    for slot in 0..gateway.workers {
+        let worker = format!("worker=\"{slot}\"");
+        assert!(
+            has("process_resident_memory_bytes{", &[&worker]),
+            "worker {slot}'s process metrics: {text}"
+        );
+    }
+}

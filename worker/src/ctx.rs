@@ -36,6 +36,9 @@ pub(crate) struct Ctx {
     pub forwarder: Forwarder,
     /// Flips to true when the worker starts to stop; open streams end on it.
     pub stopping: watch::Receiver<bool>,
+    /// `[log] access`, as of the last (re)load: read by every request, so
+    /// kept apart from `live`.
+    pub access_log: std::sync::atomic::AtomicBool,
 }
 
 /// The configuration in force and what is built from it.
@@ -64,6 +67,7 @@ impl Ctx {
             metrics: &self.metrics,
             outcome,
             tool_call: false,
+            access_log: self.access_log.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -233,5 +237,6 @@ pub(crate) fn build_ctx(
             Duration::from_millis(config.limits.dispatch_wait_ms),
         ),
         stopping,
+        access_log: std::sync::atomic::AtomicBool::new(config.log.access),
     })
 }

@@ -88,27 +88,57 @@ impl Outcome {
 }
 
 /// Where routing reports how a request ended, when the HTTP status cannot
-/// tell (a JSON-RPC error or a failed tool travels in a 200). One per POST,
-/// on its stack: no allocation; atomic only so the request's future stays
-/// `Send` (it is never shared between threads).
+/// tell (a JSON-RPC error or a failed tool travels in a 200), and, for the
+/// access log, where it went. One per POST, on its stack; atomic and
+/// `OnceLock` only so the request's future stays `Send` (it is never shared
+/// between threads).
 #[derive(Default)]
-pub(crate) struct OutcomeSlot(std::sync::atomic::AtomicU8);
+pub(crate) struct OutcomeSlot {
+    outcome: std::sync::atomic::AtomicU8,
+    /// Filled only when the access log is on (see [`crate::route::env::Env`]).
+    routed: OnceLock<Routed>,
+}
+
+/// Where a request was routed: the upstream, and the tool or prompt name
+/// or resource URI it was routed by.
+pub(crate) struct Routed {
+    pub(crate) upstream: std::sync::Arc<str>,
+    pub(crate) name: Option<Box<str>>,
+}
 
 impl OutcomeSlot {
     const UNSET: u8 = u8::MAX;
 
     pub(crate) fn new() -> Self {
-        Self(std::sync::atomic::AtomicU8::new(Self::UNSET))
+        Self {
+            outcome: std::sync::atomic::AtomicU8::new(Self::UNSET),
+            routed: OnceLock::new(),
+        }
     }
 
     pub(crate) fn set(&self, outcome: Outcome) {
-        self.0
+        self.outcome
             .store(outcome as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The first route reported wins: a request routed by name reports its
+    /// name before the call reports the upstream alone.
+    pub(crate) fn note_route(&self, upstream: &std::sync::Arc<str>, name: Option<&str>) {
+        if self.routed.get().is_none() {
+            let _ = self.routed.set(Routed {
+                upstream: upstream.clone(),
+                name: name.map(Box::from),
+            });
+        }
+    }
+
+    pub(crate) fn routed(&self) -> Option<&Routed> {
+        self.routed.get()
     }
 
     /// What was reported, else what the status says.
     pub(crate) fn outcome(&self, status: http::StatusCode) -> Outcome {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.outcome.load(std::sync::atomic::Ordering::Relaxed) {
             0 => Outcome::Ok,
             1 => Outcome::JsonrpcError,
             2 => Outcome::ToolError,
@@ -170,6 +200,34 @@ pub(crate) struct Metrics {
     /// Filled on first use, so a series appears when it first counts.
     request_children: [[OnceLock<IntCounter>; Outcome::LABELS.len()]; KNOWN_METHODS.len()],
     duration_children: [OnceLock<Histogram>; KNOWN_METHODS.len()],
+    /// `upstream`, `outcome`: calls passed to an upstream.
+    upstream_requests: IntCounterVec,
+    /// `upstream`: time to the upstream answer's head.
+    upstream_duration: HistogramVec,
+    /// `upstream`, `tool` (the upstream's own name), `outcome`.
+    tool_calls: IntCounterVec,
+    /// The (upstream, tool) pairs counted under their own name so far; past
+    /// [`MAX_TOOL_SERIES`] a new pair counts as tool `_other`.
+    tool_series: std::sync::Mutex<std::collections::HashSet<(std::sync::Arc<str>, Box<str>)>>,
+}
+
+/// Distinct (upstream, tool) label pairs per worker: tool names come from
+/// upstreams, and an upstream with a tool per user must not blow up the
+/// series count.
+pub(crate) const MAX_TOOL_SERIES: usize = 500;
+
+/// One upstream's children of the per-upstream families, looked up once
+/// (kept on its [`crate::upstream::UpstreamServer`]).
+pub(crate) struct UpstreamChildren {
+    outcomes: [IntCounter; Outcome::LABELS.len()],
+    duration: Histogram,
+}
+
+impl UpstreamChildren {
+    pub(crate) fn observe(&self, outcome: Outcome, seconds: f64) {
+        self.outcomes[outcome as usize].inc();
+        self.duration.observe(seconds);
+    }
 }
 
 impl Metrics {
@@ -258,6 +316,39 @@ impl Metrics {
         registry.register(Box::new(sessions_refused.clone()))?;
         registry.register(Box::new(store_fetches.clone()))?;
         registry.register(Box::new(store_fetches_cached.clone()))?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_upstream_requests_total",
+                "Calls passed to an upstream, by upstream and outcome (as mcpgw_requests_total).",
+            ),
+            &["upstream", "outcome"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mcpgw_upstream_request_duration_seconds",
+                "Time from a call's start to its upstream answer's head, by upstream.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["upstream"],
+        )?;
+        let tool_calls = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_tool_calls_total",
+                "tools/call by upstream, the upstream's tool name and outcome; past 500 distinct \
+                 (upstream, tool) pairs per worker, new ones count as tool=\"_other\".",
+            ),
+            &["upstream", "tool", "outcome"],
+        )?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(tool_calls.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(NOTICES_DROPPED.clone()))?;
         for cap in ["params", "worker", "client", "total"] {
             sessions_refused.with_label_values(&[cap]);
@@ -281,7 +372,36 @@ impl Metrics {
             store_fetches_cached,
             request_children: Default::default(),
             duration_children: Default::default(),
+            upstream_requests,
+            upstream_duration,
+            tool_calls,
+            tool_series: Default::default(),
         })
+    }
+
+    /// The per-upstream children for `upstream`.
+    pub(crate) fn upstream_children(&self, upstream: &str) -> UpstreamChildren {
+        UpstreamChildren {
+            outcomes: Outcome::LABELS
+                .map(|o| self.upstream_requests.with_label_values(&[upstream, o])),
+            duration: self.upstream_duration.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Count one `tools/call` of `tool` on `upstream`.
+    pub(crate) fn tool_call(&self, upstream: &std::sync::Arc<str>, tool: &str, outcome: Outcome) {
+        let own_name = {
+            let mut seen = self
+                .tool_series
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (upstream.clone(), Box::<str>::from(tool));
+            seen.contains(&key) || (seen.len() < MAX_TOOL_SERIES && seen.insert(key))
+        };
+        let tool = if own_name { tool } else { "_other" };
+        self.tool_calls
+            .with_label_values(&[upstream, tool, outcome.label()])
+            .inc();
     }
 
     /// Count one request of `method` (a [`method_label`]) with `outcome`

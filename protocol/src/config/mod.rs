@@ -102,6 +102,7 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: Sessions,
     pub diagnostics: Diagnostics,
+    pub log: Log,
     pub security: Security,
     pub shutdown: Shutdown,
     pub store: Store,
@@ -127,6 +128,7 @@ impl Default for Config {
             limits: Limits::default(),
             sessions: Sessions::default(),
             diagnostics: Diagnostics::default(),
+            log: Log::default(),
             security: Security::default(),
             shutdown: Shutdown::default(),
             store: Store::default(),
@@ -337,6 +339,17 @@ pub struct Security {
     /// Origins (`scheme://host[:port]`) a browser request's `Origin` may be.
     /// Empty: an origin whose host is an allowed host.
     pub allowed_origins: Vec<String>,
+}
+
+/// What the workers log beyond their own events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// One line per MCP message handled, with target `mcpgw::access`: the
+    /// endpoint, method, tool/prompt name or resource URI, upstream, a
+    /// session id prefix, outcome, HTTP status and duration. Structured
+    /// fields in JSON mode. Applies on reload.
+    pub access: bool,
 }
 
 /// Diagnostics meant for tests and debugging, off by default.

@@ -280,4 +280,3 @@ fn check_upstream_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
-

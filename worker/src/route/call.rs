@@ -39,6 +39,30 @@ pub(crate) async fn passthrough<S: Source>(
     accept: Accept,
     progress: bool,
 ) -> Response<Body> {
+    let started = Instant::now();
+    if ctx.access_log {
+        ctx.outcome.note_route(&server.id, None);
+    }
+    let resp = call(ctx, src, server, body, id, accept, progress).await;
+    server
+        .counted
+        .get_or_init(|| ctx.metrics.upstream_children(&server.id))
+        .observe(
+            ctx.outcome.outcome(resp.status()),
+            started.elapsed().as_secs_f64(),
+        );
+    resp
+}
+
+async fn call<S: Source>(
+    ctx: Env<'_>,
+    src: &S,
+    server: &Arc<UpstreamServer>,
+    body: Bytes,
+    id: &str,
+    accept: Accept,
+    progress: bool,
+) -> Response<Body> {
     let deadline = Instant::now() + server.request_timeout();
     let (body, token) = match progress.then(|| Relay::map_progress(&body)).flatten() {
         Some((rewritten, token)) => (rewritten, Some(token)),

@@ -16,6 +16,8 @@ pub(crate) struct Env<'a> {
     pub(crate) outcome: &'a OutcomeSlot,
     /// The request is a `tools/call`: its answer's `result.isError` counts.
     pub(crate) tool_call: bool,
+    /// The access log is on: routing notes where each request went.
+    pub(crate) access_log: bool,
 }
 
 impl Env<'_> {

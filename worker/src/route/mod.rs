@@ -196,16 +196,16 @@ pub(crate) async fn by_name<S: Source>(
         }
     };
     let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
-    passthrough(
-        ctx,
-        src,
-        &endpoint.upstreams[pos],
-        body,
-        id,
-        accept,
-        progress,
-    )
-    .await
+    let server = &endpoint.upstreams[pos];
+    if ctx.access_log {
+        ctx.outcome.note_route(&server.id, Some(&p.name));
+    }
+    let resp = passthrough(ctx, src, server, body, id, accept, progress).await;
+    if ctx.tool_call {
+        let outcome = ctx.outcome.outcome(resp.status());
+        ctx.metrics.tool_call(&server.id, upstream_name, outcome);
+    }
+    resp
 }
 
 /// Whether a request asks for progress (then its token is mapped). A scan,
@@ -226,6 +226,12 @@ pub(crate) async fn by_uri<S: Source>(
     progress: bool,
 ) -> Response<Body> {
     let endpoint = src.endpoint();
+    if ctx.access_log
+        && let Some(only) = endpoint.upstreams.first()
+        && !endpoint.namespaced()
+    {
+        ctx.outcome.note_route(&only.id, Some(uri));
+    }
     if !endpoint.namespaced() {
         return passthrough(ctx, src, &endpoint.upstreams[0], body, id, accept, progress).await;
     }
@@ -243,6 +249,9 @@ pub(crate) async fn by_uri<S: Source>(
                 .cloned()
         });
     if let Some(server) = known {
+        if ctx.access_log {
+            ctx.outcome.note_route(&server.id, Some(uri));
+        }
         return passthrough(ctx, src, &server, body, id, accept, progress).await;
     }
     let mut last_error = None;
@@ -256,6 +265,9 @@ pub(crate) async fn by_uri<S: Source>(
         match attempt.await {
             Ok(message) => match jsonrpc::answer(&message) {
                 Some(jsonrpc::Answer::Result(_)) => {
+                    if ctx.access_log {
+                        ctx.outcome.note_route(&server.id, Some(uri));
+                    }
                     if let Ok(mut m) = src.relay().resource_routes.lock() {
                         m.insert(uri.to_owned(), server.id.clone());
                     }

@@ -17,6 +17,8 @@ pub(crate) async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerE
     ctx.change_routes(|r| r.set_slots(slots));
     // A resize moves sessions between workers.
     ctx.store.forget_absent();
+    ctx.access_log
+        .store(config.log.access, std::sync::atomic::Ordering::Relaxed);
     let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
     let live = Arc::new(live);
     ctx.set_live(live.clone());

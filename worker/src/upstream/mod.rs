@@ -111,6 +111,9 @@ pub(crate) struct UpstreamServer {
     /// resolved on first use: it counts every call, and a labelled lookup
     /// costs more than the increment.
     pub(crate) reused: std::sync::OnceLock<prometheus::IntCounter>,
+    /// This upstream's children of the per-upstream request families,
+    /// resolved on first use, as `reused`.
+    pub(crate) counted: std::sync::OnceLock<crate::metrics::UpstreamChildren>,
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -178,6 +181,7 @@ impl UpstreamServer {
             config: cfg.clone(),
             _stdio: stdio,
             reused: std::sync::OnceLock::new(),
+            counted: std::sync::OnceLock::new(),
         })
     }
 

@@ -119,6 +119,11 @@ pub(crate) async fn post(
     let mut method = "other";
     // Filled by routing when the status cannot tell (see `OutcomeSlot`).
     let outcome = OutcomeSlot::new();
+    // What the access log needs that the request takes away (only when on).
+    let access = ctx
+        .access_log
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| (endpoint.path.clone(), session.as_ref().map(|s| s.id)));
     let resp = post_inner(
         ctx,
         endpoint,
@@ -131,11 +136,35 @@ pub(crate) async fn post(
         &outcome,
     )
     .await;
-    ctx.metrics.observe_request(
-        method,
+    let (ended, seconds) = (
         outcome.outcome(resp.status()),
         start.elapsed().as_secs_f64(),
     );
+    ctx.metrics.observe_request(method, ended, seconds);
+    if let Some((path, session)) = access {
+        // A new session's id is in its initialize answer.
+        let session = session.map(|s| s.to_string()).or_else(|| {
+            resp.headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+        let routed = outcome.routed();
+        info!(
+            target: "mcpgw::access",
+            endpoint = %path,
+            method,
+            name = routed.and_then(|r| r.name.as_deref()).unwrap_or("-"),
+            upstream = routed.map_or("-", |r| &*r.upstream),
+            // A prefix identifies a session in the logs without handing
+            // the whole bearer-like id to whoever reads them.
+            session = session.as_deref().map_or("-", |s| s.get(..8).unwrap_or(s)),
+            outcome = ended.label(),
+            status = resp.status().as_u16(),
+            duration_ms = seconds * 1000.0,
+            "request"
+        );
+    }
     resp
 }
 

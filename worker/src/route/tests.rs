@@ -222,6 +222,7 @@ async fn route(src: &Direct, method: &str, params: Value) -> Value {
         metrics: &metrics,
         outcome: &outcome,
         tool_call: false,
+        access_log: false,
     };
     let env = jsonrpc::parse(&body).expect("envelope");
     let accept = Accept {

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::extract::State;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -145,15 +149,16 @@ pub(crate) async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
+    let routes = routes(admin.clone());
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let admin = admin.clone();
+                    let (admin, routes) = (admin.clone(), routes.clone());
                     let svc = service_fn(move |req| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+                        let (admin, routes) = (admin.clone(), routes.clone());
+                        async move { Ok::<_, Infallible>(handle(&admin, routes, req).await) }
                     });
                     let conn = http.serve_connection(TokioIo::new(stream), svc);
                     tokio::spawn(async move {
@@ -171,7 +176,27 @@ pub(crate) async fn serve(
     }
 }
 
-async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The admin API. A known path asked with another method gets 405 with
+/// `Allow`; everything the API answers with an error is JSON.
+fn routes(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/admin/workers", get(workers))
+        .route("/admin/reload", post(reload))
+        .route("/admin/config", get(config))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin path") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this admin path does not take that method (see Allow)",
+            )
+        })
+        .with_state(admin)
+}
+
+/// The guard first (Host/Origin, token), then the routes.
+async fn handle(admin: &Admin, mut routes: Router, req: Request<Incoming>) -> Response<AxumBody> {
     let guard = admin
         .guard
         .lock()
@@ -185,80 +210,92 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
     );
     if let Err(refusal) = verdict {
-        return refused(refusal, req.method(), req.uri().path());
+        return refused(refusal, req.method(), req.uri().path()).map(AxumBody::new);
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let gathered = admin.gatherer.gather(&admin.pool).await;
-            let workers: Vec<(u16, String)> = gathered
-                .into_iter()
-                .filter_map(|(w, a)| a.map(|a| (w.id.slot, a.metrics)))
-                .collect();
-            let page = metrics::merge(&admin.metrics.render(), &workers);
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                page,
-            )
-        }
-        (&Method::GET, "/admin/workers") => {
-            let gathered = admin.gatherer.gather(&admin.pool).await;
-            reply(StatusCode::OK, "application/json", workers_json(&gathered))
-        }
-        (&Method::POST, "/admin/reload") => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if admin
-                .events
-                .send(crate::Event::ReloadRequested { reply: Some(tx) })
-                .is_err()
-            {
-                return reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "stopping\n".to_owned(),
-                );
-            }
-            let (status, doc) = match rx.await {
-                Ok(Ok(message)) => (
-                    StatusCode::OK,
-                    serde_json::json!({"result": "ok", "message": message}),
-                ),
-                Ok(Err(error)) => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    serde_json::json!({"result": "failed", "error": error}),
-                ),
-                Err(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"result": "failed", "error": "the supervisor is stopping"}),
-                ),
-            };
-            reply(status, "application/json", doc.to_string())
-        }
-        (&Method::GET, "/admin/config") => {
-            let doc = admin
-                .config_json
-                .lock()
-                .map(|c| c.clone())
-                .unwrap_or_default();
-            reply(StatusCode::OK, "application/json", doc)
-        }
-        (&Method::GET, "/healthz") => {
-            if admin.pool.slots().iter().any(|s| s.serving().is_some()) {
-                reply(StatusCode::OK, "text/plain", "ok\n".to_owned())
-            } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "no worker is serving\n".to_owned(),
-                )
-            }
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
+    match tower_service::Service::call(&mut routes, req.map(AxumBody::new)).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+type Shared = State<Arc<Admin>>;
+
+async fn metrics_page(State(admin): Shared) -> Response<Full<Bytes>> {
+    let gathered = admin.gatherer.gather(&admin.pool).await;
+    let workers: Vec<(u16, String)> = gathered
+        .into_iter()
+        .filter_map(|(w, a)| a.map(|a| (w.id.slot, a.metrics)))
+        .collect();
+    let page = metrics::merge(&admin.metrics.render(), &workers);
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        page,
+    )
+}
+
+async fn workers(State(admin): Shared) -> Response<Full<Bytes>> {
+    let gathered = admin.gatherer.gather(&admin.pool).await;
+    reply(StatusCode::OK, "application/json", workers_json(&gathered))
+}
+
+async fn reload(State(admin): Shared) -> Response<Full<Bytes>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if admin
+        .events
+        .send(crate::Event::ReloadRequested { reply: Some(tx) })
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stopping",
+        );
+    }
+    let (status, doc) = match rx.await {
+        Ok(Ok(message)) => (
+            StatusCode::OK,
+            serde_json::json!({"result": "ok", "message": message}),
         ),
+        Ok(Err(error)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"result": "failed", "error": error}),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"result": "failed", "error": "the supervisor is stopping"}),
+        ),
+    };
+    reply(status, "application/json", doc.to_string())
+}
+
+async fn config(State(admin): Shared) -> Response<Full<Bytes>> {
+    let doc = admin
+        .config_json
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    reply(StatusCode::OK, "application/json", doc)
+}
+
+async fn healthz(State(admin): Shared) -> Response<Full<Bytes>> {
+    if admin.pool.slots().iter().any(|s| s.serving().is_some()) {
+        reply(StatusCode::OK, "text/plain", "ok\n".to_owned())
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no worker is serving\n".to_owned(),
+        )
     }
+}
+
+/// An error of the admin API, as JSON.
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    )
 }
 
 /// The answer to a request the guard refused, and the log line that says why.

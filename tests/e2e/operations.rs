@@ -1455,3 +1455,37 @@ async fn access_log_and_per_upstream_metrics_say_what_went_where() {
         );
     }
 }
+
+/// The admin API answers a wrong method on a known path with 405 and `Allow`, and an
+/// unknown path with 404, both as JSON errors (after the guard: an unauthenticated
+/// state-changing request is refused before any routing).
+#[tokio::test]
+async fn admin_api_says_which_methods_a_path_takes() {
+    let (_counter, gateway) = started(1).await;
+    let admin = gateway.admin.expect("admin listener");
+    let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
+    let wrong = conn
+        .send(&Request::get("/admin/reload"))
+        .await
+        .expect("GET /admin/reload");
+    assert_eq!(wrong.status, 405, "{}", wrong.text());
+    assert_eq!(wrong.header("allow"), Some("POST"), "{wrong:?}");
+    let body: Value = serde_json::from_str(&wrong.text()).expect("a JSON error");
+    assert!(body["error"].is_string(), "{body}");
+
+    let mut conn = HttpConn::connect(admin).await.expect("connect to admin");
+    let post = conn
+        .send(&Request::post("/metrics", Vec::new()))
+        .await
+        .expect("POST /metrics");
+    // The guard comes before the routes: a state-changing method without a token
+    // learns nothing about the path.
+    assert_eq!(post.status, 403, "{}", post.text());
+
+    let (status, text) = admin_get(&gateway, "/no/such/path").await;
+    assert_eq!(status, 404, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("a JSON error");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, _) = admin_get(&gateway, "/healthz").await;
+    assert_eq!(status, 200);
+}

@@ -347,7 +347,7 @@ pub struct Security {
 pub struct Log {
     /// One line per MCP message handled, with target `mcpgw::access`: the
     /// endpoint, method, tool/prompt name or resource URI, upstream, a
-    /// session id prefix, outcome, HTTP status and duration. Structured
+    /// session id prefix, outcome, HTTP status and duration (µs). Structured
     /// fields in JSON mode. Applies on reload.
     pub access: bool,
 }

@@ -161,7 +161,7 @@ pub(crate) async fn post(
             session = session.as_deref().map_or("-", |s| s.get(..8).unwrap_or(s)),
             outcome = ended.label(),
             status = resp.status().as_u16(),
-            duration_ms = seconds * 1000.0,
+            duration_us = (seconds * 1e6) as u64,
             "request"
         );
     }

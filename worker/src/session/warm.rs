@@ -159,3 +159,132 @@ impl WarmPool {
         st.kinds.drain().flat_map(|(_, k)| k.ready).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::fake::fake_upstream;
+    use mcpgw_protocol::config::Upstream;
+
+    const KIND_A: &str = r#"{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"a","version":"1"}}"#;
+    const KIND_B: &str = r#"{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"b","version":"1"}}"#;
+
+    fn server(url: &str) -> Arc<UpstreamServer> {
+        Arc::new(UpstreamServer::new(&Upstream::http("up", url)).expect("server"))
+    }
+
+    async fn open(server: &Arc<UpstreamServer>, kind: &str) -> Arc<UpstreamSession> {
+        crate::upstream::answer_budget::configure(1 << 20, 64 << 20);
+        UpstreamSession::initialize(server.clone(), kind)
+            .await
+            .expect("initialize")
+    }
+
+    #[tokio::test]
+    async fn a_kind_is_kept_at_depth_and_each_session_goes_out_once() {
+        let up = fake_upstream("up").await;
+        let server = server(&up.url);
+        let pool = WarmPool::new(2, Duration::from_secs(60));
+
+        // Empty: nothing to hand out, two to open.
+        let first = pool.take(&server, KIND_A);
+        assert!(first.session.is_none());
+        assert_eq!(first.refill, 2);
+        // Asking again while those are being opened opens no more.
+        assert_eq!(pool.take(&server, KIND_A).refill, 0);
+        for _ in 0..2 {
+            let us = open(&server, KIND_A).await;
+            assert!(pool.put(&server, KIND_A, Some(us)).is_none());
+        }
+        let a = pool.take(&server, KIND_A).session.expect("a ready session");
+        let b = pool.take(&server, KIND_A).session.expect("another one");
+        assert!(!Arc::ptr_eq(&a, &b), "a session goes out once");
+        // Another kind of client never gets them.
+        assert!(pool.take(&server, KIND_B).session.is_none());
+        assert_eq!(pool.drain().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn stale_sessions_and_old_servers_are_discarded_not_handed_out() {
+        let up = fake_upstream("up").await;
+        let old = server(&up.url);
+        let pool = WarmPool::new(1, Duration::from_secs(60));
+        assert_eq!(pool.take(&old, KIND_A).refill, 1);
+        assert!(
+            pool.put(&old, KIND_A, Some(open(&old, KIND_A).await))
+                .is_none()
+        );
+        // A reload made a new server for the same id: the old one's session goes.
+        let new = server(&up.url);
+        let taken = pool.take(&new, KIND_A);
+        assert!(taken.session.is_none());
+        assert_eq!(taken.discard.len(), 1);
+
+        let strict = WarmPool::new(1, Duration::ZERO);
+        assert_eq!(strict.take(&new, KIND_A).refill, 1);
+        assert!(
+            strict
+                .put(&new, KIND_A, Some(open(&new, KIND_A).await))
+                .is_none()
+        );
+        let taken = strict.take(&new, KIND_A);
+        assert!(taken.session.is_none(), "idle past the probe age");
+        assert_eq!(taken.discard.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_and_a_drained_one_hand_sessions_back() {
+        let up = fake_upstream("up").await;
+        let server = server(&up.url);
+        let pool = WarmPool::new(1, Duration::from_secs(60));
+        assert_eq!(pool.take(&server, KIND_A).refill, 1);
+        assert!(
+            pool.put(&server, KIND_A, Some(open(&server, KIND_A).await))
+                .is_none()
+        );
+        let extra = open(&server, KIND_A).await;
+        assert!(pool.put(&server, KIND_A, Some(extra)).is_some(), "no room");
+        assert_eq!(pool.drain().len(), 1);
+        assert!(pool.take(&server, KIND_A).refill == 0, "drained for good");
+        let late = open(&server, KIND_A).await;
+        assert!(pool.put(&server, KIND_A, Some(late)).is_some());
+        // Too long a description is never pooled; depth 0 pools nothing.
+        let long = "x".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(
+            WarmPool::new(2, Duration::from_secs(60))
+                .take(&server, &long)
+                .refill,
+            0
+        );
+        assert_eq!(
+            WarmPool::new(0, Duration::from_secs(60))
+                .take(&server, KIND_A)
+                .refill,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn past_max_kinds_the_least_recently_used_kind_goes() {
+        let up = fake_upstream("up").await;
+        let server = server(&up.url);
+        let pool = WarmPool::new(1, Duration::from_secs(60));
+        let kind = |i: usize| format!(r#"{{"clientInfo":{{"name":"c{i}"}}}}"#);
+        assert_eq!(pool.take(&server, &kind(0)).refill, 1);
+        assert!(
+            pool.put(&server, &kind(0), Some(open(&server, KIND_A).await))
+                .is_none()
+        );
+        for i in 1..MAX_KINDS {
+            pool.take(&server, &kind(i));
+        }
+        // Kind 0 is the oldest: the next new kind pushes it (and its session) out.
+        let taken = pool.take(&server, &kind(MAX_KINDS));
+        assert_eq!(taken.discard.len(), 1);
+        assert_eq!(
+            pool.take(&server, &kind(0)).refill,
+            1,
+            "kind 0 starts afresh"
+        );
+    }
+}

@@ -11,6 +11,8 @@
 
 pub(crate) mod adapter;
 pub(crate) mod answer_budget;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -13,7 +13,7 @@ use mcpgw_protocol::config::Upstream;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::upstream::fake::{FakeUpstream, dead_url, fake_upstream};
+use crate::upstream::fake::{dead_url, fake_upstream};
 
 use super::env::Env;
 use super::reply::Accept;

@@ -63,6 +63,17 @@ impl Request {
         self
     }
 
+    /// Drops every header `name` (case-insensitive).
+    pub fn without_header(mut self, name: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self
+    }
+
+    /// Replaces every header `name` with one saying `value`.
+    pub fn set_header(self, name: &str, value: &str) -> Self {
+        self.without_header(name).header(name, value)
+    }
+
     fn has_header(&self, name: &str) -> bool {
         self.headers
             .iter()

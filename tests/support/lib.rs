@@ -12,6 +12,7 @@
 //! - [`sse`]: parsing `text/event-stream` bodies.
 //! - [`stream`]: an open SSE response read message by message (server→client traffic).
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
+//! - [`stateless`]: hand-written requests of the stateless revision (2026-07-28).
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
 //!
@@ -26,6 +27,7 @@ pub mod ops;
 pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod stateless;
 pub mod stream;
 
 use std::future::Future;

@@ -37,12 +37,23 @@ const SUPPORTED: [&str; 4] = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03
 /// How long upstream sessions closed in the background may take to be gone.
 const CLOSE_WITHIN: Duration = Duration::from_secs(15);
 
-/// One counter-server behind a gateway with `workers` workers on `/mcp`.
+/// One counter-server behind a gateway with `workers` workers on `/mcp`, without the
+/// warm pool, so that every upstream session the counter sees is one request's own
+/// (the pool has a test of its own below).
 fn counter_behind_gateway(workers: usize) -> (CounterServer, Gateway) {
     let counter = start_counter!().expect("start counter-server");
-    let gateway = Gateway::start(&GatewayConfig::new(workers).upstream("counter", &counter.url()))
-        .expect("start mcpgw");
+    let gateway = Gateway::start(&no_warm_pool(
+        GatewayConfig::new(workers).upstream("counter", &counter.url()),
+    ))
+    .expect("start mcpgw");
     (counter, gateway)
+}
+
+fn no_warm_pool(mut config: GatewayConfig) -> GatewayConfig {
+    config
+        .extra
+        .push_str("\n[sessions]\nstateless_warm_sessions = 0\n");
+    config
 }
 
 fn stateless_client(gateway: &Gateway) -> StatelessClient {
@@ -169,11 +180,11 @@ async fn discover_answers_who_the_endpoint_is_without_a_session() {
 async fn discover_of_a_federated_endpoint_is_the_gateways_with_merged_capabilities() {
     let a = start_counter!(CounterOpts::named("a")).expect("start a");
     let b = start_counter!(CounterOpts::named("b")).expect("start b");
-    let gateway = Gateway::start(
-        &GatewayConfig::new(2)
+    let gateway = Gateway::start(&no_warm_pool(
+        GatewayConfig::new(2)
             .upstream("a", &a.url())
             .upstream("b", &b.url()),
-    )
+    ))
     .expect("start mcpgw");
 
     let reply = stateless_client(&gateway)
@@ -579,4 +590,56 @@ async fn stateless_requests_are_counted_by_method_and_outcome() {
             "mcpgw_requests_total{{method={method:?},outcome={outcome:?}}} in:\n{text}"
         );
     }
+}
+
+/// With the warm pool (the default, two per kind of client), a stateless request takes
+/// an upstream session opened ahead and the pool is refilled behind it; each session
+/// still serves one request (the count is 1 every time), and the pool's sessions are
+/// closed when the gateway stops.
+#[tokio::test]
+async fn the_warm_pool_serves_each_request_a_session_opened_ahead() {
+    let counter = start_counter!().expect("start counter-server");
+    let mut gateway = Gateway::start(&GatewayConfig::new(1).upstream("counter", &counter.url()))
+        .expect("start mcpgw");
+    let mut client = stateless_client(&gateway);
+    let pool_full = || async {
+        wait_until("the warm pool is full", CLOSE_WITHIN, || async {
+            let stats = counter.stats().await?;
+            Ok((stats.live_sessions == 2).then_some(stats))
+        })
+        .await
+        .expect("two sessions ready")
+    };
+    for _ in 0..5 {
+        let reply = client
+            .request("tools/call", json!({"name": "increment", "arguments": {}}))
+            .await
+            .expect("increment");
+        assert_eq!(reply.count().expect("count"), 1, "{}", reply.message);
+        pool_full().await;
+    }
+    let (_, text) = mcpgw_tests::ops::admin_get(&gateway, "/metrics").await;
+    let taken: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("mcpgw_upstream_session_events_total{")
+                && l.contains("event=\"warm_taken\"")
+                && l.contains("upstream=\"counter\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        taken, 4.0,
+        "the first request opened its own; the next four took one:\n{text}"
+    );
+    gateway
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    gateway
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the gateway stops");
+    let stats = counter.stats().await.expect("stats");
+    assert_eq!(stats.live_sessions, 0, "{stats:?}");
+    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
 }

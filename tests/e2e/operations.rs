@@ -1489,3 +1489,35 @@ async fn admin_api_says_which_methods_a_path_takes() {
     let (status, _) = admin_get(&gateway, "/healthz").await;
     assert_eq!(status, 200);
 }
+
+/// A client's W3C trace context reaches the upstream with its call, so the upstream's
+/// spans join the client's trace; a malformed `traceparent` is dropped, not passed on.
+#[tokio::test]
+async fn the_clients_trace_context_reaches_the_upstream() {
+    let (counter, gateway) = started(1).await;
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "increment", "arguments": {}}});
+    let traced = client
+        .post_request(call.to_string())
+        .header("traceparent", parent)
+        .header("tracestate", "congo=t61rcWkgMzE");
+    let resp = client.send(&traced).await.expect("traced call");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let malformed = client
+        .post_request(call.to_string())
+        .header("traceparent", "00-not-a-trace-01");
+    let resp = client.send(&malformed).await.expect("call");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    let seen = counter
+        .events_of("traceparent")
+        .await
+        .expect("counter events");
+    assert_eq!(seen.len(), 1, "only the well-formed one: {seen:?}");
+    assert_eq!(seen[0]["traceparent"], parent);
+    assert_eq!(seen[0]["tracestate"], "congo=t61rcWkgMzE");
+    assert_eq!(seen[0]["method"], "tools/call");
+}

@@ -297,6 +297,11 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
     };
     let id = obj.get("id").cloned();
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    if let Some(trace) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        srv.record(json!({"kind": "traceparent", "method": obj.get("method"),
+            "traceparent": trace,
+            "tracestate": headers.get("tracestate").and_then(|v| v.to_str().ok())}));
+    }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
         // A response to a server-initiated request: `ask_roots` waits for it, others are dropped.
         if obj.contains_key("result") || obj.contains_key("error") {

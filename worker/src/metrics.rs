@@ -97,6 +97,9 @@ pub(crate) struct OutcomeSlot {
     outcome: std::sync::atomic::AtomicU8,
     /// Filled only when the access log is on (see [`crate::route::env::Env`]).
     routed: OnceLock<Routed>,
+    /// The client's W3C trace context as header lines for the upstream
+    /// request (`traceparent: …\r\n`, `tracestate: …\r\n`); empty without.
+    trace: Box<[u8]>,
 }
 
 /// Where a request was routed: the upstream, and the tool or prompt name
@@ -110,10 +113,21 @@ impl OutcomeSlot {
     const UNSET: u8 = u8::MAX;
 
     pub(crate) fn new() -> Self {
+        Self::with_trace(Box::default())
+    }
+
+    /// For a request that carries a trace context (header lines, or empty).
+    pub(crate) fn with_trace(trace: Box<[u8]>) -> Self {
         Self {
             outcome: std::sync::atomic::AtomicU8::new(Self::UNSET),
             routed: OnceLock::new(),
+            trace,
         }
+    }
+
+    /// The trace context header lines to send upstream (maybe empty).
+    pub(crate) fn trace(&self) -> &[u8] {
+        &self.trace
     }
 
     pub(crate) fn set(&self, outcome: Outcome) {

@@ -70,6 +70,59 @@ pub(crate) fn is_json_content_type<B>(req: &Request<B>) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The client's W3C trace context (`traceparent`, and `tracestate` with it)
+/// as header lines for the upstream request, so the upstream's spans join
+/// the client's trace. A malformed `traceparent` is dropped (and the
+/// `tracestate` with it), as the Trace Context spec asks of a forwarder
+/// that cannot parse it; nothing is invented when there is none.
+pub(crate) fn trace_context(headers: &http::HeaderMap) -> Box<[u8]> {
+    let Some(parent) = headers.get("traceparent").map(HeaderValue::as_bytes) else {
+        return Box::default();
+    };
+    if !is_traceparent(parent) {
+        return Box::default();
+    }
+    let mut lines = Vec::with_capacity(96);
+    lines.extend_from_slice(b"traceparent: ");
+    lines.extend_from_slice(parent);
+    lines.extend_from_slice(b"\r\n");
+    // The spec bounds what a vendor list needs; more is dropped, not cut.
+    if let Some(state) = headers.get("tracestate").map(HeaderValue::as_bytes)
+        && state.len() <= 512
+        && state.iter().all(|b| (0x20..0x7f).contains(b))
+    {
+        lines.extend_from_slice(b"tracestate: ");
+        lines.extend_from_slice(state);
+        lines.extend_from_slice(b"\r\n");
+    }
+    lines.into_boxed_slice()
+}
+
+/// `version-traceid-parentid-flags` in lowercase hex (2-32-16-2), version
+/// not `ff`, trace and parent ids not all zero.
+fn is_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
+    // Later versions may append fields after the four: only the four are read.
+    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && !zero(trace)
+        && hex(parent)
+        && !zero(parent)
+        && hex(flags)
+}
+
 pub(crate) fn accepted() -> Response<Body> {
     let mut r = Response::new(body::empty());
     *r.status_mut() = StatusCode::ACCEPTED;
@@ -79,6 +132,30 @@ pub(crate) fn accepted() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_passed_on() {
+        let mut h = http::HeaderMap::new();
+        assert!(trace_context(&h).is_empty());
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", HeaderValue::from_static(good));
+        h.insert("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+        assert_eq!(
+            &*trace_context(&h),
+            format!("traceparent: {good}\r\ntracestate: congo=t61rcWkgMzE\r\n").as_bytes()
+        );
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        ] {
+            h.insert("traceparent", HeaderValue::from_static(bad));
+            assert!(trace_context(&h).is_empty(), "{bad}");
+        }
+    }
     use crate::route::reply::Accept;
     use http::header::ACCEPT;
 

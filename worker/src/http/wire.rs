@@ -61,6 +61,7 @@ pub(crate) fn write_head(
     method: &Method,
     path: &str,
     headers: &HeaderBlock,
+    extra: &[u8],
     body_len: Option<usize>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -68,6 +69,7 @@ pub(crate) fn write_head(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     out.extend_from_slice(&headers.0);
+    out.extend_from_slice(extra);
     if let Some(len) = body_len {
         out.extend_from_slice(b"content-length: ");
         push_decimal(out, len as u64);
@@ -501,7 +503,7 @@ mod tests {
     fn request_heads_carry_the_length_and_skip_framing_headers() {
         let written = |method: &Method, path: &str, headers: &HeaderMap, len: Option<usize>| {
             let mut out = Vec::new();
-            write_head(&mut out, method, path, &HeaderBlock::new(headers), len);
+            write_head(&mut out, method, path, &HeaderBlock::new(headers), b"", len);
             String::from_utf8(out).expect("utf8")
         };
         let mut headers = HeaderMap::new();

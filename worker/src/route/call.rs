@@ -76,7 +76,7 @@ async fn call<S: Source>(
         };
         let mut call = CallGuard::start(src.relay(), &us, id, token.as_ref());
         let sent = tokio::select! {
-            sent = us.send(body.clone(), deadline) => sent,
+            sent = us.send_traced(body.clone(), deadline, ctx.outcome.trace()) => sent,
             _ = call.interrupted() => return ctx.cancelled(accept, id),
         };
         match sent {

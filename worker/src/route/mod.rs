@@ -259,7 +259,9 @@ pub(crate) async fn by_uri<S: Source>(
         let deadline = Instant::now() + server.request_timeout();
         let attempt = async {
             let us = src.upstream(server).await?;
-            let resp = us.send(body.clone(), deadline).await?;
+            let resp = us
+                .send_traced(body.clone(), deadline, ctx.outcome.trace())
+                .await?;
             read_answer(server, resp, id, deadline).await
         };
         match attempt.await {

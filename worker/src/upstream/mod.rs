@@ -230,10 +230,23 @@ impl UpstreamServer {
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.send_with(method, headers, b"", body, deadline).await
+    }
+
+    /// [`Self::send`] with header lines of this request only (`extra`).
+    async fn send_with(
+        &self,
+        method: &Method,
+        headers: &HeaderBlock,
+        extra: &[u8],
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let req = Outgoing {
             method,
             path: &self.path,
             headers,
+            extra,
             body,
         };
         match timeout_at(deadline, self.pool.send(req)).await {
@@ -472,10 +485,21 @@ impl UpstreamSession {
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.send_traced(body, deadline, b"").await
+    }
+
+    /// [`Self::send`] carrying the client's trace context (`traceparent`
+    /// and `tracestate` header lines, or nothing).
+    pub(crate) async fn send_traced(
+        &self,
+        body: Bytes,
+        deadline: Instant,
+        trace: &[u8],
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.touch();
         let resp = self
             .server
-            .send(&Method::POST, &self.block, body, deadline)
+            .send_with(&Method::POST, &self.block, trace, body, deadline)
             .await?;
         self.accepted(resp)
     }

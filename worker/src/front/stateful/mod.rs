@@ -11,7 +11,7 @@ mod lifecycle;
 mod messages;
 
 use crate::front::common::{
-    ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found,
+    ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found, trace_context,
 };
 use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{delete, get, resume};
@@ -118,7 +118,7 @@ pub(crate) async fn post(
     let start = Instant::now();
     let mut method = "other";
     // Filled by routing when the status cannot tell (see `OutcomeSlot`).
-    let outcome = OutcomeSlot::new();
+    let outcome = OutcomeSlot::with_trace(trace_context(req.headers()));
     // What the access log needs that the request takes away (only when on).
     let access = ctx
         .access_log

@@ -104,6 +104,9 @@ pub(crate) struct Outgoing<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub headers: &'a HeaderBlock,
+    /// Header lines of this request only (`name: value\r\n` each), after
+    /// the shared block; usually empty.
+    pub extra: &'a [u8],
     pub body: Bytes,
 }
 
@@ -141,7 +144,14 @@ impl Conn {
     async fn write_request(&mut self, req: &Outgoing<'_>) -> Result<(), (io::Error, bool)> {
         self.out.clear();
         let len = (!req.body.is_empty() || req.method != Method::GET).then_some(req.body.len());
-        wire::write_head(&mut self.out, req.method, req.path, req.headers, len);
+        wire::write_head(
+            &mut self.out,
+            req.method,
+            req.path,
+            req.headers,
+            req.extra,
+            len,
+        );
         wire::write_two(&mut self.io, &self.out, &req.body).await
     }
 

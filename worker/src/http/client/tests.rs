@@ -15,6 +15,7 @@ fn request(headers: &HeaderBlock, n: u32) -> Outgoing<'_> {
         method: &Method::POST,
         path: "/mcp",
         headers,
+        extra: b"",
         body: Bytes::from(format!("{{\"n\":{n}}}")),
     }
 }
@@ -292,6 +293,7 @@ async fn a_get_stream_keeps_its_connection_to_itself() {
         method: &Method::GET,
         path: "/mcp",
         headers: &h,
+        extra: b"",
         body: Bytes::new(),
     };
     let stream = pool.send(get).await.expect("GET");

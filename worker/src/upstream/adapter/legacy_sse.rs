@@ -43,6 +43,7 @@ impl Poster {
             method: &Method::POST,
             path: &self.path,
             headers: &self.headers,
+            extra: b"",
             body: Bytes::copy_from_slice(line),
         };
         let exchange = async {
@@ -111,6 +112,7 @@ pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opene
         method: &Method::GET,
         path,
         headers: &HeaderBlock::new(&headers),
+        extra: b"",
         body: Bytes::new(),
     };
     let resp = timeout(connect_timeout, stream_pool.send(req))

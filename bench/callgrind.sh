@@ -6,6 +6,8 @@
 #     bench/callgrind.sh BIN_DIR [REQUESTS] [--new-connection]
 #
 # With MCPGW_CALLGRIND_KEEP=FILE the dump is kept there, for callgrind_annotate.
+# MCPGW_CALLGRIND_TOML adds top-level tables to the gateway's config (e.g.
+# $'[log]\naccess = true' for the access log's cost).
 #
 # BIN_DIR holds release builds of `mcpgw`, `counter-server` and `mcpgw-bench`
 # (cargo build --release -p mcpgw -p mcpgw-tests -p mcpgw-bench). One worker runs under
@@ -49,6 +51,7 @@ admin_listen = "127.0.0.1:0"
 workers = 1
 [sessions]
 heartbeat_ttl_ms = 60000
+${MCPGW_CALLGRIND_TOML:-}
 [[upstream]]
 id = "counter"
 url = "http://$up/mcp"

@@ -53,8 +53,10 @@ const UPSTREAM_VERSION: ProtocolVersion = ProtocolVersion::LATEST_STATEFUL;
 
 /// Methods the 2026-07-28 revision removed: a stateless client that sends
 /// one gets "method not found", as from any server of the revision.
-const REMOVED: [&str; 7] = [
-    "initialize",
+/// (`initialize` is not among them here: whatever its headers say, it
+/// selects the stateful era and opens a session, as the revision's
+/// backward-compatibility rules have a dual-era server do.)
+const REMOVED: [&str; 6] = [
     "ping",
     "logging/setLevel",
     "resources/subscribe",

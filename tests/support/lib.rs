@@ -7,6 +7,7 @@
 //! - [`gateway`]: builds the `mcpgw` binary once per test binary, writes a config, starts
 //!   `mcpgw serve` and waits for it to be ready.
 //! - [`counter`]: starts the `counter-server` test upstream and reads its `/stats`.
+//! - [`modern`]: starts the `modern-server` test upstream (2026-07-28 only, on rmcp).
 //! - [`http`]: a small HTTP/1.1 client over `TcpStream` with byte-level control
 //!   (keep-alive, partial heads, oversized requests).
 //! - [`sse`]: parsing `text/event-stream` bodies.
@@ -23,6 +24,7 @@ pub mod counter;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
+pub mod modern;
 pub mod ops;
 pub mod process;
 pub mod redis;

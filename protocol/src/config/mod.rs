@@ -390,6 +390,23 @@ pub enum Transport {
     Sse,
 }
 
+/// Which protocol era an upstream server speaks: the 2025 session protocol
+/// (`initialize`, `Mcp-Session-Id`) or the stateless 2026-07-28 revision
+/// (every request self-contained, `server/discover`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamEra {
+    /// Ask the server (`server/discover`) on first use and remember its
+    /// answer while this upstream's config is unchanged.
+    #[default]
+    Auto,
+    /// Always `initialize` a session; never ask.
+    Stateful,
+    /// Always speak 2026-07-28 (a legacy answer to `server/discover` is then
+    /// an error). Only for `transport = "streamable-http"`.
+    Stateless,
+}
+
 /// One upstream MCP server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,6 +418,9 @@ pub struct Upstream {
     pub url: String,
     #[serde(default)]
     pub transport: Transport,
+    /// Which protocol era it speaks (`auto` asks it).
+    #[serde(default)]
+    pub era: UpstreamEra,
     /// stdio: the program to run (a path, or a name looked up in `PATH`).
     #[serde(default)]
     pub command: Option<String>,
@@ -435,6 +455,7 @@ impl Upstream {
             id: id.to_owned(),
             url: url.to_owned(),
             transport: Transport::StreamableHttp,
+            era: UpstreamEra::Auto,
             command: None,
             args: Vec::new(),
             env: BTreeMap::new(),

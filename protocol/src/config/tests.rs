@@ -276,3 +276,30 @@ fn survives_the_control_channel_encoding() {
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
     assert_eq!(back, c);
 }
+
+#[test]
+fn upstream_era_defaults_to_auto_and_is_checked() {
+    let c = Config::parse("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"").expect("valid");
+    assert_eq!(c.upstream[0].era, UpstreamEra::Auto);
+    for (text, era) in [
+        ("auto", UpstreamEra::Auto),
+        ("stateful", UpstreamEra::Stateful),
+        ("stateless", UpstreamEra::Stateless),
+    ] {
+        let c = Config::parse(&format!(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\nera = \"{text}\""
+        ))
+        .expect("valid");
+        assert_eq!(c.upstream[0].era, era);
+    }
+    assert!(err("[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\nera = \"modern\"").contains("era"));
+    assert!(
+        err("[[upstream]]\nid = \"a\"\ntransport = \"sse\"\nurl = \"http://x/sse\"\nera = \"stateless\"")
+            .starts_with("upstream[0].era:")
+    );
+    // A stdio upstream may pin the session protocol (it is all it speaks).
+    Config::parse(
+        "[[upstream]]\nid = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\nera = \"stateful\"",
+    )
+    .expect("valid");
+}

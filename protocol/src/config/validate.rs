@@ -146,6 +146,14 @@ impl Config {
             if u.transport != Transport::StreamableHttp && u.max_processes == 0 {
                 return Err(invalid(key("max_processes"), "must be greater than 0"));
             }
+            // stdio children and legacy event streams sit behind the
+            // worker's session adapter: only the session protocol reaches them.
+            if u.era == UpstreamEra::Stateless && u.transport != Transport::StreamableHttp {
+                return Err(invalid(
+                    key("era"),
+                    "era = \"stateless\" needs transport = \"streamable-http\"",
+                ));
+            }
             match u.transport {
                 Transport::StreamableHttp | Transport::Sse => {
                     check_upstream_url(&u.url).map_err(|reason| invalid(key("url"), reason))?;

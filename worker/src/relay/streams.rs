@@ -174,6 +174,12 @@ async fn client_gone(out: Option<&mpsc::Sender<Bytes>>) {
 /// A new upstream session of this session: it gets the client's logging
 /// level, and is listened to if the client has its GET stream open.
 pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    if us.is_modern() {
+        // A stateless (2026-07-28) upstream has no GET stream and no
+        // `logging/setLevel` (its requests could carry the level in `_meta`
+        // instead: not done yet).
+        return;
+    }
     listen(relay, us);
     let level = relay.log_level.lock().ok().and_then(|l| l.clone());
     if let Some(params) = level {
@@ -190,6 +196,10 @@ pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
 /// Start listening to `us`'s GET stream on behalf of the session's open GET
 /// stream, unless someone already does for this stream.
 pub(crate) fn listen(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    if us.is_modern() {
+        // No session upstream, so no stream of its own to listen to.
+        return;
+    }
     let Some((generation, alive)) = relay.stream_alive() else {
         return;
     };

@@ -104,6 +104,33 @@ async fn call<S: Source>(
     }
 }
 
+/// A 2026-07-28 upstream's `input_required` result (it asks the client
+/// something mid-request, MRTR) is not bridged yet: only a stateless
+/// client of an endpoint with this one upstream gets it as it is (its
+/// `requestState` then goes back to the upstream that made it); anyone
+/// else gets an error that says so, naming the upstream.
+fn input_required<S: Source>(
+    ctx: Env<'_>,
+    src: &S,
+    server: &UpstreamServer,
+    accept: Accept,
+    id: &str,
+    message: &[u8],
+) -> Option<Response<Body>> {
+    if !upstream::modern::needs_input(message)
+        || (src.stands_alone() && src.endpoint().upstreams.len() == 1)
+    {
+        return None;
+    }
+    warn!(session = %src.who(), upstream = %server.id, "upstream asked for input (MRTR); not bridged");
+    Some(ctx.rpc_error(
+        accept,
+        id,
+        jsonrpc::INTERNAL_ERROR,
+        &format!("upstream {} needs input (MRTR), not bridged yet", server.id),
+    ))
+}
+
 pub(crate) fn upstream_failure(
     ctx: Env<'_>,
     accept: Accept,
@@ -189,6 +216,9 @@ pub(crate) async fn answer_call<S: Source>(
             Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
         }
+        if let Some(refused) = input_required(ctx, src, server, accept, id, &held.bytes) {
+            return refused;
+        }
         if !accept.json {
             return rpc(accept, StatusCode::OK, held.bytes);
         }
@@ -227,6 +257,9 @@ pub(crate) async fn answer_call<S: Source>(
                 // scan (no parse) of it tells its outcome.
                 if let Some((_, kind)) = jsonrpc::response_kind(&message, ctx.tool_call) {
                     ctx.outcome.set(Outcome::of_answer(kind));
+                }
+                if let Some(refused) = input_required(ctx, src, server, accept, id, &message) {
+                    return refused;
                 }
                 rpc(accept, StatusCode::OK, message)
             }

@@ -43,6 +43,13 @@ pub(crate) trait Source: Sync {
         server: &Arc<UpstreamServer>,
     ) -> impl Future<Output = Result<Arc<UpstreamSession>, UpstreamError>> + Send;
 
+    /// Whether the request stands alone (a stateless client's): an answer
+    /// that only its upstream can continue (`input_required`, whose
+    /// `requestState` the client sends back) may then reach the client.
+    fn stands_alone(&self) -> bool {
+        false
+    }
+
     /// `failed` had a transport failure: do not hand it out again (unless
     /// a newer one replaced it already).
     fn evict(
@@ -163,6 +170,10 @@ impl Source for PerRequest {
 
     fn who(&self) -> &dyn fmt::Display {
         &"stateless request"
+    }
+
+    fn stands_alone(&self) -> bool {
+        true
     }
 
     fn relay(&self) -> &Arc<Relay> {

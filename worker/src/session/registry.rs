@@ -136,8 +136,7 @@ impl Registry {
         server: &Arc<UpstreamServer>,
         cell: &mut Option<Arc<UpstreamSession>>,
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
-        let created = match UpstreamSession::initialize(server.clone(), &session.init_params).await
-        {
+        let created = match UpstreamSession::open(server.clone(), &session.init_params).await {
             Ok(c) => c,
             Err(e) => {
                 self.metrics
@@ -210,7 +209,7 @@ impl Registry {
         server: &Arc<UpstreamServer>,
         init_params: &str,
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
-        match UpstreamSession::initialize(server.clone(), init_params).await {
+        match UpstreamSession::open(server.clone(), init_params).await {
             Ok(created) => {
                 self.event(&server.id, "created");
                 self.live(&server.id, 1);

@@ -8,11 +8,18 @@
 //! and closes it. Answers come back as `application/json` or as an SSE stream;
 //! [`read_answer`] reduces either to the one JSON-RPC response the gateway
 //! asked for, while call answers are passed through untouched by the caller.
+//!
+//! A server of the stateless revision (2026-07-28, [`modern`]) has no
+//! sessions: its [`UpstreamSession`] is a handle with no session id whose
+//! identity comes from `server/discover` and whose requests are rewritten
+//! to carry the client in `_meta`. Which era a server speaks is asked once
+//! and kept on its [`UpstreamServer`] ([`UpstreamServer::era`]).
 
 pub(crate) mod adapter;
 pub(crate) mod answer_budget;
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod modern;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +30,7 @@ use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use mcpgw_mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
-use mcpgw_protocol::config::{Transport, Upstream};
+use mcpgw_protocol::config::{Transport, Upstream, UpstreamEra};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
@@ -109,6 +116,10 @@ pub(crate) struct UpstreamServer {
     /// For a stdio or legacy SSE upstream: the local adapter this server
     /// talks to (its backends end when the server is dropped).
     _stdio: Option<crate::upstream::adapter::Adapter>,
+    /// The era this server speaks, once known (`None`: not asked yet, or
+    /// forgotten after a transport failure). Held while it is asked, so
+    /// concurrent first uses ask once.
+    era: tokio::sync::Mutex<Option<KnownEra>>,
     /// `mcpgw_upstream_session_events_total{upstream=id, event="reused"}`,
     /// resolved on first use: it counts every call, and a labelled lookup
     /// costs more than the increment.
@@ -182,9 +193,53 @@ impl UpstreamServer {
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
             config: cfg.clone(),
             _stdio: stdio,
+            era: tokio::sync::Mutex::new(None),
             reused: std::sync::OnceLock::new(),
             counted: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The era this server speaks: as configured, else as its answer to
+    /// `server/discover` said (asked on first use with `client`'s
+    /// capabilities and info, then kept until [`Self::forget_era`]).
+    /// stdio and legacy SSE upstreams sit behind the session adapter and
+    /// are never asked.
+    pub(crate) async fn era(
+        &self,
+        client: &modern::ClientMeta,
+        deadline: Instant,
+    ) -> Result<KnownEra, UpstreamError> {
+        if self.config.era == UpstreamEra::Stateful
+            || self.config.transport != Transport::StreamableHttp
+        {
+            return Ok(KnownEra::Stateful);
+        }
+        let mut known = self.era.lock().await;
+        if let Some(era) = known.as_ref() {
+            return Ok(era.clone());
+        }
+        let era = match modern::probe(self, client, deadline).await? {
+            modern::Probed::Modern(found) => KnownEra::Modern(Arc::new(found)),
+            modern::Probed::Legacy(why) if self.config.era == UpstreamEra::Stateless => {
+                return Err(self.protocol_error(format!(
+                    "era = \"stateless\" but server/discover got a legacy answer: {why}"
+                )));
+            }
+            modern::Probed::Legacy(why) => {
+                debug!(upstream = %self.id, answer = %why, "server/discover: a session server");
+                KnownEra::Stateful
+            }
+        };
+        *known = Some(era.clone());
+        Ok(era)
+    }
+
+    /// Ask again on next use: the server may have been replaced by one of
+    /// another era behind the same URL. A probe in flight decides anyway.
+    pub(crate) fn forget_era(&self) {
+        if let Ok(mut known) = self.era.try_lock() {
+            *known = None;
+        }
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -282,6 +337,14 @@ impl UpstreamServer {
     }
 }
 
+/// What a server's era is known to be.
+#[derive(Clone)]
+pub(crate) enum KnownEra {
+    Stateful,
+    /// What its `server/discover` answer said.
+    Modern(Arc<modern::Discovered>),
+}
+
 /// One MCP session on an upstream server, owned by one downstream session.
 pub(crate) struct UpstreamSession {
     pub server: Arc<UpstreamServer>,
@@ -305,6 +368,9 @@ pub(crate) struct UpstreamSession {
     /// (`serverInfo`, `instructions`), for the gateway's own `initialize`
     /// answer. Unknown for a session taken over from another worker.
     identity: Option<Identity>,
+    /// For a server of the stateless revision: the downstream client as
+    /// every request carries it (no upstream session exists then).
+    modern: Option<modern::ClientMeta>,
 }
 
 /// The parts of an upstream's `initialize` answer the gateway passes on to
@@ -328,6 +394,46 @@ struct InitializeResult<'a> {
 }
 
 impl UpstreamSession {
+    /// The upstream session of a downstream client (its `initialize` params,
+    /// or those a stateless client's `_meta` made) on `server`: a session
+    /// `initialize`d for a session server, a handle without a session for a
+    /// server of the stateless revision.
+    pub(crate) async fn open(
+        server: Arc<UpstreamServer>,
+        init_params: &str,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let client = modern::ClientMeta::from_init_params(init_params);
+        let deadline = Instant::now() + server.request_timeout();
+        match server.era(&client, deadline).await? {
+            KnownEra::Stateful => Self::initialize(server, init_params).await,
+            KnownEra::Modern(found) => Ok(Self::modern(server, &found, client)),
+        }
+    }
+
+    /// A handle on a server of the stateless revision: nothing is opened
+    /// upstream; every request carries `client` and the revision's version.
+    fn modern(
+        server: Arc<UpstreamServer>,
+        found: &modern::Discovered,
+        client: modern::ClientMeta,
+    ) -> Arc<Self> {
+        let mut us = Self::build(
+            server,
+            None,
+            HeaderValue::from_static(modern::VERSION.as_str()),
+            found.capabilities.clone(),
+            Some(found.identity()),
+        );
+        us.modern = Some(client);
+        debug!(upstream = %us.server.id, "stateless upstream handle made");
+        Arc::new(us)
+    }
+
+    /// Whether the server speaks the stateless revision (no session).
+    pub(crate) fn is_modern(&self) -> bool {
+        self.modern.is_some()
+    }
+
     /// `initialize` + `notifications/initialized` with the downstream
     /// client's own parameters (capabilities, clientInfo, version).
     pub(crate) async fn initialize(
@@ -399,6 +505,14 @@ impl UpstreamSession {
             .map(HeaderValue::from_str)
             .transpose()
             .map_err(|_| bad("session id"))?;
+        if version == modern::VERSION.as_str() {
+            // Nothing upstream to carry on: the next use makes a new handle
+            // (it needs the client's `_meta`, which the record does not keep
+            // here).
+            return Err(server.protocol_error(
+                "a stateless upstream has no session to re-attach; a new handle is made on use",
+            ));
+        }
         let version = HeaderValue::from_str(version).map_err(|_| bad("version"))?;
         let capabilities = if capabilities.is_empty() {
             "{}"
@@ -421,8 +535,24 @@ impl UpstreamSession {
         capabilities: Box<str>,
         identity: Option<Identity>,
     ) -> Arc<Self> {
+        Arc::new(Self::build(
+            server,
+            session_id,
+            version,
+            capabilities,
+            identity,
+        ))
+    }
+
+    fn build(
+        server: Arc<UpstreamServer>,
+        session_id: Option<HeaderValue>,
+        version: HeaderValue,
+        capabilities: Box<str>,
+        identity: Option<Identity>,
+    ) -> Self {
         let headers = server.headers_for(session_id.as_ref(), Some(&version));
-        Arc::new(Self {
+        Self {
             server,
             session_id,
             version,
@@ -434,7 +564,8 @@ impl UpstreamSession {
             listened_for: AtomicU64::new(0),
             capabilities,
             identity,
-        })
+            modern: None,
+        }
     }
 
     /// The server's capabilities from its `initialize` answer (raw JSON).
@@ -497,11 +628,36 @@ impl UpstreamSession {
         trace: &[u8],
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.touch();
-        let resp = self
-            .server
-            .send_with(&Method::POST, &self.block, trace, body, deadline)
-            .await?;
-        self.accepted(resp)
+        let sent = match &self.modern {
+            None => {
+                self.server
+                    .send_with(&Method::POST, &self.block, trace, body, deadline)
+                    .await
+            }
+            Some(client) => {
+                let (body, headers) =
+                    modern::rewrite(&body, client, &self.headers).ok_or_else(|| {
+                        self.server
+                            .protocol_error("the request could not be rewritten for 2026-07-28")
+                    })?;
+                let sent = self
+                    .server
+                    .send_with(
+                        &Method::POST,
+                        &HeaderBlock::new(&headers),
+                        trace,
+                        body,
+                        deadline,
+                    )
+                    .await;
+                if matches!(sent, Err(UpstreamError::Transport { .. })) {
+                    // It may come back as another server: ask its era again.
+                    self.server.forget_era();
+                }
+                sent
+            }
+        };
+        self.accepted(sent?)
     }
 
     /// A success passes; 404 on a session means the upstream forgot it.
@@ -583,8 +739,19 @@ impl UpstreamSession {
 
     /// Is the session still usable? `ping`, else a cheap list call for
     /// servers that do not implement ping.
+    /// A stateless upstream has no ping (and no session to lose): it is
+    /// asked `server/discover` again, which must still say 2026-07-28.
     pub(crate) async fn probe(&self, bound: Duration) -> bool {
         let deadline = Instant::now() + bound;
+        if let Some(client) = &self.modern {
+            return match modern::probe(&self.server, client, deadline).await {
+                Ok(modern::Probed::Modern(_)) => true,
+                Ok(modern::Probed::Legacy(_)) | Err(_) => {
+                    self.server.forget_era();
+                    false
+                }
+            };
+        }
         match self.call("ping", None, deadline).await {
             Ok(answer) => match jsonrpc::answer(&answer) {
                 Some(Answer::Result(_)) => true,

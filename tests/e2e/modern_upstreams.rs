@@ -1,0 +1,306 @@
+//! mcpgw in front of upstreams of the stateless revision (2026-07-28 only): the
+//! `modern-server` test upstream (rmcp), reached by stateful clients, stateless clients
+//! and the rmcp client, alone or federated with the stateful counter-server, and pinned
+//! to the wrong era.
+
+use std::time::Duration;
+
+use mcpgw_tests::http::{HttpConn, Request};
+use mcpgw_tests::modern::ModernServer;
+use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern};
+use serde_json::{Value, json};
+
+fn modern_behind_gateway() -> (ModernServer, Gateway) {
+    let modern = start_modern!("modern").expect("start modern-server");
+    let gateway = Gateway::start(&GatewayConfig::new(1).upstream("modern", &modern.url()))
+        .expect("start mcpgw");
+    (modern, gateway)
+}
+
+/// The JSON text a tool answered, parsed.
+fn json_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("tool text {text:?} is not JSON: {e}"))
+}
+
+/// A stateful client (initialize, session) reaches a 2026-07-28-only upstream: its
+/// requests go as stateless requests carrying the client's own info and capabilities,
+/// and the upstream never sees an `initialize` or a `DELETE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_client_reaches_a_modern_upstream() {
+    let (modern, gateway) = modern_behind_gateway();
+    let mut client = gateway.client();
+    let init = client
+        .initialize_with(json!({"roots": {"listChanged": true}}))
+        .await
+        .expect("initialize");
+    let result = init.result().expect("initialize result");
+    assert_eq!(result["serverInfo"]["name"], "modern", "{result}");
+    assert_eq!(result["instructions"], "modern speaks only 2026-07-28");
+    assert!(result["capabilities"]["tools"].is_object(), "{result}");
+
+    let sum = client
+        .call_tool("add", json!({"a": 2, "b": 40}))
+        .await
+        .expect("add");
+    assert_eq!(sum.text().expect("add text"), "42");
+
+    let echo = client
+        .call_tool("echo_meta", json!({}))
+        .await
+        .expect("echo_meta");
+    let said = json_text(&echo.text().expect("echo_meta text"));
+    assert_eq!(said["clientInfo"], "mcpgw-tests", "{said}");
+    assert_eq!(
+        said["clientCapabilities"]["roots"]["listChanged"], true,
+        "{said}"
+    );
+    assert_eq!(said["protocolVersion"], "2026-07-28", "{said}");
+
+    let mut names = client.tool_names().await.expect("tools/list");
+    names.sort();
+    assert_eq!(names, ["add", "echo_meta", "needs_input"]);
+
+    // MRTR is not bridged: a stateful client gets an error naming the upstream.
+    let asked = client
+        .call_tool("needs_input", json!({}))
+        .await
+        .expect("needs_input");
+    let (_, message) = asked.error().expect("input_required must become an error");
+    assert!(
+        message.contains("upstream modern needs input (MRTR)"),
+        "{message}"
+    );
+
+    let deleted = client.delete().await.expect("DELETE");
+    assert!(deleted.status < 300, "{}", deleted.status);
+    let log = modern.log().await.expect("log");
+    assert!(
+        log.iter().all(|e| e["http"] == "POST"),
+        "only POSTs upstream: {log:?}"
+    );
+    assert!(
+        !log.iter().any(|e| e["method"] == "initialize"),
+        "no initialize upstream: {log:?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|e| e["method"] == "server/discover")
+            .count(),
+        1,
+        "the era is asked once: {log:?}"
+    );
+}
+
+/// A hand-written stateless request, as `front/stateless/meta.rs` requires it.
+fn stateless_request(method: &str, name: Option<&str>, params: Value) -> Request {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "hand-written", "version": "1"},
+        "progressToken": "kept",
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
+    let mut req = Request::post("/mcp", body.to_string())
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", method);
+    if let Some(n) = name {
+        req = req.header("Mcp-Name", n);
+    }
+    req
+}
+
+/// A stateless client reaches the modern upstream; its `_meta` reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_client_reaches_a_modern_upstream() {
+    let (modern, gateway) = modern_behind_gateway();
+    let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
+    let call = |name: &str, args: Value| {
+        stateless_request(
+            "tools/call",
+            Some(name),
+            json!({"name": name, "arguments": args}),
+        )
+    };
+    let resp = conn
+        .send(&call("add", json!({"a": 1, "b": 2})))
+        .await
+        .expect("add");
+    assert_eq!(resp.status, 200, "{:?}", resp.text());
+    let v = resp.json().expect("json");
+    assert_eq!(v["result"]["content"][0]["text"], "3", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+
+    let resp = conn
+        .send(&call("echo_meta", json!({})))
+        .await
+        .expect("echo_meta");
+    let v = resp.json().expect("json");
+    let said = json_text(v["result"]["content"][0]["text"].as_str().expect("text"));
+    assert_eq!(said["clientInfo"], "hand-written", "{said}");
+    assert_eq!(said["clientCapabilities"]["sampling"], json!({}), "{said}");
+
+    // One upstream: its input_required passes through, requestState and all.
+    let resp = conn
+        .send(&call("needs_input", json!({})))
+        .await
+        .expect("needs_input");
+    let v = resp.json().expect("json");
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    assert_eq!(v["result"]["requestState"], "opaque-state-1", "{v}");
+
+    let resp = conn
+        .send(&stateless_request("server/discover", None, json!({})))
+        .await
+        .expect("discover");
+    let v = resp.json().expect("json");
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "modern",
+        "{v}"
+    );
+    let log = modern.log().await.expect("log");
+    assert!(
+        !log.iter()
+            .any(|e| e["method"] == "initialize" || e["http"] != "POST"),
+        "{log:?}"
+    );
+}
+
+/// One endpoint over the stateful counter-server and the modern server: lists merge,
+/// calls go to each by namespaced name, for a stateful and a stateless client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_and_a_modern_upstream_federate() {
+    let counter = start_counter!().expect("start counter-server");
+    let modern = start_modern!("modern").expect("start modern-server");
+    let gateway = Gateway::start(
+        &GatewayConfig::new(1)
+            .upstream("counter", &counter.url())
+            .upstream("modern", &modern.url())
+            .endpoint("/mcp", &["counter", "modern"]),
+    )
+    .expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    let names = client.tool_names().await.expect("tools/list");
+    for expected in ["counter__increment", "modern__add", "modern__echo_meta"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert_eq!(
+        client.count("counter__increment").await.expect("increment"),
+        1
+    );
+    assert_eq!(
+        client.count("counter__increment").await.expect("increment"),
+        2
+    );
+    let sum = client
+        .call_tool("modern__add", json!({"a": 5, "b": 6}))
+        .await
+        .expect("add");
+    assert_eq!(sum.text().expect("text"), "11");
+    // Two upstreams: even a stateless client gets input_required as an error.
+    let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
+    let resp = conn
+        .send(&stateless_request(
+            "tools/call",
+            Some("modern__needs_input"),
+            json!({"name": "modern__needs_input"}),
+        ))
+        .await
+        .expect("needs_input");
+    let v = resp.json().expect("json");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("upstream modern needs input"), "{v}");
+    let resp = conn
+        .send(&stateless_request(
+            "tools/call",
+            Some("modern__add"),
+            json!({"name": "modern__add", "arguments": {"a": 1, "b": 1}}),
+        ))
+        .await
+        .expect("stateless add");
+    let v = resp.json().expect("json");
+    assert_eq!(v["result"]["content"][0]["text"], "2", "{v}");
+    let stats = counter.stats().await.expect("stats");
+    assert!(stats.initialize >= 1, "{stats:?}");
+}
+
+/// `era = "stateful"` pinned on a modern upstream: it refuses `initialize`, and the
+/// client's error names the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_upstream_pinned_stateful_fails_clearly() {
+    let modern = start_modern!("modern").expect("start modern-server");
+    let mut config = GatewayConfig::new(1);
+    config.extra = format!(
+        "[[upstream]]\nid = \"pinned\"\nurl = {:?}\nera = \"stateful\"",
+        modern.url()
+    );
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let mut client = gateway.client();
+    // The session opens (its upstream failed to open; initialize names it or goes on
+    // without it) and the first call says which upstream failed and why.
+    let _ = client.initialize().await;
+    if client.session_id().is_some() {
+        let reply = client
+            .call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("tools/call");
+        let (_, message) = reply
+            .error()
+            .expect("a pinned stateful modern upstream fails");
+        assert!(message.contains("pinned"), "{message}");
+        assert!(message.contains("initialize"), "{message}");
+    }
+    let log = modern.log().await.expect("log");
+    assert!(
+        log.iter().any(|e| e["method"] == "initialize"),
+        "pinned stateful: initialize was tried: {log:?}"
+    );
+    assert!(
+        !log.iter().any(|e| e["method"] == "server/discover"),
+        "pinned: never asked: {log:?}"
+    );
+}
+
+/// The rmcp client in its default (auto) mode, through mcpgw, in front of the modern
+/// server: it settles on 2026-07-28 with the gateway and completes a tool call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
+    use rmcp::ClientServiceExt;
+    use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+    use rmcp::service::ClientLifecycleMode;
+    use rmcp::transport::StreamableHttpClientTransport;
+
+    let (_modern, gateway) = modern_behind_gateway();
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", gateway.addr));
+    let client = tokio::time::timeout(
+        Duration::from_secs(30),
+        ().serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Auto {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+        ),
+    )
+    .await
+    .expect("start-up within 30 s")
+    .expect("rmcp client in auto mode");
+    let info = client.peer_info().expect("server info");
+    assert_eq!(info.protocol_version.to_string(), "2026-07-28");
+    let mut args = serde_json::Map::new();
+    args.insert("a".into(), json!(20));
+    args.insert("b".into(), json!(22));
+    let result = client
+        .call_tool(CallToolRequestParams::new("add").with_arguments(args))
+        .await
+        .expect("tools/call add");
+    let text = serde_json::to_value(&result.content).expect("content");
+    assert_eq!(text[0]["text"], "42", "{text}");
+    client.cancel().await.expect("close the client");
+}

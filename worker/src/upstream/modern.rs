@@ -1,0 +1,406 @@
+//! Upstream servers of the stateless revision (2026-07-28): telling them
+//! from session servers, and rewriting requests for them.
+//!
+//! Such a server has no `initialize` and no session: every request is one
+//! POST that says who the client is in `params._meta` and repeats its
+//! method (and tool, prompt or resource) in headers. [`probe`] asks a
+//! server which era it speaks (`server/discover`); [`ClientMeta`] is what a
+//! downstream client's `initialize` params become on every request;
+//! [`rewrite`] adds them to one request's bytes (raw splicing, no serde
+//! round trip of the body) and makes its routing headers. The session
+//! handle built on this lives in [`super::UpstreamSession`].
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
+use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{Identity, UpstreamError, UpstreamServer, read_answer};
+use crate::jsonrpc::{self, Answer, RawObject};
+
+/// The one stateless revision spoken to upstreams.
+pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V2026_07_28;
+
+const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Session-era methods the revision removed: never sent to a modern
+/// upstream on the gateway's own account (broadcasts skip it).
+pub(crate) const REMOVED: [&str; 4] = [
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// The id of the gateway's own `server/discover`, and the same as raw JSON.
+const DISCOVER_ID: &str = "mcpgw-discover";
+const DISCOVER_ID_RAW: &str = "\"mcpgw-discover\"";
+
+/// Errors a server of the revision gives a request it cannot serve as
+/// sent (header mismatch, missing capability, unsupported version): a
+/// modern server that answers `server/discover` with one of them is still
+/// modern, and is not mistaken for a legacy one.
+const MODERN_ERRORS: [i64; 3] = [
+    jsonrpc::HEADER_MISMATCH as i64,
+    jsonrpc::MISSING_REQUIRED_CLIENT_CAPABILITY as i64,
+    jsonrpc::UNSUPPORTED_PROTOCOL_VERSION as i64,
+];
+
+/// What a modern server said of itself in its `server/discover` answer.
+#[derive(Debug)]
+pub(crate) struct Discovered {
+    /// Its capabilities (raw JSON).
+    pub capabilities: Box<str>,
+    pub server_info: Option<Box<str>>,
+    pub instructions: Option<Box<str>>,
+}
+
+impl Discovered {
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
+            server_info: self.server_info.clone(),
+            instructions: self.instructions.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DiscoverResult<'a> {
+    #[serde(rename = "supportedVersions", default)]
+    supported_versions: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(rename = "_meta", borrow, default)]
+    meta: Option<RawObject<'a>>,
+    #[serde(default)]
+    instructions: Option<String>,
+}
+
+/// The downstream client as a modern upstream must hear it on every
+/// request: the three `_meta` members, rendered once per upstream
+/// session (`"key":value,…`, without braces).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientMeta(Box<str>);
+
+#[derive(Deserialize)]
+struct InitParams<'a> {
+    #[serde(borrow, default)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(rename = "clientInfo", borrow, default)]
+    client_info: Option<&'a RawValue>,
+}
+
+impl ClientMeta {
+    /// From a client's `initialize` params (a stateful client's own, or
+    /// the ones a stateless client's `_meta` made). Capabilities that are
+    /// not an object count as none; a missing `clientInfo` is the
+    /// gateway's.
+    pub(crate) fn from_init_params(init_params: &str) -> Self {
+        let parsed = serde_json::from_str::<InitParams<'_>>(init_params).ok();
+        let capabilities = parsed
+            .as_ref()
+            .and_then(|p| p.capabilities)
+            .map(RawValue::get)
+            .filter(|c| c.trim_start().starts_with('{'))
+            .unwrap_or("{}");
+        let info = parsed
+            .as_ref()
+            .and_then(|p| p.client_info)
+            .map(RawValue::get)
+            .filter(|c| c.trim_start().starts_with('{'))
+            .unwrap_or(GATEWAY_INFO);
+        let mut out = String::with_capacity(128 + capabilities.len() + info.len());
+        jsonrpc::push_json_string(&mut out, META_PROTOCOL_VERSION);
+        out.push(':');
+        jsonrpc::push_json_string(&mut out, VERSION.as_str());
+        out.push(',');
+        jsonrpc::push_json_string(&mut out, META_CLIENT_CAPABILITIES);
+        out.push(':');
+        out.push_str(capabilities);
+        out.push(',');
+        jsonrpc::push_json_string(&mut out, META_CLIENT_INFO);
+        out.push(':');
+        out.push_str(info);
+        Self(out.into_boxed_str())
+    }
+
+    /// `_meta` (raw JSON object) with these members set, every other
+    /// member of `existing` (a progress token, a client's own keys) kept.
+    fn merged_into(&self, existing: Option<&str>) -> Option<String> {
+        let mut out = String::with_capacity(self.0.len() + existing.map_or(0, str::len) + 2);
+        out.push('{');
+        if let Some(raw) = existing {
+            let obj: RawObject<'_> = serde_json::from_str(raw).ok()?;
+            for (k, v) in &obj.0 {
+                if matches!(
+                    &**k,
+                    META_PROTOCOL_VERSION | META_CLIENT_CAPABILITIES | META_CLIENT_INFO
+                ) {
+                    continue;
+                }
+                jsonrpc::push_json_string(&mut out, k);
+                out.push(':');
+                out.push_str(v.get());
+                out.push(',');
+            }
+        }
+        out.push_str(&self.0);
+        out.push('}');
+        Some(out)
+    }
+}
+
+/// The gateway's own `clientInfo`, for a client that gave none.
+const GATEWAY_INFO: &str = concat!(
+    "{\"name\":\"mcpgw\",\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\"}"
+);
+
+#[derive(Deserialize)]
+struct Routed<'a> {
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "_meta", borrow, default)]
+    meta: Option<&'a RawValue>,
+}
+
+/// One request for a modern upstream: the body with `params._meta`
+/// carrying the client, and the headers the revision requires (added to
+/// `base`, the session's). A message that is not a request or
+/// notification (a response) goes unchanged. `None` when the body is
+/// not a JSON-RPC object (the gateway never sends one).
+pub(crate) fn rewrite(
+    body: &Bytes,
+    client: &ClientMeta,
+    base: &HeaderMap,
+) -> Option<(Bytes, HeaderMap)> {
+    let env = jsonrpc::parse(body)?;
+    let mut headers = base.clone();
+    let Some(method) = env.method.as_deref() else {
+        return Some((body.clone(), headers));
+    };
+    headers.insert(MCP_METHOD, header_value(method)?);
+    let routed = match env.params {
+        Some(p) => Some(serde_json::from_str::<Routed<'_>>(p.get()).ok()?),
+        None => None,
+    };
+    let name = match method {
+        "tools/call" | "prompts/get" => routed.as_ref().and_then(|r| r.name.as_deref()),
+        "resources/read" => routed.as_ref().and_then(|r| r.uri.as_deref()),
+        _ => None,
+    };
+    if let Some(name) = name {
+        headers.insert(MCP_NAME, header_value(name)?);
+    }
+    let meta = client.merged_into(routed.as_ref().and_then(|r| r.meta).map(RawValue::get))?;
+    let text = match env.params {
+        Some(p) => jsonrpc::with_param(body, p.get(), "_meta", &meta)?,
+        None => {
+            let mut params = String::with_capacity(meta.len() + 10);
+            params.push_str("{\"_meta\":");
+            params.push_str(&meta);
+            params.push('}');
+            jsonrpc::with_member(std::str::from_utf8(body).ok()?, "params", &params)?
+        }
+    };
+    Some((Bytes::from(text), headers))
+}
+
+/// A header value as the revision writes it: plain when it is visible
+/// ASCII without surrounding blanks, else `=?base64?<UTF-8, base64>?=`.
+fn header_value(text: &str) -> Option<HeaderValue> {
+    let plain = !text.is_empty()
+        && text.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.starts_with("=?base64?");
+    if plain {
+        return HeaderValue::from_str(text).ok();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    HeaderValue::from_str(&format!("=?base64?{encoded}?=")).ok()
+}
+
+/// What `server/discover` said of a server's era.
+pub(crate) enum Probed {
+    Modern(Discovered),
+    /// A legacy answer: a JSON-RPC error the revision does not define, or
+    /// an HTTP 4xx (a session server refusing a request without a session).
+    Legacy(String),
+}
+
+/// Ask `server` which era it speaks, as a client of the revision would:
+/// `server/discover` with `client`'s `_meta` and the routing headers. A
+/// transport failure, a timeout or a 5xx tells nothing (an error).
+pub(crate) async fn probe(
+    server: &UpstreamServer,
+    client: &ClientMeta,
+    deadline: Instant,
+) -> Result<Probed, UpstreamError> {
+    let request = jsonrpc::request(DISCOVER_ID, "server/discover", Some("{}"));
+    let (body, headers) = rewrite(&request, client, &server.headers)
+        .ok_or_else(|| server.protocol_error("server/discover could not be written"))?;
+    let mut headers = headers;
+    headers.insert(
+        MCP_PROTOCOL_VERSION,
+        HeaderValue::from_static(VERSION.as_str()),
+    );
+    let block = crate::http::client::HeaderBlock::new(&headers);
+    let resp = server.send(&Method::POST, &block, body, deadline).await?;
+    let status = resp.status();
+    if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
+        // The body may still hold a JSON-RPC error of the revision (a
+        // modern server refusing our headers): read it when it is JSON.
+        let answer = read_answer(server, resp, DISCOVER_ID_RAW, deadline)
+            .await
+            .ok();
+        if let Some(Answer::Error { code, message }) = answer.as_deref().and_then(jsonrpc::answer)
+            && MODERN_ERRORS.contains(&code)
+        {
+            return Err(
+                server.protocol_error(format!("server/discover refused: {message} ({code})"))
+            );
+        }
+        return Ok(Probed::Legacy(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(UpstreamError::Status {
+            upstream: server.id.clone(),
+            status,
+        });
+    }
+    let message = read_answer(server, resp, DISCOVER_ID_RAW, deadline).await?;
+    match jsonrpc::answer(&message) {
+        Some(Answer::Result(r)) => discovered(server, r.get()),
+        Some(Answer::Error { code, message }) if MODERN_ERRORS.contains(&code) => {
+            Err(server.protocol_error(format!("server/discover refused: {message} ({code})")))
+        }
+        Some(Answer::Error { code, message }) => Ok(Probed::Legacy(format!("{message} ({code})"))),
+        None => Err(server.protocol_error("server/discover answer is not JSON-RPC")),
+    }
+}
+
+/// A `server/discover` result: modern when it lists 2026-07-28.
+fn discovered(server: &UpstreamServer, raw: &str) -> Result<Probed, UpstreamError> {
+    let result = serde_json::from_str::<DiscoverResult<'_>>(raw)
+        .map_err(|e| server.protocol_error(format!("server/discover result: {e}")))?;
+    if !result
+        .supported_versions
+        .iter()
+        .any(|v| v == VERSION.as_str())
+    {
+        return Ok(Probed::Legacy(format!(
+            "server/discover lists {:?}, not {}",
+            result.supported_versions, VERSION
+        )));
+    }
+    Ok(Probed::Modern(Discovered {
+        capabilities: result.capabilities.map_or("{}", RawValue::get).into(),
+        server_info: result
+            .meta
+            .as_ref()
+            .and_then(|m| m.get(META_SERVER_INFO))
+            .map(|v| v.get().into()),
+        instructions: result.instructions.map(String::into_boxed_str),
+    }))
+}
+
+/// What a modern upstream's result asks of the gateway.
+pub(crate) fn needs_input(message: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "resultType", borrow, default)]
+        result_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    // A substring scan first: almost every answer is not one.
+    if !memchr_contains(message, b"input_required") {
+        return false;
+    }
+    matches!(jsonrpc::answer(message), Some(Answer::Result(r))
+        if serde_json::from_str::<Kind<'_>>(r.get())
+            .is_ok_and(|k| k.result_type.as_deref() == Some("input_required")))
+}
+
+fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(b).expect("json")
+    }
+
+    #[test]
+    fn client_meta_comes_from_init_params() {
+        let m = ClientMeta::from_init_params(
+            r#"{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"c","version":"1"}}"#,
+        );
+        let v = json(m.merged_into(None).expect("meta").as_bytes());
+        assert_eq!(v[META_PROTOCOL_VERSION], "2026-07-28");
+        assert_eq!(
+            v[META_CLIENT_CAPABILITIES],
+            serde_json::json!({"elicitation": {}})
+        );
+        assert_eq!(v[META_CLIENT_INFO]["name"], "c");
+        let bare = json(
+            ClientMeta::from_init_params("not json")
+                .merged_into(None)
+                .expect("meta")
+                .as_bytes(),
+        );
+        assert_eq!(bare[META_CLIENT_CAPABILITIES], serde_json::json!({}));
+        assert_eq!(bare[META_CLIENT_INFO]["name"], "mcpgw");
+    }
+
+    #[test]
+    fn requests_gain_meta_and_headers() {
+        let m = ClientMeta::from_init_params(r#"{"capabilities":{},"clientInfo":{"name":"c"}}"#);
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"h\u00e9","arguments":{"a":1},"_meta":{"progressToken":"t","io.modelcontextprotocol/clientInfo":{"name":"old"}}}}"#,
+        );
+        let (out, h) = rewrite(&body, &m, &HeaderMap::new()).expect("rewritten");
+        let v = json(&out);
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["params"]["arguments"]["a"], 1);
+        assert_eq!(v["params"]["_meta"]["progressToken"], "t");
+        assert_eq!(v["params"]["_meta"][META_CLIENT_INFO]["name"], "c");
+        assert_eq!(h[&MCP_METHOD], "tools/call");
+        assert_eq!(h[&MCP_NAME], "=?base64?aMOp?=");
+
+        let list = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#);
+        let (out, h) = rewrite(&list, &m, &HeaderMap::new()).expect("rewritten");
+        assert_eq!(
+            json(&out)["params"]["_meta"][META_PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        assert!(h.get(&MCP_NAME).is_none());
+
+        let read = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"mem://a/b"}}"#,
+        );
+        let (_, h) = rewrite(&read, &m, &HeaderMap::new()).expect("rewritten");
+        assert_eq!(h[&MCP_NAME], "mem://a/b");
+    }
+
+    #[test]
+    fn input_required_is_seen() {
+        assert!(needs_input(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required","inputRequests":{}}}"#
+        ));
+        assert!(!needs_input(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","content":[{"type":"text","text":"input_required"}]}}"#
+        ));
+    }
+}

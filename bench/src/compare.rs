@@ -7,6 +7,8 @@
 //! - keep-alive `tools/call increment` at each concurrency (default 1, 16, 64) over 64
 //!   sessions; the C = 1 runs also give the latency each hop adds over direct;
 //! - a new TCP connection per request (default C = 16);
+//! - stateless (2026-07-28) clients through mcpgw beside stateful ones and direct, at
+//!   C = 1 and 16 ([`crate::stateless`]; `--no-stateless` skips it);
 //! - mcpgw only, on a fresh gateway: RSS per idle session after opening 10 000 sessions
 //!   with one upstream session each;
 //! - mcpgw only: failed requests during 20 SIGHUPs (config reloads) under keep-alive
@@ -29,7 +31,7 @@ use std::rc::Rc;
 
 use crate::http::Conn;
 use crate::load::{self, LoadReport, LoadSpec, Probe, Stop};
-use crate::mcp::{self, CallTemplate, Endpoint};
+use crate::mcp::{self, CallTemplate, Endpoint, Era};
 use crate::procs::{self, Proc, TempDir};
 use crate::report;
 
@@ -51,6 +53,9 @@ pub(crate) struct Settings {
     pub(crate) sessions: usize,
     pub(crate) concurrency: Vec<usize>,
     pub(crate) new_connection_concurrency: usize,
+    /// Concurrencies of the stateless-client scenario (empty: skipped).
+    #[serde(default)]
+    pub(crate) stateless_concurrency: Vec<usize>,
     pub(crate) idle_sessions: usize,
     pub(crate) idle_concurrency: usize,
     pub(crate) reload: bool,
@@ -83,7 +88,7 @@ pub(crate) struct TargetRuns {
 }
 
 impl TargetRuns {
-    fn new(target: &str) -> Self {
+    pub(crate) fn new(target: &str) -> Self {
         Self {
             target: target.to_owned(),
             runs: Vec::new(),
@@ -98,7 +103,7 @@ impl TargetRuns {
         }
     }
 
-    fn summarize(&mut self, ticks_per_second: u64) {
+    pub(crate) fn summarize(&mut self, ticks_per_second: u64) {
         let per_request = |r: &LoadReport, i: usize| {
             let n = (r.requests + r.errors.total).max(1) as f64;
             r.probe_delta.get(i).copied().unwrap_or(0) as f64 * 1e6
@@ -116,7 +121,8 @@ impl TargetRuns {
     }
 }
 
-/// One scenario over the three targets; `targets` follows [`TARGETS`].
+/// One scenario over the three targets; `targets` follows [`TARGETS`] (or, for the
+/// stateless-client scenario, [`crate::stateless::TARGETS`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Scenario {
     pub(crate) name: String,
@@ -162,6 +168,9 @@ pub(crate) struct Comparison {
     pub(crate) ticks_per_second: u64,
     pub(crate) settings: Settings,
     pub(crate) scenarios: Vec<Scenario>,
+    /// The stateless-client scenario, one entry per concurrency.
+    #[serde(default)]
+    pub(crate) stateless: Vec<Scenario>,
     pub(crate) idle: Option<Idle>,
     pub(crate) reload: Option<Reload>,
     #[serde(default)]
@@ -241,7 +250,16 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
     // Warm-up: every target once, unrecorded; a target that fails it stops the run.
     for (target, ep) in TARGETS.iter().zip(&endpoints) {
         let r = with_logs(
-            load::run(spec(settings, ep, 16, false, Duration::from_secs(1), None)).await,
+            load::run(spec(
+                settings,
+                ep,
+                16,
+                false,
+                Duration::from_secs(1),
+                None,
+                Era::Stateful,
+            ))
+            .await,
             &procs,
         )
         .with_context(|| format!("warm-up of {target}"))?;
@@ -279,34 +297,16 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         };
         for rep in 0..settings.reps {
             for (i, ep) in endpoints.iter().enumerate() {
-                let r = with_logs(
-                    load::run(spec(
-                        settings,
-                        ep,
-                        c,
-                        new_connection,
-                        duration,
-                        Some(probes[i].clone()),
-                    ))
-                    .await,
-                    &procs,
-                )
-                .with_context(|| format!("{name}, {}", TARGETS[i]))?;
-                eprintln!(
-                    "[{name}] rep {}/{} {:>6}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}{}",
-                    rep + 1,
-                    settings.reps,
-                    TARGETS[i],
-                    r.throughput,
-                    r.latency_ms.p50,
-                    r.latency_ms.p99,
-                    r.errors.total,
-                    r.errors
-                        .first
-                        .as_deref()
-                        .map(|f| format!(" (first: {f})"))
-                        .unwrap_or_default(),
+                let spec = spec(
+                    settings,
+                    ep,
+                    c,
+                    new_connection,
+                    duration,
+                    Some(probes[i].clone()),
+                    Era::Stateful,
                 );
+                let r = measured_run(spec, &name, rep, settings.reps, TARGETS[i], &procs).await?;
                 scenario.targets[i].runs.push(r);
             }
         }
@@ -315,6 +315,19 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         }
         results.push(scenario);
     }
+
+    let stateless = if settings.stateless_concurrency.is_empty() {
+        Vec::new()
+    } else {
+        crate::stateless::run(
+            settings,
+            [&endpoints[0], &endpoints[2]],
+            [&probes[0], &probes[2]],
+            ticks_per_second,
+            &procs,
+        )
+        .await?
+    };
 
     let reload = if settings.reload {
         Some(reload_scenario(settings, &endpoints[2], &gateway, gateway_admin, &procs).await?)
@@ -350,6 +363,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         ticks_per_second,
         settings: settings.clone(),
         scenarios: results,
+        stateless,
         idle,
         reload,
         failover,
@@ -360,13 +374,41 @@ fn endpoint(addr: SocketAddr) -> Result<Endpoint> {
     Endpoint::parse(&format!("http://{addr}/mcp"), &[])
 }
 
-fn spec(
+/// One measured run of a scenario's `target`, logged as it ends.
+pub(crate) async fn measured_run(
+    spec: LoadSpec,
+    scenario: &str,
+    rep: usize,
+    reps: usize,
+    target: &str,
+    procs: &[&Proc],
+) -> Result<LoadReport> {
+    let r =
+        with_logs(load::run(spec).await, procs).with_context(|| format!("{scenario}, {target}"))?;
+    eprintln!(
+        "[{scenario}] rep {}/{reps} {target:>6}: {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}{}",
+        rep + 1,
+        r.throughput,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.errors.total,
+        r.errors
+            .first
+            .as_deref()
+            .map(|f| format!(" (first: {f})"))
+            .unwrap_or_default(),
+    );
+    Ok(r)
+}
+
+pub(crate) fn spec(
     settings: &Settings,
     ep: &Endpoint,
     concurrency: usize,
     new_connection: bool,
     duration: Duration,
     probe: Option<Probe>,
+    era: Era,
 ) -> LoadSpec {
     LoadSpec {
         endpoint: ep.clone(),
@@ -375,7 +417,7 @@ fn spec(
         stop: Stop::Duration(duration),
         warmup: Duration::from_secs_f64(settings.warmup_secs),
         max_time: duration,
-        call: CallTemplate::new("increment", &json!({})),
+        call: CallTemplate::new("increment", &json!({}), era),
         new_connection,
         protocol_version: mcp::DEFAULT_PROTOCOL_VERSION.to_owned(),
         setup_calls: 1,
@@ -385,7 +427,7 @@ fn spec(
 }
 
 /// On failure, appends the tails of the processes' logs to the error.
-fn with_logs<T>(result: Result<T>, procs: &[&Proc]) -> Result<T> {
+pub(crate) fn with_logs<T>(result: Result<T>, procs: &[&Proc]) -> Result<T> {
     result.map_err(|e| {
         let mut text = String::new();
         for p in procs {
@@ -433,7 +475,7 @@ async fn idle_scenario(
         stop: Stop::Requests(0),
         warmup: Duration::ZERO,
         max_time: Duration::from_secs(1),
-        call: CallTemplate::new("increment", &json!({})),
+        call: CallTemplate::new("increment", &json!({}), Era::Stateful),
         new_connection: false,
         protocol_version: mcp::DEFAULT_PROTOCOL_VERSION.to_owned(),
         setup_calls: 1,
@@ -476,7 +518,7 @@ async fn reload_scenario(
     // The SIGHUPs start 1 s into the load (setup takes a few ms) and end 2 s before it.
     let duration = interval * (signals + 12);
     let before = reload_counts(admin).await?;
-    let load = load::run(spec(settings, ep, 16, false, duration, None));
+    let load = load::run(spec(settings, ep, 16, false, duration, None, Era::Stateful));
     let warmup = Duration::from_secs_f64(settings.warmup_secs);
     let hup = async {
         tokio::time::sleep(warmup + Duration::from_secs(1)).await;

@@ -130,7 +130,11 @@ pub(crate) async fn run(
 ) -> Result<Failover> {
     let settle = Duration::from_millis(700);
     let after = Duration::from_secs(3);
-    let call = Rc::new(CallTemplate::new("increment", &serde_json::json!({})));
+    let call = Rc::new(CallTemplate::new(
+        "increment",
+        &serde_json::json!({}),
+        mcp::Era::Stateful,
+    ));
     let mut out = Failover {
         kills,
         sessions_per_kill: sessions,

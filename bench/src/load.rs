@@ -12,6 +12,10 @@
 //! Setup (initialize, notifications/initialized, `setup_calls` calls per session, which
 //! also make a gateway open its upstream sessions) and teardown (DELETE) are not
 //! measured; neither is the warm-up.
+//!
+//! A stateless (2026-07-28) client has no sessions: each of the C clients is one caller
+//! whose every request stands alone, so N does not apply; its setup is the
+//! `setup_calls` calls alone, and there is nothing to tear down.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -22,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::http::{Conn, Head, HttpError};
-use crate::mcp::{self, CallTemplate, Endpoint, Outcome, Session};
+use crate::mcp::{self, CallTemplate, Endpoint, Era, Outcome, Session};
 
 /// Bound on one exchange; a request that takes longer counts as a timeout and its
 /// connection is dropped.
@@ -53,8 +57,10 @@ pub(crate) struct LoadSpec {
     pub(crate) warmup: Duration,
     /// Bound on the load phase in `Stop::Requests` mode.
     pub(crate) max_time: Duration,
+    /// The call, and the era of client that makes it.
     pub(crate) call: CallTemplate,
     pub(crate) new_connection: bool,
+    /// Asked for in `initialize` (stateful clients only).
     pub(crate) protocol_version: String,
     /// `tools/call`s per session during setup (unmeasured).
     pub(crate) setup_calls: u32,
@@ -102,6 +108,10 @@ pub(crate) struct Latency {
 /// The result of one run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LoadReport {
+    /// The era of client (runs recorded before stateless clients existed are stateful).
+    #[serde(default)]
+    pub(crate) era: Era,
+    /// Sessions opened (0 for a stateless client).
     pub(crate) sessions: usize,
     pub(crate) concurrency: usize,
     pub(crate) new_connection: bool,
@@ -233,7 +243,8 @@ impl Link {
 
 /// Runs one load run on the current `LocalSet`.
 pub(crate) async fn run(spec: LoadSpec) -> Result<LoadReport> {
-    if spec.sessions == 0 || spec.concurrency == 0 {
+    let stateless = spec.call.era() == Era::Stateless;
+    if (spec.sessions == 0 && !stateless) || spec.concurrency == 0 {
         bail!("sessions and concurrency must be at least 1");
     }
     let spec = Rc::new(spec);
@@ -254,9 +265,14 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<LoadReport> {
         }),
     });
 
-    // Setup: client k (k < min(C, N)) opens sessions k, k + C, k + 2C, ...
+    // Setup: client k (k < min(C, N)) opens sessions k, k + C, k + 2C, ...; every
+    // stateless client is its own caller.
     let setup_start = Instant::now();
-    let owners = spec.concurrency.min(spec.sessions);
+    let owners = if stateless {
+        spec.concurrency
+    } else {
+        spec.concurrency.min(spec.sessions)
+    };
     let mut tasks = Vec::with_capacity(owners);
     for k in 0..owners {
         tasks.push(tokio::task::spawn_local(open_sessions(shared.clone(), k)));
@@ -374,7 +390,8 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<LoadReport> {
     let ms = |ns: u64| ns as f64 / 1e6;
     let requests = h.len();
     Ok(LoadReport {
-        sessions: spec.sessions,
+        era: spec.call.era(),
+        sessions: if stateless { 0 } else { spec.sessions },
         concurrency: spec.concurrency,
         new_connection: spec.new_connection,
         requests,
@@ -399,13 +416,26 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<LoadReport> {
     })
 }
 
-/// Setup of client `k`: opens its sessions on its own link.
+/// Setup of client `k`: opens its sessions on its own link (a stateless client: makes
+/// its caller and its setup calls).
 async fn open_sessions(shared: Rc<Shared>, k: usize) -> Result<(Link, Vec<Rc<Session>>)> {
     let spec = &shared.spec;
     let close = spec.new_connection;
     let mut link = Link::new(spec);
-    let mut sessions = Vec::with_capacity(spec.sessions / spec.concurrency + 1);
     let mut request = Vec::with_capacity(1024);
+    if spec.call.era() == Era::Stateless {
+        let caller = Session::stateless(&spec.endpoint, &spec.call, close);
+        setup_calls(
+            &shared,
+            &mut link,
+            &caller,
+            &mut request,
+            &format!("client {k}"),
+        )
+        .await?;
+        return Ok((link, vec![Rc::new(caller)]));
+    }
+    let mut sessions = Vec::with_capacity(spec.sessions / spec.concurrency + 1);
     for s in (k..spec.sessions).step_by(spec.concurrency) {
         let init = spec
             .endpoint
@@ -429,23 +459,43 @@ async fn open_sessions(shared: Rc<Shared>, k: usize) -> Result<(Link, Vec<Rc<Ses
             );
         }
         link.finish().await;
-        for _ in 0..spec.setup_calls {
-            let id = shared.next_id();
-            session.render_call(&spec.call, id, &mut request);
-            let head = link.must(&request, "tools/call (setup)").await?;
-            let outcome = mcp::check_answer(&head, link.body(), id);
-            if outcome != Outcome::Ok {
-                bail!(
-                    "session {s}: setup tools/call failed ({outcome:?}, HTTP {}): {}",
-                    head.status,
-                    snippet(link.body())
-                );
-            }
-            link.finish().await;
-        }
+        setup_calls(
+            &shared,
+            &mut link,
+            &session,
+            &mut request,
+            &format!("session {s}"),
+        )
+        .await?;
         sessions.push(Rc::new(session));
     }
     Ok((link, sessions))
+}
+
+/// The unmeasured `setup_calls` of one session or caller (`who`, for errors).
+async fn setup_calls(
+    shared: &Shared,
+    link: &mut Link,
+    session: &Session,
+    request: &mut Vec<u8>,
+    who: &str,
+) -> Result<()> {
+    let spec = &shared.spec;
+    for _ in 0..spec.setup_calls {
+        let id = shared.next_id();
+        session.render_call(&spec.call, id, request);
+        let head = link.must(request, "tools/call (setup)").await?;
+        let outcome = mcp::check_answer(&head, link.body(), id);
+        if outcome != Outcome::Ok {
+            bail!(
+                "{who}: setup tools/call failed ({outcome:?}, HTTP {}): {}",
+                head.status,
+                snippet(link.body())
+            );
+        }
+        link.finish().await;
+    }
+    Ok(())
 }
 
 /// The load loop of one client.
@@ -529,7 +579,10 @@ async fn drive(
 
 async fn delete_sessions(spec: Rc<LoadSpec>, mut link: Link, sessions: Vec<Rc<Session>>) {
     for session in sessions {
-        let request = spec.endpoint.delete(&session, spec.new_connection);
+        // A stateless caller has no session to end.
+        let Some(request) = spec.endpoint.delete(&session, spec.new_connection) else {
+            continue;
+        };
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, link.exchange(&request)).await;
         link.finish().await;
     }

@@ -9,6 +9,7 @@
 //! - `procs`: the processes a comparison starts and kills, and their RSS;
 //! - `compare`: the scenarios, interleaved over the three targets;
 //! - `failover`: the SIGKILL-a-worker scenario (mcpgw only);
+//! - `stateless`: stateless (2026-07-28) clients through mcpgw beside stateful ones;
 //! - `report`: tables, targets, JSON, SVG.
 //!
 //! The whole tool runs on one single-threaded tokio runtime, so that the generator takes
@@ -21,6 +22,7 @@ mod load;
 mod mcp;
 mod procs;
 mod report;
+mod stateless;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +31,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::load::{LoadSpec, Stop};
-use crate::mcp::{CallTemplate, Endpoint};
+use crate::mcp::{CallTemplate, Endpoint, Era};
 
 /// Upper bound on any one load phase, so that a mistyped duration cannot run for hours.
 const MAX_SECONDS: f64 = 3600.0;
@@ -71,6 +73,10 @@ struct LoadArgs {
     /// The MCP endpoint, e.g. http://127.0.0.1:8080/mcp (loopback addresses only).
     #[arg(long)]
     url: String,
+    /// The kind of client: `stateful` opens sessions; `stateless` (2026-07-28) sends
+    /// self-contained requests (no initialize, no session; --sessions does not apply).
+    #[arg(long, value_enum, default_value_t = Era::Stateful)]
+    era: Era,
     /// Sessions to open (initialize + notifications/initialized each).
     #[arg(long, short = 'n', default_value_t = 64)]
     sessions: usize,
@@ -101,10 +107,11 @@ struct LoadArgs {
     /// A new TCP connection for every request (`Connection: close`).
     #[arg(long)]
     new_connection: bool,
-    /// The protocol version asked for in `initialize`.
+    /// The protocol version asked for in `initialize` (stateful clients).
     #[arg(long, default_value = mcp::DEFAULT_PROTOCOL_VERSION)]
     protocol_version: String,
-    /// Unmeasured calls per session during setup (0: the first call is measured).
+    /// Unmeasured calls per session (stateless: per client) during setup (0: the first
+    /// call is measured).
     #[arg(long, default_value_t = 1)]
     setup_calls: u32,
     /// Leave the sessions open at the end instead of sending DELETE.
@@ -150,6 +157,14 @@ struct CompareArgs {
     /// Connections that open the idle sessions.
     #[arg(long, default_value_t = 64)]
     idle_concurrency: usize,
+    /// Concurrencies of the stateless-client scenario (stateless and stateful clients
+    /// through mcpgw beside direct), comma-separated; the first should be 1, for the
+    /// added latency.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    stateless_concurrency: Vec<usize>,
+    /// Skip the stateless-client scenario.
+    #[arg(long)]
+    no_stateless: bool,
     /// Skip the reload scenario (failed requests during SIGHUPs under load).
     #[arg(long)]
     no_reload: bool,
@@ -222,7 +237,7 @@ async fn load_command(args: LoadArgs) -> Result<()> {
         stop,
         warmup: seconds("--warmup", args.warmup)?,
         max_time: seconds("--max-time", args.max_time)?,
-        call: CallTemplate::new(&args.tool, &arguments),
+        call: CallTemplate::new(&args.tool, &arguments, args.era),
         new_connection: args.new_connection,
         protocol_version: args.protocol_version,
         setup_calls: args.setup_calls,
@@ -233,9 +248,12 @@ async fn load_command(args: LoadArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
+        let clients = match r.era {
+            Era::Stateful => format!("{} sessions", r.sessions),
+            Era::Stateless => "stateless (2026-07-28), no sessions".to_owned(),
+        };
         println!(
-            "{} sessions, concurrency {}, {}",
-            r.sessions,
+            "{clients}, concurrency {}, {}",
             r.concurrency,
             if r.new_connection {
                 "new connection per request"
@@ -299,8 +317,12 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
             .map(Path::to_path_buf)
             .context("this binary has no directory")?,
     };
-    if args.reps == 0 || args.concurrency.is_empty() || args.concurrency.contains(&0) {
-        bail!("--reps and every --concurrency must be at least 1");
+    if args.reps == 0
+        || args.concurrency.is_empty()
+        || args.concurrency.contains(&0)
+        || args.stateless_concurrency.contains(&0)
+    {
+        bail!("--reps and every --concurrency and --stateless-concurrency must be at least 1");
     }
     seconds("--duration", args.duration)?;
     seconds("--warmup", args.warmup)?;
@@ -316,6 +338,11 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
         sessions: args.sessions,
         concurrency: args.concurrency,
         new_connection_concurrency: args.new_connection_concurrency,
+        stateless_concurrency: if args.no_stateless {
+            Vec::new()
+        } else {
+            args.stateless_concurrency
+        },
         idle_sessions: args.idle_sessions,
         idle_concurrency: args.idle_concurrency,
         reload: !args.no_reload,

@@ -2,6 +2,12 @@
 //! bytes rendered ahead of time (per session: the whole head; per request only the id
 //! and `Content-Length` are written), and the check of an answer, JSON or SSE.
 //!
+//! Two eras of clients ([`Era`]): the stateful one (`initialize`, then the session's
+//! `Mcp-Session-Id` on every request) and the stateless revision 2026-07-28 (no
+//! session; every request repeats its version, method and tool name in headers and
+//! carries the client's description in `params._meta`). Both render to a fixed head
+//! and a body around the id, so the per-request cost in the generator is the same.
+//!
 //! An answer counts as a success only if it is 2xx, parses, is the JSON-RPC response to
 //! the request sent (same id) and carries a `result` whose `isError` is not `true`.
 
@@ -10,14 +16,28 @@ use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::http::{ContentKind, Head};
 
 /// The protocol version the load generator asks for in `initialize`.
 pub(crate) const DEFAULT_PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// The stateless revision a stateless client speaks.
+pub(crate) const STATELESS_PROTOCOL_VERSION: &str = "2026-07-28";
+
+/// Which kind of MCP client the load generator is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Era {
+    /// Sessions: `initialize` once, then `Mcp-Session-Id` on every request.
+    #[default]
+    Stateful,
+    /// 2026-07-28: no `initialize`, no session; each request stands alone.
+    Stateless,
+}
 
 /// Where requests go: a loopback address and an HTTP path, plus the extra header lines
 /// sent with every request.
@@ -69,19 +89,14 @@ impl Endpoint {
         })
     }
 
-    /// The request head up to (not including) `Content-Length`, for a POST that carries
-    /// `session` (if any), and `Connection: close` when `close`.
-    fn post_head(&self, session: Option<(&str, &str)>, close: bool) -> Vec<u8> {
+    /// The request head up to (not including) `Content-Length`, for a POST with the
+    /// MCP header lines `mcp` (session or routing headers, each ending `\r\n`), and
+    /// `Connection: close` when `close`.
+    fn post_head(&self, mcp: &str, close: bool) -> Vec<u8> {
         let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{mcp}",
             self.path, self.host
         );
-        if let Some((id, version)) = session {
-            let _ = write!(
-                head,
-                "Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: {version}\r\n"
-            );
-        }
         head.push_str(&self.extra_headers);
         if close {
             head.push_str("Connection: close\r\n");
@@ -89,17 +104,19 @@ impl Endpoint {
         head.into_bytes()
     }
 
-    /// A complete `DELETE` request ending `session`.
-    pub(crate) fn delete(&self, session: &Session, close: bool) -> Vec<u8> {
+    /// A complete `DELETE` request ending `session`; none for a stateless caller, which
+    /// has no session to end.
+    pub(crate) fn delete(&self, session: &Session, close: bool) -> Option<Vec<u8>> {
+        let id = session.id.as_deref()?;
         let mut req = format!(
-            "DELETE {} HTTP/1.1\r\nHost: {}\r\nMcp-Session-Id: {}\r\nMCP-Protocol-Version: {}\r\n{}",
-            self.path, self.host, session.id, session.version, self.extra_headers
+            "DELETE {} HTTP/1.1\r\nHost: {}\r\nMcp-Session-Id: {id}\r\nMCP-Protocol-Version: {}\r\n{}",
+            self.path, self.host, session.version, self.extra_headers
         );
         if close {
             req.push_str("Connection: close\r\n");
         }
         req.push_str("\r\n");
-        req.into_bytes()
+        Some(req.into_bytes())
     }
 
     /// A complete `initialize` request.
@@ -111,11 +128,11 @@ impl Endpoint {
             "params": {
                 "protocolVersion": version,
                 "capabilities": {},
-                "clientInfo": {"name": "mcpgw-bench", "version": env!("CARGO_PKG_VERSION")},
+                "clientInfo": client_info(),
             },
         })
         .to_string();
-        finish(self.post_head(None, close), body.as_bytes())
+        finish(self.post_head("", close), body.as_bytes())
     }
 }
 
@@ -126,10 +143,12 @@ fn finish(mut head: Vec<u8>, body: &[u8]) -> Vec<u8> {
     head
 }
 
-/// An MCP session opened by `initialize`, with its request head rendered once.
+/// An MCP session opened by `initialize`, or a stateless caller (no session), with its
+/// request head rendered once.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) id: String,
+    /// `Mcp-Session-Id`; `None` for a stateless caller.
+    pub(crate) id: Option<String>,
     pub(crate) version: String,
     /// The POST head for this session, up to `Content-Length`.
     head: Vec<u8>,
@@ -137,8 +156,28 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(endpoint: &Endpoint, id: String, version: String, close: bool) -> Self {
-        let head = endpoint.post_head(Some((&id, &version)), close);
-        Self { id, version, head }
+        let lines = format!("Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: {version}\r\n");
+        let head = endpoint.post_head(&lines, close);
+        Self {
+            id: Some(id),
+            version,
+            head,
+        }
+    }
+
+    /// A stateless (2026-07-28) caller of `call`: no session; the head carries the
+    /// routing headers the revision requires on a `tools/call`, which must agree with
+    /// the body (the version in `_meta`, the method, the tool's name).
+    pub(crate) fn stateless(endpoint: &Endpoint, call: &CallTemplate, close: bool) -> Self {
+        let lines = format!(
+            "MCP-Protocol-Version: {STATELESS_PROTOCOL_VERSION}\r\nMcp-Method: tools/call\r\nMcp-Name: {}\r\n",
+            header_value(&call.tool)
+        );
+        Self {
+            id: None,
+            version: STATELESS_PROTOCOL_VERSION.to_owned(),
+            head: endpoint.post_head(&lines, close),
+        }
     }
 
     /// The complete `notifications/initialized` request.
@@ -181,16 +220,77 @@ fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 pub(crate) struct CallTemplate {
     prefix: &'static [u8],
     suffix: Vec<u8>,
+    /// The tool's name, for a stateless caller's `Mcp-Name`.
+    tool: String,
+    era: Era,
 }
 
 impl CallTemplate {
-    pub(crate) fn new(tool: &str, arguments: &Value) -> Self {
-        let params = json!({"name": tool, "arguments": arguments});
+    /// A call of `tool` with `arguments` by a client of `era`. A stateless call carries
+    /// in `_meta` what a stateful client said once in `initialize`: the protocol
+    /// version, its capabilities (none) and who it is.
+    pub(crate) fn new(tool: &str, arguments: &Value, era: Era) -> Self {
+        let params = match era {
+            Era::Stateful => json!({"name": tool, "arguments": arguments}),
+            Era::Stateless => json!({
+                "name": tool,
+                "arguments": arguments,
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": STATELESS_PROTOCOL_VERSION,
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "io.modelcontextprotocol/clientInfo": client_info(),
+                },
+            }),
+        };
         Self {
             prefix: br#"{"jsonrpc":"2.0","id":"#,
             suffix: format!(r#","method":"tools/call","params":{params}}}"#).into_bytes(),
+            tool: tool.to_owned(),
+            era,
         }
     }
+
+    pub(crate) fn era(&self) -> Era {
+        self.era
+    }
+}
+
+/// The `clientInfo` the generator gives, in `initialize` and in a stateless `_meta`.
+fn client_info() -> Value {
+    json!({"name": "mcpgw-bench", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// A header value that says `text`: as is when it is plain visible ASCII (spaces inside
+/// only), else in the revision's `=?base64?…?=` form (UTF-8, standard alphabet), which
+/// is also how a name that itself looks like that form has to be sent.
+fn header_value(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.starts_with("=?base64?");
+    if plain {
+        return text.to_owned();
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("=?base64?");
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out.push_str("?=");
+    out
 }
 
 /// How one exchange ended, for the error counts.
@@ -376,7 +476,7 @@ mod tests {
     fn call_rendering() -> Result<()> {
         let ep = Endpoint::parse("http://127.0.0.1:9/mcp", &["X-A: b".to_owned()])?;
         let session = Session::new(&ep, "s1".to_owned(), "2025-06-18".to_owned(), false);
-        let call = CallTemplate::new("increment", &json!({}));
+        let call = CallTemplate::new("increment", &json!({}), Era::Stateful);
         let mut out = Vec::new();
         session.render_call(&call, 1234, &mut out);
         let text = String::from_utf8(out)?;
@@ -394,6 +494,51 @@ mod tests {
             json!({"jsonrpc":"2.0","id":1234,"method":"tools/call","params":{"name":"increment","arguments":{}}})
         );
         Ok(())
+    }
+
+    #[test]
+    fn stateless_call_rendering() -> Result<()> {
+        let ep = Endpoint::parse("http://127.0.0.1:9/mcp", &[])?;
+        let call = CallTemplate::new("increment", &json!({"by": 2}), Era::Stateless);
+        let caller = Session::stateless(&ep, &call, false);
+        assert_eq!(ep.delete(&caller, false), None);
+        let mut out = Vec::new();
+        caller.render_call(&call, 7, &mut out);
+        let text = String::from_utf8(out)?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no blank line")?;
+        assert!(head.contains(
+            "\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: increment\r\n"
+        ));
+        assert!(!head.contains("Mcp-Session-Id"));
+        assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
+        let v: Value = serde_json::from_str(body)?;
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["params"]["arguments"], json!({"by": 2}));
+        let meta = &v["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+        assert_eq!(
+            meta["io.modelcontextprotocol/clientCapabilities"],
+            json!({})
+        );
+        assert_eq!(
+            meta["io.modelcontextprotocol/clientInfo"]["name"],
+            "mcpgw-bench"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(header_value("get weather"), "get weather");
+        // UTF-8 "Wä" is 57 C3 A4.
+        assert_eq!(header_value("Wä"), "=?base64?V8Ok?=");
+        assert_eq!(header_value("weather"), "weather");
+        assert_eq!(header_value("a\u{e9}"), "=?base64?YcOp?=");
+        assert_eq!(header_value(" x"), "=?base64?IHg=?=");
+        assert_eq!(header_value(""), "=?base64??=");
     }
 
     #[test]

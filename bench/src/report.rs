@@ -1,5 +1,5 @@
 //! What a comparison writes: the machine it ran on, the results table with ratios, the
-//! targets met or missed, the raw runs as JSON and a hand-written SVG plot of throughput
+//! stateless-client table, the targets met or missed, the raw runs as JSON and a hand-written SVG plot of throughput
 //! and latency by concurrency. Optionally it replaces the results section of
 //! `BENCHMARKS.md` (between [`BEGIN`] and [`END`]).
 
@@ -142,8 +142,17 @@ fn thousands(v: f64) -> String {
 
 /// A target's value in a scenario, by target index.
 fn values(s: &Scenario, f: impl Fn(&crate::compare::TargetRuns) -> f64) -> [f64; 3] {
+    values_of(s, &TARGETS, f)
+}
+
+/// The values of the targets `names` in a scenario, in that order.
+fn values_of(
+    s: &Scenario,
+    names: &[&str; 3],
+    f: impl Fn(&crate::compare::TargetRuns) -> f64,
+) -> [f64; 3] {
     let mut v = [0.0; 3];
-    for (i, name) in TARGETS.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         v[i] = s.target(name).map_or(0.0, &f);
     }
     v
@@ -153,27 +162,36 @@ fn values(s: &Scenario, f: impl Fn(&crate::compare::TargetRuns) -> f64) -> [f64;
 /// repetitions of the ratio within one repetition (the three targets of a repetition
 /// run back to back, so slow drifts in the machine's background load cancel out).
 fn paired_ratios(s: &Scenario, f: impl Fn(&LoadReport) -> f64) -> [String; 3] {
-    let ratio_of = |num: usize, den: usize| -> String {
-        let (Some(n), Some(d)) = (s.targets.get(num), s.targets.get(den)) else {
-            return "–".to_owned();
-        };
-        let ratios: Vec<f64> = n
-            .runs
-            .iter()
-            .zip(&d.runs)
-            .filter(|(_, d)| f(d) > 0.0)
-            .map(|(n, d)| f(n) / f(d))
-            .collect();
-        if ratios.is_empty() {
-            "–".to_owned()
-        } else {
-            format!("{:.2}", median(ratios.into_iter()))
-        }
-    };
-    [ratio_of(2, 0), ratio_of(2, 1), ratio_of(1, 0)]
+    [
+        paired_ratio(s, 2, 0, &f),
+        paired_ratio(s, 2, 1, &f),
+        paired_ratio(s, 1, 0, &f),
+    ]
 }
 
-/// The median over repetitions of `f(target) - f(direct)`, for nginx and mcpgw.
+/// Target `num` over target `den` (indices) of a per-run metric: the median over the
+/// repetitions of the ratio within one repetition.
+fn paired_ratio(s: &Scenario, num: usize, den: usize, f: impl Fn(&LoadReport) -> f64) -> String {
+    let (Some(n), Some(d)) = (s.targets.get(num), s.targets.get(den)) else {
+        return "–".to_owned();
+    };
+    let ratios: Vec<f64> = n
+        .runs
+        .iter()
+        .zip(&d.runs)
+        .filter(|(_, d)| f(d) > 0.0)
+        .map(|(n, d)| f(n) / f(d))
+        .collect();
+    if ratios.is_empty() {
+        "–".to_owned()
+    } else {
+        format!("{:.2}", median(ratios.into_iter()))
+    }
+}
+
+/// The median over repetitions of `f(target) - f(direct)`, for targets 1 and 2 (nginx
+/// and mcpgw; in the stateless-client scenario, mcpgw with a stateful and a stateless
+/// client).
 fn paired_added(s: &Scenario, f: impl Fn(&LoadReport) -> f64) -> [f64; 2] {
     let added = |i: usize| {
         median(
@@ -193,6 +211,19 @@ fn added_latency(c: &Comparison) -> Option<([f64; 2], [f64; 2])> {
         .scenarios
         .iter()
         .find(|s| s.concurrency == 1 && !s.new_connection && s.targets.len() == 3)?;
+    Some((
+        paired_added(s, |r| r.latency_ms.p50),
+        paired_added(s, |r| r.latency_ms.p99),
+    ))
+}
+
+/// The latency a stateful and a stateless client's call through mcpgw add over direct at
+/// C = 1: ((stateful, stateless) p50, (stateful, stateless) p99).
+fn stateless_added_latency(c: &Comparison) -> Option<([f64; 2], [f64; 2])> {
+    let s = c
+        .stateless
+        .iter()
+        .find(|s| s.concurrency == 1 && s.targets.len() == 3)?;
     Some((
         paired_added(s, |r| r.latency_ms.p50),
         paired_added(s, |r| r.latency_ms.p99),
@@ -248,6 +279,19 @@ fn checks(c: &Comparison) -> Vec<Check> {
             measured,
             bound: "≤ 1.20".to_owned(),
             met: measured <= 1.2,
+        });
+    }
+    if let Some((p50, _)) = stateless_added_latency(c) {
+        let measured = if p50[0] > 0.0 {
+            p50[1] / p50[0]
+        } else {
+            f64::INFINITY
+        };
+        out.push(Check {
+            what: "added p50 latency at C=1, mcpgw: stateless client / stateful client".to_owned(),
+            measured,
+            bound: "≤ 1.30".to_owned(),
+            met: measured <= 1.3,
         });
     }
     if let Some(r) = &c.reload {
@@ -419,6 +463,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
         );
     }
     o.push('\n');
+    stateless_markdown(c, &mut o);
     if let Some(idle) = &c.idle {
         let _ = writeln!(
             o,
@@ -482,6 +527,101 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     }
     o.push_str("\n![throughput and latency by concurrency](bench/results/compare.svg)\n\n");
     o
+}
+
+/// The stateless-client table: direct, mcpgw with a stateful client, mcpgw with a
+/// stateless client; nothing when the scenario did not run.
+fn stateless_markdown(c: &Comparison, o: &mut String) {
+    use crate::stateless::TARGETS as S;
+    if c.stateless.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Stateless clients (2026-07-28) through mcpgw, beside stateful ones, interleaved per repetition: (a) a stateful client against the upstream directly, (c) a stateful client through mcpgw, (s) a stateless client through mcpgw (no `initialize`, no session: each call gets an upstream session of its own). CPU is per request, µs, of the proxy (mcpgw) and of the upstream.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | metric | (a) direct | (c) mcpgw, stateful client | (s) mcpgw, stateless client | s / a | s / c |"
+    );
+    let _ = writeln!(o, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let ms = |v: f64| format!("{v:.3}");
+    for s in &c.stateless {
+        let tp = values_of(s, &S, |t| t.median_throughput);
+        stateless_row(o, s, "req/s", tp.map(thousands), |r| r.throughput);
+        let p50 = values_of(s, &S, |t| t.median_p50_ms);
+        stateless_row(o, s, "p50 ms", p50.map(ms), |r| r.latency_ms.p50);
+        let p99 = values_of(s, &S, |t| t.median_p99_ms);
+        stateless_row(o, s, "p99 ms", p99.map(ms), |r| r.latency_ms.p99);
+    }
+    if let Some((p50, p99)) = stateless_added_latency(c) {
+        for (metric, v) in [("added p50 ms", p50), ("added p99 ms", p99)] {
+            let _ = writeln!(
+                o,
+                "| latency added over direct, keep-alive C=1 | {metric} | – | {:+.3} | {:+.3} | – | {} |",
+                v[0],
+                v[1],
+                ratio(v[1], v[0]),
+            );
+        }
+    }
+    for s in &c.stateless {
+        let proxy = values_of(s, &S, |t| t.median_proxy_cpu_us);
+        let up = values_of(s, &S, |t| t.median_upstream_cpu_us);
+        let _ = writeln!(
+            o,
+            "| {} | CPU µs / request: proxy; upstream | –; {:.1} | {:.1}; {:.1} | {:.1}; {:.1} | | {}; {} |",
+            s.name,
+            up[0],
+            proxy[1],
+            up[1],
+            proxy[2],
+            up[2],
+            ratio(proxy[2], proxy[1]),
+            ratio(up[2], up[1]),
+        );
+    }
+    let count = |i: usize, f: &dyn Fn(&LoadReport) -> u64| -> u64 {
+        c.stateless
+            .iter()
+            .filter_map(|s| s.target(S[i]))
+            .flat_map(|t| t.runs.iter().map(f))
+            .sum()
+    };
+    let failed = |r: &LoadReport| r.errors.total;
+    let ok = |r: &LoadReport| r.requests;
+    let _ = writeln!(
+        o,
+        "| all | failed / successful requests | {} / {} | {} / {} | {} / {} | | |",
+        count(0, &failed),
+        thousands(count(0, &ok) as f64),
+        count(1, &failed),
+        thousands(count(1, &ok) as f64),
+        count(2, &failed),
+        thousands(count(2, &ok) as f64),
+    );
+    o.push('\n');
+}
+
+/// One row of the stateless-client table: the three medians as given, then s / a and
+/// s / c of the per-run metric `f`, paired within repetitions.
+fn stateless_row(
+    o: &mut String,
+    s: &Scenario,
+    metric: &str,
+    v: [String; 3],
+    f: impl Fn(&LoadReport) -> f64,
+) {
+    let _ = writeln!(
+        o,
+        "| {} | {metric} | {} | {} | {} | {} | {} |",
+        s.name,
+        v[0],
+        v[1],
+        v[2],
+        paired_ratio(s, 2, 0, &f),
+        paired_ratio(s, 2, 1, &f),
+    );
 }
 
 /// A plot of throughput (left) and p50/p99 latency (right, log scale) by keep-alive
@@ -714,6 +854,124 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compare::TargetRuns;
+    use crate::load::{Errors, Latency};
+    use crate::mcp::Era;
+
+    /// A run with only what the report reads of it.
+    fn run(era: Era, throughput: f64, p50: f64) -> LoadReport {
+        LoadReport {
+            era,
+            sessions: 64,
+            concurrency: 1,
+            new_connection: false,
+            requests: 1000,
+            errors: Errors::default(),
+            elapsed_secs: 1.0,
+            throughput,
+            latency_ms: Latency {
+                p50,
+                p99: 2.0 * p50,
+                ..Latency::default()
+            },
+            connections_opened: 0,
+            server_closes: 0,
+            setup_secs: 0.0,
+            probe_delta: Vec::new(),
+        }
+    }
+
+    fn comparison(stateless: Vec<Scenario>) -> Comparison {
+        Comparison {
+            machine: Machine {
+                nproc: 2,
+                cpu: "cpu".into(),
+                kernel: "k".into(),
+                rustc: "rustc".into(),
+                nginx: "nginx".into(),
+                commit: "abc".into(),
+                date: "today".into(),
+            },
+            ticks_per_second: 100,
+            settings: Settings {
+                bin_dir: ".".into(),
+                nginx: "nginx".into(),
+                results: ".".into(),
+                update_doc: None,
+                workers: 2,
+                reps: 2,
+                duration_secs: 1.0,
+                warmup_secs: 0.0,
+                sessions: 64,
+                concurrency: vec![1],
+                new_connection_concurrency: 16,
+                stateless_concurrency: vec![1],
+                idle_sessions: 0,
+                idle_concurrency: 64,
+                reload: false,
+                reload_signals: 0,
+                failover_kills: 0,
+                failover_sessions: 0,
+            },
+            scenarios: Vec::new(),
+            stateless,
+            idle: None,
+            reload: None,
+            failover: None,
+        }
+    }
+
+    #[test]
+    fn stateless_added_latency_is_a_ratio_of_paired_differences() {
+        // Per repetition: direct, mcpgw stateful, mcpgw stateless. Added p50: stateful
+        // +0.05 both times, stateless +0.06 both times: 1.20, within the target.
+        let runs = [
+            [(10_000.0, 0.10), (7_000.0, 0.15), (6_000.0, 0.16)],
+            [(9_000.0, 0.12), (6_000.0, 0.17), (5_000.0, 0.18)],
+        ];
+        let eras = [Era::Stateful, Era::Stateful, Era::Stateless];
+        let mut targets: Vec<TargetRuns> = crate::stateless::TARGETS
+            .iter()
+            .map(|t| TargetRuns::new(t))
+            .collect();
+        for rep in runs {
+            for (i, (tp, p50)) in rep.into_iter().enumerate() {
+                targets[i].runs.push(run(eras[i], tp, p50));
+            }
+        }
+        for t in &mut targets {
+            t.summarize(100);
+        }
+        let c = comparison(vec![Scenario {
+            name: "stateless client, keep-alive C=1".into(),
+            concurrency: 1,
+            new_connection: false,
+            targets,
+        }]);
+        let md = markdown(&c);
+        assert!(
+            md.contains("| latency added over direct, keep-alive C=1 | added p50 ms | – | +0.050 | +0.060 | – | 1.20 |"),
+            "{md}"
+        );
+        // Throughput s / a: 0.60 and 0.56, median 0.58; s / c: 0.86 and 0.83, median 0.85.
+        assert!(
+            md.contains(
+                "| stateless client, keep-alive C=1 | req/s | 9,500 | 6,500 | 5,500 | 0.58 | 0.85 |"
+            ),
+            "{md}"
+        );
+        let check = checks(&c)
+            .into_iter()
+            .find(|ch| ch.what.contains("stateless"))
+            .map(|ch| (ch.measured, ch.met));
+        assert!(
+            matches!(check, Some((m, true)) if (m - 1.2).abs() < 1e-9),
+            "{md}"
+        );
+        // Without the scenario there is neither table nor target.
+        let none = comparison(Vec::new());
+        assert!(!markdown(&none).contains("stateless"));
+    }
 
     #[test]
     fn formatting() {

@@ -12,7 +12,9 @@
 //! - every refusal the revision defines (HTTP status and JSON-RPC code), none of which
 //!   reaches an upstream or disturbs another client;
 //! - a stateful session and stateless requests side by side on one gateway;
-//! - `mcpgw_requests_total` counts stateless requests by method and outcome.
+//! - `mcpgw_requests_total` counts stateless requests by method and outcome;
+//! - `subscriptions/listen`: acknowledged with what the upstreams can honour, then only
+//!   the asked notifications, tagged; its upstream session closes with the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use mcpgw_tests::ops::admin_get;
 use mcpgw_tests::stateless::{
     self, META_CAPABILITIES, METHOD_HEADER, MODERN_VERSION, NAME_HEADER, StatelessClient,
 };
+use mcpgw_tests::stream::MessageStream;
 use mcpgw_tests::{
     CounterOpts, CounterServer, Gateway, GatewayConfig, RpcReply, Stats, start_counter, wait_until,
 };
@@ -642,4 +645,97 @@ async fn the_warm_pool_serves_each_request_a_session_opened_ahead() {
     let stats = counter.stats().await.expect("stats");
     assert_eq!(stats.live_sessions, 0, "{stats:?}");
     assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+}
+
+/// `subscriptions/listen`: the gateway follows the upstream on a session of the
+/// subscription's own, acknowledges the part of the filter the upstream can honour (the
+/// counter has tools and resources `listChanged`, resource subscriptions, but no prompts
+/// `listChanged`), then passes on only the asked notifications, each tagged with the
+/// subscription id; a client that goes away ends it, and its upstream session closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_gets_what_it_asked_for_tagged() {
+    const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    let within = Duration::from_secs(10);
+    let (counter, gateway) = counter_behind_gateway(1);
+    let mut client = stateless_client(&gateway);
+
+    // Refusals first: a stream needs SSE, and the filter is required.
+    let (id, request) = client.prepare(
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+    );
+    let request = request.set_header("Accept", "application/json");
+    let reply = client.send(&id, &request).await.expect("answer");
+    assert_refused(&reply, &id, 400, -32600, "listen without text/event-stream");
+    let (id, request) = client.prepare("subscriptions/listen", json!({}));
+    let reply = client.send(&id, &request).await.expect("answer");
+    assert_refused(&reply, &id, 400, -32602, "listen without a filter");
+
+    let (id, request) = client.prepare(
+        "subscriptions/listen",
+        json!({"notifications": {
+            "toolsListChanged": true,
+            "promptsListChanged": true,
+            "resourceSubscriptions": ["counter://value"],
+        }}),
+    );
+    let mut stream = MessageStream::send(gateway.addr, &request)
+        .await
+        .expect("a subscription stream");
+    let ack = stream.expect(within).await.expect("acknowledgement");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(ack["params"]["_meta"][SUBSCRIPTION_ID], id, "{ack}");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "resourceSubscriptions": ["counter://value"]}),
+        "only what the upstream can notify of is honoured: {ack}"
+    );
+    assert!(
+        counter
+            .events()
+            .await
+            .expect("counter events")
+            .iter()
+            .any(|e| e["kind"] == "resources/subscribe" && e["uri"] == "counter://value"),
+        "the resource was subscribed to upstream"
+    );
+
+    // notify_all puts tools/list_changed, prompts/list_changed, resources/updated and a
+    // log message on every GET stream, in that order; twice, so that seeing
+    // tools → updated → tools proves the two kinds in between were dropped.
+    for round in 0..2 {
+        let streams = client
+            .request(
+                "tools/call",
+                json!({"name": "notify_all", "arguments": {"tag": round}}),
+            )
+            .await
+            .expect("notify_all");
+        let result = assert_complete(&streams);
+        assert_eq!(result["structuredContent"]["streams"], 1, "{result}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let m = stream.expect(within).await.expect("a notification");
+        assert_eq!(m["params"]["_meta"][SUBSCRIPTION_ID], id, "tagged: {m}");
+        assert!(m.get("id").is_none(), "{m}");
+        seen.push(m["method"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        seen,
+        [
+            "notifications/tools/list_changed",
+            "notifications/resources/updated",
+            "notifications/tools/list_changed",
+            "notifications/resources/updated",
+        ]
+    );
+
+    stream.close();
+    let stats = wait_all_closed(&counter).await;
+    assert!(stats.initialize >= 1, "{stats:?}");
+    drop(gateway);
 }

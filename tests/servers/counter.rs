@@ -15,7 +15,7 @@
 //! `ask` (a sampling, elicitation or roots request on the call's stream or on the GET
 //! stream, waiting for the client's answer), `chatty` (progress and log notifications,
 //! then a result), `notify` (list_changed, resources/updated and a log message on the GET
-//! stream), a cancellable `slow`, and `GET /debug/events`: what the server received that a
+//! stream; `notify_all`: on every session's GET stream), a cancellable `slow`, and `GET /debug/events`: what the server received that a
 //! test cannot see otherwise (initialize capabilities, cancellations, answers to its
 //! requests, logging levels, subscriptions, other notifications).
 //!
@@ -347,6 +347,7 @@ async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Byte
             "ask" => Some(ask(srv.clone(), session.clone(), id.clone(), &params)),
             "chatty" => Some(chatty(&srv, &id, &params)),
             "notify" => Some(notify(&srv, &session, &id, &params)),
+            "notify_all" => Some(notify_all(&srv, &id, &params)),
             "flood" => Some(flood(&id, &params)),
             "slow" => Some(slow(srv.clone(), session.clone(), id.clone(), &params).await),
             _ => None,
@@ -1112,6 +1113,40 @@ fn chatty(srv: &Server, id: &Value, params: &Value) -> Response {
     let mut r = Response::new(Body::from(out));
     set_content_type(&mut r, "text/event-stream");
     r
+}
+
+/// `notify_all` {tag}: what `notify` puts on one session's GET stream, on
+/// every open GET stream of the server (a server-wide change, as when a
+/// tool is installed); the result says on how many streams.
+fn notify_all(srv: &Server, id: &Value, params: &Value) -> Response {
+    let tag = params
+        .pointer("/arguments/tag")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let messages = [
+        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+        json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}),
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+            "params": {"uri": "counter://value"}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "logger": srv.name, "data": {"tag": tag}}}),
+    ];
+    let streams = srv
+        .sessions()
+        .values()
+        .filter_map(|s| s.stream.as_ref())
+        .filter(|stream| messages.iter().all(|m| stream.send(m.clone()).is_ok()))
+        .count();
+    let result = json!({
+        "content": [{"type": "text", "text": streams.to_string()}],
+        "structuredContent": {"streams": streams},
+        "isError": false,
+    });
+    rpc_response(
+        srv,
+        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        None,
+    )
 }
 
 /// `notify` {tag}: puts `notifications/tools/list_changed`,

@@ -39,6 +39,12 @@ impl MessageStream {
         Self::open(addr, &request.to_bytes(&addr.to_string())).await
     }
 
+    /// Sends any `request` on a new connection; its answer must be an event stream
+    /// (a stateless client's `subscriptions/listen`).
+    pub async fn send(addr: std::net::SocketAddr, request: &crate::http::Request) -> Result<Self> {
+        Self::open(addr, &request.to_bytes(&addr.to_string())).await
+    }
+
     async fn open(addr: std::net::SocketAddr, bytes: &[u8]) -> Result<Self> {
         let mut conn = HttpConn::connect(addr).await?;
         conn.write_raw(bytes).await?;

@@ -1,6 +1,6 @@
 //! The streams the relay reads: a call's SSE answer ([`pump_call`]) and the
-//! upstream sessions' GET streams while the client has its own open
-//! ([`listen`]).
+//! upstream sessions' GET streams, while a session's client has its own open
+//! ([`listen`]) or for a stateless client's subscription ([`follow`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use crate::http::client::UpstreamBody;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
@@ -206,12 +206,67 @@ pub(crate) fn listen(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
     if !us.claim_listener(generation) {
         return;
     }
-    tokio::spawn(listen_loop(relay.clone(), us.clone(), alive));
+    tokio::spawn(listen_loop(
+        relay.clone(),
+        us.clone(),
+        alive,
+        Sink::Session,
+        None,
+    ));
 }
 
-/// Keep the upstream session's GET stream open while the client's is,
-/// reconnecting with backoff, and route what comes on it.
-async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: watch::Receiver<()>) {
+/// Follow `us`'s GET stream for a subscription: what the relay forwards
+/// from it goes to `tx` as raw JSON-RPC messages, until `alive`'s sender
+/// is dropped. The receiver says whether the stream opened at the first
+/// attempt (the upstream's acknowledgement); later attempts reconnect.
+pub(crate) fn follow(
+    relay: &Arc<Relay>,
+    us: &Arc<UpstreamSession>,
+    alive: watch::Receiver<()>,
+    tx: mpsc::Sender<Bytes>,
+) -> oneshot::Receiver<bool> {
+    let (opened, acknowledged) = oneshot::channel();
+    tokio::spawn(listen_loop(
+        relay.clone(),
+        us.clone(),
+        alive,
+        Sink::Subscription(tx),
+        Some(opened),
+    ));
+    acknowledged
+}
+
+/// Where what an upstream says on its GET stream goes.
+enum Sink {
+    /// The session's GET stream, whichever is open now (SSE events).
+    Session,
+    /// A subscription's filter (raw messages).
+    Subscription(mpsc::Sender<Bytes>),
+}
+
+impl Sink {
+    /// Pass `message` on; false once nobody takes it any more.
+    async fn send(&self, relay: &Relay, message: Bytes) -> bool {
+        match self {
+            Self::Session => match relay.server_stream() {
+                Some((tx, _)) => tx.send(sse::message_event(&message)).await.is_ok(),
+                None => false,
+            },
+            Self::Subscription(tx) => tx.send(message).await.is_ok(),
+        }
+    }
+}
+
+/// Keep the upstream session's GET stream open while `alive` says so,
+/// reconnecting with backoff, and route what comes on it to `sink`.
+/// `first` learns whether the first attempt opened the stream.
+async fn listen_loop(
+    relay: Arc<Relay>,
+    us: Arc<UpstreamSession>,
+    mut alive: watch::Receiver<()>,
+    sink: Sink,
+    mut first: Option<oneshot::Sender<bool>>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let deadline = Instant::now() + us.server.request_timeout();
@@ -219,6 +274,10 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
             r = us.open_stream(deadline) => r,
             _ = alive.changed() => return,
         };
+        if let Some(first) = first.take() {
+            // The receiver may have stopped waiting; nothing to tell then.
+            let _ = first.send(opened.is_ok());
+        }
         match opened {
             Ok(resp) => {
                 backoff = Duration::from_millis(250);
@@ -241,13 +300,9 @@ async fn listen_loop(relay: Arc<Relay>, us: Arc<UpstreamSession>, mut alive: wat
                     while let Some(event) = parser.next_event() {
                         if let Routed::Forward(message) =
                             relay.route(&us, event.data, Source::Stream)
+                            && !sink.send(&relay, message).await
                         {
-                            let Some((tx, _)) = relay.server_stream() else {
-                                return;
-                            };
-                            if tx.send(sse::message_event(&message)).await.is_err() {
-                                return;
-                            }
+                            return;
                         }
                     }
                 }

@@ -118,6 +118,19 @@ impl<'a> RequestMeta<'a> {
     /// its own capabilities and info, so the upstream offers it what it
     /// would offer the client directly.
     pub(crate) fn upstream_init_params(&self, version: &str) -> String {
+        self.init_params(version, self.capabilities.get())
+    }
+
+    /// As [`Self::upstream_init_params`], but declaring no client
+    /// capabilities: for upstream sessions that only carry notifications
+    /// (a subscription), so that an upstream request on them (sampling,
+    /// elicitation, roots), which no stateless client could answer there,
+    /// is refused at once instead of waiting.
+    pub(crate) fn listener_init_params(&self, version: &str) -> String {
+        self.init_params(version, "{}")
+    }
+
+    fn init_params(&self, version: &str, capabilities: &str) -> String {
         let info = self.info.map_or(
             concat!(
                 "{\"name\":\"mcpgw\",\"version\":\"",
@@ -126,11 +139,11 @@ impl<'a> RequestMeta<'a> {
             ),
             RawValue::get,
         );
-        let mut p = String::with_capacity(64 + self.capabilities.get().len() + info.len());
+        let mut p = String::with_capacity(64 + capabilities.len() + info.len());
         p.push_str("{\"protocolVersion\":");
         crate::jsonrpc::push_json_string(&mut p, version);
         p.push_str(",\"capabilities\":");
-        p.push_str(self.capabilities.get());
+        p.push_str(capabilities);
         p.push_str(",\"clientInfo\":");
         p.push_str(info);
         p.push('}');

@@ -13,7 +13,10 @@
 //! (`resultType`, cache hints).
 //!
 //! - [`meta`]: the request's `_meta` and its routing headers, checked.
+//! - [`listen`]: `subscriptions/listen`, the one request answered with a
+//!   stream.
 
+mod listen;
 mod meta;
 
 use crate::front::common::accepted;
@@ -128,10 +131,13 @@ pub(crate) async fn post(
         Ok(meta) => meta,
         Err(refusal) => return refuse(accept, outcome, id, refusal),
     };
-    if REMOVED.contains(&method) || method == "subscriptions/listen" {
-        // `subscriptions/listen` is not served yet (no stream outlives a
-        // stateless request here); a client learns it like any method a
-        // server does not have.
+    if method == "subscriptions/listen" {
+        return match listen::serve(ctx, endpoint, accept, &meta, id, env.params).await {
+            Ok(stream) => stream,
+            Err(refusal) => refuse(accept, outcome, id, refusal),
+        };
+    }
+    if REMOVED.contains(&method) {
         return refuse(
             accept,
             outcome,

@@ -938,3 +938,94 @@ async fn upstream_sessions_all_closed_at_stop(counter: &CounterServer, mut gatew
     assert_eq!(stats.live_sessions, 0, "{stats:?}");
     assert_eq!(stats.initialize, stats.delete, "{stats:?}");
 }
+
+/// The rmcp client's own `subscriptions/listen` (auto mode settles on 2026-07-28): the
+/// gateway acknowledges what the counter can notify of, the client's later call of
+/// `notify_all` comes back on the subscription as the asked notifications (tagged, as
+/// rmcp checks), and a gateway that stops ends the subscription gracefully (the listen
+/// request's result) and closes every upstream session it opened for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_client_listens_through_the_gateway() {
+    use rmcp::ClientServiceExt;
+    use rmcp::model::{
+        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
+    };
+    use rmcp::service::{ClientLifecycleMode, SubscriptionEnd};
+    use rmcp::transport::StreamableHttpClientTransport;
+
+    let within = Duration::from_secs(15);
+    let (counter, gateway) = counter_behind_gateway(1);
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", gateway.addr));
+    let client = tokio::time::timeout(
+        Duration::from_secs(30),
+        ().serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Auto {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+        ),
+    )
+    .await
+    .expect("the client's start-up ends within 30 s")
+    .expect("rmcp client in auto mode");
+
+    let asked = SubscriptionFilter::builder()
+        .tools_list_changed()
+        .prompts_list_changed()
+        .resource_subscription("counter://value")
+        .build();
+    let mut subscription = tokio::time::timeout(within, client.listen(asked))
+        .await
+        .expect("acknowledged in time")
+        .expect("subscriptions/listen");
+    let honoured = subscription.acknowledged().clone();
+    assert_eq!(honoured.tools_list_changed, Some(true), "{honoured:?}");
+    assert_eq!(honoured.prompts_list_changed, None, "{honoured:?}");
+    assert_eq!(
+        honoured.resource_subscriptions.as_deref(),
+        Some(&["counter://value".to_owned()][..]),
+        "{honoured:?}"
+    );
+
+    let mut call = CallToolRequestParams::new("notify_all");
+    call.arguments = serde_json::json!({"tag": "rmcp"}).as_object().cloned();
+    client.call_tool(call).await.expect("notify_all");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let notification = tokio::time::timeout(within, subscription.next())
+            .await
+            .expect("a notification in time")
+            .expect("a well-formed notification")
+            .expect("the subscription is open");
+        seen.push(match notification {
+            ServerNotification::ToolListChangedNotification(_) => "tools".to_owned(),
+            ServerNotification::ResourceUpdatedNotification(n) => n.params.uri.clone(),
+            other => format!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(seen, ["tools", "counter://value"]);
+
+    let mut gateway = gateway;
+    gateway
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let end = tokio::time::timeout(within, subscription.next())
+        .await
+        .expect("the subscription ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert!(
+        matches!(subscription.end(), Some(SubscriptionEnd::Graceful(_))),
+        "{:?}",
+        subscription.end()
+    );
+    drop(subscription);
+    let _ = client.cancel().await;
+    gateway
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the gateway stops");
+    let stats = counter.stats().await.expect("stats");
+    assert_eq!(stats.live_sessions, 0, "{stats:?}");
+    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+}

@@ -10,8 +10,10 @@
 //! acknowledgement: the part of its filter that some upstream can honour.
 //! From then on each notification of a requested kind goes to the client
 //! tagged with the subscription id (the id of the listen request), and
-//! nothing else does. The stream ends when the client goes away or the
-//! worker stops; the upstream sessions close with it.
+//! nothing else does. The stream ends when the client goes away, or, with
+//! the listen request's result (the revision's graceful end), when the
+//! worker stops or no upstream can send any more; the upstream sessions
+//! close with it.
 //!
 //! Upstreams of the stateless revision have no session to follow: they are
 //! left out (their notifications are not relayed yet).
@@ -298,22 +300,32 @@ async fn deliver(
 ) {
     let mut tick = tokio::time::interval(KEEPALIVE);
     tick.tick().await;
-    loop {
+    let graceful = loop {
         let out = tokio::select! {
             message = raw.recv() => match message {
                 Some(m) => tagged(&m, &honoured, &tag),
                 // Every upstream stream gave up: nothing more can come.
-                None => break,
+                None => break true,
             },
             _ = tick.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
-            _ = tx.closed() => break,
-            _ = relay::became_true(&mut stopping) => break,
+            _ = tx.closed() => break false,
+            _ = relay::became_true(&mut stopping) => break true,
         };
         if let Some(out) = out
             && tx.send(out).await.is_err()
         {
-            break;
+            break false;
         }
+    };
+    if graceful {
+        // The revision's graceful end: the listen request's own result.
+        // Best effort: a client that does not read gets its stream closed.
+        let id = tag.to_string();
+        let result = serde_json::json!({"resultType": "complete", "_meta": {SUBSCRIPTION_ID: tag}});
+        let _ = tx.try_send(sse::message_event(&jsonrpc::result(
+            &id,
+            &result.to_string(),
+        )));
     }
     debug!("subscription ended");
     drop(alive);

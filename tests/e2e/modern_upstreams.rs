@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::modern::ModernServer;
+use mcpgw_tests::stream::MessageStream;
 use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern};
 use serde_json::{Value, json};
 
@@ -303,4 +304,70 @@ async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
     let text = serde_json::to_value(&result.content).expect("content");
     assert_eq!(text[0]["text"], "42", "{text}");
     client.cancel().await.expect("close the client");
+}
+
+/// `subscriptions/listen` of a stateless client on an endpoint over the stateful counter
+/// and the modern server: the counter is followed on its GET stream, the modern server
+/// gets a `subscriptions/listen` of its own; one acknowledgement after both, then the
+/// list changes of each, with the client's subscription id (not the upstream's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_spans_a_stateful_and_a_modern_upstream() {
+    const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    let within = Duration::from_secs(15);
+    let counter = start_counter!().expect("start counter-server");
+    let modern = start_modern!("modern").expect("start modern-server");
+    let gateway = Gateway::start(
+        &GatewayConfig::new(1)
+            .upstream("counter", &counter.url())
+            .upstream("modern", &modern.url())
+            .endpoint("/mcp", &["counter", "modern"]),
+    )
+    .expect("start mcpgw");
+    let mut listen = stateless_request(
+        "subscriptions/listen",
+        None,
+        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+    );
+    listen = listen.set_header("Accept", "text/event-stream, application/json");
+    let mut stream = MessageStream::send(gateway.addr, &listen)
+        .await
+        .expect("a subscription stream");
+    let ack = stream.expect(within).await.expect("acknowledgement");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(ack["params"]["_meta"][SUBSCRIPTION_ID], 9, "{ack}");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "{ack}"
+    );
+    let log = modern.log().await.expect("modern log");
+    assert!(
+        log.iter().any(|e| e["method"] == "subscriptions/listen"),
+        "the modern server was asked: {log:?}"
+    );
+
+    let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
+    for (tool, expected) in [("modern__notify", "1"), ("counter__notify_all", "1")] {
+        let resp = conn
+            .send(&stateless_request(
+                "tools/call",
+                Some(tool),
+                json!({"name": tool, "arguments": {}}),
+            ))
+            .await
+            .expect(tool);
+        let v = resp.json().expect("json");
+        assert_eq!(v["result"]["content"][0]["text"], expected, "{tool}: {v}");
+        let m = stream.expect(within).await.expect("a notification");
+        assert_eq!(
+            m["method"], "notifications/tools/list_changed",
+            "{tool}: {m}"
+        );
+        assert_eq!(m["params"]["_meta"][SUBSCRIPTION_ID], 9, "{tool}: {m}");
+    }
+    stream.close();
+    drop(gateway);
 }

@@ -7,7 +7,10 @@
 //!   request must carry its `_meta` and routing headers.
 //! - Tools: `add` (a + b), `echo_meta` (what this request's `_meta` said of its client:
 //!   `clientInfo` name and `clientCapabilities`), `needs_input` (answers
-//!   `resultType: "input_required"`, for the gateway's MRTR refusal).
+//!   `resultType: "input_required"`, for the gateway's MRTR refusal), `notify` (a
+//!   `tools/list_changed` on every open subscription; answers how many).
+//! - `subscriptions/listen`: every filter is accepted as far as the capabilities go
+//!   (tools `listChanged` only).
 //! - `GET /log`: every HTTP request received, as `{"http": METHOD, "method": body method}`,
 //!   so tests can check that no `initialize` or `DELETE` was sent.
 //!
@@ -29,9 +32,11 @@ use rmcp::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     InputRequiredResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ServerCapabilities, ServerConfig, Tool,
+    ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter, Tool,
 };
-use rmcp::service::{MaybeSendFuture, RequestContext, RoleServer};
+use rmcp::service::{
+    MaybeSendFuture, RequestContext, RoleServer, SubscriptionContext, SubscriptionSink,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
@@ -50,6 +55,8 @@ type Log = Arc<Mutex<Vec<Value>>>;
 #[derive(Clone)]
 struct Modern {
     name: String,
+    /// The open subscriptions (`subscriptions/listen`), for `notify`.
+    subscribers: Arc<Mutex<Vec<SubscriptionSink>>>,
 }
 
 fn tool(name: &'static str, description: &'static str, schema: Value) -> Tool {
@@ -66,9 +73,34 @@ fn text(s: impl Into<String>) -> CallToolResponse {
 
 impl ServerHandler for Modern {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(self.name.clone(), "1.0.0"))
-            .with_instructions(format!("{} speaks only 2026-07-28", self.name))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new(self.name.clone(), "1.0.0"))
+        .with_instructions(format!("{} speaks only 2026-07-28", self.name))
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    fn listen(
+        &self,
+        context: SubscriptionContext,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.push(context.sink().clone());
+        }
+        async move {
+            context.cancelled().await;
+            Ok(())
+        }
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -129,9 +161,27 @@ impl ServerHandler for Modern {
             "needs_input" => Ok(CallToolResponse::InputRequired(
                 InputRequiredResult::from_request_state("opaque-state-1"),
             )),
+            "notify" => {
+                let sinks = self
+                    .subscribers
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                return futures_util::future::Either::Left(async move {
+                    let mut sent = 0;
+                    for sink in sinks {
+                        let changed =
+                            ServerNotification::ToolListChangedNotification(Default::default());
+                        if sink.send(changed).await.is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    Ok(text(sent.to_string()))
+                });
+            }
             other => Err(McpError::invalid_params(format!("no tool {other}"), None)),
         };
-        std::future::ready(answer)
+        futures_util::future::Either::Right(std::future::ready(answer))
     }
 }
 
@@ -160,7 +210,10 @@ async fn show_log(State(log): State<Log>) -> Response {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let handler = Modern { name: args.name };
+    let handler = Modern {
+        name: args.name,
+        subscribers: Arc::default(),
+    };
     let service: StreamableHttpService<Modern, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(handler.clone()),
         Default::default(),

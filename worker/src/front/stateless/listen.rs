@@ -15,8 +15,10 @@
 //! worker stops or no upstream can send any more; the upstream sessions
 //! close with it.
 //!
-//! Upstreams of the stateless revision have no session to follow: they are
-//! left out (their notifications are not relayed yet).
+//! An upstream of the stateless revision has no session or GET stream: it
+//! gets a `subscriptions/listen` of its own with the client's filter, and
+//! its acknowledgement counts as its answer; what it sends after is
+//! filtered and tagged like the rest (its own subscription id replaced).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,16 +185,38 @@ pub(crate) async fn serve(
     // can be missed.
     let (alive_tx, alive) = watch::channel(());
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
-    let followed: Vec<_> = opened.iter().filter(|us| !us.is_modern()).collect();
+    let (modern, followed): (Vec<_>, Vec<_>) = opened.iter().partition(|us| us.is_modern());
     let acks = followed
         .iter()
         .map(|us| relay::follow(src.relay(), us, alive.clone(), raw_tx.clone()));
     let acks = join_all(
         acks.map(|ack| async move { matches!(timeout_at(deadline, ack).await, Ok(Ok(true))) }),
-    )
-    .await;
+    );
+    let asked_json = asked.to_json();
+    let modern_acks =
+        join_all(modern.iter().enumerate().map(|(n, us)| {
+            follow_modern(us, &asked_json, n, deadline, alive.clone(), raw_tx.clone())
+        }));
+    let (acks, modern_acks) = tokio::join!(acks, modern_acks);
     drop(raw_tx);
     let mut honoured = Filter::default();
+    for (us, ack) in modern.iter().zip(modern_acks) {
+        let Some(ack) = ack else {
+            debug!(upstream = %us.server.id, "no subscription at this stateless upstream");
+            continue;
+        };
+        honoured.tools_list_changed |= asked.tools_list_changed && ack.tools_list_changed;
+        honoured.prompts_list_changed |= asked.prompts_list_changed && ack.prompts_list_changed;
+        honoured.resources_list_changed |=
+            asked.resources_list_changed && ack.resources_list_changed;
+        for uri in ack.resource_subscriptions {
+            if asked.resource_subscriptions.contains(&uri)
+                && !honoured.resource_subscriptions.contains(&uri)
+            {
+                honoured.resource_subscriptions.push(uri);
+            }
+        }
+    }
     for (us, streaming) in followed.iter().zip(acks) {
         if !streaming {
             debug!(upstream = %us.server.id, "no GET stream; its list changes are not followed");
@@ -203,21 +227,29 @@ pub(crate) async fn serve(
         honoured.prompts_list_changed |= asked.prompts_list_changed && can.prompts;
         honoured.resources_list_changed |= asked.resources_list_changed && can.resources;
     }
-    let subscribed = join_all(
-        asked
-            .resource_subscriptions
-            .iter()
-            .enumerate()
-            .map(|(n, uri)| subscribe(ctx, &src, uri, n)),
-    )
-    .await;
-    honoured.resource_subscriptions = asked
+    // URIs a stateless upstream took are its; the rest go to the session
+    // upstreams that own them.
+    let rest: Vec<&String> = asked
         .resource_subscriptions
         .iter()
-        .zip(subscribed)
-        .filter(|(_, ok)| *ok)
-        .map(|(uri, _)| uri.clone())
+        .filter(|uri| !honoured.resource_subscriptions.contains(uri))
         .collect();
+    let subscribed = if followed.is_empty() {
+        vec![false; rest.len()]
+    } else {
+        join_all(
+            rest.iter()
+                .enumerate()
+                .map(|(n, uri)| subscribe(ctx, &src, uri, n)),
+        )
+        .await
+    };
+    honoured.resource_subscriptions.extend(
+        rest.into_iter()
+            .zip(subscribed)
+            .filter(|(_, ok)| *ok)
+            .map(|(uri, _)| uri.clone()),
+    );
 
     let tag: Value = serde_json::from_str(id).unwrap_or(Value::Null);
     let ack = serde_json::json!({
@@ -226,7 +258,7 @@ pub(crate) async fn serve(
         "params": {"notifications": honoured.to_json(), "_meta": {SUBSCRIPTION_ID: tag}},
     });
     info!(
-        upstreams = followed.len(),
+        upstreams = followed.len() + modern.len(),
         asked = %asked.to_json(),
         honoured = %honoured.to_json(),
         "subscription opened"
@@ -249,6 +281,88 @@ pub(crate) async fn serve(
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
+}
+
+/// A `subscriptions/listen` of our own at a stateless upstream, with the
+/// client's filter: its acknowledgement (what it honours), or `None` when
+/// it has none to give (an error, no stream, no answer by `deadline`).
+/// After it, what the upstream sends goes to `tx` until `alive`'s sender
+/// is dropped or the upstream ends the stream (then it is not asked again).
+async fn follow_modern(
+    us: &Arc<UpstreamSession>,
+    asked: &Value,
+    n: usize,
+    deadline: Instant,
+    mut alive: watch::Receiver<()>,
+    tx: mpsc::Sender<Bytes>,
+) -> Option<Filter> {
+    let request = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": format!("mcpgw:ls{n}"),
+        "method": "subscriptions/listen",
+        "params": {"notifications": asked},
+    });
+    let resp = match us.send(Bytes::from(request.to_string()), deadline).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            debug!(upstream = %us.server.id, error = %e, "subscriptions/listen refused");
+            return None;
+        }
+    };
+    let mut body = resp.into_body();
+    let mut parser = sse::Parser::default();
+    let limit = crate::upstream::answer_budget::max_answer();
+    let honoured = loop {
+        if let Some(event) = parser.next_event() {
+            let m: Value = serde_json::from_str(&event.data).ok()?;
+            if m["method"] != "notifications/subscriptions/acknowledged" {
+                debug!(upstream = %us.server.id, message = %m, "subscriptions/listen not acknowledged");
+                return None;
+            }
+            break serde_json::from_value::<Filter>(m["params"]["notifications"].clone()).ok()?;
+        }
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    parser.push(&data);
+                }
+            }
+            _ => return None,
+        }
+        if parser.pending_bytes() > limit {
+            return None;
+        }
+    };
+    let upstream = us.server.id.clone();
+    tokio::spawn(async move {
+        loop {
+            while let Some(event) = parser.next_event() {
+                if tx.send(Bytes::from(event.data)).await.is_err() {
+                    return;
+                }
+            }
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = alive.changed() => return,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        parser.push(&data);
+                    }
+                }
+                _ => {
+                    debug!(%upstream, "the stateless upstream ended its subscription");
+                    return;
+                }
+            }
+            if parser.pending_bytes() > limit {
+                debug!(%upstream, "subscription event too large; stream dropped");
+                return;
+            }
+        }
+    });
+    Some(honoured)
 }
 
 /// `resources/subscribe` of `uri` at its owner, as routing finds it.

@@ -204,7 +204,21 @@ async fn a_stateful_and_a_modern_upstream_federate() {
         .await
         .expect("add");
     assert_eq!(sum.text().expect("text"), "11");
-    // Two upstreams: even a stateless client gets input_required as an error.
+    // A stateful client cannot be asked mid-call (not bridged): an error that says so.
+    let asked = client
+        .call_tool("modern__needs_input", json!({}))
+        .await
+        .expect("needs_input answer");
+    let message = asked.message["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("upstream modern needs input"),
+        "{}",
+        asked.message
+    );
+    // A stateless client gets input_required as it is, even with two upstreams: its
+    // retry names the same namespaced tool, so it reaches the same upstream.
     let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
     let resp = conn
         .send(&stateless_request(
@@ -215,8 +229,8 @@ async fn a_stateful_and_a_modern_upstream_federate() {
         .await
         .expect("needs_input");
     let v = resp.json().expect("json");
-    let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("upstream modern needs input"), "{v}");
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    assert_eq!(v["result"]["requestState"], "opaque-state-1", "{v}");
     let resp = conn
         .send(&stateless_request(
             "tools/call",

@@ -105,10 +105,12 @@ async fn call<S: Source>(
 }
 
 /// A 2026-07-28 upstream's `input_required` result (it asks the client
-/// something mid-request, MRTR) is not bridged yet: only a stateless
-/// client of an endpoint with this one upstream gets it as it is (its
-/// `requestState` then goes back to the upstream that made it); anyone
-/// else gets an error that says so, naming the upstream.
+/// something mid-request, MRTR) is not bridged to stateful clients yet. A
+/// stateless client gets it as it is when its retry is sure to reach the
+/// upstream that made it: on an endpoint with this one upstream, or for a
+/// `tools/call` (routed by its namespaced name, so the same name goes to
+/// the same upstream, with the `requestState` untouched). Anyone else gets
+/// an error that says so, naming the upstream.
 fn input_required<S: Source>(
     ctx: Env<'_>,
     src: &S,
@@ -118,7 +120,7 @@ fn input_required<S: Source>(
     message: &[u8],
 ) -> Option<Response<Body>> {
     if !upstream::modern::needs_input(message)
-        || (src.stands_alone() && src.endpoint().upstreams.len() == 1)
+        || (src.stands_alone() && (ctx.tool_call || src.endpoint().upstreams.len() == 1))
     {
         return None;
     }

@@ -9,6 +9,11 @@
 //! Resource URIs are not rewritten; `resources/read` is routed by the URI →
 //! upstream map learned from `resources/list`, falling back to asking every
 //! upstream.
+//!
+//! Cache hints (2026-07-28 `ttlMs`/`cacheScope`): a merged page carries them
+//! only when every upstream's part did and none was left out: the smallest
+//! ttl, and `private` if any part is. Otherwise it carries none, and a
+//! stateless client is told not to cache it (`ttlMs` 0, `private`).
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -136,6 +141,21 @@ pub(crate) async fn merged_list<S: Source>(
         }
     }
     out.push(']');
+    if pages.len() == wanted.len()
+        && let Some((ttl, public)) = pages
+            .iter()
+            .map(|(_, p)| p.cache)
+            .try_fold((u64::MAX, true), |(ttl, public), part| {
+                part.map(|(t, p)| (ttl.min(t), public && p))
+            })
+        && !pages.is_empty()
+    {
+        let _ = write!(
+            out,
+            ",\"ttlMs\":{ttl},\"cacheScope\":\"{}\"",
+            if public { "public" } else { "private" }
+        );
+    }
     if !next.is_empty() {
         out.push_str(",\"nextCursor\":");
         jsonrpc::push_json_string(&mut out, &encode_cursor(&next));
@@ -194,6 +214,9 @@ struct Page {
     /// Keeps the raw items' backing text alive.
     items: Vec<Box<RawValue>>,
     next_cursor: Option<String>,
+    /// The upstream's cache hints: its `ttlMs`, and whether its
+    /// `cacheScope` is `public` (anything else counts as private).
+    cache: Option<(u64, bool)>,
     bytes: usize,
 }
 
@@ -208,6 +231,10 @@ async fn fetch_page<S: Source>(
     struct ListResult {
         #[serde(rename = "nextCursor", default)]
         next_cursor: Option<String>,
+        #[serde(rename = "ttlMs", default)]
+        ttl_ms: Option<u64>,
+        #[serde(rename = "cacheScope", default)]
+        cache_scope: Option<String>,
     }
     let params = cursor.map(|c| {
         let mut p = String::from("{\"cursor\":");
@@ -254,13 +281,17 @@ async fn fetch_page<S: Source>(
         .get(kind.items_key())
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default();
-    let next_cursor = serde_json::from_str::<ListResult>(result.get())
-        .ok()
-        .and_then(|r| r.next_cursor);
+    let (next_cursor, cache) = serde_json::from_str::<ListResult>(result.get())
+        .map(|r| {
+            let public = r.cache_scope.as_deref() == Some("public");
+            (r.next_cursor, r.ttl_ms.map(|ttl| (ttl, public)))
+        })
+        .unwrap_or_default();
     Some(Page {
         bytes: result.get().len(),
         items,
         next_cursor,
+        cache,
     })
 }
 

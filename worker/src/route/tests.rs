@@ -188,6 +188,38 @@ async fn a_merged_list_leaves_out_a_failing_upstream_and_keeps_the_order() {
 }
 
 #[tokio::test]
+async fn a_merged_list_has_the_smallest_ttl_and_is_private_if_any_part_is() {
+    let hints = |list: &Value| {
+        (
+            list["result"]["ttlMs"].clone(),
+            list["result"]["cacheScope"].clone(),
+        )
+    };
+    let (p500, p200) = (
+        fake_upstream("public500").await,
+        fake_upstream("public200").await,
+    );
+    let src = Direct::new(&[("a", &p500.url), ("b", &p200.url)]);
+    let list = route(&src, "tools/list", json!({})).await;
+    assert_eq!(hints(&list), (json!(200), json!("public")), "{list}");
+
+    let private = fake_upstream("private300").await;
+    let src = Direct::new(&[("a", &p500.url), ("b", &private.url)]);
+    let list = route(&src, "tools/list", json!({})).await;
+    assert_eq!(hints(&list), (json!(300), json!("private")), "{list}");
+
+    // A part without hints (a stateful upstream), or one left out: no hints at all.
+    let plain = fake_upstream("plain").await;
+    let src = Direct::new(&[("a", &p500.url), ("b", &plain.url)]);
+    let list = route(&src, "tools/list", json!({})).await;
+    assert_eq!(hints(&list), (Value::Null, Value::Null), "{list}");
+    let dead = dead_url().await;
+    let src = Direct::new(&[("a", &p500.url), ("down", &dead)]);
+    let list = route(&src, "tools/list", json!({})).await;
+    assert_eq!(hints(&list), (Value::Null, Value::Null), "{list}");
+}
+
+#[tokio::test]
 async fn a_resource_uri_is_routed_to_the_upstream_that_knows_it() {
     let (a, b) = (fake_upstream("a").await, fake_upstream("b").await);
     let src = Direct::new(&[("a", &a.url), ("b", &b.url)]);

@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 
 /// A loopback MCP server named `name`: one tool (`echo`, answering
 /// `"<name>:<tool name it was called with>"`, and `slow`, which answers
-/// once `release` is notified), one resource `mem://<name>/doc`.
+/// once `release` is notified), one resource `mem://<name>/doc`. Named
+/// `public<N>` or `private<N>`, its tools list has cache hints.
 pub(crate) struct FakeUpstream {
     pub(crate) url: String,
     pub(crate) release: Arc<Notify>,
@@ -74,10 +75,24 @@ async fn answer(name: &str, req: Request<Incoming>, release: &Notify) -> Respons
             "capabilities": {"tools": {}, "resources": {}},
             "serverInfo": {"name": name, "version": "1"},
         })),
-        "tools/list" => Ok(json!({"tools": [
-            {"name": "echo", "inputSchema": {"type": "object"}},
-            {"name": "slow", "inputSchema": {"type": "object"}},
-        ]})),
+        "tools/list" => {
+            let mut list = json!({"tools": [
+                {"name": "echo", "inputSchema": {"type": "object"}},
+                {"name": "slow", "inputSchema": {"type": "object"}},
+            ]});
+            // Cache hints of the stateless revision, by name: `public500`
+            // gives ttlMs 500, public; `private100`, ttlMs 100, private.
+            for (prefix, scope) in [("public", "public"), ("private", "private")] {
+                if let Some(ttl) = name
+                    .strip_prefix(prefix)
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    list["ttlMs"] = json!(ttl);
+                    list["cacheScope"] = json!(scope);
+                }
+            }
+            Ok(list)
+        }
         "tools/call" => {
             let tool = params["name"].as_str().unwrap_or("").to_owned();
             if tool == "slow" {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::modern::ModernServer;
 use mcpgw_tests::stream::MessageStream;
-use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern};
+use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern, wait_until};
 use serde_json::{Value, json};
 
 fn modern_behind_gateway() -> (ModernServer, Gateway) {
@@ -384,4 +384,47 @@ async fn a_subscription_spans_a_stateful_and_a_modern_upstream() {
     }
     stream.close();
     drop(gateway);
+}
+
+/// A stateful client's GET stream hears a stateless upstream's list changes: the
+/// gateway keeps a subscription of its own at that upstream while the client's stream is
+/// open, and passes what comes on it to the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_clients_stream_hears_a_modern_upstream() {
+    let (modern, gateway) = modern_behind_gateway();
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    // The upstream handle exists once the session used it.
+    let sum = client
+        .call_tool("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("add");
+    assert_eq!(sum.text().expect("text"), "3");
+    let mut stream = MessageStream::get(&client, gateway.addr)
+        .await
+        .expect("GET stream");
+    // The subscription opens in the background: notify until it reaches one.
+    let client = tokio::sync::Mutex::new(client);
+    wait_until(
+        "the gateway's subscription at the modern server is open",
+        Duration::from_secs(15),
+        || async {
+            let reply = client.lock().await.call_tool("notify", json!({})).await?;
+            Ok((reply.text()? == "1").then_some(()))
+        },
+    )
+    .await
+    .expect("notify reaches one subscription");
+    let m = stream
+        .expect(Duration::from_secs(15))
+        .await
+        .expect("a notification on the GET stream");
+    assert_eq!(m["method"], "notifications/tools/list_changed", "{m}");
+    stream.close();
+    let log = modern.log().await.expect("log");
+    assert!(
+        !log.iter()
+            .any(|e| e["method"] == "initialize" || e["http"] == "DELETE"),
+        "{log:?}"
+    );
 }

@@ -44,7 +44,9 @@ mod route;
 mod streams;
 
 pub(crate) use caps::ClientCaps;
-pub(crate) use streams::{PumpEnd, became_true, follow, listen, pump_call, upstream_created};
+pub(crate) use streams::{
+    PumpEnd, became_true, follow, follow_modern, listen, pump_call, upstream_created,
+};
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

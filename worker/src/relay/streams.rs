@@ -174,13 +174,12 @@ async fn client_gone(out: Option<&mpsc::Sender<Bytes>>) {
 /// A new upstream session of this session: it gets the client's logging
 /// level, and is listened to if the client has its GET stream open.
 pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
+    listen(relay, us);
     if us.is_modern() {
-        // A stateless (2026-07-28) upstream has no GET stream and no
-        // `logging/setLevel` (its requests could carry the level in `_meta`
-        // instead: not done yet).
+        // A stateless (2026-07-28) upstream has no `logging/setLevel` (its
+        // requests could carry the level in `_meta` instead: not done yet).
         return;
     }
-    listen(relay, us);
     let level = relay.log_level.lock().ok().and_then(|l| l.clone());
     if let Some(params) = level {
         let us = us.clone();
@@ -196,14 +195,15 @@ pub(crate) fn upstream_created(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
 /// Start listening to `us`'s GET stream on behalf of the session's open GET
 /// stream, unless someone already does for this stream.
 pub(crate) fn listen(relay: &Arc<Relay>, us: &Arc<UpstreamSession>) {
-    if us.is_modern() {
-        // No session upstream, so no stream of its own to listen to.
-        return;
-    }
     let Some((generation, alive)) = relay.stream_alive() else {
         return;
     };
     if !us.claim_listener(generation) {
+        return;
+    }
+    if us.is_modern() {
+        // No session upstream, so no GET stream: a subscription instead.
+        tokio::spawn(modern_session_loop(relay.clone(), us.clone(), alive));
         return;
     }
     tokio::spawn(listen_loop(
@@ -234,6 +234,150 @@ pub(crate) fn follow(
         Some(opened),
     ));
     acknowledged
+}
+
+/// What a session's client hears of a stateless upstream: every kind of
+/// list change (the stateful era had no filter; resource updates need a
+/// subscription the session would have asked for, not bridged yet).
+const SESSION_FILTER: &str =
+    r#"{"toolsListChanged":true,"promptsListChanged":true,"resourcesListChanged":true}"#;
+
+/// Keep a subscription open at a stateless upstream while the session's GET
+/// stream is, reopening it with backoff, and route what comes on it there.
+async fn modern_session_loop(
+    relay: Arc<Relay>,
+    us: Arc<UpstreamSession>,
+    mut alive: watch::Receiver<()>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let deadline = Instant::now() + us.server.request_timeout();
+        let opened = tokio::select! {
+            o = open_modern(&us, SESSION_FILTER, deadline) => o,
+            _ = alive.changed() => return,
+        };
+        if let Some((_, body, parser)) = opened {
+            backoff = Duration::from_millis(250);
+            if !pump_modern(&relay, &us, body, parser, &mut alive, &Sink::Session).await {
+                return;
+            }
+            debug!(upstream = %us.server.id, "upstream subscription ended; reopening");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = alive.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// A subscription of the gateway's own at a stateless (2026-07-28)
+/// upstream, with `filter` (JSON): its acknowledged filter (what it
+/// honours), or `None` when it gives none (an error, no stream, no answer
+/// by `deadline`). What it sends after goes to `tx`, routed like any
+/// upstream stream, until `alive`'s sender is dropped or the upstream ends
+/// the subscription (then it is not asked again).
+pub(crate) async fn follow_modern(
+    relay: &Arc<Relay>,
+    us: &Arc<UpstreamSession>,
+    filter: &str,
+    deadline: Instant,
+    mut alive: watch::Receiver<()>,
+    tx: mpsc::Sender<Bytes>,
+) -> Option<serde_json::Value> {
+    let (honoured, body, parser) = open_modern(us, filter, deadline).await?;
+    let (relay, us) = (relay.clone(), us.clone());
+    tokio::spawn(async move {
+        let sink = Sink::Subscription(tx);
+        pump_modern(&relay, &us, body, parser, &mut alive, &sink).await;
+    });
+    Some(honoured)
+}
+
+/// Send `subscriptions/listen` with `filter` and read up to its
+/// acknowledgement: the acknowledged filter, the stream and its parser.
+async fn open_modern(
+    us: &UpstreamSession,
+    filter: &str,
+    deadline: Instant,
+) -> Option<(serde_json::Value, UpstreamBody, sse::Parser)> {
+    let request = format!(
+        r#"{{"jsonrpc":"2.0","id":"mcpgw:listen","method":"subscriptions/listen","params":{{"notifications":{filter}}}}}"#
+    );
+    let resp = match us.send(Bytes::from(request), deadline).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            debug!(upstream = %us.server.id, error = %e, "subscriptions/listen refused");
+            return None;
+        }
+    };
+    let mut body = resp.into_body();
+    let mut parser = sse::Parser::default();
+    let limit = crate::upstream::answer_budget::max_answer();
+    loop {
+        if let Some(event) = parser.next_event() {
+            let mut m: serde_json::Value = serde_json::from_str(&event.data).ok()?;
+            if m["method"] != "notifications/subscriptions/acknowledged" {
+                debug!(upstream = %us.server.id, message = %m, "subscriptions/listen not acknowledged");
+                return None;
+            }
+            return Some((m["params"]["notifications"].take(), body, parser));
+        }
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    parser.push(&data);
+                }
+            }
+            _ => return None,
+        }
+        if parser.pending_bytes() > limit {
+            return None;
+        }
+    }
+}
+
+/// Route what a stateless upstream sends on its subscription to `sink`
+/// until the subscription ends (true: open another) or nobody listens
+/// (false).
+async fn pump_modern(
+    relay: &Arc<Relay>,
+    us: &Arc<UpstreamSession>,
+    mut body: UpstreamBody,
+    mut parser: sse::Parser,
+    alive: &mut watch::Receiver<()>,
+    sink: &Sink,
+) -> bool {
+    let limit = crate::upstream::answer_budget::max_answer();
+    loop {
+        while let Some(event) = parser.next_event() {
+            if !event.data.contains("\"method\"") {
+                // The listen request's own result: the upstream ended it.
+                return true;
+            }
+            if let Routed::Forward(message) = relay.route(us, event.data, Source::Stream)
+                && !sink.send(relay, message).await
+            {
+                return false;
+            }
+        }
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = alive.changed() => return false,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    parser.push(&data);
+                }
+            }
+            _ => return true,
+        }
+        if parser.pending_bytes() > limit {
+            warn!(upstream = %us.server.id, "upstream subscription event too large; reopening");
+            return true;
+        }
+    }
 }
 
 /// Where what an upstream says on its GET stream goes.

@@ -192,11 +192,19 @@ pub(crate) async fn serve(
     let acks = join_all(
         acks.map(|ack| async move { matches!(timeout_at(deadline, ack).await, Ok(Ok(true))) }),
     );
-    let asked_json = asked.to_json();
-    let modern_acks =
-        join_all(modern.iter().enumerate().map(|(n, us)| {
-            follow_modern(us, &asked_json, n, deadline, alive.clone(), raw_tx.clone())
-        }));
+    let asked_json = asked.to_json().to_string();
+    let modern_acks = join_all(modern.iter().map(|us| async {
+        let ack = relay::follow_modern(
+            src.relay(),
+            us,
+            &asked_json,
+            deadline,
+            alive.clone(),
+            raw_tx.clone(),
+        )
+        .await?;
+        serde_json::from_value::<Filter>(ack).ok()
+    }));
     let (acks, modern_acks) = tokio::join!(acks, modern_acks);
     drop(raw_tx);
     let mut honoured = Filter::default();
@@ -281,88 +289,6 @@ pub(crate) async fn serve(
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
-}
-
-/// A `subscriptions/listen` of our own at a stateless upstream, with the
-/// client's filter: its acknowledgement (what it honours), or `None` when
-/// it has none to give (an error, no stream, no answer by `deadline`).
-/// After it, what the upstream sends goes to `tx` until `alive`'s sender
-/// is dropped or the upstream ends the stream (then it is not asked again).
-async fn follow_modern(
-    us: &Arc<UpstreamSession>,
-    asked: &Value,
-    n: usize,
-    deadline: Instant,
-    mut alive: watch::Receiver<()>,
-    tx: mpsc::Sender<Bytes>,
-) -> Option<Filter> {
-    let request = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": format!("mcpgw:ls{n}"),
-        "method": "subscriptions/listen",
-        "params": {"notifications": asked},
-    });
-    let resp = match us.send(Bytes::from(request.to_string()), deadline).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            debug!(upstream = %us.server.id, error = %e, "subscriptions/listen refused");
-            return None;
-        }
-    };
-    let mut body = resp.into_body();
-    let mut parser = sse::Parser::default();
-    let limit = crate::upstream::answer_budget::max_answer();
-    let honoured = loop {
-        if let Some(event) = parser.next_event() {
-            let m: Value = serde_json::from_str(&event.data).ok()?;
-            if m["method"] != "notifications/subscriptions/acknowledged" {
-                debug!(upstream = %us.server.id, message = %m, "subscriptions/listen not acknowledged");
-                return None;
-            }
-            break serde_json::from_value::<Filter>(m["params"]["notifications"].clone()).ok()?;
-        }
-        match timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    parser.push(&data);
-                }
-            }
-            _ => return None,
-        }
-        if parser.pending_bytes() > limit {
-            return None;
-        }
-    };
-    let upstream = us.server.id.clone();
-    tokio::spawn(async move {
-        loop {
-            while let Some(event) = parser.next_event() {
-                if tx.send(Bytes::from(event.data)).await.is_err() {
-                    return;
-                }
-            }
-            let frame = tokio::select! {
-                f = body.frame() => f,
-                _ = alive.changed() => return,
-            };
-            match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        parser.push(&data);
-                    }
-                }
-                _ => {
-                    debug!(%upstream, "the stateless upstream ended its subscription");
-                    return;
-                }
-            }
-            if parser.pending_bytes() > limit {
-                debug!(%upstream, "subscription event too large; stream dropped");
-                return;
-            }
-        }
-    });
-    Some(honoured)
 }
 
 /// `resources/subscribe` of `uri` at its owner, as routing finds it.

@@ -81,7 +81,7 @@ fn upstream(id: &str) -> Arc<UpstreamSession> {
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
             ..mcpgw_protocol::config::Upstream::http(id, "http://127.0.0.1:1/mcp")
-        })
+        }, None)
         .expect("server"),
     );
     UpstreamSession::attach(server, Some("s"), "2025-11-25", "{}").expect("attach")

@@ -305,7 +305,7 @@ mod tests {
                             connect_timeout_ms: 1,
                             request_timeout_ms: 1,
                             ..Upstream::http(id, "http://127.0.0.1:1/mcp")
-                        })
+                        }, None)
                         .expect("server"),
                     )
                 })

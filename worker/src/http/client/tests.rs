@@ -22,7 +22,7 @@ fn request(headers: &HeaderBlock, n: u32) -> Outgoing<'_> {
 
 fn pool_for(addr: SocketAddr, connect_timeout: Duration) -> ConnPool {
     let uri: Uri = format!("http://{addr}/mcp").parse().expect("uri");
-    ConnPool::new(&uri, connect_timeout).expect("pool")
+    ConnPool::new(&uri, connect_timeout, None).expect("pool")
 }
 
 async fn body_of(resp: Response<UpstreamBody>) -> Bytes {
@@ -258,7 +258,7 @@ async fn a_host_name_is_resolved_and_each_address_tried() {
         req
     });
     let uri: Uri = format!("http://localhost:{port}/mcp").parse().expect("uri");
-    let pool = ConnPool::new(&uri, Duration::from_secs(5)).expect("pool");
+    let pool = ConnPool::new(&uri, Duration::from_secs(5), None).expect("pool");
     let h = headers();
     assert!(matches!(pool.shared.target, Target::Name { .. }));
     let resp = pool.send(request(&h, 1)).await.expect("send");

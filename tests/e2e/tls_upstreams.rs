@@ -124,7 +124,7 @@ async fn a_stateful_client_counts_through_an_https_upstream() {
 
     // New contents under the same ca_file path (the CA, and another one beside it):
     // a connection change, so the upstream sessions are closed and opened anew.
-    let other = Pki::new();
+    let other = Pki::with_ca_name("another CA");
     let mut bundle = std::fs::read(&ca).expect("read CA");
     bundle.extend(std::fs::read(other.path("ca.pem")).expect("read other CA"));
     std::fs::write(&ca, bundle).expect("rewrite ca_file");
@@ -157,7 +157,7 @@ async fn wait_for_reloads(gateway: &Gateway, count: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ca_or_host_name_is_refused_and_nothing_else_is_affected() {
     let pki = server_pki();
-    let stranger = Pki::new();
+    let stranger = Pki::with_ca_name("a stranger's CA");
     let secure = tls_counter("secure", &pki, None);
     let plain = start_counter!(CounterOpts::named("plain")).expect("plain counter-server");
     let ca = pki.path("ca.pem");

@@ -19,6 +19,12 @@ impl Default for Pki {
 
 impl Pki {
     pub fn new() -> Self {
+        Self::with_ca_name("mcpgw test CA")
+    }
+
+    /// A PKI whose CA has this common name (two CAs of the same name look
+    /// like one CA with a bad signature to a verifier).
+    pub fn with_ca_name(ca_name: &str) -> Self {
         let dir = TempDir::new("mcpgw-pki").expect("temp dir");
         let pki = Self { dir };
         pki.openssl(&[
@@ -36,7 +42,7 @@ impl Pki {
             "-days",
             "30",
             "-subj",
-            "/CN=mcpgw test CA",
+            &format!("/CN={ca_name}"),
         ]);
         std::fs::write(pki.path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
         pki

@@ -114,7 +114,10 @@ async fn a_stateful_client_counts_through_an_https_upstream() {
     assert_eq!(b.count("increment").await.expect("b increments"), 1);
     assert_eq!(a.count("get_count").await.expect("a reads"), 3);
     let stats = counter.stats().await.expect("stats");
-    assert_eq!(stats.initialize, 2, "one upstream session per client: {stats:?}");
+    assert_eq!(
+        stats.initialize, 2,
+        "one upstream session per client: {stats:?}"
+    );
 
     // The same config, the same files: nothing to re-open.
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
@@ -130,9 +133,11 @@ async fn a_stateful_client_counts_through_an_https_upstream() {
     std::fs::write(&ca, bundle).expect("rewrite ca_file");
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_for_reloads(&gateway, 2.0).await;
-    wait_until("the old upstream sessions closed", Duration::from_secs(20), || async {
-        Ok((counter.stats().await?.delete >= 2).then_some(()))
-    })
+    wait_until(
+        "the old upstream sessions closed",
+        Duration::from_secs(20),
+        || async { Ok((counter.stats().await?.delete >= 2).then_some(())) },
+    )
     .await
     .expect("re-opened on TLS change");
     assert_eq!(a.count("increment").await.expect("a after TLS change"), 1);
@@ -189,8 +194,14 @@ async fn a_wrong_ca_or_host_name_is_refused_and_nothing_else_is_affected() {
 
     let message = call_error(&mut client, "wrongname__increment").await;
     assert!(message.contains("upstream wrongname"), "{message}");
-    assert!(message.contains("TLS handshake with localhost"), "{message}");
-    assert!(message.to_lowercase().contains("not valid for name"), "{message}");
+    assert!(
+        message.contains("TLS handshake with localhost"),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("not valid for name"),
+        "{message}"
+    );
 
     assert_eq!(client.count("plain__increment").await.expect("plain"), 2);
     let mut other = gateway.client();
@@ -213,11 +224,7 @@ async fn a_wrong_ca_or_host_name_is_refused_and_nothing_else_is_affected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_upstream_needs_the_client_certificate() {
     let pki = server_pki();
-    pki.issue(
-        "client",
-        "mcpgw gateway",
-        "extendedKeyUsage=clientAuth",
-    );
+    pki.issue("client", "mcpgw gateway", "extendedKeyUsage=clientAuth");
     let ca = pki.path("ca.pem");
     let counter = tls_counter("mutual", &pki, Some(&ca));
     let url = counter.https_url("127.0.0.1").expect("TLS port");
@@ -247,6 +254,8 @@ async fn mtls_upstream_needs_the_client_certificate() {
 
     assert_eq!(client.count("withcert__increment").await.expect("mTLS"), 3);
     assert_eq!(counter.stats().await.expect("stats").initialize, 1);
+    assert!(upstream_errors(&gateway, "nocert", "tls").await >= 1.0);
+    assert_eq!(upstream_errors(&gateway, "withcert", "tls").await, 0.0);
 }
 
 fn check_config(dir: &TempDir, name: &str, text: &str) -> (Option<i32>, String) {
@@ -306,7 +315,10 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
     );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("upstream[0].ca_file"), "{out}");
-    assert!(out.contains(&missing.to_string_lossy().into_owned()), "{out}");
+    assert!(
+        out.contains(&missing.to_string_lossy().into_owned()),
+        "{out}"
+    );
 
     // A certificate where the key should be.
     let (code, out) = check_config(

@@ -215,7 +215,11 @@ async fn main() -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "counter-server listening http://{local}")?;
     if let Some(tls) = &tls {
-        writeln!(stdout, "counter-server listening https://{}", tls.tcp.local_addr()?)?;
+        writeln!(
+            stdout,
+            "counter-server listening https://{}",
+            tls.tcp.local_addr()?
+        )?;
     }
     stdout.flush()?;
     drop(stdout);
@@ -255,7 +259,8 @@ fn tls_acceptor(
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;

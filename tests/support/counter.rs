@@ -127,7 +127,10 @@ impl CounterServer {
                 let line = lines
                     .next_line(Instant::now() + STARTUP_TIMEOUT)
                     .with_context(|| {
-                        format!("counter-server {name} did not announce TLS: {}", child.log_tail())
+                        format!(
+                            "counter-server {name} did not announce TLS: {}",
+                            child.log_tail()
+                        )
                     })?
                     .ok_or_else(|| anyhow!("counter-server {name} exited: {}", child.log_tail()))?;
                 Some(

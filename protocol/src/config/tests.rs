@@ -325,11 +325,17 @@ fn https_upstreams_and_their_tls_keys() {
     let cert_only = err(
         "[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nclient_cert_file = \"/etc/c.pem\"\n",
     );
-    assert!(cert_only.starts_with("upstream[0].client_key_file:"), "{cert_only}");
+    assert!(
+        cert_only.starts_with("upstream[0].client_key_file:"),
+        "{cert_only}"
+    );
     assert!(cert_only.contains("both or neither"), "{cert_only}");
     let key_only =
         err("[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nclient_key_file = \"/k\"\n");
-    assert!(key_only.starts_with("upstream[0].client_cert_file:"), "{key_only}");
+    assert!(
+        key_only.starts_with("upstream[0].client_cert_file:"),
+        "{key_only}"
+    );
     let on_http = err("[[upstream]]\nid = \"a\"\nurl = \"http://h/mcp\"\nca_file = \"/ca\"\n");
     assert!(on_http.starts_with("upstream[0].ca_file:"), "{on_http}");
     assert!(on_http.contains("https://"), "{on_http}");
@@ -347,7 +353,10 @@ fn check_tls_files_names_the_upstream_key() {
     let missing = dir.join("missing.pem");
     let not_pem = dir.join("not.pem");
     std::fs::write(&not_pem, "no certificate here\n").expect("write");
-    for (file, want) in [(&missing, "reading"), (&not_pem, "no usable CA certificate")] {
+    for (file, want) in [
+        (&missing, "reading"),
+        (&not_pem, "no usable CA certificate"),
+    ] {
         let c = Config::parse(&format!(
             "[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nca_file = {:?}\n",
             file.display().to_string()

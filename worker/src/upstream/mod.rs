@@ -80,10 +80,7 @@ impl UpstreamError {
     /// Bounded label for metrics.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Self::Transport {
-                cause: ConnError::Tls { .. } | ConnError::TlsTimeout { .. },
-                ..
-            } => "tls",
+            Self::Transport { cause, .. } if cause.is_tls() => "tls",
             Self::Transport { .. } => "transport",
             Self::Timeout { .. } => "timeout",
             Self::SessionGone { .. } => "session_gone",
@@ -203,8 +200,12 @@ impl UpstreamServer {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
-        let pool = ConnPool::new(&uri, Duration::from_millis(cfg.connect_timeout_ms), pool_tls)
-            .map_err(|reason| bad(format!("url {shown:?}: {reason}")))?;
+        let pool = ConnPool::new(
+            &uri,
+            Duration::from_millis(cfg.connect_timeout_ms),
+            pool_tls,
+        )
+        .map_err(|reason| bad(format!("url {shown:?}: {reason}")))?;
         Ok(Self {
             id: Arc::from(cfg.id.as_str()),
             path,

@@ -114,6 +114,22 @@ pub(crate) enum ConnError {
     Malformed(Malformed),
 }
 
+impl ConnError {
+    /// A TLS failure: the handshake, or an alert or bad record on an
+    /// established connection (a server that refuses a missing client
+    /// certificate says so only after a TLS 1.3 handshake, on the first
+    /// read). For metrics; the message says which.
+    pub(crate) fn is_tls(&self) -> bool {
+        match self {
+            Self::Tls { .. } | Self::TlsTimeout { .. } => true,
+            Self::Read(e) | Self::Write(e) => {
+                e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Why an answer body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {

@@ -232,7 +232,7 @@ async fn idle_connections_the_upstream_closed_are_released_from_the_old_end() {
     loop {
         let seen = pool.shared.lock().front().is_some_and(|i| {
             let mut cx = Context::from_waker(std::task::Waker::noop());
-            i.conn.io.poll_read_ready(&mut cx).is_ready()
+            i.conn.io.tcp().poll_read_ready(&mut cx).is_ready()
         });
         if seen {
             break;
@@ -524,7 +524,10 @@ async fn a_failed_handshake_is_a_tls_error() {
     let h = headers();
     let err = pool.send(request(&h, 1)).await.expect_err("not TLS");
     assert!(matches!(err, ConnError::Tls { .. }), "{err}");
-    assert!(err.to_string().contains("TLS handshake with 127.0.0.1"), "{err}");
+    assert!(
+        err.to_string().contains("TLS handshake with 127.0.0.1"),
+        "{err}"
+    );
     assert_eq!(pool.pooled(), 0);
     server.abort();
 }

@@ -218,6 +218,27 @@ async fn a_wrong_ca_or_host_name_is_refused_and_nothing_else_is_affected() {
     );
 }
 
+/// A legacy HTTP+SSE upstream at an `https://` url: its event stream and its message
+/// POSTs both go over TLS with the upstream's `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_sse_upstream_over_https() {
+    let pki = server_pki();
+    let counter = tls_counter("legacy", &pki, None);
+    let port = counter.tls_addr.expect("TLS port").port();
+    let upstream = format!(
+        "[[upstream]]\nid = \"old\"\ntransport = \"sse\"\nurl = \"https://127.0.0.1:{port}/sse\"\n\
+         ca_file = {}\n",
+        quote_path(&pki.path("ca.pem"))
+    );
+    let gateway = gateway_with(1, &[upstream]);
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    for want in 1..=3 {
+        assert_eq!(client.count("increment").await.expect("increment"), want);
+    }
+    assert_eq!(counter.stats().await.expect("stats").initialize, 1);
+}
+
 /// An upstream that requires a client certificate works with
 /// `client_cert_file`/`client_key_file`, and fails clearly for an upstream entry
 /// without them (same server).

@@ -26,7 +26,10 @@
 //! For the https-upstream tests it can serve the same app over TLS as well, on a second
 //! port (`--tls-cert`/`--tls-key`, optionally requiring a client certificate signed by
 //! `--tls-client-ca`), announced as a second line `counter-server listening https://ADDR`;
-//! the plaintext port stays for the harness's `/stats`.
+//! the plaintext port stays for the harness's `/stats`. A minimal legacy HTTP+SSE
+//! (2024-11-05) face, `GET /sse` and `POST /messages?session=ID`, serves the same tools
+//! (plain requests and notifications only), so a legacy upstream can be tested over TLS
+//! too.
 //!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
@@ -200,6 +203,8 @@ async fn main() -> anyhow::Result<()> {
         .route("/stats", get(stats))
         .route("/forget-sessions", axum::routing::post(forget_sessions))
         .route("/debug/events", get(debug_events))
+        .route("/sse", get(legacy_stream))
+        .route("/messages", axum::routing::post(legacy_message))
         .with_state(server.clone());
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -320,6 +325,71 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
+    }
+}
+
+/// Legacy HTTP+SSE: a new session whose messages are answered on this stream, after
+/// an `endpoint` event naming where to POST them.
+async fn legacy_stream(State(srv): State<Arc<Server>>) -> Response {
+    let Ok(session) = mint_session_id() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let mut s = Session::new();
+    s.stream = Some(tx);
+    srv.sessions().insert(session.clone(), s);
+    let first = Bytes::from(format!(
+        "event: endpoint\ndata: /messages?session={session}\n\n"
+    ));
+    let stream = futures_util::stream::unfold((Some(first), rx), |(first, mut rx)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, Infallible>(first), (None, rx)));
+        }
+        let message = rx.recv().await?;
+        let chunk = Bytes::from(format!("event: message\ndata: {message}\n\n"));
+        Some((Ok(chunk), (None, rx)))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    set_content_type(&mut response, "text/event-stream");
+    response
+}
+
+/// Legacy HTTP+SSE: a message of session `?session=ID`; the answer goes on its stream.
+async fn legacy_message(
+    State(srv): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let Some(session) = uri.query().and_then(|q| q.strip_prefix("session=")) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let Some(id) = msg.get("id").cloned() else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let answer = if method == "initialize" {
+        srv.stats.initialize.fetch_add(1, Ordering::SeqCst);
+        let result = initialize_result(&srv, "2024-11-05");
+        json!({"jsonrpc": "2.0", "id": id, "result": result})
+    } else {
+        match dispatch(&srv, session, method, &params).await {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(e) => error_message(&id, e.code, &e.message),
+        }
+    };
+    let sent = srv
+        .sessions()
+        .get(session)
+        .and_then(|s| s.stream.as_ref())
+        .is_some_and(|tx| tx.send(answer).is_ok());
+    if sent {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        SessionProblem::Unknown.into_response()
     }
 }
 

@@ -1,10 +1,14 @@
 //! TLS material: reading a certificate chain and key into a rustls server
-//! configuration, and the leaf certificate's expiry.
+//! configuration, an `https://` upstream's files (CA bundle, client
+//! identity) into a rustls client configuration, and the leaf certificate's
+//! expiry.
 //!
 //! Both processes read the same files the same way: the supervisor to refuse
 //! a bad configuration (at start, on reload, in `check-config`) and to export
-//! the expiry metric, the workers to terminate TLS. Only HTTP/1.1 is offered
-//! (ALPN `http/1.1`).
+//! the expiry metric, the workers to terminate TLS and to connect to https
+//! upstreams. Only HTTP/1.1 is offered (ALPN `http/1.1`). Upstream
+//! certificates are always verified, with SNI: there is no switch to turn
+//! either off.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +29,23 @@ pub enum TlsError {
     Identity(rustls::Error),
     #[error("cannot read the certificate's validity period")]
     Validity,
+    #[error("reading {path}: {cause}")]
+    ReadFile {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path} holds no private key (PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)")]
+    NoKey { path: PathBuf },
+    #[error("{path} holds no usable CA certificate")]
+    NoCa { path: PathBuf },
+    /// `detail` is empty or ` (what the loader said)`.
+    #[error(
+        "no system CA certificates could be loaded{detail}; set ca_file for this upstream \
+         (or SSL_CERT_FILE / SSL_CERT_DIR for the gateway)"
+    )]
+    NoSystemRoots { detail: String },
+    #[error("the client certificate and key do not make a usable client identity: {0}")]
+    ClientIdentity(rustls::Error),
 }
 
 /// The certificate chain (leaf first) and private key from PEM files.
@@ -63,6 +84,160 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(TlsError::Identity)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The TLS files of one `https://` upstream (see `config::Upstream`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamTlsFiles<'a> {
+    /// Trust these CAs instead of the system roots.
+    pub ca_file: Option<&'a Path>,
+    /// Client certificate chain and key (mTLS).
+    pub identity: Option<(&'a Path, &'a Path)>,
+}
+
+/// An upstream's TLS client configuration, built once per upstream and
+/// (re)load and shared by all its connections.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// A digest of the bytes of the files it was built from: a reload that
+    /// finds the same paths with new contents sees a different value, and
+    /// re-opens the upstream's connections and sessions.
+    pub fingerprint: u64,
+}
+
+/// Why an upstream's TLS configuration could not be built, and which of
+/// its keys to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {cause}")]
+pub struct UpstreamTlsError {
+    /// `ca_file`, `client_cert_file`, `client_key_file` or `url` (system
+    /// roots for an https URL).
+    pub key: &'static str,
+    pub cause: TlsError,
+}
+
+/// The system's CA certificates, loaded on first need and then shared by
+/// every upstream of one (re)load (loading parses the whole bundle).
+#[derive(Default)]
+pub struct SystemRoots(Option<Arc<rustls::RootCertStore>>);
+
+impl SystemRoots {
+    fn get(&mut self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+        if let Some(roots) = &self.0 {
+            return Ok(roots.clone());
+        }
+        // Honours SSL_CERT_FILE and SSL_CERT_DIR; on Linux the
+        // distribution's bundle otherwise.
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(found.certs);
+        if roots.is_empty() {
+            let errors = found
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let detail = if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({errors})")
+            };
+            return Err(TlsError::NoSystemRoots { detail });
+        }
+        let roots = Arc::new(roots);
+        self.0 = Some(roots.clone());
+        Ok(roots)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|cause| TlsError::ReadFile {
+        path: path.to_owned(),
+        cause,
+    })
+}
+
+/// A client configuration for an `https://` upstream: its CA bundle (else
+/// the system roots from `system`), its client identity if any, ALPN
+/// `http/1.1`. Certificate and host name verification are rustls's
+/// defaults and cannot be turned off.
+pub fn client_config(
+    files: UpstreamTlsFiles<'_>,
+    system: &mut SystemRoots,
+) -> Result<ClientTls, UpstreamTlsError> {
+    use std::hash::{Hash, Hasher};
+    let at = |key: &'static str| move |cause: TlsError| UpstreamTlsError { key, cause };
+    // Not adversarial: only tells one version of these files from the next.
+    let mut digest = std::hash::DefaultHasher::new();
+    let roots = match files.ca_file {
+        Some(path) => {
+            let pem = read_file(path).map_err(at("ca_file"))?;
+            pem.hash(&mut digest);
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|cause| TlsError::Read {
+                    path: path.to_owned(),
+                    cause,
+                })
+                .map_err(at("ca_file"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(certs);
+            if roots.is_empty() {
+                return Err(at("ca_file")(TlsError::NoCa {
+                    path: path.to_owned(),
+                }));
+            }
+            Arc::new(roots)
+        }
+        None => system.get().map_err(at("url"))?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| at("url")(TlsError::ClientIdentity(e)))?
+        .with_root_certificates(roots);
+    let mut config = match files.identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let cert_pem = read_file(cert).map_err(at("client_cert_file"))?;
+            let key_pem = read_file(key).map_err(at("client_key_file"))?;
+            cert_pem.hash(&mut digest);
+            key_pem.hash(&mut digest);
+            let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|cause| TlsError::Read {
+                    path: cert.to_owned(),
+                    cause,
+                })
+                .map_err(at("client_cert_file"))?;
+            if chain.is_empty() {
+                return Err(at("client_cert_file")(TlsError::NoCertificate {
+                    path: cert.to_owned(),
+                }));
+            }
+            let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|cause| match cause {
+                    rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+                        path: key.to_owned(),
+                    },
+                    cause => TlsError::Read {
+                        path: key.to_owned(),
+                        cause,
+                    },
+                })
+                .map_err(at("client_key_file"))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| at("client_key_file")(TlsError::ClientIdentity(e)))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(ClientTls {
+        config: Arc::new(config),
+        fingerprint: digest.finish(),
+    })
 }
 
 /// When the leaf certificate in `cert` expires, in seconds since the epoch.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mcpgw_tests::gateway::gateway_binary;
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::ops::{admin_get, sessions_on_every_worker, sum_of, supervisor_metric};
+use mcpgw_tests::pki::Pki;
 use mcpgw_tests::process::{ChildGuard, LineReader, TempDir};
 use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, McpClient, start_counter};
 use nix::sys::signal::Signal;
@@ -530,113 +531,6 @@ async fn twenty_reloads_under_load_fail_no_request() {
         "every client made progress: {calls:?}"
     );
     assert_eq!(counter.stats().await.expect("stats").initialize, 4);
-}
-
-/// A throwaway PKI made with the `openssl` command: a CA and leaf
-/// certificates for 127.0.0.1 signed by it.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = TempDir::new("mcpgw-pki").expect("temp dir");
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=mcpgw test CA",
-        ]);
-        std::fs::write(pki.path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-        pki
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("the openssl command is installed");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A new leaf key and certificate written to `cert.pem` / `key.pem`
-    /// (replacing the previous ones); returns the certificate's DER.
-    fn issue_leaf(&self) -> Vec<u8> {
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "7",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        CertificateDer::from_pem_file(self.path("cert.pem"))
-            .expect("leaf")
-            .to_vec()
-    }
-
-    fn connector(&self) -> tokio_rustls::TlsConnector {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(self.path("ca.pem")).expect("ca"))
-            .expect("trust the CA");
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-    }
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;

@@ -23,6 +23,14 @@
 //! server→client `ping` requests, then the result) and counts, in `GET /stats`, the
 //! TCP connections it accepted and the answers to `flood` pings it received.
 //!
+//! For the https-upstream tests it can serve the same app over TLS as well, on a second
+//! port (`--tls-cert`/`--tls-key`, optionally requiring a client certificate signed by
+//! `--tls-client-ca`), announced as a second line `counter-server listening https://ADDR`;
+//! the plaintext port stays for the harness's `/stats`. A minimal legacy HTTP+SSE
+//! (2024-11-05) face, `GET /sse` and `POST /messages?session=ID`, serves the same tools
+//! (plain requests and notifications only), so a legacy upstream can be tested over TLS
+//! too.
+//!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
 
@@ -81,6 +89,16 @@ struct Args {
     /// (an upstream that wants a credential).
     #[arg(long, value_name = "NAME: VALUE")]
     require_header: Option<String>,
+    /// Also serve over TLS (rustls) with this certificate chain (PEM), on an
+    /// ephemeral port of the `--listen` address.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require TLS clients to present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 struct Session {
@@ -185,13 +203,39 @@ async fn main() -> anyhow::Result<()> {
         .route("/stats", get(stats))
         .route("/forget-sessions", axum::routing::post(forget_sessions))
         .route("/debug/events", get(debug_events))
+        .route("/sse", get(legacy_stream))
+        .route("/messages", axum::routing::post(legacy_message))
         .with_state(server.clone());
 
-    // The harness waits for exactly this line; it must be flushed before serving.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = tls_acceptor(cert, key, args.tls_client_ca.as_deref())?;
+            let tcp = tokio::net::TcpListener::bind(SocketAddr::new(local.ip(), 0)).await?;
+            Some(TlsListener { tcp, acceptor })
+        }
+        _ => None,
+    };
+
+    // The harness waits for exactly these lines; they must be flushed before serving.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "counter-server listening http://{local}")?;
+    if let Some(tls) = &tls {
+        writeln!(
+            stdout,
+            "counter-server listening https://{}",
+            tls.tcp.local_addr()?
+        )?;
+    }
     stdout.flush()?;
     drop(stdout);
+    if let Some(tls) = tls {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tls, app).await {
+                eprintln!("TLS listener failed: {e}");
+            }
+        });
+    }
     eprintln!(
         "[{}] listening on {local} (sse={}, page_size={:?})",
         server.name, server.sse, server.page_size
@@ -205,6 +249,148 @@ async fn main() -> anyhow::Result<()> {
     });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// A rustls server configuration: ALPN http/1.1, and with `client_ca` a
+/// required client certificate signed by it.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS port as an axum listener. Handshakes run one at a time, each bounded, which
+/// is plenty for tests; a failed one (a client that refused our certificate, or one
+/// without a client certificate) is logged and skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("TLS accept: {e}");
+                    // An fd limit or similar: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => eprintln!("TLS handshake from {addr} failed: {e}"),
+                Err(_) => eprintln!("TLS handshake from {addr} timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Legacy HTTP+SSE: a new session whose messages are answered on this stream, after
+/// an `endpoint` event naming where to POST them.
+async fn legacy_stream(State(srv): State<Arc<Server>>) -> Response {
+    let Ok(session) = mint_session_id() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let mut s = Session::new();
+    s.stream = Some(tx);
+    srv.sessions().insert(session.clone(), s);
+    let first = Bytes::from(format!(
+        "event: endpoint\ndata: /messages?session={session}\n\n"
+    ));
+    let stream = futures_util::stream::unfold((Some(first), rx), |(first, mut rx)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, Infallible>(first), (None, rx)));
+        }
+        let message = rx.recv().await?;
+        let chunk = Bytes::from(format!("event: message\ndata: {message}\n\n"));
+        Some((Ok(chunk), (None, rx)))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    set_content_type(&mut response, "text/event-stream");
+    response
+}
+
+/// Legacy HTTP+SSE: a message of session `?session=ID`; the answer goes on its stream.
+async fn legacy_message(
+    State(srv): State<Arc<Server>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let Some(session) = uri.query().and_then(|q| q.strip_prefix("session=")) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let Some(id) = msg.get("id").cloned() else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let answer = if method == "initialize" {
+        srv.stats.initialize.fetch_add(1, Ordering::SeqCst);
+        let result = initialize_result(&srv, "2024-11-05");
+        json!({"jsonrpc": "2.0", "id": id, "result": result})
+    } else {
+        match dispatch(&srv, session, method, &params).await {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(e) => error_message(&id, e.code, &e.message),
+        }
+    };
+    let sent = srv
+        .sessions()
+        .get(session)
+        .and_then(|s| s.stream.as_ref())
+        .is_some_and(|tx| tx.send(answer).is_ok());
+    if sent {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        SessionProblem::Unknown.into_response()
+    }
 }
 
 async fn stats(State(srv): State<Arc<Server>>) -> Response {

@@ -17,6 +17,7 @@ use crate::process::{ChildGuard, LineReader, TempDir};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const READY_PREFIX: &str = "counter-server listening http://";
+const TLS_READY_PREFIX: &str = "counter-server listening https://";
 
 /// Command-line options of `counter-server`.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,17 @@ pub struct CounterOpts {
     pub require_header: Option<String>,
     /// `--instructions TEXT`: `instructions` in its `initialize` answer.
     pub instructions: Option<String>,
+    /// Also serve over TLS on a second port ([`CounterServer::tls_addr`]).
+    pub tls: Option<CounterTls>,
+}
+
+/// `--tls-cert`, `--tls-key` and `--tls-client-ca` of `counter-server`.
+#[derive(Debug, Clone)]
+pub struct CounterTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Require a client certificate signed by this CA.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl CounterOpts {
@@ -57,6 +69,8 @@ pub struct Stats {
 pub struct CounterServer {
     child: ChildGuard,
     pub addr: SocketAddr,
+    /// The TLS port, when started with [`CounterOpts::tls`].
+    pub tls_addr: Option<SocketAddr>,
     pub name: String,
     _dir: TempDir,
 }
@@ -80,6 +94,13 @@ impl CounterServer {
         if let Some(h) = &opts.require_header {
             cmd.args(["--require-header", h]);
         }
+        if let Some(tls) = &opts.tls {
+            cmd.arg("--tls-cert").arg(&tls.cert);
+            cmd.arg("--tls-key").arg(&tls.key);
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg("--tls-client-ca").arg(ca);
+            }
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
@@ -100,9 +121,30 @@ impl CounterServer {
             .ok_or_else(|| anyhow!("unexpected first line from counter-server: {line:?}"))?
             .parse()
             .with_context(|| format!("address in {line:?}"))?;
+        let tls_addr = match &opts.tls {
+            None => None,
+            Some(_) => {
+                let line = lines
+                    .next_line(Instant::now() + STARTUP_TIMEOUT)
+                    .with_context(|| {
+                        format!(
+                            "counter-server {name} did not announce TLS: {}",
+                            child.log_tail()
+                        )
+                    })?
+                    .ok_or_else(|| anyhow!("counter-server {name} exited: {}", child.log_tail()))?;
+                Some(
+                    line.strip_prefix(TLS_READY_PREFIX)
+                        .ok_or_else(|| anyhow!("unexpected second line: {line:?}"))?
+                        .parse()
+                        .with_context(|| format!("address in {line:?}"))?,
+                )
+            }
+        };
         Ok(Self {
             child,
             addr,
+            tls_addr,
             name,
             _dir: dir,
         })
@@ -111,6 +153,13 @@ impl CounterServer {
     /// The MCP endpoint URL, for gateway configs.
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+
+    /// The MCP endpoint URL on the TLS port, naming the server `host` (the
+    /// port is the TLS port's). `None` without TLS.
+    pub fn https_url(&self, host: &str) -> Option<String> {
+        self.tls_addr
+            .map(|a| format!("https://{host}:{}/mcp", a.port()))
     }
 
     /// A client talking to this server directly (no gateway).

@@ -15,6 +15,8 @@
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
 //! - [`stateless`]: hand-written requests of the stateless revision (2026-07-28).
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
+//! - [`pki`]: a throwaway CA and certificates (`openssl`), for TLS listeners and https
+//!   upstreams.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]), never on a fixed
@@ -26,6 +28,7 @@ pub mod http;
 pub mod mcp;
 pub mod modern;
 pub mod ops;
+pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod sse;
@@ -35,7 +38,7 @@ pub mod stream;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use counter::{CounterOpts, CounterServer, Stats};
+pub use counter::{CounterOpts, CounterServer, CounterTls, Stats};
 pub use gateway::{Gateway, GatewayConfig};
 pub use http::{HttpConn, Request, Response};
 pub use mcp::{McpClient, RpcReply, WorkerTag};

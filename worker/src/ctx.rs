@@ -142,10 +142,19 @@ impl Live {
     ) -> Result<(Self, Vec<Arc<str>>), WorkerError> {
         let mut servers = HashMap::new();
         let mut gone = Vec::new();
+        let mut system_roots = mcpgw_protocol::tls::SystemRoots::default();
         for u in &config.upstream {
+            // Read on every (re)load, so that new files under the same
+            // paths are seen (and make a new server below).
+            let tls = u
+                .is_https()
+                .then(|| mcpgw_protocol::tls::client_config(u.tls_files(), &mut system_roots))
+                .transpose()
+                .map_err(|e| WorkerError::Tls(format!("upstream {}: {e}", u.id)))?;
+            let fingerprint = tls.as_ref().map(|t| t.fingerprint);
             let kept = previous
                 .and_then(|p| p.servers.get(u.id.as_str()))
-                .filter(|old| old.adopt(u))
+                .filter(|old| old.adopt(u, fingerprint))
                 .cloned();
             let server = match kept {
                 Some(s) => s,
@@ -153,7 +162,7 @@ impl Live {
                     if previous.is_some_and(|p| p.servers.contains_key(u.id.as_str())) {
                         gone.push(Arc::from(u.id.as_str()));
                     }
-                    Arc::new(UpstreamServer::new(u)?)
+                    Arc::new(UpstreamServer::new(u, tls)?)
                 }
             };
             servers.insert(server.id.clone(), server);

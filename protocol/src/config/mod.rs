@@ -446,6 +446,20 @@ pub struct Upstream {
     /// Bound on one request to this upstream, streaming answers included.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// `https://` only: a PEM bundle of the certificate authorities this
+    /// upstream's certificate must chain to, instead of the system roots.
+    /// Re-read on every reload; a changed file re-opens the upstream's
+    /// sessions.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `https://` only: the certificate chain (PEM, leaf first) this
+    /// gateway presents to an upstream that asks for one (mTLS). Set with
+    /// `client_key_file` or not at all.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// `https://` only: the private key (PEM) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -464,6 +478,27 @@ impl Upstream {
             headers: BTreeMap::new(),
             connect_timeout_ms: default_connect_timeout_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
+
+    /// Whether this upstream is reached over TLS (an `https://` URL, for
+    /// Streamable HTTP and legacy HTTP+SSE).
+    pub fn is_https(&self) -> bool {
+        self.transport != Transport::Stdio && self.url.starts_with("https://")
+    }
+
+    /// The TLS files this upstream names (CA bundle, client certificate
+    /// and key); `None` for each unset one.
+    pub fn tls_files(&self) -> crate::tls::UpstreamTlsFiles<'_> {
+        crate::tls::UpstreamTlsFiles {
+            ca_file: self.ca_file.as_deref(),
+            identity: self
+                .client_cert_file
+                .as_deref()
+                .zip(self.client_key_file.as_deref()),
         }
     }
 }
@@ -583,10 +618,22 @@ impl Config {
     /// Read every TLS listener's files and check that they make a usable
     /// server identity. Separate from [`Config::validate`] because it touches
     /// the file system; run at start, on each reload and by `check-config`.
+    ///
+    /// For `https://` upstreams it builds the client configuration each
+    /// worker will build: the CA bundle (or the system roots) and the client
+    /// identity, each refusal naming the upstream's key and the file.
     pub fn check_tls_files(&self) -> Result<(), ConfigError> {
         for (i, t) in self.tls_listener.iter().enumerate() {
             crate::tls::server_config(&t.cert, &t.key)
                 .map_err(|e| invalid(format!("tls_listener[{i}]"), e.to_string()))?;
+        }
+        let mut roots = crate::tls::SystemRoots::default();
+        for (i, u) in self.upstream.iter().enumerate() {
+            if u.is_https() {
+                crate::tls::client_config(u.tls_files(), &mut roots).map_err(|e| {
+                    invalid(format!("upstream[{i}].{}", e.key), e.cause.to_string())
+                })?;
+            }
         }
         Ok(())
     }

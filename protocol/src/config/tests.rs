@@ -303,3 +303,68 @@ fn upstream_era_defaults_to_auto_and_is_checked() {
     )
     .expect("valid");
 }
+
+#[test]
+fn https_upstreams_and_their_tls_keys() {
+    let c = Config::parse(
+        "[[upstream]]\nid = \"a\"\nurl = \"https://mcp.example.com/mcp\"\nca_file = \"/etc/ca.pem\"\n\
+         client_cert_file = \"/etc/c.pem\"\nclient_key_file = \"/etc/c.key\"\n",
+    )
+    .expect("valid");
+    let u = &c.upstream[0];
+    assert!(u.is_https());
+    let files = u.tls_files();
+    assert_eq!(files.ca_file, Some(Path::new("/etc/ca.pem")));
+    assert_eq!(
+        files.identity,
+        Some((Path::new("/etc/c.pem"), Path::new("/etc/c.key")))
+    );
+    let sse = "[[upstream]]\nid = \"a\"\ntransport = \"sse\"\nurl = \"https://h/sse\"\n";
+    assert!(Config::parse(sse).expect("https legacy SSE").upstream[0].is_https());
+
+    let cert_only = err(
+        "[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nclient_cert_file = \"/etc/c.pem\"\n",
+    );
+    assert!(
+        cert_only.starts_with("upstream[0].client_key_file:"),
+        "{cert_only}"
+    );
+    assert!(cert_only.contains("both or neither"), "{cert_only}");
+    let key_only =
+        err("[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nclient_key_file = \"/k\"\n");
+    assert!(
+        key_only.starts_with("upstream[0].client_cert_file:"),
+        "{key_only}"
+    );
+    let on_http = err("[[upstream]]\nid = \"a\"\nurl = \"http://h/mcp\"\nca_file = \"/ca\"\n");
+    assert!(on_http.starts_with("upstream[0].ca_file:"), "{on_http}");
+    assert!(on_http.contains("https://"), "{on_http}");
+    let on_stdio = err(
+        "[[upstream]]\nid = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\nca_file = \"/ca\"\n",
+    );
+    assert!(on_stdio.starts_with("upstream[0].ca_file:"), "{on_stdio}");
+    assert!(err("[[upstream]]\nid = \"a\"\nurl = \"ftp://h/\"\n").contains("http:// or https://"));
+}
+
+#[test]
+fn check_tls_files_names_the_upstream_key() {
+    let dir = std::env::temp_dir().join(format!("mcpgw-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let missing = dir.join("missing.pem");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "no certificate here\n").expect("write");
+    for (file, want) in [
+        (&missing, "reading"),
+        (&not_pem, "no usable CA certificate"),
+    ] {
+        let c = Config::parse(&format!(
+            "[[upstream]]\nid = \"a\"\nurl = \"https://h/mcp\"\nca_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .expect("valid");
+        let e = c.check_tls_files().expect_err("refused").to_string();
+        assert!(e.starts_with("upstream[0].ca_file:"), "{e}");
+        assert!(e.contains(want), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

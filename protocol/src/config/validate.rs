@@ -166,6 +166,7 @@ impl Config {
                     } else {
                         None
                     };
+                    check_upstream_tls(u).map_err(|(field, reason)| invalid(key(field), reason))?;
                     if let Some(field) = stdio_only {
                         return Err(invalid(
                             key(field),
@@ -177,6 +178,7 @@ impl Config {
                     if !u.url.is_empty() {
                         return Err(invalid(key("url"), "a stdio upstream has no url"));
                     }
+                    check_upstream_tls(u).map_err(|(field, reason)| invalid(key(field), reason))?;
                     match &u.command {
                         Some(c) if !c.trim().is_empty() && !c.contains('\0') => {}
                         _ => {
@@ -266,18 +268,56 @@ impl Config {
     }
 }
 
-/// `http://host[:port]/path` only, for now: the reason says what is wrong.
-/// Reasons show the URL with user info and query values redacted.
+/// The TLS keys of an upstream: only for an `https://` URL, and the client
+/// certificate and key together. `Err((key, reason))`. The files
+/// themselves are read by [`Config::check_tls_files`].
+fn check_upstream_tls(u: &Upstream) -> Result<(), (&'static str, String)> {
+    let set = [
+        ("ca_file", u.ca_file.is_some()),
+        ("client_cert_file", u.client_cert_file.is_some()),
+        ("client_key_file", u.client_key_file.is_some()),
+    ];
+    if !u.is_https()
+        && let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set)
+    {
+        return Err((
+            field,
+            format!(
+                "{field} is for upstreams with an https:// url (this one's is {:?})",
+                crate::redact::url(&u.url)
+            ),
+        ));
+    }
+    match (&u.client_cert_file, &u.client_key_file) {
+        (Some(cert), None) => Err((
+            "client_key_file",
+            format!(
+                "missing: client_cert_file ({}) is set, and mTLS needs its private key too \
+                 (set both or neither)",
+                cert.display()
+            ),
+        )),
+        (None, Some(key)) => Err((
+            "client_cert_file",
+            format!(
+                "missing: client_key_file ({}) is set, and mTLS needs the certificate too \
+                 (set both or neither)",
+                key.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `http://` or `https://` `host[:port]/path`: the reason says what is
+/// wrong. Reasons show the URL with user info and query values redacted.
 fn check_upstream_url(url: &str) -> Result<(), String> {
     let shown = crate::redact::url(url);
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(if url.starts_with("https://") {
-            format!(
-                "{shown:?}: https upstreams are not supported yet; use http:// (e.g. via a local TLS proxy)"
-            )
-        } else {
-            format!("{shown:?} must start with http://")
-        });
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(format!("{shown:?} must start with http:// or https://"));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {

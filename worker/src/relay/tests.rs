@@ -77,11 +77,14 @@ fn progress_tokens_are_replaced_and_everything_else_kept() {
 
 fn upstream(id: &str) -> Arc<UpstreamSession> {
     let server = Arc::new(
-        crate::upstream::UpstreamServer::new(&mcpgw_protocol::config::Upstream {
-            connect_timeout_ms: 1,
-            request_timeout_ms: 1,
-            ..mcpgw_protocol::config::Upstream::http(id, "http://127.0.0.1:1/mcp")
-        })
+        crate::upstream::UpstreamServer::new(
+            &mcpgw_protocol::config::Upstream {
+                connect_timeout_ms: 1,
+                request_timeout_ms: 1,
+                ..mcpgw_protocol::config::Upstream::http(id, "http://127.0.0.1:1/mcp")
+            },
+            None,
+        )
         .expect("server"),
     );
     UpstreamSession::attach(server, Some("s"), "2025-11-25", "{}").expect("attach")

@@ -332,11 +332,14 @@ mod tests {
                 .iter()
                 .map(|id| {
                     Arc::new(
-                        UpstreamServer::new(&Upstream {
-                            connect_timeout_ms: 1,
-                            request_timeout_ms: 1,
-                            ..Upstream::http(id, "http://127.0.0.1:1/mcp")
-                        })
+                        UpstreamServer::new(
+                            &Upstream {
+                                connect_timeout_ms: 1,
+                                request_timeout_ms: 1,
+                                ..Upstream::http(id, "http://127.0.0.1:1/mcp")
+                            },
+                            None,
+                        )
                         .expect("server"),
                     )
                 })

@@ -43,7 +43,7 @@ impl Direct {
         let upstreams = upstreams
             .iter()
             .map(|(id, url)| {
-                Arc::new(UpstreamServer::new(&Upstream::http(id, url)).expect("upstream"))
+                Arc::new(UpstreamServer::new(&Upstream::http(id, url), None).expect("upstream"))
             })
             .collect();
         Self {

@@ -170,7 +170,7 @@ mod tests {
     const KIND_B: &str = r#"{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"b","version":"1"}}"#;
 
     fn server(url: &str) -> Arc<UpstreamServer> {
-        Arc::new(UpstreamServer::new(&Upstream::http("up", url)).expect("server"))
+        Arc::new(UpstreamServer::new(&Upstream::http("up", url), None).expect("server"))
     }
 
     async fn open(server: &Arc<UpstreamServer>, kind: &str) -> Arc<UpstreamSession> {

@@ -80,6 +80,7 @@ impl UpstreamError {
     /// Bounded label for metrics.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
+            Self::Transport { cause, .. } if cause.is_tls() => "tls",
             Self::Transport { .. } => "transport",
             Self::Timeout { .. } => "timeout",
             Self::SessionGone { .. } => "session_gone",
@@ -113,6 +114,9 @@ pub(crate) struct UpstreamServer {
     request_timeout_ms: AtomicU64,
     /// What this server was built from, to tell a reload what changed.
     pub config: Upstream,
+    /// For an `https://` upstream: the digest of its TLS files as read at
+    /// this (re)load; new contents under the same paths are a change too.
+    tls_fingerprint: Option<u64>,
     /// For a stdio or legacy SSE upstream: the local adapter this server
     /// talks to (its backends end when the server is dropped).
     _stdio: Option<crate::upstream::adapter::Adapter>,
@@ -138,15 +142,29 @@ pub struct ServerConfigError {
 }
 
 impl UpstreamServer {
-    pub(crate) fn new(cfg: &Upstream) -> Result<Self, ServerConfigError> {
+    /// A server for `cfg`; `tls` is its client TLS configuration when its
+    /// url is `https://` (built by the caller from the upstream's files,
+    /// once per (re)load: [`mcpgw_protocol::tls::client_config`]).
+    pub(crate) fn new(
+        cfg: &Upstream,
+        tls: Option<mcpgw_protocol::tls::ClientTls>,
+    ) -> Result<Self, ServerConfigError> {
         let bad = |reason: String| ServerConfigError {
             id: cfg.id.clone(),
             reason,
         };
-        let stdio = match cfg.transport {
-            Transport::StreamableHttp => None,
-            Transport::Stdio | Transport::Sse => Some(
-                crate::upstream::adapter::Adapter::start(cfg).map_err(|e| bad(e.to_string()))?,
+        let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint);
+        let tls_config = tls.map(|t| t.config);
+        let (stdio, pool_tls) = match cfg.transport {
+            Transport::StreamableHttp => (None, tls_config),
+            // The adapter is reached over loopback http; it speaks TLS to
+            // a legacy SSE server itself.
+            Transport::Stdio | Transport::Sse => (
+                Some(
+                    crate::upstream::adapter::Adapter::start(cfg, tls_config)
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                None,
             ),
         };
         let url = match &stdio {
@@ -182,8 +200,12 @@ impl UpstreamServer {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).into();
-        let pool = ConnPool::new(&uri, Duration::from_millis(cfg.connect_timeout_ms))
-            .map_err(|reason| bad(format!("url {shown:?}: {reason}")))?;
+        let pool = ConnPool::new(
+            &uri,
+            Duration::from_millis(cfg.connect_timeout_ms),
+            pool_tls,
+        )
+        .map_err(|reason| bad(format!("url {shown:?}: {reason}")))?;
         Ok(Self {
             id: Arc::from(cfg.id.as_str()),
             path,
@@ -192,6 +214,7 @@ impl UpstreamServer {
             pool,
             request_timeout_ms: AtomicU64::new(cfg.request_timeout_ms),
             config: cfg.clone(),
+            tls_fingerprint,
             _stdio: stdio,
             era: tokio::sync::Mutex::new(None),
             reused: std::sync::OnceLock::new(),
@@ -248,11 +271,15 @@ impl UpstreamServer {
 
     /// Whether `new` can keep this server's connections and upstream
     /// sessions: only the request timeout may differ (it is applied here).
-    pub(crate) fn adopt(&self, new: &Upstream) -> bool {
+    /// `tls_fingerprint` is the digest of `new`'s TLS files as read now: a
+    /// certificate, key or CA bundle replaced under the same path is a
+    /// connection change like a new url.
+    pub(crate) fn adopt(&self, new: &Upstream, tls_fingerprint: Option<u64>) -> bool {
         let same = Upstream {
             request_timeout_ms: self.config.request_timeout_ms,
             ..new.clone()
-        } == self.config;
+        } == self.config
+            && tls_fingerprint == self.tls_fingerprint;
         if same {
             self.request_timeout_ms
                 .store(new.request_timeout_ms, Ordering::Relaxed);

@@ -16,6 +16,15 @@
 //! header map cloned per request (hyper's client cost about 15 000
 //! instructions per request in this worker, a third of all it did).
 //!
+//! An `https://` server's connections are the same, with a TLS client
+//! session over the TCP stream ([`Stream::Tls`]): the handshake (SNI from
+//! the URL's host, the server's certificate verified against the
+//! upstream's roots, ALPN `http/1.1`) runs when the connection is opened,
+//! bounded by the connect timeout, with the upstream's `ClientConfig` built
+//! once per (re)load. A plaintext connection pays nothing for it: the
+//! stream is an enum, not a boxed trait object, and only the TLS variant is
+//! boxed (once per connection, to keep plaintext connections small).
+//!
 //! The idle list is LIFO and bounded ([`MAX_POOLED`]); entries older than
 //! [`IDLE_TIMEOUT`], and those the upstream closed, are dropped from the old
 //! end when the list is next touched, which closes their sockets (there is
@@ -44,8 +53,10 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::rustls;
 use tracing::debug;
 
 pub(crate) use crate::http::wire::HeaderBlock;
@@ -78,6 +89,21 @@ pub(crate) enum ConnError {
     Connect { addr: SocketAddr, cause: io::Error },
     #[error("connecting to {addr} timed out after {timeout_ms} ms")]
     ConnectTimeout { addr: SocketAddr, timeout_ms: u64 },
+    /// The TLS handshake failed: an unknown CA, a certificate for another
+    /// name, no protocol in common, a refused client certificate (the
+    /// cause is rustls's own words, or the alert the server sent).
+    #[error("TLS handshake with {host} ({addr}) failed: {cause}")]
+    Tls {
+        host: String,
+        addr: SocketAddr,
+        cause: io::Error,
+    },
+    #[error("TLS handshake with {host} ({addr}) timed out after {timeout_ms} ms")]
+    TlsTimeout {
+        host: String,
+        addr: SocketAddr,
+        timeout_ms: u64,
+    },
     #[error("sending the request: {0}")]
     Write(io::Error),
     #[error("reading the answer: {0}")]
@@ -86,6 +112,22 @@ pub(crate) enum ConnError {
     Closed,
     #[error("the answer is not usable HTTP/1.1: {0}")]
     Malformed(Malformed),
+}
+
+impl ConnError {
+    /// A TLS failure: the handshake, or an alert or bad record on an
+    /// established connection (a server that refuses a missing client
+    /// certificate says so only after a TLS 1.3 handshake, on the first
+    /// read). For metrics; the message says which.
+    pub(crate) fn is_tls(&self) -> bool {
+        match self {
+            Self::Tls { .. } | Self::TlsTimeout { .. } => true,
+            Self::Read(e) | Self::Write(e) => {
+                e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why an answer body could not be read to its end.
@@ -119,9 +161,106 @@ enum Target {
     Name { host: String, port: u16 },
 }
 
+/// How an `https://` pool's connections are secured; built once per pool.
+struct TlsTarget {
+    connector: tokio_rustls::TlsConnector,
+    /// SNI and the name the certificate must carry: the URL's host.
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A connection's byte stream: plain TCP or TLS over it. An enum so the
+/// plaintext path is a direct call, never a virtual one or an allocation.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed: a client TLS session is large, and a plaintext pool should
+    /// not carry its size in every idle entry.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Whether the TLS layer holds something for the application already:
+    /// plaintext it decrypted and nobody read, or the server's close. The
+    /// kernel peek in [`Conn::idle_and_open`] cannot see what rustls has
+    /// already taken from the socket.
+    fn tls_has_pending(&mut self) -> bool {
+        let Self::Tls(tls) = self else {
+            return false;
+        };
+        match tls.get_mut().1.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            Err(_) => true,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(tcp) => tcp.is_write_vectored(),
+            Self::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One connection and its buffers, kept with it so a request allocates none.
 struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// The request head being written.
@@ -131,7 +270,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(io: TcpStream) -> Self {
+    fn new(io: Stream) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -152,7 +291,13 @@ impl Conn {
             req.extra,
             len,
         );
-        wire::write_two(&mut self.io, &self.out, &req.body).await
+        wire::write_two(&mut self.io, &self.out, &req.body).await?;
+        if let Stream::Tls(tls) = &mut self.io {
+            // rustls may still hold encrypted records the socket did not
+            // take; the plaintext stream has nothing to flush.
+            tls.flush().await.map_err(|e| (e, false))?;
+        }
+        Ok(())
     }
 
     /// Read until the answer's head is in; 1xx heads are skipped.
@@ -207,8 +352,11 @@ impl Conn {
         if self.unfit.is_set() {
             return false;
         }
+        if self.io.tls_has_pending() {
+            return false;
+        }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.io).peek(&mut probe) {
+        match socket2::SockRef::from(self.io.tcp()).peek(&mut probe) {
             // Readiness the reactor still holds from the last answer is
             // harmless: the next read finds it stale and clears it.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
@@ -242,6 +390,8 @@ struct Idle {
 /// What the pool and the bodies reading from its connections share.
 struct Shared {
     target: Target,
+    /// `Some` for an `https://` server.
+    tls: Option<TlsTarget>,
     connect_timeout: Duration,
     /// [`IDLE_TIMEOUT`]; shorter in tests.
     idle_timeout: Duration,
@@ -305,13 +455,33 @@ pub(crate) struct ConnPool {
 }
 
 impl ConnPool {
-    /// A pool for the `http://` server in `uri` (the caller checked the
-    /// scheme). Opens nothing yet.
-    pub(crate) fn new(uri: &Uri, connect_timeout: Duration) -> Result<Self, String> {
+    /// A pool for the `http://` or `https://` server in `uri`; `tls` is
+    /// the client configuration of an `https://` one (and must be `None`
+    /// for `http://`). Opens nothing yet.
+    pub(crate) fn new(
+        uri: &Uri,
+        connect_timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, String> {
         let host = uri.host().ok_or("the URL has no host")?;
-        let port = uri.port_u16().unwrap_or(80);
         // `Uri::host` keeps the brackets of an IPv6 literal.
         let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let (tls, default_port) = match (uri.scheme_str(), tls) {
+            (Some("https"), Some(config)) => {
+                let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+                let target = TlsTarget {
+                    connector: tokio_rustls::TlsConnector::from(config),
+                    name,
+                };
+                (Some(target), 443)
+            }
+            (Some("https"), None) => return Err("an https URL without a TLS configuration".into()),
+            (Some("http"), None) => (None, 80),
+            (Some("http"), Some(_)) => return Err("TLS settings for an http:// URL".into()),
+            (scheme, _) => return Err(format!("unsupported scheme {scheme:?}")),
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
         let target = match bare.parse::<IpAddr>() {
             Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
             Err(_) => Target::Name {
@@ -322,6 +492,7 @@ impl ConnPool {
         Ok(Self {
             shared: Arc::new(Shared {
                 target,
+                tls,
                 connect_timeout,
                 idle_timeout: IDLE_TIMEOUT,
                 idle: Mutex::new(VecDeque::new()),
@@ -373,7 +544,7 @@ impl ConnPool {
         loop {
             let all_closed = self.shared.lock().iter().all(|i| {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
-                i.conn.io.poll_read_ready(&mut cx).is_ready()
+                i.conn.io.tcp().poll_read_ready(&mut cx).is_ready()
             });
             if all_closed {
                 return;
@@ -383,7 +554,7 @@ impl ConnPool {
     }
 
     async fn connect(&self) -> Result<Conn, ConnError> {
-        let stream = match &self.shared.target {
+        let tcp = match &self.shared.target {
             Target::Addr(addr) => self.connect_to(*addr).await?,
             Target::Name { host, port } => {
                 let addrs = tokio::net::lookup_host((host.as_str(), *port))
@@ -410,7 +581,30 @@ impl ConnPool {
                 }
             }
         };
-        Ok(Conn::new(stream))
+        let Some(tls) = &self.shared.tls else {
+            return Ok(Conn::new(Stream::Plain(tcp)));
+        };
+        let addr = tcp
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let host = || tls.name.to_str().into_owned();
+        // The handshake gets a connect timeout of its own: an upstream that
+        // accepts and never answers must not hold the request until its
+        // (much longer) deadline.
+        let timeout = self.shared.connect_timeout;
+        let stream = tokio::time::timeout(timeout, tls.connector.connect(tls.name.clone(), tcp))
+            .await
+            .map_err(|_| ConnError::TlsTimeout {
+                host: host(),
+                addr,
+                timeout_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|cause| ConnError::Tls {
+                host: host(),
+                addr,
+                cause,
+            })?;
+        Ok(Conn::new(Stream::Tls(Box::new(stream))))
     }
 
     async fn connect_to(&self, addr: SocketAddr) -> Result<TcpStream, ConnError> {

@@ -22,7 +22,7 @@ fn request(headers: &HeaderBlock, n: u32) -> Outgoing<'_> {
 
 fn pool_for(addr: SocketAddr, connect_timeout: Duration) -> ConnPool {
     let uri: Uri = format!("http://{addr}/mcp").parse().expect("uri");
-    ConnPool::new(&uri, connect_timeout).expect("pool")
+    ConnPool::new(&uri, connect_timeout, None).expect("pool")
 }
 
 async fn body_of(resp: Response<UpstreamBody>) -> Bytes {
@@ -232,7 +232,7 @@ async fn idle_connections_the_upstream_closed_are_released_from_the_old_end() {
     loop {
         let seen = pool.shared.lock().front().is_some_and(|i| {
             let mut cx = Context::from_waker(std::task::Waker::noop());
-            i.conn.io.poll_read_ready(&mut cx).is_ready()
+            i.conn.io.tcp().poll_read_ready(&mut cx).is_ready()
         });
         if seen {
             break;
@@ -258,7 +258,7 @@ async fn a_host_name_is_resolved_and_each_address_tried() {
         req
     });
     let uri: Uri = format!("http://localhost:{port}/mcp").parse().expect("uri");
-    let pool = ConnPool::new(&uri, Duration::from_secs(5)).expect("pool");
+    let pool = ConnPool::new(&uri, Duration::from_secs(5), None).expect("pool");
     let h = headers();
     assert!(matches!(pool.shared.target, Target::Name { .. }));
     let resp = pool.send(request(&h, 1)).await.expect("send");
@@ -473,4 +473,61 @@ async fn connect_timeout_and_refusal_are_errors() {
     let h = headers();
     let err = pool.send(request(&h, 1)).await.expect_err("refused");
     assert!(matches!(err, ConnError::Connect { .. }), "{err:?}");
+}
+
+fn client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    )
+}
+
+#[test]
+fn the_scheme_and_the_tls_settings_go_together() {
+    let t = Duration::from_secs(1);
+    let https: Uri = "https://mcp.example.com/mcp".parse().expect("uri");
+    let http: Uri = "http://mcp.example.com/mcp".parse().expect("uri");
+    let pool = ConnPool::new(&https, t, Some(client_config())).expect("https pool");
+    assert_eq!(
+        pool.shared.target,
+        Target::Name {
+            host: "mcp.example.com".into(),
+            port: 443
+        }
+    );
+    assert!(ConnPool::new(&https, t, None).is_err());
+    assert!(ConnPool::new(&http, t, Some(client_config())).is_err());
+    let ip: Uri = "https://[::1]:8443/mcp".parse().expect("uri");
+    ConnPool::new(&ip, t, Some(client_config())).expect("an IP literal is a server name");
+}
+
+/// A server that is not TLS (or an unknown CA, or a wrong name) fails the
+/// handshake with `ConnError::Tls`, naming the host; nothing is pooled.
+#[tokio::test]
+async fn a_failed_handshake_is_a_tls_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        // The ClientHello, answered with plaintext HTTP.
+        let mut hello = [0u8; 512];
+        let _ = conn.read(&mut hello).await;
+        let _ = conn.write_all(ANSWER).await;
+        let _ = conn.read(&mut hello).await;
+    });
+    let uri: Uri = format!("https://{addr}/mcp").parse().expect("uri");
+    let pool = ConnPool::new(&uri, Duration::from_secs(5), Some(client_config())).expect("pool");
+    let h = headers();
+    let err = pool.send(request(&h, 1)).await.expect_err("not TLS");
+    assert!(matches!(err, ConnError::Tls { .. }), "{err}");
+    assert!(
+        err.to_string().contains("TLS handshake with 127.0.0.1"),
+        "{err}"
+    );
+    assert_eq!(pool.pooled(), 0);
+    server.abort();
 }

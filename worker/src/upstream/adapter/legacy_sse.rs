@@ -7,6 +7,11 @@
 //! notifications) arrives as `message` events on that stream, and the
 //! adapter routes it like a stdio process's output. Closing the session
 //! closes the stream (the old transport has no DELETE).
+//!
+//! An `https://` stream url is reached over TLS with the upstream's client
+//! configuration, and so is an endpoint on the same server; an endpoint the
+//! server names on another host keeps the scheme it names (`http://` or
+//! `https://`, the latter with the same roots and client identity).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,8 @@ use http_body_util::{BodyExt, Limited};
 use mcpgw_protocol::config::Upstream;
 use tokio::time::timeout;
 use tracing::info;
+
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::http::client::{ConnPool, HeaderBlock, Outgoing, UpstreamBody};
 use crate::http::sse;
@@ -69,12 +76,36 @@ impl Poster {
     }
 }
 
-/// A pool for the server at `authority`.
-fn pool_for(authority: &str, connect_timeout: Duration) -> Result<ConnPool, String> {
-    let uri: Uri = format!("http://{authority}/")
+/// A pool for the server at `origin` (`https` or `http`, authority).
+fn pool_for(
+    origin: &Origin,
+    connect_timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<ConnPool, String> {
+    let scheme = if origin.https { "https" } else { "http" };
+    let authority = &origin.authority;
+    let uri: Uri = format!("{scheme}://{authority}/")
         .parse()
         .map_err(|e| format!("{authority:?}: {e}"))?;
-    ConnPool::new(&uri, connect_timeout)
+    let tls = match (origin.https, tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config.clone()),
+        // The stream's url was http:// and it names an https endpoint:
+        // no roots were configured for that.
+        (true, None) => {
+            return Err(format!(
+                "the server names an https endpoint ({authority}) but its url is http://"
+            ));
+        }
+    };
+    ConnPool::new(&uri, connect_timeout, tls)
+}
+
+/// Where a server is: scheme and authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    authority: String,
 }
 
 /// An opened legacy session: where its messages go, and the stream its
@@ -92,13 +123,21 @@ pub(crate) struct Events {
 
 /// Open the event stream at `config.url` and wait for its `endpoint`
 /// event; the caller starts [`read_events`] on what is returned.
-pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opened, String> {
+pub(crate) async fn open(
+    upstream: &Arc<str>,
+    config: &Upstream,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Opened, String> {
     let fail = |what: String| format!("legacy SSE upstream {upstream}: {what}");
     let uri: Uri = config.url.parse().map_err(|e| fail(format!("url: {e}")))?;
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
         .ok_or_else(|| fail("url has no host".into()))?;
+    let origin = Origin {
+        https: uri.scheme_str() == Some("https"),
+        authority: authority.clone(),
+    };
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut headers = HeaderMap::with_capacity(2);
@@ -107,7 +146,7 @@ pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opene
         HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?,
     );
     headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-    let stream_pool = pool_for(&authority, connect_timeout).map_err(&fail)?;
+    let stream_pool = pool_for(&origin, connect_timeout, tls.as_ref()).map_err(&fail)?;
     let req = Outgoing {
         method: &Method::GET,
         path,
@@ -149,23 +188,26 @@ pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opene
     .await
     .map_err(|_| fail("no endpoint event".into()))?
     .map_err(&fail)?;
-    let (post_authority, post_path) = resolve(&authority, endpoint.trim())
-        .ok_or_else(|| fail(format!("endpoint {endpoint:?} is not an http URL or path")))?;
+    let (post_origin, post_path) = resolve(&origin, endpoint.trim()).ok_or_else(|| {
+        fail(format!(
+            "endpoint {endpoint:?} is not an http(s) URL or path"
+        ))
+    })?;
     let mut post_headers = HeaderMap::with_capacity(2);
     post_headers.insert(
         HOST,
-        HeaderValue::from_str(&post_authority).map_err(|e| fail(e.to_string()))?,
+        HeaderValue::from_str(&post_origin.authority).map_err(|e| fail(e.to_string()))?,
     );
     post_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     // Usually the same server: its pool serves the POSTs too.
-    let pool = if post_authority == authority {
+    let pool = if post_origin == origin {
         stream_pool
     } else {
-        pool_for(&post_authority, connect_timeout).map_err(&fail)?
+        pool_for(&post_origin, connect_timeout, tls.as_ref()).map_err(&fail)?
     };
     let poster = Poster {
         pool,
-        authority: post_authority,
+        authority: post_origin.authority,
         path: post_path.to_string(),
         headers: HeaderBlock::new(&post_headers),
     };
@@ -176,15 +218,23 @@ pub(crate) async fn open(upstream: &Arc<str>, config: &Upstream) -> Result<Opene
     })
 }
 
-/// An `endpoint` value: a path on the stream's server, or an http URL.
-fn resolve(authority: &str, endpoint: &str) -> Option<(String, Uri)> {
-    if let Some(rest) = endpoint.strip_prefix("http://") {
+/// An `endpoint` value: a path on the stream's server, or an http(s) URL.
+fn resolve(stream: &Origin, endpoint: &str) -> Option<(Origin, Uri)> {
+    let absolute = endpoint
+        .strip_prefix("http://")
+        .map(|rest| (false, rest))
+        .or_else(|| endpoint.strip_prefix("https://").map(|rest| (true, rest)));
+    if let Some((https, rest)) = absolute {
         let (auth, path) = rest.split_once('/').unwrap_or((rest, ""));
-        return Some((auth.to_owned(), format!("/{path}").parse().ok()?));
+        let origin = Origin {
+            https,
+            authority: auth.to_owned(),
+        };
+        return Some((origin, format!("/{path}").parse().ok()?));
     }
     endpoint
         .starts_with('/')
-        .then(|| endpoint.parse().ok().map(|p| (authority.to_owned(), p)))
+        .then(|| endpoint.parse().ok().map(|p| (stream.clone(), p)))
         .flatten()
 }
 
@@ -225,19 +275,33 @@ pub(crate) async fn read_events(
 mod tests {
     use super::*;
 
+    fn origin(https: bool, authority: &str) -> Origin {
+        Origin {
+            https,
+            authority: authority.to_owned(),
+        }
+    }
+
     #[test]
     fn endpoints_resolve_against_the_stream_server() {
-        let (a, p) = resolve("127.0.0.1:9", "/messages/?session_id=ab").expect("path");
-        assert_eq!(
-            (a.as_str(), p.to_string().as_str()),
-            ("127.0.0.1:9", "/messages/?session_id=ab")
-        );
-        let (a, p) = resolve("127.0.0.1:9", "http://10.0.0.2:80/m?s=1").expect("url");
-        assert_eq!(
-            (a.as_str(), p.to_string().as_str()),
-            ("10.0.0.2:80", "/m?s=1")
-        );
-        assert!(resolve("h:1", "ftp://x/").is_none());
-        assert!(resolve("h:1", "relative").is_none());
+        let stream = origin(true, "127.0.0.1:9");
+        let (a, p) = resolve(&stream, "/messages/?session_id=ab").expect("path");
+        assert_eq!(a, stream);
+        assert_eq!(p.to_string(), "/messages/?session_id=ab");
+        let (a, p) = resolve(&stream, "http://10.0.0.2:80/m?s=1").expect("url");
+        assert_eq!(a, origin(false, "10.0.0.2:80"));
+        assert_eq!(p.to_string(), "/m?s=1");
+        let (a, _) = resolve(&origin(false, "h:1"), "https://h:2/m").expect("https url");
+        assert_eq!(a, origin(true, "h:2"));
+        assert!(resolve(&stream, "ftp://x/").is_none());
+        assert!(resolve(&stream, "relative").is_none());
+    }
+
+    #[test]
+    fn an_https_endpoint_needs_tls_settings() {
+        let err = pool_for(&origin(true, "h:2"), Duration::from_secs(1), None)
+            .err()
+            .expect("refused");
+        assert!(err.contains("https endpoint"), "{err}");
     }
 }

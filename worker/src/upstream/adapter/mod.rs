@@ -82,6 +82,9 @@ pub(crate) enum StdioError {
 struct Shared {
     upstream: Arc<str>,
     config: Upstream,
+    /// A legacy HTTP+SSE upstream at an `https://` url: its TLS client
+    /// configuration (built once per (re)load, shared by its streams).
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     key: HeaderValue,
     sessions: Mutex<HashMap<String, Arc<Process>>>,
     next: AtomicU64,
@@ -158,8 +161,12 @@ struct Meta<'a> {
 }
 
 impl Adapter {
-    /// Start the adapter for a (validated) stdio upstream.
-    pub(crate) fn start(config: &Upstream) -> Result<Self, StdioError> {
+    /// Start the adapter for a (validated) stdio or legacy SSE upstream;
+    /// `tls` for a legacy SSE one at an `https://` url.
+    pub(crate) fn start(
+        config: &Upstream,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Result<Self, StdioError> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(|l| {
@@ -178,6 +185,7 @@ impl Adapter {
         let shared = Arc::new(Shared {
             upstream: Arc::from(config.id.as_str()),
             config: config.clone(),
+            tls,
             key: key.clone(),
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
@@ -453,7 +461,8 @@ async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let process = match shared.config.transport {
         Transport::Sse => {
             let id = format!("sse-{}", shared.next.fetch_add(1, Ordering::Relaxed));
-            let opened = legacy_sse::open(&shared.upstream, &shared.config).await?;
+            let opened =
+                legacy_sse::open(&shared.upstream, &shared.config, shared.tls.clone()).await?;
             let process = new_process(id, shared.upstream.clone(), Sink::Post(opened.poster));
             let reader = process.clone();
             tokio::spawn(async move {

@@ -53,7 +53,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
@@ -62,6 +62,10 @@ use tracing::debug;
 pub(crate) use crate::http::wire::HeaderBlock;
 pub(crate) use crate::http::wire::Malformed;
 use crate::http::wire::{self, Chunked, Framing, Parsed, Step};
+
+mod stream;
+
+use stream::Stream;
 
 /// Idle connections kept per upstream server and worker; beyond it the
 /// oldest is closed.
@@ -166,96 +170,6 @@ struct TlsTarget {
     connector: tokio_rustls::TlsConnector,
     /// SNI and the name the certificate must carry: the URL's host.
     name: rustls::pki_types::ServerName<'static>,
-}
-
-/// A connection's byte stream: plain TCP or TLS over it. An enum so the
-/// plaintext path is a direct call, never a virtual one or an allocation.
-enum Stream {
-    Plain(TcpStream),
-    /// Boxed: a client TLS session is large, and a plaintext pool should
-    /// not carry its size in every idle entry.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
-    /// Whether the TLS layer holds something for the application already:
-    /// plaintext it decrypted and nobody read, or the server's close. The
-    /// kernel peek in [`Conn::idle_and_open`] cannot see what rustls has
-    /// already taken from the socket.
-    fn tls_has_pending(&mut self) -> bool {
-        let Self::Tls(tls) = self else {
-            return false;
-        };
-        match tls.get_mut().1.process_new_packets() {
-            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-            Err(_) => true,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(tcp) => tcp.is_write_vectored(),
-            Self::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
-        }
-    }
 }
 
 /// One connection and its buffers, kept with it so a request allocates none.

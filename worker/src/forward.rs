@@ -103,9 +103,7 @@ impl Forwarder {
             // Checked here; the owner takes the principal, not the token.
             parts.headers.remove(http::header::AUTHORIZATION);
             if let Some(v) = p.header_value() {
-                parts
-                    .headers
-                    .insert(crate::auth::PRINCIPAL_HEADER, v);
+                parts.headers.insert(crate::auth::PRINCIPAL_HEADER, v);
             }
         }
         match sender.send_request(Request::from_parts(parts, body)).await {

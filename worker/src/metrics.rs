@@ -340,7 +340,8 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(auth_vec.clone()))?;
-        let auth_decisions = crate::auth::Decision::LABELS.map(|o| auth_vec.with_label_values(&[o]));
+        let auth_decisions =
+            crate::auth::Decision::LABELS.map(|o| auth_vec.with_label_values(&[o]));
         registry.register(Box::new(store_fetches.clone()))?;
         registry.register(Box::new(store_fetches_cached.clone()))?;
         let upstream_requests = IntCounterVec::new(

@@ -167,8 +167,7 @@ impl<'de> Deserialize<'de> for AuthSetting {
 /// printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3).
 fn is_scope(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
@@ -250,7 +249,9 @@ impl Config {
                     ),
                 ));
             }
-            (Some(url), None) if !is_loopback_http(url) || url.bytes().any(|b| !b.is_ascii_graphic()) => {
+            (Some(url), None)
+                if !is_loopback_http(url) || url.bytes().any(|b| !b.is_ascii_graphic()) =>
+            {
                 return Err(invalid(
                     "auth.jwks_url",
                     format!(

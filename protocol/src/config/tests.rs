@@ -304,7 +304,8 @@ fn upstream_era_defaults_to_auto_and_is_checked() {
     .expect("valid");
 }
 
-const AUTH: &str = "[auth]\nissuer = \"https://idp.example.com\"\njwks_file = \"/etc/mcpgw/jwks.json\"\n";
+const AUTH: &str =
+    "[auth]\nissuer = \"https://idp.example.com\"\njwks_file = \"/etc/mcpgw/jwks.json\"\n";
 
 #[test]
 fn auth_is_a_table_or_off() {
@@ -349,14 +350,18 @@ fn auth_values_are_checked() {
     let key_src = "[auth]\nissuer = \"https://i\"\n";
     assert!(err(key_src).contains("jwks_url or jwks_file"));
     assert!(
-        err(&format!("{key_src}jwks_file = \"/j\"\njwks_url = \"http://127.0.0.1/j\""))
-            .starts_with("auth.jwks_url:")
+        err(&format!(
+            "{key_src}jwks_file = \"/j\"\njwks_url = \"http://127.0.0.1/j\""
+        ))
+        .starts_with("auth.jwks_url:")
     );
     let https = err(&format!("{key_src}jwks_url = \"https://i/jwks\""));
     assert!(https.contains("over https is not supported yet"), "{https}");
     assert!(
-        err(&format!("{key_src}jwks_url = \"http://idp.example.com/jwks\""))
-            .contains("loopback")
+        err(&format!(
+            "{key_src}jwks_url = \"http://idp.example.com/jwks\""
+        ))
+        .contains("loopback")
     );
     Config::parse(&format!("{key_src}jwks_url = \"http://127.0.0.1:9/jwks\"")).expect("loopback");
     assert!(err("[auth]\nissuer = \"\"\njwks_file = \"/j\"").starts_with("auth.issuer:"));

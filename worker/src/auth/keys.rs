@@ -37,10 +37,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error("reading {path}: {cause}")]
-    Read {
-        path: String,
-        cause: std::io::Error,
-    },
+    Read { path: String, cause: std::io::Error },
     #[error("{what} is larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge { what: String },
     #[error("{what} is not a JWKS (a JSON object with a \"keys\" array): {cause}")]
@@ -86,7 +83,11 @@ impl KeySet {
         let mut set = KeySet::default();
         for (i, raw) in doc.keys.into_iter().enumerate() {
             if set.keys.len() >= MAX_KEYS {
-                warn!(what, kept = MAX_KEYS, "JWKS has more keys than kept; the rest are ignored");
+                warn!(
+                    what,
+                    kept = MAX_KEYS,
+                    "JWKS has more keys than kept; the rest are ignored"
+                );
                 break;
             }
             // One by one: a key of a type this crate does not know must not
@@ -328,8 +329,7 @@ impl KeyStore {
                 Ok(Ok(set)) => {
                     info!(url = %f.url, keys = set.keys.len(), "JWKS fetched");
                     store.replace(set);
-                    *f.fetched_at.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Instant::now());
+                    *f.fetched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 }
                 Ok(Err(e)) => warn!(error = %e, "JWKS fetch failed; the keys in force stay"),
                 Err(_) => warn!(url = %f.url, "JWKS fetch timed out; the keys in force stay"),
@@ -380,8 +380,7 @@ mod tests {
     const RSA: &str = r#"{"kty":"RSA","kid":"r1","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
     const OCT: &str = r#"{"kty":"oct","kid":"h1","k":"c2VjcmV0"}"#;
     const ENC: &str = r#"{"kty":"RSA","kid":"e1","use":"enc","n":"sXch","e":"AQAB"}"#;
-    const ED: &str =
-        r#"{"kty":"OKP","crv":"Ed25519","kid":"d1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+    const ED: &str = r#"{"kty":"OKP","crv":"Ed25519","kid":"d1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
 
     #[test]
     fn keeps_signature_keys_and_refuses_secrets() {

@@ -155,8 +155,10 @@ struct Policy {
     scopes: Box<[Box<str>]>,
     /// The scopes space-separated (`WWW-Authenticate`'s `scope`).
     scope_text: Box<str>,
-    /// `iss`, `aud` (when configured), algorithms, leeway: made once.
-    validation: Validation,
+    /// `iss`, `aud` (when configured), leeway: made once per accepted
+    /// algorithm (index in [`ACCEPTED`]), since `jsonwebtoken` wants the
+    /// algorithms of one validation to be of one key family.
+    validations: Box<[Validation]>,
 }
 
 /// The front door in force (rebuilt by every reload; the keys of a
@@ -251,22 +253,27 @@ impl Gate {
                 .iter()
                 .map(|s| Box::from(s.as_str()))
                 .collect();
-            let mut validation = Validation::new(Algorithm::RS256);
-            validation.algorithms = ACCEPTED.to_vec();
-            validation.leeway = LEEWAY_SECS;
-            validation.validate_nbf = true;
-            validation.set_issuer(&[a.issuer.as_str()]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            if let Some(aud) = audience {
-                validation.set_audience(&[aud.as_str()]);
-            }
+            let validations = ACCEPTED
+                .iter()
+                .map(|alg| {
+                    let mut v = Validation::new(*alg);
+                    v.leeway = LEEWAY_SECS;
+                    v.validate_nbf = true;
+                    v.set_issuer(&[a.issuer.as_str()]);
+                    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                    if let Some(aud) = audience {
+                        v.set_audience(&[aud.as_str()]);
+                    }
+                    v
+                })
+                .collect();
             policies.insert(
                 Box::from(e.path.as_str()),
                 Policy {
                     audience: audience.map(|s| Box::from(s.as_str())),
                     scope_text: scopes.join(" ").into_boxed_str(),
                     scopes,
-                    validation,
+                    validations,
                 },
             );
         }
@@ -306,19 +313,22 @@ impl Gate {
             debug!(error = %e, "bearer token refused: malformed header");
             Decision::Invalid
         })?;
-        if !ACCEPTED.contains(&header.alg) {
+        let Some(alg_index) = ACCEPTED.iter().position(|a| *a == header.alg) else {
             debug!(alg = ?header.alg, "bearer token refused: algorithm not accepted");
             return Err(Decision::Invalid);
-        }
+        };
+        let Some(fixed) = policy.validations.get(alg_index) else {
+            return Err(Decision::Invalid);
+        };
         let set = self.keys.current();
         if self.keys.is_stale() {
             self.keys.refresh();
         }
         let derived;
         let validation = match &policy.audience {
-            Some(_) => &policy.validation,
+            Some(_) => fixed,
             None => {
-                let mut v = policy.validation.clone();
+                let mut v = fixed.clone();
                 v.set_audience(&[endpoint_url(headers, path, https)]);
                 derived = v;
                 &derived
@@ -336,7 +346,11 @@ impl Gate {
             }
             None => {
                 let mut last = Err(Decision::Invalid);
-                for key in set.keys.iter().filter(|k| k.algorithms.contains(&header.alg)) {
+                for key in set
+                    .keys
+                    .iter()
+                    .filter(|k| k.algorithms.contains(&header.alg))
+                {
                     last = verify(token, key, header.alg, validation);
                     if matches!(last, Ok(_) | Err(Decision::Expired)) {
                         break;
@@ -368,10 +382,7 @@ impl Gate {
         path: &str,
         https: bool,
     ) -> Response<Body> {
-        let scope = self
-            .policies
-            .get(path)
-            .map_or("", |p| &p.scope_text);
+        let scope = self.policies.get(path).map_or("", |p| &p.scope_text);
         let (status, error, message) = match decision {
             Decision::Missing => (
                 StatusCode::UNAUTHORIZED,
@@ -441,10 +452,7 @@ impl Gate {
         };
         let (path, policy) = self.policies.get_key_value(endpoint)?;
         if method != Method::GET && method != Method::HEAD {
-            let mut r = crate::front::common::plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET\n",
-            );
+            let mut r = crate::front::common::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
             r.headers_mut()
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Some(r);

@@ -63,9 +63,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
         }
         None if origin == Origin::Internal && req.uri().path() == SNAPSHOT_PATH => snapshot(&ctx),
         // RFC 9728 documents, with `[auth]` only (else the path is unknown).
-        None if live.auth.is_some()
-            && req.uri().path().starts_with(crate::auth::METADATA_PATH) =>
-        {
+        None if live.auth.is_some() && req.uri().path().starts_with(crate::auth::METADATA_PATH) => {
             let tls = matches!(origin, Origin::Public { tls: true, .. });
             live.auth
                 .as_ref()

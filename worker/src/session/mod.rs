@@ -231,7 +231,13 @@ mod tests {
             separator: "__".into(),
         });
         let id = SessionId::mint_for_slot(0, 1).expect("random");
-        Arc::new(Session::new(id, endpoint, "2025-06-18", "{}".into(), "".into()))
+        Arc::new(Session::new(
+            id,
+            endpoint,
+            "2025-06-18",
+            "{}".into(),
+            "".into(),
+        ))
     }
 
     #[test]

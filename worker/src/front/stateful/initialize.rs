@@ -75,10 +75,12 @@ pub(crate) async fn initialize(
     }
     // With a principal the store counts sessions by it, under the
     // `[auth]` cap; without, by address under `[limits]`.
-    let per_principal = caller
-        .principal
-        .as_ref()
-        .and(ctx.live().auth.as_ref().map(|g| g.max_sessions_per_principal));
+    let per_principal = caller.principal.as_ref().and(
+        ctx.live()
+            .auth
+            .as_ref()
+            .map(|g| g.max_sessions_per_principal),
+    );
     let caps = SessionCaps {
         total: limits.max_sessions,
         per_worker: limits.max_sessions_per_worker,

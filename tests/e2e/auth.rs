@@ -516,7 +516,14 @@ async fn a_rotated_jwks_file_is_read_on_sighup() {
     let old = keys.make(Algorithm::RS256, "2026-old");
     keys.publish(&[&old]);
     let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
+    // Every probe below opens a session: no per-principal cap in the way.
+    let gateway = Gateway::start(&auth_config(
+        &counter.url(),
+        &keys,
+        2,
+        "max_sessions_per_principal = 0",
+    ))
+    .expect("start mcpgw");
     let new = keys.make(Algorithm::ES256, "2026-new");
     let new_token = sign(&new, &claims("alice"));
     let old_token = sign(&old, &claims("alice"));
@@ -631,4 +638,141 @@ fn serve_refuses_to_start_beyond_loopback_without_auth() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
+
+/// A JWKS served over loopback HTTP, as `jwks_url` wants it, counting fetches.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(keys: &Keys) -> Self {
+        use axum::routing::get;
+        let text = std::fs::read_to_string(keys.jwks_path()).expect("read jwks");
+        let body = std::sync::Arc::new(std::sync::Mutex::new(text));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (served, counted) = (body.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            get(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let text = served.lock().expect("lock").clone();
+                async move { ([("content-type", "application/json")], text) }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            body,
+            fetches,
+            task,
+        }
+    }
+
+    /// Serve what `keys` published last.
+    fn serve_file(&self, keys: &Keys) {
+        *self.body.lock().expect("lock") =
+            std::fs::read_to_string(keys.jwks_path()).expect("read jwks");
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_at_start_and_again_for_an_unknown_key() {
+    let keys = Keys::new();
+    let first = keys.make(Algorithm::ES256, "first");
+    keys.publish(&[&first]);
+    let jwks = JwksServer::start(&keys).await;
+    let counter = start_counter!().expect("counter-server");
+    let mut config = auth_config(&counter.url(), &keys, 1, "max_sessions_per_principal = 0");
+    config.extra = config.extra.replace(
+        &format!("jwks_file = \"{}\"", keys.jwks_path().display()),
+        &format!("jwks_url = \"http://{}/jwks.json\"", jwks.addr),
+    );
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let token = sign(&first, &claims("alice"));
+    // Fetched at start, in the background.
+    wait_until("the first fetch", Duration::from_secs(20), || async {
+        Ok((try_token(&gateway, "/mcp", Some(&token)).await.status == 200).then_some(()))
+    })
+    .await
+    .expect("keys fetched at start");
+    let after_start = jwks.fetches();
+    assert_eq!(after_start, 1, "one fetch at start");
+
+    // The issuer rotates: a token with the new kid makes the worker fetch
+    // again, at most once per 30 s, without holding up the requests.
+    let second = keys.make(Algorithm::EdDSA, "second");
+    keys.publish(&[&first, &second]);
+    jwks.serve_file(&keys);
+    let new_token = sign(&second, &claims("alice"));
+    wait_until("the new key", Duration::from_secs(60), || async {
+        Ok((try_token(&gateway, "/mcp", Some(&new_token)).await.status == 200).then_some(()))
+    })
+    .await
+    .expect("new key fetched after an unknown kid");
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "many unknown-kid requests, one more fetch (rate-limited)"
+    );
+    assert_eq!(try_token(&gateway, "/mcp", Some(&token)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rmcp_client_works_with_a_bearer_token() {
+    use rmcp::ClientServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::service::ClientLifecycleMode;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let keys = Keys::new();
+    let rsa = keys.make(Algorithm::RS256, "rsa-1");
+    keys.publish(&[&rsa]);
+    let counter = start_counter!().expect("counter-server");
+    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
+    let token = sign(&rsa, &claims("alice"));
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("http://{}/mcp", gateway.addr))
+            .auth_header(token),
+    );
+    let client = tokio::time::timeout(
+        Duration::from_secs(30),
+        ().serve_with_lifecycle(transport, ClientLifecycleMode::Initialize),
+    )
+    .await
+    .expect("start-up within 30 s")
+    .expect("rmcp client with a bearer token");
+    for expected in 1..=2 {
+        let result = client
+            .call_tool(CallToolRequestParams::new("increment"))
+            .await
+            .expect("increment");
+        let count = result
+            .structured_content
+            .as_ref()
+            .and_then(|s| s.get("count"))
+            .and_then(Value::as_u64);
+        assert_eq!(count, Some(expected), "{result:?}");
+    }
+    client.cancel().await.expect("close the client");
 }

@@ -30,7 +30,7 @@ use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use mcpgw_mcp::version::ProtocolVersion;
 use mcpgw_protocol::session_id::SessionId;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::auth::{Decision, Principal};
 use crate::ctx::{Ctx, Live};
@@ -63,7 +63,9 @@ pub(crate) async fn serve(
                 }
                 Err(d) => {
                     ctx.metrics.auth_decisions[d.index()].inc();
-                    info!(outcome = Decision::LABELS[d.index()], endpoint = %endpoint.path, "request refused by [auth]");
+                    // Debug: a flood of bad tokens must not flood the log
+                    // (mcpgw_auth_decisions_total counts them).
+                    debug!(outcome = Decision::LABELS[d.index()], endpoint = %endpoint.path, "request refused by [auth]");
                     return gate.refusal(d, req.headers(), &endpoint.path, tls);
                 }
             }

@@ -192,14 +192,25 @@ fn param(challenge: &str, param: &str) -> Option<String> {
 
 /// `mcpgw_auth_decisions_total{outcome}`, summed over workers.
 async fn decisions(gateway: &Gateway, outcome: &str) -> f64 {
+    labelled(
+        gateway,
+        "mcpgw_auth_decisions_total",
+        &format!("outcome=\"{outcome}\""),
+    )
+    .await
+}
+
+/// The samples of `family` with the label `label` (`name="value"`), summed
+/// over workers (whose label comes first).
+async fn labelled(gateway: &Gateway, family: &str, label: &str) -> f64 {
     let (_, text) = admin_get(gateway, "/metrics").await;
-    let wanted = format!("outcome=\"{outcome}\"");
+    let prefix = format!("{family}{{");
     let lines: String = text
         .lines()
-        .filter(|l| l.starts_with("mcpgw_auth_decisions_total{") && l.contains(&wanted))
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
         .map(|l| format!("{l}\n"))
         .collect();
-    sum_of(&lines, "mcpgw_auth_decisions_total{")
+    sum_of(&lines, &prefix)
 }
 
 async fn get(gateway: &Gateway, path: &str) -> Response {
@@ -775,4 +786,89 @@ async fn the_rmcp_client_works_with_a_bearer_token() {
         assert_eq!(count, Some(expected), "{result:?}");
     }
     client.cancel().await.expect("close the client");
+}
+
+/// Requests of sessions owned by two workers on one kept-alive connection:
+/// the worker holding the connection checks the token and forwards the other
+/// session's requests with the principal (not the token) to the owner, which
+/// binds them as if they had come to it directly.
+#[tokio::test]
+async fn forwarded_requests_carry_the_principal_to_the_owner() {
+    let keys = Keys::new();
+    let rsa = keys.make(Algorithm::RS256, "rsa-1");
+    keys.publish(&[&rsa]);
+    let counter = start_counter!().expect("counter-server");
+    let gateway = Gateway::start(&auth_config(
+        &counter.url(),
+        &keys,
+        2,
+        "max_sessions_per_principal = 0",
+    ))
+    .expect("start mcpgw");
+    let alice = sign(&rsa, &claims("alice"));
+    let bob = sign(&rsa, &claims("bob"));
+    // One session of Alice's on each worker.
+    let mut on_slot: std::collections::BTreeMap<u32, (McpClient, u32)> = Default::default();
+    for _ in 0..64 {
+        let mut c = gateway.client().with_bearer(&alice);
+        let tag = c
+            .initialize()
+            .await
+            .expect("initialize")
+            .worker()
+            .expect("worker header");
+        on_slot.entry(tag.slot).or_insert((c, tag.pid));
+        if on_slot.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(on_slot.len(), 2, "sessions on both workers");
+    let mut shared = HttpConn::connect(gateway.addr).await.expect("connect");
+    for round in 1..=2u64 {
+        for (client, pid) in on_slot.values_mut() {
+            let reply = client
+                .request_on(
+                    &mut shared,
+                    "tools/call",
+                    json!({"name": "increment", "arguments": {}}),
+                )
+                .await
+                .expect("increment on the shared connection");
+            assert_eq!(reply.count().expect("count"), round, "{}", reply.message);
+            assert_eq!(
+                reply.worker().expect("worker").pid,
+                *pid,
+                "served by the owner"
+            );
+        }
+    }
+    // Bob, on the same connection, with either of Alice's ids: 404 from
+    // whichever worker decides.
+    for (client, _) in on_slot.values() {
+        let mut thief = gateway.client().with_bearer(&bob);
+        thief.set_session_id(client.session_id().expect("session id"));
+        let reply = thief
+            .request_on(
+                &mut shared,
+                "tools/call",
+                json!({"name": "increment", "arguments": {}}),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(reply.status(), 404, "{}", reply.message);
+    }
+    assert!(
+        decisions(&gateway, "wrong_principal").await >= 2.0,
+        "both refusals counted"
+    );
+    assert!(
+        labelled(
+            &gateway,
+            "mcpgw_forwarded_requests_total",
+            "direction=\"out\""
+        )
+        .await
+            >= 2.0,
+        "requests were forwarded between the workers"
+    );
 }

@@ -513,9 +513,16 @@ fn bearer(value: &[u8]) -> Option<&str> {
 
 /// `http(s)://<Host><path>`: the endpoint's URL as the client reached it.
 fn endpoint_url(headers: &HeaderMap, path: &str, https: bool) -> String {
+    // Only a plain host[:port] goes into a URL (and so into a quoted
+    // challenge parameter); anything else is not a name this gateway has.
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+        })
         .unwrap_or("localhost");
     let scheme = if https { "https" } else { "http" };
     format!("{scheme}://{host}{path}")
@@ -541,6 +548,18 @@ mod tests {
         h.insert(PRINCIPAL_HEADER, HeaderValue::from_static("!!"));
         assert_eq!(Principal::from_forwarded(&h), None);
         assert_eq!(Principal::from_id("no-space"), None);
+    }
+
+    #[test]
+    fn only_a_plain_host_makes_the_endpoint_url() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("mcp.example.com:8443"));
+        assert_eq!(
+            endpoint_url(&h, "/mcp", true),
+            "https://mcp.example.com:8443/mcp"
+        );
+        h.insert(HOST, HeaderValue::from_static("evil\", x=\"y"));
+        assert_eq!(endpoint_url(&h, "/mcp", false), "http://localhost/mcp");
     }
 
     #[test]

@@ -385,6 +385,11 @@ async fn tokens_are_checked_and_refusals_point_at_the_metadata() {
     assert_eq!(decisions(&gateway, "expired").await, 1.0);
     assert!(decisions(&gateway, "invalid").await >= 10.0);
     assert_eq!(decisions(&gateway, "insufficient_scope").await, 2.0);
+    // The configuration in force shows the table.
+    let (status, shown) = admin_get(&gateway, "/admin/config").await;
+    assert_eq!(status, 200, "{shown}");
+    let shown: Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["auth"]["issuer"], ISSUER, "{shown}");
     let log = gateway.log();
     assert!(!log.contains(&good), "a token was logged");
     assert!(

@@ -877,3 +877,48 @@ async fn forwarded_requests_carry_the_principal_to_the_owner() {
         "requests were forwarded between the workers"
     );
 }
+
+/// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`)
+/// as a client with a bearer token, in both of its modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_client_works_with_a_bearer_token() {
+    let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = tests_dir.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
+        python.display()
+    );
+    let keys = Keys::new();
+    let rsa = keys.make(Algorithm::RS256, "rsa-1");
+    keys.publish(&[&rsa]);
+    let counter = start_counter!().expect("counter-server");
+    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
+    let url = format!("http://{}/mcp", gateway.addr);
+    let token = sign(&rsa, &claims("alice"));
+    for mode in ["legacy", "auto"] {
+        let run = tokio::process::Command::new(&python)
+            .arg(tests_dir.join("python/client_smoke.py"))
+            .arg(&url)
+            .arg(mode)
+            .env("MCPGW_BEARER_TOKEN", &token)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("client_smoke.py did not finish within 120 s")
+            .expect("run client_smoke.py");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.lines().last() == Some("OK"),
+            "client_smoke.py {mode} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            output.status
+        );
+    }
+    assert_eq!(
+        decisions(&gateway, "missing").await,
+        0.0,
+        "every request had the token"
+    );
+}

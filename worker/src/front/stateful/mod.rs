@@ -55,7 +55,16 @@ pub(crate) async fn serve(
     // Who is calling, before anything is looked up (`[auth]`; no cost without).
     let principal = match (&live.auth, origin) {
         (None, _) => None,
-        (Some(gate), Origin::Public { tls, .. }) => {
+        // The forwarding worker checked the token and names the principal.
+        (Some(_), Origin::Internal)
+            if req.headers().contains_key(crate::auth::PRINCIPAL_HEADER) =>
+        {
+            Principal::from_forwarded(req.headers())
+        }
+        // A public request, or one forwarded by a worker that had no
+        // `[auth]` yet (a reload in progress): its token is checked here.
+        (Some(gate), origin) => {
+            let tls = matches!(origin, Origin::Public { tls: true, .. });
             match gate.check(req.headers(), &endpoint.path, tls) {
                 Ok(p) => {
                     ctx.metrics.auth_decisions[Decision::Ok.index()].inc();
@@ -70,8 +79,6 @@ pub(crate) async fn serve(
                 }
             }
         }
-        // The forwarding worker checked the token and names the principal.
-        (Some(_), Origin::Internal) => Principal::from_forwarded(req.headers()),
     };
     // A session answers only to the principal that opened it; to anyone
     // else it is as unknown as an id never issued.

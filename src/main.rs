@@ -189,6 +189,11 @@ fn run(cli: Cli, json: bool) -> anyhow::Result<()> {
             config
                 .read_admin_token()
                 .map_err(|e| e.in_file(&file, None))?;
+            mcpgw_worker::check_auth_files(&config)
+                .with_context(|| format!("{}: [auth]", file.display()))?;
+            if let Some(warning) = auth_warning(&config) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} upstreams, {} endpoints, {} workers)",
                 file.display(),
@@ -264,6 +269,24 @@ fn status(
     Ok(())
 }
 
+/// The warning for a gateway that serves beyond loopback with `auth = "off"`
+/// (at every start and reload, and by `check-config`).
+fn auth_warning(config: &Config) -> Option<String> {
+    if config.auth != mcpgw_protocol::config::AuthSetting::Off {
+        return None;
+    }
+    let exposed = config
+        .listen
+        .iter()
+        .chain(config.tls_listener.iter().map(|t| &t.addr))
+        .find(|a| !a.ip().is_loopback())?;
+    Some(format!(
+        "auth = \"off\": the listener {exposed} is not a loopback address and MCP requests \
+         are NOT authenticated: anyone who can reach it can open sessions and call every \
+         upstream. Add an [auth] table to require OAuth bearer tokens."
+    ))
+}
+
 fn serve(args: ServeArgs, format: OutputFormat) -> anyhow::Result<()> {
     let ServeArgs {
         config: path,
@@ -288,6 +311,10 @@ fn serve(args: ServeArgs, format: OutputFormat) -> anyhow::Result<()> {
             Some(path) => e.in_file(path, None),
             None => e,
         })?;
+        mcpgw_worker::check_auth_files(&config).context("[auth]")?;
+        if let Some(warning) = auth_warning(&config) {
+            tracing::warn!("{warning}");
+        }
         Ok(config)
     };
     let config = load()?;

@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn public_gateway_takes_any_host_unless_listed() {
-        let mut config = Config::parse("listen = [\"0.0.0.0:8080\"]").expect("config");
+        let mut config =
+            Config::parse("listen = [\"0.0.0.0:8080\"]\nauth = \"off\"").expect("config");
         let open = HostPolicy::public(&config);
         assert_eq!(
             open.check(Some("mcp.example.com"), Some("https://app.example.com")),
@@ -198,8 +199,10 @@ mod tests {
     fn the_admin_listener_is_judged_by_its_own_address() {
         // Public listeners on every address, the admin API on loopback: the
         // admin API still takes loopback names only.
-        let mixed = Config::parse("listen = [\"0.0.0.0:8080\"]\nadmin_listen = \"127.0.0.1:9090\"")
-            .expect("config");
+        let mixed = Config::parse(
+            "listen = [\"0.0.0.0:8080\"]\nauth = \"off\"\nadmin_listen = \"127.0.0.1:9090\"",
+        )
+        .expect("config");
         assert!(
             HostPolicy::admin(&mixed)
                 .check(Some("evil.com"), None)
@@ -215,7 +218,7 @@ mod tests {
         );
         // With allowed_hosts, a loopback admin API takes those and loopback names.
         let named = Config::parse(
-            "listen = [\"0.0.0.0:8080\"]\n[security]\nallowed_hosts = [\"mcp.example.com\"]",
+            "listen = [\"0.0.0.0:8080\"]\nauth = \"off\"\n[security]\nallowed_hosts = [\"mcp.example.com\"]",
         )
         .expect("config");
         let admin = HostPolicy::admin(&named);

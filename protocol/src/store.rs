@@ -70,7 +70,10 @@ pub struct SessionRecord {
     /// The session id (validated [`crate::session_id::SessionId`] text).
     pub id: String,
     pub owner: WorkerId,
-    /// Empty until authentication exists.
+    /// Who opened the session, with `[auth]`: `<iss> <sub>` (the issuer
+    /// has no spaces, so the first space separates them); empty without.
+    /// Only requests of this principal may use the session, on any worker
+    /// that resumes it.
     pub principal: String,
     /// The IP address the session was opened from (text), empty when not
     /// known; the supervisor counts sessions per client by it
@@ -112,8 +115,9 @@ pub struct SessionCaps {
     pub total: u32,
     /// Live sessions owned by the asking worker.
     pub per_worker: u32,
-    /// Live sessions opened from one client (its principal once
-    /// authentication exists, else its IP address).
+    /// Live sessions opened from one client: its principal with `[auth]`
+    /// (`auth.max_sessions_per_principal`), else its IP address
+    /// (`limits.max_sessions_per_client`).
     pub per_client: u32,
 }
 

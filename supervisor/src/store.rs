@@ -157,8 +157,8 @@ pub(crate) struct Records {
     by_client: HashMap<String, u32>,
 }
 
-/// Whom a record counts against for the per-client cap: its principal once
-/// authentication exists, else the address it was opened from; `None` when
+/// Whom a record counts against for the per-client cap: its principal with
+/// `[auth]`, else the address it was opened from; `None` when
 /// neither is known (nothing to count it against).
 fn client_key(record: &SessionRecord) -> Option<&str> {
     [record.principal.as_str(), record.client.as_str()]

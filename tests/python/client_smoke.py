@@ -9,16 +9,32 @@ greeting, resources/read counter://value. A stateless client has no session, so 
 its requests reaches the stateful counter through upstream sessions of its own: the count
 it reads starts from zero every time. Prints OK as its last line on success; any failure
 raises, so the exit status is non-zero.
+
+With MCPGW_BEARER_TOKEN in the environment, every request carries
+`Authorization: Bearer <it>` (a gateway with [auth]).
 """
 
 import asyncio
+import os
 import sys
 
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+# The SDK's own client factory (its default timeouts), as streamable_http_client
+# documents for adding headers; pinned with the SDK (mcp==2.3.0).
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def server(url: str):
+    token = os.environ.get("MCPGW_BEARER_TOKEN")
+    if not token:
+        return url
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    return streamable_http_client(url, http_client=http)
 
 
 async def main(url: str, mode: str) -> None:
-    async with Client(url, mode=mode) as client:
+    async with Client(server(url), mode=mode) as client:
         print("protocol version:", client.protocol_version)
         stateless = mode == "auto"
         expected_version = "2026-07-28" if stateless else None

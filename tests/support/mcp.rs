@@ -169,6 +169,8 @@ pub struct McpClient {
     next_id: u64,
     conn: Option<HttpConn>,
     fresh_connections: bool,
+    /// `Authorization: Bearer …` on every request, when set.
+    bearer: Option<String>,
 }
 
 impl McpClient {
@@ -182,7 +184,20 @@ impl McpClient {
             next_id: 1,
             conn: None,
             fresh_connections: false,
+            bearer: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request from now on
+    /// (`None`: no `Authorization` header).
+    pub fn set_bearer(&mut self, token: Option<&str>) {
+        self.bearer = token.map(str::to_owned);
+    }
+
+    /// [`Self::set_bearer`], as a builder.
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.set_bearer(Some(token));
+        self
     }
 
     /// Uses this `Accept` header instead of JSON + SSE.
@@ -216,13 +231,16 @@ impl McpClient {
     }
 
     /// Adds this session's id and protocol version, as every request after
-    /// `initialize` must carry them.
+    /// `initialize` must carry them, and the bearer token if there is one.
     fn with_session(&self, mut request: Request) -> Request {
         if let Some(id) = &self.session_id {
             request = request.header(SESSION_HEADER, id);
         }
         if let Some(version) = &self.protocol_version {
             request = request.header(VERSION_HEADER, version);
+        }
+        if let Some(token) = &self.bearer {
+            request = request.header("Authorization", &format!("Bearer {token}"));
         }
         request
     }

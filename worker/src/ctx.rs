@@ -54,6 +54,8 @@ pub(crate) struct Live {
     /// One acceptor per `tls_listener`, by index. New handshakes use the
     /// acceptor in force; live connections keep the one they started with.
     pub tls: Vec<tokio_rustls::TlsAcceptor>,
+    /// The front door (`[auth]`); `None`: requests are not authenticated.
+    pub auth: Option<Arc<crate::auth::Gate>>,
 }
 
 impl Ctx {
@@ -201,8 +203,11 @@ impl Live {
             config.limits.max_answer_bytes as usize,
             usize::try_from(config.limits.max_buffered_answer_bytes).unwrap_or(usize::MAX),
         );
+        let auth = crate::auth::Gate::build(&config, previous.and_then(|p| p.auth.as_deref()))
+            .map_err(WorkerError::AuthKeys)?;
         Ok((
             Self {
+                auth,
                 tls,
                 endpoints: crate::endpoints::endpoints(&config, &servers),
                 max_body: config.limits.max_body_bytes as usize,

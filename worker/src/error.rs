@@ -27,6 +27,8 @@ pub enum WorkerError {
     Metrics(prometheus::Error),
     #[error("TLS listener {0}")]
     Tls(String),
+    #[error("[auth] keys: {0}")]
+    AuthKeys(crate::auth::keys::KeysError),
 }
 
 // By hand, not `#[from]`: the message already carries the cause, and a

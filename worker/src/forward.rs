@@ -43,7 +43,14 @@ impl Forwarder {
         }
     }
 
-    pub(crate) async fn forward(&self, owner: u16, req: Request<ReqBody>) -> Response<Body> {
+    /// `principal`: who the token of the request names (with `[auth]`);
+    /// the owner binds the session to it, and the token itself stays here.
+    pub(crate) async fn forward(
+        &self,
+        owner: u16,
+        req: Request<ReqBody>,
+        principal: Option<&crate::auth::Principal>,
+    ) -> Response<Body> {
         if let ReqBody::TooLarge { limit } = req.body() {
             // The owner would refuse it too; its body was never read.
             info!(limit, "request body too large (not forwarded)");
@@ -92,6 +99,13 @@ impl Forwarder {
             parts.headers.remove(k);
         }
         parts.headers.insert(FORWARDED, self.my_slot.clone());
+        if let Some(p) = principal {
+            // Checked here; the owner takes the principal, not the token.
+            parts.headers.remove(http::header::AUTHORIZATION);
+            if let Some(v) = p.header_value() {
+                parts.headers.insert(crate::auth::PRINCIPAL_HEADER, v);
+            }
+        }
         match sender.send_request(Request::from_parts(parts, body)).await {
             Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
             Err(e) => {

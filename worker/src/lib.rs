@@ -8,6 +8,9 @@
 //!   TLS, internal), the control channel, heartbeats, reload, shutdown.
 //! - [`ctx`]: what request handlers read ([`ctx::Ctx`]) and the
 //!   configuration in force ([`ctx::Live`]).
+//! - [`auth`]: the OAuth 2.1 front door (`[auth]`): bearer tokens checked
+//!   against the issuer's keys, 401/403 answers, RFC 9728 metadata; the
+//!   [`auth::Principal`] a session is bound to.
 //! - [`front`]: from an HTTP request to an MCP request and back, for each
 //!   protocol era ([`front::stateful`] with sessions, [`front::stateless`]
 //!   for 2026-07-28).
@@ -35,6 +38,7 @@
 //! wrapper; `jsonrpc` and `versions` are imported here under the names the
 //! modules above have always used.
 
+mod auth;
 mod bounded;
 mod ctx;
 mod endpoints;
@@ -54,6 +58,8 @@ use mcpgw_mcp::version as versions;
 use mcpgw_protocol::control::{WORKER_CONN_FD, WORKER_CONTROL_FD};
 use mcpgw_protocol::fdpass;
 
+pub use crate::auth::check_config_files as check_auth_files;
+pub use crate::auth::keys::KeysError as AuthKeysError;
 pub use crate::error::WorkerError;
 pub use crate::run::Args;
 

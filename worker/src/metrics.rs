@@ -204,6 +204,9 @@ pub(crate) struct Metrics {
     pub resumed: prometheus::IntCounter,
     /// `cap` (params, worker, client, total): `initialize` refused.
     pub sessions_refused: IntCounterVec,
+    /// The front door's decisions, one child per outcome
+    /// ([`crate::auth::Decision::LABELS`]), looked up once.
+    pub auth_decisions: [IntCounter; crate::auth::Decision::LABELS.len()],
     /// `answer` (record, absent, withheld): record look-ups sent to the
     /// supervisor for a session id this worker does not hold.
     pub store_fetches: IntCounterVec,
@@ -328,6 +331,17 @@ impl Metrics {
             "Unknown session ids answered from the negative cache without asking the store.",
         )?;
         registry.register(Box::new(sessions_refused.clone()))?;
+        let auth_vec = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_auth_decisions_total",
+                "Bearer token checks on MCP requests ([auth]), by outcome (ok, missing, invalid, \
+                 expired, insufficient_scope, wrong_principal).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(auth_vec.clone()))?;
+        let auth_decisions =
+            crate::auth::Decision::LABELS.map(|o| auth_vec.with_label_values(&[o]));
         registry.register(Box::new(store_fetches.clone()))?;
         registry.register(Box::new(store_fetches_cached.clone()))?;
         let upstream_requests = IntCounterVec::new(
@@ -382,6 +396,7 @@ impl Metrics {
             forwarded,
             resumed,
             sessions_refused,
+            auth_decisions,
             store_fetches,
             store_fetches_cached,
             request_children: Default::default(),

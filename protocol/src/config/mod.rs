@@ -7,7 +7,8 @@
 //! Unknown keys are errors: a typo must not silently fall back to a default.
 //!
 //! Beside this file: `error` (why a file was refused, and on which line),
-//! `admin_token` (the admin API's bearer token), `tests`.
+//! `admin_token` (the admin API's bearer token), `auth` (the OAuth front
+//! door's settings), `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod admin_token;
+mod auth;
 mod error;
 mod validate;
 
 pub use admin_token::AdminToken;
+pub use auth::{Auth, AuthSetting};
 pub use error::ConfigError;
 use error::{invalid, with_reason_prefix};
 
@@ -106,6 +109,9 @@ pub struct Config {
     pub security: Security,
     pub shutdown: Shutdown,
     pub store: Store,
+    /// `[auth]` (bearer tokens on every MCP request), `"off"`, or unset
+    /// (allowed only while every listener is on loopback).
+    pub auth: AuthSetting,
     pub upstream: Vec<Upstream>,
     pub endpoint: Vec<Endpoint>,
     /// The configuration as written, when it had `${…}` references (see
@@ -132,6 +138,7 @@ impl Default for Config {
             security: Security::default(),
             shutdown: Shutdown::default(),
             store: Store::default(),
+            auth: AuthSetting::Unset,
             upstream: Vec::new(),
             endpoint: Vec::new(),
             as_written: None,
@@ -520,6 +527,14 @@ fn default_request_timeout_ms() -> u64 {
 pub struct Endpoint {
     pub path: String,
     pub upstreams: Vec<String>,
+    /// With `[auth]`: the audience tokens for this endpoint must carry,
+    /// instead of `auth.audience`.
+    #[serde(default)]
+    pub auth_audience: Option<String>,
+    /// With `[auth]`: the scopes tokens for this endpoint must carry,
+    /// instead of `auth.required_scopes` (`[]`: none).
+    #[serde(default)]
+    pub auth_required_scopes: Option<Vec<String>>,
 }
 
 /// The default endpoint when none is configured.
@@ -665,6 +680,8 @@ impl Config {
             vec![Endpoint {
                 path: DEFAULT_ENDPOINT_PATH.to_owned(),
                 upstreams: self.upstream.iter().map(|u| u.id.clone()).collect(),
+                auth_audience: None,
+                auth_required_scopes: None,
             }]
         } else {
             self.endpoint.clone()

@@ -368,3 +368,77 @@ fn check_tls_files_names_the_upstream_key() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const AUTH: &str =
+    "[auth]\nissuer = \"https://idp.example.com\"\njwks_file = \"/etc/mcpgw/jwks.json\"\n";
+
+#[test]
+fn auth_is_a_table_or_off() {
+    let c = Config::parse(&format!("{AUTH}required_scopes = [\"mcp\"]")).expect("valid");
+    let a = c.auth.jwt().expect("jwt");
+    assert_eq!(a.issuer, "https://idp.example.com");
+    assert_eq!(a.required_scopes, vec!["mcp"]);
+    assert_eq!(a.max_sessions_per_principal, 64);
+    assert_eq!(a.authorization_servers(), vec!["https://idp.example.com"]);
+    let off = Config::parse("auth = \"off\"").expect("valid");
+    assert_eq!(off.auth, AuthSetting::Off);
+    assert_eq!(Config::parse("").expect("valid").auth, AuthSetting::Unset);
+    assert!(err("auth = \"on\"").contains("only string allowed is \"off\""));
+    assert!(err(&format!("{AUTH}bogus = 1")).contains("bogus"));
+}
+
+#[test]
+fn auth_travels_the_control_channel() {
+    let cfg = bincode::config::standard();
+    for text in ["", "auth = \"off\"", AUTH] {
+        let c = Config::parse(text).expect("valid");
+        let bytes = bincode::serde::encode_to_vec(&c, cfg).expect("encodes");
+        let (back, _): (Config, usize) =
+            bincode::serde::decode_from_slice(&bytes, cfg).expect("decodes");
+        assert_eq!(back, c, "{text}");
+    }
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_auth_or_an_explicit_off() {
+    let e = err("listen = [\"0.0.0.0:8080\"]");
+    assert!(e.starts_with("auth:") && e.contains("0.0.0.0:8080"), "{e}");
+    let tls = err("[[tls_listener]]\naddr = \"10.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"");
+    assert!(tls.starts_with("auth:"), "{tls}");
+    Config::parse("listen = [\"0.0.0.0:8080\"]\nauth = \"off\"").expect("explicitly off");
+    Config::parse(&format!("listen = [\"0.0.0.0:8080\"]\n{AUTH}")).expect("with [auth]");
+    Config::parse("listen = [\"127.0.0.1:8080\", \"[::1]:8080\"]").expect("loopback only");
+}
+
+#[test]
+fn auth_values_are_checked() {
+    let key_src = "[auth]\nissuer = \"https://i\"\n";
+    assert!(err(key_src).contains("jwks_url or jwks_file"));
+    assert!(
+        err(&format!(
+            "{key_src}jwks_file = \"/j\"\njwks_url = \"http://127.0.0.1/j\""
+        ))
+        .starts_with("auth.jwks_url:")
+    );
+    let https = err(&format!("{key_src}jwks_url = \"https://i/jwks\""));
+    assert!(https.contains("over https is not supported yet"), "{https}");
+    assert!(
+        err(&format!(
+            "{key_src}jwks_url = \"http://idp.example.com/jwks\""
+        ))
+        .contains("loopback")
+    );
+    Config::parse(&format!("{key_src}jwks_url = \"http://127.0.0.1:9/jwks\"")).expect("loopback");
+    assert!(err("[auth]\nissuer = \"\"\njwks_file = \"/j\"").starts_with("auth.issuer:"));
+    assert!(
+        err(&format!("{AUTH}required_scopes = [\"a b\"]")).starts_with("auth.required_scopes[0]:")
+    );
+    let per_endpoint = "[[upstream]]\nid = \"a\"\nurl = \"http://x/\"\n[[endpoint]]\npath = \"/a\"\nupstreams = [\"a\"]\nauth_audience = \"https://a\"\nauth_required_scopes = [\"x\"]\n";
+    assert!(err(per_endpoint).starts_with("endpoint[0]:"));
+    let c = Config::parse(&format!("{AUTH}{per_endpoint}")).expect("valid with [auth]");
+    assert_eq!(c.endpoint[0].auth_audience.as_deref(), Some("https://a"));
+    assert!(
+        err(&format!("{AUTH}{per_endpoint}").replace("[\"x\"]", "[\"\"]"))
+            .starts_with("endpoint[0].auth_required_scopes[0]:")
+    );
+}

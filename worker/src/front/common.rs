@@ -15,8 +15,12 @@ use crate::http::body::{self, Body};
 /// forwarding a request for a session this worker owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// A client connection, with the client's address where known.
-    Public(Option<ClientAddr>),
+    /// A client connection, with the client's address where known, and
+    /// whether it came over TLS (the scheme of the endpoint's own URL).
+    Public {
+        client: Option<ClientAddr>,
+        tls: bool,
+    },
     /// Forwarded by another worker over the internal socket.
     Internal,
 }
@@ -27,6 +31,14 @@ pub(crate) enum Origin {
 /// request's extensions: that would allocate a map for every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientAddr(pub std::net::IpAddr);
+
+/// Who sent a POST: the address it came from (public connections) and the
+/// principal its bearer token names (with `[auth]`).
+#[derive(Debug, Default)]
+pub(crate) struct Caller {
+    pub addr: Option<ClientAddr>,
+    pub principal: Option<crate::auth::Principal>,
+}
 
 /// The gateway's JSON-RPC error for `initialize` past a session cap (the
 /// -32000 to -32099 range is for implementation-defined server errors).

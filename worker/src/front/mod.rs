@@ -47,7 +47,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
     let live = ctx.live();
     // Forwarded requests were checked by the worker that received them.
     let refused = match origin {
-        Origin::Public(_) => live.host_policy.check(req.headers()).err(),
+        Origin::Public { .. } => live.host_policy.check(req.headers()).err(),
         Origin::Internal => None,
     };
     let mut resp = match refused {
@@ -62,6 +62,16 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
             )
         }
         None if origin == Origin::Internal && req.uri().path() == SNAPSHOT_PATH => snapshot(&ctx),
+        // RFC 9728 documents, with `[auth]` only (else the path is unknown).
+        None if live.auth.is_some() && req.uri().path().starts_with(crate::auth::METADATA_PATH) => {
+            let tls = matches!(origin, Origin::Public { tls: true, .. });
+            live.auth
+                .as_ref()
+                .and_then(|gate| gate.metadata(req.method(), req.headers(), req.uri().path(), tls))
+                .unwrap_or_else(|| {
+                    common::plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n")
+                })
+        }
         None => {
             if origin == Origin::Internal {
                 ctx.metrics.forwarded.with_label_values(&["in"]).inc();

@@ -60,7 +60,8 @@ mod tests {
 
     #[test]
     fn public_gateway_takes_any_host_unless_listed() {
-        let mut config = Config::parse("listen = [\"0.0.0.0:8080\"]").expect("config");
+        let mut config =
+            Config::parse("listen = [\"0.0.0.0:8080\"]\nauth = \"off\"").expect("config");
         let open = HostPolicy::from_config(&config);
         assert!(
             open.check(&headers("mcp.example.com", Some("https://app.example.com")))

@@ -34,7 +34,10 @@ pub(crate) fn serve_handed(
     let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
     let handler = Serving {
         ctx: ctx.clone(),
-        origin: Origin::Public(peer.map(ClientAddr)),
+        origin: Origin::Public {
+            client: peer.map(ClientAddr),
+            tls: matches!(meta, ConnMeta::Tls { .. }),
+        },
     };
     match meta {
         ConnMeta::Plain => {

@@ -32,6 +32,9 @@ pub(crate) struct Session {
     pub version: &'static str,
     /// The client's `initialize` params with the negotiated version, raw.
     pub init_params: Box<str>,
+    /// Who opened it (`<iss> <sub>`, [`crate::auth::Principal::id`]); empty
+    /// without `[auth]`. Only the same principal may use the session.
+    pub principal: Box<str>,
     pub upstreams: SessionUpstreams,
     /// Server→client requests, progress tokens, in-flight calls.
     pub relay: Arc<Relay>,
@@ -46,9 +49,11 @@ impl Session {
         endpoint: Arc<Endpoint>,
         version: &'static str,
         init_params: Box<str>,
+        principal: Box<str>,
     ) -> Self {
         Self {
             id,
+            principal,
             endpoint: Mutex::new(endpoint),
             version,
             relay: Arc::new(Relay::new(&init_params)),
@@ -226,7 +231,13 @@ mod tests {
             separator: "__".into(),
         });
         let id = SessionId::mint_for_slot(0, 1).expect("random");
-        Arc::new(Session::new(id, endpoint, "2025-06-18", "{}".into()))
+        Arc::new(Session::new(
+            id,
+            endpoint,
+            "2025-06-18",
+            "{}".into(),
+            "".into(),
+        ))
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! record written before the client learns its id, its upstream sessions
 //! opened before it answers so the answer can say who is behind it.
 
-use crate::front::common::{ClientAddr, SESSION_LIMIT};
+use crate::front::common::{Caller, SESSION_LIMIT};
 use crate::route::reply::{Accept, invalid_params, rpc, rpc_error};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub(crate) async fn initialize(
     endpoint: Arc<Endpoint>,
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
-    client: Option<ClientAddr>,
+    caller: &Caller,
     outcome: &OutcomeSlot,
 ) -> Response<Body> {
     let invalid_params = |accept, id: &str, message: &str| {
@@ -73,10 +73,18 @@ pub(crate) async fn initialize(
             ),
         );
     }
+    // With a principal the store counts sessions by it, under the
+    // `[auth]` cap; without, by address under `[limits]`.
+    let per_principal = caller.principal.as_ref().and(
+        ctx.live()
+            .auth
+            .as_ref()
+            .map(|g| g.max_sessions_per_principal),
+    );
     let caps = SessionCaps {
         total: limits.max_sessions,
         per_worker: limits.max_sessions_per_worker,
-        per_client: limits.max_sessions_per_client,
+        per_client: per_principal.unwrap_or(limits.max_sessions_per_client),
     };
     let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) else {
         return invalid_params(
@@ -109,8 +117,11 @@ pub(crate) async fn initialize(
     let record = SessionRecord {
         id: session_id.to_string(),
         owner: ctx.id,
-        principal: String::new(),
-        client: client.map(|c| c.0.to_string()).unwrap_or_default(),
+        principal: caller
+            .principal
+            .as_ref()
+            .map_or_else(String::new, |p| p.id().to_owned()),
+        client: caller.addr.map(|c| c.0.to_string()).unwrap_or_default(),
         endpoint: endpoint.path.to_string(),
         version: version.to_owned(),
         init_params: init_params.clone(),
@@ -125,13 +136,17 @@ pub(crate) async fn initialize(
         if matches!(refused, OpenRefused::Cap(_)) {
             outcome.set(Outcome::JsonrpcError);
         }
-        return session_refused(ctx, accept, id, refused, caps, client);
+        return session_refused(ctx, accept, id, refused, caps, caller);
     }
     let session = Arc::new(Session::new(
         session_id,
         endpoint,
         version,
         init_params.into_boxed_str(),
+        caller
+            .principal
+            .as_ref()
+            .map_or_else(Box::default, |p| Box::from(p.id())),
     ));
     ctx.sessions.insert(session.clone());
     info!(session = %session_id, version, requested = %p.protocol_version, "session created");
@@ -205,7 +220,7 @@ pub(crate) fn session_refused(
     id: &str,
     refused: OpenRefused,
     caps: SessionCaps,
-    client: Option<ClientAddr>,
+    caller: &Caller,
 ) -> Response<Body> {
     let cap = match refused {
         OpenRefused::Cap(cap) => cap,
@@ -229,6 +244,11 @@ pub(crate) fn session_refused(
             "max_sessions_per_worker",
             caps.per_worker,
         ),
+        SessionCap::Client if caller.principal.is_some() => (
+            "you have",
+            "auth.max_sessions_per_principal",
+            caps.per_client,
+        ),
         SessionCap::Client => (
             "your address has",
             "max_sessions_per_client",
@@ -236,7 +256,7 @@ pub(crate) fn session_refused(
         ),
         SessionCap::Total => ("this gateway has", "max_sessions", caps.total),
     };
-    info!(cap = cap.label(), limit, client = ?client.map(|c| c.0), "initialize refused: session cap reached");
+    info!(cap = cap.label(), limit, client = ?caller.addr.map(|c| c.0), principal = caller.principal.as_ref().map_or("-", |p| p.sub()), "initialize refused: session cap reached");
     ctx.metrics
         .sessions_refused
         .with_label_values(&[cap.label()])

@@ -107,11 +107,14 @@ pub(crate) async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session
             .await;
         return None;
     };
+    // The principal travels with the record: after a failover the session
+    // still answers only to whoever opened it.
     let session = Arc::new(Session::new(
         *id,
         endpoint.clone(),
         version,
         record.init_params.into(),
+        record.principal.into(),
     ));
     let (session, fresh) = ctx.sessions.insert_if_absent(session);
     if fresh {

@@ -11,7 +11,7 @@ mod lifecycle;
 mod messages;
 
 use crate::front::common::{
-    ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found, trace_context,
+    Caller, Origin, accepted, is_json_content_type, plain, session_not_found, trace_context,
 };
 use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{delete, get, resume};
@@ -30,8 +30,9 @@ use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use mcpgw_mcp::version::ProtocolVersion;
 use mcpgw_protocol::session_id::SessionId;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
+use crate::auth::{Decision, Principal};
 use crate::ctx::{Ctx, Live};
 use crate::endpoints::Endpoint;
 use crate::http::body::{self, Body};
@@ -51,6 +52,43 @@ pub(crate) async fn serve(
         return plain(StatusCode::NOT_FOUND, "no MCP endpoint at this path\n");
     };
     let accept = Accept::of(&req);
+    // Who is calling, before anything is looked up (`[auth]`; no cost without).
+    let principal = match (&live.auth, origin) {
+        (None, _) => None,
+        // The forwarding worker checked the token and names the principal.
+        (Some(_), Origin::Internal)
+            if req.headers().contains_key(crate::auth::PRINCIPAL_HEADER) =>
+        {
+            Principal::from_forwarded(req.headers())
+        }
+        // A public request, or one forwarded by a worker that had no
+        // `[auth]` yet (a reload in progress): its token is checked here.
+        (Some(gate), origin) => {
+            let tls = matches!(origin, Origin::Public { tls: true, .. });
+            match gate.check(req.headers(), &endpoint.path, tls) {
+                Ok(p) => {
+                    ctx.metrics.auth_decisions[Decision::Ok.index()].inc();
+                    Some(p)
+                }
+                Err(d) => {
+                    ctx.metrics.auth_decisions[d.index()].inc();
+                    // Debug: a flood of bad tokens must not flood the log
+                    // (mcpgw_auth_decisions_total counts them).
+                    debug!(outcome = Decision::LABELS[d.index()], endpoint = %endpoint.path, "request refused by [auth]");
+                    return gate.refusal(d, req.headers(), &endpoint.path, tls);
+                }
+            }
+        }
+    };
+    // A session answers only to the principal that opened it; to anyone
+    // else it is as unknown as an id never issued.
+    let owned_by = |s: &Session| {
+        let ok = *s.principal == *principal.as_ref().map_or("", Principal::id);
+        if !ok {
+            ctx.metrics.auth_decisions[Decision::WrongPrincipal.index()].inc();
+        }
+        ok
+    };
     // A stateless client's request: its session id, if any, is ignored.
     let stateless = stateless::by_header(req.headers());
     let session = match req.headers().get(MCP_SESSION_ID) {
@@ -68,17 +106,24 @@ pub(crate) async fn serve(
                 );
             }
             Ok(id) => match ctx.sessions.get(&id) {
-                Some(s) if s.endpoint().path == endpoint.path => Some(s),
-                Some(_) => return session_not_found(accept, &id, "it belongs to another endpoint"),
+                Some(s) if s.endpoint().path == endpoint.path && owned_by(&s) => Some(s),
+                Some(_) => {
+                    return session_not_found(
+                        accept,
+                        &id,
+                        "it belongs to another endpoint or principal",
+                    );
+                }
                 None => {
                     let owner = ctx.owner_of(&id);
-                    if owner != ctx.id.slot && matches!(origin, Origin::Public(_)) {
+                    if owner != ctx.id.slot && matches!(origin, Origin::Public { .. }) {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
-                        return Box::pin(ctx.forwarder.forward(owner, req)).await;
+                        return Box::pin(ctx.forwarder.forward(owner, req, principal.as_ref()))
+                            .await;
                     }
                     // Ours but unknown: maybe inherited from a dead worker.
                     match Box::pin(resume(ctx, &id)).await {
-                        Some(s) if s.endpoint().path == endpoint.path => Some(s),
+                        Some(s) if s.endpoint().path == endpoint.path && owned_by(&s) => Some(s),
                         _ => return session_not_found(accept, &id, "unknown or expired"),
                     }
                 }
@@ -87,11 +132,14 @@ pub(crate) async fn serve(
     };
     match *req.method() {
         Method::POST => {
-            let client = match origin {
-                Origin::Public(client) => client,
-                Origin::Internal => None,
+            let caller = Caller {
+                addr: match origin {
+                    Origin::Public { client, .. } => client,
+                    Origin::Internal => None,
+                },
+                principal,
             };
-            post(ctx, endpoint, session, accept, req, client, stateless).await
+            post(ctx, endpoint, session, accept, req, &caller, stateless).await
         }
         Method::GET | Method::DELETE if stateless => stateless::no_session_method(),
         Method::GET => get(ctx, session, accept),
@@ -112,7 +160,7 @@ pub(crate) async fn post(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
-    client: Option<ClientAddr>,
+    caller: &Caller,
     stateless: bool,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -130,7 +178,7 @@ pub(crate) async fn post(
         session,
         accept,
         req,
-        client,
+        caller,
         stateless,
         &mut method,
         &outcome,
@@ -159,6 +207,7 @@ pub(crate) async fn post(
             // A prefix identifies a session in the logs without handing
             // the whole bearer-like id to whoever reads them.
             session = session.as_deref().map_or("-", |s| s.get(..8).unwrap_or(s)),
+            principal = caller.principal.as_ref().map_or("-", Principal::sub),
             outcome = ended.label(),
             status = resp.status().as_u16(),
             duration_us = (seconds * 1e6) as u64,
@@ -176,7 +225,7 @@ pub(crate) async fn post_inner(
     session: Option<Arc<Session>>,
     accept: Accept,
     req: Request<ReqBody>,
-    client: Option<ClientAddr>,
+    caller: &Caller,
     stateless: bool,
     method_label: &mut &'static str,
     outcome: &OutcomeSlot,
@@ -257,7 +306,7 @@ pub(crate) async fn post_inner(
         .await;
     }
     let Some(session) = session else {
-        return Box::pin(sessionless(ctx, endpoint, accept, &env, client, outcome)).await;
+        return Box::pin(sessionless(ctx, endpoint, accept, &env, caller, outcome)).await;
     };
     session.touch();
     if let Some(v) = &header_version {
@@ -432,12 +481,12 @@ pub(crate) async fn sessionless(
     endpoint: Arc<Endpoint>,
     accept: Accept,
     env: &jsonrpc::Envelope<'_>,
-    client: Option<ClientAddr>,
+    caller: &Caller,
     outcome: &OutcomeSlot,
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request("initialize") => {
-            Box::pin(initialize(ctx, endpoint, accept, env, client, outcome)).await
+            Box::pin(initialize(ctx, endpoint, accept, env, caller, outcome)).await
         }
         _ => rpc_error(
             accept,

@@ -8,6 +8,8 @@
 //! - [`channel`]: length-prefixed bincode framing for those messages.
 //! - [`fdpass`]: handing connections (file descriptors) to workers; the only
 //!   module allowed `unsafe`.
+//! - [`glob`]: the glob patterns of authorization rules (`*`, `?`), compiled
+//!   and matched.
 //! - [`headers`]: HTTP header names both processes read or write.
 //! - [`host_policy`]: which `Host` and `Origin` headers requests may carry
 //!   (public and admin listeners alike).
@@ -24,6 +26,7 @@ pub mod channel;
 pub mod config;
 pub mod control;
 pub mod fdpass;
+pub mod glob;
 pub mod headers;
 pub mod host_policy;
 pub mod redact;

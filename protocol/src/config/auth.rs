@@ -67,6 +67,12 @@ pub struct Auth {
     /// Open sessions one principal (`iss` + `sub`) may hold on this gateway
     /// host, all workers together; 0: no cap.
     pub max_sessions_per_principal: u32,
+    /// The claim whose values (an array of strings, or one string of
+    /// space-separated values) are the caller's groups for
+    /// `[[endpoint.authz]]` `when.groups`.
+    pub groups_claim: String,
+    /// The claim holding the caller's roles, for `when.roles`.
+    pub roles_claim: String,
 }
 
 impl Default for Auth {
@@ -79,6 +85,8 @@ impl Default for Auth {
             required_scopes: Vec::new(),
             authorization_servers: Vec::new(),
             max_sessions_per_principal: 64,
+            groups_claim: "groups".to_owned(),
+            roles_claim: "roles".to_owned(),
         }
     }
 }

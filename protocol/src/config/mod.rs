@@ -8,7 +8,8 @@
 //!
 //! Beside this file: `error` (why a file was refused, and on which line),
 //! `admin_token` (the admin API's bearer token), `auth` (the OAuth front
-//! door's settings), `tests`.
+//! door's settings), `authz` (an endpoint's authorization rules and rate
+//! limits), `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,11 +20,13 @@ use serde::{Deserialize, Serialize};
 
 mod admin_token;
 mod auth;
+mod authz;
 mod error;
 mod validate;
 
 pub use admin_token::AdminToken;
 pub use auth::{Auth, AuthSetting};
+pub use authz::{AuthzRule, Effect, Rate, RateLimit, When};
 pub use error::ConfigError;
 use error::{invalid, with_reason_prefix};
 
@@ -535,6 +538,16 @@ pub struct Endpoint {
     /// instead of `auth.required_scopes` (`[]`: none).
     #[serde(default)]
     pub auth_required_scopes: Option<Vec<String>>,
+    /// What a call no `authz` rule covers gets (`allow` by default).
+    #[serde(default)]
+    pub authz_default: Effect,
+    /// `[[endpoint.authz]]`: rules on tools, prompts and resources by
+    /// caller; the first that covers a call decides.
+    #[serde(default)]
+    pub authz: Vec<AuthzRule>,
+    /// Token buckets per principal and for the whole endpoint.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The default endpoint when none is configured.
@@ -682,6 +695,9 @@ impl Config {
                 upstreams: self.upstream.iter().map(|u| u.id.clone()).collect(),
                 auth_audience: None,
                 auth_required_scopes: None,
+                authz_default: Effect::Allow,
+                authz: Vec::new(),
+                rate_limit: None,
             }]
         } else {
             self.endpoint.clone()

@@ -442,3 +442,95 @@ fn auth_values_are_checked() {
             .starts_with("endpoint[0].auth_required_scopes[0]:")
     );
 }
+
+/// Two upstreams behind `/mcp` (names namespaced `crm__…`, `docs__…`).
+const FEDERATED: &str = "[[upstream]]\nid = \"crm\"\nurl = \"http://x/\"\n\
+    [[upstream]]\nid = \"docs\"\nurl = \"http://y/\"\n\
+    [[endpoint]]\npath = \"/mcp\"\nupstreams = [\"crm\", \"docs\"]\n";
+
+#[test]
+fn authz_rules_and_rate_limits_parse_and_travel_the_control_channel() {
+    let text = format!(
+        "{AUTH}groups_claim = \"https://idp/groups\"\n{FEDERATED}authz_default = \"deny\"\n\
+         rate_limit = {{ per_principal = \"20/s\", burst = 40, endpoint = \"500/m\" }}\n\
+         [[endpoint.authz]]\neffect = \"deny\"\ntools = [\"crm__delete_*\"]\n\
+         resources = [\"file:///secret/*\"]\nwhen = {{ groups = [\"contractors\"] }}\n\
+         [[endpoint.authz]]\neffect = \"allow\"\n"
+    );
+    let c = Config::parse(&text).expect("valid");
+    let e = &c.endpoint[0];
+    assert_eq!(e.authz_default, Effect::Deny);
+    assert_eq!(e.authz.len(), 2);
+    assert_eq!(e.authz[0].effect, Effect::Deny);
+    assert_eq!(
+        e.authz[0].when.as_ref().and_then(|w| w.groups.clone()),
+        Some(vec!["contractors".to_owned()])
+    );
+    assert_eq!(e.authz[1].tools, None);
+    let limit = e.rate_limit.as_ref().expect("rate_limit");
+    assert_eq!(
+        limit.per_principal.map(|r| r.to_string()),
+        Some("20/s".into())
+    );
+    assert_eq!(limit.endpoint.map(|r| r.per_secs), Some(60));
+    assert_eq!(
+        c.auth.jwt().map(|a| a.groups_claim.as_str()),
+        Some("https://idp/groups")
+    );
+    assert_eq!(c.auth.jwt().map(|a| a.roles_claim.as_str()), Some("roles"));
+    let cfg = bincode::config::standard();
+    let bytes = bincode::serde::encode_to_vec(&c, cfg).expect("encodes");
+    let (back, _): (Config, usize) =
+        bincode::serde::decode_from_slice(&bytes, cfg).expect("decodes");
+    assert_eq!(back, c);
+    // Shown as written in /admin/config (TOML out, TOML in).
+    let shown = toml::to_string(&c).expect("toml");
+    assert!(shown.contains("per_principal = \"20/s\""), "{shown}");
+}
+
+#[test]
+fn authz_rules_that_can_never_match_are_refused_with_their_line() {
+    let rule =
+        |body: &str| format!("{AUTH}{FEDERATED}[[endpoint.authz]]\neffect = \"deny\"\n{body}\n");
+    // A bare name on a federated endpoint: every name there is namespaced.
+    let e = err_in_file(&rule("tools = [\"delete_*\"]"));
+    assert!(
+        e.starts_with("f.toml:")
+            && e.contains("endpoint[0].authz[0].tools[0]: \"delete_*\" can never match"),
+        "{e}"
+    );
+    assert!(e.contains("crm__"), "{e}");
+    Config::parse(&rule("tools = [\"*delete*\", \"docs__x\"]")).expect("can match");
+    assert!(err(&rule("tools = []")).contains("can never match"));
+    assert!(err(&rule("tools = [\"crm__a\\\\\"]")).starts_with("endpoint[0].authz[0].tools[0]:"));
+    assert!(err(&rule("resources = [\"\"]")).contains("empty pattern"));
+    assert!(err(&rule("when = { groups = [] }")).starts_with("endpoint[0].authz[0].when.groups:"));
+    assert!(err(&rule("when = { team = [\"x\"] }")).contains("team"));
+    // Without [auth] callers have no claims: a rule on claims is nonsense.
+    let no_auth =
+        format!("{FEDERATED}[[endpoint.authz]]\neffect = \"deny\"\nwhen = {{ sub = [\"a\"] }}\n");
+    assert!(
+        err(&no_auth).starts_with("endpoint[0].authz[0].when:"),
+        "{}",
+        err(&no_auth)
+    );
+    // Rules without `when` apply to everyone, [auth] or not.
+    Config::parse(&format!(
+        "{FEDERATED}[[endpoint.authz]]\neffect = \"deny\"\nresources = [\"x://*\"]\n"
+    ))
+    .expect("valid without [auth]");
+    assert!(err(&format!("{AUTH}groups_claim = \"\"\n")).starts_with("auth.groups_claim:"));
+}
+
+#[test]
+fn rate_limits_are_checked() {
+    let limit = |body: &str| format!("{FEDERATED}rate_limit = {{ {body} }}\n");
+    Config::parse(&limit("per_principal = \"2/s\"")).expect("burst defaults");
+    assert!(err(&limit("burst = 3")).starts_with("endpoint[0].rate_limit:"));
+    assert!(
+        err(&limit("endpoint = \"5/s\", burst = 3")).starts_with("endpoint[0].rate_limit.burst:")
+    );
+    assert!(err(&limit("per_principal = \"2/s\", burst = 0")).contains("at least 1"));
+    assert!(err(&limit("per_principal = \"2/d\"")).contains("N/s, N/m or N/h"));
+    assert!(err(&limit("per_principal = \"0/s\"")).contains("refuses everything"));
+}

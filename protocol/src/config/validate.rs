@@ -60,6 +60,7 @@ impl Config {
         }
         self.store.validate()?;
         self.validate_auth()?;
+        self.validate_authz()?;
         for (i, h) in self.security.allowed_hosts.iter().flatten().enumerate() {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains('/') {
                 return Err(invalid(

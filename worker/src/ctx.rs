@@ -59,17 +59,19 @@ pub(crate) struct Live {
 }
 
 impl Ctx {
-    /// The part of the context routing sees; it reports the request's
-    /// outcome into `outcome`.
+    /// The part of the context routing sees, for a request of `caller`; it
+    /// reports the request's outcome into `outcome`.
     pub(crate) fn route_env<'a>(
         &'a self,
         outcome: &'a crate::metrics::OutcomeSlot,
+        caller: Option<&'a crate::auth::Principal>,
     ) -> crate::route::env::Env<'a> {
         crate::route::env::Env {
             metrics: &self.metrics,
             outcome,
             tool_call: false,
             access_log: self.access_log.load(std::sync::atomic::Ordering::Relaxed),
+            caller: caller.map(crate::auth::Principal::claims),
         }
     }
 
@@ -209,7 +211,11 @@ impl Live {
             Self {
                 auth,
                 tls,
-                endpoints: crate::endpoints::endpoints(&config, &servers),
+                endpoints: crate::endpoints::endpoints(
+                    &config,
+                    &servers,
+                    previous.map(|p| (&*p.config, &p.endpoints)),
+                ),
                 max_body: config.limits.max_body_bytes as usize,
                 host_policy: crate::http::origin::HostPolicy::from_config(&config),
                 worker_header,

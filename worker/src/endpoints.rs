@@ -8,12 +8,21 @@ use std::sync::Arc;
 
 use mcpgw_protocol::config::Config;
 
+use crate::authz::Rules;
+use crate::rate_limit::Limiter;
 use crate::upstream::UpstreamServer;
 
 pub(crate) struct Endpoint {
     pub path: Box<str>,
     pub upstreams: Box<[Arc<UpstreamServer>]>,
     pub(crate) separator: Box<str>,
+    /// Its authorization rules; `None`: everything is allowed, nothing to
+    /// decide.
+    pub(crate) authz: Option<Rules>,
+    /// Its token buckets; `None` without `rate_limit`. Kept across a
+    /// reload that leaves the endpoint's `rate_limit` and the worker count
+    /// as they were, so a reload is no way to a fresh budget.
+    pub(crate) limiter: Option<Arc<Limiter>>,
 }
 
 impl Endpoint {
@@ -47,11 +56,14 @@ impl Endpoint {
     }
 }
 
-/// Build the endpoint table from a validated config.
+/// Build the endpoint table from a validated config; `previous` is the
+/// configuration and table in force before a reload (limiters carry over).
 pub(crate) fn endpoints(
     config: &Config,
     servers: &HashMap<Arc<str>, Arc<UpstreamServer>>,
+    previous: Option<(&Config, &HashMap<Box<str>, Arc<Endpoint>>)>,
 ) -> HashMap<Box<str>, Arc<Endpoint>> {
+    let workers = config.worker_count();
     config
         .effective_endpoints()
         .into_iter()
@@ -61,10 +73,28 @@ pub(crate) fn endpoints(
                 .iter()
                 .filter_map(|id| servers.get(id.as_str()).cloned())
                 .collect();
+            let limiter = e.rate_limit.as_ref().map(|limit| {
+                previous
+                    .filter(|(old, _)| old.worker_count() == workers)
+                    .and_then(|(old, table)| {
+                        let same = old
+                            .effective_endpoints()
+                            .iter()
+                            .any(|o| o.path == e.path && o.rate_limit.as_ref() == Some(limit));
+                        same.then(|| table.get(e.path.as_str()))
+                            .flatten()
+                            .and_then(|ep| ep.limiter.clone())
+                    })
+                    .unwrap_or_else(|| {
+                        Arc::new(Limiter::new(limit, workers, std::time::Instant::now()))
+                    })
+            });
             let ep = Endpoint {
                 path: e.path.clone().into_boxed_str(),
                 upstreams,
                 separator: config.namespace_separator.clone().into_boxed_str(),
+                authz: Rules::compile(&e),
+                limiter,
             };
             (ep.path.clone(), Arc::new(ep))
         })

@@ -24,6 +24,8 @@
 //! - [`relay`]: server→client requests, notifications and cancellation
 //!   between a session and its upstream sessions; the id/token maps.
 //! - [`endpoints`]: the configured endpoints and their namespacing rule.
+//! - [`authz`]: an endpoint's authorization rules (who may see and use which
+//!   tool, prompt, resource), compiled; [`rate_limit`]: its token buckets.
 //! - [`upstream`]: the MCP client side of one upstream server, its
 //!   transports (the [`upstream::adapter`] puts stdio and legacy HTTP+SSE
 //!   behind Streamable HTTP) and the [`upstream::answer_budget`].
@@ -39,6 +41,7 @@
 //! modules above have always used.
 
 mod auth;
+mod authz;
 mod bounded;
 mod ctx;
 mod endpoints;
@@ -47,6 +50,7 @@ mod forward;
 mod front;
 mod http;
 mod metrics;
+mod rate_limit;
 mod relay;
 mod route;
 mod run;

@@ -207,6 +207,11 @@ pub(crate) struct Metrics {
     /// The front door's decisions, one child per outcome
     /// ([`crate::auth::Decision::LABELS`]), looked up once.
     pub auth_decisions: [IntCounter; crate::auth::Decision::LABELS.len()],
+    /// `endpoint`, `kind` (tool, prompt, resource), `decision` (allow,
+    /// deny, hidden): authorization rules at work (`crate::authz`).
+    pub authz_decisions: IntCounterVec,
+    /// `endpoint`, `scope` (principal, endpoint): requests refused with 429.
+    pub rate_limited: IntCounterVec,
     /// `answer` (record, absent, withheld): record look-ups sent to the
     /// supervisor for a session id this worker does not hold.
     pub store_fetches: IntCounterVec,
@@ -344,6 +349,27 @@ impl Metrics {
             crate::auth::Decision::LABELS.map(|o| auth_vec.with_label_values(&[o]));
         registry.register(Box::new(store_fetches.clone()))?;
         registry.register(Box::new(store_fetches_cached.clone()))?;
+        // Endpoint paths come from the config; kinds and decisions are fixed.
+        let authz_decisions = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_authz_decisions_total",
+                "Authorization rules at work, by endpoint, kind (tool, prompt, resource) and \
+                 decision: allow or deny for a call by name or URI (a denied one is answered as \
+                 unknown), hidden for each item left out of a list. Endpoints without rules \
+                 count nothing.",
+            ),
+            &["endpoint", "kind", "decision"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_rate_limited_total",
+                "JSON-RPC requests refused with 429 by an endpoint's rate_limit, by endpoint and \
+                 the bucket that was empty (principal: the caller's, endpoint: everyone's).",
+            ),
+            &["endpoint", "scope"],
+        )?;
+        registry.register(Box::new(authz_decisions.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         let upstream_requests = IntCounterVec::new(
             Opts::new(
                 "mcpgw_upstream_requests_total",
@@ -397,6 +423,8 @@ impl Metrics {
             resumed,
             sessions_refused,
             auth_decisions,
+            authz_decisions,
+            rate_limited,
             store_fetches,
             store_fetches_cached,
             request_children: Default::default(),

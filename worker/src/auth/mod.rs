@@ -25,9 +25,10 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use mcpgw_protocol::config::Config;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::authz::Claims as Grants;
 use crate::http::body::{self, Body};
 use crate::jsonrpc;
 use keys::{KeySet, KeyStore, KeysError};
@@ -94,7 +95,8 @@ impl Decision {
     }
 }
 
-/// Who is calling: the token's issuer and subject.
+/// Who is calling: the token's issuer and subject, and what authorization
+/// rules match on ([`Grants`]), read once when the token was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Principal {
     /// `<iss> <sub>`: the issuer has no spaces (checked in the config), so
@@ -102,10 +104,21 @@ pub(crate) struct Principal {
     /// `principal`.
     id: Box<str>,
     sub_at: usize,
+    claims: Grants,
+}
+
+/// The forwarded form of a principal ([`PRINCIPAL_HEADER`], JSON).
+#[derive(Serialize, Deserialize)]
+struct Forwarded<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(flatten)]
+    claims: Grants,
 }
 
 impl Principal {
-    fn new(iss: &str, sub: &str) -> Self {
+    fn new(iss: &str, claims: Grants) -> Self {
+        let sub = &claims.sub;
         let mut id = String::with_capacity(iss.len() + 1 + sub.len());
         id.push_str(iss);
         id.push(' ');
@@ -113,13 +126,18 @@ impl Principal {
         Self {
             id: id.into_boxed_str(),
             sub_at: iss.len() + 1,
+            claims,
         }
     }
 
-    /// From a stored or forwarded id (`<iss> <sub>`).
-    pub(crate) fn from_id(id: &str) -> Option<Self> {
+    /// From a forwarded id (`<iss> <sub>`) and claims.
+    fn from_parts(id: &str, mut claims: Grants) -> Option<Self> {
         let (iss, sub) = id.split_once(' ')?;
-        (!iss.is_empty() && !sub.is_empty()).then(|| Self::new(iss, sub))
+        if iss.is_empty() || sub.is_empty() {
+            return None;
+        }
+        claims.sub = Box::from(sub);
+        Some(Self::new(iss, claims))
     }
 
     pub(crate) fn id(&self) -> &str {
@@ -131,9 +149,20 @@ impl Principal {
         self.id.get(self.sub_at..).unwrap_or("")
     }
 
-    /// The value of [`PRINCIPAL_HEADER`] for a forwarded request.
+    /// What authorization rules match on.
+    pub(crate) fn claims(&self) -> &Grants {
+        &self.claims
+    }
+
+    /// The value of [`PRINCIPAL_HEADER`] for a forwarded request: the id
+    /// and the claims, so the owner decides on what the token said.
     pub(crate) fn header_value(&self) -> Option<HeaderValue> {
-        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.id.as_bytes());
+        let json = serde_json::to_vec(&Forwarded {
+            id: std::borrow::Cow::Borrowed(&self.id),
+            claims: self.claims.clone(),
+        })
+        .ok()?;
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
         HeaderValue::from_str(&encoded).ok()
     }
 
@@ -144,7 +173,8 @@ impl Principal {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(raw.as_bytes())
             .ok()?;
-        Self::from_id(std::str::from_utf8(&bytes).ok()?)
+        let f: Forwarded<'_> = serde_json::from_slice(&bytes).ok()?;
+        Self::from_parts(&f.id, f.claims)
     }
 }
 
@@ -173,6 +203,10 @@ pub(crate) struct Gate {
     authorization_servers: Vec<String>,
     /// `[auth] max_sessions_per_principal`.
     pub(crate) max_sessions_per_principal: u32,
+    /// `[auth] groups_claim`, `roles_claim`: where a token's groups and
+    /// roles are, for authorization rules.
+    groups_claim: Box<str>,
+    roles_claim: Box<str>,
 }
 
 /// The claims read from a token beyond those `jsonwebtoken` checks.
@@ -184,6 +218,10 @@ struct Claims {
     scope: Option<String>,
     #[serde(default)]
     scp: Option<Scp>,
+    /// Every other claim: the configured groups and roles claims are
+    /// among them (their names are configuration, not known here).
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `scp`: an array of scopes (Okta, Azure AD), sometimes one string.
@@ -194,7 +232,37 @@ enum Scp {
     One(String),
 }
 
+/// The strings of a claim's value: each string of an array, or a string
+/// alone; anything else has none.
+fn claim_values(value: Option<&serde_json::Value>) -> Box<[Box<str>]> {
+    match value {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .map(Box::from)
+            .collect(),
+        Some(serde_json::Value::String(one)) => Box::from([Box::from(one.as_str())]),
+        _ => Box::default(),
+    }
+}
+
 impl Claims {
+    /// Every scope the token carries (`scope` and `scp`).
+    fn scopes(&self) -> Box<[Box<str>]> {
+        let text = |t: &str| {
+            t.split_ascii_whitespace()
+                .map(Box::from)
+                .collect::<Vec<_>>()
+        };
+        let mut all = self.scope.as_deref().map(text).unwrap_or_default();
+        match &self.scp {
+            Some(Scp::Many(list)) => all.extend(list.iter().map(|s| Box::from(s.as_str()))),
+            Some(Scp::One(t)) => all.extend(text(t)),
+            None => {}
+        }
+        all.into_boxed_slice()
+    }
+
     fn has_scope(&self, wanted: &str) -> bool {
         let in_text = |t: &str| t.split_ascii_whitespace().any(|s| s == wanted);
         self.scope.as_deref().is_some_and(in_text)
@@ -286,6 +354,8 @@ impl Gate {
                 .map_or_else(|| Box::from("/mcp"), |e| Box::from(e.path.as_str())),
             authorization_servers: a.authorization_servers(),
             max_sessions_per_principal: a.max_sessions_per_principal,
+            groups_claim: Box::from(a.groups_claim.as_str()),
+            roles_claim: Box::from(a.roles_claim.as_str()),
         })))
     }
 
@@ -367,8 +437,14 @@ impl Gate {
         if !policy.scopes.iter().all(|s| claims.has_scope(s)) {
             return Err(Decision::InsufficientScope);
         }
+        let grants = Grants {
+            sub: Box::from(sub),
+            scopes: claims.scopes(),
+            groups: claim_values(claims.other.get(&*self.groups_claim)),
+            roles: claim_values(claims.other.get(&*self.roles_claim)),
+        };
         // `iss` was checked equal to the configured issuer.
-        Ok(Principal::new(&self.issuer, sub))
+        Ok(Principal::new(&self.issuer, grants))
     }
 
     /// The answer to a refused request: 401 (no token, or one that is not
@@ -539,7 +615,15 @@ mod tests {
 
     #[test]
     fn principals_round_trip_through_the_forward_header() {
-        let p = Principal::new("https://idp.example.com", "alice smith");
+        let p = Principal::new(
+            "https://idp.example.com",
+            Grants {
+                sub: "alice smith".into(),
+                scopes: Box::from([Box::from("mcp")]),
+                groups: Box::from([Box::from("staff"), Box::from("ops team")]),
+                roles: Box::default(),
+            },
+        );
         assert_eq!(p.id(), "https://idp.example.com alice smith");
         assert_eq!(p.sub(), "alice smith");
         let mut h = HeaderMap::new();
@@ -547,7 +631,25 @@ mod tests {
         assert_eq!(Principal::from_forwarded(&h), Some(p));
         h.insert(PRINCIPAL_HEADER, HeaderValue::from_static("!!"));
         assert_eq!(Principal::from_forwarded(&h), None);
-        assert_eq!(Principal::from_id("no-space"), None);
+        assert_eq!(Principal::from_parts("no-space", Grants::default()), None);
+    }
+
+    #[test]
+    fn groups_and_roles_come_from_the_configured_claims() {
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"a","scope":"mcp read","scp":["x"],"grp":["staff",7,"ops"],"role":"admin"}"#,
+        )
+        .expect("claims");
+        assert_eq!(
+            &*c.scopes(),
+            [Box::from("mcp"), Box::from("read"), Box::from("x")]
+        );
+        assert_eq!(
+            &*claim_values(c.other.get("grp")),
+            [Box::from("staff"), Box::from("ops")]
+        );
+        assert_eq!(&*claim_values(c.other.get("role")), [Box::from("admin")]);
+        assert!(claim_values(c.other.get("groups")).is_empty());
     }
 
     #[test]

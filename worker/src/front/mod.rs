@@ -15,9 +15,12 @@
 //! - [`stateless`]: the stateless era (2026-07-28): self-contained
 //!   requests, `server/discover`, upstream sessions per request.
 //! - [`identity`]: who an endpoint is to its clients (either era).
+//! - [`rate`]: an endpoint's rate limit taken per JSON-RPC request, and
+//!   the 429 answer.
 
 pub(crate) mod common;
 pub(crate) mod identity;
+pub(crate) mod rate;
 pub(crate) mod stateful;
 pub(crate) mod stateless;
 

@@ -1,6 +1,8 @@
 //! What routing sees of the worker: a borrowed view of the worker context,
 //! so routing can be driven without a running worker.
 
+use crate::authz::{Claims, Kind};
+use crate::endpoints::Endpoint;
 use crate::http::body::Body;
 use crate::metrics::{Metrics, Outcome, OutcomeSlot};
 use crate::route::reply::{self, Accept};
@@ -18,9 +20,21 @@ pub(crate) struct Env<'a> {
     pub(crate) tool_call: bool,
     /// The access log is on: routing notes where each request went.
     pub(crate) access_log: bool,
+    /// What the caller's token said, for the endpoint's authorization
+    /// rules (`None` without `[auth]`).
+    pub(crate) caller: Option<&'a Claims>,
 }
 
 impl Env<'_> {
+    /// Whether the endpoint's rules let the caller use the `kind` named
+    /// `name` (always, without rules); counted and logged when not.
+    pub(crate) fn allows(&self, endpoint: &Endpoint, kind: Kind, name: &str) -> bool {
+        endpoint
+            .authz
+            .as_ref()
+            .is_none_or(|rules| rules.check(self.metrics, kind, name, self.caller))
+    }
+
     /// A JSON-RPC error the gateway answers itself in a 200, counted as one.
     pub(crate) fn rpc_error(
         &self,

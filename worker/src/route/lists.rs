@@ -24,8 +24,16 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use http::Response;
+use http_body_util::BodyExt;
+
+use crate::authz::{Counted, Kind};
 use crate::endpoints::Endpoint;
+use crate::http::body::Body;
 use crate::jsonrpc::{self, Answer, RawObject};
+use crate::route::call::passthrough;
+use crate::route::env::Env;
+use crate::route::reply::{Accept, rpc};
 use crate::route::source::Source;
 use crate::upstream::UpstreamServer;
 
@@ -70,6 +78,120 @@ impl ListKind {
     fn renames(self) -> bool {
         matches!(self, Self::Tools | Self::Prompts)
     }
+
+    /// What authorization rules match its items on.
+    fn authz_kind(self) -> Kind {
+        match self {
+            Self::Tools => Kind::Tool,
+            Self::Prompts => Kind::Prompt,
+            Self::Resources | Self::ResourceTemplates => Kind::Resource,
+        }
+    }
+
+    /// The member of an item that rules match: a tool's or prompt's name
+    /// (as the client sees it), a resource's URI, a template's URI template.
+    fn key_member(self) -> &'static str {
+        match self {
+            Self::Tools | Self::Prompts => "name",
+            Self::Resources => "uri",
+            Self::ResourceTemplates => "uriTemplate",
+        }
+    }
+}
+
+/// Whether the caller may see a listed item (`raw`, as the client gets it).
+/// An item without the member rules match on is kept: the rules cannot
+/// name it, and the client cannot call it by name either.
+fn visible(ctx: Env<'_>, endpoint: &Endpoint, kind: ListKind, raw: &str) -> bool {
+    let Some(rules) = &endpoint.authz else {
+        return true;
+    };
+    // The item as a map of raw values (borrowed, no copies), then the one
+    // member as a string (borrowed unless it has escapes).
+    let Ok(item) = serde_json::from_str::<RawObject<'_>>(raw) else {
+        return true;
+    };
+    let Some(key) = item
+        .get(kind.key_member())
+        .and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
+    else {
+        return true;
+    };
+    rules.decide(kind.authz_kind(), &key, ctx.caller).allowed
+}
+
+/// A list on an endpoint with one upstream and authorization rules: the
+/// upstream's answer (read whole), its items filtered for the caller, the
+/// rest of it (cursor, cache hints, `_meta`) as it was. The upstream's own
+/// errors pass unchanged.
+pub(crate) async fn filtered_list<S: Source>(
+    ctx: Env<'_>,
+    src: &S,
+    kind: ListKind,
+    body: bytes::Bytes,
+    id: &str,
+    accept: Accept,
+    progress: bool,
+) -> Response<Body> {
+    let endpoint = src.endpoint();
+    let whole = Accept {
+        json: true,
+        sse: false,
+    };
+    let resp = passthrough(ctx, src, &endpoint.upstreams[0], body, id, whole, progress).await;
+    let status = resp.status();
+    let message = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            warn!(session = %src.who(), error = %e, "list answer could not be read");
+            return ctx.rpc_error(
+                accept,
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the upstream answer could not be read",
+            );
+        }
+    };
+    let filtered = filter_answer(ctx, &endpoint, kind, &message).unwrap_or(message);
+    rpc(accept, status, filtered)
+}
+
+/// `message` (a JSON-RPC result of a list) without the items the caller
+/// may not see; `None` when it is not such a result or nothing is hidden.
+fn filter_answer(
+    ctx: Env<'_>,
+    endpoint: &Endpoint,
+    kind: ListKind,
+    message: &[u8],
+) -> Option<bytes::Bytes> {
+    let Some(Answer::Result(result)) = jsonrpc::answer(message) else {
+        return None;
+    };
+    let obj: RawObject<'_> = serde_json::from_str(result.get()).ok()?;
+    let items: Vec<&RawValue> = serde_json::from_str(obj.get(kind.items_key())?.get()).ok()?;
+    let mut kept = String::with_capacity(result.get().len());
+    kept.push('[');
+    let mut hidden = 0u64;
+    for item in &items {
+        if !visible(ctx, endpoint, kind, item.get()) {
+            hidden += 1;
+            continue;
+        }
+        if kept.len() > 1 {
+            kept.push(',');
+        }
+        kept.push_str(item.get());
+    }
+    kept.push(']');
+    if let Some(rules) = &endpoint.authz {
+        rules.count(ctx.metrics, kind.authz_kind(), Counted::Hidden, hidden);
+    }
+    if hidden == 0 {
+        return None;
+    }
+    let new_result = jsonrpc::with_member(result.get(), kind.items_key(), &kept)?;
+    let id = jsonrpc::response_kind(message, false).map_or("null", |(id, _)| id);
+    Some(jsonrpc::result(id, &new_result))
 }
 
 /// Why a merged list could not be produced.
@@ -82,6 +204,7 @@ pub(crate) enum ListError {
 /// One page of a list over every upstream of a multi-upstream endpoint.
 /// Returns the raw `result` object.
 pub(crate) async fn merged_list<S: Source>(
+    ctx: Env<'_>,
     src: &S,
     kind: ListKind,
     cursor: Option<&str>,
@@ -116,10 +239,16 @@ pub(crate) async fn merged_list<S: Source>(
     let mut routes: Vec<(String, Arc<str>)> = Vec::new();
     let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut next = Vec::new();
+    let mut hidden = 0u64;
     for (pos, page) in &pages {
         for item in &page.items {
             let before = routes.len();
             let rendered = render_item(&endpoint, *pos, kind, item.get(), &mut routes);
+            if !visible(ctx, &endpoint, kind, &rendered) {
+                hidden += 1;
+                routes.truncate(before);
+                continue;
+            }
             // One URI, one upstream: the first upstream (in configured
             // order) that lists a URI owns it; the same URI from a later one
             // is left out of the merged list.
@@ -141,6 +270,9 @@ pub(crate) async fn merged_list<S: Source>(
         }
     }
     out.push(']');
+    if let Some(rules) = &endpoint.authz {
+        rules.count(ctx.metrics, kind.authz_kind(), Counted::Hidden, hidden);
+    }
     if pages.len() == wanted.len()
         && let Some((ttl, public)) = pages
             .iter()
@@ -345,6 +477,8 @@ mod tests {
                 })
                 .collect(),
             separator: "__".into(),
+            authz: None,
+            limiter: None,
         }
     }
 

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::authz::Kind;
 use crate::http::body::Body;
 use crate::jsonrpc::{self, RESOURCE_NOT_FOUND};
 use crate::route::env::Env;
@@ -62,9 +63,9 @@ pub(crate) async fn request<S: Source>(
                 tool_call: true,
                 ..ctx
             };
-            by_name(ctx, src, env, body, accept, "tool").await
+            by_name(ctx, src, env, body, accept, Kind::Tool).await
         }
-        "prompts/get" => by_name(ctx, src, env, body, accept, "prompt").await,
+        "prompts/get" => by_name(ctx, src, env, body, accept, Kind::Prompt).await,
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             #[derive(Deserialize)]
             struct P<'a> {
@@ -75,6 +76,11 @@ pub(crate) async fn request<S: Source>(
                 .params
                 .and_then(|p| serde_json::from_str::<P<'_>>(p.get()).ok())
             {
+                // A resource the caller may not use is as unknown as one
+                // no upstream has (subscriptions included).
+                Some(p) if !ctx.allows(&endpoint, Kind::Resource, &p.uri) => {
+                    resource_not_found(ctx, accept, id, &p.uri)
+                }
                 Some(p) => {
                     let progress = wants_progress(env.params);
                     by_uri(ctx, src, &p.uri, body.clone(), id, accept, progress).await
@@ -107,8 +113,15 @@ pub(crate) async fn request<S: Source>(
         }
         m if !namespaced => {
             // One upstream: the gateway is transparent, lists and methods it
-            // does not know included.
-            let _ = m;
+            // does not know included; lists are filtered when the endpoint
+            // has authorization rules.
+            if endpoint.authz.is_some()
+                && let Some(kind) = ListKind::from_method(m)
+            {
+                let progress = wants_progress(env.params);
+                return lists::filtered_list(ctx, src, kind, body.clone(), id, accept, progress)
+                    .await;
+            }
             passthrough(
                 ctx,
                 src,
@@ -131,7 +144,7 @@ pub(crate) async fn request<S: Source>(
                     .params
                     .and_then(|p| serde_json::from_str(p.get()).ok())
                     .unwrap_or_default();
-                return match lists::merged_list(src, kind, p.cursor.as_deref()).await {
+                return match lists::merged_list(ctx, src, kind, p.cursor.as_deref()).await {
                     Ok(result) => rpc(accept, StatusCode::OK, jsonrpc::result(id, &result)),
                     Err(e) => ctx.invalid_params(accept, id, &e.to_string()),
                 };
@@ -147,15 +160,17 @@ pub(crate) async fn request<S: Source>(
 }
 
 /// `tools/call` and `prompts/get`: route by `params.name`, strip the
-/// namespace, pass through.
+/// namespace, pass through. A name the caller may not use gets the answer
+/// of a name no upstream has.
 pub(crate) async fn by_name<S: Source>(
     ctx: Env<'_>,
     src: &S,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     accept: Accept,
-    what: &str,
+    kind: Kind,
 ) -> Response<Body> {
+    let what = kind.label();
     #[derive(Deserialize)]
     struct Meta<'a> {
         #[serde(rename = "progressToken", borrow, default)]
@@ -178,9 +193,12 @@ pub(crate) async fn by_name<S: Source>(
         return ctx.invalid_params(accept, id, &format!("missing params.name ({what} name)"));
     };
     let endpoint = src.endpoint();
+    if !ctx.allows(&endpoint, kind, &p.name) {
+        return unknown_name(ctx, accept, id, kind, &p.name);
+    }
     let Some((pos, upstream_name)) = endpoint.resolve(&p.name) else {
         info!(session = %src.who(), name = %p.name, what, "unknown name");
-        return ctx.invalid_params(accept, id, &format!("Unknown {what}: {}", p.name));
+        return unknown_name(ctx, accept, id, kind, &p.name);
     };
     let body = if upstream_name == p.name {
         body.clone()
@@ -206,6 +224,24 @@ pub(crate) async fn by_name<S: Source>(
         ctx.metrics.tool_call(&server.id, upstream_name, outcome);
     }
     resp
+}
+
+/// The gateway's answer to a tool or prompt name no upstream of the
+/// endpoint has (and to one the caller may not use): -32602, as the MCP
+/// spec has servers answer an unknown tool or prompt.
+fn unknown_name(ctx: Env<'_>, accept: Accept, id: &str, kind: Kind, name: &str) -> Response<Body> {
+    ctx.invalid_params(accept, id, &format!("Unknown {}: {name}", kind.label()))
+}
+
+/// The gateway's answer to a resource URI no upstream knows (and to one
+/// the caller may not use): -32002, the MCP spec's "resource not found".
+fn resource_not_found(ctx: Env<'_>, accept: Accept, id: &str, uri: &str) -> Response<Body> {
+    ctx.rpc_error(
+        accept,
+        id,
+        RESOURCE_NOT_FOUND,
+        &format!("Resource not found: {uri}"),
+    )
 }
 
 /// Whether a request asks for progress (then its token is mapped). A scan,
@@ -280,16 +316,13 @@ pub(crate) async fn by_uri<S: Source>(
             Err(e) => debug!(upstream = %server.id, error = %e, "resource lookup failed"),
         }
     }
-    ctx.outcome.set(crate::metrics::Outcome::JsonrpcError);
-    let message = last_error.unwrap_or_else(|| {
-        jsonrpc::error(
-            id,
-            RESOURCE_NOT_FOUND,
-            &format!("Resource not found: {uri}"),
-            None,
-        )
-    });
-    rpc(accept, StatusCode::OK, message)
+    match last_error {
+        Some(message) => {
+            ctx.outcome.set(crate::metrics::Outcome::JsonrpcError);
+            rpc(accept, StatusCode::OK, message)
+        }
+        None => resource_not_found(ctx, accept, id, uri),
+    }
 }
 
 /// `completion/complete`: by prompt name or resource URI in `params.ref`.
@@ -324,8 +357,11 @@ pub(crate) async fn complete<S: Source>(
     match (p.reference.kind.as_ref(), p.reference.name, p.reference.uri) {
         ("ref/prompt", Some(name), _) => {
             let endpoint = src.endpoint();
+            if !ctx.allows(&endpoint, Kind::Prompt, &name) {
+                return unknown_name(ctx, accept, id, Kind::Prompt, &name);
+            }
             let Some((pos, upstream_name)) = endpoint.resolve(&name) else {
-                return ctx.invalid_params(accept, id, &format!("Unknown prompt: {name}"));
+                return unknown_name(ctx, accept, id, Kind::Prompt, &name);
             };
             let body = if upstream_name == name {
                 body.clone()
@@ -354,6 +390,9 @@ pub(crate) async fn complete<S: Source>(
                 progress,
             )
             .await
+        }
+        ("ref/resource", _, Some(uri)) if !ctx.allows(&src.endpoint(), Kind::Resource, &uri) => {
+            resource_not_found(ctx, accept, id, &uri)
         }
         ("ref/resource", _, Some(uri)) => {
             let progress = wants_progress(env.params);

@@ -51,6 +51,8 @@ impl Direct {
                 path: "/mcp".into(),
                 upstreams,
                 separator: "__".into(),
+                authz: None,
+                limiter: None,
             }),
             relay: Arc::new(Relay::new(INIT_PARAMS)),
             opened: Mutex::new(HashMap::new()),
@@ -114,6 +116,7 @@ async fn route(src: &Direct, method: &str, params: Value) -> Value {
         outcome: &outcome,
         tool_call: false,
         access_log: false,
+        caller: None,
     };
     let env = jsonrpc::parse(&body).expect("envelope");
     let accept = Accept {

@@ -229,6 +229,8 @@ mod tests {
             path: "/mcp".into(),
             upstreams: Box::new([]),
             separator: "__".into(),
+            authz: None,
+            limiter: None,
         });
         let id = SessionId::mint_for_slot(0, 1).expect("random");
         Arc::new(Session::new(

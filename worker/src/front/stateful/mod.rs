@@ -13,6 +13,7 @@ mod messages;
 use crate::front::common::{
     Caller, Origin, accepted, is_json_content_type, plain, session_not_found, trace_context,
 };
+use crate::front::rate::over_limit;
 use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
@@ -272,7 +273,7 @@ pub(crate) async fn post_inner(
                 "a stateless (2026-07-28) request cannot be a batch",
             );
         }
-        return Box::pin(batch(ctx, session, accept, &body)).await;
+        return Box::pin(batch(ctx, &endpoint, session, accept, &body, caller)).await;
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
@@ -290,6 +291,12 @@ pub(crate) async fn post_inner(
         Kind::Response => "response",
         Kind::Invalid => "other",
     };
+    if let Kind::Request(_) = env.kind()
+        && let Some(refused) = over_limit(ctx, &endpoint, caller, 1, accept, env.id_raw())
+    {
+        outcome.set(Outcome::Refused);
+        return refused;
+    }
     if session.is_none()
         && (stateless || stateless::by_body(&env))
         && !matches!(env.kind(), Kind::Request("initialize"))
@@ -302,6 +309,7 @@ pub(crate) async fn post_inner(
             &env,
             &body,
             outcome,
+            caller.principal.as_ref(),
         ))
         .await;
     }
@@ -331,10 +339,20 @@ pub(crate) async fn post_inner(
             }
         }
     }
-    dispatch(ctx, &session, &env, &body, accept, outcome).await
+    dispatch(
+        ctx,
+        &session,
+        &env,
+        &body,
+        accept,
+        outcome,
+        caller.principal.as_ref(),
+    )
+    .await
 }
 
-/// One message of a session, by its kind.
+/// One message of a session, by its kind (`principal`: who sent it, for
+/// the endpoint's authorization rules).
 pub(crate) async fn dispatch(
     ctx: &Arc<Ctx>,
     session: &Arc<Session>,
@@ -342,6 +360,7 @@ pub(crate) async fn dispatch(
     body: &Bytes,
     accept: Accept,
     outcome: &OutcomeSlot,
+    principal: Option<&Principal>,
 ) -> Response<Body> {
     match env.kind() {
         Kind::Request(method) => {
@@ -349,7 +368,8 @@ pub(crate) async fn dispatch(
                 registry: &ctx.registry,
                 session,
             };
-            request(ctx.route_env(outcome), &src, method, env, body, accept).await
+            let route_env = ctx.route_env(outcome, principal);
+            request(route_env, &src, method, env, body, accept).await
         }
         Kind::Notification(method) => {
             Box::pin(client_notification(session, method, env, body)).await
@@ -370,9 +390,11 @@ pub(crate) async fn dispatch(
 /// answers to its requests come back together as one JSON array.
 pub(crate) async fn batch(
     ctx: &Arc<Ctx>,
+    endpoint: &Endpoint,
     session: Option<Arc<Session>>,
     accept: Accept,
     body: &Bytes,
+    caller: &Caller,
 ) -> Response<Body> {
     let refuse = |message: &str| {
         rpc_error(
@@ -412,6 +434,26 @@ pub(crate) async fn batch(
             messages.len()
         ));
     }
+    // Each request in it takes a token; notifications and responses none.
+    let requests = messages
+        .iter()
+        .filter(|raw| {
+            jsonrpc::parse(raw.get().as_bytes())
+                .is_some_and(|e| matches!(e.kind(), Kind::Request(_)))
+        })
+        .count();
+    if requests > 0
+        && let Some(refused) = over_limit(
+            ctx,
+            endpoint,
+            caller,
+            u32::try_from(requests).unwrap_or(u32::MAX),
+            accept,
+            "null",
+        )
+    {
+        return refused;
+    }
     session.touch();
     // Each answer is read whole: a batch answer is one JSON document.
     let one = Accept {
@@ -441,7 +483,16 @@ pub(crate) async fn batch(
         }
         // A batch counts once, by its status; its members' own outcomes
         // are not kept.
-        let resp = dispatch(ctx, &session, &env, &message, one, &OutcomeSlot::new()).await;
+        let resp = dispatch(
+            ctx,
+            &session,
+            &env,
+            &message,
+            one,
+            &OutcomeSlot::new(),
+            caller.principal.as_ref(),
+        )
+        .await;
         if resp.status() == StatusCode::ACCEPTED {
             continue;
         }

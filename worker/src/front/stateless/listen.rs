@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info};
 
+use crate::auth::Principal;
 use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
 use crate::front::stateless::UPSTREAM_VERSION;
@@ -151,7 +152,7 @@ impl Notifies {
 }
 
 /// Serve one `subscriptions/listen` (its `_meta` and headers already
-/// checked). Refusals are returned for the caller to answer.
+/// checked) of `principal`. Refusals are returned for the caller to answer.
 pub(crate) async fn serve(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
@@ -159,6 +160,7 @@ pub(crate) async fn serve(
     meta: &RequestMeta<'_>,
     id: &str,
     params: Option<&RawValue>,
+    principal: Option<&Principal>,
 ) -> Result<Response<Body>, Refusal> {
     if !accept.sse {
         return Err(Refusal::Invalid(
@@ -166,7 +168,16 @@ pub(crate) async fn serve(
                 .into(),
         ));
     }
-    let asked = Filter::of(params)?;
+    let mut asked = Filter::of(params)?;
+    // Resources the caller may not use are left out of the subscription
+    // before any upstream hears of them: the acknowledgement then omits
+    // them, as it omits resources no upstream knows.
+    if let Some(rules) = &endpoint.authz {
+        let claims = principal.map(Principal::claims);
+        asked
+            .resource_subscriptions
+            .retain(|uri| rules.check(&ctx.metrics, crate::authz::Kind::Resource, uri, claims));
+    }
     let deadline = Instant::now()
         + endpoint
             .upstreams
@@ -306,7 +317,7 @@ async fn subscribe(ctx: &Arc<Ctx>, src: &PerRequest, uri: &str, n: usize) -> boo
         sse: false,
     };
     let resp = route::by_uri(
-        ctx.route_env(&outcome),
+        ctx.route_env(&outcome, None),
         src,
         uri,
         Bytes::from(body),

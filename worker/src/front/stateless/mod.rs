@@ -33,6 +33,7 @@ use mcpgw_mcp::headers::MCP_PROTOCOL_VERSION;
 use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use tracing::info;
 
+use crate::auth::Principal;
 use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
 use crate::front::stateless::meta::{Refusal, RequestMeta};
@@ -102,7 +103,9 @@ pub(crate) fn no_session_method() -> Response<Body> {
     r
 }
 
-/// One stateless POST (not a batch: the caller refuses those).
+/// One stateless POST (not a batch: the caller refuses those) of
+/// `principal` (for the endpoint's authorization rules).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn post(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
@@ -111,6 +114,7 @@ pub(crate) async fn post(
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     outcome: &OutcomeSlot,
+    principal: Option<&Principal>,
 ) -> Response<Body> {
     let id = env.id_raw();
     let method = match env.kind() {
@@ -132,7 +136,7 @@ pub(crate) async fn post(
         Err(refusal) => return refuse(accept, outcome, id, refusal),
     };
     if method == "subscriptions/listen" {
-        return match listen::serve(ctx, endpoint, accept, &meta, id, env.params).await {
+        return match listen::serve(ctx, endpoint, accept, &meta, id, env.params, principal).await {
             Ok(stream) => stream,
             Err(refusal) => refuse(accept, outcome, id, refusal),
         };
@@ -165,7 +169,7 @@ pub(crate) async fn post(
         json: true,
         sse: false,
     };
-    let env_route = ctx.route_env(outcome);
+    let env_route = ctx.route_env(outcome, principal);
     let env_route = route::env::Env {
         tool_call: method == "tools/call",
         ..env_route

@@ -4,7 +4,8 @@
 //! `WWW-Authenticate`), the RFC 9728 documents, sessions bound to their
 //! principal (also across a worker's death), the per-principal session cap,
 //! JWKS rotation on SIGHUP, and the rule that a listener beyond loopback
-//! needs `[auth]` or an explicit `auth = "off"`.
+//! needs `[auth]` or an explicit `auth = "off"`. Authorization rules and
+//! rate limits, which match on the tokens' claims, are in `auth/authz.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +24,10 @@ use mcpgw_tests::{
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+
+// Authorization rules and rate limits, with the helpers of this file.
+#[path = "auth/authz.rs"]
+mod authz;
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "https://mcp.test/mcp";

@@ -5,6 +5,10 @@
 /// Set by a worker on a request it forwards to the owning worker; honoured
 /// only on the internal socket, so a client cannot forge it.
 pub const FORWARDED: &str = "x-mcpgw-forwarded";
+/// Set by a worker on a request it forwards: the client's IP address (a
+/// rate limit without `[auth]` counts by it); honoured only on the
+/// internal socket.
+pub const CLIENT_ADDR: &str = "x-mcpgw-client";
 /// Diagnostic response header naming the worker that served the request
 /// (`slot/generation/pid`), present only when `diagnostics.worker_header`.
 pub const WORKER: &str = "x-mcpgw-worker";

@@ -15,7 +15,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use mcpgw_protocol::headers::{FORWARDED, INTERNAL_PREFIX};
+use mcpgw_protocol::headers::{CLIENT_ADDR, FORWARDED, INTERNAL_PREFIX};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -45,11 +45,13 @@ impl Forwarder {
 
     /// `principal`: who the token of the request names (with `[auth]`);
     /// the owner binds the session to it, and the token itself stays here.
+    /// `client`: the client's address, for the owner's rate limits.
     pub(crate) async fn forward(
         &self,
         owner: u16,
         req: Request<ReqBody>,
         principal: Option<&crate::auth::Principal>,
+        client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         if let ReqBody::TooLarge { limit } = req.body() {
             // The owner would refuse it too; its body was never read.
@@ -99,6 +101,11 @@ impl Forwarder {
             parts.headers.remove(k);
         }
         parts.headers.insert(FORWARDED, self.my_slot.clone());
+        if let Some(ip) = client
+            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+        {
+            parts.headers.insert(CLIENT_ADDR, v);
+        }
         if let Some(p) = principal {
             // Checked here; the owner takes the principal, not the token.
             parts.headers.remove(http::header::AUTHORIZATION);

@@ -11,9 +11,9 @@
 //! so a caller working through one session gets about 1/N of its budget.
 //! The limit is never exceeded on this host; it may bite early.
 //!
-//! A caller is its principal (`[auth]`), else its client IP address; a
-//! request without either (forwarded between workers without `[auth]`) is
-//! limited by the endpoint bucket only. Memory is bounded: a bucket that
+//! A caller is its principal (`[auth]`), else its client IP address (a
+//! forwarded request carries it from the worker that received it), so
+//! anonymous callers behind one proxy share a bucket. Memory is bounded: a bucket that
 //! has refilled completely is the same as no bucket and is dropped by the
 //! periodic sweep; past [`MAX_BUCKETS`] callers, the sweep runs at once
 //! and, if every bucket is still in use, one is dropped (its caller gets a

@@ -446,3 +446,72 @@ fn check_config_refuses_rules_that_can_never_match() {
     );
     assert!(ok, "{out}");
 }
+
+/// A request another worker receives is forwarded to the session's owner
+/// with the principal's claims: the owner filters and denies on what the
+/// token said.
+#[tokio::test]
+async fn forwarded_requests_are_decided_on_the_callers_claims() {
+    let keys = Keys::new();
+    let rsa = keys.make(Algorithm::RS256, "rsa-1");
+    keys.publish(&[&rsa]);
+    let crm = start_counter!().expect("crm counter-server");
+    let docs = start_counter!().expect("docs counter-server");
+    let gateway =
+        Gateway::start(&authz_config(&crm.url(), &docs.url(), &keys, 2)).expect("start mcpgw");
+    let bob = member(&rsa, "bob", &["contractors"]);
+    // One session of Bob's on each worker.
+    let mut on_slot: std::collections::BTreeMap<u32, McpClient> = Default::default();
+    for _ in 0..64 {
+        let mut c = gateway.client_at("/one").with_bearer(&bob);
+        let tag = c
+            .initialize()
+            .await
+            .expect("initialize")
+            .worker()
+            .expect("worker header");
+        on_slot.entry(tag.slot).or_insert(c);
+        if on_slot.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(on_slot.len(), 2, "sessions on both workers");
+    // One connection (so one worker) for both sessions: one of them is
+    // forwarded to its owner.
+    let mut shared = HttpConn::connect(gateway.addr).await.expect("connect");
+    for client in on_slot.values_mut() {
+        let list = client
+            .request_on(&mut shared, "tools/list", Value::Null)
+            .await
+            .expect("tools/list");
+        let tools = names(list.result().expect("result"), "tools", "name");
+        assert_eq!(
+            tools,
+            ["increment", "get_count", "slow"],
+            "{}",
+            list.message
+        );
+        let denied = client
+            .request_on(
+                &mut shared,
+                "tools/call",
+                json!({"name": "fail", "arguments": {}}),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(
+            denied.error(),
+            Some((-32602, "Unknown tool: fail".to_owned()))
+        );
+    }
+    assert!(
+        labelled(
+            &gateway,
+            "mcpgw_forwarded_requests_total",
+            "direction=\"out\""
+        )
+        .await
+            >= 2.0,
+        "requests were forwarded between the workers"
+    );
+}

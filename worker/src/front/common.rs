@@ -26,8 +26,9 @@ pub(crate) enum Origin {
 }
 
 /// The client's IP address, from the connection that received the request
-/// (absent on forwarded requests, which never open sessions); the
-/// per-client session cap counts by it. Passed along, not put in the
+/// (on a forwarded request, from the forwarding worker's
+/// `x-mcpgw-client`); the per-client session cap and, without `[auth]`,
+/// rate limits count by it. Passed along, not put in the
 /// request's extensions: that would allocate a map for every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientAddr(pub std::net::IpAddr);

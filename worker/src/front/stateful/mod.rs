@@ -11,7 +11,8 @@ mod lifecycle;
 mod messages;
 
 use crate::front::common::{
-    Caller, Origin, accepted, is_json_content_type, plain, session_not_found, trace_context,
+    Caller, ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found,
+    trace_context,
 };
 use crate::front::rate::over_limit;
 use crate::front::stateful::initialize::initialize;
@@ -29,6 +30,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use mcpgw_mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use mcpgw_mcp::version::ProtocolVersion;
+use mcpgw_protocol::headers::CLIENT_ADDR;
 use mcpgw_protocol::session_id::SessionId;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -119,8 +121,17 @@ pub(crate) async fn serve(
                     let owner = ctx.owner_of(&id);
                     if owner != ctx.id.slot && matches!(origin, Origin::Public { .. }) {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
-                        return Box::pin(ctx.forwarder.forward(owner, req, principal.as_ref()))
-                            .await;
+                        let client = match origin {
+                            Origin::Public { client, .. } => client.map(|c| c.0),
+                            Origin::Internal => None,
+                        };
+                        return Box::pin(ctx.forwarder.forward(
+                            owner,
+                            req,
+                            principal.as_ref(),
+                            client,
+                        ))
+                        .await;
                     }
                     // Ours but unknown: maybe inherited from a dead worker.
                     match Box::pin(resume(ctx, &id)).await {
@@ -136,7 +147,12 @@ pub(crate) async fn serve(
             let caller = Caller {
                 addr: match origin {
                     Origin::Public { client, .. } => client,
-                    Origin::Internal => None,
+                    // The client's, as the forwarding worker saw it.
+                    Origin::Internal => req
+                        .headers()
+                        .get(CLIENT_ADDR)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map(ClientAddr),
                 },
                 principal,
             };

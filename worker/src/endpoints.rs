@@ -56,13 +56,16 @@ impl Endpoint {
     }
 }
 
+/// The endpoints by path.
+pub(crate) type Table = HashMap<Box<str>, Arc<Endpoint>>;
+
 /// Build the endpoint table from a validated config; `previous` is the
 /// configuration and table in force before a reload (limiters carry over).
 pub(crate) fn endpoints(
     config: &Config,
     servers: &HashMap<Arc<str>, Arc<UpstreamServer>>,
-    previous: Option<(&Config, &HashMap<Box<str>, Arc<Endpoint>>)>,
-) -> HashMap<Box<str>, Arc<Endpoint>> {
+    previous: Option<(&Config, &Table)>,
+) -> Table {
     let workers = config.worker_count();
     config
         .effective_endpoints()

@@ -142,9 +142,7 @@ impl When {
                 && self.groups.is_none()
                 && self.roles.is_none();
         };
-        self.sub
-            .as_ref()
-            .is_none_or(|subs| subs.iter().any(|s| *s == c.sub))
+        self.sub.as_ref().is_none_or(|subs| subs.contains(&c.sub))
             && any_of(&self.scopes, &c.scopes)
             && any_of(&self.groups, &c.groups)
             && any_of(&self.roles, &c.roles)

@@ -817,22 +817,7 @@ async fn forwarded_requests_carry_the_principal_to_the_owner() {
     .expect("start mcpgw");
     let alice = sign(&rsa, &claims("alice"));
     let bob = sign(&rsa, &claims("bob"));
-    // One session of Alice's on each worker.
-    let mut on_slot: std::collections::BTreeMap<u32, (McpClient, u32)> = Default::default();
-    for _ in 0..64 {
-        let mut c = gateway.client().with_bearer(&alice);
-        let tag = c
-            .initialize()
-            .await
-            .expect("initialize")
-            .worker()
-            .expect("worker header");
-        on_slot.entry(tag.slot).or_insert((c, tag.pid));
-        if on_slot.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(on_slot.len(), 2, "sessions on both workers");
+    let mut on_slot = sessions_on_each_worker(&gateway, "/mcp", &alice).await;
     let mut shared = HttpConn::connect(gateway.addr).await.expect("connect");
     for round in 1..=2u64 {
         for (client, pid) in on_slot.values_mut() {
@@ -881,6 +866,31 @@ async fn forwarded_requests_carry_the_principal_to_the_owner() {
             >= 2.0,
         "requests were forwarded between the workers"
     );
+}
+
+/// One session of `token`'s at `path` on each of a two-worker gateway's
+/// workers, by slot, with the owner's pid.
+async fn sessions_on_each_worker(
+    gateway: &Gateway,
+    path: &str,
+    token: &str,
+) -> std::collections::BTreeMap<u32, (McpClient, u32)> {
+    let mut on_slot = std::collections::BTreeMap::new();
+    for _ in 0..64 {
+        let mut c = gateway.client_at(path).with_bearer(token);
+        let tag = c
+            .initialize()
+            .await
+            .expect("initialize")
+            .worker()
+            .expect("worker header");
+        on_slot.entry(tag.slot).or_insert((c, tag.pid));
+        if on_slot.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(on_slot.len(), 2, "sessions on both workers");
+    on_slot
 }
 
 /// The Python MCP SDK (installed into `tests/.venv` by `scripts/test-all.sh`)

@@ -6,6 +6,7 @@
 //! subscriptions, 429 with `Retry-After` over a principal's limit while
 //! another principal goes on, and the counters of both.
 
+use mcpgw_tests::CounterServer;
 use mcpgw_tests::stateless::StatelessClient;
 use mcpgw_tests::stream::MessageStream;
 
@@ -35,6 +36,35 @@ fn authz_config(crm: &str, docs: &str, keys: &Keys, workers: usize) -> GatewayCo
         keys.jwks_path().display()
     );
     config
+}
+
+/// Keys, two counter-servers and a gateway with [`authz_config`].
+struct Setup {
+    // Dropped first: the gateway goes before its upstreams and keys.
+    gateway: Gateway,
+    crm: CounterServer,
+    _docs: CounterServer,
+    rsa: SigningKey,
+    _keys: Keys,
+}
+
+impl Setup {
+    fn start(workers: usize, alg: Algorithm) -> Self {
+        let keys = Keys::new();
+        let rsa = keys.make(alg, "key-1");
+        keys.publish(&[&rsa]);
+        let crm = start_counter!().expect("crm counter-server");
+        let docs = start_counter!().expect("docs counter-server");
+        let gateway = Gateway::start(&authz_config(&crm.url(), &docs.url(), &keys, workers))
+            .expect("start mcpgw");
+        Self {
+            gateway,
+            crm,
+            _docs: docs,
+            rsa,
+            _keys: keys,
+        }
+    }
 }
 
 /// A token for `sub` in `groups`.
@@ -70,13 +100,8 @@ async fn stateless_request(
 
 #[tokio::test]
 async fn rules_filter_lists_and_deny_calls_like_unknown_names_in_both_eras() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let crm = start_counter!().expect("crm counter-server");
-    let docs = start_counter!().expect("docs counter-server");
-    let gateway =
-        Gateway::start(&authz_config(&crm.url(), &docs.url(), &keys, 2)).expect("start mcpgw");
+    let setup = Setup::start(2, Algorithm::RS256);
+    let (gateway, crm, rsa) = (&setup.gateway, &setup.crm, &setup.rsa);
     let alice = member(&rsa, "alice", &["staff"]);
     let bob = member(&rsa, "bob", &["staff", "contractors"]);
 
@@ -318,14 +343,9 @@ async fn rules_filter_lists_and_deny_calls_like_unknown_names_in_both_eras() {
 
 #[tokio::test]
 async fn over_the_rate_limit_is_429_with_retry_after_and_others_go_on() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::ES256, "ec-1");
-    keys.publish(&[&rsa]);
-    let crm = start_counter!().expect("crm counter-server");
-    let docs = start_counter!().expect("docs counter-server");
     // One worker: the whole budget is its own (N workers enforce 1/N each).
-    let gateway =
-        Gateway::start(&authz_config(&crm.url(), &docs.url(), &keys, 1)).expect("start mcpgw");
+    let setup = Setup::start(1, Algorithm::ES256);
+    let (gateway, crm, rsa) = (&setup.gateway, &setup.crm, &setup.rsa);
     let alice = member(&rsa, "alice", &[]);
     let bob = member(&rsa, "bob", &[]);
 
@@ -452,34 +472,14 @@ fn check_config_refuses_rules_that_can_never_match() {
 /// token said.
 #[tokio::test]
 async fn forwarded_requests_are_decided_on_the_callers_claims() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let crm = start_counter!().expect("crm counter-server");
-    let docs = start_counter!().expect("docs counter-server");
-    let gateway =
-        Gateway::start(&authz_config(&crm.url(), &docs.url(), &keys, 2)).expect("start mcpgw");
+    let setup = Setup::start(2, Algorithm::RS256);
+    let (gateway, rsa) = (&setup.gateway, &setup.rsa);
     let bob = member(&rsa, "bob", &["contractors"]);
-    // One session of Bob's on each worker.
-    let mut on_slot: std::collections::BTreeMap<u32, McpClient> = Default::default();
-    for _ in 0..64 {
-        let mut c = gateway.client_at("/one").with_bearer(&bob);
-        let tag = c
-            .initialize()
-            .await
-            .expect("initialize")
-            .worker()
-            .expect("worker header");
-        on_slot.entry(tag.slot).or_insert(c);
-        if on_slot.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(on_slot.len(), 2, "sessions on both workers");
+    let mut on_slot = sessions_on_each_worker(&gateway, "/one", &bob).await;
     // One connection (so one worker) for both sessions: one of them is
     // forwarded to its owner.
     let mut shared = HttpConn::connect(gateway.addr).await.expect("connect");
-    for client in on_slot.values_mut() {
+    for (client, _) in on_slot.values_mut() {
         let list = client
             .request_on(&mut shared, "tools/list", Value::Null)
             .await

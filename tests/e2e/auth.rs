@@ -856,9 +856,14 @@ async fn forwarded_requests_carry_the_principal_to_the_owner() {
         decisions(&gateway, "wrong_principal").await >= 2.0,
         "both refusals counted"
     );
+    assert_forwarded(&gateway).await;
+}
+
+/// Requests went from one worker to another (two at least).
+async fn assert_forwarded(gateway: &Gateway) {
     assert!(
         labelled(
-            &gateway,
+            gateway,
             "mcpgw_forwarded_requests_total",
             "direction=\"out\""
         )

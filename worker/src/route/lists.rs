@@ -87,16 +87,6 @@ impl ListKind {
             Self::Resources | Self::ResourceTemplates => Kind::Resource,
         }
     }
-
-    /// The member of an item that rules match: a tool's or prompt's name
-    /// (as the client sees it), a resource's URI, a template's URI template.
-    fn key_member(self) -> &'static str {
-        match self {
-            Self::Tools | Self::Prompts => "name",
-            Self::Resources => "uri",
-            Self::ResourceTemplates => "uriTemplate",
-        }
-    }
 }
 
 /// Whether the caller may see a listed item (`raw`, as the client gets it).
@@ -106,18 +96,26 @@ fn visible(ctx: Env<'_>, endpoint: &Endpoint, kind: ListKind, raw: &str) -> bool
     let Some(rules) = &endpoint.authz else {
         return true;
     };
-    // The item as a map of raw values (borrowed, no copies), then the one
-    // member as a string (borrowed unless it has escapes).
-    let Ok(item) = serde_json::from_str::<RawObject<'_>>(raw) else {
+    /// The members rules match on, borrowed from the item (copied only
+    /// when escaped); every other member is skipped, not kept.
+    #[derive(Deserialize)]
+    struct Keys<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        uri: Option<Cow<'a, str>>,
+        #[serde(rename = "uriTemplate", borrow, default)]
+        uri_template: Option<Cow<'a, str>>,
+    }
+    let Ok(keys) = serde_json::from_str::<Keys<'_>>(raw) else {
         return true;
     };
-    let Some(key) = item
-        .get(kind.key_member())
-        .and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
-    else {
-        return true;
+    let key = match kind {
+        ListKind::Tools | ListKind::Prompts => keys.name,
+        ListKind::Resources => keys.uri,
+        ListKind::ResourceTemplates => keys.uri_template,
     };
-    rules.decide(kind.authz_kind(), &key, ctx.caller).allowed
+    key.is_none_or(|key| rules.decide(kind.authz_kind(), &key, ctx.caller).allowed)
 }
 
 /// A list on an endpoint with one upstream and authorization rules: the
@@ -515,6 +513,71 @@ mod tests {
         );
         assert_eq!(res, r#"{"uri":"x://1","name":"one"}"#);
         assert_eq!(routes, vec![("x://1".to_owned(), Arc::from("a"))]);
+    }
+
+    #[tokio::test]
+    async fn lists_are_filtered_for_the_caller_and_the_rest_kept() {
+        use mcpgw_protocol::config::{AuthzRule, Effect, Endpoint as Configured, When};
+        let mut one = endpoint(&["a"]);
+        one.authz = crate::authz::Rules::compile(&Configured {
+            path: "/mcp".into(),
+            upstreams: vec!["a".into()],
+            auth_audience: None,
+            auth_required_scopes: None,
+            authz_default: Effect::Allow,
+            authz: vec![AuthzRule {
+                effect: Effect::Deny,
+                tools: Some(vec!["del*".into()]),
+                resources: Some(vec!["x://secret/*".into()]),
+                when: Some(When {
+                    groups: Some(vec!["contractors".into()]),
+                    ..When::default()
+                }),
+                ..AuthzRule::default()
+            }],
+            rate_limit: None,
+        });
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let outcome = crate::metrics::OutcomeSlot::new();
+        let contractor = crate::authz::Claims {
+            sub: "bob".into(),
+            groups: Box::from([Box::from("contractors")]),
+            ..crate::authz::Claims::default()
+        };
+        let ctx = Env {
+            metrics: &metrics,
+            outcome: &outcome,
+            tool_call: false,
+            access_log: false,
+            caller: Some(&contractor),
+        };
+        let tools = br#"{"jsonrpc":"2.0","id":"q1","result":{"tools":[{"name":"delete","x":1},{"name":"list"},{"name":"delete_all"}],"nextCursor":"c2"}}"#;
+        let filtered = filter_answer(ctx, &one, ListKind::Tools, tools).expect("filtered");
+        assert_eq!(
+            std::str::from_utf8(&filtered).expect("utf8"),
+            r#"{"jsonrpc":"2.0","id":"q1","result":{"tools":[{"name":"list"}],"nextCursor":"c2"}}"#
+        );
+        let resources = br#"{"jsonrpc":"2.0","id":2,"result":{"resources":[{"uri":"x://open"}]}}"#;
+        assert!(
+            filter_answer(ctx, &one, ListKind::Resources, resources).is_none(),
+            "nothing hidden"
+        );
+        let templates = br#"{"jsonrpc":"2.0","id":2,"result":{"resourceTemplates":[{"uriTemplate":"x://secret/{id}"},{"uriTemplate":"x://open/{id}"}]}}"#;
+        let filtered =
+            filter_answer(ctx, &one, ListKind::ResourceTemplates, templates).expect("filtered");
+        assert!(
+            !std::str::from_utf8(&filtered)
+                .expect("utf8")
+                .contains("secret")
+        );
+        let error = br#"{"jsonrpc":"2.0","id":2,"error":{"code":-32601,"message":"no"}}"#;
+        assert!(filter_answer(ctx, &one, ListKind::Tools, error).is_none());
+        // Someone else sees everything.
+        let ctx = Env {
+            caller: None,
+            ..ctx
+        };
+        assert!(filter_answer(ctx, &one, ListKind::Tools, tools).is_none());
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::modern::ModernServer;
+use mcpgw_tests::rmcp_client;
 use mcpgw_tests::stream::MessageStream;
-use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern, wait_until};
+use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, start_counter, start_modern, wait_until};
 use serde_json::{Value, json};
 
 fn modern_behind_gateway() -> (ModernServer, Gateway) {
@@ -16,6 +17,20 @@ fn modern_behind_gateway() -> (ModernServer, Gateway) {
     let gateway = Gateway::start(&GatewayConfig::new(1).upstream("modern", &modern.url()))
         .expect("start mcpgw");
     (modern, gateway)
+}
+
+/// One endpoint, `/mcp`, over the stateful counter-server and the modern server.
+fn federated_behind_gateway() -> (CounterServer, ModernServer, Gateway) {
+    let counter = start_counter!().expect("start counter-server");
+    let modern = start_modern!("modern").expect("start modern-server");
+    let gateway = Gateway::start(
+        &GatewayConfig::new(1)
+            .upstream("counter", &counter.url())
+            .upstream("modern", &modern.url())
+            .endpoint("/mcp", &["counter", "modern"]),
+    )
+    .expect("start mcpgw");
+    (counter, modern, gateway)
 }
 
 /// The JSON text a tool answered, parsed.
@@ -173,15 +188,7 @@ async fn a_stateless_client_reaches_a_modern_upstream() {
 /// calls go to each by namespaced name, for a stateful and a stateless client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_and_a_modern_upstream_federate() {
-    let counter = start_counter!().expect("start counter-server");
-    let modern = start_modern!("modern").expect("start modern-server");
-    let gateway = Gateway::start(
-        &GatewayConfig::new(1)
-            .upstream("counter", &counter.url())
-            .upstream("modern", &modern.url())
-            .endpoint("/mcp", &["counter", "modern"]),
-    )
-    .expect("start mcpgw");
+    let (counter, _modern, gateway) = federated_behind_gateway();
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");
     let names = client.tool_names().await.expect("tools/list");
@@ -286,26 +293,12 @@ async fn a_modern_upstream_pinned_stateful_fails_clearly() {
 /// server: it settles on 2026-07-28 with the gateway and completes a tool call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
-    use rmcp::ClientServiceExt;
-    use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-    use rmcp::service::ClientLifecycleMode;
-    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::model::CallToolRequestParams;
 
     let (_modern, gateway) = modern_behind_gateway();
-    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", gateway.addr));
-    let client = tokio::time::timeout(
-        Duration::from_secs(30),
-        ().serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Auto {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                legacy_version: None,
-            },
-        ),
-    )
-    .await
-    .expect("start-up within 30 s")
-    .expect("rmcp client in auto mode");
+    let client = rmcp_client::connect(&format!("http://{}/mcp", gateway.addr), rmcp_client::auto())
+        .await
+        .expect("rmcp client in auto mode");
     let info = client.peer_info().expect("server info");
     assert_eq!(info.protocol_version.to_string(), "2026-07-28");
     let mut args = serde_json::Map::new();
@@ -326,17 +319,9 @@ async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
 /// list changes of each, with the client's subscription id (not the upstream's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_spans_a_stateful_and_a_modern_upstream() {
-    const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    use mcpgw_tests::stateless::META_SUBSCRIPTION_ID as SUBSCRIPTION_ID;
     let within = Duration::from_secs(15);
-    let counter = start_counter!().expect("start counter-server");
-    let modern = start_modern!("modern").expect("start modern-server");
-    let gateway = Gateway::start(
-        &GatewayConfig::new(1)
-            .upstream("counter", &counter.url())
-            .upstream("modern", &modern.url())
-            .endpoint("/mcp", &["counter", "modern"]),
-    )
-    .expect("start mcpgw");
+    let (_counter, modern, gateway) = federated_behind_gateway();
     let mut listen = stateless_request(
         "subscriptions/listen",
         None,

@@ -42,6 +42,9 @@ pub const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
 /// The top level of one JSON-RPC message, borrowed from the request body.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
+    /// The `jsonrpc` member as raw JSON (`"2.0"` with its quotes when valid).
+    #[serde(borrow, default)]
+    pub jsonrpc: Option<&'a RawValue>,
     /// `Some("null")` for an explicit null (invalid in MCP), `None` if absent.
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
@@ -70,6 +73,12 @@ pub enum Kind<'e> {
 }
 
 impl Envelope<'_> {
+    /// Whether the message says it is JSON-RPC 2.0 (`"jsonrpc": "2.0"`), as
+    /// every MCP message must.
+    pub fn is_v2(&self) -> bool {
+        self.jsonrpc.map(RawValue::get) == Some("\"2.0\"")
+    }
+
     pub fn kind(&self) -> Kind<'_> {
         match (&self.method, self.id) {
             (Some(m), Some(id)) if is_request_id(id.get()) => Kind::Request(m),
@@ -502,6 +511,17 @@ mod tests {
             r("2", AnswerKind::Result)
         );
         assert_eq!(k(r#"{"id":2}"#, true), None);
+    }
+
+    #[test]
+    fn only_jsonrpc_2_0_is_v2() {
+        let v2 = |s: &str| parse(s.as_bytes()).expect("parse").is_v2();
+        assert!(v2(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#));
+        assert!(v2(r#"{"id":1, "jsonrpc" : "2.0","method":"ping"}"#));
+        assert!(!v2(r#"{"id":1,"method":"ping"}"#));
+        assert!(!v2(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#));
+        assert!(!v2(r#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#));
+        assert!(!v2(r#"{"jsonrpc":"2.0\u0000","id":1,"method":"ping"}"#));
     }
 
     #[test]

@@ -7,19 +7,22 @@
 //! needs `[auth]` or an explicit `auth = "off"`. Authorization rules and
 //! rate limits, which match on the tokens' claims, are in `auth/authz.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mcpgw_tests::gateway::gateway_binary;
+use mcpgw_tests::gateway::{config_accepted, gateway_binary};
 use mcpgw_tests::ops::{admin_get, sum_of};
 use mcpgw_tests::process::TempDir;
+use mcpgw_tests::python;
+use mcpgw_tests::rmcp_client;
 use mcpgw_tests::stateless;
 use mcpgw_tests::{
-    Gateway, GatewayConfig, HttpConn, McpClient, Request, Response, start_counter, wait_until,
+    CounterServer, Gateway, GatewayConfig, HttpConn, McpClient, Request, Response, start_counter,
+    wait_until,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -163,6 +166,32 @@ fn auth_config(counter_url: &str, keys: &Keys, workers: usize, more_auth: &str) 
         keys.jwks_path().display()
     );
     config
+}
+
+/// One RS256 key (`rsa-1`) published as the JWKS, a counter upstream, and a
+/// gateway with [`auth_config`] in front of it.
+struct OneKey {
+    rsa: SigningKey,
+    _counter: CounterServer,
+    gateway: Gateway,
+    _keys: Keys,
+}
+
+impl OneKey {
+    fn start(workers: usize, more_auth: &str) -> Self {
+        let keys = Keys::new();
+        let rsa = keys.make(Algorithm::RS256, "rsa-1");
+        keys.publish(&[&rsa]);
+        let counter = start_counter!().expect("counter-server");
+        let gateway = Gateway::start(&auth_config(&counter.url(), &keys, workers, more_auth))
+            .expect("start mcpgw");
+        Self {
+            rsa,
+            _counter: counter,
+            gateway,
+            _keys: keys,
+        }
+    }
 }
 
 fn initialize_request(client: &McpClient) -> Request {
@@ -405,19 +434,10 @@ async fn tokens_are_checked_and_refusals_point_at_the_metadata() {
 
 #[tokio::test]
 async fn sessions_answer_only_to_their_principal() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(
-        &counter.url(),
-        &keys,
-        1,
-        "max_sessions_per_principal = 2",
-    ))
-    .expect("start mcpgw");
-    let alice = sign(&rsa, &claims("alice"));
-    let bob = sign(&rsa, &claims("bob"));
+    let fx = OneKey::start(1, "max_sessions_per_principal = 2");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
+    let alice = sign(rsa, &claims("alice"));
+    let bob = sign(rsa, &claims("bob"));
 
     let mut owner = gateway.client().with_bearer(&alice);
     owner.initialize().await.expect("initialize");
@@ -453,7 +473,7 @@ async fn sessions_answer_only_to_their_principal() {
     assert_eq!(resp.status, 401);
     // The owner carries on, counter intact.
     assert_eq!(owner.count("increment").await.expect("increment"), 2);
-    assert_eq!(decisions(&gateway, "wrong_principal").await, 1.0);
+    assert_eq!(decisions(gateway, "wrong_principal").await, 1.0);
 
     // Per-principal cap: Alice's third session is refused as any session
     // over a cap is; Bob is not affected.
@@ -481,13 +501,10 @@ async fn sessions_answer_only_to_their_principal() {
 
 #[tokio::test]
 async fn a_bound_session_fails_over_for_its_owner_only() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
-    let alice = sign(&rsa, &claims("alice"));
-    let bob = sign(&rsa, &claims("bob"));
+    let fx = OneKey::start(2, "");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
+    let alice = sign(rsa, &claims("alice"));
+    let bob = sign(rsa, &claims("bob"));
 
     let mut owner = gateway.client().with_bearer(&alice);
     let tag = owner
@@ -581,24 +598,6 @@ async fn a_rotated_jwks_file_is_read_on_sighup() {
     );
 }
 
-fn check_config(dir: &Path, toml: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    std::fs::write(&file, toml).expect("write config");
-    let out = Command::new(gateway_binary().expect("mcpgw binary"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run mcpgw check-config");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn a_listener_beyond_loopback_needs_auth_or_an_explicit_off() {
     let keys = Keys::new();
@@ -606,25 +605,25 @@ fn a_listener_beyond_loopback_needs_auth_or_an_explicit_off() {
     keys.publish(&[&rsa]);
     let dir = TempDir::new("mcpgw-check").expect("temp dir");
     let exposed = "listen = [\"0.0.0.0:0\"]\n";
-    let (ok, out) = check_config(dir.path(), exposed);
+    let (ok, out) = config_accepted(dir.path(), exposed);
     assert!(!ok, "{out}");
     assert!(
         out.contains("auth") && out.contains("not a loopback address"),
         "{out}"
     );
-    let (ok, out) = check_config(dir.path(), &format!("{exposed}auth = \"off\"\n"));
+    let (ok, out) = config_accepted(dir.path(), &format!("{exposed}auth = \"off\"\n"));
     assert!(ok, "{out}");
     assert!(out.contains("NOT authenticated"), "warned: {out}");
     let with_auth = format!(
         "{exposed}[auth]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\n",
         keys.jwks_path().display()
     );
-    let (ok, out) = check_config(dir.path(), &with_auth);
+    let (ok, out) = config_accepted(dir.path(), &with_auth);
     assert!(ok, "{out}");
     // A JWKS file without a usable key, and a jwks_url over https.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).expect("write");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!(
             "[auth]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\n",
@@ -632,13 +631,13 @@ fn a_listener_beyond_loopback_needs_auth_or_an_explicit_off() {
         ),
     );
     assert!(!ok && out.contains("no usable signing key"), "{out}");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!("[auth]\nissuer = \"{ISSUER}\"\njwks_url = \"{ISSUER}/jwks\"\n"),
     );
     assert!(!ok && out.contains("https is not supported yet"), "{out}");
     // Existing loopback configurations need nothing new.
-    let (ok, out) = check_config(dir.path(), "listen = [\"127.0.0.1:0\"]\n");
+    let (ok, out) = config_accepted(dir.path(), "listen = [\"127.0.0.1:0\"]\n");
     assert!(ok, "{out}");
 }
 
@@ -760,29 +759,21 @@ async fn a_jwks_url_is_fetched_at_start_and_again_for_an_unknown_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rmcp_client_works_with_a_bearer_token() {
-    use rmcp::ClientServiceExt;
     use rmcp::model::CallToolRequestParams;
     use rmcp::service::ClientLifecycleMode;
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
-    let token = sign(&rsa, &claims("alice"));
+    let fx = OneKey::start(2, "");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
+    let token = sign(rsa, &claims("alice"));
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("http://{}/mcp", gateway.addr))
             .auth_header(token),
     );
-    let client = tokio::time::timeout(
-        Duration::from_secs(30),
-        ().serve_with_lifecycle(transport, ClientLifecycleMode::Initialize),
-    )
-    .await
-    .expect("start-up within 30 s")
-    .expect("rmcp client with a bearer token");
+    let client = rmcp_client::over(transport, ClientLifecycleMode::Initialize)
+        .await
+        .expect("rmcp client with a bearer token");
     for expected in 1..=2 {
         let result = client
             .call_tool(CallToolRequestParams::new("increment"))
@@ -804,20 +795,11 @@ async fn the_rmcp_client_works_with_a_bearer_token() {
 /// binds them as if they had come to it directly.
 #[tokio::test]
 async fn forwarded_requests_carry_the_principal_to_the_owner() {
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(
-        &counter.url(),
-        &keys,
-        2,
-        "max_sessions_per_principal = 0",
-    ))
-    .expect("start mcpgw");
-    let alice = sign(&rsa, &claims("alice"));
-    let bob = sign(&rsa, &claims("bob"));
-    let mut on_slot = sessions_on_each_worker(&gateway, "/mcp", &alice).await;
+    let fx = OneKey::start(2, "max_sessions_per_principal = 0");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
+    let alice = sign(rsa, &claims("alice"));
+    let bob = sign(rsa, &claims("bob"));
+    let mut on_slot = sessions_on_each_worker(gateway, "/mcp", &alice).await;
     let mut shared = HttpConn::connect(gateway.addr).await.expect("connect");
     for round in 1..=2u64 {
         for (client, pid) in on_slot.values_mut() {
@@ -853,10 +835,10 @@ async fn forwarded_requests_carry_the_principal_to_the_owner() {
         assert_eq!(reply.status(), 404, "{}", reply.message);
     }
     assert!(
-        decisions(&gateway, "wrong_principal").await >= 2.0,
+        decisions(gateway, "wrong_principal").await >= 2.0,
         "both refusals counted"
     );
-    assert_forwarded(&gateway).await;
+    assert_forwarded(gateway).await;
 }
 
 /// Requests went from one worker to another (two at least).
@@ -902,42 +884,22 @@ async fn sessions_on_each_worker(
 /// as a client with a bearer token, in both of its modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_client_works_with_a_bearer_token() {
-    let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = tests_dir.join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
-        python.display()
-    );
-    let keys = Keys::new();
-    let rsa = keys.make(Algorithm::RS256, "rsa-1");
-    keys.publish(&[&rsa]);
-    let counter = start_counter!().expect("counter-server");
-    let gateway = Gateway::start(&auth_config(&counter.url(), &keys, 2, "")).expect("start mcpgw");
+    let fx = OneKey::start(2, "");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
     let url = format!("http://{}/mcp", gateway.addr);
-    let token = sign(&rsa, &claims("alice"));
+    let token = sign(rsa, &claims("alice"));
     for mode in ["legacy", "auto"] {
-        let run = tokio::process::Command::new(&python)
-            .arg(tests_dir.join("python/client_smoke.py"))
-            .arg(&url)
-            .arg(mode)
-            .env("MCPGW_BEARER_TOKEN", &token)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(120), run)
-            .await
-            .expect("client_smoke.py did not finish within 120 s")
-            .expect("run client_smoke.py");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.lines().last() == Some("OK"),
-            "client_smoke.py {mode} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            output.status
-        );
+        python::expect_ok(
+            &format!("client_smoke.py {mode}"),
+            python::script("client_smoke.py")
+                .arg(&url)
+                .arg(mode)
+                .env("MCPGW_BEARER_TOKEN", &token),
+        )
+        .await;
     }
     assert_eq!(
-        decisions(&gateway, "missing").await,
+        decisions(gateway, "missing").await,
         0.0,
         "every request had the token"
     );

@@ -635,16 +635,8 @@ async fn the_warm_pool_serves_each_request_a_session_opened_ahead() {
         taken, 4.0,
         "the first request opened its own; the next four took one:\n{text}"
     );
-    gateway
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
-    gateway
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the gateway stops");
-    let stats = counter.stats().await.expect("stats");
-    assert_eq!(stats.live_sessions, 0, "{stats:?}");
-    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+    gateway.stop().await;
+    counter.assert_all_sessions_closed().await;
 }
 
 /// `subscriptions/listen`: the gateway follows the upstream on a session of the
@@ -654,7 +646,7 @@ async fn the_warm_pool_serves_each_request_a_session_opened_ahead() {
 /// subscription id; a client that goes away ends it, and its upstream session closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_gets_what_it_asked_for_tagged() {
-    const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    use mcpgw_tests::stateless::META_SUBSCRIPTION_ID as SUBSCRIPTION_ID;
     let within = Duration::from_secs(10);
     let (counter, gateway) = counter_behind_gateway(1);
     let mut client = stateless_client(&gateway);

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 mod admin;
 #[path = "hardening/bodies.rs"]
 mod bodies;
+#[path = "hardening/catalogue.rs"]
+mod catalogue;
 #[path = "hardening/sessions.rs"]
 mod sessions;
 #[path = "hardening/upstream.rs"]

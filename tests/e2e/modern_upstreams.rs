@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::modern::ModernServer;
+use mcpgw_tests::rmcp_client;
 use mcpgw_tests::stream::MessageStream;
-use mcpgw_tests::{Gateway, GatewayConfig, start_counter, start_modern, wait_until};
+use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, start_counter, start_modern, wait_until};
 use serde_json::{Value, json};
 
 fn modern_behind_gateway() -> (ModernServer, Gateway) {
@@ -16,6 +17,20 @@ fn modern_behind_gateway() -> (ModernServer, Gateway) {
     let gateway = Gateway::start(&GatewayConfig::new(1).upstream("modern", &modern.url()))
         .expect("start mcpgw");
     (modern, gateway)
+}
+
+/// One endpoint, `/mcp`, over the stateful counter-server and the modern server.
+fn federated_behind_gateway() -> (CounterServer, ModernServer, Gateway) {
+    let counter = start_counter!().expect("start counter-server");
+    let modern = start_modern!("modern").expect("start modern-server");
+    let gateway = Gateway::start(
+        &GatewayConfig::new(1)
+            .upstream("counter", &counter.url())
+            .upstream("modern", &modern.url())
+            .endpoint("/mcp", &["counter", "modern"]),
+    )
+    .expect("start mcpgw");
+    (counter, modern, gateway)
 }
 
 /// The JSON text a tool answered, parsed.
@@ -59,16 +74,17 @@ async fn a_stateful_client_reaches_a_modern_upstream() {
 
     let mut names = client.tool_names().await.expect("tools/list");
     names.sort();
-    assert_eq!(names, ["add", "echo_meta", "needs_input"]);
+    assert_eq!(names, ["add", "ask_name", "echo_meta", "needs_input"]);
 
-    // MRTR is not bridged: a stateful client gets an error naming the upstream.
+    // MRTR is bridged, within bounds: an upstream that asks for input round after
+    // round gets an error naming it after ten rounds.
     let asked = client
         .call_tool("needs_input", json!({}))
         .await
         .expect("needs_input");
     let (_, message) = asked.error().expect("input_required must become an error");
     assert!(
-        message.contains("upstream modern needs input (MRTR)"),
+        message.contains("upstream modern asked for input 10 times without finishing"),
         "{message}"
     );
 
@@ -173,15 +189,7 @@ async fn a_stateless_client_reaches_a_modern_upstream() {
 /// calls go to each by namespaced name, for a stateful and a stateless client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_and_a_modern_upstream_federate() {
-    let counter = start_counter!().expect("start counter-server");
-    let modern = start_modern!("modern").expect("start modern-server");
-    let gateway = Gateway::start(
-        &GatewayConfig::new(1)
-            .upstream("counter", &counter.url())
-            .upstream("modern", &modern.url())
-            .endpoint("/mcp", &["counter", "modern"]),
-    )
-    .expect("start mcpgw");
+    let (counter, _modern, gateway) = federated_behind_gateway();
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");
     let names = client.tool_names().await.expect("tools/list");
@@ -204,7 +212,9 @@ async fn a_stateful_and_a_modern_upstream_federate() {
         .await
         .expect("add");
     assert_eq!(sum.text().expect("text"), "11");
-    // A stateful client cannot be asked mid-call (not bridged): an error that says so.
+    // A stateful client has the upstream's input_required bridged (see
+    // `a_stateful_client_answers_a_modern_upstreams_elicitation`): one that asks round
+    // after round is given up on after ten, with an error that says so.
     let asked = client
         .call_tool("modern__needs_input", json!({}))
         .await
@@ -213,7 +223,7 @@ async fn a_stateful_and_a_modern_upstream_federate() {
         .as_str()
         .unwrap_or_default();
     assert!(
-        message.contains("upstream modern needs input"),
+        message.contains("upstream modern asked for input 10 times without finishing"),
         "{}",
         asked.message
     );
@@ -286,26 +296,12 @@ async fn a_modern_upstream_pinned_stateful_fails_clearly() {
 /// server: it settles on 2026-07-28 with the gateway and completes a tool call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
-    use rmcp::ClientServiceExt;
-    use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-    use rmcp::service::ClientLifecycleMode;
-    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::model::CallToolRequestParams;
 
     let (_modern, gateway) = modern_behind_gateway();
-    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", gateway.addr));
-    let client = tokio::time::timeout(
-        Duration::from_secs(30),
-        ().serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Auto {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                legacy_version: None,
-            },
-        ),
-    )
-    .await
-    .expect("start-up within 30 s")
-    .expect("rmcp client in auto mode");
+    let client = rmcp_client::connect(&format!("http://{}/mcp", gateway.addr), rmcp_client::auto())
+        .await
+        .expect("rmcp client in auto mode");
     let info = client.peer_info().expect("server info");
     assert_eq!(info.protocol_version.to_string(), "2026-07-28");
     let mut args = serde_json::Map::new();
@@ -326,17 +322,9 @@ async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
 /// list changes of each, with the client's subscription id (not the upstream's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_spans_a_stateful_and_a_modern_upstream() {
-    const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    use mcpgw_tests::stateless::META_SUBSCRIPTION_ID as SUBSCRIPTION_ID;
     let within = Duration::from_secs(15);
-    let counter = start_counter!().expect("start counter-server");
-    let modern = start_modern!("modern").expect("start modern-server");
-    let gateway = Gateway::start(
-        &GatewayConfig::new(1)
-            .upstream("counter", &counter.url())
-            .upstream("modern", &modern.url())
-            .endpoint("/mcp", &["counter", "modern"]),
-    )
-    .expect("start mcpgw");
+    let (_counter, modern, gateway) = federated_behind_gateway();
     let mut listen = stateless_request(
         "subscriptions/listen",
         None,
@@ -426,5 +414,105 @@ async fn a_stateful_clients_stream_hears_a_modern_upstream() {
         !log.iter()
             .any(|e| e["method"] == "initialize" || e["http"] == "DELETE"),
         "{log:?}"
+    );
+}
+
+/// MRTR bridged for a stateful client: a 2026-07-28 upstream answers `input_required`
+/// with an elicitation; the gateway puts it to the client on the call's SSE stream (as
+/// a 2025 upstream's elicitation would come), takes the client's answer, and sends the
+/// call again with `inputResponses` and the upstream's `requestState`, which the
+/// client never sees. A client without the elicitation capability gets an error that
+/// names it; so does one whose answer is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_client_answers_a_modern_upstreams_elicitation() {
+    let within = Duration::from_secs(15);
+    let (modern, gateway) = modern_behind_gateway();
+    let mut client = gateway.client();
+    client
+        .initialize_with(json!({"elicitation": {"form": {}}}))
+        .await
+        .expect("initialize");
+    let call = |id: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "ask_name", "arguments": {}}})
+    };
+    for (round, answer, expected) in [
+        (
+            "accepted",
+            json!({"result": {"action": "accept", "content": {"name": "Ada"}}}),
+            Ok("hello Ada"),
+        ),
+        (
+            "declined",
+            json!({"result": {"action": "decline"}}),
+            Ok("declined"),
+        ),
+        (
+            "refused",
+            json!({"error": {"code": -1, "message": "no thanks"}}),
+            Err("the client refused the upstream's input request: no thanks"),
+        ),
+    ] {
+        let mut stream = MessageStream::post(&client, gateway.addr, &call(round))
+            .await
+            .expect("call stream");
+        let request = stream.expect(within).await.expect("the input request");
+        assert_eq!(request["method"], "elicitation/create", "{request}");
+        assert_eq!(request["params"]["message"], "Your name?", "{request}");
+        let gateway_id = request["id"].as_str().expect("a string id").to_owned();
+        assert!(gateway_id.starts_with("mcpgw:s"), "{request}");
+        let mut reply = answer.clone();
+        reply["jsonrpc"] = json!("2.0");
+        reply["id"] = json!(gateway_id);
+        let status = client
+            .send(&client.post_request(reply.to_string()))
+            .await
+            .expect("POST the answer")
+            .status;
+        assert_eq!(status, 202, "{round}: the answer was not taken");
+        let (response, rest) = stream
+            .until_response(&json!(round), within)
+            .await
+            .expect("the call's answer");
+        assert!(rest.is_empty(), "{round}: unexpected messages {rest:?}");
+        let text = response.to_string();
+        assert!(
+            !text.contains("ask-name-1"),
+            "the requestState leaked: {text}"
+        );
+        match expected {
+            Ok(greeting) => assert_eq!(
+                response["result"]["content"][0]["text"], greeting,
+                "{round}: {response}"
+            ),
+            Err(message) => {
+                assert_eq!(response["error"]["message"], message, "{round}: {response}")
+            }
+        }
+    }
+    // The upstream saw each call once more per answered round, never an initialize.
+    let calls = modern
+        .log()
+        .await
+        .expect("modern log")
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .count();
+    assert_eq!(calls, 2 + 2 + 1, "two rounds for each answered call");
+
+    // A client that cannot be asked: an error naming the capability, no retry.
+    let mut plain = gateway.client();
+    plain.initialize().await.expect("initialize");
+    let reply = plain
+        .call_tool("ask_name", json!({}))
+        .await
+        .expect("an answer");
+    let message = reply.message["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("did not declare the elicitation (form mode) capability"),
+        "{}",
+        reply.message
     );
 }

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use mcpgw_tests::python;
 use mcpgw_tests::stream::MessageStream;
 use mcpgw_tests::{
     CounterServer, Gateway, GatewayConfig, HttpConn, McpClient, start_counter, wait_until,
@@ -686,31 +687,13 @@ async fn subscriptions_go_to_the_upstream_that_owns_the_resource() {
 /// gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_callbacks_work_through_the_gateway() {
-    let tests_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = tests_dir.join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
-        python.display()
-    );
     let s = setup();
     let url = format!("http://{}/mcp", s.gateway.addr);
-    let run = tokio::process::Command::new(&python)
-        .arg(tests_dir.join("python/relay_interop.py"))
-        .arg(&url)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("relay_interop.py did not finish within 120 s")
-        .expect("run relay_interop.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.lines().last() == Some("OK"),
-        "relay_interop.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
+    python::expect_ok(
+        "relay_interop.py",
+        python::script("relay_interop.py").arg(&url),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpgw_tests::http::{HttpConn, Response};
 use mcpgw_tests::mcp::is_gateway_session_id;
+use mcpgw_tests::python;
+use mcpgw_tests::rmcp_client;
 use mcpgw_tests::{
     CounterOpts, CounterServer, Gateway, GatewayConfig, McpClient, WorkerTag, start_counter,
     wait_until,
@@ -683,34 +684,15 @@ async fn a_malformed_discover_is_refused_and_initialize_still_works() {
 /// `legacy` mode (one session, one upstream session, as before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_client_works_through_the_gateway() {
-    let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = tests_dir.join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
-        python.display()
-    );
     let (counter, gateway) = counter_behind_gateway(2);
     let url = format!("http://{}/mcp", gateway.addr);
     for mode in ["legacy", "auto"] {
         let before = counter.stats().await.expect("stats");
-        let run = tokio::process::Command::new(&python)
-            .arg(tests_dir.join("python/client_smoke.py"))
-            .arg(&url)
-            .arg(mode)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(120), run)
-            .await
-            .expect("client_smoke.py did not finish within 120 s")
-            .expect("run client_smoke.py");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.lines().last() == Some("OK"),
-            "client_smoke.py {mode} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            output.status
-        );
+        python::expect_ok(
+            &format!("client_smoke.py {mode}"),
+            python::script("client_smoke.py").arg(&url).arg(mode),
+        )
+        .await;
         let stats = counter.stats().await.expect("stats");
         let opened = stats.initialize - before.initialize;
         if mode == "legacy" {
@@ -862,36 +844,18 @@ fn rmcp_count(result: &rmcp::model::CallToolResult) -> u64 {
 /// clients never share a count either way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
-    use rmcp::ClientServiceExt;
-    use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+    use rmcp::model::CallToolRequestParams;
     use rmcp::service::ClientLifecycleMode;
-    use rmcp::transport::StreamableHttpClientTransport;
 
     let (counter, gateway) = counter_behind_gateway(2);
     let url = format!("http://{}/mcp", gateway.addr);
-    let connect = |mode: ClientLifecycleMode| {
-        let transport = StreamableHttpClientTransport::from_uri(url.clone());
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                ().serve_with_lifecycle(transport, mode),
-            )
-            .await
-            .expect("the client's start-up ends within 30 s")
-        }
-    };
-    let modern = || vec![ProtocolVersion::V_2026_07_28];
-    let auto = connect(ClientLifecycleMode::Auto {
-        preferred_versions: modern(),
-        legacy_version: None,
-    })
-    .await
-    .expect("rmcp client in auto mode");
-    let discover = connect(ClientLifecycleMode::Discover {
-        preferred_versions: modern(),
-    })
-    .await
-    .expect("rmcp client in discover mode");
+    let connect = |mode: ClientLifecycleMode| rmcp_client::connect(&url, mode);
+    let auto = connect(rmcp_client::auto())
+        .await
+        .expect("rmcp client in auto mode");
+    let discover = connect(rmcp_client::discover())
+        .await
+        .expect("rmcp client in discover mode");
     let session = connect(ClientLifecycleMode::Initialize)
         .await
         .expect("rmcp client in initialize mode");
@@ -927,16 +891,8 @@ async fn rmcp_client_works_through_the_gateway_in_each_lifecycle_mode() {
 /// of a stateless request after it, a session's at its DELETE, and the warm pool's (opened
 /// ahead for stateless clients, in each worker) when the gateway stops.
 async fn upstream_sessions_all_closed_at_stop(counter: &CounterServer, mut gateway: Gateway) {
-    gateway
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM");
-    gateway
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the gateway stops");
-    let stats = counter.stats().await.expect("stats");
-    assert_eq!(stats.live_sessions, 0, "{stats:?}");
-    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+    gateway.stop().await;
+    counter.assert_all_sessions_closed().await;
 }
 
 /// The rmcp client's own `subscriptions/listen` (auto mode settles on 2026-07-28): the
@@ -946,29 +902,14 @@ async fn upstream_sessions_all_closed_at_stop(counter: &CounterServer, mut gatew
 /// request's result) and closes every upstream session it opened for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_client_listens_through_the_gateway() {
-    use rmcp::ClientServiceExt;
-    use rmcp::model::{
-        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
-    };
-    use rmcp::service::{ClientLifecycleMode, SubscriptionEnd};
-    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::model::{CallToolRequestParams, ServerNotification, SubscriptionFilter};
+    use rmcp::service::SubscriptionEnd;
 
     let within = Duration::from_secs(15);
     let (counter, gateway) = counter_behind_gateway(1);
-    let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", gateway.addr));
-    let client = tokio::time::timeout(
-        Duration::from_secs(30),
-        ().serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Auto {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                legacy_version: None,
-            },
-        ),
-    )
-    .await
-    .expect("the client's start-up ends within 30 s")
-    .expect("rmcp client in auto mode");
+    let client = rmcp_client::connect(&format!("http://{}/mcp", gateway.addr), rmcp_client::auto())
+        .await
+        .expect("rmcp client in auto mode");
 
     let asked = SubscriptionFilter::builder()
         .tools_list_changed()
@@ -1025,7 +966,5 @@ async fn rmcp_client_listens_through_the_gateway() {
         .wait_exit(Duration::from_secs(30))
         .await
         .expect("the gateway stops");
-    let stats = counter.stats().await.expect("stats");
-    assert_eq!(stats.live_sessions, 0, "{stats:?}");
-    assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+    counter.assert_all_sessions_closed().await;
 }

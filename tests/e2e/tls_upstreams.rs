@@ -7,10 +7,9 @@
 //! throwaway PKI (`openssl`), ports are ephemeral, every process is killed on drop.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mcpgw_tests::gateway::gateway_binary;
+use mcpgw_tests::gateway::check_config;
 use mcpgw_tests::ops::admin_get;
 use mcpgw_tests::pki::Pki;
 use mcpgw_tests::process::TempDir;
@@ -279,23 +278,6 @@ async fn mtls_upstream_needs_the_client_certificate() {
     assert_eq!(upstream_errors(&gateway, "withcert", "tls").await, 0.0);
 }
 
-fn check_config(dir: &TempDir, name: &str, text: &str) -> (Option<i32>, String) {
-    let path = dir.path().join(name);
-    std::fs::write(&path, text).expect("write config");
-    let out = Command::new(gateway_binary().expect("mcpgw binary"))
-        .arg("check-config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mcpgw check-config");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 /// `check-config` reads an https upstream's files: half a client identity, a missing
 /// file, a key that is not a key, and TLS keys on an http:// url are refused, each
 /// naming the key; a complete one passes.
@@ -312,7 +294,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
     );
 
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "cert-only.toml",
         &upstream_toml("u", url, &[("ca_file", &ca), ("client_cert_file", &cert)]),
     );
@@ -321,7 +303,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
     assert!(out.contains("both or neither"), "{out}");
 
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "key-only.toml",
         &upstream_toml("u", url, &[("client_key_file", &key)]),
     );
@@ -330,7 +312,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
 
     let missing = dir.path().join("missing.pem");
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "missing-ca.toml",
         &upstream_toml("u", url, &[("ca_file", &missing)]),
     );
@@ -343,7 +325,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
 
     // A certificate where the key should be.
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "not-a-key.toml",
         &upstream_toml(
             "u",
@@ -356,7 +338,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
     assert!(out.contains("no private key"), "{out}");
 
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "plain-with-ca.toml",
         &upstream_toml("u", "http://127.0.0.1:1/mcp", &[("ca_file", &ca)]),
     );
@@ -365,7 +347,7 @@ fn check_config_refuses_half_an_identity_and_bad_files() {
     assert!(out.contains("https://"), "{out}");
 
     let (code, out) = check_config(
-        &dir,
+        dir.path(),
         "good.toml",
         &upstream_toml(
             "u",

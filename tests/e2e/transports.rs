@@ -3,22 +3,13 @@
 //! Python MCP SDK (`tests/python/stdio_counter.py`, in the venv `scripts/test-all.sh`
 //! makes).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use mcpgw_tests::ops::metric_sum;
+use mcpgw_tests::python;
 use mcpgw_tests::{Gateway, GatewayConfig, McpClient, wait_until};
 use serde_json::json;
-
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
-        python.display()
-    );
-    python
-}
 
 /// A gateway whose only upstream, `counter`, is the stdio counter.
 fn stdio_gateway(workers: usize, max_processes: u32) -> Gateway {
@@ -26,7 +17,7 @@ fn stdio_gateway(workers: usize, max_processes: u32) -> Gateway {
     let mut config = GatewayConfig::new(workers);
     config.extra = format!(
         "[[upstream]]\nid = \"counter\"\ntransport = \"stdio\"\ncommand = {:?}\nargs = [{:?}]\nenv = {{ PYTHONUNBUFFERED = \"1\" }}\nmax_processes = {max_processes}\n",
-        python().display().to_string(),
+        python::interpreter().display().to_string(),
         script.display().to_string(),
     );
     Gateway::start(&config).expect("start mcpgw")
@@ -145,7 +136,7 @@ fn free_port() -> u16 {
 async fn legacy_sse_upstream_serves_lists_and_calls() {
     let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/stdio_counter.py");
-    let mut cmd = std::process::Command::new(python());
+    let mut cmd = std::process::Command::new(python::interpreter());
     cmd.arg(&script)
         .arg("--sse")
         .arg(port.to_string())

@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 use mcpgw_tests::gateway::gateway_binary;
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::process::{ChildGuard, LineReader, TempDir};
+use mcpgw_tests::python;
 use mcpgw_tests::{
     CounterOpts, CounterServer, Gateway, GatewayConfig, IO_TIMEOUT, Stats, start_counter,
     wait_until,
@@ -207,10 +208,6 @@ async fn wait_stats(
     .await
 }
 
-fn tests_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// #4419: every request after `initialize` must reach the same session. Through the real
 /// gateway: tools/list and two increments (1, then 2: one upstream session kept), one
 /// upstream `initialize` in all, and the session deleted when stdin closes.
@@ -298,33 +295,19 @@ anyio.run(main, sys.argv[1], sys.argv[2])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_stdio_client_answers_a_server_request_through_the_wrapper() {
-    let python = tests_dir().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test-all.sh, which installs the Python MCP SDK there",
-        python.display()
-    );
+    let python = python::interpreter();
     let counter = start_counter!().expect("start counter-server");
     let mcpgw = gateway_binary().expect("mcpgw binary");
-    let run = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(PYTHON_CLIENT)
-        .arg(mcpgw)
-        .arg(counter.url())
-        .env("MCPGW_LOG", "debug")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the Python client did not finish within 120 s")
-        .expect("run the Python client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.lines().last() == Some("OK"),
-        "the Python client failed ({}):\n--- stdout\n{stdout}\n--- stderr (client and wrapper)\n{stderr}",
-        output.status
-    );
+    python::expect_ok(
+        "the Python client (stderr: client and wrapper)",
+        tokio::process::Command::new(&python)
+            .arg("-c")
+            .arg(PYTHON_CLIENT)
+            .arg(mcpgw)
+            .arg(counter.url())
+            .env("MCPGW_LOG", "debug"),
+    )
+    .await;
     // The client closed the wrapper's stdin on exit: the session was deleted.
     let stats = wait_stats(&counter, "the session to be deleted", |s| s.delete == 1)
         .await

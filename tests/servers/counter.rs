@@ -1305,27 +1305,42 @@ fn chatty(srv: &Server, id: &Value, params: &Value) -> Response {
 /// every open GET stream of the server (a server-wide change, as when a
 /// tool is installed); the result says on how many streams.
 fn notify_all(srv: &Server, id: &Value, params: &Value) -> Response {
-    let tag = params
-        .pointer("/arguments/tag")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let messages = [
-        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-        json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}),
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-            "params": {"uri": "counter://value"}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/message",
-            "params": {"level": "info", "logger": srv.name, "data": {"tag": tag}}}),
-    ];
+    let messages = change_notifications(srv, params, true);
     let streams = srv
         .sessions()
         .values()
         .filter_map(|s| s.stream.as_ref())
         .filter(|stream| messages.iter().all(|m| stream.send(m.clone()).is_ok()))
         .count();
+    number_result(srv, id, "streams", streams)
+}
+
+/// What `notify` and `notify_all` send: tools (and, with `prompts`, prompts) list
+/// changed, `counter://value` updated, and a log message carrying the call's `tag`.
+fn change_notifications(srv: &Server, params: &Value, prompts: bool) -> Vec<Value> {
+    let tag = params
+        .pointer("/arguments/tag")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut messages =
+        vec![json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})];
+    if prompts {
+        messages.push(json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}));
+    }
+    messages.push(
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+        "params": {"uri": "counter://value"}}),
+    );
+    messages.push(json!({"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"level": "info", "logger": srv.name, "data": {"tag": tag}}}));
+    messages
+}
+
+/// A tool result of one number: `n` as its text and as `{key: n}`.
+fn number_result(srv: &Server, id: &Value, key: &str, n: usize) -> Response {
     let result = json!({
-        "content": [{"type": "text", "text": streams.to_string()}],
-        "structuredContent": {"streams": streams},
+        "content": [{"type": "text", "text": n.to_string()}],
+        "structuredContent": {key: n},
         "isError": false,
     });
     rpc_response(
@@ -1340,17 +1355,7 @@ fn notify_all(srv: &Server, id: &Value, params: &Value) -> Response {
 /// carrying `tag` on this session's GET stream; the result says how many were queued
 /// (0 without an open GET stream).
 fn notify(srv: &Server, session: &str, id: &Value, params: &Value) -> Response {
-    let tag = params
-        .pointer("/arguments/tag")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let messages = [
-        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-            "params": {"uri": "counter://value"}}),
-        json!({"jsonrpc": "2.0", "method": "notifications/message",
-            "params": {"level": "info", "logger": srv.name, "data": {"tag": tag}}}),
-    ];
+    let messages = change_notifications(srv, params, false);
     let queued = srv
         .sessions()
         .get(session)
@@ -1361,16 +1366,7 @@ fn notify(srv: &Server, session: &str, id: &Value, params: &Value) -> Response {
                 .take_while(|m| stream.send(m.clone()).is_ok())
                 .count()
         });
-    let result = json!({
-        "content": [{"type": "text", "text": queued.to_string()}],
-        "structuredContent": {"queued": queued},
-        "isError": false,
-    });
-    rpc_response(
-        srv,
-        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        None,
-    )
+    number_result(srv, id, "queued", queued)
 }
 
 /// `flood` {count}: an SSE answer carrying `count` server→client `ping` requests (ids

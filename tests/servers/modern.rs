@@ -7,7 +7,9 @@
 //!   request must carry its `_meta` and routing headers.
 //! - Tools: `add` (a + b), `echo_meta` (what this request's `_meta` said of its client:
 //!   `clientInfo` name and `clientCapabilities`), `needs_input` (answers
-//!   `resultType: "input_required"`, for the gateway's MRTR refusal), `notify` (a
+//!   `resultType: "input_required"` with no input requests, round after round),
+//!   `ask_name` (asks an elicitation through `input_required`, then greets the name it
+//!   got), `notify` (a
 //!   `tools/list_changed` on every open subscription; answers how many).
 //! - `subscriptions/listen`: every filter is accepted as far as the capabilities go
 //!   (tools `listChanged` only).
@@ -129,6 +131,11 @@ impl ServerHandler for Modern {
                 "always asks for input (resultType input_required)",
                 json!({"type": "object"}),
             ),
+            tool(
+                "ask_name",
+                "asks the client's name (elicitation, MRTR), then greets it",
+                json!({"type": "object"}),
+            ),
         ])))
     }
 
@@ -161,6 +168,7 @@ impl ServerHandler for Modern {
             "needs_input" => Ok(CallToolResponse::InputRequired(
                 InputRequiredResult::from_request_state("opaque-state-1"),
             )),
+            "ask_name" => ask_name(request.input_responses, request.request_state),
             "notify" => {
                 let sinks = self
                     .subscribers
@@ -182,6 +190,41 @@ impl ServerHandler for Modern {
             other => Err(McpError::invalid_params(format!("no tool {other}"), None)),
         };
         futures_util::future::Either::Right(std::future::ready(answer))
+    }
+}
+
+/// `ask_name`: without input, an `input_required` with one elicitation (key `name`)
+/// and the state `ask-name-1`; with the client's answer under that state, `hello
+/// <name>` (or `declined`); any other state is refused.
+fn ask_name(
+    responses: Option<rmcp::model::InputResponses>,
+    state: Option<String>,
+) -> Result<CallToolResponse, McpError> {
+    const STATE: &str = "ask-name-1";
+    match (responses, state.as_deref()) {
+        (Some(responses), Some(STATE)) => {
+            let name = responses
+                .get("name")
+                .and_then(|r| r.pointer("/content/name"))
+                .and_then(Value::as_str);
+            Ok(text(
+                name.map_or("declined".to_owned(), |n| format!("hello {n}")),
+            ))
+        }
+        (_, Some(other)) => Err(McpError::invalid_params(
+            format!("unknown requestState {other:?}"),
+            None,
+        )),
+        (_, None) => serde_json::from_value::<InputRequiredResult>(json!({
+            "resultType": "input_required",
+            "inputRequests": {"name": {"method": "elicitation/create", "params": {
+                "mode": "form", "message": "Your name?",
+                "requestedSchema": {"type": "object",
+                    "properties": {"name": {"type": "string"}}, "required": ["name"]}}}},
+            "requestState": STATE,
+        }))
+        .map(CallToolResponse::InputRequired)
+        .map_err(|e| McpError::internal_error(e.to_string(), None)),
     }
 }
 

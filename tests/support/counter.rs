@@ -167,6 +167,14 @@ impl CounterServer {
         McpClient::new(self.addr, "/mcp")
     }
 
+    /// Checks, once the gateway in front of this server has stopped, that it closed
+    /// (`DELETE`) every upstream session it opened here and left none live.
+    pub async fn assert_all_sessions_closed(&self) {
+        let stats = self.stats().await.expect("stats");
+        assert_eq!(stats.live_sessions, 0, "{stats:?}");
+        assert_eq!(stats.initialize, stats.delete, "{stats:?}");
+    }
+
     pub async fn stats(&self) -> Result<Stats> {
         let mut conn = HttpConn::connect(self.addr).await?;
         let response = conn.send(&Request::get("/stats")).await?;

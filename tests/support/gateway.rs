@@ -47,6 +47,31 @@ pub fn announcement_text(line: &str) -> String {
 }
 
 /// The path of an up-to-date `mcpgw` binary, built on first use.
+/// `mcpgw check-config` on `text`, written as `dir/name`: its exit code and its stdout
+/// and stderr together.
+pub fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(gateway_binary().expect("mcpgw binary"))
+        .arg("check-config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcpgw check-config");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// [`check_config`] on `dir/check.toml`: whether the config was accepted, and the output.
+pub fn config_accepted(dir: &Path, text: &str) -> (bool, String) {
+    let (code, out) = check_config(dir, "check.toml", text);
+    (code == Some(0), out)
+}
+
 pub fn gateway_binary() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| build_gateway().map_err(|e| format!("{e:#}")))
@@ -379,5 +404,13 @@ impl Gateway {
 
     pub async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
         self.child.wait_exit(within).await
+    }
+
+    /// Stops the gateway as an operator does (SIGTERM, drain) and waits for its exit.
+    pub async fn stop(&mut self) {
+        self.signal(Signal::SIGTERM).expect("SIGTERM");
+        self.wait_exit(Duration::from_secs(30))
+            .await
+            .expect("the gateway stops");
     }
 }

@@ -15,6 +15,8 @@
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
 //! - [`stateless`]: hand-written requests of the stateless revision (2026-07-28).
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
+//! - [`python`]: the Python MCP SDK's venv and running its client scripts.
+//! - [`rmcp_client`]: the rmcp SDK client in each lifecycle mode.
 //! - [`pki`]: a throwaway CA and certificates (`openssl`), for TLS listeners and https
 //!   upstreams.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
@@ -30,7 +32,9 @@ pub mod modern;
 pub mod ops;
 pub mod pki;
 pub mod process;
+pub mod python;
 pub mod redis;
+pub mod rmcp_client;
 pub mod sse;
 pub mod stateless;
 pub mod stream;

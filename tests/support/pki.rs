@@ -65,40 +65,10 @@ impl Pki {
         );
     }
 
-    /// A new leaf key and certificate written to `cert.pem` / `key.pem`
+    /// A new leaf key and certificate for 127.0.0.1 written to `cert.pem` / `key.pem`
     /// (replacing the previous ones); returns the certificate's DER.
     pub fn issue_leaf(&self) -> Vec<u8> {
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "7",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        self.sign_leaf(["cert.pem", "key.pem", "leaf.csr", "ext.cnf"], "127.0.0.1");
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         CertificateDer::from_pem_file(self.path("cert.pem"))
@@ -134,6 +104,12 @@ impl Pki {
             format!("{stem}.cnf"),
         );
         std::fs::write(self.path(&ext), format!("{extensions}\n")).expect("extensions");
+        self.sign_leaf([&cert, &key, &csr, &ext], cn);
+    }
+
+    /// A new P-256 key and a certificate for `cn` signed by this CA, valid for a week,
+    /// with the extensions in the `ext` file: `[cert, key, csr, ext]` name the files.
+    fn sign_leaf(&self, [cert, key, csr, ext]: [&str; 4], cn: &str) {
         self.openssl(&[
             "req",
             "-newkey",
@@ -142,9 +118,9 @@ impl Pki {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            &key,
+            key,
             "-out",
-            &csr,
+            csr,
             "-subj",
             &format!("/CN={cn}"),
         ]);
@@ -152,18 +128,18 @@ impl Pki {
             "x509",
             "-req",
             "-in",
-            &csr,
+            csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            &cert,
+            cert,
             "-days",
             "7",
             "-extfile",
-            &ext,
+            ext,
         ]);
     }
 }

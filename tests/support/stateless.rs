@@ -22,6 +22,8 @@ pub const NAME_HEADER: &str = "Mcp-Name";
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// The `_meta` key that tags a notification with the subscription it answers.
+pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The `_meta` every stateless request carries: version, no capabilities, a client name.
 pub fn meta() -> Value {

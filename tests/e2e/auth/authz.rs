@@ -6,7 +6,6 @@
 //! subscriptions, 429 with `Retry-After` over a principal's limit while
 //! another principal goes on, and the counters of both.
 
-use mcpgw_tests::CounterServer;
 use mcpgw_tests::stateless::StatelessClient;
 use mcpgw_tests::stream::MessageStream;
 
@@ -436,7 +435,7 @@ fn check_config_refuses_rules_that_can_never_match() {
     let upstreams = "[[upstream]]\nid = \"crm\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
                      [[upstream]]\nid = \"docs\"\nurl = \"http://127.0.0.1:9/mcp\"\n\
                      [[endpoint]]\npath = \"/mcp\"\nupstreams = [\"crm\", \"docs\"]\n";
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!("{upstreams}[[endpoint.authz]]\neffect = \"deny\"\ntools = [\"delete_*\"]\n"),
     );
@@ -445,19 +444,19 @@ fn check_config_refuses_rules_that_can_never_match() {
         out.contains("check.toml:12: endpoint[0].authz[0].tools[0]: \"delete_*\" can never match"),
         "{out}"
     );
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!(
             "{upstreams}[[endpoint.authz]]\neffect = \"deny\"\nwhen = {{ groups = [\"x\"] }}\n"
         ),
     );
     assert!(!ok && out.contains("endpoint[0].authz[0].when"), "{out}");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!("{upstreams}rate_limit = {{ per_principal = \"20/day\" }}\n"),
     );
     assert!(!ok && out.contains("N/s, N/m or N/h"), "{out}");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         &format!(
             "{upstreams}rate_limit = {{ per_principal = \"20/s\", burst = 40 }}\n\

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mcpgw_tests::gateway::gateway_binary;
+use mcpgw_tests::gateway::{config_accepted, gateway_binary};
 use mcpgw_tests::ops::{admin_get, supervisor_metric};
 use mcpgw_tests::process::TempDir;
 
@@ -229,36 +229,17 @@ async fn admin_config_shows_no_url_or_argument_secret() {
     setup.healthy_still_works().await;
 }
 
-/// `mcpgw check-config` on `toml`: success and stdout + stderr.
-fn check_config(dir: &Path, toml: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    std::fs::write(&file, toml).expect("write config");
-    let out = Command::new(gateway_binary().expect("mcpgw binary"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run mcpgw check-config");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn config_errors_never_print_a_password_and_name_the_admin_token_file() {
     let dir = TempDir::new("mcpgw-check").expect("temp dir");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         "[[upstream]]\nid = \"a\"\nurl = \"http://user:s3cret@127.0.0.1:1/mcp?key=k3y\"\n",
     );
     assert!(!ok, "{out}");
     assert!(out.contains("upstream[0].url"), "{out}");
     assert!(!out.contains("s3cret") && !out.contains("k3y"), "{out}");
-    let (ok, out) = check_config(
+    let (ok, out) = config_accepted(
         dir.path(),
         "[store]\nredis_url = \"rediss://:hunter2@127.0.0.1:6379\"\n",
     );
@@ -272,24 +253,24 @@ fn config_errors_never_print_a_password_and_name_the_admin_token_file() {
         "admin_token_file = {}\n",
         Value::from(token.to_string_lossy().as_ref())
     );
-    let (ok, out) = check_config(dir.path(), &line);
+    let (ok, out) = config_accepted(dir.path(), &line);
     assert!(
         !ok && out.contains("admin_token_file") && out.contains("admin.token"),
         "{out}"
     );
     std::fs::write(&token, "  \n").expect("write");
-    let (ok, out) = check_config(dir.path(), &line);
+    let (ok, out) = config_accepted(dir.path(), &line);
     assert!(
         !ok && out.contains("admin_token_file") && out.contains("empty"),
         "{out}"
     );
     std::fs::write(&token, "t0ken\n").expect("write");
-    let (ok, out) = check_config(dir.path(), &line);
+    let (ok, out) = config_accepted(dir.path(), &line);
     assert!(ok, "{out}");
     assert!(!out.contains("t0ken"), "{out}");
 
     // An admin listener off loopback without a token file is refused.
-    let (ok, out) = check_config(dir.path(), "admin_listen = \"0.0.0.0:9090\"\n");
+    let (ok, out) = config_accepted(dir.path(), "admin_listen = \"0.0.0.0:9090\"\n");
     assert!(!ok && out.contains("admin_token_file"), "{out}");
 }
 

@@ -4,8 +4,11 @@
 use crate::route::reply::{Accept, rpc_error};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use mcpgw_mcp::headers::{
+    LAST_EVENT_ID, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID,
+};
 use mcpgw_protocol::session_id::SessionId;
 use tracing::debug;
 
@@ -47,6 +50,31 @@ pub(crate) const SESSION_LIMIT: i32 = -32000;
 
 /// Error code conventional for an unknown or expired session.
 pub(crate) const SESSION_NOT_FOUND: i32 = -32001;
+
+/// Headers a request may carry once at most: whoever reads two of them
+/// (the supervisor routing by the first session id, a proxy in front
+/// checking the last token) could read two different requests out of one.
+static SINGLETONS: [HeaderName; 7] = [
+    HOST,
+    AUTHORIZATION,
+    MCP_SESSION_ID,
+    MCP_PROTOCOL_VERSION,
+    MCP_METHOD,
+    MCP_NAME,
+    LAST_EVENT_ID,
+];
+
+/// The first of [`SINGLETONS`] that `headers` repeats. One length compare
+/// when no header at all is repeated, the usual case.
+pub(crate) fn repeated_singleton(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.len() == headers.keys_len() {
+        return None;
+    }
+    SINGLETONS
+        .iter()
+        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+        .map(HeaderName::as_str)
+}
 
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(Bytes::from_static(text.as_bytes())));

@@ -49,11 +49,27 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
     // One snapshot of the reloadable configuration for the whole request.
     let live = ctx.live();
     // Forwarded requests were checked by the worker that received them.
-    let refused = match origin {
-        Origin::Public { .. } => live.host_policy.check(req.headers()).err(),
-        Origin::Internal => None,
+    let (refused, repeated) = match origin {
+        Origin::Public { .. } => match common::repeated_singleton(req.headers()) {
+            Some(name) => (None, Some(name)),
+            None => (live.host_policy.check(req.headers()).err(), None),
+        },
+        Origin::Internal => (None, None),
     };
     let mut resp = match refused {
+        _ if let Some(name) = repeated => {
+            info!(
+                header = name,
+                "request refused: a header that may appear once is repeated"
+            );
+            rpc_error(
+                Accept::of(&req),
+                StatusCode::BAD_REQUEST,
+                "null",
+                jsonrpc::INVALID_REQUEST,
+                &format!("header {name} given more than once"),
+            )
+        }
         Some(reason) => {
             info!(%reason, "request refused (DNS rebinding protection)");
             rpc_error(

@@ -66,7 +66,7 @@ impl ClientCaps {
 
     /// The capability a server→client request needs, when the client lacks
     /// it.
-    pub(super) fn missing_for(
+    pub(crate) fn missing_for(
         &self,
         method: &str,
         params: Option<&RawValue>,

@@ -58,7 +58,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
@@ -169,6 +169,10 @@ struct State {
     calls: HashMap<String, Arc<Call>>,
     tokens: HashMap<String, Arc<Call>>,
     pending: HashMap<String, Pending>,
+    /// Requests the gateway itself put to the client (bridging a
+    /// 2026-07-28 upstream's `input_required`), by the id the client sees:
+    /// the client's answer goes to whoever waits on the receiver.
+    asked: HashMap<String, oneshot::Sender<Bytes>>,
     stream: Option<ServerStream>,
     closed: bool,
 }
@@ -319,6 +323,8 @@ impl Relay {
             st.stream = None;
             st.calls.clear();
             st.tokens.clear();
+            // Whoever waits on them learns that no answer will come.
+            st.asked.clear();
             st.pending.drain().map(|(_, p)| p).collect()
         };
         if pending.is_empty() {
@@ -375,6 +381,29 @@ impl Relay {
         let id = format!("\"mcpgw:s{}\"", next_number());
         st.pending.insert(id.clone(), p);
         Some(id)
+    }
+
+    /// Register a request the gateway itself puts to the client: the id the
+    /// client sees (raw JSON) and where its answer will arrive. `None` when
+    /// the session is ending or too many requests are waiting.
+    pub(crate) fn ask(&self) -> Option<(String, oneshot::Receiver<Bytes>)> {
+        let mut st = self.state();
+        if st.closed || st.pending.len() + st.asked.len() >= MAX_PENDING {
+            return None;
+        }
+        let id = format!("\"mcpgw:s{}\"", next_number());
+        let (tx, rx) = oneshot::channel();
+        st.asked.insert(id.clone(), tx);
+        Some((id, rx))
+    }
+
+    /// Stop waiting for answers to these [`Relay::ask`] ids (the request
+    /// that asked them ended); a late answer is then an unknown one.
+    pub(crate) fn forget_asked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut st = self.state();
+        for id in ids {
+            st.asked.remove(id);
+        }
     }
 
     /// A client request's progress token, replaced by a gateway token.
@@ -435,18 +464,26 @@ impl Relay {
     }
 
     /// The client's answer to a server→client request: where it goes and
-    /// the body with the upstream's own id.
+    /// the body with the upstream's own id; `None` when the gateway asked
+    /// it and has been handed the answer.
     pub(crate) fn take_answer(
         &self,
         id_raw: &str,
-        body: &[u8],
-    ) -> Result<(Arc<UpstreamSession>, Bytes), AnswerError> {
+        body: &Bytes,
+    ) -> Result<Option<(Arc<UpstreamSession>, Bytes)>, AnswerError> {
         let key = id_key(id_raw).ok_or(AnswerError::Unknown)?;
-        let pending = self
-            .state()
-            .pending
-            .remove(&key)
-            .ok_or(AnswerError::Unknown)?;
+        let pending = {
+            let mut st = self.state();
+            if let Some(asker) = st.asked.remove(&key) {
+                drop(st);
+                // A receiver gone (its request ended) makes this answer moot.
+                return asker
+                    .send(body.clone())
+                    .map(|()| None)
+                    .map_err(|_| AnswerError::Unknown);
+            }
+            st.pending.remove(&key).ok_or(AnswerError::Unknown)?
+        };
         let rewritten = std::str::from_utf8(body)
             .ok()
             .and_then(|text| jsonrpc::with_member(text, "id", &pending.original_id));
@@ -461,7 +498,7 @@ impl Relay {
             spawn_notice(pending.upstream, error);
             return Err(AnswerError::Malformed);
         };
-        Ok((pending.upstream, Bytes::from(rewritten)))
+        Ok(Some((pending.upstream, Bytes::from(rewritten))))
     }
 }
 
@@ -618,6 +655,11 @@ impl CallGuard {
     /// request): nothing to cancel.
     pub(crate) fn finish(&mut self) {
         self.finished = true;
+    }
+
+    /// The upstream session the call runs on.
+    pub(crate) fn upstream(&self) -> &Arc<UpstreamSession> {
+        &self.call.upstream
     }
 
     /// Resolves once the client cancelled the call (see [`Call::interrupt`]).

@@ -30,13 +30,16 @@ pub(crate) enum PumpEnd {
 }
 
 /// Stream an upstream call's SSE answer to the client (`out`), routing
-/// every message in it; or, with no `out`, collect the answer. Ends at the
+/// every message in it; or, with no `out`, collect the answer. With
+/// `hold_answer` the answer itself is not sent on `out`, only returned (its
+/// caller may have more to do before the client sees it). Ends at the
 /// answer, at `deadline`, when the client goes away or the session ends.
 pub(crate) async fn pump_call(
     relay: Arc<Relay>,
     mut guard: CallGuard,
     mut body: UpstreamBody,
     out: Option<mpsc::Sender<Bytes>>,
+    hold_answer: bool,
     deadline: Instant,
     mut session_closed: watch::Receiver<bool>,
 ) -> PumpEnd {
@@ -116,7 +119,7 @@ pub(crate) async fn pump_call(
             }
             match relay.route(&us, event.data, Source::Call(&guard.call)) {
                 Routed::Response(answer) => {
-                    if let Some(tx) = &out
+                    if let Some(tx) = out.as_ref().filter(|_| !hold_answer)
                         && tx.send(sse::message_event(&answer)).await.is_err()
                     {
                         return PumpEnd::ClientGone;

@@ -117,14 +117,16 @@ async fn server_requests_get_gateway_ids_and_answers_go_back_with_the_original()
         r#"{{"jsonrpc":"2.0","id":{},"result":{{"roots":[]}}}}"#,
         from_b["id"]
     );
+    let answer = Bytes::from(answer);
     let (to, body) = relay
-        .take_answer(&from_b["id"].to_string(), answer.as_bytes())
-        .expect("pending");
+        .take_answer(&from_b["id"].to_string(), &answer)
+        .expect("pending")
+        .expect("an upstream's request");
     assert!(Arc::ptr_eq(&to, &b));
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(body["id"], "ask-1");
     assert!(matches!(
-        relay.take_answer(&from_b["id"].to_string(), answer.as_bytes()),
+        relay.take_answer(&from_b["id"].to_string(), &answer),
         Err(AnswerError::Unknown)
     ));
 
@@ -240,4 +242,34 @@ async fn a_closed_session_keeps_nothing() {
         alive.changed().await.is_err(),
         "no stream opens on a closed session"
     );
+}
+
+#[tokio::test]
+async fn the_gateways_own_requests_get_their_answers_and_are_forgotten() {
+    let relay = Relay::new("{}");
+    let (id, rx) = relay.ask().expect("room to ask");
+    assert!(id.starts_with("\"mcpgw:s"), "{id}");
+    let answer = Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#));
+    assert!(matches!(relay.take_answer(&id, &answer), Ok(None)));
+    assert_eq!(rx.await.expect("the answer"), answer);
+    // Answered once: a second answer is unknown.
+    assert!(matches!(
+        relay.take_answer(&id, &answer),
+        Err(AnswerError::Unknown)
+    ));
+
+    // Given up on (the request ended): an answer that comes late is unknown.
+    let (id, rx) = relay.ask().expect("room to ask");
+    relay.forget_asked([id.as_str()]);
+    assert!(matches!(
+        relay.take_answer(&id, &answer),
+        Err(AnswerError::Unknown)
+    ));
+    assert!(rx.await.is_err());
+
+    // The session ends: whoever waits learns that no answer will come.
+    let (_, rx) = relay.ask().expect("room to ask");
+    relay.close(Duration::from_secs(1)).await;
+    assert!(rx.await.is_err());
+    assert!(relay.ask().is_none(), "nothing new after the close");
 }

@@ -20,9 +20,10 @@ use crate::http::client::UpstreamBody;
 use crate::jsonrpc;
 use crate::relay::{self, CallGuard, PumpEnd, Relay};
 use crate::route::env::Env;
+use crate::route::input::Bridge;
 use crate::route::source::Source;
 use crate::upstream::answer_budget;
-use crate::upstream::{self, UpstreamError, UpstreamServer};
+use crate::upstream::{self, UpstreamError, UpstreamServer, UpstreamSession};
 
 /// The hot path: the client's bytes to one upstream of the session, the
 /// upstream's answer streamed back. A 404 from the upstream (it forgot the
@@ -81,7 +82,12 @@ async fn call<S: Source>(
         };
         match sent {
             Ok(resp) => {
-                return answer_call(ctx, src, resp, accept, id, deadline, server, call).await;
+                let sent = Sent {
+                    body: &body,
+                    id,
+                    token: token.as_ref(),
+                };
+                return answer_call(ctx, src, resp, accept, sent, deadline, server, call).await;
             }
             Err(e) => {
                 // Only a timed-out call may still be running upstream; the
@@ -104,13 +110,34 @@ async fn call<S: Source>(
     }
 }
 
-/// A 2026-07-28 upstream's `input_required` result (it asks the client
-/// something mid-request, MRTR) is not bridged to stateful clients yet. A
-/// stateless client gets it as it is when its retry is sure to reach the
-/// upstream that made it: on an endpoint with this one upstream, or for a
-/// `tools/call` (routed by its namespaced name, so the same name goes to
-/// the same upstream, with the `requestState` untouched). Anyone else gets
-/// an error that says so, naming the upstream.
+/// A request as it went to the upstream: what a bridged `input_required`
+/// needs to send it again.
+#[derive(Clone, Copy)]
+pub(crate) struct Sent<'a> {
+    pub body: &'a Bytes,
+    pub id: &'a str,
+    /// (gateway token, the client's token) when the client asked for progress.
+    pub token: Option<&'a (String, Box<str>)>,
+}
+
+/// What to do with an upstream answer, which may be a 2026-07-28
+/// `input_required` result (the upstream asks the client something
+/// mid-request, MRTR).
+enum Input {
+    /// Not one, or one the client gets as it is.
+    PassOn,
+    /// One the gateway answers for: its input requests go to the client.
+    Bridge,
+    Refuse(Response<Body>),
+}
+
+/// A stateless client gets an `input_required` as it is when its retry is
+/// sure to reach the upstream that made it: on an endpoint with this one
+/// upstream, or for a `tools/call` (routed by its namespaced name, so the
+/// same name goes to the same upstream, with the `requestState`
+/// untouched). A stateful client has it bridged ([`super::input`]) on the
+/// call's SSE stream. Anyone else gets an error that says why, naming the
+/// upstream.
 fn input_required<S: Source>(
     ctx: Env<'_>,
     src: &S,
@@ -118,19 +145,54 @@ fn input_required<S: Source>(
     accept: Accept,
     id: &str,
     message: &[u8],
-) -> Option<Response<Body>> {
-    if !upstream::modern::needs_input(message)
-        || (src.stands_alone() && (ctx.tool_call || src.endpoint().upstreams.len() == 1))
-    {
-        return None;
+) -> Input {
+    if !upstream::modern::needs_input(message) {
+        return Input::PassOn;
     }
-    warn!(session = %src.who(), upstream = %server.id, "upstream asked for input (MRTR); not bridged");
-    Some(ctx.rpc_error(
+    let why = match src.stands_alone() {
+        true if ctx.tool_call || src.endpoint().upstreams.len() == 1 => return Input::PassOn,
+        true => "its retry could reach another upstream of this endpoint",
+        false if accept.sse => return Input::Bridge,
+        false => "the client does not take text/event-stream, where it would be asked",
+    };
+    warn!(session = %src.who(), upstream = %server.id, why, "upstream asked for input (MRTR); not passed on");
+    Input::Refuse(ctx.rpc_error(
         accept,
         id,
         jsonrpc::INTERNAL_ERROR,
-        &format!("upstream {} needs input (MRTR), not bridged yet", server.id),
+        &format!("upstream {} needs input (MRTR): {why}", server.id),
     ))
+}
+
+/// The owned state of a bridged request (see [`super::input`]).
+fn bridge<S: Source>(
+    ctx: Env<'_>,
+    src: &S,
+    upstream: &Arc<UpstreamSession>,
+    sent: Sent<'_>,
+    deadline: Instant,
+) -> Bridge {
+    Bridge {
+        relay: src.relay().clone(),
+        upstream: upstream.clone(),
+        request: sent.body.clone(),
+        id: sent.id.to_owned(),
+        token: sent.token.cloned(),
+        deadline,
+        closed: src.closed(),
+        trace: ctx.outcome.trace().into(),
+        tool_call: ctx.tool_call,
+    }
+}
+
+/// An SSE answer whose events come from `rx`.
+fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let mut r = Response::new(body::channel(rx));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 pub(crate) fn upstream_failure(
@@ -188,11 +250,12 @@ pub(crate) async fn answer_call<S: Source>(
     src: &S,
     resp: Response<UpstreamBody>,
     accept: Accept,
-    id: &str,
+    sent: Sent<'_>,
     deadline: Instant,
     server: &UpstreamServer,
     mut call: CallGuard,
 ) -> Response<Body> {
+    let id = sent.id;
     let ct = resp
         .headers()
         .get(CONTENT_TYPE)
@@ -218,8 +281,15 @@ pub(crate) async fn answer_call<S: Source>(
             Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
         }
-        if let Some(refused) = input_required(ctx, src, server, accept, id, &held.bytes) {
-            return refused;
+        match input_required(ctx, src, server, accept, id, &held.bytes) {
+            Input::PassOn => {}
+            Input::Refuse(refused) => return refused,
+            Input::Bridge => {
+                let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+                let bridge = bridge(ctx, src, call.upstream(), sent, deadline);
+                tokio::spawn(bridge.run(held.bytes, tx));
+                return event_stream(rx);
+            }
         }
         if !accept.json {
             return rpc(accept, StatusCode::OK, held.bytes);
@@ -249,6 +319,7 @@ pub(crate) async fn answer_call<S: Source>(
             call,
             resp.into_body(),
             None,
+            false,
             deadline,
             closed,
         ))
@@ -260,10 +331,11 @@ pub(crate) async fn answer_call<S: Source>(
                 if let Some((_, kind)) = jsonrpc::response_kind(&message, ctx.tool_call) {
                     ctx.outcome.set(Outcome::of_answer(kind));
                 }
-                if let Some(refused) = input_required(ctx, src, server, accept, id, &message) {
-                    return refused;
+                match input_required(ctx, src, server, accept, id, &message) {
+                    // Without SSE the client cannot be asked (see above).
+                    Input::PassOn | Input::Bridge => rpc(accept, StatusCode::OK, message),
+                    Input::Refuse(refused) => refused,
                 }
-                rpc(accept, StatusCode::OK, message)
             }
             PumpEnd::ClientGone => ctx.rpc_error(
                 accept,
@@ -276,23 +348,30 @@ pub(crate) async fn answer_call<S: Source>(
         };
     }
     // Streamed to the client: the answer comes after the head, when the
-    // request has been counted (as `ok`, by its 200).
+    // request has been counted (as `ok`, by its 200). A 2026-07-28
+    // upstream's answer to a stateful client is held back until it is
+    // known not to ask for input, which is bridged instead.
     let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+    let bridge = (call.upstream().is_modern() && !src.stands_alone())
+        .then(|| bridge(ctx, src, call.upstream(), sent, deadline));
     let id = id.to_owned();
     let body = resp.into_body();
     tokio::spawn(async move {
-        if let PumpEnd::Failed(e) =
-            relay::pump_call(relay, call, body, Some(tx.clone()), deadline, closed).await
-        {
-            warn!(error = %e, "streamed call failed");
-            let message = jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None);
-            let _ = tx.send(crate::http::sse::message_event(&message)).await;
+        let hold = bridge.is_some();
+        match relay::pump_call(relay, call, body, Some(tx.clone()), hold, deadline, closed).await {
+            PumpEnd::Failed(e) => {
+                warn!(error = %e, "streamed call failed");
+                let message = jsonrpc::error(&id, jsonrpc::INTERNAL_ERROR, &e.to_string(), None);
+                let _ = tx.send(crate::http::sse::message_event(&message)).await;
+            }
+            PumpEnd::Answer(answer) => {
+                if let Some(bridge) = bridge {
+                    // Sends the answer itself when it asks for nothing.
+                    bridge.run(answer, tx).await;
+                }
+            }
+            PumpEnd::ClientGone | PumpEnd::Cancelled => {}
         }
     });
-    let mut r = Response::new(body::channel(rx));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    event_stream(rx)
 }

@@ -8,10 +8,13 @@
 //! - [`source`]: where a request's upstream sessions come from.
 //! - [`env`]: what routing sees of the worker.
 //! - [`call`]: running one call on one upstream and framing its answer.
+//! - [`input`]: a 2026-07-28 upstream's `input_required` bridged for a
+//!   stateful client (its input requests put to the client, then a retry).
 //! - [`reply`]: answers and JSON-RPC errors in the client's format.
 
 pub(crate) mod call;
 pub(crate) mod env;
+pub(crate) mod input;
 pub(crate) mod lists;
 pub(crate) mod reply;
 pub(crate) mod source;

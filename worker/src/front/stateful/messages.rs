@@ -79,9 +79,10 @@ pub(crate) async fn client_response(
     accept: Accept,
 ) -> Response<Body> {
     let result = match session.relay.take_answer(env.id_raw(), body) {
-        Ok((us, rewritten)) => relay::deliver_upstream(&us, rewritten)
+        Ok(Some((us, rewritten))) => relay::deliver_upstream(&us, rewritten)
             .await
             .map_err(relay::AnswerError::from),
+        Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
     match result {

@@ -293,14 +293,30 @@ pub(crate) async fn post_inner(
     }
     let Some(env) = jsonrpc::parse(&body) else {
         info!("request body is not a JSON-RPC message");
+        // JSON-RPC tells malformed JSON (-32700) from well-formed JSON that
+        // is no request (-32600); the second parse runs on refusals only.
+        let (code, message) = match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            Ok(_) => (
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request: the body is JSON but not a JSON-RPC message",
+            ),
+            Err(_) => (
+                jsonrpc::PARSE_ERROR,
+                "Parse error: the body is not a JSON object",
+            ),
+        };
+        return rpc_error(accept, StatusCode::BAD_REQUEST, "null", code, message);
+    };
+    if !env.is_v2() {
+        info!("request refused: not JSON-RPC 2.0");
         return rpc_error(
             accept,
             StatusCode::BAD_REQUEST,
-            "null",
-            jsonrpc::PARSE_ERROR,
-            "Parse error: the body is not a JSON object",
+            env.id_raw(),
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: \"jsonrpc\" must be \"2.0\"",
         );
-    };
+    }
     *method_label = match env.kind() {
         Kind::Request(m) => metrics::method_label(m),
         Kind::Notification(_) => "notification",
@@ -450,20 +466,33 @@ pub(crate) async fn batch(
             messages.len()
         ));
     }
-    // Each request in it takes a token; notifications and responses none.
-    let requests = messages
+    let envelopes: Vec<_> = messages
         .iter()
-        .filter(|raw| {
-            jsonrpc::parse(raw.get().as_bytes())
-                .is_some_and(|e| matches!(e.kind(), Kind::Request(_)))
-        })
-        .count();
-    if requests > 0
+        .map(|raw| jsonrpc::parse(raw.get().as_bytes()))
+        .collect();
+    // Answers are told apart by their ids only (a batch's may come in any
+    // order): two requests with one id would make them ambiguous.
+    let mut ids: Vec<&str> = envelopes
+        .iter()
+        .flatten()
+        .filter(|env| matches!(env.kind(), Kind::Request(_)))
+        .map(|env| env.id_raw())
+        .collect();
+    ids.sort_unstable();
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+        info!(session = %session.id, id = pair[0], "batch refused: two requests with one id");
+        return refuse(&format!(
+            "two requests of the batch have the id {}",
+            pair[0]
+        ));
+    }
+    // Each request in it takes a token; notifications and responses none.
+    if !ids.is_empty()
         && let Some(refused) = over_limit(
             ctx,
             endpoint,
             caller,
-            u32::try_from(requests).unwrap_or(u32::MAX),
+            u32::try_from(ids.len()).unwrap_or(u32::MAX),
             accept,
             "null",
         )
@@ -477,13 +506,13 @@ pub(crate) async fn batch(
         sse: false,
     };
     let mut answers: Vec<Bytes> = Vec::new();
-    for raw in messages {
+    for (raw, env) in messages.iter().zip(envelopes) {
         let message = body.slice_ref(raw.get().as_bytes());
-        let Some(env) = jsonrpc::parse(&message) else {
+        let Some(env) = env.filter(jsonrpc::Envelope::is_v2) else {
             answers.push(jsonrpc::error(
                 "null",
                 jsonrpc::INVALID_REQUEST,
-                "Invalid Request: a batch member is not a JSON object",
+                "Invalid Request: a batch member is not a JSON-RPC 2.0 message",
                 None,
             ));
             continue;

@@ -5,8 +5,11 @@
 //! scopes), the answers to a refused request (401/403 with
 //! `WWW-Authenticate`, as the MCP authorization spec describes), and the
 //! RFC 9728 protected resource metadata documents. What it hands on is a
-//! [`Principal`]; binding sessions to it is the front ends' part
-//! (`front::stateful`), counting sessions per principal the store's.
+//! [`Principal`], with the claims authorization rules match on (`sub`,
+//! scopes, and the configured groups and roles claims) read in the same
+//! pass; binding sessions to it is the front ends' part
+//! (`front::stateful`), counting sessions per principal the store's,
+//! deciding on its claims `crate::authz`'s.
 //!
 //! - [`keys`]: the issuer's keys (JWKS file or URL), kept and refetched.
 //!
@@ -41,8 +44,9 @@ pub(crate) const LEEWAY_SECS: u64 = 60;
 pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// Internal header carrying the principal of a request one worker
-/// authenticated and forwards to the session's owner (base64url of
-/// [`Principal::id`]). Honoured only on the internal socket; the forwarder
+/// authenticated and forwards to the session's owner (base64url of a JSON
+/// object: [`Principal::id`] and the claims authorization rules match on).
+/// Honoured only on the internal socket; the forwarder
 /// strips every client-sent `x-mcpgw-` header before setting it.
 pub(crate) const PRINCIPAL_HEADER: &str = "x-mcpgw-principal";
 

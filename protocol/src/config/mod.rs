@@ -8,7 +8,8 @@
 //!
 //! Beside this file: `error` (why a file was refused, and on which line),
 //! `admin_token` (the admin API's bearer token), `auth` (the OAuth front
-//! door's settings), `tests`.
+//! door's settings), `upstream_oauth` (an upstream's own OAuth
+//! client credentials), `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,11 +21,13 @@ use serde::{Deserialize, Serialize};
 mod admin_token;
 mod auth;
 mod error;
+mod upstream_oauth;
 mod validate;
 
 pub use admin_token::AdminToken;
 pub use auth::{Auth, AuthSetting};
 pub use error::ConfigError;
+pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 use error::{invalid, with_reason_prefix};
 
 /// An address a listener binds: an IP address and a port. Host names are
@@ -467,6 +470,11 @@ pub struct Upstream {
     /// `https://` only: the private key (PEM) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// `[upstream.oauth]`: a bearer token of the gateway's own from the
+    /// OAuth 2.1 client-credentials grant, on every request to this
+    /// upstream (not with a static `Authorization` header).
+    #[serde(default)]
+    pub oauth: Option<UpstreamOAuth>,
 }
 
 impl Upstream {
@@ -488,6 +496,7 @@ impl Upstream {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            oauth: None,
         }
     }
 
@@ -495,6 +504,15 @@ impl Upstream {
     /// Streamable HTTP and legacy HTTP+SSE).
     pub fn is_https(&self) -> bool {
         self.transport != Transport::Stdio && self.url.starts_with("https://")
+    }
+
+    /// Whether a TLS client configuration is made for this upstream: its
+    /// url or its OAuth token endpoint is `https://` (both use its
+    /// `ca_file` and client identity).
+    pub fn needs_tls(&self) -> bool {
+        self.is_https()
+            || self.transport != Transport::Stdio
+                && self.oauth.as_ref().is_some_and(UpstreamOAuth::is_https)
     }
 
     /// The TLS files this upstream names (CA bundle, client certificate
@@ -620,6 +638,11 @@ impl Config {
                 one(format!("upstream[{i}].env"), value)
                     .map_err(|e| with_reason_prefix(e, &format!("variable {name:?}: ")))?;
             }
+            if let Some(o) = &mut u.oauth {
+                one(format!("upstream[{i}].oauth.token_url"), &mut o.token_url)?;
+                one(format!("upstream[{i}].oauth.client_id"), &mut o.client_id)?;
+                one(format!("upstream[{i}].oauth.client_secret"), &mut o.client_secret)?;
+            }
         }
         if let Some(url) = &mut self.store.redis_url {
             one("store.redis_url".to_owned(), url)?;
@@ -644,7 +667,7 @@ impl Config {
         }
         let mut roots = crate::tls::SystemRoots::default();
         for (i, u) in self.upstream.iter().enumerate() {
-            if u.is_https() {
+            if u.needs_tls() {
                 crate::tls::client_config(u.tls_files(), &mut roots).map_err(|e| {
                     invalid(format!("upstream[{i}].{}", e.key), e.cause.to_string())
                 })?;

@@ -15,6 +15,8 @@
 //! - [`mcp`]: an MCP Streamable HTTP client on top of [`http`].
 //! - [`stateless`]: hand-written requests of the stateless revision (2026-07-28).
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
+//! - [`idp`]: a test OAuth token endpoint (client-credentials grant) whose tokens a
+//!   `counter-server --bearer-file` accepts.
 //! - [`pki`]: a throwaway CA and certificates (`openssl`), for TLS listeners and https
 //!   upstreams.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
@@ -25,6 +27,7 @@
 pub mod counter;
 pub mod gateway;
 pub mod http;
+pub mod idp;
 pub mod mcp;
 pub mod modern;
 pub mod ops;

@@ -27,8 +27,8 @@ mod validate;
 pub use admin_token::AdminToken;
 pub use auth::{Auth, AuthSetting};
 pub use error::ConfigError;
-pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 use error::{invalid, with_reason_prefix};
+pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 
 /// An address a listener binds: an IP address and a port. Host names are
 /// refused, with a hint, rather than resolved: a name can stand for several
@@ -641,7 +641,10 @@ impl Config {
             if let Some(o) = &mut u.oauth {
                 one(format!("upstream[{i}].oauth.token_url"), &mut o.token_url)?;
                 one(format!("upstream[{i}].oauth.client_id"), &mut o.client_id)?;
-                one(format!("upstream[{i}].oauth.client_secret"), &mut o.client_secret)?;
+                one(
+                    format!("upstream[{i}].oauth.client_secret"),
+                    &mut o.client_secret,
+                )?;
             }
         }
         if let Some(url) = &mut self.store.redis_url {

@@ -461,7 +461,10 @@ fn upstream_oauth_parses_resolves_its_secret_and_travels() {
     let bytes = bincode::serde::encode_to_vec(&c, bincode::config::standard()).expect("enc");
     let (back, _): (Config, usize) =
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
-    assert_eq!(back.upstream, c.upstream, "as_written stays with the supervisor");
+    assert_eq!(
+        back.upstream, c.upstream,
+        "as_written stays with the supervisor"
+    );
     let post = format!("{OAUTH}auth_method = \"client_secret_post\"\n");
     let c = Config::parse_with(&post, &Env).expect("valid");
     assert_eq!(
@@ -483,13 +486,16 @@ fn upstream_oauth_refusals_name_the_key_and_line() {
         e.starts_with("f.toml:6: upstream[0].oauth.token_url:"),
         "{e}"
     );
-    let e = in_file(&format!("{OAUTH}scopes = [\"a b\"]\n").replace(
-        "scopes = [\"crm.read\", \"crm.write\"]\n",
-        "",
-    ));
+    let e = in_file(
+        &format!("{OAUTH}scopes = [\"a b\"]\n")
+            .replace("scopes = [\"crm.read\", \"crm.write\"]\n", ""),
+    );
     assert!(e.starts_with("f.toml:9: upstream[0].oauth.scopes:"), "{e}");
     let e = in_file(&format!("{OAUTH}auth_method = \"private_key_jwt\"\n"));
-    assert!(e.contains("auth_method") || e.contains("unknown variant"), "{e}");
+    assert!(
+        e.contains("auth_method") || e.contains("unknown variant"),
+        "{e}"
+    );
     // A static Authorization header and the grant are mutually exclusive.
     let both = OAUTH.replace(
         "url = \"http://127.0.0.1:1/mcp\"\n",

@@ -251,8 +251,8 @@ pub(crate) async fn open(
 fn configured_headers(config: &Upstream) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::with_capacity(config.headers.len() + 2);
     for (k, v) in &config.headers {
-        let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| format!("header {k:?}: {e}"))?;
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
         let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
         headers.insert(name, value);
     }

@@ -466,14 +466,13 @@ async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let process = match shared.config.transport {
         Transport::Sse => {
             let id = format!("sse-{}", shared.next.fetch_add(1, Ordering::Relaxed));
-            let opened =
-                legacy_sse::open(
-                    &shared.upstream,
-                    &shared.config,
-                    shared.tls.clone(),
-                    shared.credentials.clone(),
-                )
-                .await?;
+            let opened = legacy_sse::open(
+                &shared.upstream,
+                &shared.config,
+                shared.tls.clone(),
+                shared.credentials.clone(),
+            )
+            .await?;
             let process = new_process(id, shared.upstream.clone(), Sink::Post(opened.poster));
             let reader = process.clone();
             tokio::spawn(async move {

@@ -289,10 +289,7 @@ fn answer(status: StatusCode, body: &[u8]) -> Result<Issued, TokenError> {
     })?;
     if !s.token_type.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::Answer {
-            reason: format!(
-                "token_type {:?}, expected Bearer",
-                printable(&s.token_type)
-            ),
+            reason: format!("token_type {:?}, expected Bearer", printable(&s.token_type)),
         });
     }
     // RFC 6750 b64token, loosely: it must fit a header line as it is.

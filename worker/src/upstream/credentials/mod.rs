@@ -67,15 +67,23 @@ pub(crate) struct Token {
     refresh_at: Instant,
     usable_until: Instant,
     /// Fetched because the upstream refused the one before: refused in
-    /// turn, it counts as a failure (the IdP issues tokens the upstream
-    /// does not take), not as a reason for yet another fetch.
+    /// turn before the upstream took it once, it counts as a failure (the
+    /// IdP issues tokens the upstream does not take), not as a reason for
+    /// yet another fetch.
     after_rejection: bool,
+    /// The upstream answered a request with it (not 401) at least once.
+    taken: std::sync::atomic::AtomicBool,
 }
 
 impl Token {
     /// `fetched`: when the request for it went out (its lifetime counts
     /// from then, never from later than the IdP's clock).
-    fn new(access_token: &str, lifetime: Duration, fetched: Instant, after_rejection: bool) -> Self {
+    fn new(
+        access_token: &str,
+        lifetime: Duration,
+        fetched: Instant,
+        after_rejection: bool,
+    ) -> Self {
         let mut line = Vec::with_capacity(access_token.len() + 24);
         line.extend_from_slice(b"authorization: Bearer ");
         line.extend_from_slice(access_token.as_bytes());
@@ -86,6 +94,7 @@ impl Token {
             refresh_at: fetched + lifetime.mul_f64(REFRESH_AT),
             usable_until: fetched + lifetime - margin,
             after_rejection,
+            taken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -247,7 +256,7 @@ impl Credentials {
             return;
         }
         st.current = None;
-        if token.after_rejection {
+        if token.after_rejection && !token.taken.load(std::sync::atomic::Ordering::Relaxed) {
             self.failed(&mut st, TokenError::Rejected);
         } else {
             info!(upstream = %self.upstream, "the upstream refused its access token (HTTP 401); fetching a new one");
@@ -277,7 +286,16 @@ impl Credentials {
                 })
                 .await
                 .map_err(SendError::Conn)?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                // Read first: the flag is written once, not on every request.
+                if !token.taken.load(std::sync::atomic::Ordering::Relaxed) {
+                    token
+                        .taken
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(resp);
+            }
+            if retried {
                 return Ok(resp);
             }
             // Its body is dropped unread (the connection with it): a 401

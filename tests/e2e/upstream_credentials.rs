@@ -66,6 +66,44 @@ fn oauth_upstream(
     )
 }
 
+/// A token endpoint for [`CLIENT_ID`] and [`SECRET`], an upstream `crm` that takes only
+/// its tokens, and the secret in a file.
+struct Fixture {
+    idp: TokenEndpoint,
+    counter: CounterServer,
+    dir: TempDir,
+    secret: std::path::PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let idp = TokenEndpoint::start(CLIENT_ID, SECRET)
+            .await
+            .expect("token endpoint");
+        let counter = guarded_counter("crm", &idp);
+        let dir = TempDir::new("mcpgw-cred").expect("dir");
+        let secret = secret_file(&dir, SECRET);
+        Self {
+            idp,
+            counter,
+            dir,
+            secret,
+        }
+    }
+
+    /// The `crm` upstream's table; `more`: extra lines of its `[upstream.oauth]`.
+    fn crm(&self, more: &str) -> String {
+        oauth_upstream(
+            "crm",
+            &self.counter.url(),
+            "streamable-http",
+            &self.idp,
+            &self.secret,
+            more,
+        )
+    }
+}
+
 fn gateway_with(upstreams: &[String]) -> Gateway {
     let config = GatewayConfig {
         extra: upstreams.concat(),
@@ -112,31 +150,20 @@ async fn call_error(client: &mut McpClient, tool: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_token_is_fetched_reused_refreshed_and_replaced_after_a_401() {
-    let idp = TokenEndpoint::start(CLIENT_ID, SECRET)
-        .await
-        .expect("token endpoint");
-    let counter = guarded_counter("crm", &idp);
-    let dir = TempDir::new("mcpgw-cred").expect("dir");
-    let secret = secret_file(&dir, SECRET);
+    let fx = Fixture::new().await;
+    let (idp, counter, secret) = (&fx.idp, &fx.counter, &fx.secret);
     let legacy_url = format!("http://{}/sse", counter.addr);
     let gateway = gateway_with(&[
-        oauth_upstream(
-            "crm",
-            &counter.url(),
-            "streamable-http",
-            &idp,
-            &secret,
-            &format!(
-                "scopes = [\"crm.read\", \"crm.write\"]\nresource = {}",
-                quote(&counter.url())
-            ),
-        ),
+        fx.crm(&format!(
+            "scopes = [\"crm.read\", \"crm.write\"]\nresource = {}",
+            quote(&counter.url())
+        )),
         oauth_upstream(
             "legacy",
             &legacy_url,
             "sse",
-            &idp,
-            &secret,
+            idp,
+            secret,
             "auth_method = \"client_secret_post\"",
         ),
     ]);
@@ -233,16 +260,12 @@ async fn one_token_is_fetched_reused_refreshed_and_replaced_after_a_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_token_endpoint_fails_its_upstream_only_and_is_not_hammered() {
-    let idp = TokenEndpoint::start(CLIENT_ID, SECRET)
-        .await
-        .expect("token endpoint");
+    let fx = Fixture::new().await;
+    let idp = &fx.idp;
     idp.fail_with(Some(Failure::OAuth("invalid_scope")));
-    let counter = guarded_counter("crm", &idp);
     let plain = start_counter!(CounterOpts::named("plain")).expect("plain counter");
-    let dir = TempDir::new("mcpgw-cred").expect("dir");
-    let secret = secret_file(&dir, SECRET);
     let gateway = gateway_with(&[
-        oauth_upstream("crm", &counter.url(), "streamable-http", &idp, &secret, ""),
+        fx.crm(""),
         format!(
             "[[upstream]]\nid = \"plain\"\nurl = {}\n",
             quote(&plain.url())
@@ -317,20 +340,9 @@ async fn a_broken_token_endpoint_fails_its_upstream_only_and_is_not_hammered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_client_secret_on_reload_reopens_the_upstream_sessions() {
-    let idp = TokenEndpoint::start(CLIENT_ID, SECRET)
-        .await
-        .expect("token endpoint");
-    let counter = guarded_counter("crm", &idp);
-    let dir = TempDir::new("mcpgw-cred").expect("dir");
-    let secret = secret_file(&dir, SECRET);
-    let gateway = gateway_with(&[oauth_upstream(
-        "crm",
-        &counter.url(),
-        "streamable-http",
-        &idp,
-        &secret,
-        "",
-    )]);
+    let fx = Fixture::new().await;
+    let (idp, counter) = (&fx.idp, &fx.counter);
+    let gateway = gateway_with(&[fx.crm("")]);
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");
     assert_eq!(client.count("increment").await.expect("increment"), 1);
@@ -339,7 +351,7 @@ async fn a_changed_client_secret_on_reload_reopens_the_upstream_sessions() {
     // The IdP rotates the secret; the operator puts the new one in the file and reloads.
     let rotated = "second-s3cret";
     idp.set_secret(rotated);
-    secret_file(&dir, rotated);
+    secret_file(&fx.dir, rotated);
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_until("the reload", Duration::from_secs(30), || async {
         Ok(

@@ -154,7 +154,8 @@ mod tests {
     #[test]
     fn a_good_table_passes_and_bad_fields_are_named() {
         assert_eq!(oauth().validate(), Ok(()));
-        let cases: [(fn(&mut UpstreamOAuth), &str); 6] = [
+        type Edit = fn(&mut UpstreamOAuth);
+        let cases: [(Edit, &str); 6] = [
             (|o| o.token_url = "ftp://idp/token".into(), "token_url"),
             (|o| o.token_url = "https://idp/token#x".into(), "token_url"),
             (|o| o.client_id = String::new(), "client_id"),

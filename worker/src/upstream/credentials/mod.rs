@@ -309,6 +309,97 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback token endpoint answering every request with `answer` (a
+    /// whole HTTP response, connection closed after it), counting them.
+    async fn token_endpoint(answer: &'static str) -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let asked = Arc::new(AtomicU64::new(0));
+        let counted = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // The grant's request fits one read on loopback.
+                    if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/token"), asked)
+    }
+
+    fn credentials(token_url: &str) -> Arc<Credentials> {
+        let cfg = UpstreamOAuth {
+            token_url: token_url.to_owned(),
+            client_id: "gw".to_owned(),
+            client_secret: "s".to_owned(),
+            scopes: Vec::new(),
+            resource: None,
+            auth_method: mcpgw_protocol::config::ClientAuthMethod::ClientSecretBasic,
+        };
+        Arc::new(Credentials::new("up", &cfg, Duration::from_secs(5), None).expect("credentials"))
+    }
+
+    const ISSUED: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+        connection: close\r\ncontent-length: 62\r\n\r\n\
+        {\"access_token\":\"t0k\",\"token_type\":\"Bearer\",\"expires_in\":3600}";
+    const REFUSED: &str = "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+        connection: close\r\ncontent-length: 26\r\n\r\n{\"error\":\"invalid_client\"}";
+
+    #[tokio::test]
+    async fn concurrent_needs_share_one_fetch_and_the_token_is_reused() {
+        assert_eq!(ISSUED.split("\r\n\r\n").nth(1).map(str::len), Some(62));
+        let (url, asked) = token_endpoint(ISSUED).await;
+        let creds = credentials(&url);
+        let waiting: Vec<_> = (0..16)
+            .map(|_| {
+                let c = creds.clone();
+                tokio::spawn(async move { c.token().await.map(|t| t.line.clone()) })
+            })
+            .collect();
+        for w in waiting {
+            let line = w.await.expect("task").expect("token");
+            assert_eq!(&*line, b"authorization: Bearer t0k\r\n");
+        }
+        creds.token().await.expect("cached");
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "one fetch for all");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_backs_off_and_a_rejected_token_is_fetched_anew() {
+        assert_eq!(REFUSED.split("\r\n\r\n").nth(1).map(str::len), Some(26));
+        let (url, asked) = token_endpoint(REFUSED).await;
+        let creds = credentials(&url);
+        let e = creds.token().await.err().expect("refused");
+        assert_eq!(e.oauth_code(), Some("invalid_client"));
+        // Within the backoff the failure is answered without asking again.
+        for _ in 0..5 {
+            assert!(creds.token().await.is_err());
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+        let (url, asked) = token_endpoint(ISSUED).await;
+        let creds = credentials(&url);
+        let first = creds.token().await.expect("token");
+        creds.rejected(&first);
+        let second = creds.token().await.expect("a new token");
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Refused in turn before the upstream ever took it: the IdP's tokens
+        // do not work there, which is a failure, not a reason to fetch again.
+        creds.rejected(&second);
+        assert!(matches!(creds.token().await, Err(TokenError::Rejected)));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

@@ -168,6 +168,17 @@ async fn one_token_is_fetched_reused_refreshed_and_replaced_after_a_401() {
         ),
     ]);
 
+    // Sessions opened at once (each opens both upstreams): the first needs of the
+    // token wait for one fetch per upstream.
+    let mut firsts: Vec<McpClient> = (0..8).map(|_| gateway.client()).collect();
+    let counts = futures_util::future::join_all(firsts.iter_mut().map(|c| async move {
+        c.initialize().await?;
+        c.count("crm__increment").await
+    }))
+    .await;
+    for count in counts {
+        assert_eq!(count.expect("a concurrent first call"), 1);
+    }
     // Many calls, one token per upstream (this worker's cache), sent as the gateway's own.
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");

@@ -34,6 +34,7 @@
 pub(crate) mod grant;
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ pub(crate) struct Token {
     /// yet another fetch.
     after_rejection: bool,
     /// The upstream answered a request with it (not 401) at least once.
-    taken: std::sync::atomic::AtomicBool,
+    taken: AtomicBool,
 }
 
 impl Token {
@@ -94,7 +95,7 @@ impl Token {
             refresh_at: fetched + lifetime.mul_f64(REFRESH_AT),
             usable_until: fetched + lifetime - margin,
             after_rejection,
-            taken: std::sync::atomic::AtomicBool::new(false),
+            taken: AtomicBool::new(false),
         }
     }
 
@@ -256,11 +257,27 @@ impl Credentials {
             return;
         }
         st.current = None;
-        if token.after_rejection && !token.taken.load(std::sync::atomic::Ordering::Relaxed) {
+        if token.after_rejection && !token.taken.load(Ordering::Relaxed) {
             self.failed(&mut st, TokenError::Rejected);
+            // The next token is on probation too, so a persistent refusal
+            // backs off further each time instead of starting over.
+            st.after_rejection = true;
         } else {
             info!(upstream = %self.upstream, "the upstream refused its access token (HTTP 401); fetching a new one");
             st.after_rejection = true;
+        }
+    }
+
+    /// The upstream answered a request sent with `token` (not 401).
+    fn taken(&self, token: &Token) {
+        // Read first: the flag is written once per token, not per request.
+        if token.taken.load(Ordering::Relaxed) {
+            return;
+        }
+        token.taken.store(true, Ordering::Relaxed);
+        if token.after_rejection {
+            // The upstream takes the IdP's tokens again.
+            self.lock().failures = 0;
         }
     }
 
@@ -287,12 +304,7 @@ impl Credentials {
                 .await
                 .map_err(SendError::Conn)?;
             if resp.status() != StatusCode::UNAUTHORIZED {
-                // Read first: the flag is written once, not on every request.
-                if !token.taken.load(std::sync::atomic::Ordering::Relaxed) {
-                    token
-                        .taken
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                self.taken(&token);
                 return Ok(resp);
             }
             if retried {
@@ -309,7 +321,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loopback token endpoint answering every request with `answer` (a

@@ -382,7 +382,9 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
 /// The configuration as JSON with what may hold credentials redacted:
 /// upstream header and `env` values, every stdio `args` entry (tokens are
 /// often passed as flags, and no rule tells a flag's value from a path),
-/// and the user info and query values of the upstream and Redis URLs.
+/// an upstream's `oauth.client_secret` (even a reference: it names where the
+/// secret lives), and the user info and query values of the upstream, token
+/// endpoint and Redis URLs.
 pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
     use mcpgw_protocol::redact::{self, REDACTED};
     // As written: `${…}` references, not what they resolved to.
@@ -408,6 +410,14 @@ pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String
             }
             if let Some(url) = u.get_mut("url") {
                 redact_url(url);
+            }
+            if let Some(oauth) = u.get_mut("oauth").and_then(|o| o.as_object_mut()) {
+                if let Some(secret) = oauth.get_mut("client_secret") {
+                    *secret = serde_json::Value::from(REDACTED);
+                }
+                if let Some(url) = oauth.get_mut("token_url") {
+                    redact_url(url);
+                }
             }
         }
     }
@@ -457,6 +467,22 @@ mod tests {
         assert!(!doc.contains("p4th-s3cret"), "{doc}");
         assert!(doc.contains("/${file:"), "{doc}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_upstream_oauth_client_secret_is_redacted() {
+        let c = mcpgw_protocol::config::Config::parse(concat!(
+            "[[upstream]]\nid = \"a\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+            "[upstream.oauth]\ntoken_url = \"http://127.0.0.1:2/token?k=v4lue\"\n",
+            "client_id = \"mcpgw\"\nclient_secret = \"cl13nt-s3cret\"\n",
+        ))
+        .expect("config");
+        let doc = redacted_config(&c);
+        for secret in ["cl13nt-s3cret", "v4lue"] {
+            assert!(!doc.contains(secret), "{secret} in {doc}");
+        }
+        assert!(doc.contains("\"client_secret\":\"<redacted>\""), "{doc}");
+        assert!(doc.contains("\"client_id\":\"mcpgw\""), "{doc}");
     }
 
     #[test]

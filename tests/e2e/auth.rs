@@ -904,3 +904,56 @@ async fn the_python_sdk_client_works_with_a_bearer_token() {
         "every request had the token"
     );
 }
+
+/// No token passthrough: with `[auth]` on, the client's bearer token stays at the
+/// gateway. An upstream with `[upstream.oauth]` sees the gateway's own token (from the
+/// test's token endpoint), on a gateway with two workers (forwarded requests too), and
+/// never the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_sees_the_gateway_token_never_the_client_token() {
+    let keys = Keys::new();
+    let rsa = keys.make(Algorithm::RS256, "rsa-1");
+    keys.publish(&[&rsa]);
+    let idp = mcpgw_tests::idp::TokenEndpoint::start("mcpgw", "gw-s3cret")
+        .await
+        .expect("token endpoint");
+    let counter = start_counter!(mcpgw_tests::CounterOpts {
+        bearer_file: Some(idp.bearer_file()),
+        ..mcpgw_tests::CounterOpts::default()
+    })
+    .expect("counter-server");
+    let mut config = auth_config(&counter.url(), &keys, 2, "");
+    // Right after the `[[upstream]]` table auth_config wrote.
+    config.extra = format!(
+        "[upstream.oauth]\ntoken_url = \"{}\"\nclient_id = \"mcpgw\"\n\
+         client_secret = \"gw-s3cret\"\n\n{}",
+        idp.token_url(),
+        config.extra
+    );
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let alice = sign(&rsa, &claims("alice"));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = gateway.client().with_bearer(&alice);
+        c.initialize().await.expect("initialize");
+        assert_eq!(c.count("increment").await.expect("increment"), 1);
+        clients.push(c);
+    }
+    // A request for a session another worker owns is forwarded to it.
+    let sid = clients[0].session_id().expect("session id").to_owned();
+    for _ in 0..4 {
+        let mut c = gateway.client().with_bearer(&alice);
+        c.set_session_id(&sid);
+        c.count("increment").await.expect("increment");
+    }
+    let seen = counter.authorizations().await.expect("authorizations");
+    assert!(!seen.is_empty(), "the upstream got the gateway's token");
+    for value in &seen {
+        assert!(!value.contains(&alice), "the client's token went upstream");
+        assert!(value.starts_with("Bearer tok"), "{value:?}");
+    }
+    assert!(
+        idp.issued() >= 1 && idp.issued() <= 2,
+        "one token per worker"
+    );
+}

@@ -31,6 +31,12 @@
 //! (plain requests and notifications only), so a legacy upstream can be tested over TLS
 //! too.
 //!
+//! For the upstream-credentials tests, `--bearer-file PATH` makes every MCP and legacy
+//! request need `Authorization: Bearer TOKEN` for a line `TOKEN [EXPIRES_UNIX_MS]` of
+//! that file as it is now, unexpired (401 otherwise, counted as `unauthorized` in
+//! `/stats`), so a test's token endpoint decides which tokens are valid by rewriting it. Every `Authorization` value the
+//! server received is listed by `GET /debug/authorizations`.
+//!
 //! It owns only test-server behaviour; the harness that starts it lives in
 //! `support/counter.rs`.
 
@@ -99,6 +105,11 @@ struct Args {
     /// Require TLS clients to present a certificate signed by this CA (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// Refuse (401) every MCP and legacy request whose `Authorization` is not
+    /// `Bearer TOKEN` for an unexpired line `TOKEN [EXPIRES_UNIX_MS]` of this file,
+    /// read anew for each request.
+    #[arg(long)]
+    bearer_file: Option<std::path::PathBuf>,
 }
 
 struct Session {
@@ -122,6 +133,8 @@ struct Stats {
     connections: Arc<AtomicU64>,
     /// Answers (responses) received to `flood`'s pings.
     flood_answers: AtomicU64,
+    /// Requests refused for want of the `--bearer-file` token.
+    unauthorized: AtomicU64,
 }
 
 struct Server {
@@ -141,6 +154,10 @@ struct Server {
     events: Mutex<Vec<Value>>,
     /// `--require-header`, split into name and value.
     required_header: Option<(String, String)>,
+    /// `--bearer-file`.
+    bearer_file: Option<std::path::PathBuf>,
+    /// Every distinct `Authorization` value received (at most 1000).
+    authorizations: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Server {
@@ -192,6 +209,8 @@ async fn main() -> anyhow::Result<()> {
             let (name, value) = h.split_once(':').unwrap_or((h, ""));
             (name.trim().to_owned(), value.trim().to_owned())
         }),
+        bearer_file: args.bearer_file,
+        authorizations: Mutex::new(std::collections::BTreeSet::new()),
     });
     if server.stateless {
         server
@@ -203,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/stats", get(stats))
         .route("/forget-sessions", axum::routing::post(forget_sessions))
         .route("/debug/events", get(debug_events))
+        .route("/debug/authorizations", get(debug_authorizations))
         .route("/sse", get(legacy_stream))
         .route("/messages", axum::routing::post(legacy_message))
         .with_state(server.clone());
@@ -330,7 +350,10 @@ impl axum::serve::Listener for TlsListener {
 
 /// Legacy HTTP+SSE: a new session whose messages are answered on this stream, after
 /// an `endpoint` event naming where to POST them.
-async fn legacy_stream(State(srv): State<Arc<Server>>) -> Response {
+async fn legacy_stream(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_without_bearer(&srv, &headers) {
+        return refused;
+    }
     let Ok(session) = mint_session_id() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -358,8 +381,12 @@ async fn legacy_stream(State(srv): State<Arc<Server>>) -> Response {
 async fn legacy_message(
     State(srv): State<Arc<Server>>,
     uri: axum::http::Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = refuse_without_bearer(&srv, &headers) {
+        return refused;
+    }
     let Some(session) = uri.query().and_then(|q| q.strip_prefix("session=")) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -408,6 +435,7 @@ async fn stats(State(srv): State<Arc<Server>>) -> Response {
             "open_streams": s.open_streams.load(Ordering::SeqCst),
             "connections": s.connections.load(Ordering::SeqCst),
             "flood_answers": s.flood_answers.load(Ordering::SeqCst),
+            "unauthorized": s.unauthorized.load(Ordering::SeqCst),
         }),
     )
 }
@@ -454,6 +482,9 @@ fn check_session(srv: &Server, headers: &HeaderMap) -> Result<String, SessionPro
 }
 
 async fn post_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = refuse_without_bearer(&srv, &headers) {
+        return refused;
+    }
     if let Some((name, value)) = &srv.required_header
         && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
     {
@@ -806,6 +837,9 @@ fn read_resource(srv: &Server, session: &str, params: &Value) -> Result<Value, R
 }
 
 async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_without_bearer(&srv, &headers) {
+        return refused;
+    }
     if srv.stateless {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
@@ -852,6 +886,9 @@ async fn get_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response
 }
 
 async fn delete_mcp(State(srv): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_without_bearer(&srv, &headers) {
+        return refused;
+    }
     // Counted per request received, so a gateway that deletes twice is visible.
     srv.stats.delete.fetch_add(1, Ordering::SeqCst);
     if srv.stateless {
@@ -1102,6 +1139,56 @@ impl Server {
         // Single insert/remove critical sections, as for `sessions`.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Records the request's `Authorization`; with `--bearer-file`, the 401 for a request
+/// without the file's current token.
+fn refuse_without_bearer(srv: &Server, headers: &HeaderMap) -> Option<Response> {
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(value) = got {
+        let mut seen = srv.authorizations.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < 1000 {
+            seen.insert(value.to_owned());
+        }
+    }
+    let path = srv.bearer_file.as_ref()?;
+    let valid = std::fs::read_to_string(path).unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let presented = got.and_then(|v| v.strip_prefix("Bearer "));
+    let accepted = valid.lines().any(|line| {
+        let mut parts = line.split_whitespace();
+        let token = parts.next();
+        let unexpired = parts
+            .next()
+            .and_then(|ms| ms.parse::<u128>().ok())
+            .is_none_or(|until| now_ms < until);
+        token.is_some() && token == presented && unexpired
+    });
+    if accepted {
+        return None;
+    }
+    srv.stats.unauthorized.fetch_add(1, Ordering::SeqCst);
+    let mut refused = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "invalid_token"}));
+    refused.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    Some(refused)
+}
+
+async fn debug_authorizations(State(srv): State<Arc<Server>>) -> Response {
+    let seen: Vec<Value> = srv
+        .authorizations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|v| Value::from(v.as_str()))
+        .collect();
+    json_response(StatusCode::OK, &Value::Array(seen))
 }
 
 async fn debug_events(State(srv): State<Arc<Server>>) -> Response {

@@ -31,6 +31,9 @@ pub struct CounterOpts {
     pub instructions: Option<String>,
     /// Also serve over TLS on a second port ([`CounterServer::tls_addr`]).
     pub tls: Option<CounterTls>,
+    /// `--bearer-file PATH`: every MCP request needs `Authorization: Bearer TOKEN` for
+    /// an unexpired line `TOKEN [EXPIRES_UNIX_MS]` of the file ([`crate::idp`] writes it).
+    pub bearer_file: Option<std::path::PathBuf>,
 }
 
 /// `--tls-cert`, `--tls-key` and `--tls-client-ca` of `counter-server`.
@@ -62,6 +65,9 @@ pub struct Stats {
     pub slow_in_flight: u64,
     /// GET streams open now.
     pub open_streams: u64,
+    /// Requests refused (401) for want of the `--bearer-file` token.
+    #[serde(default)]
+    pub unauthorized: u64,
 }
 
 /// A running `counter-server`, killed on drop.
@@ -93,6 +99,9 @@ impl CounterServer {
         }
         if let Some(h) = &opts.require_header {
             cmd.args(["--require-header", h]);
+        }
+        if let Some(path) = &opts.bearer_file {
+            cmd.arg("--bearer-file").arg(path);
         }
         if let Some(tls) = &opts.tls {
             cmd.arg("--tls-cert").arg(&tls.cert);
@@ -207,6 +216,18 @@ impl CounterServer {
             .into_iter()
             .filter(|e| e.get("kind").and_then(serde_json::Value::as_str) == Some(kind))
             .collect())
+    }
+
+    /// Every distinct `Authorization` header value the server received.
+    pub async fn authorizations(&self) -> Result<Vec<String>> {
+        let mut conn = HttpConn::connect(self.addr).await?;
+        let response = conn.send(&Request::get("/debug/authorizations")).await?;
+        ensure!(
+            response.status == 200,
+            "/debug/authorizations answered {}",
+            response.status
+        );
+        Ok(serde_json::from_value(response.json()?)?)
     }
 
     /// Kills the server now (for dead-upstream tests); its port is then closed.

@@ -17,6 +17,8 @@
 //! - [`ops`]: sessions on every worker, the admin listener, reading metrics.
 //! - [`python`]: the Python MCP SDK's venv and running its client scripts.
 //! - [`rmcp_client`]: the rmcp SDK client in each lifecycle mode.
+//! - [`idp`]: a test OAuth token endpoint (client-credentials grant) whose tokens a
+//!   `counter-server --bearer-file` accepts.
 //! - [`pki`]: a throwaway CA and certificates (`openssl`), for TLS listeners and https
 //!   upstreams.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
@@ -27,6 +29,7 @@
 pub mod counter;
 pub mod gateway;
 pub mod http;
+pub mod idp;
 pub mod mcp;
 pub mod modern;
 pub mod ops;

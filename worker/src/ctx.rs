@@ -151,7 +151,7 @@ impl Live {
             // Read on every (re)load, so that new files under the same
             // paths are seen (and make a new server below).
             let tls = u
-                .is_https()
+                .needs_tls()
                 .then(|| mcpgw_protocol::tls::client_config(u.tls_files(), &mut system_roots))
                 .transpose()
                 .map_err(|e| WorkerError::Tls(format!("upstream {}: {e}", u.id)))?;

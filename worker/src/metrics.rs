@@ -185,6 +185,23 @@ pub(crate) static NOTICES_DROPPED: std::sync::LazyLock<IntCounter> =
         .unwrap_or_else(|e| unreachable!("a valid metric name and help: {e}"))
     });
 
+/// Requests to upstreams' OAuth token endpoints (`[upstream.oauth]`), by
+/// upstream and outcome (`crate::upstream::credentials::grant::OUTCOMES`).
+/// Process-wide like [`NOTICES_DROPPED`]: a token cache is made with its
+/// upstream server, where the context is not at hand.
+pub(crate) static TOKEN_FETCHES: std::sync::LazyLock<IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        IntCounterVec::new(
+            Opts::new(
+                "mcpgw_upstream_token_fetches_total",
+                "Access token requests to upstreams' OAuth token endpoints, by upstream and \
+                 outcome (ok, transport, timeout, oauth_error, http_error, bad_answer).",
+            ),
+            &["upstream", "outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("a valid metric name and help: {e}"))
+    });
+
 pub(crate) struct Metrics {
     registry: Registry,
     /// `method`, `outcome` (an [`Outcome`] label).
@@ -404,6 +421,7 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         registry.register(Box::new(NOTICES_DROPPED.clone()))?;
+        registry.register(Box::new(TOKEN_FETCHES.clone()))?;
         for cap in ["params", "worker", "client", "total"] {
             sessions_refused.with_label_values(&[cap]);
         }

@@ -9,7 +9,8 @@
 //! Beside this file: `error` (why a file was refused, and on which line),
 //! `admin_token` (the admin API's bearer token), `auth` (the OAuth front
 //! door's settings), `authz` (an endpoint's authorization rules and rate
-//! limits), `tests`.
+//! limits), `upstream_oauth` (an upstream's own OAuth client credentials),
+//! `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ mod admin_token;
 mod auth;
 mod authz;
 mod error;
+mod upstream_oauth;
 mod validate;
 
 pub use admin_token::AdminToken;
@@ -29,6 +31,7 @@ pub use auth::{Auth, AuthSetting};
 pub use authz::{AuthzRule, Effect, Rate, RateLimit, When};
 pub use error::ConfigError;
 use error::{invalid, with_reason_prefix};
+pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 
 /// An address a listener binds: an IP address and a port. Host names are
 /// refused, with a hint, rather than resolved: a name can stand for several
@@ -470,6 +473,11 @@ pub struct Upstream {
     /// `https://` only: the private key (PEM) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// `[upstream.oauth]`: a bearer token of the gateway's own from the
+    /// OAuth 2.1 client-credentials grant, on every request to this
+    /// upstream (not with a static `Authorization` header).
+    #[serde(default)]
+    pub oauth: Option<UpstreamOAuth>,
 }
 
 impl Upstream {
@@ -491,6 +499,7 @@ impl Upstream {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            oauth: None,
         }
     }
 
@@ -498,6 +507,15 @@ impl Upstream {
     /// Streamable HTTP and legacy HTTP+SSE).
     pub fn is_https(&self) -> bool {
         self.transport != Transport::Stdio && self.url.starts_with("https://")
+    }
+
+    /// Whether a TLS client configuration is made for this upstream: its
+    /// url or its OAuth token endpoint is `https://` (both use its
+    /// `ca_file` and client identity).
+    pub fn needs_tls(&self) -> bool {
+        self.is_https()
+            || self.transport != Transport::Stdio
+                && self.oauth.as_ref().is_some_and(UpstreamOAuth::is_https)
     }
 
     /// The TLS files this upstream names (CA bundle, client certificate
@@ -633,6 +651,14 @@ impl Config {
                 one(format!("upstream[{i}].env"), value)
                     .map_err(|e| with_reason_prefix(e, &format!("variable {name:?}: ")))?;
             }
+            if let Some(o) = &mut u.oauth {
+                one(format!("upstream[{i}].oauth.token_url"), &mut o.token_url)?;
+                one(format!("upstream[{i}].oauth.client_id"), &mut o.client_id)?;
+                one(
+                    format!("upstream[{i}].oauth.client_secret"),
+                    &mut o.client_secret,
+                )?;
+            }
         }
         if let Some(url) = &mut self.store.redis_url {
             one("store.redis_url".to_owned(), url)?;
@@ -657,7 +683,7 @@ impl Config {
         }
         let mut roots = crate::tls::SystemRoots::default();
         for (i, u) in self.upstream.iter().enumerate() {
-            if u.is_https() {
+            if u.needs_tls() {
                 crate::tls::client_config(u.tls_files(), &mut roots).map_err(|e| {
                     invalid(format!("upstream[{i}].{}", e.key), e.cause.to_string())
                 })?;

@@ -534,3 +534,93 @@ fn rate_limits_are_checked() {
     assert!(err(&limit("per_principal = \"2/d\"")).contains("N/s, N/m or N/h"));
     assert!(err(&limit("per_principal = \"0/s\"")).contains("refuses everything"));
 }
+
+const OAUTH: &str = "[[upstream]]\nid = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n\n\
+[upstream.oauth]\ntoken_url = \"http://127.0.0.1:2/oauth/token\"\nclient_id = \"mcpgw\"\n\
+client_secret = \"${UPSTREAM_TOKEN}\"\nscopes = [\"crm.read\", \"crm.write\"]\n";
+
+#[test]
+fn upstream_oauth_parses_resolves_its_secret_and_travels() {
+    let c = Config::parse_with(OAUTH, &Env).expect("valid");
+    let o = c.upstream[0].oauth.as_ref().expect("oauth");
+    assert_eq!(o.client_secret, "s3cret");
+    assert_eq!(o.scopes, ["crm.read", "crm.write"]);
+    assert_eq!(o.auth_method, ClientAuthMethod::ClientSecretBasic);
+    assert_eq!(o.resource, None);
+    let written = c.as_written().upstream[0].oauth.as_ref().expect("oauth");
+    assert_eq!(written.client_secret, "${UPSTREAM_TOKEN}");
+    assert!(!c.upstream[0].needs_tls());
+    let bytes = bincode::serde::encode_to_vec(&c, bincode::config::standard()).expect("enc");
+    let (back, _): (Config, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
+    assert_eq!(
+        back.upstream, c.upstream,
+        "as_written stays with the supervisor"
+    );
+    let post = format!("{OAUTH}auth_method = \"client_secret_post\"\n");
+    let c = Config::parse_with(&post, &Env).expect("valid");
+    assert_eq!(
+        c.upstream[0].oauth.as_ref().map(|o| o.auth_method),
+        Some(ClientAuthMethod::ClientSecretPost)
+    );
+}
+
+#[test]
+fn upstream_oauth_refusals_name_the_key_and_line() {
+    let in_file = |text: &str| {
+        Config::parse_with(text, &Env)
+            .expect_err("refused")
+            .in_file(Path::new("f.toml"), Some(text))
+            .to_string()
+    };
+    let e = in_file(&OAUTH.replace("http://127.0.0.1:2", "ftp://idp"));
+    assert!(
+        e.starts_with("f.toml:6: upstream[0].oauth.token_url:"),
+        "{e}"
+    );
+    let e = in_file(
+        &format!("{OAUTH}scopes = [\"a b\"]\n")
+            .replace("scopes = [\"crm.read\", \"crm.write\"]\n", ""),
+    );
+    assert!(e.starts_with("f.toml:9: upstream[0].oauth.scopes:"), "{e}");
+    let e = in_file(&format!("{OAUTH}auth_method = \"private_key_jwt\"\n"));
+    assert!(
+        e.contains("auth_method") || e.contains("unknown variant"),
+        "{e}"
+    );
+    // A static Authorization header and the grant are mutually exclusive.
+    let both = OAUTH.replace(
+        "url = \"http://127.0.0.1:1/mcp\"\n",
+        "url = \"http://127.0.0.1:1/mcp\"\nheaders = { authorization = \"Bearer x\" }\n",
+    );
+    let e = in_file(&both);
+    assert!(e.starts_with("f.toml:6: upstream[0].oauth:"), "{e}");
+    assert!(e.contains("mutually exclusive"), "{e}");
+    let stdio = "[[upstream]]\nid = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\n\
+        [upstream.oauth]\ntoken_url = \"http://i/t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    assert!(err(stdio).starts_with("upstream[0].oauth:"));
+    // The secret never shows in a refusal.
+    let e = in_file(&format!("{OAUTH}resource = \"relative\"\n"));
+    assert!(e.contains("upstream[0].oauth.resource"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[test]
+fn an_https_token_endpoint_allows_tls_keys_on_an_http_upstream() {
+    let text = OAUTH.replace("http://127.0.0.1:2", "https://idp.example.com")
+        + "ca_file = \"/etc/ca.pem\"\n";
+    // `ca_file` after the sub-table belongs to it: put it before.
+    let text = text.replace("ca_file = \"/etc/ca.pem\"\n", "").replace(
+        "url = \"http://127.0.0.1:1/mcp\"\n",
+        "url = \"http://127.0.0.1:1/mcp\"\nca_file = \"/etc/ca.pem\"\n",
+    );
+    let c = Config::parse_with(&text, &Env).expect("valid");
+    assert!(c.upstream[0].needs_tls());
+    assert!(!c.upstream[0].is_https());
+    let plain = OAUTH.replace(
+        "url = \"http://127.0.0.1:1/mcp\"\n",
+        "url = \"http://127.0.0.1:1/mcp\"\nca_file = \"/etc/ca.pem\"\n",
+    );
+    let e = Config::parse_with(&plain, &Env).expect_err("no https anywhere");
+    assert!(e.to_string().starts_with("upstream[0].ca_file:"), "{e}");
+}

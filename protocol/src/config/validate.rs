@@ -220,6 +220,31 @@ impl Config {
                     ));
                 }
             }
+            if let Some(oauth) = &u.oauth {
+                if u.transport == Transport::Stdio {
+                    return Err(invalid(
+                        key("oauth"),
+                        "[upstream.oauth] is for upstreams reached over HTTP (a stdio upstream \
+                         gets its credentials through env)",
+                    ));
+                }
+                if let Some(name) = u
+                    .headers
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case("authorization"))
+                {
+                    return Err(invalid(
+                        key("oauth"),
+                        format!(
+                            "[upstream.oauth] and a static {name:?} header are mutually \
+                             exclusive: the grant's token is this upstream's Authorization"
+                        ),
+                    ));
+                }
+                oauth
+                    .validate()
+                    .map_err(|(field, reason)| invalid(key(&format!("oauth.{field}")), reason))?;
+            }
             if u.connect_timeout_ms == 0 {
                 return Err(invalid(key("connect_timeout_ms"), "must be greater than 0"));
             }
@@ -279,13 +304,14 @@ fn check_upstream_tls(u: &Upstream) -> Result<(), (&'static str, String)> {
         ("client_cert_file", u.client_cert_file.is_some()),
         ("client_key_file", u.client_key_file.is_some()),
     ];
-    if !u.is_https()
+    if !u.needs_tls()
         && let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set)
     {
         return Err((
             field,
             format!(
-                "{field} is for upstreams with an https:// url (this one's is {:?})",
+                "{field} is for upstreams with an https:// url or oauth.token_url \
+                 (this one's url is {:?})",
                 crate::redact::url(&u.url)
             ),
         ));
@@ -313,7 +339,7 @@ fn check_upstream_tls(u: &Upstream) -> Result<(), (&'static str, String)> {
 
 /// `http://` or `https://` `host[:port]/path`: the reason says what is
 /// wrong. Reasons show the URL with user info and query values redacted.
-fn check_upstream_url(url: &str) -> Result<(), String> {
+pub(super) fn check_upstream_url(url: &str) -> Result<(), String> {
     let shown = crate::redact::url(url);
     let Some(rest) = url
         .strip_prefix("http://")

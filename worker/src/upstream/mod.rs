@@ -15,12 +15,19 @@
 //! to carry the client in `_meta`. Which era a server speaks is asked once
 //! and kept on its [`UpstreamServer`] ([`UpstreamServer::era`]).
 //!
+//! A server with `[upstream.oauth]` sends every request with a bearer token
+//! of the gateway's own ([`credentials`]: fetched, cached, refreshed, and a
+//! 401 answered by one retry with a new token); the client's token never
+//! goes upstream.
+//!
 //! Submodules: [`session`] (one upstream session), [`modern`] (the
 //! stateless revision), [`adapter`] (stdio and legacy HTTP+SSE behind
-//! Streamable HTTP), [`answer_budget`] (the memory bound on answers).
+//! Streamable HTTP), [`answer_budget`] (the memory bound on answers),
+//! [`credentials`] (the upstream's own OAuth token).
 
 pub(crate) mod adapter;
 pub(crate) mod answer_budget;
+pub(crate) mod credentials;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod modern;
@@ -69,6 +76,12 @@ pub(crate) enum UpstreamError {
     Protocol { upstream: Arc<str>, reason: String },
     #[error("upstream {upstream} refused initialize: {message}")]
     Initialize { upstream: Arc<str>, message: String },
+    /// `[upstream.oauth]`: no token to send (its message names no secret).
+    #[error("upstream {upstream} has no access token: {cause}")]
+    Credentials {
+        upstream: Arc<str>,
+        cause: credentials::TokenError,
+    },
 }
 
 impl UpstreamError {
@@ -79,7 +92,8 @@ impl UpstreamError {
             | Self::SessionGone { upstream }
             | Self::Status { upstream, .. }
             | Self::Protocol { upstream, .. }
-            | Self::Initialize { upstream, .. } => upstream,
+            | Self::Initialize { upstream, .. }
+            | Self::Credentials { upstream, .. } => upstream,
         }
     }
 
@@ -93,6 +107,7 @@ impl UpstreamError {
             Self::Status { .. } => "status",
             Self::Protocol { .. } => "protocol",
             Self::Initialize { .. } => "initialize",
+            Self::Credentials { .. } => "credentials",
         }
     }
 
@@ -126,6 +141,9 @@ pub(crate) struct UpstreamServer {
     /// For a stdio or legacy SSE upstream: the local adapter this server
     /// talks to (its backends end when the server is dropped).
     _stdio: Option<crate::upstream::adapter::Adapter>,
+    /// `[upstream.oauth]`: the token cache (for a legacy SSE upstream, its
+    /// adapter holds it: the adapter talks to the server).
+    credentials: Option<Arc<credentials::Credentials>>,
     /// The era this server speaks, once known (`None`: not asked yet, or
     /// forgotten after a transport failure). Held while it is asked, so
     /// concurrent first uses ask once.
@@ -161,15 +179,33 @@ impl UpstreamServer {
         };
         let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint);
         let tls_config = tls.map(|t| t.config);
-        let (stdio, pool_tls) = match cfg.transport {
-            Transport::StreamableHttp => (None, tls_config),
-            // The adapter is reached over loopback http; it speaks TLS to
-            // a legacy SSE server itself.
+        // The TLS configuration is there for an https url or an https token
+        // endpoint (or both); each takes it only for itself.
+        let url_tls = tls_config.clone().filter(|_| cfg.is_https());
+        let credentials = cfg
+            .oauth
+            .as_ref()
+            .map(|o| {
+                credentials::Credentials::new(
+                    &cfg.id,
+                    o,
+                    Duration::from_millis(cfg.connect_timeout_ms),
+                    tls_config,
+                )
+                .map(Arc::new)
+            })
+            .transpose()
+            .map_err(bad)?;
+        let (stdio, pool_tls, credentials) = match cfg.transport {
+            Transport::StreamableHttp => (None, url_tls, credentials),
+            // The adapter is reached over loopback http; it speaks TLS (and
+            // sends the token) to a legacy SSE server itself.
             Transport::Stdio | Transport::Sse => (
                 Some(
-                    crate::upstream::adapter::Adapter::start(cfg, tls_config)
+                    crate::upstream::adapter::Adapter::start(cfg, url_tls, credentials)
                         .map_err(|e| bad(e.to_string()))?,
                 ),
+                None,
                 None,
             ),
         };
@@ -222,6 +258,7 @@ impl UpstreamServer {
             config: cfg.clone(),
             tls_fingerprint,
             _stdio: stdio,
+            credentials,
             era: tokio::sync::Mutex::new(None),
             reused: std::sync::OnceLock::new(),
             counted: std::sync::OnceLock::new(),
@@ -337,9 +374,19 @@ impl UpstreamServer {
             extra,
             body,
         };
-        match timeout_at(deadline, self.pool.send(req)).await {
+        let sent = match &self.credentials {
+            None => timeout_at(deadline, self.pool.send(req))
+                .await
+                .map(|r| r.map_err(credentials::SendError::Conn)),
+            Some(c) => timeout_at(deadline, c.send(&self.pool, req)).await,
+        };
+        match sent {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(cause)) => Err(UpstreamError::Transport {
+            Ok(Err(credentials::SendError::Conn(cause))) => Err(UpstreamError::Transport {
+                upstream: self.id.clone(),
+                cause,
+            }),
+            Ok(Err(credentials::SendError::Token(cause))) => Err(UpstreamError::Credentials {
                 upstream: self.id.clone(),
                 cause,
             }),

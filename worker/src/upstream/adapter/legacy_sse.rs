@@ -12,6 +12,10 @@
 //! configuration, and so is an endpoint on the same server; an endpoint the
 //! server names on another host keeps the scheme it names (`http://` or
 //! `https://`, the latter with the same roots and client identity).
+//!
+//! The upstream's own credentials go with the stream's GET and every POST:
+//! its configured `headers`, and with `[upstream.oauth]` its bearer token
+//! ([`crate::upstream::credentials`], retried once on a 401).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +32,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::http::client::{ConnPool, HeaderBlock, Outgoing, UpstreamBody};
 use crate::http::sse;
+use crate::upstream::credentials::{Credentials, SendError};
 
 /// Longest wait for the `endpoint` event after the stream opened.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(10);
@@ -42,6 +47,22 @@ pub(crate) struct Poster {
     authority: String,
     path: String,
     headers: HeaderBlock,
+    credentials: Option<Arc<Credentials>>,
+}
+
+/// Send `req` on `pool`, with the upstream's token when it has one.
+async fn send(
+    pool: &ConnPool,
+    credentials: Option<&Arc<Credentials>>,
+    req: Outgoing<'_>,
+) -> Result<http::Response<UpstreamBody>, String> {
+    match credentials {
+        None => pool.send(req).await.map_err(|e| e.to_string()),
+        Some(c) => c.send(pool, req).await.map_err(|e| match e {
+            SendError::Conn(e) => e.to_string(),
+            SendError::Token(e) => format!("no access token: {e}"),
+        }),
+    }
 }
 
 impl Poster {
@@ -54,7 +75,7 @@ impl Poster {
             body: Bytes::copy_from_slice(line),
         };
         let exchange = async {
-            let resp = self.pool.send(req).await.map_err(|e| e.to_string())?;
+            let resp = send(&self.pool, self.credentials.as_ref(), req).await?;
             let status = resp.status();
             // Read the (short) acceptance to its end so the connection is
             // kept for the next message.
@@ -127,6 +148,7 @@ pub(crate) async fn open(
     upstream: &Arc<str>,
     config: &Upstream,
     tls: Option<Arc<ClientConfig>>,
+    credentials: Option<Arc<Credentials>>,
 ) -> Result<Opened, String> {
     let fail = |what: String| format!("legacy SSE upstream {upstream}: {what}");
     let uri: Uri = config.url.parse().map_err(|e| fail(format!("url: {e}")))?;
@@ -140,11 +162,13 @@ pub(crate) async fn open(
     };
     let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = HeaderMap::with_capacity(2);
-    headers.insert(
-        HOST,
-        HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?,
-    );
+    let mut headers = configured_headers(config).map_err(&fail)?;
+    if !headers.contains_key(HOST) {
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(&authority).map_err(|e| fail(e.to_string()))?,
+        );
+    }
     headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     let stream_pool = pool_for(&origin, connect_timeout, tls.as_ref()).map_err(&fail)?;
     let req = Outgoing {
@@ -154,10 +178,14 @@ pub(crate) async fn open(
         extra: b"",
         body: Bytes::new(),
     };
-    let resp = timeout(connect_timeout, stream_pool.send(req))
-        .await
-        .map_err(|_| fail("no answer to the GET of its event stream".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    // The token fetch, if one is due, is bounded on its own.
+    let resp = timeout(
+        connect_timeout + crate::upstream::credentials::grant::FETCH_TIMEOUT,
+        send(&stream_pool, credentials.as_ref(), req),
+    )
+    .await
+    .map_err(|_| fail("no answer to the GET of its event stream".into()))?
+    .map_err(&fail)?;
     if !resp.status().is_success() {
         return Err(fail(format!(
             "GET {} answered HTTP {}",
@@ -193,7 +221,7 @@ pub(crate) async fn open(
             "endpoint {endpoint:?} is not an http(s) URL or path"
         ))
     })?;
-    let mut post_headers = HeaderMap::with_capacity(2);
+    let mut post_headers = configured_headers(config).map_err(&fail)?;
     post_headers.insert(
         HOST,
         HeaderValue::from_str(&post_origin.authority).map_err(|e| fail(e.to_string()))?,
@@ -210,12 +238,25 @@ pub(crate) async fn open(
         authority: post_origin.authority,
         path: post_path.to_string(),
         headers: HeaderBlock::new(&post_headers),
+        credentials,
     };
     info!(upstream = %upstream, "legacy SSE upstream session opened");
     Ok(Opened {
         poster,
         events: Events { body, parser },
     })
+}
+
+/// The upstream's configured `headers` (validated names and values).
+fn configured_headers(config: &Upstream) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(config.headers.len() + 2);
+    for (k, v) in &config.headers {
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k:?}: {e}"))?;
+        let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// An `endpoint` value: a path on the stream's server, or an http(s) URL.

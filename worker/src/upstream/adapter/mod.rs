@@ -85,6 +85,8 @@ struct Shared {
     /// A legacy HTTP+SSE upstream at an `https://` url: its TLS client
     /// configuration (built once per (re)load, shared by its streams).
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// A legacy HTTP+SSE upstream with `[upstream.oauth]`: its token cache.
+    credentials: Option<Arc<crate::upstream::credentials::Credentials>>,
     key: HeaderValue,
     sessions: Mutex<HashMap<String, Arc<Process>>>,
     next: AtomicU64,
@@ -162,10 +164,12 @@ struct Meta<'a> {
 
 impl Adapter {
     /// Start the adapter for a (validated) stdio or legacy SSE upstream;
-    /// `tls` for a legacy SSE one at an `https://` url.
+    /// `tls` for a legacy SSE one at an `https://` url, `credentials` for
+    /// one with `[upstream.oauth]`.
     pub(crate) fn start(
         config: &Upstream,
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+        credentials: Option<Arc<crate::upstream::credentials::Credentials>>,
     ) -> Result<Self, StdioError> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -186,6 +190,7 @@ impl Adapter {
             upstream: Arc::from(config.id.as_str()),
             config: config.clone(),
             tls,
+            credentials,
             key: key.clone(),
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
@@ -461,8 +466,13 @@ async fn open(shared: &Arc<Shared>) -> Result<Arc<Process>, String> {
     let process = match shared.config.transport {
         Transport::Sse => {
             let id = format!("sse-{}", shared.next.fetch_add(1, Ordering::Relaxed));
-            let opened =
-                legacy_sse::open(&shared.upstream, &shared.config, shared.tls.clone()).await?;
+            let opened = legacy_sse::open(
+                &shared.upstream,
+                &shared.config,
+                shared.tls.clone(),
+                shared.credentials.clone(),
+            )
+            .await?;
             let process = new_process(id, shared.upstream.clone(), Sink::Post(opened.poster));
             let reader = process.clone();
             tokio::spawn(async move {

@@ -957,3 +957,51 @@ async fn an_upstream_sees_the_gateway_token_never_the_client_token() {
         "one token per worker"
     );
 }
+
+/// MRTR `requestState` is bound to the principal that started the call: another
+/// principal's retry with it is refused as an unknown handle (and leaves it to its
+/// owner), the owner's retry completes the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_calls_request_state_answers_only_its_principal() {
+    let fx = OneKey::start(1, "max_sessions_per_principal = 0");
+    let (rsa, gateway) = (&fx.rsa, &fx.gateway);
+    let call = |token: &str, extra: Value| {
+        let mut params = json!({"name": "ask", "arguments": {"method": "roots/list"}});
+        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
+            params.extend(extra);
+        }
+        let mut message = stateless::message(Some(json!(1)), "tools/call", params);
+        message["params"]["_meta"][stateless::META_CAPABILITIES] = json!({"roots": {}});
+        stateless::post("/mcp", &message).header("Authorization", &format!("Bearer {token}"))
+    };
+    let (alice, bob) = (sign(rsa, &claims("alice")), sign(rsa, &claims("bob")));
+    let first = stateless::send(gateway.addr, &call(&alice, json!({})))
+        .await
+        .expect("answer")
+        .json()
+        .expect("json");
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let key = result["inputRequests"]
+        .as_object()
+        .and_then(|r| r.keys().next().cloned())
+        .expect("one input request");
+    let retry = json!({"inputResponses": {key: {"roots": []}},
+        "requestState": result["requestState"]});
+
+    let stolen = stateless::send(gateway.addr, &call(&bob, retry.clone()))
+        .await
+        .expect("answer");
+    assert_eq!(stolen.status, 400, "{}", stolen.text());
+    assert_eq!(stolen.json().expect("json")["error"]["code"], -32602);
+    let done = stateless::send(gateway.addr, &call(&alice, retry))
+        .await
+        .expect("answer")
+        .json()
+        .expect("json");
+    assert_eq!(
+        done["result"]["structuredContent"]["answer"]["result"],
+        json!({"roots": []}),
+        "{done}"
+    );
+}

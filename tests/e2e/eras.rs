@@ -19,15 +19,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpgw_tests::http::{Request, Response};
+use mcpgw_tests::http::{HttpConn, Request, Response};
 use mcpgw_tests::mcp::{SESSION_HEADER, VERSION_HEADER};
-use mcpgw_tests::ops::admin_get;
+use mcpgw_tests::ops::{admin_get, metric_sum};
 use mcpgw_tests::stateless::{
     self, META_CAPABILITIES, METHOD_HEADER, MODERN_VERSION, NAME_HEADER, StatelessClient,
 };
 use mcpgw_tests::stream::MessageStream;
 use mcpgw_tests::{
-    CounterOpts, CounterServer, Gateway, GatewayConfig, RpcReply, Stats, start_counter, wait_until,
+    CounterOpts, CounterServer, Gateway, GatewayConfig, RpcReply, Stats, WorkerTag, start_counter,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -730,4 +731,117 @@ async fn a_subscription_gets_what_it_asked_for_tagged() {
     let stats = wait_all_closed(&counter).await;
     assert!(stats.initialize >= 1, "{stats:?}");
     drop(gateway);
+}
+
+/// MRTR bridged for a stateless client in front of a stateful upstream that asks it
+/// something mid-call: the upstream's `elicitation/create` comes back as an
+/// `input_required` result (the call parked in the worker that ran it, its
+/// `requestState` a handle); the client's retry, landing on the other worker, is
+/// forwarded to that one, where the answer reaches the upstream and the call ends with
+/// its result, under the retry's id. A used, tampered or foreign handle is refused
+/// with -32602, and the upstream session ends with the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_upstreams_question_reaches_a_stateless_client_through_mrtr() {
+    let (counter, gateway) = counter_behind_gateway(2);
+    let question = json!({"message": "Your name?", "requestedSchema": {"type": "object",
+        "properties": {"name": {"type": "string"}}}});
+    let call = |id: u64, extra: Value| {
+        let mut params = json!({"name": "ask",
+            "arguments": {"method": "elicitation/create", "params": question}});
+        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
+            params.extend(extra);
+        }
+        let mut message = stateless::message(Some(json!(id)), "tools/call", params);
+        message["params"]["_meta"][META_CAPABILITIES] = json!({"elicitation": {}});
+        stateless::post("/mcp", &message)
+    };
+
+    let mut first_conn = HttpConn::connect(gateway.addr).await.expect("connect");
+    let first = first_conn
+        .send(&call(1, json!({})))
+        .await
+        .expect("first answer");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let parked_on = WorkerTag::of(&first).expect("worker").slot;
+    let result = first.json().expect("json")["result"].clone();
+    assert_eq!(result["resultType"], "input_required", "{result}");
+    let requests = result["inputRequests"].as_object().expect("inputRequests");
+    assert_eq!(requests.len(), 1, "{result}");
+    let (key, request) = requests.iter().next().expect("one request");
+    assert_eq!(request["method"], "elicitation/create", "{result}");
+    assert_eq!(request["params"]["message"], "Your name?", "{result}");
+    let state = result["requestState"]
+        .as_str()
+        .expect("requestState")
+        .to_owned();
+    assert!(state.starts_with("mcpgw1."), "{state}");
+    assert_eq!(metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await, 1.0);
+
+    // A connection the other worker holds (a cheap request tells which).
+    let mut other = None;
+    for _ in 0..100 {
+        let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
+        let probe = stateless::post(
+            "/mcp",
+            &stateless::message(Some(json!(0)), "tools/list", Value::Null),
+        );
+        let answer = conn.send(&probe).await.expect("tools/list");
+        if WorkerTag::of(&answer).expect("worker").slot != parked_on {
+            other = Some(conn);
+            break;
+        }
+    }
+    let mut other = other.expect("a connection on the other worker");
+
+    let answer = json!({"action": "accept", "content": {"name": "Ada"}});
+    let retry = |state: &str| {
+        call(
+            2,
+            json!({"inputResponses": {key.clone(): answer.clone()}, "requestState": state}),
+        )
+    };
+    let done = other.send(&retry(&state)).await.expect("retry answer");
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(
+        WorkerTag::of(&done).expect("worker").slot,
+        parked_on,
+        "answered by the worker that held the call"
+    );
+    let done = done.json().expect("json");
+    assert_eq!(done["id"], 2, "the retry's id: {done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert_eq!(
+        done["result"]["structuredContent"]["answer"]["result"], answer,
+        "the upstream got the client's answer: {done}"
+    );
+
+    // Used once; tampered; not the gateway's slot.
+    let tampered = format!(
+        "{}{}",
+        &state[..state.len() - 1],
+        if state.ends_with('0') { '1' } else { '0' }
+    );
+    for (why, state) in [
+        ("replayed", state.clone()),
+        ("tampered", tampered),
+        (
+            "foreign slot",
+            "mcpgw1.9.00000000000000000000000000000000".to_owned(),
+        ),
+    ] {
+        let refused = stateless::send(gateway.addr, &retry(&state))
+            .await
+            .expect("an answer");
+        assert_eq!(refused.status, 400, "{why}: {}", refused.text());
+        let refused = refused.json().expect("json");
+        assert_eq!(refused["error"]["code"], -32602, "{why}: {refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown, expired or already used")),
+            "{why}: {refused}"
+        );
+    }
+    assert_eq!(metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await, 0.0);
+    wait_all_closed(&counter).await;
 }

@@ -209,6 +209,8 @@ pub(crate) struct Metrics {
     /// `method`.
     pub duration: HistogramVec,
     pub sessions: IntGauge,
+    /// Stateless clients' calls parked until the client's input (MRTR).
+    pub parked_calls: IntGauge,
     /// `upstream`.
     pub upstream_sessions: IntGaugeVec,
     /// `upstream`, `event` (created, reused, warm_taken, evicted_*, reattached, closed).
@@ -294,6 +296,10 @@ impl Metrics {
             &["method"],
         )?;
         let sessions = IntGauge::new("mcpgw_sessions_active", "Downstream MCP sessions owned.")?;
+        let parked_calls = IntGauge::new(
+            "mcpgw_mrtr_parked_calls",
+            "Stateless clients' calls parked until the client answers its upstream's input request (MRTR).",
+        )?;
         let upstream_sessions = IntGaugeVec::new(
             Opts::new(
                 "mcpgw_upstream_sessions_active",
@@ -325,6 +331,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(parked_calls.clone()))?;
         registry.register(Box::new(upstream_sessions.clone()))?;
         registry.register(Box::new(upstream_session_events.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -434,6 +441,7 @@ impl Metrics {
             requests,
             duration,
             sessions,
+            parked_calls,
             upstream_sessions,
             upstream_session_events,
             upstream_errors,

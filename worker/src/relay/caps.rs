@@ -64,6 +64,12 @@ impl ClientCaps {
         }
     }
 
+    /// Whether a server→client request could be put to the client at all
+    /// (it declared sampling, elicitation or roots).
+    pub(crate) fn can_be_asked(&self) -> bool {
+        self.sampling || self.elicitation_form || self.elicitation_url || self.roots
+    }
+
     /// The capability a server→client request needs, when the client lacks
     /// it.
     pub(crate) fn missing_for(

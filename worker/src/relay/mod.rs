@@ -173,6 +173,10 @@ struct State {
     /// 2026-07-28 upstream's `input_required`), by the id the client sees:
     /// the client's answer goes to whoever waits on the receiver.
     asked: HashMap<String, oneshot::Sender<Bytes>>,
+    /// A stateless client's request that may be asked for input (MRTR):
+    /// server→client requests of its calls, which have no stream to go
+    /// on, are handed here instead of refused (see [`Relay::capture`]).
+    capture: Option<mpsc::Sender<Captured>>,
     stream: Option<ServerStream>,
     closed: bool,
 }
@@ -397,6 +401,18 @@ impl Relay {
         Some((id, rx))
     }
 
+    /// Server→client requests that have nowhere to go (a stateless client's
+    /// call: no stream) are registered as pending and handed to `tx`
+    /// instead of refused; the client answers them later through
+    /// [`Relay::take_answer`] with the gateway id.
+    pub(crate) fn capture(&self, tx: mpsc::Sender<Captured>) {
+        self.state().capture = Some(tx);
+    }
+
+    fn capturer(&self) -> Option<mpsc::Sender<Captured>> {
+        self.state().capture.clone()
+    }
+
     /// Stop waiting for answers to these [`Relay::ask`] ids (the request
     /// that asked them ended); a late answer is then an unknown one.
     pub(crate) fn forget_asked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
@@ -500,6 +516,16 @@ impl Relay {
         };
         Ok(Some((pending.upstream, Bytes::from(rewritten))))
     }
+}
+
+/// A server→client request captured for a stateless client (see
+/// [`Relay::capture`]).
+#[derive(Debug)]
+pub(crate) struct Captured {
+    /// The id the client answers with (raw JSON, a string).
+    pub gateway_id: String,
+    /// The request, with that id.
+    pub message: Bytes,
 }
 
 /// Why a client's response could not be relayed.

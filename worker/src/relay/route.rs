@@ -107,11 +107,16 @@ impl Relay {
         }
         // The call's own stream when the client streams its answer, else
         // the session's GET stream.
+        let mut captured = None;
         let (origin, stream) = match from {
             Source::Call(call) if call.stream().is_some() => (Origin::Call(call.seq), None),
-            _ => match self.server_stream() {
-                Some((tx, generation)) => (Origin::Stream(generation), Some((tx, generation))),
-                None => return refuse("the client has no open stream to receive requests"),
+            _ => match (self.server_stream(), from) {
+                (Some((tx, generation)), _) => (Origin::Stream(generation), Some((tx, generation))),
+                (None, Source::Call(call)) if let Some(tx) = self.capturer() => {
+                    captured = Some(tx);
+                    (Origin::Call(call.seq), None)
+                }
+                (None, _) => return refuse("the client has no open stream to receive requests"),
             },
         };
         // Tokens from several upstreams could collide at the client too.
@@ -138,6 +143,18 @@ impl Relay {
             self.state().pending.remove(&gateway_id);
             return refuse("malformed request");
         };
+        if let Some(tx) = captured {
+            debug!(upstream = %us.server.id, method, id = %original_id, gateway_id, "server request captured for a stateless client");
+            let taken = tx.try_send(super::Captured {
+                gateway_id: gateway_id.clone(),
+                message: Bytes::from(message),
+            });
+            if taken.is_err() {
+                self.state().pending.remove(&gateway_id);
+                return refuse("too many requests are waiting for this client");
+            }
+            return Routed::Done;
+        }
         debug!(upstream = %us.server.id, method, id = %original_id, gateway_id, "server request relayed");
         match (from, stream) {
             // The pump or the GET listener sends it where it belongs.

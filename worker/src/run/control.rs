@@ -117,6 +117,7 @@ pub(crate) async fn expire_sessions(ctx: Arc<Ctx>) {
         // Read each time: a reload may change the timeout.
         let ttl = Duration::from_secs(ctx.live().config.sessions.idle_timeout_secs);
         tokio::time::sleep((ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))).await;
+        ctx.parked.sweep();
         let expired = ctx.sessions.take_expired(ttl);
         if !expired.is_empty() {
             info!(count = expired.len(), "sessions expired after being idle");

@@ -334,14 +334,7 @@ pub(crate) async fn post_inner(
         && !matches!(env.kind(), Kind::Request("initialize"))
     {
         return Box::pin(stateless::post(
-            ctx,
-            endpoint,
-            accept,
-            &parts.headers,
-            &env,
-            &body,
-            outcome,
-            caller.principal.as_ref(),
+            ctx, endpoint, accept, &parts, &env, &body, outcome, caller,
         ))
         .await;
     }

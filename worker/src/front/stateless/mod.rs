@@ -15,11 +15,14 @@
 //! - [`meta`]: the request's `_meta` and its routing headers, checked.
 //! - [`listen`]: `subscriptions/listen`, the one request answered with a
 //!   stream.
+//! - [`mrtr`]: a stateful upstream's question to a stateless client
+//!   (`input_required`, the call parked until the client's retry).
 
 mod listen;
 mod meta;
+pub(crate) mod mrtr;
 
-use crate::front::common::accepted;
+use crate::front::common::{Caller, accepted};
 use crate::front::identity::EndpointIdentity;
 use crate::route::reply::{Accept, rpc};
 use crate::route::source::{PerRequest, Source};
@@ -33,14 +36,16 @@ use mcpgw_mcp::headers::MCP_PROTOCOL_VERSION;
 use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use tracing::info;
 
-use crate::auth::Principal;
 use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
 use crate::front::stateless::meta::{Refusal, RequestMeta};
 use crate::http::body::Body;
+use crate::http::server::ReqBody;
 use crate::jsonrpc::{self, Answer, Kind, RawObject};
 use crate::metrics::{Outcome, OutcomeSlot};
 use crate::route;
+use mcpgw_protocol::headers::FORWARDED;
+use serde_json::value::RawValue;
 
 /// The one stateless revision served.
 pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V2026_07_28;
@@ -110,12 +115,14 @@ pub(crate) async fn post(
     ctx: &Arc<Ctx>,
     endpoint: Arc<Endpoint>,
     accept: Accept,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     env: &jsonrpc::Envelope<'_>,
     body: &Bytes,
     outcome: &OutcomeSlot,
-    principal: Option<&Principal>,
+    caller: &Caller,
 ) -> Response<Body> {
+    let headers = &parts.headers;
+    let principal = caller.principal.as_ref();
     let id = env.id_raw();
     let method = match env.kind() {
         Kind::Request(m) => m,
@@ -149,11 +156,73 @@ pub(crate) async fn post(
             Refusal::NoMethod(format!("Method not found: {method}")),
         );
     }
+    // MRTR: the retry of a call the gateway parked (its `requestState` is
+    // one of the gateway's handles), or a call that may ask its client.
+    let retry = if mrtr::may_ask(method) {
+        match serde_json::from_str::<Retry<'_>>(env.params.map_or("{}", RawValue::get)) {
+            Ok(retry) => Some(retry),
+            Err(e) => return refuse(accept, outcome, id, Refusal::Meta(format!("params: {e}"))),
+        }
+    } else {
+        None
+    };
+    let call = |name| mrtr::Call {
+        id,
+        method,
+        name,
+        body,
+        principal,
+    };
+    if let Some(retry) = &retry
+        && let Some(handle) = retry.request_state.as_deref().and_then(mrtr::Handle::parse)
+    {
+        // A slot beyond the pool's was never one that made a handle.
+        let handle = match handle.and_then(|h| h.within(ctx.slot_count())) {
+            Ok(handle) => handle,
+            Err(bad) => return refuse(accept, outcome, id, Refusal::Meta(bad.to_string())),
+        };
+        if handle.slot != ctx.id.slot && !headers.contains_key(FORWARDED) {
+            // The worker that holds the call answers; forwarded once.
+            let mut request = http::Request::new(ReqBody::whole(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            ctx.metrics.forwarded.with_label_values(&["out"]).inc();
+            return Box::pin(ctx.forwarder.forward(
+                handle.slot,
+                request,
+                principal,
+                caller.addr.map(|a| a.0),
+            ))
+            .await;
+        }
+        return match mrtr::resume(
+            ctx,
+            handle,
+            call(retry.name.as_deref()),
+            retry.input_responses,
+        )
+        .await
+        {
+            Ok(message) => rpc(accept, StatusCode::OK, complete_result(message, false)),
+            Err(bad) => refuse(accept, outcome, id, Refusal::Meta(bad.to_string())),
+        };
+    }
     let src = PerRequest::new(
         ctx.registry.clone(),
         endpoint,
         meta.upstream_init_params(UPSTREAM_VERSION.as_str()),
     );
+    if let Some(retry) = &retry
+        && src.relay().caps.can_be_asked()
+    {
+        let message = mrtr::start(ctx, src, call(retry.name.as_deref())).await;
+        return rpc(
+            accept,
+            StatusCode::OK,
+            complete_result(message, method == "resources/read"),
+        );
+    }
     if method == "server/discover" {
         let opened = src.open_all().await;
         let who = EndpointIdentity::of(&src.endpoint(), &opened);
@@ -199,6 +268,18 @@ pub(crate) async fn post(
             | "resources/read"
     );
     rpc(accept, status, complete_result(message, cache_hints))
+}
+
+/// What a request that may be a retry (MRTR) says in its params.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Retry<'a> {
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request_state: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input_responses: Option<&'a RawValue>,
 }
 
 /// A refused request: the status and JSON-RPC error the revision gives

@@ -10,9 +10,12 @@
 //! - [`sse`]: Server-Sent Events: the incremental, bounded parser and the
 //!   framing of a `message` event.
 //! - [`headers`]: the MCP HTTP header names.
+//! - [`params`]: values in headers (`=?base64?…?=`) and the
+//!   `Mcp-Param-*` headers of a tool's `x-mcp-header` annotations.
 //! - [`version`]: MCP protocol versions, their eras and negotiation.
 
 pub mod headers;
 pub mod jsonrpc;
+pub mod params;
 pub mod sse;
 pub mod version;

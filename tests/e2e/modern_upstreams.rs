@@ -74,7 +74,10 @@ async fn a_stateful_client_reaches_a_modern_upstream() {
 
     let mut names = client.tool_names().await.expect("tools/list");
     names.sort();
-    assert_eq!(names, ["add", "ask_name", "echo_meta", "needs_input"]);
+    assert_eq!(
+        names,
+        ["add", "ask_name", "deploy", "echo_meta", "needs_input"]
+    );
 
     // MRTR is bridged, within bounds: an upstream that asks for input round after
     // round gets an error naming it after ten rounds.
@@ -514,5 +517,114 @@ async fn a_stateful_client_answers_a_modern_upstreams_elicitation() {
         message.contains("did not declare the elicitation (form mode) capability"),
         "{}",
         reply.message
+    );
+}
+
+/// `Mcp-Param-*` (a tool's `x-mcp-header` arguments mirrored in headers): the gateway
+/// learns a tool's annotations from the `tools/list` answers it passes (or, for a tool
+/// never listed through it, from a `tools/list` of its own after the upstream refused
+/// the call with -32020, then sends the call once more), mirrors the arguments of a
+/// call it sends to a 2026-07-28 upstream (which checks them: rmcp refuses a call
+/// without them), and checks the headers of a stateless client's call against its
+/// body before anything goes upstream (-32020 when they disagree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_headers_are_mirrored_upstream_and_checked_from_clients() {
+    let (modern, gateway) = modern_behind_gateway();
+    // A stateful client: its requests reach the upstream as 2026-07-28 ones.
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    // Not listed yet: refused upstream once, learned, sent again.
+    let first = client
+        .call_tool("deploy", json!({"region": "ap-1"}))
+        .await
+        .expect("deploy");
+    assert_eq!(
+        first.text().expect("text"),
+        "deployed to ap-1",
+        "{}",
+        first.message
+    );
+    let log = modern.log().await.expect("log");
+    let methods: Vec<&str> = log.iter().filter_map(|e| e["method"].as_str()).collect();
+    assert!(
+        methods.ends_with(&["tools/call", "tools/list", "tools/call"]),
+        "{methods:?}"
+    );
+    let names = client.tool_names().await.expect("tools/list");
+    assert!(names.iter().any(|n| n == "deploy"), "{names:?}");
+    for region in ["eu-west-1", "é-1"] {
+        let done = client
+            .call_tool("deploy", json!({"region": region}))
+            .await
+            .expect("deploy");
+        assert_eq!(
+            done.text().expect("text"),
+            format!("deployed to {region}"),
+            "{}",
+            done.message
+        );
+    }
+
+    // A stateless client: its own headers are checked against the body.
+    let calls_before = modern
+        .log()
+        .await
+        .expect("log")
+        .iter()
+        .filter(|e| e["method"] == "tools/call")
+        .count();
+    let deploy = |region: &str| {
+        stateless_request(
+            "tools/call",
+            Some("deploy"),
+            json!({"name": "deploy",
+            "arguments": {"region": region}}),
+        )
+    };
+    let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
+    for (why, request) in [
+        ("missing", deploy("eu")),
+        ("different", deploy("eu").header("Mcp-Param-Region", "us")),
+        (
+            "no argument",
+            stateless_request(
+                "tools/call",
+                Some("deploy"),
+                json!({"name": "deploy", "arguments": {}}),
+            )
+            .header("Mcp-Param-Region", "eu"),
+        ),
+    ] {
+        let refused = conn.send(&request).await.expect("answer");
+        assert_eq!(refused.status, 400, "{why}: {}", refused.text());
+        let v = refused.json().expect("json");
+        assert_eq!(v["error"]["code"], -32020, "{why}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("mcp-param-region")),
+            "{why}: {v}"
+        );
+    }
+    let ok = conn
+        .send(&deploy("eu").header("Mcp-Param-Region", "eu"))
+        .await
+        .expect("answer");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        ok.json().expect("json")["result"]["content"][0]["text"],
+        "deployed to eu"
+    );
+    let calls_after = modern
+        .log()
+        .await
+        .expect("log")
+        .iter()
+        .filter(|e| e["method"] == "tools/call")
+        .count();
+    assert_eq!(
+        calls_after,
+        calls_before + 1,
+        "refused calls never went upstream"
     );
 }

@@ -9,7 +9,8 @@
 //!   `clientInfo` name and `clientCapabilities`), `needs_input` (answers
 //!   `resultType: "input_required"` with no input requests, round after round),
 //!   `ask_name` (asks an elicitation through `input_required`, then greets the name it
-//!   got), `notify` (a
+//!   got), `deploy` (its `region` argument is annotated `x-mcp-header: Region`, so a
+//!   call must mirror it in `Mcp-Param-Region`, which rmcp checks), `notify` (a
 //!   `tools/list_changed` on every open subscription; answers how many).
 //! - `subscriptions/listen`: every filter is accepted as far as the capabilities go
 //!   (tools `listChanged` only).
@@ -69,6 +70,38 @@ fn tool(name: &'static str, description: &'static str, schema: Value) -> Tool {
     Tool::new(name, description, Arc::new(schema))
 }
 
+fn tools() -> Vec<Tool> {
+    let number = json!({"type": "number"});
+    vec![
+        tool(
+            "add",
+            "a + b",
+            json!({"type": "object", "properties": {"a": number, "b": number}}),
+        ),
+        tool(
+            "echo_meta",
+            "what this request's _meta said of its client",
+            json!({"type": "object"}),
+        ),
+        tool(
+            "needs_input",
+            "always asks for input (resultType input_required)",
+            json!({"type": "object"}),
+        ),
+        tool(
+            "deploy",
+            "deploys to a region, which is mirrored in the Mcp-Param-Region header",
+            json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}}}),
+        ),
+        tool(
+            "ask_name",
+            "asks the client's name (elicitation, MRTR), then greets it",
+            json!({"type": "object"}),
+        ),
+    ]
+}
+
 fn text(s: impl Into<String>) -> CallToolResponse {
     CallToolResult::success(vec![ContentBlock::text(s)]).into()
 }
@@ -114,29 +147,13 @@ impl ServerHandler for Modern {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
-        let number = json!({"type": "number"});
-        std::future::ready(Ok(ListToolsResult::with_all_items(vec![
-            tool(
-                "add",
-                "a + b",
-                json!({"type": "object", "properties": {"a": number, "b": number}}),
-            ),
-            tool(
-                "echo_meta",
-                "what this request's _meta said of its client",
-                json!({"type": "object"}),
-            ),
-            tool(
-                "needs_input",
-                "always asks for input (resultType input_required)",
-                json!({"type": "object"}),
-            ),
-            tool(
-                "ask_name",
-                "asks the client's name (elicitation, MRTR), then greets it",
-                json!({"type": "object"}),
-            ),
-        ])))
+        std::future::ready(Ok(ListToolsResult::with_all_items(tools())))
+    }
+
+    /// rmcp checks a call's `Mcp-Param-*` headers against the tool's schema
+    /// it finds here.
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools().into_iter().find(|t| t.name == name)
     }
 
     fn call_tool(
@@ -169,6 +186,14 @@ impl ServerHandler for Modern {
                 InputRequiredResult::from_request_state("opaque-state-1"),
             )),
             "ask_name" => ask_name(request.input_responses, request.request_state),
+            // rmcp checks the Mcp-Param-Region header against the argument
+            // before the call gets here.
+            "deploy" => Ok(text(format!(
+                "deployed to {}",
+                args.get("region")
+                    .and_then(Value::as_str)
+                    .unwrap_or("nowhere")
+            ))),
             "notify" => {
                 let sinks = self
                     .subscribers

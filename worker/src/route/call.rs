@@ -13,7 +13,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::http::body::{self, Body};
 use crate::http::client::UpstreamBody;
@@ -164,6 +164,56 @@ fn input_required<S: Source>(
     ))
 }
 
+/// A 2026-07-28 upstream refused a tool call's headers (-32020) for a tool
+/// whose `Mcp-Param-*` headers this worker did not know (it was never
+/// listed here): learn them from the upstream's `tools/list` and send the
+/// call once more, as an SDK client does. `None` when nothing new was
+/// learned (the refusal then stands).
+async fn resend_with_params<S: Source>(
+    ctx: Env<'_>,
+    src: &S,
+    server: &UpstreamServer,
+    upstream: &Arc<UpstreamSession>,
+    sent: Sent<'_>,
+    accept: Accept,
+    deadline: Instant,
+) -> Option<Response<Body>> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        params: Named<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        name: std::borrow::Cow<'a, str>,
+    }
+    let name = serde_json::from_slice::<Call<'_>>(sent.body)
+        .ok()?
+        .params
+        .name;
+    if server.tool_params.of(&name).is_some() {
+        return None;
+    }
+    let listed = upstream.call("tools/list", None, deadline).await.ok()?;
+    if let Some(jsonrpc::Answer::Result(result)) = jsonrpc::answer(&listed) {
+        server.tool_params.learn(result.get());
+    }
+    server.tool_params.of(&name)?;
+    debug!(upstream = %server.id, tool = %name, "parameter headers learned after a -32020; sending the call again");
+    let call = CallGuard::start(src.relay(), upstream, sent.id, sent.token);
+    let resp = upstream
+        .send_traced(sent.body.clone(), deadline, ctx.outcome.trace())
+        .await
+        .ok()?;
+    Some(
+        Box::pin(answer_call(
+            ctx, src, resp, accept, sent, deadline, server, call,
+        ))
+        .await,
+    )
+}
+
 /// The owned state of a bridged request (see [`super::input`]).
 fn bridge<S: Source>(
     ctx: Env<'_>,
@@ -280,6 +330,15 @@ pub(crate) async fn answer_call<S: Source>(
         match upstream::check_answer_kind(server, &held.bytes, id, &unfit, ctx.tool_call) {
             Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
+        }
+        if ctx.tool_call
+            && call.upstream().is_modern()
+            && matches!(jsonrpc::answer(&held.bytes),
+                Some(jsonrpc::Answer::Error { code, .. }) if code == i64::from(jsonrpc::HEADER_MISMATCH))
+            && let Some(resent) =
+                resend_with_params(ctx, src, server, call.upstream(), sent, accept, deadline).await
+        {
+            return resent;
         }
         match input_required(ctx, src, server, accept, id, &held.bytes) {
             Input::PassOn => {}

@@ -118,10 +118,11 @@ fn visible(ctx: Env<'_>, endpoint: &Endpoint, kind: ListKind, raw: &str) -> bool
     key.is_none_or(|key| rules.decide(kind.authz_kind(), &key, ctx.caller).allowed)
 }
 
-/// A list on an endpoint with one upstream and authorization rules: the
-/// upstream's answer (read whole), its items filtered for the caller, the
-/// rest of it (cursor, cache hints, `_meta`) as it was. The upstream's own
-/// errors pass unchanged.
+/// A list on an endpoint with one upstream and authorization rules (or a
+/// tools list, whose parameter headers are learned): the upstream's answer
+/// (read whole), its items filtered for the caller, the rest of it (cursor,
+/// cache hints, `_meta`) as it was. The upstream's own errors pass
+/// unchanged.
 pub(crate) async fn filtered_list<S: Source>(
     ctx: Env<'_>,
     src: &S,
@@ -150,6 +151,11 @@ pub(crate) async fn filtered_list<S: Source>(
             );
         }
     };
+    if kind == ListKind::Tools
+        && let Some(Answer::Result(result)) = jsonrpc::answer(&message)
+    {
+        endpoint.upstreams[0].tool_params.learn(result.get());
+    }
     let filtered = filter_answer(ctx, &endpoint, kind, &message).unwrap_or(message);
     rpc(accept, status, filtered)
 }
@@ -406,6 +412,9 @@ async fn fetch_page<S: Source>(
             return None;
         }
     };
+    if kind == ListKind::Tools {
+        server.tool_params.learn(result.get());
+    }
     let obj: RawObject<'_> = serde_json::from_str(result.get()).ok()?;
     let items: Vec<Box<RawValue>> = obj
         .get(kind.items_key())

@@ -155,6 +155,47 @@ pub(crate) struct UpstreamServer {
     /// This upstream's children of the per-upstream request families,
     /// resolved on first use, as `reused`.
     pub(crate) counted: std::sync::OnceLock<crate::metrics::UpstreamChildren>,
+    /// The `Mcp-Param-*` headers of this server's tools, learned from its
+    /// `tools/list` answers as they pass.
+    pub(crate) tool_params: ToolParams,
+}
+
+/// Tools of one server that have parameter headers (`x-mcp-header`), by
+/// name, as the last `tools/list` answer that named them said. Learned,
+/// not asked for: a tool never listed through this worker has none known,
+/// so its headers are neither checked nor sent (as an SDK client does for
+/// a tool it never listed).
+#[derive(Default)]
+pub(crate) struct ToolParams {
+    tools: std::sync::RwLock<foldhash::HashMap<Box<str>, Arc<[mcpgw_mcp::params::Binding]>>>,
+}
+
+/// Tools with parameter headers kept per server at most (a bound on what
+/// an upstream's lists can make a worker hold).
+const MAX_TOOLS_WITH_PARAMS: usize = 1024;
+
+impl ToolParams {
+    /// Learns from one `tools/list` result (raw JSON); a result without
+    /// annotations costs a substring scan.
+    pub(crate) fn learn(&self, result: &str) {
+        let found = mcpgw_mcp::params::tools_with_bindings(result);
+        if found.is_empty() {
+            return;
+        }
+        let Ok(mut tools) = self.tools.write() else {
+            return;
+        };
+        for (name, bindings) in found {
+            if tools.len() < MAX_TOOLS_WITH_PARAMS || tools.contains_key(name.as_str()) {
+                tools.insert(name.into_boxed_str(), bindings.into());
+            }
+        }
+    }
+
+    /// The parameter headers of tool `name`, if it has any known.
+    pub(crate) fn of(&self, name: &str) -> Option<Arc<[mcpgw_mcp::params::Binding]>> {
+        self.tools.read().ok()?.get(name).cloned()
+    }
 }
 
 /// What went wrong building a server from its (validated) config.
@@ -262,6 +303,7 @@ impl UpstreamServer {
             era: tokio::sync::Mutex::new(None),
             reused: std::sync::OnceLock::new(),
             counted: std::sync::OnceLock::new(),
+            tool_params: ToolParams::default(),
         })
     }
 

@@ -10,10 +10,10 @@
 //! round trip of the body) and makes its routing headers. The session
 //! handle built on this lives in [`super::UpstreamSession`].
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
+use mcpgw_mcp::params;
 use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -171,6 +171,8 @@ struct Routed<'a> {
     uri: Option<std::borrow::Cow<'a, str>>,
     #[serde(rename = "_meta", borrow, default)]
     meta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
 }
 
 /// One request for a modern upstream: the body with `params._meta`
@@ -182,13 +184,14 @@ pub(crate) fn rewrite(
     body: &Bytes,
     client: &ClientMeta,
     base: &HeaderMap,
+    tool_params: &super::ToolParams,
 ) -> Option<(Bytes, HeaderMap)> {
     let env = jsonrpc::parse(body)?;
     let mut headers = base.clone();
     let Some(method) = env.method.as_deref() else {
         return Some((body.clone(), headers));
     };
-    headers.insert(MCP_METHOD, header_value(method)?);
+    headers.insert(MCP_METHOD, params::encode(method));
     let routed = match env.params {
         Some(p) => Some(serde_json::from_str::<Routed<'_>>(p.get()).ok()?),
         None => None,
@@ -199,7 +202,25 @@ pub(crate) fn rewrite(
         _ => None,
     };
     if let Some(name) = name {
-        headers.insert(MCP_NAME, header_value(name)?);
+        headers.insert(MCP_NAME, params::encode(name));
+    }
+    // A tool's annotated arguments, mirrored as the revision asks.
+    if method == "tools/call"
+        && let Some(bindings) = name.and_then(|n| tool_params.of(n))
+    {
+        let arguments = routed
+            .as_ref()
+            .and_then(|r| r.arguments)
+            .and_then(|a| serde_json::from_str::<serde_json::Value>(a.get()).ok())
+            .unwrap_or(serde_json::Value::Null);
+        for b in bindings.iter() {
+            if let (Some(value), Ok(name)) = (
+                b.value_in(&arguments),
+                http::HeaderName::from_bytes(b.header_name().as_bytes()),
+            ) {
+                headers.insert(name, params::encode(&value));
+            }
+        }
     }
     let meta = client.merged_into(routed.as_ref().and_then(|r| r.meta).map(RawValue::get))?;
     let text = match env.params {
@@ -213,21 +234,6 @@ pub(crate) fn rewrite(
         }
     };
     Some((Bytes::from(text), headers))
-}
-
-/// A header value as the revision writes it: plain when it is visible
-/// ASCII without surrounding blanks, else `=?base64?<UTF-8, base64>?=`.
-fn header_value(text: &str) -> Option<HeaderValue> {
-    let plain = !text.is_empty()
-        && text.bytes().all(|b| (0x20..=0x7e).contains(&b))
-        && !text.starts_with(' ')
-        && !text.ends_with(' ')
-        && !text.starts_with("=?base64?");
-    if plain {
-        return HeaderValue::from_str(text).ok();
-    }
-    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-    HeaderValue::from_str(&format!("=?base64?{encoded}?=")).ok()
 }
 
 /// What `server/discover` said of a server's era.
@@ -247,7 +253,7 @@ pub(crate) async fn probe(
     deadline: Instant,
 ) -> Result<Probed, UpstreamError> {
     let request = jsonrpc::request(DISCOVER_ID, "server/discover", Some("{}"));
-    let (body, headers) = rewrite(&request, client, &server.headers)
+    let (body, headers) = rewrite(&request, client, &server.headers, &server.tool_params)
         .ok_or_else(|| server.protocol_error("server/discover could not be written"))?;
     let mut headers = headers;
     headers.insert(
@@ -337,6 +343,7 @@ fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ToolParams;
 
     fn json(b: &[u8]) -> serde_json::Value {
         serde_json::from_slice(b).expect("json")
@@ -370,7 +377,8 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"h\u00e9","arguments":{"a":1},"_meta":{"progressToken":"t","io.modelcontextprotocol/clientInfo":{"name":"old"}}}}"#,
         );
-        let (out, h) = rewrite(&body, &m, &HeaderMap::new()).expect("rewritten");
+        let (out, h) =
+            rewrite(&body, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
         let v = json(&out);
         assert_eq!(v["id"], 7);
         assert_eq!(v["params"]["arguments"]["a"], 1);
@@ -380,7 +388,8 @@ mod tests {
         assert_eq!(h[&MCP_NAME], "=?base64?aMOp?=");
 
         let list = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#);
-        let (out, h) = rewrite(&list, &m, &HeaderMap::new()).expect("rewritten");
+        let (out, h) =
+            rewrite(&list, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
         assert_eq!(
             json(&out)["params"]["_meta"][META_PROTOCOL_VERSION],
             "2026-07-28"
@@ -390,8 +399,34 @@ mod tests {
         let read = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"mem://a/b"}}"#,
         );
-        let (_, h) = rewrite(&read, &m, &HeaderMap::new()).expect("rewritten");
+        let (_, h) =
+            rewrite(&read, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
         assert_eq!(h[&MCP_NAME], "mem://a/b");
+    }
+
+    #[test]
+    fn a_listed_tools_annotated_arguments_become_headers() {
+        let m = ClientMeta::from_init_params("{}");
+        let params = ToolParams::default();
+        params.learn(
+            r#"{"tools":[{"name":"deploy","inputSchema":{"type":"object","properties":{
+                "region":{"type":"string","x-mcp-header":"Region"},
+                "force":{"type":"boolean","x-mcp-header":"Force"}}}}]}"#,
+        );
+        let call = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"deploy","arguments":{"region":"\u00e9u"}}}"#,
+        );
+        let (_, h) = rewrite(&call, &m, &HeaderMap::new(), &params).expect("rewritten");
+        assert_eq!(h["mcp-param-region"], "=?base64?w6l1?=");
+        assert!(
+            h.get("mcp-param-force").is_none(),
+            "absent argument, no header"
+        );
+        let other = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"other","arguments":{"region":"x"}}}"#,
+        );
+        let (_, h) = rewrite(&other, &m, &HeaderMap::new(), &params).expect("rewritten");
+        assert!(h.get("mcp-param-region").is_none());
     }
 
     #[test]

@@ -310,10 +310,11 @@ impl UpstreamSession {
             }
             Some(client) => {
                 let (body, headers) =
-                    modern::rewrite(&body, client, &self.headers).ok_or_else(|| {
-                        self.server
-                            .protocol_error("the request could not be rewritten for 2026-07-28")
-                    })?;
+                    modern::rewrite(&body, client, &self.headers, &self.server.tool_params)
+                        .ok_or_else(|| {
+                            self.server
+                                .protocol_error("the request could not be rewritten for 2026-07-28")
+                        })?;
                 let sent = self
                     .server
                     .send_with(
@@ -334,13 +335,21 @@ impl UpstreamSession {
         self.accepted(sent?)
     }
 
-    /// A success passes; 404 on a session means the upstream forgot it.
+    /// A success passes; 404 on a session means the upstream forgot it. A
+    /// 2026-07-28 server answers its protocol errors (-32020 and the like)
+    /// with a 4xx and a JSON-RPC error: that is its answer, and passes too.
     fn accepted(
         &self,
         resp: Response<UpstreamBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let json_error = || {
+            resp.headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+        };
         match resp.status() {
             s if s.is_success() => Ok(resp),
+            s if self.modern.is_some() && s.is_client_error() && json_error() => Ok(resp),
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
                 upstream: self.server.id.clone(),
             }),

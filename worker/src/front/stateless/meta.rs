@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use base64::Engine as _;
 use http::{HeaderMap, HeaderName};
 use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::VERSION;
+use crate::endpoints::Endpoint;
 
 /// Why a stateless request is refused, by the error the revision gives it.
 #[derive(Debug)]
@@ -151,6 +151,41 @@ impl<'a> RequestMeta<'a> {
     }
 }
 
+/// A `tools/call`'s `Mcp-Param-*` headers against its arguments, for a
+/// tool whose annotations this worker has seen in a `tools/list` answer
+/// (`x-mcp-header`; a tool not listed here is not checked). A header that
+/// disagrees with the body, is missing or has no argument: -32020.
+pub(super) fn check_param_headers(
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    params: Option<&RawValue>,
+) -> Result<(), Refusal> {
+    #[derive(Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        arguments: Option<&'a RawValue>,
+    }
+    let Some(call) = params.and_then(|p| serde_json::from_str::<Call<'_>>(p.get()).ok()) else {
+        return Ok(());
+    };
+    let Some(bindings) = endpoint
+        .resolve(&call.name)
+        .and_then(|(pos, name)| endpoint.upstreams[pos].tool_params.of(name))
+    else {
+        return Ok(());
+    };
+    let arguments = call
+        .arguments
+        .and_then(|a| serde_json::from_str(a.get()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    mcpgw_mcp::params::check(&bindings, &arguments, |name| {
+        headers.get(name).map(|v| v.as_bytes())
+    })
+    .map_err(Refusal::Header)
+}
+
 /// Header `name` must be there once and say `expected` (its value may be
 /// in the revision's `=?base64?…?=` form).
 fn one_header(headers: &HeaderMap, name: &HeaderName, expected: &str) -> Result<(), Refusal> {
@@ -163,7 +198,7 @@ fn one_header(headers: &HeaderMap, name: &HeaderName, expected: &str) -> Result<
             },
         ));
     };
-    let decoded = decode(value.as_bytes())
+    let decoded = mcpgw_mcp::params::decode(value.as_bytes())
         .ok_or_else(|| Refusal::Header(format!("the {name} header is not valid")))?;
     if decoded != expected {
         return Err(Refusal::Header(format!(
@@ -171,20 +206,6 @@ fn one_header(headers: &HeaderMap, name: &HeaderName, expected: &str) -> Result<
         )));
     }
     Ok(())
-}
-
-/// A header value as text: plain visible ASCII, or UTF-8 in `=?base64?…?=`.
-fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
-    if let Some(inner) = raw
-        .strip_prefix(b"=?base64?")
-        .and_then(|r| r.strip_suffix(b"?="))
-    {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(inner)
-            .ok()?;
-        return String::from_utf8(bytes).ok().map(Cow::Owned);
-    }
-    std::str::from_utf8(raw).ok().map(Cow::Borrowed)
 }
 
 #[cfg(test)]

@@ -142,6 +142,11 @@ pub(crate) async fn post(
         Ok(meta) => meta,
         Err(refusal) => return refuse(accept, outcome, id, refusal),
     };
+    if method == "tools/call"
+        && let Err(refusal) = meta::check_param_headers(&endpoint, headers, env.params)
+    {
+        return refuse(accept, outcome, id, refusal);
+    }
     if method == "subscriptions/listen" {
         return match listen::serve(ctx, endpoint, accept, &meta, id, env.params, principal).await {
             Ok(stream) => stream,

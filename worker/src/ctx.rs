@@ -72,6 +72,7 @@ impl Ctx {
             metrics: &self.metrics,
             outcome,
             tool_call: false,
+            learns_tools: false,
             access_log: self.access_log.load(std::sync::atomic::Ordering::Relaxed),
             caller: caller.map(crate::auth::Principal::claims),
         }

@@ -110,6 +110,13 @@ async fn call<S: Source>(
     }
 }
 
+/// A `tools/list` answer's `Mcp-Param-*` annotations, learned.
+fn learn_tools(server: &UpstreamServer, answer: &[u8]) {
+    if let Some(jsonrpc::Answer::Result(result)) = jsonrpc::answer(answer) {
+        server.tool_params.learn(result.get());
+    }
+}
+
 /// A request as it went to the upstream: what a bridged `input_required`
 /// needs to send it again.
 #[derive(Clone, Copy)]
@@ -331,6 +338,9 @@ pub(crate) async fn answer_call<S: Source>(
             Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
         }
+        if ctx.learns_tools {
+            learn_tools(server, &held.bytes);
+        }
         if ctx.tool_call
             && call.upstream().is_modern()
             && matches!(jsonrpc::answer(&held.bytes),
@@ -390,6 +400,9 @@ pub(crate) async fn answer_call<S: Source>(
                 if let Some((_, kind)) = jsonrpc::response_kind(&message, ctx.tool_call) {
                     ctx.outcome.set(Outcome::of_answer(kind));
                 }
+                if ctx.learns_tools {
+                    learn_tools(server, &message);
+                }
                 match input_required(ctx, src, server, accept, id, &message) {
                     // Without SSE the client cannot be asked (see above).
                     Input::PassOn | Input::Bridge => rpc(accept, StatusCode::OK, message),
@@ -413,6 +426,7 @@ pub(crate) async fn answer_call<S: Source>(
     let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
     let bridge = (call.upstream().is_modern() && !src.stands_alone())
         .then(|| bridge(ctx, src, call.upstream(), sent, deadline));
+    let learner = ctx.learns_tools.then(|| call.upstream().server.clone());
     let id = id.to_owned();
     let body = resp.into_body();
     tokio::spawn(async move {
@@ -424,6 +438,9 @@ pub(crate) async fn answer_call<S: Source>(
                 let _ = tx.send(crate::http::sse::message_event(&message)).await;
             }
             PumpEnd::Answer(answer) => {
+                if let Some(server) = learner {
+                    learn_tools(&server, &answer);
+                }
                 if let Some(bridge) = bridge {
                     // Sends the answer itself when it asks for nothing.
                     bridge.run(answer, tx).await;

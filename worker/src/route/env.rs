@@ -18,6 +18,10 @@ pub(crate) struct Env<'a> {
     pub(crate) outcome: &'a OutcomeSlot,
     /// The request is a `tools/call`: its answer's `result.isError` counts.
     pub(crate) tool_call: bool,
+    /// The request is a `tools/list` passed through: its answer's tools
+    /// teach the upstream's `Mcp-Param-*` headers
+    /// ([`crate::upstream::ToolParams`]).
+    pub(crate) learns_tools: bool,
     /// The access log is on: routing notes where each request went.
     pub(crate) access_log: bool,
     /// What the caller's token said, for the endpoint's authorization

@@ -118,11 +118,10 @@ fn visible(ctx: Env<'_>, endpoint: &Endpoint, kind: ListKind, raw: &str) -> bool
     key.is_none_or(|key| rules.decide(kind.authz_kind(), &key, ctx.caller).allowed)
 }
 
-/// A list on an endpoint with one upstream and authorization rules (or a
-/// tools list, whose parameter headers are learned): the upstream's answer
-/// (read whole), its items filtered for the caller, the rest of it (cursor,
-/// cache hints, `_meta`) as it was. The upstream's own errors pass
-/// unchanged.
+/// A list on an endpoint with one upstream and authorization rules: the
+/// upstream's answer (read whole), its items filtered for the caller, the
+/// rest of it (cursor, cache hints, `_meta`) as it was. The upstream's own
+/// errors pass unchanged.
 pub(crate) async fn filtered_list<S: Source>(
     ctx: Env<'_>,
     src: &S,
@@ -557,6 +556,7 @@ mod tests {
             metrics: &metrics,
             outcome: &outcome,
             tool_call: false,
+            learns_tools: false,
             access_log: false,
             caller: Some(&contractor),
         };

@@ -118,13 +118,17 @@ pub(crate) async fn request<S: Source>(
             // One upstream: the gateway is transparent, lists and methods it
             // does not know included; lists are filtered when the endpoint
             // has authorization rules.
-            if let Some(kind) = ListKind::from_method(m)
-                && (endpoint.authz.is_some() || kind == ListKind::Tools)
+            if endpoint.authz.is_some()
+                && let Some(kind) = ListKind::from_method(m)
             {
                 let progress = wants_progress(env.params);
                 return lists::filtered_list(ctx, src, kind, body.clone(), id, accept, progress)
                     .await;
             }
+            let ctx = Env {
+                learns_tools: m == "tools/list",
+                ..ctx
+            };
             passthrough(
                 ctx,
                 src,

@@ -115,6 +115,7 @@ async fn route(src: &Direct, method: &str, params: Value) -> Value {
         metrics: &metrics,
         outcome: &outcome,
         tool_call: false,
+        learns_tools: false,
         access_log: false,
         caller: None,
     };

@@ -635,7 +635,15 @@ fn a_listener_beyond_loopback_needs_auth_or_an_explicit_off() {
         dir.path(),
         &format!("[auth]\nissuer = \"{ISSUER}\"\njwks_url = \"{ISSUER}/jwks\"\n"),
     );
-    assert!(!ok && out.contains("https is not supported yet"), "{out}");
+    assert!(ok, "an https JWKS: {out}");
+    let (ok, out) = config_accepted(
+        dir.path(),
+        &format!("[auth]\nissuer = \"{ISSUER}\"\njwks_url = \"http://idp.test/jwks\"\n"),
+    );
+    assert!(
+        !ok && out.contains("loopback"),
+        "plain http beyond loopback: {out}"
+    );
     // Existing loopback configurations need nothing new.
     let (ok, out) = config_accepted(dir.path(), "listen = [\"127.0.0.1:0\"]\n");
     assert!(ok, "{out}");
@@ -1004,4 +1012,85 @@ async fn a_parked_calls_request_state_answers_only_its_principal() {
         json!({"roots": []}),
         "{done}"
     );
+}
+
+/// `jwks_url` over https: the issuer's certificate (from a test CA, trusted through
+/// `SSL_CERT_FILE` as the system roots are) is checked, and the keys fetched at start.
+#[tokio::test]
+async fn a_jwks_url_over_https_is_fetched_with_the_system_roots() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let keys = Keys::new();
+    let key = keys.make(Algorithm::ES256, "tls-1");
+    keys.publish(&[&key]);
+    let pki = mcpgw_tests::pki::Pki::new();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        pki.server_config("jwks", "127.0.0.1"),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let body = std::fs::read_to_string(keys.jwks_path()).expect("jwks");
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = fetches.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body, counted) = (acceptor.clone(), body.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let counter = start_counter!().expect("counter-server");
+    let mut config = auth_config(&counter.url(), &keys, 1, "max_sessions_per_principal = 0");
+    config.extra = config.extra.replace(
+        &format!("jwks_file = \"{}\"", keys.jwks_path().display()),
+        &format!("jwks_url = \"https://{addr}/jwks.json\""),
+    );
+    config.env.push((
+        "SSL_CERT_FILE".into(),
+        pki.path("ca.pem").display().to_string(),
+    ));
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let token = sign(&key, &claims("alice"));
+    wait_until(
+        "keys fetched over https",
+        Duration::from_secs(20),
+        || async {
+            Ok((try_token(&gateway, "/mcp", Some(&token)).await.status == 200).then_some(()))
+        },
+    )
+    .await
+    .expect("keys fetched over https");
+    assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The same issuer, its CA not trusted: no keys, and a log line that says why.
+    config.env.retain(|(k, _)| k != "SSL_CERT_FILE");
+    let untrusting = Gateway::start(&config).expect("start mcpgw");
+    wait_until("the failed fetch logged", Duration::from_secs(20), || async {
+        Ok(untrusting.log().contains("UnknownIssuer").then_some(()))
+    })
+    .await
+    .expect("an untrusted issuer certificate is refused");
+    assert_eq!(
+        try_token(&untrusting, "/mcp", Some(&token)).await.status,
+        401
+    );
+    server.abort();
 }

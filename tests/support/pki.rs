@@ -76,6 +76,27 @@ impl Pki {
             .to_vec()
     }
 
+    /// A server configuration with a new certificate for `ip` (files `{stem}.pem` /
+    /// `{stem}.key`) signed by this CA.
+    pub fn server_config(&self, stem: &str, ip: &str) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        self.issue(stem, ip, &format!("subjectAltName=IP:{ip}"));
+        let chain = CertificateDer::pem_file_iter(self.path(&format!("{stem}.pem")))
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .expect("certificate");
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{stem}.key"))).expect("key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    }
+
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;

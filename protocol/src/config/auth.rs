@@ -245,27 +245,16 @@ impl Config {
                     "set jwks_url or jwks_file, not both",
                 ));
             }
-            (Some(url), None) if url.starts_with("https://") => {
-                return Err(invalid(
-                    "auth.jwks_url",
-                    format!(
-                        "{:?}: fetching the JWKS over https is not supported yet (the \
-                         worker's HTTP client has no TLS); save the JWKS to a file and use \
-                         jwks_file (re-read on every reload), or serve it on a loopback \
-                         http:// address",
-                        crate::redact::url(url)
-                    ),
-                ));
-            }
             (Some(url), None)
-                if !is_loopback_http(url) || url.bytes().any(|b| !b.is_ascii_graphic()) =>
+                if !(url.starts_with("https://") || is_loopback_http(url))
+                    || url.bytes().any(|b| !b.is_ascii_graphic()) =>
             {
                 return Err(invalid(
                     "auth.jwks_url",
                     format!(
-                        "{:?}: must be http:// to a loopback address (127.0.0.1, [::1], \
-                         localhost): keys fetched over plain http from elsewhere could be \
-                         forged on the way; use jwks_file otherwise",
+                        "{:?}: must be https:// (checked against the system's CAs), or \
+                         http:// to a loopback address (127.0.0.1, [::1], localhost): keys \
+                         fetched over plain http from elsewhere could be forged on the way",
                         crate::redact::url(url)
                     ),
                 ));

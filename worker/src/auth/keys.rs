@@ -237,15 +237,32 @@ impl KeyStore {
         }
     }
 
-    /// Keys from `url` (validated: `http://` to loopback), empty until the
-    /// first fetch, which [`KeyStore::refresh`] starts.
+    /// Keys from `url` (validated: `https://`, or `http://` to loopback),
+    /// empty until the first fetch, which [`KeyStore::refresh`] starts. An
+    /// https issuer's certificate must chain to the system's CAs
+    /// (`SSL_CERT_FILE`/`SSL_CERT_DIR` say where they are, as for
+    /// upstreams).
     pub(crate) fn from_url(url: &str) -> Result<Self, KeysError> {
         let fail = |reason: String| KeysError::Fetch {
             url: url.to_owned(),
             reason,
         };
         let uri: Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
-        let pool = ConnPool::new(&uri, FETCH_TIMEOUT, None).map_err(fail)?;
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(
+                mcpgw_protocol::tls::client_config(
+                    mcpgw_protocol::tls::UpstreamTlsFiles {
+                        ca_file: None,
+                        identity: None,
+                    },
+                    &mut mcpgw_protocol::tls::SystemRoots::default(),
+                )
+                .map_err(|e| fail(e.to_string()))?
+                .config,
+            ),
+            _ => None,
+        };
+        let pool = ConnPool::new(&uri, FETCH_TIMEOUT, tls).map_err(fail)?;
         let mut headers = HeaderMap::new();
         let host = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         headers.insert(

@@ -1083,9 +1083,11 @@ async fn a_jwks_url_over_https_is_fetched_with_the_system_roots() {
     // The same issuer, its CA not trusted: no keys, and a log line that says why.
     config.env.retain(|(k, _)| k != "SSL_CERT_FILE");
     let untrusting = Gateway::start(&config).expect("start mcpgw");
-    wait_until("the failed fetch logged", Duration::from_secs(20), || async {
-        Ok(untrusting.log().contains("UnknownIssuer").then_some(()))
-    })
+    wait_until(
+        "the failed fetch logged",
+        Duration::from_secs(20),
+        || async { Ok(untrusting.log().contains("UnknownIssuer").then_some(())) },
+    )
     .await
     .expect("an untrusted issuer certificate is refused");
     assert_eq!(

@@ -845,3 +845,51 @@ async fn a_stateful_upstreams_question_reaches_a_stateless_client_through_mrtr()
     assert_eq!(metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await, 0.0);
     wait_all_closed(&counter).await;
 }
+
+/// A parked MRTR call whose client never comes back is let go after
+/// `[sessions] input_wait_secs`: the upstream's question is answered with an error, its
+/// upstream session closes, and the late retry's `requestState` is unknown (-32602).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_call_expires_when_its_client_does_not_come_back() {
+    let counter = start_counter!().expect("start counter-server");
+    let mut config = GatewayConfig::new(1).upstream("counter", &counter.url());
+    config
+        .extra
+        .push_str("\n[sessions]\nstateless_warm_sessions = 0\ninput_wait_secs = 1\n");
+    let gateway = Gateway::start(&config).expect("start mcpgw");
+    let call = |extra: Value| {
+        let mut params = json!({"name": "ask", "arguments": {"method": "roots/list"}});
+        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
+            params.extend(extra);
+        }
+        let mut message = stateless::message(Some(json!(1)), "tools/call", params);
+        message["params"]["_meta"][META_CAPABILITIES] = json!({"roots": {}});
+        stateless::post("/mcp", &message)
+    };
+    let first = stateless::send(gateway.addr, &call(json!({})))
+        .await
+        .expect("answer")
+        .json()
+        .expect("json");
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let key = result["inputRequests"]
+        .as_object()
+        .and_then(|r| r.keys().next().cloned())
+        .expect("one input request");
+    wait_until("the parked call to expire", CLOSE_WITHIN, || async {
+        Ok((metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await == 0.0).then_some(()))
+    })
+    .await
+    .expect("expired");
+    wait_all_closed(&counter).await;
+    let late = stateless::send(
+        gateway.addr,
+        &call(json!({"inputResponses": {key: {"roots": []}},
+            "requestState": result["requestState"]})),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(late.status, 400, "{}", late.text());
+    assert_eq!(late.json().expect("json")["error"]["code"], -32602);
+}

@@ -230,6 +230,10 @@ impl Default for Limits {
     }
 }
 
+/// The most `sessions.input_wait_secs` may be: a parked call holds an
+/// upstream session and its connection.
+pub const MAX_INPUT_WAIT_SECS: u64 = 3600;
+
 /// The most `sessions.stateless_warm_sessions` may be.
 pub const MAX_WARM_SESSIONS: u32 = 64;
 
@@ -254,6 +258,9 @@ pub struct Sessions {
     /// `initialize` round trip. Each serves one request and is closed; 0
     /// opens them on demand.
     pub stateless_warm_sessions: u32,
+    /// How long a stateless client's call whose upstream asked it
+    /// something (MRTR) waits, parked, for the client's retry.
+    pub input_wait_secs: u64,
 }
 
 impl Default for Sessions {
@@ -265,6 +272,7 @@ impl Default for Sessions {
             heartbeat_ms: 1_000,
             heartbeat_ttl_ms: 3_000,
             stateless_warm_sessions: 2,
+            input_wait_secs: 300,
         }
     }
 }

@@ -258,6 +258,12 @@ impl Config {
                 "must be at least twice sessions.heartbeat_ms",
             ));
         }
+        if !(1..=MAX_INPUT_WAIT_SECS).contains(&self.sessions.input_wait_secs) {
+            return Err(invalid(
+                "sessions.input_wait_secs",
+                "must be 1 to 3600 (a waiting call holds an upstream session)",
+            ));
+        }
         if self.sessions.stateless_warm_sessions > MAX_WARM_SESSIONS {
             return Err(invalid(
                 "sessions.stateless_warm_sessions",

@@ -115,8 +115,12 @@ pub(crate) async fn heartbeats(ctx: Arc<Ctx>, tx: Arc<tokio::sync::Mutex<Sender<
 pub(crate) async fn expire_sessions(ctx: Arc<Ctx>) {
     loop {
         // Read each time: a reload may change the timeout.
-        let ttl = Duration::from_secs(ctx.live().config.sessions.idle_timeout_secs);
-        tokio::time::sleep((ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))).await;
+        let sessions = &ctx.live().config.sessions;
+        let ttl = Duration::from_secs(sessions.idle_timeout_secs);
+        // Parked MRTR calls are let go within half their wait past it.
+        let input_wait = Duration::from_secs(sessions.input_wait_secs);
+        let every = (ttl / 10).min(input_wait / 2);
+        tokio::time::sleep(every.clamp(Duration::from_secs(1), Duration::from_secs(60))).await;
         ctx.parked.sweep();
         let expired = ctx.sessions.take_expired(ttl);
         if !expired.is_empty() {

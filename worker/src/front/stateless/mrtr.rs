@@ -14,7 +14,7 @@
 //! own, so there is nothing to sign and no key to rotate: what it names
 //! lives only here, answers only to the principal that started the call,
 //! can be used once (a retry that matches takes it), and is dropped
-//! [`PARK_TTL`] after it was made. A tampered, foreign, used or expired
+//! `[sessions] input_wait_secs` after it was made. A tampered, foreign, used or expired
 //! handle is one this worker does not hold: -32602.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -41,8 +41,6 @@ use crate::route::{self, env::Env};
 /// The prefix of the gateway's own `requestState` handles (a version, so
 /// that another form can follow).
 pub(crate) const STATE_PREFIX: &str = "mcpgw1.";
-/// How long a parked call waits for the client's retry.
-pub(crate) const PARK_TTL: Duration = Duration::from_secs(300);
 /// Calls one worker keeps parked at most; past it a call that asks for
 /// input ends with an error instead.
 const MAX_PARKED: usize = 4096;
@@ -423,7 +421,8 @@ fn park(ctx: &Arc<Ctx>, running: Running, asks: Vec<Captured>, call: &Call<'_>) 
                 principal: call.principal_id().into(),
                 method: call.method.into(),
                 name: call.name.map(Into::into),
-                expires: Instant::now() + PARK_TTL,
+                expires: Instant::now()
+                    + Duration::from_secs(ctx.live().config.sessions.input_wait_secs),
             },
         );
     }

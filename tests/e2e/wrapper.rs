@@ -45,6 +45,11 @@ struct Wrapper {
 impl Wrapper {
     /// Starts `mcpgw wrapper --url URL EXTRA...`.
     fn start(url: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(url, extra, &[])
+    }
+
+    /// [`Wrapper::start`] with more environment variables.
+    fn start_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let bin = gateway_binary()?;
         let dir = TempDir::new("mcpgw-wrapper")?;
         let log = dir.path().join("stderr.log");
@@ -53,6 +58,7 @@ impl Wrapper {
         cmd.args(["wrapper", "--url", url])
             .args(extra)
             .env("MCPGW_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::from(stdin_read))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
@@ -587,4 +593,52 @@ async fn a_request_over_the_timeout_gets_an_error() {
     w.close_stdin();
     let rest = w.rest_of_stdout().expect("stdout");
     assert_eq!(rest, Vec::<Value>::new(), "messages after the last answer");
+}
+
+/// An https server: its certificate is checked against the system's CAs (here a test CA,
+/// through `SSL_CERT_FILE`), and calls go through as over http. Without that CA the
+/// server is unreachable, and the wrapper says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_is_reached_with_the_system_roots() {
+    let pki = mcpgw_tests::pki::Pki::new();
+    pki.issue("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1");
+    let counter = start_counter!(mcpgw_tests::CounterOpts {
+        tls: Some(mcpgw_tests::CounterTls {
+            cert: pki.path("server.pem"),
+            key: pki.path("server.key"),
+            client_ca: None,
+        }),
+        ..mcpgw_tests::CounterOpts::default()
+    })
+    .expect("start counter-server with TLS");
+    let url = counter.https_url("127.0.0.1").expect("an https url");
+    let ca = pki.path("ca.pem").display().to_string();
+    let mut w =
+        Wrapper::start_with_env(&url, &[], &[("SSL_CERT_FILE", &ca)]).expect("start wrapper");
+    w.initialize().expect("initialize over https");
+    for expected in 1..=2 {
+        let answer = w
+            .call(json!(expected), "increment", json!({}))
+            .expect("increment");
+        assert_eq!(count_of(&answer).expect("count"), expected);
+    }
+    w.close_stdin();
+    let status = w.wait_exit().await.expect("wrapper exits");
+    assert_eq!(status.code(), Some(0), "{status}; stderr:\n{}", w.stderr());
+
+    let mut untrusting = Wrapper::start(&url, &[]).expect("start wrapper");
+    let answer = untrusting
+        .request(
+            json!(0),
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}),
+        )
+        .expect("an answer to initialize");
+    let (_, _, kind) = error_of(&answer).expect("an error");
+    assert_eq!(kind, "unreachable", "{answer}");
+    let status = untrusting.wait_exit().await.expect("wrapper exits");
+    assert!(!status.success());
+    let stderr = untrusting.stderr();
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
 }

@@ -115,7 +115,7 @@ pub(crate) async fn run(
     watch_signals: bool,
 ) -> Result<(), WrapperError> {
     let bridge = Arc::new(Bridge {
-        transport: Transport::new(&options),
+        transport: Transport::new(&options).map_err(WrapperError::Start)?,
         options,
         session: Session::default(),
         pending: Pending::default(),

@@ -56,11 +56,7 @@ pub enum OptionsError {
         url: String,
         cause: hyper::http::uri::InvalidUri,
     },
-    #[error(
-        "--url {url:?}: https is not supported by mcpgw wrapper; use an http:// URL (for example through a local TLS-terminating proxy)"
-    )]
-    HttpsUnsupported { url: String },
-    #[error("--url {url:?} must be an absolute http:// URL with a host")]
+    #[error("--url {url:?} must be an absolute http:// or https:// URL with a host")]
     NotHttp { url: String },
     #[error("--header {header:?} must look like 'Name: Value'")]
     HeaderSyntax { header: String },
@@ -129,12 +125,7 @@ fn parse_url(url: &str) -> Result<Uri, OptionsError> {
         cause,
     })?;
     match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("https") => {
-            return Err(OptionsError::HttpsUnsupported {
-                url: url.to_owned(),
-            });
-        }
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
         _ => {
             return Err(OptionsError::NotHttp {
                 url: url.to_owned(),
@@ -188,12 +179,9 @@ mod tests {
     }
 
     #[test]
-    fn accepts_http_and_refuses_https_and_others() {
+    fn accepts_http_and_https_and_refuses_others() {
         assert!(Options::from_args(&args("http://127.0.0.1:8080/mcp")).is_ok());
-        assert!(matches!(
-            Options::from_args(&args("https://example.com/mcp")),
-            Err(OptionsError::HttpsUnsupported { .. })
-        ));
+        assert!(Options::from_args(&args("https://example.com/mcp")).is_ok());
         for bad in ["ftp://x/y", "/mcp", "127.0.0.1:8080"] {
             assert!(Options::from_args(&args(bad)).is_err(), "{bad}");
         }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -63,28 +64,59 @@ pub(crate) struct Routing<'a> {
     pub(crate) name: Option<&'a str>,
 }
 
+/// A TLS configuration that trusts nothing, for an http:// server (the
+/// connector needs one; an http URL never uses it).
+fn rustls_client_config_without_roots() -> std::io::Result<rustls::ClientConfig> {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| {
+        b.with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    })
+    .map_err(std::io::Error::other)
+}
+
 /// The HTTP side of the wrapper.
 #[derive(Debug)]
 pub(crate) struct Transport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     url: Arc<str>,
     headers: HeaderMap,
 }
 
 impl Transport {
-    pub(crate) fn new(options: &Options) -> Self {
+    /// `Err` when the URL is `https://` and the system has no usable CA
+    /// certificates to check the server's against.
+    pub(crate) fn new(options: &Options) -> std::io::Result<Self> {
         let mut connector = HttpConnector::new();
         // Small SSE writes and JSON-RPC messages must not wait for Nagle.
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(options.connect_timeout));
+        // The TLS connector wraps the TCP one and needs it to take https URLs.
+        connector.enforce_http(false);
+        // Server certificates are checked against the system's CAs
+        // (`SSL_CERT_FILE`/`SSL_CERT_DIR` say where, as for the gateway).
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = if options.uri.scheme_str() == Some("https") {
+            builder.with_native_roots()?
+        } else {
+            // Plain http never gets to TLS: no roots to load.
+            builder.with_tls_config(rustls_client_config_without_roots()?)
+        };
+        let connector = builder
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self {
+        Ok(Self {
             client,
             uri: options.uri.clone(),
             url: Arc::from(options.uri.to_string()),
             headers: options.headers.clone(),
-        }
+        })
     }
 
     /// The server URL, for messages.

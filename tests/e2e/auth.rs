@@ -974,13 +974,8 @@ async fn a_parked_calls_request_state_answers_only_its_principal() {
     let fx = OneKey::start(1, "max_sessions_per_principal = 0");
     let (rsa, gateway) = (&fx.rsa, &fx.gateway);
     let call = |token: &str, extra: Value| {
-        let mut params = json!({"name": "ask", "arguments": {"method": "roots/list"}});
-        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
-            params.extend(extra);
-        }
-        let mut message = stateless::message(Some(json!(1)), "tools/call", params);
-        message["params"]["_meta"][stateless::META_CAPABILITIES] = json!({"roots": {}});
-        stateless::post("/mcp", &message).header("Authorization", &format!("Bearer {token}"))
+        stateless::ask(1, "roots/list", json!({}), json!({"roots": {}}), extra)
+            .header("Authorization", &format!("Bearer {token}"))
     };
     let (alice, bob) = (sign(rsa, &claims("alice")), sign(rsa, &claims("bob")));
     let first = stateless::send(gateway.addr, &call(&alice, json!({})))
@@ -988,14 +983,8 @@ async fn a_parked_calls_request_state_answers_only_its_principal() {
         .expect("answer")
         .json()
         .expect("json");
-    let result = &first["result"];
-    assert_eq!(result["resultType"], "input_required", "{first}");
-    let key = result["inputRequests"]
-        .as_object()
-        .and_then(|r| r.keys().next().cloned())
-        .expect("one input request");
-    let retry = json!({"inputResponses": {key: {"roots": []}},
-        "requestState": result["requestState"]});
+    let (key, _, state) = stateless::input_request(&first).expect("input_required");
+    let retry = json!({"inputResponses": {key: {"roots": []}}, "requestState": state});
 
     let stolen = stateless::send(gateway.addr, &call(&bob, retry.clone()))
         .await

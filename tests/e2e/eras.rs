@@ -746,14 +746,13 @@ async fn a_stateful_upstreams_question_reaches_a_stateless_client_through_mrtr()
     let question = json!({"message": "Your name?", "requestedSchema": {"type": "object",
         "properties": {"name": {"type": "string"}}}});
     let call = |id: u64, extra: Value| {
-        let mut params = json!({"name": "ask",
-            "arguments": {"method": "elicitation/create", "params": question}});
-        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
-            params.extend(extra);
-        }
-        let mut message = stateless::message(Some(json!(id)), "tools/call", params);
-        message["params"]["_meta"][META_CAPABILITIES] = json!({"elicitation": {}});
-        stateless::post("/mcp", &message)
+        stateless::ask(
+            id,
+            "elicitation/create",
+            question.clone(),
+            json!({"elicitation": {}}),
+            extra,
+        )
     };
 
     let mut first_conn = HttpConn::connect(gateway.addr).await.expect("connect");
@@ -763,17 +762,11 @@ async fn a_stateful_upstreams_question_reaches_a_stateless_client_through_mrtr()
         .expect("first answer");
     assert_eq!(first.status, 200, "{}", first.text());
     let parked_on = WorkerTag::of(&first).expect("worker").slot;
-    let result = first.json().expect("json")["result"].clone();
-    assert_eq!(result["resultType"], "input_required", "{result}");
-    let requests = result["inputRequests"].as_object().expect("inputRequests");
-    assert_eq!(requests.len(), 1, "{result}");
-    let (key, request) = requests.iter().next().expect("one request");
-    assert_eq!(request["method"], "elicitation/create", "{result}");
-    assert_eq!(request["params"]["message"], "Your name?", "{result}");
-    let state = result["requestState"]
-        .as_str()
-        .expect("requestState")
-        .to_owned();
+    let (key, request, state) =
+        stateless::input_request(&first.json().expect("json")).expect("input_required");
+    assert_eq!(request["method"], "elicitation/create", "{request}");
+    assert_eq!(request["params"]["message"], "Your name?", "{request}");
+    let state = state.as_str().expect("requestState").to_owned();
     assert!(state.starts_with("mcpgw1."), "{state}");
     assert_eq!(metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await, 1.0);
 
@@ -857,26 +850,14 @@ async fn a_parked_call_expires_when_its_client_does_not_come_back() {
         .extra
         .push_str("\n[sessions]\nstateless_warm_sessions = 0\ninput_wait_secs = 1\n");
     let gateway = Gateway::start(&config).expect("start mcpgw");
-    let call = |extra: Value| {
-        let mut params = json!({"name": "ask", "arguments": {"method": "roots/list"}});
-        if let (Some(params), Value::Object(extra)) = (params.as_object_mut(), extra) {
-            params.extend(extra);
-        }
-        let mut message = stateless::message(Some(json!(1)), "tools/call", params);
-        message["params"]["_meta"][META_CAPABILITIES] = json!({"roots": {}});
-        stateless::post("/mcp", &message)
-    };
+    let call =
+        |extra: Value| stateless::ask(1, "roots/list", json!({}), json!({"roots": {}}), extra);
     let first = stateless::send(gateway.addr, &call(json!({})))
         .await
         .expect("answer")
         .json()
         .expect("json");
-    let result = &first["result"];
-    assert_eq!(result["resultType"], "input_required", "{first}");
-    let key = result["inputRequests"]
-        .as_object()
-        .and_then(|r| r.keys().next().cloned())
-        .expect("one input request");
+    let (key, _, state) = stateless::input_request(&first).expect("input_required");
     wait_until("the parked call to expire", CLOSE_WITHIN, || async {
         Ok((metric_sum(&gateway, "mcpgw_mrtr_parked_calls").await == 0.0).then_some(()))
     })
@@ -885,8 +866,7 @@ async fn a_parked_call_expires_when_its_client_does_not_come_back() {
     wait_all_closed(&counter).await;
     let late = stateless::send(
         gateway.addr,
-        &call(json!({"inputResponses": {key: {"roots": []}},
-            "requestState": result["requestState"]})),
+        &call(json!({"inputResponses": {key: {"roots": []}}, "requestState": state})),
     )
     .await
     .expect("answer");

@@ -139,6 +139,20 @@ impl Wrapper {
         )
     }
 
+    /// `initialize` answered with the wrapper's "unreachable" error.
+    fn initialize_is_unreachable(&mut self) {
+        let answer = self
+            .request(
+                json!(0),
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}),
+            )
+            .expect("an answer to initialize");
+        let (_, _, kind) = error_of(&answer).expect("an error");
+        assert_eq!(kind, "unreachable", "{answer}");
+    }
+
     /// `initialize` and `notifications/initialized`; returns the initialize result.
     fn initialize(&mut self) -> Result<Value> {
         let answer = self.request(
@@ -393,16 +407,7 @@ async fn an_unreachable_server_fails_initialize_and_exits_at_once() {
     let url = counter.url();
     counter.kill();
     let mut w = Wrapper::start(&url, &[]).expect("start wrapper");
-    let answer = w
-        .request(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}),
-        )
-        .expect("an answer to initialize");
-    let (_, _, kind) = error_of(&answer).expect("an error");
-    assert_eq!(kind, "unreachable", "{answer}");
+    w.initialize_is_unreachable();
     // stdin stays open.
     let status = w.wait_exit().await.expect("wrapper exits on its own");
     assert!(!status.success(), "exit 0 with an unreachable server");
@@ -627,16 +632,7 @@ async fn an_https_server_is_reached_with_the_system_roots() {
     assert_eq!(status.code(), Some(0), "{status}; stderr:\n{}", w.stderr());
 
     let mut untrusting = Wrapper::start(&url, &[]).expect("start wrapper");
-    let answer = untrusting
-        .request(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}),
-        )
-        .expect("an answer to initialize");
-    let (_, _, kind) = error_of(&answer).expect("an error");
-    assert_eq!(kind, "unreachable", "{answer}");
+    untrusting.initialize_is_unreachable();
     let status = untrusting.wait_exit().await.expect("wrapper exits");
     assert!(!status.success());
     let stderr = untrusting.stderr();

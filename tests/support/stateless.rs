@@ -51,6 +51,35 @@ pub fn message(id: Option<Value>, method: &str, params: Value) -> Value {
     message
 }
 
+/// A POST of `tools/call` of the counter-server's `ask` tool (it asks the client
+/// `method` with `params` mid-call), from a client that declares `capabilities`; the
+/// members of `extra` (a retry's `inputResponses` and `requestState`) join the params.
+pub fn ask(id: u64, method: &str, params: Value, capabilities: Value, extra: Value) -> Request {
+    let mut call = json!({"name": "ask", "arguments": {"method": method, "params": params}});
+    if let (Some(call), Value::Object(extra)) = (call.as_object_mut(), extra) {
+        call.extend(extra);
+    }
+    let mut message = message(Some(json!(id)), "tools/call", call);
+    message["params"]["_meta"][META_CAPABILITIES] = capabilities;
+    post("/mcp", &message)
+}
+
+/// The one input request of an `input_required` answer: its key, the request, and the
+/// answer's `requestState`.
+pub fn input_request(answer: &Value) -> Result<(String, Value, Value)> {
+    let result = &answer["result"];
+    anyhow::ensure!(
+        result["resultType"] == "input_required",
+        "not input_required: {answer}"
+    );
+    let requests = result["inputRequests"]
+        .as_object()
+        .context("no inputRequests")?;
+    anyhow::ensure!(requests.len() == 1, "not one input request: {answer}");
+    let (key, request) = requests.iter().next().context("one request")?;
+    Ok((key.clone(), request.clone(), result["requestState"].clone()))
+}
+
 /// A POST of `message` to `path` with the headers the revision asks for, taken from the
 /// message itself: `MCP-Protocol-Version` from `_meta`, `Mcp-Method`, and `Mcp-Name`
 /// from `params.name` (`tools/call`, `prompts/get`) or `params.uri` (`resources/read`).

@@ -35,7 +35,7 @@ pub(crate) struct Ctx {
     pub store: Arc<StoreClient>,
     pub forwarder: Forwarder,
     /// Stateless clients' calls waiting for their input (MRTR).
-    pub parked: crate::front::stateless::mrtr::ParkedCalls,
+    pub parked: crate::session::parked::ParkedCalls,
     /// Flips to true when the worker starts to stop; open streams end on it.
     pub stopping: watch::Receiver<bool>,
     /// `[log] access`, as of the last (re)load: read by every request, so
@@ -240,7 +240,7 @@ pub(crate) fn build_ctx(
 ) -> Result<Ctx, WorkerError> {
     let (live, _) = Live::build(id, config.clone(), None)?;
     let metrics = Arc::new(Metrics::new().map_err(WorkerError::Metrics)?);
-    let parked = crate::front::stateless::mrtr::ParkedCalls::new(metrics.parked_calls.clone());
+    let parked = crate::session::parked::ParkedCalls::new(metrics.parked_calls.clone());
     Ok(Ctx {
         id,
         routes: std::sync::RwLock::new(RouteTable::new(slots)),

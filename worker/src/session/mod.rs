@@ -7,6 +7,7 @@
 //! upstream), its upstream sessions ([`crate::session::registry`]) and its relay
 //! state ([`crate::relay`]).
 
+pub(crate) mod parked;
 pub(crate) mod registry;
 pub(crate) mod store;
 pub(crate) mod upstreams;

@@ -17,11 +17,10 @@
 //! `[sessions] input_wait_secs` after it was made. A tampered, foreign, used or expired
 //! handle is one this worker does not hold: -32602.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foldhash::HashMap;
 use http_body_util::BodyExt;
 use rmcp::model::{InputRequest, InputRequests, InputRequiredResult};
 use serde_json::value::RawValue;
@@ -33,10 +32,11 @@ use tracing::{debug, info, warn};
 use crate::ctx::Ctx;
 use crate::jsonrpc;
 use crate::metrics::OutcomeSlot;
-use crate::relay::{self, Captured, Relay};
+use crate::relay::{self, Captured};
 use crate::route::reply::Accept;
 use crate::route::source::{PerRequest, Source};
 use crate::route::{self, env::Env};
+use crate::session::parked::{Next, Parked, Running};
 
 /// The prefix of the gateway's own `requestState` handles (a version, so
 /// that another form can follow).
@@ -44,8 +44,6 @@ pub(crate) const STATE_PREFIX: &str = "mcpgw1.";
 /// Calls one worker keeps parked at most; past it a call that asks for
 /// input ends with an error instead.
 const MAX_PARKED: usize = 4096;
-/// Bound on telling an upstream that its questions will not be answered.
-const ASK_NOTICE_BOUND: Duration = Duration::from_secs(5);
 /// Server→client requests one call may have waiting at once.
 const MAX_ASKED: usize = 16;
 
@@ -110,126 +108,6 @@ impl std::fmt::Display for Handle {
 
 fn unknown() -> String {
     "requestState is unknown, expired or already used: send the request again without it".into()
-}
-
-/// What a call running in the background says next.
-enum Next {
-    /// Its answer (the original request's id).
-    Answer(Bytes),
-    /// The upstream asks the client these.
-    Asks(Vec<Captured>),
-}
-
-/// A call running in the background: its answer, and the requests its
-/// upstream puts to the client meanwhile.
-struct Running {
-    relay: Arc<Relay>,
-    done: oneshot::Receiver<Bytes>,
-    asks: mpsc::Receiver<Captured>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Given up on (answered, expired, refused, or its client left): the
-        // upstream's questions still open are answered with an error, so
-        // its call ends now rather than at its timeout.
-        let relay = self.relay.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { relay.close(ASK_NOTICE_BOUND).await });
-        }
-    }
-}
-
-impl Running {
-    async fn next(&mut self, id: &str) -> Next {
-        tokio::select! {
-            biased;
-            Some(first) = self.asks.recv() => {
-                let mut asks = vec![first];
-                while let Ok(more) = self.asks.try_recv() {
-                    asks.push(more);
-                }
-                Next::Asks(asks)
-            }
-            answer = &mut self.done => Next::Answer(answer.unwrap_or_else(|_| {
-                jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, "the call ended without an answer", None)
-            })),
-        }
-    }
-}
-
-/// A call waiting for its client's retry.
-struct Parked {
-    running: Running,
-    /// The gateway ids (raw JSON) of the requests the client must answer.
-    asked: Vec<String>,
-    /// `Principal::id` of the caller, or empty without `[auth]`.
-    principal: Box<str>,
-    /// The method and name the retry must repeat.
-    method: Box<str>,
-    name: Option<Box<str>>,
-    expires: Instant,
-}
-
-/// This worker's parked calls, counted in `mcpgw_mrtr_parked_calls`.
-pub(crate) struct ParkedCalls {
-    calls: Mutex<HashMap<u128, Parked>>,
-    gauge: prometheus::IntGauge,
-}
-
-impl ParkedCalls {
-    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
-        Self {
-            calls: Mutex::new(HashMap::default()),
-            gauge,
-        }
-    }
-
-    fn lock(&self) -> Calls<'_> {
-        Calls {
-            map: self.calls.lock().unwrap_or_else(PoisonError::into_inner),
-            gauge: &self.gauge,
-        }
-    }
-
-    /// Drops calls whose client did not come back in time (their upstream
-    /// sessions end with them); run by the worker's periodic sweep.
-    pub(crate) fn sweep(&self) {
-        self.lock().drop_expired();
-    }
-}
-
-/// The parked calls, locked; the gauge follows the map when the lock goes.
-struct Calls<'a> {
-    map: MutexGuard<'a, HashMap<u128, Parked>>,
-    gauge: &'a prometheus::IntGauge,
-}
-
-impl Calls<'_> {
-    fn drop_expired(&mut self) {
-        let now = Instant::now();
-        self.map.retain(|_, p| p.expires > now);
-    }
-}
-
-impl std::ops::Deref for Calls<'_> {
-    type Target = HashMap<u128, Parked>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
-impl std::ops::DerefMut for Calls<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
-    }
-}
-
-impl Drop for Calls<'_> {
-    fn drop(&mut self) {
-        self.gauge
-            .set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
-    }
 }
 
 /// What a call needs to run: who asks, and what.

@@ -334,13 +334,18 @@ impl UpstreamSession {
         self.accepted(sent?)
     }
 
-    /// A success passes; 404 on a session means the upstream forgot it.
+    /// A success passes; 404 on a session means the upstream forgot it. A
+    /// 2026-07-28 server answers the errors of its revision with a 4xx
+    /// status and the JSON-RPC error as a JSON body (400 for a missing
+    /// client capability, 404 for an unknown method): that is an answer,
+    /// passed on like any other (its id is checked as any answer's).
     fn accepted(
         &self,
         resp: Response<UpstreamBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match resp.status() {
             s if s.is_success() => Ok(resp),
+            s if s.is_client_error() && self.modern.is_some() && is_json(&resp) => Ok(resp),
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
                 upstream: self.server.id.clone(),
             }),
@@ -464,4 +469,12 @@ impl UpstreamSession {
             }
         }
     }
+}
+
+/// An answer whose body is JSON (not SSE, not text).
+fn is_json(resp: &Response<UpstreamBody>) -> bool {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/json"))
 }

@@ -451,6 +451,21 @@ mod tests {
     }
 
     #[test]
+    fn initialize_is_stateless_only_when_its_meta_claims_a_version() {
+        let params = |raw: &str| RawValue::from_string(raw.to_owned()).expect("json");
+        assert!(claims_revision(&params(
+            r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#
+        )));
+        assert!(!claims_revision(&params(
+            r#"{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"io.modelcontextprotocol/protocolVersion","version":"1"}}"#
+        )));
+        assert!(!claims_revision(&params(
+            r#"{"_meta":{"progressToken":1}}"#
+        )));
+        assert!(!claims_revision(&params("[]")));
+    }
+
+    #[test]
     fn results_are_completed_once() {
         let m = complete_result(
             Bytes::from_static(br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#),

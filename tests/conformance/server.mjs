@@ -12,10 +12,8 @@
 // session (`Mcp-Session-Id`), with an in-memory event store so that a client whose SSE
 // stream was closed can resume with `Last-Event-ID`.
 
-import { createServer } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { crc32, deflateSync } from 'node:zlib';
 
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
@@ -39,58 +37,22 @@ import {
   isInitializeRequest,
 } from '@modelcontextprotocol/sdk/types.js';
 
-// ---------------------------------------------------------------------------------------
-// Content
+import {
+  CONTENT_RESULTS,
+  LOG_STEPS,
+  PROMPT_RESULTS,
+  RESOURCES,
+  TEMPLATE,
+  TEMPLATE_URI,
+  completion,
+  jsonError,
+  localRequest,
+  readStatic,
+  readTemplate,
+  serve,
+  text,
+} from './common.mjs';
 
-// A 1x1 PNG image: one opaque red pixel.
-function redPixelPng() {
-  const chunk = (type, data) => {
-    const head = Buffer.alloc(8);
-    head.writeUInt32BE(data.length, 0);
-    head.write(type, 4, 'ascii');
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0);
-    return Buffer.concat([head, data, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(1, 0); // width
-  ihdr.writeUInt32BE(1, 4); // height
-  ihdr[8] = 8; // bit depth
-  ihdr[9] = 6; // colour type RGBA
-  // compression, filter and interlace methods stay 0
-  const scanline = Buffer.from([0, 0xff, 0x00, 0x00, 0xff]); // filter 0, then RGBA
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr),
-    chunk('IDAT', deflateSync(scanline)),
-    chunk('IEND', Buffer.alloc(0)),
-  ]).toString('base64');
-}
-const PNG_1X1 = redPixelPng();
-
-// A short WAV: 8 kHz, 8-bit mono PCM, 80 samples (10 ms) of silence.
-function silentWav() {
-  const samples = 80;
-  const buf = Buffer.alloc(44 + samples);
-  buf.write('RIFF', 0, 'ascii');
-  buf.writeUInt32LE(36 + samples, 4);
-  buf.write('WAVE', 8, 'ascii');
-  buf.write('fmt ', 12, 'ascii');
-  buf.writeUInt32LE(16, 16); // fmt chunk size
-  buf.writeUInt16LE(1, 20); // PCM
-  buf.writeUInt16LE(1, 22); // mono
-  buf.writeUInt32LE(8000, 24); // sample rate
-  buf.writeUInt32LE(8000, 28); // byte rate
-  buf.writeUInt16LE(1, 32); // block align
-  buf.writeUInt16LE(8, 34); // bits per sample
-  buf.write('data', 36, 'ascii');
-  buf.writeUInt32LE(samples, 40);
-  buf.fill(0x80, 44); // 8-bit PCM silence is the midpoint
-  return buf.toString('base64');
-}
-const WAV = silentWav();
-
-const text = (t) => ({ type: 'text', text: t });
 const noArgs = { type: 'object', properties: {} };
 
 // ---------------------------------------------------------------------------------------
@@ -245,31 +207,6 @@ const PROMPTS = [
   { name: 'test_prompt_with_image', description: 'A prompt with an image' },
 ];
 
-// Values offered by completion/complete for the arguments of test_prompt_with_arguments.
-const COMPLETIONS = ['paris', 'park', 'party', 'test', 'testing', 'tested'];
-
-const RESOURCES = {
-  'test://static-text': {
-    name: 'static-text',
-    description: 'A static text resource',
-    mimeType: 'text/plain',
-    text: 'This is the content of the static text resource.',
-  },
-  'test://static-binary': {
-    name: 'static-binary',
-    description: 'A static binary resource (a 1x1 PNG)',
-    mimeType: 'image/png',
-    blob: PNG_1X1,
-  },
-  'test://watched-resource': {
-    name: 'watched-resource',
-    description: 'A resource clients can subscribe to',
-    mimeType: 'text/plain',
-    text: 'Watched resource content.',
-  },
-};
-const TEMPLATE = /^test:\/\/template\/([^/]+)\/data$/;
-
 // ---------------------------------------------------------------------------------------
 // One MCP server per session; `transport` is its Streamable HTTP transport.
 
@@ -310,51 +247,18 @@ function newServer(transport) {
     const caps = server.getClientCapabilities() ?? {};
     switch (req.params.name) {
       case 'test_simple_text':
-        return { content: [text('This is a simple text response for testing.')] };
       case 'test_image_content':
-        return { content: [{ type: 'image', data: PNG_1X1, mimeType: 'image/png' }] };
       case 'test_audio_content':
-        return { content: [{ type: 'audio', data: WAV, mimeType: 'audio/wav' }] };
       case 'test_embedded_resource':
-        return {
-          content: [
-            {
-              type: 'resource',
-              resource: {
-                uri: 'test://embedded-resource',
-                mimeType: 'text/plain',
-                text: 'This is an embedded resource content.',
-              },
-            },
-          ],
-        };
       case 'test_multiple_content_types':
-        return {
-          content: [
-            text('Multiple content types test:'),
-            { type: 'image', data: PNG_1X1, mimeType: 'image/png' },
-            {
-              type: 'resource',
-              resource: {
-                uri: 'test://mixed-content-resource',
-                mimeType: 'application/json',
-                text: JSON.stringify({ test: 'data', value: 123 }),
-              },
-            },
-          ],
-        };
-      case 'test_tool_with_logging':
-        await log(extra, 'info', 'Tool execution started');
-        await sleep(50);
-        await log(extra, 'info', 'Tool processing data');
-        await sleep(50);
-        await log(extra, 'info', 'Tool execution completed');
-        return { content: [text('Tool with logging executed successfully')] };
       case 'test_error_handling':
-        return {
-          isError: true,
-          content: [text('This tool intentionally returns an error for testing')],
-        };
+        return CONTENT_RESULTS[req.params.name];
+      case 'test_tool_with_logging':
+        for (const [i, step] of LOG_STEPS.entries()) {
+          if (i > 0) await sleep(50);
+          await log(extra, 'info', step);
+        }
+        return { content: [text('Tool with logging executed successfully')] };
       case 'test_tool_with_progress': {
         const token = req.params._meta?.progressToken;
         for (const progress of [0, 50, 100]) {
@@ -445,60 +349,27 @@ function newServer(transport) {
     const args = req.params.arguments ?? {};
     switch (req.params.name) {
       case 'test_simple_prompt':
-        return { messages: [{ role: 'user', content: text('This is a simple prompt for testing.') }] };
+        return PROMPT_RESULTS.simple();
       case 'test_prompt_with_arguments':
         for (const a of ['arg1', 'arg2']) {
           if (args[a] === undefined) throw new McpError(ErrorCode.InvalidParams, `Missing argument ${a}`);
         }
-        return {
-          messages: [
-            {
-              role: 'user',
-              content: text(`Prompt with arguments: arg1='${args.arg1}', arg2='${args.arg2}'`),
-            },
-          ],
-        };
+        return PROMPT_RESULTS.withArguments(args.arg1, args.arg2);
       case 'test_prompt_with_embedded_resource':
         if (args.resourceUri === undefined) {
           throw new McpError(ErrorCode.InvalidParams, 'Missing argument resourceUri');
         }
-        return {
-          messages: [
-            {
-              role: 'user',
-              content: {
-                type: 'resource',
-                resource: {
-                  uri: args.resourceUri,
-                  mimeType: 'text/plain',
-                  text: 'Embedded resource content for testing.',
-                },
-              },
-            },
-            { role: 'user', content: text('Please process the embedded resource above.') },
-          ],
-        };
+        return PROMPT_RESULTS.withEmbeddedResource(args.resourceUri);
       case 'test_prompt_with_image':
-        return {
-          messages: [
-            { role: 'user', content: { type: 'image', data: PNG_1X1, mimeType: 'image/png' } },
-            { role: 'user', content: text('Please analyze the image above.') },
-          ],
-        };
+        return PROMPT_RESULTS.withImage();
       default:
         throw new McpError(ErrorCode.InvalidParams, `Unknown prompt: ${req.params.name}`);
     }
   });
 
-  server.setRequestHandler(CompleteRequestSchema, async (req) => {
-    const { ref, argument } = req.params;
-    const known =
-      ref.type === 'ref/prompt' &&
-      ref.name === 'test_prompt_with_arguments' &&
-      (argument.name === 'arg1' || argument.name === 'arg2');
-    const values = known ? COMPLETIONS.filter((v) => v.startsWith(argument.value)) : [];
-    return { completion: { values, total: values.length, hasMore: false } };
-  });
+  server.setRequestHandler(CompleteRequestSchema, async (req) =>
+    completion(req.params.ref, req.params.argument),
+  );
 
   server.setRequestHandler(ListResourcesRequestSchema, async () => ({
     resources: Object.entries(RESOURCES).map(([uri, r]) => ({
@@ -512,7 +383,7 @@ function newServer(transport) {
   server.setRequestHandler(ListResourceTemplatesRequestSchema, async () => ({
     resourceTemplates: [
       {
-        uriTemplate: 'test://template/{id}/data',
+        uriTemplate: TEMPLATE_URI,
         name: 'template-data',
         description: 'Data for an id',
         mimeType: 'application/json',
@@ -522,23 +393,10 @@ function newServer(transport) {
 
   server.setRequestHandler(ReadResourceRequestSchema, async (req) => {
     const uri = req.params.uri;
-    const r = RESOURCES[uri];
-    if (r) {
-      const body = r.blob !== undefined ? { blob: r.blob } : { text: r.text };
-      return { contents: [{ uri, mimeType: r.mimeType, ...body }] };
-    }
+    if (RESOURCES[uri]) return readStatic(uri);
     const m = TEMPLATE.exec(uri);
     if (m) {
-      const id = decodeURIComponent(m[1]);
-      return {
-        contents: [
-          {
-            uri,
-            mimeType: 'application/json',
-            text: JSON.stringify({ id, templateTest: true, data: `Data for ID: ${id}` }),
-          },
-        ],
-      };
+      return readTemplate(uri, decodeURIComponent(m[1]));
     }
     throw new McpError(-32002, `Resource not found: ${uri}`, { uri });
   });
@@ -601,29 +459,6 @@ class MemoryEventStore {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
-const LOCAL_HOSTNAMES = new Set(['localhost', '127.0.0.1', '[::1]']);
-
-// DNS rebinding protection: a local server only answers requests whose Host (and Origin,
-// if any) name this machine.
-function localRequest(req) {
-  const hostname = (value) => {
-    try {
-      return new URL(value.includes('://') ? value : `http://${value}`).hostname;
-    } catch {
-      return undefined;
-    }
-  };
-  const host = req.headers.host;
-  if (!host || !LOCAL_HOSTNAMES.has(hostname(host))) return false;
-  const origin = req.headers.origin;
-  return origin === undefined || LOCAL_HOSTNAMES.has(hostname(origin));
-}
-
-function jsonError(res, status, code, message) {
-  res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code, message }, id: null }));
-}
-
 async function readJson(req) {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
@@ -667,33 +502,6 @@ async function handle(req, res) {
   await transport.handleRequest(req, res, body);
 }
 
-function parsePort(argv) {
-  const i = argv.indexOf('--port');
-  const value = i >= 0 ? argv[i + 1] : '0';
-  const port = Number(value);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    console.error(`usage: server.mjs [--port N]; bad port ${value}`);
-    process.exit(2);
-  }
-  return port;
-}
-
-const httpServer = createServer((req, res) => {
-  handle(req, res).catch((err) => {
-    console.error('conformance-fixture: request failed:', err);
-    if (!res.headersSent) jsonError(res, 500, -32603, 'Internal error');
-    else res.end();
-  });
+serve(handle, () => {
+  for (const t of transports.values()) t.close().catch(() => {});
 });
-httpServer.listen(parsePort(process.argv.slice(2)), '127.0.0.1', () => {
-  const { address, port } = httpServer.address();
-  console.log(`conformance-fixture listening http://${address}:${port}/mcp`);
-});
-
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    for (const t of transports.values()) t.close().catch(() => {});
-    httpServer.close(() => process.exit(0));
-    httpServer.closeAllConnections();
-  });
-}

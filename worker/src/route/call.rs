@@ -334,10 +334,12 @@ pub(crate) async fn answer_call<S: Source>(
         // the request (perhaps another session's) sent on it next.
         // The same scan tells a result from an error (and, for a tool
         // call, a failed tool) for the request's outcome.
-        match upstream::check_answer_kind(server, &held.bytes, id, &unfit, ctx.tool_call) {
-            Ok(kind) => ctx.outcome.set(Outcome::of_answer(kind)),
+        let kind = match upstream::check_answer_kind(server, &held.bytes, id, &unfit, ctx.tool_call)
+        {
+            Ok(kind) => kind,
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
-        }
+        };
+        ctx.outcome.set(Outcome::of_answer(kind));
         if ctx.learns_tools {
             learn_tools(server, &held.bytes);
         }
@@ -350,6 +352,18 @@ pub(crate) async fn answer_call<S: Source>(
         {
             return resent;
         }
+        // A 2026-07-28 upstream's error comes with its status (4xx, see
+        // `UpstreamSession::accepted`); a client of the same revision gets
+        // it too, a stateful client the 200 of its own.
+        let status = match parts.status {
+            s if s.is_client_error()
+                && kind == jsonrpc::AnswerKind::Error
+                && src.stands_alone() =>
+            {
+                s
+            }
+            _ => StatusCode::OK,
+        };
         match input_required(ctx, src, server, accept, id, &held.bytes) {
             Input::PassOn => {}
             Input::Refuse(refused) => return refused,
@@ -361,7 +375,7 @@ pub(crate) async fn answer_call<S: Source>(
             }
         }
         if !accept.json {
-            return rpc(accept, StatusCode::OK, held.bytes);
+            return rpc(accept, status, held.bytes);
         }
         // The upstream's answer headers, emptied, carry ours: the map is
         // already allocated.
@@ -369,7 +383,7 @@ pub(crate) async fn answer_call<S: Source>(
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        parts.status = StatusCode::OK;
+        parts.status = status;
         return Response::from_parts(parts, held.into_body());
     }
     if !upstream_sse {

@@ -17,7 +17,7 @@ use crate::endpoints::Endpoint;
 use crate::relay::Relay;
 use crate::session::Session;
 use crate::session::registry::Registry;
-use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
+use crate::upstream::{KnownEra, UpstreamError, UpstreamServer, UpstreamSession, modern};
 
 /// What one request is routed with.
 pub(crate) trait Source: Sync {
@@ -151,6 +151,28 @@ impl PerRequest {
             .into_iter()
             .flatten()
             .collect()
+    }
+}
+
+impl PerRequest {
+    /// Whether every upstream of the endpoint speaks the stateless revision
+    /// (asked with `server/discover` once per server, then known). Such
+    /// upstreams ask their client for input with `input_required` results
+    /// of their own, never mid-call; one that cannot be asked counts as
+    /// not.
+    pub(crate) async fn all_modern(&self) -> bool {
+        let client = modern::ClientMeta::from_init_params(&self.init_params);
+        let each = self.endpoint.upstreams.iter().map(|server| {
+            let client = &client;
+            async move {
+                let deadline = tokio::time::Instant::now() + server.request_timeout();
+                matches!(server.era(client, deadline).await, Ok(KnownEra::Modern(_)))
+            }
+        });
+        futures_util::future::join_all(each)
+            .await
+            .into_iter()
+            .all(|modern| modern)
     }
 }
 

@@ -336,20 +336,17 @@ impl UpstreamSession {
     }
 
     /// A success passes; 404 on a session means the upstream forgot it. A
-    /// 2026-07-28 server answers its protocol errors (-32020 and the like)
-    /// with a 4xx and a JSON-RPC error: that is its answer, and passes too.
+    /// 2026-07-28 server answers the errors of its revision with a 4xx
+    /// status and the JSON-RPC error as a JSON body (400 for a missing
+    /// client capability, 404 for an unknown method): that is an answer,
+    /// passed on like any other (its id is checked as any answer's).
     fn accepted(
         &self,
         resp: Response<UpstreamBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let json_error = || {
-            resp.headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
-        };
         match resp.status() {
             s if s.is_success() => Ok(resp),
-            s if self.modern.is_some() && s.is_client_error() && json_error() => Ok(resp),
+            s if s.is_client_error() && self.modern.is_some() && is_json(&resp) => Ok(resp),
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(UpstreamError::SessionGone {
                 upstream: self.server.id.clone(),
             }),
@@ -473,4 +470,12 @@ impl UpstreamSession {
             }
         }
     }
+}
+
+/// An answer whose body is JSON (not SSE, not text).
+fn is_json(resp: &Response<UpstreamBody>) -> bool {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/json"))
 }

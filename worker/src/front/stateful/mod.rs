@@ -329,9 +329,11 @@ pub(crate) async fn post_inner(
         outcome.set(Outcome::Refused);
         return refused;
     }
+    // An `initialize` is stateless only by its body (`by_body`): by the
+    // header alone it is still the stateful handshake.
     if session.is_none()
-        && (stateless || stateless::by_body(&env))
-        && !matches!(env.kind(), Kind::Request("initialize"))
+        && (stateless::by_body(&env)
+            || (stateless && !matches!(env.kind(), Kind::Request("initialize"))))
     {
         return Box::pin(stateless::post(
             ctx, endpoint, accept, &parts, &env, &body, outcome, caller,

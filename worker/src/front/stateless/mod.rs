@@ -29,7 +29,7 @@ use crate::route::source::{PerRequest, Source};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::ALLOW;
+use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use mcpgw_mcp::headers::MCP_PROTOCOL_VERSION;
@@ -39,13 +39,16 @@ use tracing::info;
 use crate::ctx::Ctx;
 use crate::endpoints::Endpoint;
 use crate::front::stateless::meta::{Refusal, RequestMeta};
-use crate::http::body::Body;
+use crate::http::body::{self, Body};
 use crate::http::server::ReqBody;
+use crate::http::sse;
 use crate::jsonrpc::{self, Answer, Kind, RawObject};
 use crate::metrics::{Outcome, OutcomeSlot};
+use crate::relay;
 use crate::route;
 use mcpgw_protocol::headers::FORWARDED;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
 /// The one stateless revision served.
 pub(crate) const VERSION: ProtocolVersion = ProtocolVersion::V2026_07_28;
@@ -62,10 +65,12 @@ const UPSTREAM_VERSION: ProtocolVersion = ProtocolVersion::LATEST_STATEFUL;
 
 /// Methods the 2026-07-28 revision removed: a stateless client that sends
 /// one gets "method not found", as from any server of the revision.
-/// (`initialize` is not among them here: whatever its headers say, it
-/// selects the stateful era and opens a session, as the revision's
+/// (`initialize` is one only when its `_meta` claims the revision, see
+/// [`by_body`]; otherwise, whatever its headers say, it selects the
+/// stateful era and opens a session, as the revision's
 /// backward-compatibility rules have a dual-era server do.)
-const REMOVED: [&str; 6] = [
+const REMOVED: [&str; 7] = [
+    "initialize",
     "ping",
     "logging/setLevel",
     "resources/subscribe",
@@ -85,15 +90,32 @@ pub(crate) fn by_header(headers: &HeaderMap) -> bool {
 
 /// A request without a session that is of the stateless era by its body:
 /// `server/discover`, or per-request `_meta` naming a protocol version. A
-/// scan, not a parse: it runs only for requests without a session.
+/// scan, not a parse: it runs only for requests without a session. An
+/// `initialize` is parsed (its `params._meta` must name a protocol
+/// version): it is the stateful handshake unless it claims the revision
+/// outright, so a client's info that happens to hold the key does not make
+/// it stateless.
 pub(crate) fn by_body(env: &jsonrpc::Envelope<'_>) -> bool {
     match env.kind() {
-        Kind::Request("initialize") => false,
+        Kind::Request("initialize") => env.params.is_some_and(claims_revision),
         Kind::Request("server/discover") => true,
         _ => env
             .params
             .is_some_and(|p| p.get().contains(META_PROTOCOL_VERSION)),
     }
+}
+
+/// Params whose `_meta` names a protocol version.
+fn claims_revision(params: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(rename = "_meta", borrow, default)]
+        meta: Option<RawObject<'a>>,
+    }
+    serde_json::from_str::<Params<'_>>(params.get())
+        .ok()
+        .and_then(|p| p.meta)
+        .is_some_and(|meta| meta.get(META_PROTOCOL_VERSION).is_some())
 }
 
 /// GET or DELETE of a stateless client: there is no stream or session to
@@ -218,8 +240,13 @@ pub(crate) async fn post(
         endpoint,
         meta.upstream_init_params(UPSTREAM_VERSION.as_str()),
     );
+    // A stateful upstream asks its client mid-call (a server request): the
+    // call runs where it can be parked. Upstreams of the revision ask with
+    // `input_required` results of their own, passed on as they are: then
+    // the call is routed like any other request.
     if let Some(retry) = &retry
         && src.relay().caps.can_be_asked()
+        && !src.all_modern().await
     {
         let message = mrtr::start(ctx, src, call(retry.name.as_deref())).await;
         return rpc(
@@ -237,18 +264,32 @@ pub(crate) async fn post(
             jsonrpc::result(id, &discover_result(who)),
         );
     }
-    // Routed as for any client, answered whole (the upstream sessions end
-    // with the request), then completed for the revision.
-    let whole = Accept {
+    // Routed as for any client, then completed for the revision. Answered
+    // whole (the upstream sessions end with the request), unless the client
+    // asked to hear how the request goes (a progress token) and takes SSE:
+    // then an upstream's streamed answer is streamed on, its notifications
+    // first.
+    let cache_hints = matches!(
+        method,
+        "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    );
+    let routed = Accept {
         json: true,
-        sse: false,
+        sse: accept.sse && route::wants_progress(env.params),
     };
     let env_route = ctx.route_env(outcome, principal);
     let env_route = route::env::Env {
         tool_call: method == "tools/call",
         ..env_route
     };
-    let resp = route::request(env_route, &src, method, env, body, whole).await;
+    let resp = route::request(env_route, &src, method, env, body, routed).await;
+    if is_event_stream(&resp) {
+        return completed_stream(resp, src, cache_hints);
+    }
     drop(src);
     let status = resp.status();
     let message = match resp.into_body().collect().await {
@@ -264,15 +305,46 @@ pub(crate) async fn post(
             )
         }
     };
-    let cache_hints = matches!(
-        method,
-        "tools/list"
-            | "prompts/list"
-            | "resources/list"
-            | "resources/templates/list"
-            | "resources/read"
-    );
     rpc(accept, status, complete_result(message, cache_hints))
+}
+
+fn is_event_stream(resp: &Response<Body>) -> bool {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// A streamed answer passed on event by event, the JSON-RPC response in it
+/// completed for the revision ([`complete_result`]); `src`, the request's
+/// upstream sessions, is kept until the stream ends (or its client goes).
+fn completed_stream(resp: Response<Body>, src: PerRequest, cache_hints: bool) -> Response<Body> {
+    let (parts, mut inner) = resp.into_parts();
+    let (tx, rx) = mpsc::channel::<Bytes>(relay::STREAM_QUEUE);
+    tokio::spawn(async move {
+        let _src = src;
+        // The relay wrote these events and bounded them already.
+        let mut parser = sse::Parser::default();
+        let mut events = Vec::new();
+        while let Some(Ok(frame)) = inner.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if parser.feed(&data, &mut events).is_err() {
+                return;
+            }
+            for event in events.drain(..).filter(|e| !e.data.is_empty()) {
+                let message = Bytes::from(event.data);
+                let message = match jsonrpc::response_kind(&message, false) {
+                    Some(_) => complete_result(message, cache_hints),
+                    None => message,
+                };
+                if tx.send(sse::message_event(&message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Response::from_parts(parts, body::channel(rx))
 }
 
 /// What a request that may be a retry (MRTR) says in its params.
@@ -381,6 +453,21 @@ mod tests {
     fn result_of(message: &Bytes) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_slice(message).expect("json");
         v["result"].clone()
+    }
+
+    #[test]
+    fn initialize_is_stateless_only_when_its_meta_claims_a_version() {
+        let params = |raw: &str| RawValue::from_string(raw.to_owned()).expect("json");
+        assert!(claims_revision(&params(
+            r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#
+        )));
+        assert!(!claims_revision(&params(
+            r#"{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"io.modelcontextprotocol/protocolVersion","version":"1"}}"#
+        )));
+        assert!(!claims_revision(&params(
+            r#"{"_meta":{"progressToken":1}}"#
+        )));
+        assert!(!claims_revision(&params("[]")));
     }
 
     #[test]

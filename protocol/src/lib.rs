@@ -24,6 +24,9 @@ pub mod channel;
 pub mod config;
 pub mod control;
 pub mod fdpass;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod headers;
 pub mod host_policy;
 pub mod redact;

@@ -45,6 +45,9 @@ mod endpoints;
 mod error;
 mod forward;
 mod front;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod metrics;
 mod relay;

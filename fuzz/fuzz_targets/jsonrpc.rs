@@ -11,7 +11,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let value: Option<Value> = serde_json::from_slice(data).ok();
     if let Some(env) = jsonrpc::parse(data) {
         let id = env.id_raw();
-        assert!(id == "null" || serde_json::from_str::<Value>(id).is_ok_and(|v| v.is_string() || v.is_number()));
+        assert!(
+            id == "null"
+                || serde_json::from_str::<Value>(id).is_ok_and(|v| v.is_string() || v.is_number())
+        );
         if let Kind::Request(m) | Kind::Notification(m) = env.kind() {
             assert_eq!(Some(m), value.as_ref().and_then(|v| v["method"].as_str()));
         }
@@ -32,7 +35,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let parsed_id: Value = serde_json::from_str(id).expect("the scanned id is JSON");
         assert_eq!(obj.get("id"), Some(&parsed_id), "the scan found another id");
         assert!(!obj.contains_key("method"));
-        assert_eq!(kind == AnswerKind::Error, obj.contains_key("error"), "{kind:?}");
+        assert_eq!(
+            kind == AnswerKind::Error,
+            obj.contains_key("error"),
+            "{kind:?}"
+        );
         if kind == AnswerKind::ToolError {
             assert!(tool_call && obj["result"]["isError"] == Value::Bool(true));
         }
@@ -47,8 +54,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let (Ok(key), Ok(raw)) = (std::str::from_utf8(key), std::str::from_utf8(raw)) {
         let new = jsonrpc::json_string(key);
         if let Some(out) = jsonrpc::with_member(raw, key, &new) {
-            let before: jsonrpc::RawObject<'_> = serde_json::from_str(raw).expect("the input was an object");
-            let after: jsonrpc::RawObject<'_> = serde_json::from_str(&out).expect("the output is an object");
+            let before: jsonrpc::RawObject<'_> =
+                serde_json::from_str(raw).expect("the input was an object");
+            let after: jsonrpc::RawObject<'_> =
+                serde_json::from_str(&out).expect("the output is an object");
             let kept = |o: &jsonrpc::RawObject<'_>| -> Vec<(String, String)> {
                 o.0.iter()
                     .filter(|(k, _)| k != key)
@@ -59,9 +68,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             assert_eq!(after.get(key).map(|v| v.get()), Some(new.as_str()));
         }
         // The builders make JSON that says what they were given.
-        let req: Value = serde_json::from_slice(&jsonrpc::request(key, raw, None)).expect("request JSON");
-        assert_eq!((req["id"].as_str(), req["method"].as_str()), (Some(key), Some(raw)));
-        let err: Value = serde_json::from_slice(&jsonrpc::error("1", -32600, raw, None)).expect("error JSON");
+        let req: Value =
+            serde_json::from_slice(&jsonrpc::request(key, raw, None)).expect("request JSON");
+        assert_eq!(
+            (req["id"].as_str(), req["method"].as_str()),
+            (Some(key), Some(raw))
+        );
+        let err: Value =
+            serde_json::from_slice(&jsonrpc::error("1", -32600, raw, None)).expect("error JSON");
         assert_eq!(err["error"]["message"].as_str(), Some(raw));
         assert!(jsonrpc::same_id(&new, &new));
     }

@@ -5,7 +5,10 @@
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let routed = mcpgw_supervisor::fuzz::peek(data);
     if let (Some(supervisor), Some(worker)) = (routed, mcpgw_worker::fuzz::request_session(data)) {
-        assert_eq!(supervisor, worker, "the supervisor routes by another session id than the worker reads");
+        assert_eq!(
+            supervisor, worker,
+            "the supervisor routes by another session id than the worker reads"
+        );
     }
     mcpgw_protocol::fuzz::session_id(data);
     // The header value alone, as the validator gets it.

@@ -50,10 +50,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     assert!(fed.len() <= whole.len() && fed[..] == whole[..fed.len()]);
     if !refused {
-        assert_eq!(fed, whole, "a bounded parser that never refused lost events");
+        assert_eq!(
+            fed, whole,
+            "a bounded parser that never refused lost events"
+        );
     } else {
         // Held bytes: an invalid byte is held as three.
-        assert!(stream.len() * 3 > limit, "refused a stream shorter than the limit");
+        assert!(
+            stream.len() * 3 > limit,
+            "refused a stream shorter than the limit"
+        );
     }
     // What mcpgw writes reads back as one `message` event with the same
     // data, line ends aside.
@@ -61,7 +67,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     back.push(&message_event(stream));
     let event = back.next_event().expect("a message event");
     assert_eq!(event.event, "message");
-    let expected = String::from_utf8_lossy(stream).replace("\r\n", "\n").replace('\r', "\n");
+    let expected = String::from_utf8_lossy(stream)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
     assert_eq!(event.data, expected, "a written event read back changed");
     assert_eq!(back.next_event(), None);
 });

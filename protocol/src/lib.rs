@@ -24,9 +24,6 @@ pub mod channel;
 pub mod config;
 pub mod control;
 pub mod fdpass;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzz;
 pub mod headers;
 pub mod host_policy;
 pub mod redact;
@@ -35,3 +32,7 @@ mod secrets;
 pub mod session_id;
 pub mod store;
 pub mod tls;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;

@@ -17,10 +17,10 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::http::wire::{Chunked, Malformed, Step};
+pub(crate) use crate::http::wire::decode_chunked;
 
 pub use crate::http::client::fuzz::upstream_answer;
 pub use crate::http::server::fuzz::{http_server, request_head};
@@ -105,36 +105,6 @@ impl AsyncWrite for MemIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
-    }
-}
-
-/// A chunked body decoded from `wire` fed in reads of `piece` bytes: the
-/// data and how many bytes of `wire` the body took, or why it is refused
-/// (`Ok(None)`: the input ended inside the body).
-pub(crate) fn decode_chunked(
-    wire: &[u8],
-    piece: usize,
-) -> Result<Option<(Vec<u8>, usize)>, Malformed> {
-    let mut dec = Chunked::Size;
-    let mut buf = BytesMut::new();
-    let mut data = Vec::new();
-    let mut fed = 0;
-    loop {
-        match dec.step(&mut buf)? {
-            Step::Data(d) => {
-                assert!(!d.is_empty(), "the decoder handed out an empty piece");
-                data.extend_from_slice(&d);
-            }
-            Step::Done => return Ok(Some((data, fed - buf.len()))),
-            Step::Need => {
-                if fed == wire.len() {
-                    return Ok(None);
-                }
-                let end = fed.saturating_add(piece).min(wire.len());
-                buf.extend_from_slice(&wire[fed..end]);
-                fed = end;
-            }
-        }
     }
 }
 

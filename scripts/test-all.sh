@@ -64,3 +64,8 @@ fi
 
 cargo build --workspace --bins
 cargo test --workspace
+
+# Every fuzz target (fuzz/) built and run briefly over its committed corpus;
+# installs cargo-fuzz into fuzz/.cargo-bin when missing. Long runs:
+# scripts/fuzz.sh TARGET [SECONDS].
+./scripts/fuzz-smoke.sh

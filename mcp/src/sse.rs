@@ -224,6 +224,10 @@ impl Parser {
             };
             match field {
                 b"data" => {
+                    // Measured as held: an invalid byte becomes U+FFFD,
+                    // three bytes, so the raw length would let the data
+                    // grow to three times the limit.
+                    let value = String::from_utf8_lossy(value);
                     let grown = self
                         .data
                         .len()
@@ -236,7 +240,7 @@ impl Parser {
                     if self.has_data {
                         self.data.push('\n');
                     }
-                    self.data.push_str(&String::from_utf8_lossy(value));
+                    self.data.push_str(&value);
                     self.has_data = true;
                 }
                 b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
@@ -258,14 +262,25 @@ impl Parser {
 }
 
 /// One `message` event carrying a JSON-RPC message (which has no newlines
-/// when it comes from a JSON serializer; any are split into data lines).
+/// when it comes from a JSON serializer). Line ends are split into data
+/// lines the way a reader splits them: `\r\n`, `\n` and a lone `\r` (JSON
+/// whitespace an upstream may send; written into one data line, it would
+/// end the line there for the reader and cut the message).
 pub fn message_event(json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(json.len() + 24);
     out.extend_from_slice(b"event: message\n");
-    for line in json.split(|b| *b == b'\n') {
+    let mut rest = json;
+    loop {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
+            out.extend_from_slice(rest);
+            out.push(b'\n');
+            break;
+        };
+        out.extend_from_slice(&rest[..at]);
         out.push(b'\n');
+        let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
+        rest = &rest[at + if crlf { 2 } else { 1 }..];
     }
     out.push(b'\n');
     Bytes::from(out)
@@ -319,6 +334,46 @@ mod tests {
         let mut p = Parser::default();
         p.push(&message_event(b"{\"x\":1}"));
         assert_eq!(p.next_event().expect("event").data, "{\"x\":1}");
+    }
+
+    #[test]
+    fn the_limit_bounds_the_data_as_held_not_as_received() {
+        // Found by the `sse` fuzz target: 40 invalid bytes are held as 40
+        // U+FFFD (120 bytes), past a limit of 80 that the raw bytes kept.
+        let mut line = b"data: ".to_vec();
+        line.extend_from_slice(&[0xf7; 40]);
+        line.push(b'\n');
+        let mut p = Parser::with_limit(80);
+        let mut out = Vec::new();
+        assert_eq!(p.feed(&line, &mut out), Err(TooLarge { limit: 80 }));
+        assert!(p.pending_bytes() <= 80, "{}", p.pending_bytes());
+        let mut p = Parser::with_limit(200);
+        line.push(b'\n');
+        p.feed(&line, &mut out).expect("under the limit");
+        assert_eq!(out[0].data, "\u{fffd}".repeat(40));
+    }
+
+    #[test]
+    fn message_events_split_every_line_end_a_reader_sees() {
+        // Found by the `sse` fuzz target: a lone CR (JSON whitespace in an
+        // upstream's answer) was written inside one data line, and the
+        // reader ended the line there, cutting the message in two.
+        let json = b"{\"a\":1,\r\"b\":2,\r\n\"c\":3\n}";
+        assert_eq!(
+            &message_event(json)[..],
+            b"event: message\ndata: {\"a\":1,\ndata: \"b\":2,\ndata: \"c\":3\ndata: }\n\n"
+        );
+        let mut p = Parser::default();
+        p.push(&message_event(json));
+        assert_eq!(
+            p.next_event().expect("event").data,
+            "{\"a\":1,\n\"b\":2,\n\"c\":3\n}"
+        );
+        assert_eq!(p.next_event(), None);
+        assert_eq!(
+            &message_event(b"x\n")[..],
+            b"event: message\ndata: x\ndata: \n\n"
+        );
     }
 
     #[test]

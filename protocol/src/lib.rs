@@ -35,3 +35,7 @@ mod secrets;
 pub mod session_id;
 pub mod store;
 pub mod tls;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;

@@ -36,6 +36,9 @@ mod admin_guard;
 mod announce;
 mod dispatch;
 mod drain;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod listeners;
 mod metrics;
 mod peek;

@@ -115,12 +115,13 @@ fn peek_once(fd: RawFd, window: usize, seen: usize) -> io::Result<(usize, Parsed
     })
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Done(Head),
     Partial,
 }
 
-fn parse(bytes: &[u8]) -> Parsed {
+/// What the peeked bytes hold (pure: the fuzz target drives it too).
+pub(crate) fn parse(bytes: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {

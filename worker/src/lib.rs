@@ -48,6 +48,9 @@ mod endpoints;
 mod error;
 mod forward;
 mod front;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod metrics;
 mod rate_limit;

@@ -609,7 +609,10 @@ impl Config {
         Self::parse_with(text, &crate::secrets::Process)
     }
 
-    fn parse_with(text: &str, from: &dyn crate::secrets::Resolver) -> Result<Self, ConfigError> {
+    pub(crate) fn parse_with(
+        text: &str,
+        from: &dyn crate::secrets::Resolver,
+    ) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             cause: Box::new(cause),

@@ -488,6 +488,37 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     }))
 }
 
+/// A chunked body decoded from `wire` fed in reads of `piece` bytes (for
+/// tests and the fuzz targets): the data and how many bytes of `wire` the
+/// body took, `Ok(None)` when the input ended inside the body.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_chunked(
+    wire: &[u8],
+    piece: usize,
+) -> Result<Option<(Vec<u8>, usize)>, Malformed> {
+    let mut dec = Chunked::Size;
+    let mut buf = BytesMut::new();
+    let mut data = Vec::new();
+    let mut fed = 0;
+    loop {
+        match dec.step(&mut buf)? {
+            Step::Data(d) => {
+                assert!(!d.is_empty(), "the decoder handed out an empty piece");
+                data.extend_from_slice(&d);
+            }
+            Step::Done => return Ok(Some((data, fed - buf.len()))),
+            Step::Need => {
+                if fed == wire.len() {
+                    return Ok(None);
+                }
+                let end = fed.saturating_add(piece).min(wire.len());
+                buf.extend_from_slice(&wire[fed..end]);
+                fed = end;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,23 +620,9 @@ mod tests {
     /// Feed `wire` to a decoder in pieces of `piece` bytes; the data and
     /// what is left after the body.
     fn decode(wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
-        let mut dec = Chunked::Size;
-        let mut buf = BytesMut::new();
-        let mut data = Vec::new();
-        let mut fed = 0;
-        loop {
-            match dec.step(&mut buf)? {
-                Step::Data(d) => data.extend_from_slice(&d),
-                Step::Done => return Ok((data, buf.to_vec())),
-                Step::Need => {
-                    if fed == wire.len() {
-                        return Err(Malformed("test: input ended"));
-                    }
-                    let end = (fed + piece).min(wire.len());
-                    buf.extend_from_slice(&wire[fed..end]);
-                    fed = end;
-                }
-            }
+        match decode_chunked(wire, piece)? {
+            Some((data, took)) => Ok((data, wire[took..].to_vec())),
+            None => Err(Malformed("test: input ended")),
         }
     }
 

@@ -43,7 +43,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -63,6 +62,8 @@ pub(crate) use crate::http::wire::HeaderBlock;
 pub(crate) use crate::http::wire::Malformed;
 use crate::http::wire::{self, Chunked, Framing, Parsed, Step};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod stream;
 
 use stream::Stream;
@@ -263,20 +264,7 @@ impl Conn {
     /// not in it yet. Only asking the kernel (a non-blocking peek, one
     /// system call per checkout) closes that window.
     fn idle_and_open(&mut self) -> bool {
-        if self.unfit.is_set() {
-            return false;
-        }
-        if self.io.tls_has_pending() {
-            return false;
-        }
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(self.io.tcp()).peek(&mut probe) {
-            // Readiness the reactor still holds from the last answer is
-            // harmless: the next read finds it stale and clears it.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            // Data (stray bytes), end of stream, or an error.
-            _ => false,
-        }
+        !self.unfit.is_set() && self.io.is_quiet()
     }
 }
 

@@ -2,6 +2,7 @@
 //! `https://` upstream.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -15,13 +16,43 @@ pub(super) enum Stream {
     /// Boxed: a client TLS session is large, and a plaintext pool should
     /// not carry its size in every idle entry.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A connection in memory: the answer reader's fuzz target
+    /// (`crate::fuzz`) reads answers from it.
+    #[cfg(feature = "fuzzing")]
+    Mem(Box<crate::fuzz::MemIo>),
 }
 
 impl Stream {
+    #[cfg(test)]
     pub(super) fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(tcp) => tcp,
             Self::Tls(tls) => tls.get_ref().0,
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(_) => panic!("the tests make no connection in memory"),
+        }
+    }
+
+    /// Nothing to read on it now, and not closed: asked of the kernel (a
+    /// non-blocking peek, one system call) and of the TLS layer. See
+    /// `Conn::idle_and_open` for why the runtime's readiness is not enough.
+    pub(super) fn is_quiet(&mut self) -> bool {
+        if self.tls_has_pending() {
+            return false;
+        }
+        let tcp = match self {
+            Self::Plain(tcp) => &*tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => return mem.unread() == 0,
+        };
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut probe) {
+            // Readiness the reactor still holds from the last answer is
+            // harmless: the next read finds it stale and clears it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            // Data (stray bytes), end of stream, or an error.
+            _ => false,
         }
     }
 
@@ -49,6 +80,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => Pin::new(&mut **mem).poll_read(cx, buf),
         }
     }
 }
@@ -62,6 +95,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => Pin::new(&mut **mem).poll_write(cx, buf),
         }
     }
 
@@ -73,6 +108,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
             Self::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => Pin::new(&mut **mem).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -80,6 +117,8 @@ impl AsyncWrite for Stream {
         match self {
             Self::Plain(tcp) => tcp.is_write_vectored(),
             Self::Tls(tls) => tls.is_write_vectored(),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => mem.is_write_vectored(),
         }
     }
 
@@ -87,6 +126,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
             Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => Pin::new(&mut **mem).poll_flush(cx),
         }
     }
 
@@ -94,6 +135,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => Pin::new(&mut **mem).poll_shutdown(cx),
         }
     }
 }

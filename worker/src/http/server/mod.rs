@@ -30,6 +30,8 @@
 //!
 //! [`head`] is the pure half: request heads in, answer heads out.
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod head;
 
 use std::future::{Future, poll_fn};

@@ -141,6 +141,18 @@ pub fn chunked(data: &[u8]) {
 /// notification comes out with `params._meta` carrying the client (and the
 /// rest of the message as it was), with `Mcp-Method` set; anything else
 /// comes out unchanged or not at all.
+/// Parameter headers of two tools, so that rewrites exercise `Mcp-Param-*`
+/// mirroring too (arguments at the top level and nested).
+static TOOL_PARAMS: std::sync::LazyLock<crate::upstream::ToolParams> = std::sync::LazyLock::new(
+    || {
+        let params = crate::upstream::ToolParams::default();
+        params.learn(
+            r#"{"tools":[{"name":"t","inputSchema":{"properties":{"r":{"type":"string","x-mcp-header":"R"},"o":{"type":"object","properties":{"n":{"type":"integer","x-mcp-header":"N"}}}}}},{"name":"b","inputSchema":{"properties":{"f":{"type":"boolean","x-mcp-header":"F"}}}}]}"#,
+        );
+        params
+    },
+);
+
 pub fn rewrite(data: &[u8]) {
     use mcpgw_mcp::headers::MCP_METHOD;
     // The first line is the client's `initialize` params, the rest the body.
@@ -153,7 +165,7 @@ pub fn rewrite(data: &[u8]) {
     );
     let body = Bytes::copy_from_slice(body);
     let Some((out, headers)) =
-        crate::upstream::modern::rewrite(&body, &client, &http::HeaderMap::new())
+        crate::upstream::modern::rewrite(&body, &client, &http::HeaderMap::new(), &TOOL_PARAMS)
     else {
         return;
     };

@@ -188,6 +188,14 @@ async fn malformed_session_ids_get_400() {
         "abcdefghijklmnopqrstuvwxy0",  // '0' is not base32
         "abcdefghijklmnopqrstuvwxyza", // 27 chars
         "abcdefghijklm/../nopqrstuv",
+        // Crafted to reach into store keys or headers (the bad-input catalogue).
+        "*",
+        "mcpgw:session:aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaa*aaaaaaaaaaaa",
+        "aaaaaaaaaaaaa?aaaaaaaaaaaa",
+        "aaaaaaaaaaaaa%0d%0aaaaaaaaaa",
+        "aaaaaaaaaaaaa aaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaa:1",
     ];
     for id in malformed {
         let mut client = setup.gateway.client();

@@ -222,13 +222,10 @@ async fn a_stateful_and_a_modern_upstream_federate() {
         .call_tool("modern__needs_input", json!({}))
         .await
         .expect("needs_input answer");
-    let message = asked.message["error"]["message"]
-        .as_str()
-        .unwrap_or_default();
+    let (_, message) = asked.error().expect("an error");
     assert!(
         message.contains("upstream modern asked for input 10 times without finishing"),
-        "{}",
-        asked.message
+        "{message}"
     );
     // A stateless client gets input_required as it is, even with two upstreams: its
     // retry names the same namespaced tool, so it reaches the same upstream.
@@ -510,13 +507,10 @@ async fn a_stateful_client_answers_a_modern_upstreams_elicitation() {
         .call_tool("ask_name", json!({}))
         .await
         .expect("an answer");
-    let message = reply.message["error"]["message"]
-        .as_str()
-        .unwrap_or_default();
+    let (_, message) = reply.error().expect("an error");
     assert!(
         message.contains("did not declare the elicitation (form mode) capability"),
-        "{}",
-        reply.message
+        "{message}"
     );
 }
 

@@ -187,9 +187,8 @@ async fn rpc_code_of(setup: &Setup, body: &str) -> (u16, Option<i64>) {
 }
 
 /// Hostile JSON: nesting deep enough to blow a recursive parser's stack, `null` and
-/// duplicate ids, ids and methods of the wrong type, and session ids crafted to reach
-/// into store keys. Each gets its JSON-RPC error; nothing reaches the upstream that
-/// should not, and the healthy session counts on.
+/// duplicate ids, ids and methods of the wrong type. Each gets its JSON-RPC error;
+/// nothing reaches the upstream that should not, and the healthy session counts on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_json_and_ids_get_their_jsonrpc_errors() {
     let mut setup = Setup::new(GatewayConfig::new(2)).await;
@@ -264,25 +263,6 @@ async fn hostile_json_and_ids_get_their_jsonrpc_errors() {
         "none of the refused calls reached the upstream"
     );
 
-    // Session ids crafted to reach into store keys or headers: refused before any lookup.
-    for id in [
-        "*",
-        "mcpgw:session:aaaaaaaaaaaaaaaaaaaaaaaaaa",
-        "aaaaaaaaaaaaa*aaaaaaaaaaaa",
-        "aaaaaaaaaaaaa?aaaaaaaaaaaa",
-        "aaaaaaaaaaaaa%0d%0aaaaaaaaaa",
-        "aaaaaaaaaaaaa aaaaaaaaaaaa",
-        "aaaaaaaaaaaaaaaaaaaaaaaaaa:1",
-    ] {
-        let mut client = setup.gateway.client();
-        client.set_session_id(id);
-        let response = send_once(&setup.gateway, &client.post_request(PING)).await;
-        assert_eq!(
-            response.status,
-            400,
-            "session id {id:?}: {}",
-            response.text()
-        );
-    }
+    // Session ids crafted to reach into store keys: `malformed_session_ids_get_400`.
     setup.healthy_still_works().await;
 }

@@ -60,6 +60,9 @@ pub(crate) struct Settings {
     pub(crate) idle_concurrency: usize,
     pub(crate) reload: bool,
     pub(crate) reload_signals: u32,
+    /// Run the https-upstream scenario.
+    #[serde(default)]
+    pub(crate) tls: bool,
     #[serde(default)]
     pub(crate) failover_kills: usize,
     #[serde(default)]
@@ -171,6 +174,9 @@ pub(crate) struct Comparison {
     /// The stateless-client scenario, one entry per concurrency.
     #[serde(default)]
     pub(crate) stateless: Vec<Scenario>,
+    /// The https-upstream scenario.
+    #[serde(default)]
+    pub(crate) tls: Option<Scenario>,
     pub(crate) idle: Option<Idle>,
     pub(crate) reload: Option<Reload>,
     #[serde(default)]
@@ -329,6 +335,21 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         .await?
     };
 
+    let tls = if settings.tls {
+        Some(
+            tls_scenario(
+                settings,
+                dir,
+                (&endpoints[2], &probes[2]),
+                ticks_per_second,
+                &procs,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let reload = if settings.reload {
         Some(reload_scenario(settings, &endpoints[2], &gateway, gateway_admin, &procs).await?)
     } else {
@@ -364,10 +385,57 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         settings: settings.clone(),
         scenarios: results,
         stateless,
+        tls,
         idle,
         reload,
         failover,
     })
+}
+
+/// The https-upstream scenario: a counter server that also serves https, and a second
+/// mcpgw that reaches it over https, measured beside the first mcpgw.
+async fn tls_scenario(
+    settings: &Settings,
+    dir: &Path,
+    plain: (&Endpoint, &Probe),
+    ticks_per_second: u64,
+    procs: &[&Proc],
+) -> Result<Scenario> {
+    let (ca, cert, key) = crate::tls::make_pki(dir)?;
+    let (counter, https) = procs::start_tls_counter(&settings.bin_dir, dir, &cert, &key).await?;
+    let keys = format!(
+        "url = \"https://{https}/mcp\"\nca_file = {:?}\n",
+        ca.display().to_string()
+    );
+    let procs::Gateway {
+        proc: gateway,
+        addr,
+        ..
+    } = procs::start_mcpgw_with(&settings.bin_dir, dir, "mcpgw-tls", settings.workers, &keys)
+        .await?;
+    eprintln!(
+        "# mcpgw with an https upstream on {addr} (pid {})",
+        gateway.pid()
+    );
+    let (proxy, upstream, own) = (gateway.pid(), counter.pid(), std::process::id());
+    let probe: Probe = Rc::new(move || {
+        vec![
+            procs::tree_cpu_ticks(proxy),
+            procs::tree_cpu_ticks(upstream),
+            procs::cpu_ticks(own),
+        ]
+    });
+    let ep = endpoint(addr)?;
+    let mut all: Vec<&Proc> = procs.to_vec();
+    all.extend([&counter, &gateway]);
+    crate::tls::run(
+        settings,
+        [plain.0, &ep],
+        [plain.1, &probe],
+        ticks_per_second,
+        &all,
+    )
+    .await
 }
 
 fn endpoint(addr: SocketAddr) -> Result<Endpoint> {

@@ -23,6 +23,7 @@ mod mcp;
 mod procs;
 mod report;
 mod stateless;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -168,6 +169,10 @@ struct CompareArgs {
     /// Skip the reload scenario (failed requests during SIGHUPs under load).
     #[arg(long)]
     no_reload: bool,
+    /// Skip the https-upstream scenario (mcpgw with an https upstream beside a plain
+    /// one; needs the `openssl` command).
+    #[arg(long)]
+    no_tls: bool,
     /// SIGHUPs sent in the reload scenario.
     #[arg(long, default_value_t = 20)]
     reload_signals: u32,
@@ -346,6 +351,7 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
         idle_sessions: args.idle_sessions,
         idle_concurrency: args.idle_concurrency,
         reload: !args.no_reload,
+        tls: !args.no_tls,
         reload_signals: args.reload_signals,
         failover_kills: args.failover_kills,
         failover_sessions: args.failover_sessions,

@@ -168,19 +168,56 @@ fn drain(lines: tokio::io::Lines<BufReader<ChildStdout>>) {
 
 /// The counter MCP server (`counter-server` from the tests crate).
 pub(crate) async fn start_counter(bin_dir: &Path, dir: &Path) -> Result<(Proc, SocketAddr)> {
-    let bin = binary(bin_dir, "counter-server")?;
-    let mut command = Command::new(&bin);
-    command.args(["--listen", "127.0.0.1:0"]);
-    let (proc, stdout) = Proc::spawn("counter-server", command, dir.join("counter.log"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = wait_for_line(
-        "counter-server",
-        &mut lines,
+    spawn_counter(
+        bin_dir,
+        dir,
+        "counter",
+        &[],
         "counter-server listening http://",
     )
-    .await?
-    .parse()
-    .context("counter-server printed an unparsable address")?;
+    .await
+}
+
+/// A second counter server that also serves https with `cert`/`key`; its https
+/// address.
+pub(crate) async fn start_tls_counter(
+    bin_dir: &Path,
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Proc, SocketAddr)> {
+    let tls = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    spawn_counter(
+        bin_dir,
+        dir,
+        "counter-tls",
+        &tls,
+        "counter-server listening https://",
+    )
+    .await
+}
+
+async fn spawn_counter(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    args: &[&std::ffi::OsStr],
+    announced: &str,
+) -> Result<(Proc, SocketAddr)> {
+    let bin = binary(bin_dir, "counter-server")?;
+    let mut command = Command::new(&bin);
+    command.args(["--listen", "127.0.0.1:0"]).args(args);
+    let (proc, stdout) = Proc::spawn("counter-server", command, dir.join(format!("{name}.log")))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = wait_for_line("counter-server", &mut lines, announced)
+        .await?
+        .parse()
+        .context("counter-server printed an unparsable address")?;
     drain(lines);
     Ok((proc, addr))
 }
@@ -218,6 +255,19 @@ pub(crate) async fn start_mcpgw(
     workers: u16,
     upstream: SocketAddr,
 ) -> Result<Gateway> {
+    let upstream = format!("url = \"http://{upstream}/mcp\"\n");
+    start_mcpgw_with(bin_dir, dir, name, workers, &upstream).await
+}
+
+/// mcpgw with `workers` workers in front of the upstream `upstream_keys` (TOML lines
+/// of its `[[upstream]]` table beside `id`) describes.
+pub(crate) async fn start_mcpgw_with(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    workers: u16,
+    upstream_keys: &str,
+) -> Result<Gateway> {
     let bin = binary(bin_dir, "mcpgw")?;
     let config = dir.join(format!("{name}.toml"));
     let runtime_dir = dir.join(format!("{name}-run"));
@@ -232,7 +282,7 @@ pub(crate) async fn start_mcpgw(
              \n\
              [[upstream]]\n\
              id = \"counter\"\n\
-             url = \"http://{upstream}/mcp\"\n",
+             {upstream_keys}",
             runtime = runtime_dir.display().to_string(),
         ),
     )?;

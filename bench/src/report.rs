@@ -464,6 +464,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     }
     o.push('\n');
     stateless_markdown(c, &mut o);
+    tls_markdown(c, &mut o);
     if let Some(idle) = &c.idle {
         let _ = writeln!(
             o,
@@ -527,6 +528,60 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     }
     o.push_str("\n![throughput and latency by concurrency](bench/results/compare.svg)\n\n");
     o
+}
+
+/// The https-upstream table: mcpgw with the plain upstream (c) and with the same
+/// upstream over https (t); nothing when the scenario did not run.
+fn tls_markdown(c: &Comparison, o: &mut String) {
+    let Some(s) = &c.tls else {
+        return;
+    };
+    let (Some(plain), Some(tls)) = (s.targets.first(), s.targets.get(1)) else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "An https upstream: (c) mcpgw in front of the counter server over http, (t) a second mcpgw in front of the same server over https (TLS 1.3, a throwaway CA as the upstream's `ca_file`), interleaved per repetition. CPU is per request, µs, of the gateway's processes.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | metric | (c) http upstream | (t) https upstream | t / c |"
+    );
+    let _ = writeln!(o, "| --- | --- | ---: | ---: | ---: |");
+    let ms = |v: f64| format!("{v:.3}");
+    let rows: [(&str, String, String, String); 4] = [
+        (
+            "req/s",
+            thousands(plain.median_throughput),
+            thousands(tls.median_throughput),
+            paired_ratio(s, 1, 0, |r| r.throughput),
+        ),
+        (
+            "p50 ms",
+            ms(plain.median_p50_ms),
+            ms(tls.median_p50_ms),
+            paired_ratio(s, 1, 0, |r| r.latency_ms.p50),
+        ),
+        (
+            "p99 ms",
+            ms(plain.median_p99_ms),
+            ms(tls.median_p99_ms),
+            paired_ratio(s, 1, 0, |r| r.latency_ms.p99),
+        ),
+        (
+            "gateway CPU µs/request",
+            format!("{:.1}", plain.median_proxy_cpu_us),
+            format!("{:.1}", tls.median_proxy_cpu_us),
+            format!(
+                "{:.2}",
+                tls.median_proxy_cpu_us / plain.median_proxy_cpu_us.max(f64::MIN_POSITIVE)
+            ),
+        ),
+    ];
+    for (metric, a, b, ratio) in rows {
+        let _ = writeln!(o, "| {} | {metric} | {a} | {b} | {ratio} |", s.name);
+    }
+    o.push('\n');
 }
 
 /// The stateless-client table: direct, mcpgw with a stateful client, mcpgw with a
@@ -909,12 +964,14 @@ mod tests {
                 idle_sessions: 0,
                 idle_concurrency: 64,
                 reload: false,
+                tls: false,
                 reload_signals: 0,
                 failover_kills: 0,
                 failover_sessions: 0,
             },
             scenarios: Vec::new(),
             stateless,
+            tls: None,
             idle: None,
             reload: None,
             failover: None,

@@ -11,10 +11,16 @@
 //! period is checked with a probe; a transport failure evicts (only the
 //! session that failed, never a newer one). Closing runs concurrently and is
 //! bounded: a close that hangs is abandoned with a warning.
+//!
+//! Work done after a stateless request's answer (closing its upstream
+//! sessions, refilling the warm pool) runs in tracked background tasks, so
+//! a stopping worker waits for it ([`Registry::close_warm`]) instead of
+//! exiting with an upstream session opened and never closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::bounded::join_all_within;
@@ -33,6 +39,8 @@ pub(crate) struct Registry {
     store: Arc<StoreClient>,
     /// Upstream sessions opened ahead for stateless clients.
     warm: WarmPool,
+    /// Closes and warm-pool refills still running in the background.
+    background: TaskTracker,
 }
 
 impl Registry {
@@ -50,6 +58,7 @@ impl Registry {
             metrics,
             store,
             warm: WarmPool::new(warm_depth, probe_after),
+            background: TaskTracker::new(),
         }
     }
 
@@ -183,7 +192,7 @@ impl Registry {
         for _ in 0..taken.refill {
             let (registry, server, params) =
                 (self.clone(), server.clone(), Box::<str>::from(init_params));
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 let opened = registry.open_counted(&server, &params).await.ok();
                 if let Some(unwanted) = registry.warm.put(&server, &params, opened) {
                     registry.close_unkept(vec![unwanted]);
@@ -197,10 +206,23 @@ impl Registry {
         self.open_counted(server, init_params).await
     }
 
-    /// Close the warm pool's sessions for good (the worker stops), bounded.
+    /// Close the warm pool's sessions for good (the worker stops), and wait
+    /// for the closes and refills still running (a refill that ends after
+    /// this is handed back by the drained pool and closed too), bounded.
     pub(crate) async fn close_warm(&self) {
         let taken = self.warm.drain();
-        self.close_all(taken, "closed", self.close_grace * 2).await;
+        let grace = self.close_grace * 2;
+        self.close_all(taken, "closed", grace).await;
+        self.background.close();
+        if tokio::time::timeout(grace, self.background.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.background.len(),
+                "upstream closes still running at stop; abandoned"
+            );
+        }
     }
 
     /// `initialize` an upstream session kept in no cell, counted.
@@ -235,11 +257,14 @@ impl Registry {
             return;
         };
         let registry = self.clone();
-        rt.spawn(async move {
-            registry
-                .close_all(taken, "closed", registry.close_grace * 2)
-                .await;
-        });
+        self.background.spawn_on(
+            async move {
+                registry
+                    .close_all(taken, "closed", registry.close_grace * 2)
+                    .await;
+            },
+            &rt,
+        );
     }
 
     /// Drop `failed` from its cell after a transport error, unless the cell

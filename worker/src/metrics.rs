@@ -6,7 +6,9 @@
 //! methods outside the known set count as `other`, upstream ids come from the
 //! config, and nothing carries a session id or an argument.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use foldhash::HashMap;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -247,15 +249,29 @@ pub(crate) struct Metrics {
     upstream_duration: HistogramVec,
     /// `upstream`, `tool` (the upstream's own name), `outcome`.
     tool_calls: IntCounterVec,
-    /// The (upstream, tool) pairs counted under their own name so far; past
-    /// [`MAX_TOOL_SERIES`] a new pair counts as tool `_other`.
-    tool_series: std::sync::Mutex<std::collections::HashSet<(std::sync::Arc<str>, Box<str>)>>,
+    /// The (upstream, tool) pairs counted under their own name so far, with
+    /// their counters; past [`MAX_TOOL_SERIES`] a new pair counts as tool
+    /// `_other`.
+    tool_series: std::sync::Mutex<ToolSeries>,
 }
+
+/// The per-tool counters made so far, found by borrowed names (no key is
+/// built and no label value hashed on a call).
+#[derive(Default)]
+struct ToolSeries {
+    pairs: usize,
+    by_upstream: HashMap<Arc<str>, HashMap<Box<str>, ToolChildren>>,
+}
+
+/// One (upstream, tool) pair's counter per outcome, made on first use.
+type ToolChildren = [Option<IntCounter>; Outcome::LABELS.len()];
 
 /// Distinct (upstream, tool) label pairs per worker: tool names come from
 /// upstreams, and an upstream with a tool per user must not blow up the
 /// series count.
 pub(crate) const MAX_TOOL_SERIES: usize = 500;
+/// The tool label of the pairs past [`MAX_TOOL_SERIES`].
+const OTHER_TOOL: &str = "_other";
 
 /// One upstream's children of the per-upstream families, looked up once
 /// (kept on its [`crate::upstream::UpstreamServer`]).
@@ -472,19 +488,35 @@ impl Metrics {
     }
 
     /// Count one `tools/call` of `tool` on `upstream`.
-    pub(crate) fn tool_call(&self, upstream: &std::sync::Arc<str>, tool: &str, outcome: Outcome) {
-        let own_name = {
-            let mut seen = self
-                .tool_series
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let key = (upstream.clone(), Box::<str>::from(tool));
-            seen.contains(&key) || (seen.len() < MAX_TOOL_SERIES && seen.insert(key))
+    pub(crate) fn tool_call(&self, upstream: &Arc<str>, tool: &str, outcome: Outcome) {
+        let mut series = self
+            .tool_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ToolSeries { pairs, by_upstream } = &mut *series;
+        let bump = |children: &mut ToolChildren, name: &str| {
+            children[outcome as usize]
+                .get_or_insert_with(|| {
+                    self.tool_calls
+                        .with_label_values(&[upstream, name, outcome.label()])
+                })
+                .inc();
         };
-        let tool = if own_name { tool } else { "_other" };
-        self.tool_calls
-            .with_label_values(&[upstream, tool, outcome.label()])
-            .inc();
+        // The usual case: a pair seen before, one lookup each.
+        if let Some(children) = by_upstream
+            .get_mut(&**upstream)
+            .and_then(|tools| tools.get_mut(tool))
+        {
+            return bump(children, tool);
+        }
+        let tools = by_upstream.entry(upstream.clone()).or_default();
+        let name = if *pairs < MAX_TOOL_SERIES {
+            *pairs += 1;
+            tool
+        } else {
+            OTHER_TOOL
+        };
+        bump(tools.entry(Box::from(name)).or_default(), name);
     }
 
     /// Count one request of `method` (a [`method_label`]) with `outcome`
@@ -528,6 +560,29 @@ mod tests {
     fn methods_are_bounded() {
         assert_eq!(method_label("tools/call"), "tools/call");
         assert_eq!(method_label("x/".repeat(100).as_str()), "other");
+    }
+
+    #[test]
+    fn tool_series_are_capped_and_later_pairs_count_as_other() {
+        let m = Metrics::new().expect("metrics");
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        for i in 0..MAX_TOOL_SERIES {
+            m.tool_call(&a, &format!("t{i}"), Outcome::Ok);
+        }
+        m.tool_call(&a, "t0", Outcome::ToolError);
+        m.tool_call(&b, "late", Outcome::Ok);
+        m.tool_call(&b, "later", Outcome::Ok);
+        m.tool_call(&a, "t1", Outcome::Ok);
+        let text = m.render();
+        for line in [
+            "mcpgw_tool_calls_total{outcome=\"ok\",tool=\"t0\",upstream=\"a\"} 1",
+            "mcpgw_tool_calls_total{outcome=\"tool_error\",tool=\"t0\",upstream=\"a\"} 1",
+            "mcpgw_tool_calls_total{outcome=\"ok\",tool=\"t1\",upstream=\"a\"} 2",
+            "mcpgw_tool_calls_total{outcome=\"ok\",tool=\"_other\",upstream=\"b\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} not in the page");
+        }
+        assert!(!text.contains("tool=\"late\""));
     }
 
     #[test]

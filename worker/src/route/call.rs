@@ -144,16 +144,18 @@ enum Input {
 /// same name goes to the same upstream, with the `requestState`
 /// untouched). A stateful client has it bridged ([`super::input`]) on the
 /// call's SSE stream. Anyone else gets an error that says why, naming the
-/// upstream.
+/// upstream. Only a 2026-07-28 upstream (`modern`) answers so: another's
+/// answer is not scanned.
 fn input_required<S: Source>(
     ctx: Env<'_>,
     src: &S,
     server: &UpstreamServer,
+    modern: bool,
     accept: Accept,
     id: &str,
     message: &[u8],
 ) -> Input {
-    if !upstream::modern::needs_input(message) {
+    if !modern || !upstream::modern::needs_input(message) {
         return Input::PassOn;
     }
     let why = match src.stands_alone() {
@@ -364,7 +366,15 @@ pub(crate) async fn answer_call<S: Source>(
             }
             _ => StatusCode::OK,
         };
-        match input_required(ctx, src, server, accept, id, &held.bytes) {
+        match input_required(
+            ctx,
+            src,
+            server,
+            call.upstream().is_modern(),
+            accept,
+            id,
+            &held.bytes,
+        ) {
             Input::PassOn => {}
             Input::Refuse(refused) => return refused,
             Input::Bridge => {
@@ -397,6 +407,7 @@ pub(crate) async fn answer_call<S: Source>(
     let relay = src.relay().clone();
     let closed = src.closed();
     if !accept.sse {
+        let modern = call.upstream().is_modern();
         return match Box::pin(relay::pump_call(
             relay,
             call,
@@ -417,7 +428,7 @@ pub(crate) async fn answer_call<S: Source>(
                 if ctx.learns_tools {
                     learn_tools(server, &message);
                 }
-                match input_required(ctx, src, server, accept, id, &message) {
+                match input_required(ctx, src, server, modern, accept, id, &message) {
                     // Without SSE the client cannot be asked (see above).
                     Input::PassOn | Input::Bridge => rpc(accept, StatusCode::OK, message),
                     Input::Refuse(refused) => refused,

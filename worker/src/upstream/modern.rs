@@ -328,16 +328,12 @@ pub(crate) fn needs_input(message: &[u8]) -> bool {
         result_type: Option<std::borrow::Cow<'a, str>>,
     }
     // A substring scan first: almost every answer is not one.
-    if !memchr_contains(message, b"input_required") {
+    if memchr::memmem::find(message, b"input_required").is_none() {
         return false;
     }
     matches!(jsonrpc::answer(message), Some(Answer::Result(r))
         if serde_json::from_str::<Kind<'_>>(r.get())
             .is_ok_and(|k| k.result_type.as_deref() == Some("input_required")))
-}
-
-fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -192,10 +192,14 @@ where
         let unread_body = matches!(body, ReqBody::TooLarge { .. });
         keep_alive &= !unread_body;
         // The client leaving cancels its request: the handler's future is
-        // dropped, which is how the endpoint learns to cancel upstream.
+        // dropped, which is how the endpoint learns to cancel upstream. It
+        // is boxed: several KiB that would otherwise widen the connection's
+        // future (copied whole when the connection is spawned) and be
+        // copied again into the select's state.
+        let call = Box::pin(handler.call(Request::from_parts(head.parts, body)));
         let resp = tokio::select! {
             biased;
-            resp = handler.call(Request::from_parts(head.parts, body)) => resp,
+            resp = call => resp,
             gone = client_gone(&mut io, &mut buf, limits.max_head) => return Err(gone),
         };
         if *closing.borrow() {

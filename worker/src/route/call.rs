@@ -349,8 +349,18 @@ pub(crate) async fn answer_call<S: Source>(
             && call.upstream().is_modern()
             && matches!(jsonrpc::answer(&held.bytes),
                 Some(jsonrpc::Answer::Error { code, .. }) if code == i64::from(jsonrpc::HEADER_MISMATCH))
-            && let Some(resent) =
-                resend_with_params(ctx, src, server, call.upstream(), sent, accept, deadline).await
+            // Boxed: a rare path that would otherwise widen every call's
+            // future (and each future that awaits it) by its size.
+            && let Some(resent) = Box::pin(resend_with_params(
+                ctx,
+                src,
+                server,
+                call.upstream(),
+                sent,
+                accept,
+                deadline,
+            ))
+            .await
         {
             return resent;
         }

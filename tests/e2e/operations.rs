@@ -1205,6 +1205,57 @@ async fn under_journald_every_line_carries_its_priority() {
     }
 }
 
+/// The container image's default configuration and compose.yaml's pass
+/// `check-config` as shipped (so a renamed key cannot break them unseen): the
+/// image's listens off loopback with `auth = "off"` said explicitly, and
+/// compose's takes alpha's token from the environment and is refused without
+/// it. The Dockerfile and compose.yaml use the files under those paths.
+#[test]
+fn the_container_configs_pass_check_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = |file: &str, token: Option<&str>| {
+        let mut cmd = Command::new(gateway_binary().expect("mcpgw binary"));
+        cmd.arg("check-config")
+            .arg(root.join(file))
+            .env_remove("ALPHA_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(token) = token {
+            cmd.env("ALPHA_TOKEN", token);
+        }
+        let out = cmd.output().expect("run mcpgw check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (ok, text) = check("deploy/container/mcpgw.toml", None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("0 upstreams") && text.contains("auth = \"off\""),
+        "{text}"
+    );
+    let (ok, text) = check("deploy/container/compose.toml", Some("s3cret"));
+    assert!(ok, "{text}");
+    assert!(text.contains("2 upstreams"), "{text}");
+    let (ok, text) = check("deploy/container/compose.toml", None);
+    assert!(!ok, "accepted without ALPHA_TOKEN: {text}");
+    assert!(text.contains("ALPHA_TOKEN is not set"), "{text}");
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains("COPY deploy/container/mcpgw.toml /etc/mcpgw/mcpgw.toml"),
+        "{dockerfile}"
+    );
+    let compose = std::fs::read_to_string(root.join("compose.yaml")).expect("compose.yaml");
+    assert!(
+        compose.contains("./deploy/container/compose.toml:/etc/mcpgw/mcpgw.toml:ro"),
+        "{compose}"
+    );
+}
+
 /// The shipped unit, alone and with the drop-ins in deploy/mcpgw.service.d,
 /// passes `systemd-analyze verify`, and `systemd-analyze security` finds the
 /// hardening the unit promises. systemd < 253 does not know

@@ -767,6 +767,25 @@ mod tests {
         assert_eq!(dead_set, 0);
     }
 
+    /// `west/0/1` claims the session of `east/0/1` (a cluster member).
+    async fn claim_as_west(scripts: &Scripts, conn: &mut ConnectionManager) -> Claim {
+        let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
+        scripts
+            .claim(
+                conn,
+                &id,
+                "east/0/1",
+                "west/0/1",
+                true,
+                Some("east"),
+                60_000,
+            )
+            .await
+            .expect("claim")
+    }
+
+    const CLAIMED: &str = "abcdefghijklmnopqrstuvwxyz";
+
     /// A claim on another host's worker waits for its heartbeat to expire;
     /// a put never overwrites another host's record.
     #[tokio::test]
@@ -774,7 +793,7 @@ mod tests {
         let server = RedisServer::start().expect("redis-server");
         let mut conn = connect(&server.url()).expect("client");
         let scripts = Scripts::new("hb:");
-        let id = SessionId::mint_for_slot(0, 1).expect("id");
+        let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
         let owner = "east/0/1";
         assert!(
             scripts
@@ -801,18 +820,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .expect("hset");
-        let claim = scripts
-            .claim(
-                &mut conn,
-                &id,
-                owner,
-                "west/0/1",
-                true,
-                Some("east"),
-                60_000,
-            )
-            .await
-            .expect("claim");
+        let claim = claim_as_west(&scripts, &mut conn).await;
         assert_eq!(
             claim,
             Claim::Alive(Some(
@@ -837,18 +845,7 @@ mod tests {
             .query_async(&mut conn)
             .await
             .expect("del heartbeat");
-        let claim = scripts
-            .claim(
-                &mut conn,
-                &id,
-                owner,
-                "west/0/1",
-                true,
-                Some("east"),
-                60_000,
-            )
-            .await
-            .expect("claim");
+        let claim = claim_as_west(&scripts, &mut conn).await;
         assert!(
             matches!(claim, Claim::Claimed(_)),
             "a dead owner's session is claimed"

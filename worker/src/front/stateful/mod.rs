@@ -145,64 +145,33 @@ pub(crate) async fn serve(
                     // worker, or unknown. A request another host forwarded
                     // never goes on to a third.
                     let key = live.cluster_key.as_ref().filter(|_| origin != Origin::Peer);
-                    if key.is_some()
-                        && let Some(peer) = ctx.owners.get(&id)
-                    {
-                        match ctx.forwarder.connect_host(&peer).await {
-                            Some(conn) => {
-                                return Box::pin(forward_to_host(
-                                    ctx,
-                                    key,
-                                    peer,
-                                    conn,
-                                    id,
-                                    req,
-                                    principal.as_ref(),
-                                    client,
-                                ))
-                                .await;
-                            }
-                            None => {
-                                // Dead or moved: ask the store again.
-                                unreachable(ctx, &peer, &id);
-                            }
+                    match Box::pin(locate(ctx, key, &id)).await {
+                        Located::Host(peer, conn) => {
+                            return Box::pin(forward_to_host(
+                                ctx,
+                                key,
+                                peer,
+                                conn,
+                                id,
+                                req,
+                                principal.as_ref(),
+                                client,
+                            ))
+                            .await;
                         }
-                    }
-                    match Box::pin(resume(ctx, &id)).await {
-                        Resumed::Session(s)
+                        Located::Here(Resumed::Session(s))
                             if s.endpoint().path == endpoint.path && owned_by(&s) =>
                         {
                             Some(s)
                         }
-                        Resumed::Elsewhere(peer) if key.is_some() => {
-                            return match ctx.forwarder.connect_host(&peer).await {
-                                Some(conn) => {
-                                    ctx.owners.insert(id, peer.clone());
-                                    Box::pin(forward_to_host(
-                                        ctx,
-                                        key,
-                                        peer,
-                                        conn,
-                                        id,
-                                        req,
-                                        principal.as_ref(),
-                                        client,
-                                    ))
-                                    .await
-                                }
-                                None => {
-                                    unreachable(ctx, &peer, &id);
-                                    unavailable_owner()
-                                }
-                            };
-                        }
-                        Resumed::Elsewhere(_) if origin == Origin::Peer => {
+                        Located::Here(Resumed::Elsewhere(_)) if origin == Origin::Peer => {
                             // The forwarding host's view is stale.
                             return plain(
                                 StatusCode::MISDIRECTED_REQUEST,
                                 "this gateway host does not own the session\n",
                             );
                         }
+                        Located::Unreachable => return unavailable_owner(),
                         _ => return session_not_found(accept, &id, "unknown or expired"),
                     }
                 }
@@ -281,6 +250,50 @@ async fn forward_to_host(
         .with_label_values(&[&peer.host, label])
         .inc();
     resp
+}
+
+/// Where a session this worker does not hold is served.
+enum Located {
+    /// By another gateway host, connected to.
+    Host(Arc<Peer>, HostConn),
+    /// Here, or nowhere (what the store said).
+    Here(Resumed),
+    /// By another gateway host that cannot be reached now.
+    Unreachable,
+}
+
+/// Find a session this worker does not hold: another host's (cached, or
+/// as the store says; `key` is `None` when the request may not go to
+/// another host), else inherited here from a dead worker, or unknown.
+async fn locate(
+    ctx: &Arc<Ctx>,
+    key: Option<&Arc<mcpgw_protocol::cluster::ClusterKey>>,
+    id: &SessionId,
+) -> Located {
+    if key.is_some()
+        && let Some(peer) = ctx.owners.get(id)
+    {
+        match ctx.forwarder.connect_host(&peer).await {
+            Some(conn) => return Located::Host(peer, conn),
+            // Dead or moved: ask the store again.
+            None => unreachable(ctx, &peer, id),
+        }
+    }
+    match resume(ctx, id).await {
+        Resumed::Elsewhere(peer) if key.is_some() => {
+            match ctx.forwarder.connect_host(&peer).await {
+                Some(conn) => {
+                    ctx.owners.insert(*id, peer.clone());
+                    Located::Host(peer, conn)
+                }
+                None => {
+                    unreachable(ctx, &peer, id);
+                    Located::Unreachable
+                }
+            }
+        }
+        other => Located::Here(other),
+    }
 }
 
 /// `peer` could not be reached for `id`: forget where the session was.

@@ -189,6 +189,10 @@ fn run(cli: Cli, json: bool) -> anyhow::Result<()> {
             config
                 .read_admin_token()
                 .map_err(|e| e.in_file(&file, None))?;
+            config
+                .cluster
+                .read_key()
+                .map_err(|e| e.in_file(&file, None))?;
             mcpgw_worker::check_auth_files(&config)
                 .with_context(|| format!("{}: [auth]", file.display()))?;
             if let Some(warning) = auth_warning(&config) {
@@ -308,6 +312,10 @@ fn serve(args: ServeArgs, format: OutputFormat) -> anyhow::Result<()> {
         }
         config.validate().context("command-line overrides")?;
         config.check_tls_files().map_err(|e| match &path {
+            Some(path) => e.in_file(path, None),
+            None => e,
+        })?;
+        config.cluster.read_key().map_err(|e| match &path {
             Some(path) => e.in_file(path, None),
             None => e,
         })?;

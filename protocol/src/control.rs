@@ -16,7 +16,7 @@ use crate::routing::RouteUpdate;
 use crate::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Bumped on any change to these types or their encoding.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The fd a worker finds its control channel at (the supervisor puts it
 /// there before exec; carries [`ToWorker`] / [`FromWorker`]).
@@ -156,6 +156,9 @@ pub enum ConnMeta {
     /// `tls_listener[index]`: the worker terminates TLS with that
     /// listener's certificate.
     Tls { index: u16 },
+    /// The cluster listener (`[cluster] listen`): another gateway host
+    /// forwarding a request; the worker checks its signature.
+    Peer,
 }
 
 impl ConnMeta {
@@ -166,6 +169,7 @@ impl ConnMeta {
         let (kind, index) = match self {
             Self::Plain => (0, 0u16),
             Self::Tls { index } => (1, index),
+            Self::Peer => (2, 0),
         };
         let i = index.to_le_bytes();
         [Self::MAGIC, PROTOCOL_VERSION as u8, kind, i[0], i[1]]
@@ -178,6 +182,7 @@ impl ConnMeta {
                 1 => Some(Self::Tls {
                     index: u16::from_le_bytes([*i0, *i1]),
                 }),
+                2 => Some(Self::Peer),
                 _ => None,
             },
             _ => None,
@@ -219,7 +224,11 @@ mod tests {
 
     #[test]
     fn conn_meta_round_trips_and_rejects_garbage() {
-        for m in [ConnMeta::Plain, ConnMeta::Tls { index: 513 }] {
+        for m in [
+            ConnMeta::Plain,
+            ConnMeta::Tls { index: 513 },
+            ConnMeta::Peer,
+        ] {
             assert_eq!(ConnMeta::decode(&m.encode()), Some(m));
         }
         assert_eq!(ConnMeta::decode(&[0, 1, 2, 3, 4]), None);

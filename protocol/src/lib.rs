@@ -18,11 +18,14 @@
 //!   that carry credentials, resolved when the configuration is loaded.
 //! - [`tls`]: reading TLS certificates and keys, certificate expiry.
 //! - [`store`]: session records, written by workers, kept by the store.
+//! - [`cluster`]: what gateway hosts sharing a Redis agree on to forward
+//!   requests to one another (the key, request signatures, id tags).
 //!
 //! Runtime policy (when to restart, how to balance) lives in the processes,
 //! not here.
 
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod fdpass;

@@ -6,9 +6,16 @@
 //! anything that needs escaping in a header, a path or a Redis key.
 //! Minting for a given slot (drawing until the routing hash agrees) lives
 //! here too, so that the supervisor can route by hashing alone.
+//!
+//! With a cluster key (`[cluster] key_file`) the last 32 of the 128 bits are
+//! a MAC of the first 96 ([`crate::cluster::ClusterKey::id_tag`]): any host
+//! of the cluster tells an id a gateway minted from a forged or random one
+//! ([`SessionId::tagged_by`]) without a store lookup, while 96 random bits
+//! remain for the id's secrecy.
 
 use std::fmt;
 
+use crate::cluster::ClusterKey;
 use crate::routing;
 
 /// Length of an encoded session id.
@@ -52,6 +59,15 @@ impl SessionId {
     /// Draw a fresh id whose routing hash over `slots` lands on `slot`, so the
     /// supervisor sends every later request of the session to its minter.
     pub fn mint_for_slot(slot: u16, slots: u16) -> Result<Self, RandomUnavailable> {
+        Self::mint(slot, slots, None)
+    }
+
+    /// [`Self::mint_for_slot`], tagged with `key` when there is one.
+    pub fn mint(
+        slot: u16,
+        slots: u16,
+        key: Option<&ClusterKey>,
+    ) -> Result<Self, RandomUnavailable> {
         debug_assert!(slot < slots.max(1));
         let mut entropy = [0u8; 16 * 8];
         loop {
@@ -59,6 +75,11 @@ impl SessionId {
             for chunk in entropy.chunks_exact(16) {
                 let mut raw = [0u8; 16];
                 raw.copy_from_slice(chunk);
+                if let Some(key) = key {
+                    let mut head = [0u8; 12];
+                    head.copy_from_slice(&raw[..12]);
+                    raw[12..].copy_from_slice(&key.id_tag(&head));
+                }
                 let id = Self::encode(raw);
                 if routing::slot_for(&id, slots) == slot {
                     return Ok(id);
@@ -88,6 +109,35 @@ impl SessionId {
             *slot = ALPHABET[digit as usize];
         }
         Self(out)
+    }
+
+    /// The 128 bits this id encodes; `None` for a well-formed id no
+    /// gateway can have minted (its first character is past `h`, so it
+    /// would need 130 bits).
+    fn bits(&self) -> Option<[u8; 16]> {
+        let mut value: u128 = 0;
+        for (i, c) in self.0.iter().enumerate() {
+            let digit = match c {
+                b'a'..=b'z' => c - b'a',
+                _ => c - b'2' + 26,
+            };
+            if i == 0 && digit >= 8 {
+                return None;
+            }
+            value = (value << 5) | u128::from(digit);
+        }
+        Some(value.to_be_bytes())
+    }
+
+    /// Whether this id carries the tag of `key` (was minted by a gateway of
+    /// the cluster), checked without any lookup.
+    pub fn tagged_by(&self, key: &ClusterKey) -> bool {
+        let Some(raw) = self.bits() else {
+            return false;
+        };
+        let mut head = [0u8; 12];
+        head.copy_from_slice(&raw[..12]);
+        key.id_tag(&head) == raw[12..]
     }
 
     /// The id as text (always ASCII).
@@ -126,6 +176,33 @@ mod tests {
                 assert_eq!(routing::slot_for(&id, slots), slot);
             }
         }
+    }
+
+    #[test]
+    fn tagged_ids_verify_under_their_key_only() {
+        let key = ClusterKey::from_bytes(b"0123456789abcdef0123456789abcdef");
+        let other = ClusterKey::from_bytes(b"fedcba9876543210fedcba9876543210");
+        for slots in [1u16, 3] {
+            for slot in 0..slots {
+                let id = SessionId::mint(slot, slots, Some(&key)).expect("random");
+                assert_eq!(routing::slot_for(&id, slots), slot);
+                assert!(id.tagged_by(&key));
+                assert!(!id.tagged_by(&other));
+            }
+        }
+        let untagged = SessionId::mint_for_slot(0, 1).expect("random");
+        // One in 2^32 untagged ids carries a valid tag by chance; this
+        // one is fixed, so the test cannot flake.
+        assert_eq!(untagged.bits().map(|b| b.len()), Some(16));
+        let fixed = SessionId::parse(b"aaaaaaaaaaaaaaaaaaaaaaaaaa").expect("parse");
+        assert!(!fixed.tagged_by(&key));
+        // Past 128 bits: never minted.
+        let too_big = SessionId::parse(b"zaaaaaaaaaaaaaaaaaaaaaaaaa").expect("parse");
+        assert_eq!(too_big.bits(), None);
+        assert!(!too_big.tagged_by(&key));
+        // Decoding inverts encoding.
+        let raw = [0xa5u8; 16];
+        assert_eq!(SessionId::encode(raw).bits(), Some(raw));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | `P w:<owner id>` | set | the session ids that owner holds | same, renewed on write |
 //! | `P hb:<owner id>` | string | the worker's pid | heartbeat TTL, renewed every heartbeat |
 //! | `P host:<host>` | string | the start time of the gateway now running as `<host>` | none (it tells a Redis that lost its data) |
+//! | `P members` | hash | field `<host>` = [`Member`] as JSON, rewritten every heartbeat by hosts with `[cluster]` | none (a member's age says whether it is alive) |
 //!
 //! An owner id is `<host>/<slot>/<generation>` ([`owner_id`]). Session ids
 //! are validated ([`crate::session_id::SessionId`]) and hosts restricted to
@@ -62,6 +63,22 @@ pub mod keys {
     pub fn host(prefix: &str, host: &str) -> String {
         format!("{prefix}host:{host}")
     }
+
+    pub fn members(prefix: &str) -> String {
+        format!("{prefix}members")
+    }
+}
+
+/// A gateway host of a cluster as it publishes itself in Redis (the field
+/// `<host>` of [`keys::members`]) every heartbeat period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// `host:port` of its internal listener (`[cluster] advertise`).
+    pub advertise: String,
+    /// Unix milliseconds of the heartbeat that wrote this.
+    pub beat_ms: u64,
+    /// Sessions it holds.
+    pub sessions: u64,
 }
 
 /// Everything needed to rebuild a session on another worker.
@@ -151,13 +168,21 @@ pub enum Fetched {
     /// There is a record the asker may not have (its owner is alive), or the
     /// store could not be asked: not an answer to remember.
     Withheld,
+    /// A live worker of another gateway host owns the session: forward the
+    /// request to that host's internal listener (`[cluster]`).
+    Elsewhere {
+        /// The owner's host name (`[store] host`).
+        host: String,
+        /// Where that host's internal listener is reached (`host:port`).
+        advertise: String,
+    },
 }
 
 impl Fetched {
     pub fn into_record(self) -> Option<Box<SessionRecord>> {
         match self {
             Self::Record(r) => Some(r),
-            Self::Absent | Self::Withheld => None,
+            Self::Absent | Self::Withheld | Self::Elsewhere { .. } => None,
         }
     }
 }

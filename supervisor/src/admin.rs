@@ -139,6 +139,8 @@ pub(crate) struct Admin {
     pub config_json: Arc<Mutex<String>>,
     /// Who may do what; replaced on reload.
     pub guard: Arc<Mutex<Arc<Guard>>>,
+    /// The session store, for `/admin/cluster` (its members).
+    pub store: Arc<dyn crate::store::SessionStore>,
 }
 
 pub(crate) async fn serve(
@@ -184,6 +186,7 @@ fn routes(admin: Arc<Admin>) -> Router {
         .route("/admin/workers", get(workers))
         .route("/admin/reload", post(reload))
         .route("/admin/config", get(config))
+        .route("/admin/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin path") })
         .method_not_allowed_fallback(|| async {
@@ -275,6 +278,33 @@ async fn config(State(admin): Shared) -> Response<Full<Bytes>> {
         .map(|c| c.clone())
         .unwrap_or_default();
     reply(StatusCode::OK, "application/json", doc)
+}
+
+/// `[cluster]`: the member hosts as this one last read them from Redis
+/// (with its heartbeat), sorted by host; 404 outside a cluster.
+async fn cluster(State(admin): Shared) -> Response<Full<Bytes>> {
+    match admin.store.members() {
+        Some(members) => {
+            let members: Vec<serde_json::Value> = members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "host": m.host,
+                        "advertise": m.advertise,
+                        "heartbeat_age_ms": m.heartbeat_age_ms,
+                        "sessions": m.sessions,
+                        "live": m.live,
+                    })
+                })
+                .collect();
+            let doc = serde_json::json!({ "members": members });
+            reply(StatusCode::OK, "application/json", doc.to_string())
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this gateway is not in a cluster ([cluster] listen is not set)",
+        ),
+    }
 }
 
 async fn healthz(State(admin): Shared) -> Response<Full<Bytes>> {

@@ -9,6 +9,7 @@
 //! | `mcpgw admin http://A`        | `{"event":"admin","url":"http://A"}`             |
 //! | `mcpgw listening http://A`    | `{"event":"listening","url":"http://A"}`         |
 //! | `mcpgw listening https://A`   | `{"event":"listening","url":"https://A"}`        |
+//! | `mcpgw cluster http://A`      | `{"event":"cluster","url":"http://A"}` (`[cluster] listen`) |
 //! | `mcpgw ready workers=N`       | `{"event":"ready","workers":N}`                  |
 //!
 //! In JSON mode every line a process of the gateway writes (stdout and the
@@ -57,6 +58,10 @@ pub(crate) fn listening(scheme: &str, addr: SocketAddr) {
     emit(&line(format(), Line::Listening(scheme, addr)));
 }
 
+pub(crate) fn cluster(addr: SocketAddr) {
+    emit(&line(format(), Line::Cluster(addr)));
+}
+
 pub(crate) fn ready(workers: u16) {
     emit(&line(format(), Line::Ready(workers)));
 }
@@ -64,6 +69,7 @@ pub(crate) fn ready(workers: u16) {
 enum Line<'a> {
     Admin(SocketAddr),
     Listening(&'a str, SocketAddr),
+    Cluster(SocketAddr),
     Ready(u16),
 }
 
@@ -73,6 +79,7 @@ fn line(format: OutputFormat, what: Line<'_>) -> String {
         (OutputFormat::Text, Line::Listening(scheme, addr)) => {
             format!("mcpgw listening {scheme}://{addr}")
         }
+        (OutputFormat::Text, Line::Cluster(addr)) => format!("mcpgw cluster http://{addr}"),
         (OutputFormat::Text, Line::Ready(n)) => format!("mcpgw ready workers={n}"),
         (OutputFormat::Json, Line::Admin(addr)) => {
             serde_json::json!({"event": "admin", "url": format!("http://{addr}")}).to_string()
@@ -80,6 +87,9 @@ fn line(format: OutputFormat, what: Line<'_>) -> String {
         (OutputFormat::Json, Line::Listening(scheme, addr)) => {
             serde_json::json!({"event": "listening", "url": format!("{scheme}://{addr}")})
                 .to_string()
+        }
+        (OutputFormat::Json, Line::Cluster(addr)) => {
+            serde_json::json!({"event": "cluster", "url": format!("http://{addr}")}).to_string()
         }
         (OutputFormat::Json, Line::Ready(n)) => {
             serde_json::json!({"event": "ready", "workers": n}).to_string()
@@ -109,6 +119,10 @@ mod tests {
         assert_eq!(
             line(OutputFormat::Text, Line::Listening("https", a)),
             "mcpgw listening https://127.0.0.1:8411"
+        );
+        assert_eq!(
+            line(OutputFormat::Text, Line::Cluster(a)),
+            "mcpgw cluster http://127.0.0.1:8411"
         );
         assert_eq!(
             line(OutputFormat::Text, Line::Ready(2)),

@@ -155,13 +155,15 @@ impl Dispatcher {
         let accepted = Instant::now();
         let worker = match meta {
             ConnMeta::Tls { .. } => self.pool.least_loaded(),
-            ConnMeta::Plain => match peek_complete_now(conn, self.limits().max_head) {
-                Some(Head::Complete { session: Some(id) }) => {
-                    self.pool.slot(self.routes.owner(&id)).serving()
+            ConnMeta::Plain | ConnMeta::Peer => {
+                match peek_complete_now(conn, self.limits().max_head) {
+                    Some(Head::Complete { session: Some(id) }) => {
+                        self.pool.slot(self.routes.owner(&id)).serving()
+                    }
+                    Some(Head::Complete { session: None }) => self.pool.least_loaded(),
+                    _ => return Now::NeedsHead,
                 }
-                Some(Head::Complete { session: None }) => self.pool.least_loaded(),
-                _ => return Now::NeedsHead,
-            },
+            }
         };
         let Some(worker) = worker else {
             return Now::NeedsWorker;

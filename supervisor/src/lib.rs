@@ -260,6 +260,24 @@ async fn run_async(
     let addrs: Vec<std::net::SocketAddr> = ours.iter().map(|k| k.addr()).collect();
     bound.extend(ours.into_iter().zip(listeners::bind_all(&addrs)?));
     let admin_listener = listeners::bind_all(&[config.admin_listen])?.remove(0);
+    // `[cluster]`: bound now, so the address peers are told is the real one
+    // (port 0 picks one).
+    config.cluster.read_key()?;
+    let cluster = match config.cluster.listen {
+        None => None,
+        Some(addr) => {
+            let listener = listeners::bind_all(&[addr])?.remove(0);
+            let bound = listener
+                .local_addr()
+                .map_err(listeners::ListenError::LocalAddr)?;
+            let advertise = config
+                .cluster
+                .advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string());
+            Some((ListenerKey::Cluster(bound), listener, advertise))
+        }
+    };
     {
         let addr = admin_listener
             .local_addr()
@@ -290,6 +308,7 @@ async fn run_async(
                         idle_timeout: Duration::from_secs(config.sessions.idle_timeout_secs),
                         heartbeat_every: Duration::from_millis(config.sessions.heartbeat_ms),
                         heartbeat_ttl: Duration::from_millis(config.sessions.heartbeat_ttl_ms),
+                        advertise: cluster.as_ref().map(|(_, _, a)| a.clone()),
                     },
                     metrics.clone(),
                 )
@@ -320,10 +339,15 @@ async fn run_async(
             events: events.clone(),
             config_json: config_json.clone(),
             guard: admin_guard.clone(),
+            store: store.clone(),
         }),
         stop_rx,
     ));
     let mut public = Vec::new();
+    if let Some((key, listener, advertise)) = cluster {
+        info!(%advertise, "in a cluster: other hosts forward to this one");
+        bound.push((key, listener));
+    }
     for (key, listener) in bound {
         public.push(listeners::serve_listener(
             key,

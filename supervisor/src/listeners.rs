@@ -98,7 +98,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ListenerKey {
     Plain(SocketAddr),
-    Tls { index: u16, addr: SocketAddr },
+    Tls {
+        index: u16,
+        addr: SocketAddr,
+    },
+    /// `[cluster] listen`: requests other gateway hosts forward here,
+    /// routed like a plain listener's. Not in [`ListenerKey::all`]: it is
+    /// bound once at start.
+    Cluster(SocketAddr),
 }
 
 impl ListenerKey {
@@ -118,7 +125,7 @@ impl ListenerKey {
 
     pub(crate) fn addr(self) -> SocketAddr {
         match self {
-            Self::Plain(a) | Self::Tls { addr: a, .. } => a,
+            Self::Plain(a) | Self::Tls { addr: a, .. } | Self::Cluster(a) => a,
         }
     }
 
@@ -126,12 +133,13 @@ impl ListenerKey {
         match self {
             Self::Plain(_) => ConnMeta::Plain,
             Self::Tls { index, .. } => ConnMeta::Tls { index },
+            Self::Cluster(_) => ConnMeta::Peer,
         }
     }
 
     pub(crate) fn scheme(self) -> &'static str {
         match self {
-            Self::Plain(_) => "http",
+            Self::Plain(_) | Self::Cluster(_) => "http",
             Self::Tls { .. } => "https",
         }
     }
@@ -184,8 +192,13 @@ pub(crate) fn serve_listener(
     in_flight: Arc<InFlight>,
 ) -> (ListenerKey, watch::Sender<bool>) {
     if let Ok(local) = listener.local_addr() {
-        tracing::info!(%local, scheme = key.scheme(), "listening");
-        crate::announce::listening(key.scheme(), local);
+        if let ListenerKey::Cluster(_) = key {
+            tracing::info!(%local, "cluster listener: forwarded requests from other hosts");
+            crate::announce::cluster(local);
+        } else {
+            tracing::info!(%local, scheme = key.scheme(), "listening");
+            crate::announce::listening(key.scheme(), local);
+        }
     }
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(accept_loop(

@@ -48,6 +48,13 @@ pub(crate) struct Metrics {
     pub claimed: prometheus::IntCounter,
     /// Slots given up on after repeated start failures.
     pub slots_down: IntGauge,
+    /// `[cluster]`: sessions each member host published with its last
+    /// heartbeat, by `host` (bounded by the cluster's size).
+    pub member_sessions: IntGaugeVec,
+    /// `[cluster]`: seconds since each member's last heartbeat, by `host`.
+    pub member_age: prometheus::GaugeVec,
+    /// `[cluster]`: member hosts whose heartbeat is younger than the TTL.
+    pub members_live: IntGauge,
 }
 
 impl Metrics {
@@ -166,6 +173,27 @@ impl Metrics {
             "mcpgw_worker_slots_down",
             "Worker slots marked down after repeated start failures; their sessions are served elsewhere.",
         )?;
+        let member_sessions = IntGaugeVec::new(
+            Opts::new(
+                "mcpgw_cluster_member_sessions",
+                "Sessions each gateway host of the cluster holds, as of its last heartbeat.",
+            ),
+            &["host"],
+        )?;
+        let member_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "mcpgw_cluster_member_heartbeat_age_seconds",
+                "Seconds since each gateway host of the cluster last published its heartbeat.",
+            ),
+            &["host"],
+        )?;
+        let members_live = IntGauge::new(
+            "mcpgw_cluster_members_live",
+            "Gateway hosts of the cluster whose heartbeat has not expired (this one included).",
+        )?;
+        registry.register(Box::new(member_sessions.clone()))?;
+        registry.register(Box::new(member_age.clone()))?;
+        registry.register(Box::new(members_live.clone()))?;
         store_up.set(1);
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
@@ -194,6 +222,9 @@ impl Metrics {
             store_resyncs,
             claimed,
             slots_down,
+            member_sessions,
+            member_age,
+            members_live,
         })
     }
 

@@ -58,6 +58,16 @@ impl Supervisor {
             kept.push("[store] stays (restart to apply)".to_owned());
             new.store.clone_from(&self.config.store);
         }
+        if new.cluster.listen != self.config.cluster.listen
+            || new.cluster.advertise != self.config.cluster.advertise
+        {
+            // The key file may change (it is re-read below and by workers).
+            kept.push("cluster.listen and cluster.advertise stay (restart to apply)".to_owned());
+            new.cluster.listen = self.config.cluster.listen;
+            new.cluster
+                .advertise
+                .clone_from(&self.config.cluster.advertise);
+        }
         if new.runtime_dir != self.config.runtime_dir {
             kept.push("runtime_dir stays (restart to apply)".to_owned());
             new.runtime_dir.clone_from(&self.config.runtime_dir);
@@ -71,6 +81,7 @@ impl Supervisor {
         new.validate().map_err(|e| e.to_string())?;
         // Re-read on every reload, so that a rotated token takes effect.
         let admin_token = new.read_admin_token().map_err(|e| e.to_string())?;
+        new.cluster.read_key().map_err(|e| e.to_string())?;
         for k in &kept {
             warn!("reload: {k}");
         }
@@ -101,6 +112,7 @@ impl Supervisor {
         }
         self.listeners.retain(|(key, stop)| {
             let keep = wanted.contains(key)
+                || matches!(key, ListenerKey::Cluster(_))
                 || (self.socket_activated && matches!(key, ListenerKey::Plain(_)));
             if !keep {
                 info!(addr = %key.addr(), "reload: no longer listening");

@@ -1,8 +1,10 @@
 //! `mcpgw status`: the admin API's view of a running gateway, as a table.
 //!
-//! A plain blocking HTTP/1.1 GET of `/admin/workers` on the admin listener
-//! (with the admin token when given: an admin listener off loopback needs
-//! it); it runs outside the gateway and needs no async runtime.
+//! Plain blocking HTTP/1.1 GETs of `/admin/workers`, then `/admin/cluster`
+//! (the member hosts, when the gateway is in a cluster), on the admin
+//! listener (with the admin token when given: an admin listener off
+//! loopback needs it); it runs outside the gateway and needs no async
+//! runtime.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,17 +35,34 @@ pub enum StatusError {
     Answer { addr: SocketAddr, what: String },
 }
 
-/// Fetch the workers' status and render it as a table. `token`: the admin
-/// API's bearer token (`admin_token_file`), if the caller has it.
+/// Fetch the workers' status (and the cluster's members) and render it as
+/// tables. `token`: the admin API's bearer token (`admin_token_file`), if
+/// the caller has it.
 pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, StatusError> {
+    let workers = get(addr, token, "/admin/workers")?.ok_or_else(|| StatusError::Answer {
+        addr,
+        what: "/admin/workers: 404".to_owned(),
+    })?;
+    let mut out = render(&workers);
+    if let Some(cluster) = get(addr, token, "/admin/cluster")? {
+        out.push_str(&render_members(&cluster));
+    }
+    Ok(out)
+}
+
+/// GET `path` as JSON; `None` for a 404.
+fn get(
+    addr: SocketAddr,
+    token: Option<&AdminToken>,
+    path: &str,
+) -> Result<Option<serde_json::Value>, StatusError> {
     let io = |cause| StatusError::Io { addr, cause };
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|cause| StatusError::Connect { addr, cause })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    let mut request =
-        format!("GET /admin/workers HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         // AdminToken::read admits printable ASCII only.
         request.push_str("Authorization: Bearer ");
@@ -65,12 +84,60 @@ pub fn status(addr: SocketAddr, token: Option<&AdminToken>) -> Result<String, St
     if raw.starts_with(b"HTTP/1.1 401") {
         return Err(StatusError::Unauthorized { addr });
     }
+    if raw.starts_with(b"HTTP/1.1 404") {
+        return Ok(None);
+    }
     if !raw.starts_with(b"HTTP/1.1 200") {
         return Err(bad(&String::from_utf8_lossy(&raw[..split.min(80)])));
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&raw[split + 4..]).map_err(|e| bad(&format!("not JSON: {e}")))?;
-    Ok(render(&doc))
+    serde_json::from_slice(&raw[split + 4..])
+        .map(Some)
+        .map_err(|e| bad(&format!("not JSON: {e}")))
+}
+
+/// The cluster's members, one line each.
+fn render_members(doc: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let members = doc["members"].as_array().unwrap_or(&empty);
+    let mut out = format!("\ncluster members: {}\n", members.len());
+    let rows: Vec<[String; 5]> = members
+        .iter()
+        .map(|m| {
+            let age = m["heartbeat_age_ms"].as_u64().unwrap_or(0);
+            [
+                m["host"].as_str().unwrap_or("?").to_owned(),
+                m["advertise"].as_str().unwrap_or("?").to_owned(),
+                if m["live"].as_bool().unwrap_or(false) {
+                    "live".to_owned()
+                } else {
+                    "expired".to_owned()
+                },
+                format!("{}.{:03}s", age / 1000, age % 1000),
+                m["sessions"].to_string(),
+            ]
+        })
+        .collect();
+    let header = ["HOST", "ADVERTISE", "STATE", "HEARTBEAT AGE", "SESSIONS"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut line = |cells: [&str; 5]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
 }
 
 /// One column: its header and whether it is right-aligned (numbers).
@@ -153,6 +220,28 @@ fn render(doc: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_a_row_per_member() {
+        let doc = serde_json::json!({"members":[
+            {"host":"gw-1","advertise":"10.0.0.1:9000","heartbeat_age_ms":250,"sessions":4,"live":true},
+            {"host":"gw-2","advertise":"10.0.0.2:9000","heartbeat_age_ms":61000,"sessions":0,"live":false}]});
+        let t = render_members(&doc);
+        assert!(t.contains("cluster members: 2"), "{t}");
+        let gw1 = t.lines().find(|l| l.starts_with("gw-1")).expect("gw-1");
+        assert!(
+            gw1.contains("10.0.0.1:9000")
+                && gw1.contains("live")
+                && gw1.contains("0.250s")
+                && gw1.ends_with('4'),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("gw-2") && l.contains("expired") && l.contains("61.000s")),
+            "{t}"
+        );
+    }
 
     #[test]
     fn renders_a_row_per_worker() {

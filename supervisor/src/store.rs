@@ -64,6 +64,11 @@ pub(crate) trait SessionStore: Send + Sync {
     fn len(&self) -> usize;
     /// Every heartbeat period, with the workers alive now (id, pid).
     fn heartbeat(&self, live: &[(WorkerId, u32)]);
+    /// `[cluster]`: the member hosts as of the last heartbeat; `None` when
+    /// this host is not in a cluster.
+    fn members(&self) -> Option<Vec<crate::redis_store::MemberView>> {
+        None
+    }
     /// The supervisor is exiting.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

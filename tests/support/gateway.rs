@@ -25,6 +25,7 @@ const LISTENING_PREFIX: &str = "mcpgw listening http://";
 const READY_PREFIX: &str = "mcpgw ready workers=";
 const ADMIN_PREFIX: &str = "mcpgw admin http://";
 const TLS_PREFIX: &str = "mcpgw listening https://";
+const CLUSTER_PREFIX: &str = "mcpgw cluster http://";
 
 /// A line of `mcpgw serve`'s stdout in its text form: JSON mode's
 /// `{"event":"listening","url":"http://A"}` becomes `mcpgw listening http://A`
@@ -41,6 +42,7 @@ pub fn announcement_text(line: &str) -> String {
     ) {
         (Some("admin"), Some(url), _) => format!("mcpgw admin {url}"),
         (Some("listening"), Some(url), _) => format!("mcpgw listening {url}"),
+        (Some("cluster"), Some(url), _) => format!("mcpgw cluster {url}"),
         (Some("ready"), _, Some(n)) => format!("mcpgw ready workers={n}"),
         _ => line.to_owned(),
     }
@@ -134,6 +136,9 @@ pub struct EndpointConfig {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub workers: usize,
+    /// The IP address the public and admin listeners bind (ephemeral
+    /// ports); 127.0.0.1 unless set.
+    pub ip: Option<String>,
     pub upstreams: Vec<UpstreamConfig>,
     pub endpoints: Vec<EndpointConfig>,
     pub namespace_separator: Option<String>,
@@ -162,6 +167,7 @@ impl GatewayConfig {
     pub fn new(workers: usize) -> Self {
         Self {
             workers,
+            ip: None,
             upstreams: Vec::new(),
             endpoints: Vec::new(),
             namespace_separator: None,
@@ -197,8 +203,9 @@ impl GatewayConfig {
 
     pub fn to_toml(&self) -> String {
         let mut t = String::new();
-        let _ = writeln!(t, "listen = [\"127.0.0.1:0\"]");
-        let _ = writeln!(t, "admin_listen = \"127.0.0.1:0\"");
+        let ip = self.ip.as_deref().unwrap_or("127.0.0.1");
+        let _ = writeln!(t, "listen = [\"{ip}:0\"]");
+        let _ = writeln!(t, "admin_listen = \"{ip}:0\"");
         let _ = writeln!(t, "workers = {}", self.workers);
         if let Some(dir) = &self.runtime_dir {
             let _ = writeln!(t, "runtime_dir = {}", quote(&dir.to_string_lossy()));
@@ -272,6 +279,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// TLS listeners, in configuration order.
     pub tls_listeners: Vec<SocketAddr>,
+    /// The cluster listener (`[cluster] listen`), if announced.
+    pub cluster: Option<SocketAddr>,
     /// The stdout lines up to and including the ready line, as printed.
     pub stdout_lines: Vec<String>,
     _stdout: LineReader,
@@ -311,6 +320,7 @@ impl Gateway {
         let mut listeners = Vec::new();
         let mut admin = None;
         let mut tls_listeners = Vec::new();
+        let mut cluster = None;
         let mut seen = Vec::new();
         let mut stdout_lines = Vec::new();
         let workers = loop {
@@ -342,6 +352,12 @@ impl Gateway {
                         .parse()
                         .with_context(|| format!("address in {line:?}"))?,
                 );
+            } else if let Some(addr) = line.strip_prefix(CLUSTER_PREFIX) {
+                cluster = Some(
+                    addr.trim()
+                        .parse()
+                        .with_context(|| format!("address in {line:?}"))?,
+                );
             } else if let Some(addr) = line.strip_prefix(ADMIN_PREFIX) {
                 admin = Some(
                     addr.trim()
@@ -366,6 +382,7 @@ impl Gateway {
             workers,
             admin,
             tls_listeners,
+            cluster,
             stdout_lines,
             _stdout: stdout,
             _dir: dir,

@@ -41,6 +41,12 @@ pub(crate) struct Ctx {
     /// `[log] access`, as of the last (re)load: read by every request, so
     /// kept apart from `live`.
     pub access_log: std::sync::atomic::AtomicBool,
+    /// `[cluster]`: which host owns sessions of other hosts (a cache).
+    pub owners: crate::cluster::Owners,
+    /// `[cluster]`: nonces of requests other hosts forwarded here.
+    pub replays: crate::cluster::Replays,
+    /// `[cluster]`: refusals on the cluster listener, logged throttled.
+    pub refusals: crate::cluster::RefusalLog,
 }
 
 /// The configuration in force and what is built from it.
@@ -58,6 +64,10 @@ pub(crate) struct Live {
     pub tls: Vec<tokio_rustls::TlsAcceptor>,
     /// The front door (`[auth]`); `None`: requests are not authenticated.
     pub auth: Option<Arc<crate::auth::Gate>>,
+    /// `[cluster] key_file`, read on every (re)load: signs and checks
+    /// requests between hosts and tags session ids. `None` outside a
+    /// cluster.
+    pub cluster_key: Option<Arc<mcpgw_protocol::cluster::ClusterKey>>,
 }
 
 impl Ctx {
@@ -210,9 +220,15 @@ impl Live {
         );
         let auth = crate::auth::Gate::build(&config, previous.and_then(|p| p.auth.as_deref()))
             .map_err(WorkerError::AuthKeys)?;
+        let cluster_key = config
+            .cluster
+            .read_key()
+            .map_err(|e| WorkerError::Cluster(e.to_string()))?
+            .map(Arc::new);
         Ok((
             Self {
                 auth,
+                cluster_key,
                 tls,
                 endpoints: crate::endpoints::endpoints(
                     &config,
@@ -263,5 +279,8 @@ pub(crate) fn build_ctx(
         parked,
         stopping,
         access_log: std::sync::atomic::AtomicBool::new(config.log.access),
+        owners: crate::cluster::Owners::default(),
+        replays: crate::cluster::Replays::default(),
+        refusals: crate::cluster::RefusalLog::default(),
     })
 }

@@ -29,6 +29,8 @@ pub enum WorkerError {
     Tls(String),
     #[error("[auth] keys: {0}")]
     AuthKeys(crate::auth::keys::KeysError),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 // By hand, not `#[from]`: the message already carries the cause, and a

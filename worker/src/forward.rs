@@ -1,4 +1,5 @@
-//! Forwarding a request to the worker that owns its session.
+//! Forwarding a request to the worker, or the gateway host, that owns its
+//! session.
 //!
 //! Used when a connection reaches a worker that does not own the session of
 //! one of its requests (a keep-alive connection carrying several sessions,
@@ -7,6 +8,15 @@
 //! `x-mcpgw-forwarded` so the owner never forwards it again (one hop at most).
 //! While the owner restarts, connecting is retried for the dispatch wait,
 //! then the client gets 503 with `Retry-After`.
+//!
+//! A session another gateway host owns (`[cluster]`) is forwarded the same
+//! way, with the same headers ([`Forwarder::prepare`]: one contract for
+//! both hops), over TCP to that host's cluster listener, and signed
+//! ([`crate::cluster::sign`]). That host's supervisor routes it to the
+//! owning worker, which never forwards it to a third host. A host that
+//! cannot be reached is the caller's to handle ([`Forwarder::connect_host`]
+//! gives the request back untouched); one that answers 421 (it does not own
+//! the session any more) becomes a 503 with `Retry-After` for the client.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,8 +30,27 @@ use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Peer;
 use crate::http::body::{self, Body};
 use crate::http::server::ReqBody;
+
+/// Longest wait for a TCP connection to another gateway host.
+const HOST_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A connection to another host's cluster listener, ready for one request.
+pub(crate) type HostConn = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// How a request forwarded to another host ended, for
+/// `mcpgw_cluster_forwarded_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostOutcome {
+    /// The host answered (whatever the status, but 421).
+    Answered,
+    /// The host does not own the session (any more): 421.
+    Misdirected,
+    /// The request was sent and the exchange failed.
+    Failed,
+}
 
 pub(crate) struct Forwarder {
     runtime_dir: PathBuf,
@@ -54,11 +83,7 @@ impl Forwarder {
         client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         if let ReqBody::TooLarge { limit } = req.body() {
-            // The owner would refuse it too; its body was never read.
-            info!(limit, "request body too large (not forwarded)");
-            let mut r = Response::new(body::full(format!("request body exceeds {limit} bytes\n")));
-            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return r;
+            return too_large(*limit);
         }
         let path = socket_path(&self.runtime_dir, owner);
         let deadline = Instant::now() + self.wait;
@@ -88,9 +113,29 @@ impl Forwarder {
                 debug!(error = %e, "forward connection ended with an error");
             }
         });
+        let (mut parts, body) = req.into_parts();
+        self.prepare(&mut parts, principal, client);
+        match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
+            Err(e) => {
+                warn!(owner, error = %e, "forwarded request failed");
+                unavailable()
+            }
+        }
+    }
+
+    /// The forwarding contract, the same for both hops: no gateway-internal
+    /// header of the client's survives; the request is marked forwarded and
+    /// carries the client's address and the established principal in place
+    /// of the token.
+    fn prepare(
+        &self,
+        parts: &mut http::request::Parts,
+        principal: Option<&crate::auth::Principal>,
+        client: Option<std::net::IpAddr>,
+    ) {
         // (No `Connection` header to drop: the server keeps hop-by-hop
         // headers out of the map, see `wire::header_lines`.)
-        let (mut parts, body) = req.into_parts();
         let internal: Vec<_> = parts
             .headers
             .keys()
@@ -113,14 +158,89 @@ impl Forwarder {
                 parts.headers.insert(crate::auth::PRINCIPAL_HEADER, v);
             }
         }
-        match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
+    }
+
+    /// A connection to `peer`'s cluster listener; `None` (logged) if it
+    /// cannot be had within [`HOST_CONNECT_TIMEOUT`].
+    pub(crate) async fn connect_host(&self, peer: &Peer) -> Option<HostConn> {
+        let stream = match tokio::time::timeout(
+            HOST_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(&*peer.addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                info!(peer = %peer.host, addr = %peer.addr, error = %e, "gateway host unreachable");
+                return None;
+            }
+            Err(_) => {
+                info!(peer = %peer.host, addr = %peer.addr, "gateway host did not accept in time");
+                return None;
+            }
+        };
+        // Small SSE writes must not wait for Nagle on this hop either.
+        let _ = stream.set_nodelay(true);
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "connection to a gateway host ended with an error");
+                    }
+                });
+                Some(sender)
+            }
             Err(e) => {
-                warn!(owner, error = %e, "forwarded request failed");
-                unavailable()
+                info!(peer = %peer.host, error = %e, "handshake with a gateway host failed");
+                None
             }
         }
     }
+
+    /// Send `req` over `conn` to another gateway host, signed with `key`,
+    /// and relay the answer (streamed).
+    pub(crate) async fn forward_to_host(
+        &self,
+        mut conn: HostConn,
+        peer: &Peer,
+        req: Request<ReqBody>,
+        principal: Option<&crate::auth::Principal>,
+        client: Option<std::net::IpAddr>,
+        key: &mcpgw_protocol::cluster::ClusterKey,
+    ) -> (Response<Body>, HostOutcome) {
+        let (mut parts, body) = req.into_parts();
+        let bytes = match &body {
+            ReqBody::Whole(b) => b.as_deref().unwrap_or_default(),
+            ReqBody::TooLarge { limit } => return (too_large(*limit), HostOutcome::Answered),
+        };
+        self.prepare(&mut parts, principal, client);
+        if let Err(e) = crate::cluster::sign(key, &mut parts, bytes) {
+            warn!(error = %e, "cannot sign a forwarded request (no randomness)");
+            return (unavailable(), HostOutcome::Failed);
+        }
+        match conn.send_request(Request::from_parts(parts, body)).await {
+            Ok(resp) if resp.status() == StatusCode::MISDIRECTED_REQUEST => {
+                info!(peer = %peer.host, "gateway host no longer owns the session; the client retries");
+                (unavailable(), HostOutcome::Misdirected)
+            }
+            Ok(resp) => (
+                resp.map(|b| b.map_err(Into::into).boxed()),
+                HostOutcome::Answered,
+            ),
+            Err(e) => {
+                warn!(peer = %peer.host, error = %e, "request forwarded to a gateway host failed");
+                (unavailable(), HostOutcome::Failed)
+            }
+        }
+    }
+}
+
+/// The owner would refuse it too; its body was never read.
+fn too_large(limit: usize) -> Response<Body> {
+    info!(limit, "request body too large (not forwarded)");
+    let mut r = Response::new(body::full(format!("request body exceeds {limit} bytes\n")));
+    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    r
 }
 
 fn unavailable() -> Response<Body> {

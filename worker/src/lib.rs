@@ -14,7 +14,9 @@
 //! - [`front`]: from an HTTP request to an MCP request and back, for each
 //!   protocol era ([`front::stateful`] with sessions, [`front::stateless`]
 //!   for 2026-07-28).
-//! - [`forward`]: requests for sessions another worker owns.
+//! - [`forward`]: requests for sessions another worker (or another
+//!   gateway host) owns; [`cluster`]: signing and checking requests
+//!   between hosts, the cache of other hosts' sessions.
 //! - [`route`]: era-neutral routing of a request to upstreams (namespacing,
 //!   merged lists), with a [`route::source::Source`] of upstream sessions.
 //! - [`session`]: the downstream sessions this worker owns, their upstream
@@ -43,6 +45,7 @@
 mod auth;
 mod authz;
 mod bounded;
+mod cluster;
 mod ctx;
 mod endpoints;
 mod error;

@@ -233,11 +233,21 @@ pub(crate) struct Metrics {
     pub authz_decisions: IntCounterVec,
     /// `endpoint`, `scope` (principal, endpoint): requests refused with 429.
     pub rate_limited: IntCounterVec,
-    /// `answer` (record, absent, withheld): record look-ups sent to the
+    /// `answer` (record, absent, withheld, elsewhere): record look-ups sent to the
     /// supervisor for a session id this worker does not hold.
     pub store_fetches: IntCounterVec,
     /// Look-ups answered by the negative cache instead.
     pub store_fetches_cached: IntCounter,
+    /// `[cluster]`: requests forwarded to another gateway host, by `peer`
+    /// (its host name; bounded by the cluster's size) and `outcome` (ok,
+    /// unreachable, misdirected).
+    pub cluster_forwarded: IntCounterVec,
+    /// `[cluster]`: requests on the cluster listener refused with 403, by
+    /// `reason` ([`mcpgw_protocol::cluster::Refusal::LABELS`]).
+    pub cluster_refused: IntCounterVec,
+    /// `[cluster]`: session ids without the cluster's tag, answered 404
+    /// without a store look-up.
+    pub untagged_ids: IntCounter,
     /// Children of `requests` and `duration`, looked up by label once each
     /// and kept: a lookup hashes the labels and takes a lock on every request.
     /// Filled on first use, so a series appears when it first counts.
@@ -389,6 +399,30 @@ impl Metrics {
             crate::auth::Decision::LABELS.map(|o| auth_vec.with_label_values(&[o]));
         registry.register(Box::new(store_fetches.clone()))?;
         registry.register(Box::new(store_fetches_cached.clone()))?;
+        let cluster_forwarded = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_cluster_forwarded_total",
+                "Requests forwarded to the gateway host that owns their session, by peer host and outcome (ok, unreachable, misdirected).",
+            ),
+            &["peer", "outcome"],
+        )?;
+        let cluster_refused = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_cluster_refused_total",
+                "Requests on the cluster listener refused with 403, by reason (missing, skew, bad_signature, replay).",
+            ),
+            &["reason"],
+        )?;
+        for reason in mcpgw_protocol::cluster::Refusal::LABELS {
+            cluster_refused.with_label_values(&[reason]);
+        }
+        let untagged_ids = IntCounter::new(
+            "mcpgw_cluster_untagged_session_ids_total",
+            "Session ids without the cluster key's tag (forged or random), answered 404 without a store look-up.",
+        )?;
+        registry.register(Box::new(cluster_forwarded.clone()))?;
+        registry.register(Box::new(cluster_refused.clone()))?;
+        registry.register(Box::new(untagged_ids.clone()))?;
         // Endpoint paths come from the config; kinds and decisions are fixed.
         let authz_decisions = IntCounterVec::new(
             Opts::new(
@@ -469,6 +503,9 @@ impl Metrics {
             rate_limited,
             store_fetches,
             store_fetches_cached,
+            cluster_forwarded,
+            cluster_refused,
+            untagged_ids,
             request_children: Default::default(),
             duration_children: Default::default(),
             upstream_requests,

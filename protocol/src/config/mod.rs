@@ -66,6 +66,15 @@ mod listen_addr {
         super::parse_listen_addr(&text).map_err(D::Error::custom)
     }
 
+    pub(super) fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        if !d.is_human_readable() {
+            return Option::<SocketAddr>::deserialize(d);
+        }
+        Option::<String>::deserialize(d)?
+            .map(|text| super::parse_listen_addr(&text).map_err(D::Error::custom))
+            .transpose()
+    }
+
     pub(super) fn many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
         if !d.is_human_readable() {
             return Vec::<SocketAddr>::deserialize(d);
@@ -115,6 +124,8 @@ pub struct Config {
     pub security: Security,
     pub shutdown: Shutdown,
     pub store: Store,
+    /// `[cluster]`: several gateway hosts on one Redis.
+    pub cluster: Cluster,
     /// `[auth]` (bearer tokens on every MCP request), `"off"`, or unset
     /// (allowed only while every listener is on loopback).
     pub auth: AuthSetting,
@@ -144,6 +155,7 @@ impl Default for Config {
             security: Security::default(),
             shutdown: Shutdown::default(),
             store: Store::default(),
+            cluster: Cluster::default(),
             auth: AuthSetting::Unset,
             upstream: Vec::new(),
             endpoint: Vec::new(),
@@ -336,6 +348,88 @@ impl Default for Store {
             host: None,
         }
     }
+}
+
+/// Several gateway hosts on one Redis (`[cluster]`, see
+/// [`crate::cluster`]): a request for a session another live host owns is
+/// forwarded to that host's internal listener, signed with the shared key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// The internal listener other hosts forward to (an IP address and a
+    /// port; port 0 picks one). Unset: this host neither forwards to nor
+    /// takes requests from others.
+    #[serde(deserialize_with = "listen_addr::opt")]
+    pub listen: Option<SocketAddr>,
+    /// `host:port` other hosts reach `listen` at, published in Redis with
+    /// this host's heartbeat. Default: the address `listen` is bound to
+    /// (required when that is 0.0.0.0 or [::]).
+    pub advertise: Option<String>,
+    /// A file holding the key shared by every host (at least 32 bytes;
+    /// e.g. `openssl rand -hex 32`): it signs forwarded requests and tags
+    /// session ids.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Cluster {
+    fn validate(&self, store: &Store) -> Result<(), ConfigError> {
+        let Some(listen) = self.listen else {
+            for (key, set) in [
+                ("cluster.advertise", self.advertise.is_some()),
+                ("cluster.key_file", self.key_file.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(key, "needs cluster.listen"));
+                }
+            }
+            return Ok(());
+        };
+        if store.redis_url.is_none() {
+            return Err(invalid(
+                "cluster.listen",
+                "needs store.redis_url: the hosts of a cluster share their sessions through Redis",
+            ));
+        }
+        if self.key_file.is_none() {
+            return Err(invalid(
+                "cluster.key_file",
+                "required with cluster.listen: forwarding between hosts is authenticated",
+            ));
+        }
+        match &self.advertise {
+            None if listen.ip().is_unspecified() => Err(invalid(
+                "cluster.advertise",
+                format!("required because cluster.listen ({listen}) names no single address"),
+            )),
+            None => Ok(()),
+            Some(a) if !is_host_port(a) => Err(invalid(
+                "cluster.advertise",
+                format!("{a:?} must be host:port (a name or an IP address, and a port 1-65535)"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Read `key_file`, if set. Separate from [`Config::validate`] because
+    /// it touches the file system; run at start, on each reload and by
+    /// `check-config`.
+    pub fn read_key(&self) -> Result<Option<crate::cluster::ClusterKey>, ConfigError> {
+        self.key_file
+            .as_deref()
+            .map(crate::cluster::ClusterKey::read)
+            .transpose()
+            .map_err(|reason| invalid("cluster.key_file", reason))
+    }
+}
+
+/// `host:port` with a non-empty host of printable ASCII and a port 1-65535.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 /// Whether `name` may appear in a store key: non-empty, at most 64 bytes of

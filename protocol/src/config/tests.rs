@@ -623,3 +623,51 @@ fn an_https_token_endpoint_allows_tls_keys_on_an_http_upstream() {
     let e = Config::parse_with(&plain, &Env).expect_err("no https anywhere");
     assert!(e.to_string().starts_with("upstream[0].ca_file:"), "{e}");
 }
+
+#[test]
+fn cluster_needs_redis_a_key_and_an_address_peers_can_reach() {
+    let redis = "[store]\nredis_url = \"redis://127.0.0.1:6379/\"\n";
+    let ok = Config::parse(&format!(
+        "{redis}[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/etc/mcpgw/cluster.key\"\n"
+    ))
+    .expect("a cluster host");
+    assert_eq!(
+        ok.cluster.listen,
+        Some("10.0.0.2:9000".parse().expect("addr"))
+    );
+    assert_eq!(ok.cluster.advertise, None);
+    assert!(Config::default().cluster.listen.is_none());
+
+    assert!(
+        err("[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/k\"\n")
+            .starts_with("cluster.listen: needs store.redis_url")
+    );
+    assert!(
+        err(&format!("{redis}[cluster]\nlisten = \"10.0.0.2:9000\"\n"))
+            .starts_with("cluster.key_file:")
+    );
+    assert!(
+        err(&format!(
+            "{redis}[cluster]\nlisten = \"0.0.0.0:9000\"\nkey_file = \"/k\"\n"
+        ))
+        .starts_with("cluster.advertise: required")
+    );
+    for bad in ["gw-2", "gw-2:0", ":9000", "gw/2:9000", "gw-2:99999"] {
+        assert!(
+            err(&format!(
+                "{redis}[cluster]\nlisten = \"0.0.0.0:9000\"\nadvertise = \"{bad}\"\nkey_file = \"/k\"\n"
+            ))
+            .starts_with("cluster.advertise:"),
+            "{bad}"
+        );
+    }
+    Config::parse(&format!(
+        "{redis}[cluster]\nlisten = \"0.0.0.0:9000\"\nadvertise = \"gw-2.internal:9000\"\nkey_file = \"/k\"\n"
+    ))
+    .expect("advertised by name");
+    assert!(
+        err("[cluster]\nadvertise = \"gw-2:9000\"\n")
+            .starts_with("cluster.advertise: needs cluster.listen")
+    );
+    assert!(err("[cluster]\nlisten = \"gw-2:9000\"\n").contains("not an IP address"));
+}

@@ -32,7 +32,8 @@ use mcpgw_protocol::config::Store as StoreConfig;
 use mcpgw_protocol::control::WorkerId;
 use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::{
-    Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite, keys, owner_id, parse_owner_id,
+    Fetched, Member, SessionCap, SessionCaps, SessionRecord, StoreWrite, keys, owner_id,
+    parse_owner_id,
 };
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -44,7 +45,7 @@ use crate::store::{BoxFuture, Records, SessionStore};
 
 mod scripts;
 
-use scripts::Scripts;
+use scripts::{Claim, Scripts};
 
 /// Longest wait for one Redis answer; a fetch (a client waiting) gives up
 /// sooner than the worker's own deadline.
@@ -67,6 +68,26 @@ pub(crate) fn connect(url: &str) -> Result<ConnectionManager, RedisStoreError> {
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config).map_err(RedisStoreError::Url)
+}
+
+/// Why Redis handed out no record.
+enum Miss {
+    /// Redis holds no record of the session.
+    Absent,
+    /// Its owner is alive or changed, or Redis could not be asked.
+    Withheld,
+    /// A live worker of another cluster member owns it.
+    Elsewhere { host: String, advertise: String },
+}
+
+/// A cluster member as this host last read it from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MemberView {
+    pub host: String,
+    pub advertise: String,
+    pub heartbeat_age_ms: u64,
+    pub sessions: u64,
+    pub live: bool,
 }
 
 /// A reassignment Redis has not seen yet.
@@ -102,6 +123,11 @@ struct Shared {
     /// Last known state of Redis, to log transitions once, not every retry.
     up: AtomicBool,
     metrics: Arc<Metrics>,
+    /// `[cluster]`: where peers reach this host's internal listener; it is
+    /// published with every heartbeat.
+    advertise: Option<String>,
+    /// `[cluster]`: the members as of the last heartbeat.
+    members: Mutex<Vec<MemberView>>,
 }
 
 pub(crate) struct RedisStore {
@@ -114,6 +140,8 @@ pub(crate) struct Settings {
     pub idle_timeout: Duration,
     pub heartbeat_every: Duration,
     pub heartbeat_ttl: Duration,
+    /// `[cluster]`: the address published for peers (`advertise`).
+    pub advertise: Option<String>,
 }
 
 impl RedisStore {
@@ -139,6 +167,8 @@ impl RedisStore {
             wake: Notify::new(),
             up: AtomicBool::new(true),
             metrics,
+            advertise: settings.advertise,
+            members: Mutex::new(Vec::new()),
         });
         tokio::spawn(sync(shared.clone()));
         Ok(Self { shared })
@@ -207,26 +237,29 @@ impl Shared {
     }
 
     /// The record of `id` from Redis, claimed for `asker` if its owner is
-    /// dead. `Err(absent)`: none to hand out; `absent` when Redis holds no
-    /// record of it at all (the only answer a worker may remember).
-    async fn fetch_remote(&self, id: SessionId, asker: WorkerId) -> Result<SessionRecord, bool> {
+    /// dead; else why there is none to hand out ([`Miss`]).
+    async fn fetch_remote(&self, id: SessionId, asker: WorkerId) -> Result<SessionRecord, Miss> {
         let mut conn = self.conn.clone();
         let me = self.owner(asker);
         let (owner, json) = match self.scripts.get(&mut conn, &id).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 self.came_up();
-                return Err(true);
+                return Err(Miss::Absent);
             }
             Err(e) => {
                 self.went_down("fetch", &e);
-                return Err(false);
+                return Err(Miss::Withheld);
             }
         };
         let json = if owner == me {
             json
         } else {
-            let check_heartbeat = self.claim_rule(&owner).ok_or(false)?;
+            let check_heartbeat = self.claim_rule(&owner).ok_or(Miss::Withheld)?;
+            // Another host's worker: if it is alive, where to forward to.
+            let owner_host = parse_owner_id(&owner)
+                .map(|(h, _)| h)
+                .filter(|h| *h != self.host && self.advertise.is_some());
             match self
                 .scripts
                 .claim(
@@ -235,22 +268,39 @@ impl Shared {
                     &owner,
                     &me,
                     check_heartbeat,
+                    owner_host,
                     self.record_ttl_ms,
                 )
                 .await
             {
-                Ok(Some(json)) => {
+                Ok(Claim::Claimed(json)) => {
                     info!(session = %id, from = owner, to = me, "session claimed from a dead owner");
                     self.metrics.claimed.inc();
                     json
                 }
-                Ok(None) => {
-                    debug!(session = %id, owner, "session not claimed: its owner is alive or changed");
-                    return Err(false);
+                Ok(Claim::Alive(member)) => {
+                    self.came_up();
+                    let advertise = member
+                        .and_then(|m| serde_json::from_str::<Member>(&m).ok())
+                        .map(|m| m.advertise);
+                    return match (owner_host, advertise) {
+                        (Some(host), Some(advertise)) => Err(Miss::Elsewhere {
+                            host: host.to_owned(),
+                            advertise,
+                        }),
+                        _ => {
+                            debug!(session = %id, owner, "session not claimed: its owner is alive (and not reachable as a cluster member)");
+                            Err(Miss::Withheld)
+                        }
+                    };
+                }
+                Ok(Claim::Changed) => {
+                    debug!(session = %id, owner, "session not claimed: its owner changed");
+                    return Err(Miss::Withheld);
                 }
                 Err(e) => {
                     self.went_down("fetch", &e);
-                    return Err(false);
+                    return Err(Miss::Withheld);
                 }
             }
         };
@@ -259,12 +309,12 @@ impl Shared {
             Ok(r) => r,
             Err(e) => {
                 warn!(session = %id, error = %e, "unreadable session record in Redis; ignored");
-                return Err(false);
+                return Err(Miss::Withheld);
             }
         };
         if record.id != id.as_str() {
             warn!(session = %id, "session record in Redis names another session; ignored");
-            return Err(false);
+            return Err(Miss::Withheld);
         }
         self.records(|r| r.adopt(record.clone(), asker));
         let mut record = record;
@@ -347,11 +397,41 @@ impl Shared {
         }
         pipe.cmd("GET")
             .arg(keys::host(&self.scripts.prefix, &self.host));
+        let now_ms = mcpgw_protocol::cluster::now_ms();
+        if let Some(advertise) = &self.advertise {
+            let me = Member {
+                advertise: advertise.clone(),
+                beat_ms: now_ms,
+                sessions: self.records(|r| r.len()) as u64,
+            };
+            let members = keys::members(&self.scripts.prefix);
+            if let Ok(json) = serde_json::to_string(&me) {
+                pipe.cmd("HSET")
+                    .arg(&members)
+                    .arg(&self.host)
+                    .arg(json)
+                    .ignore();
+            }
+            pipe.cmd("HGETALL").arg(&members);
+        }
         let mut conn = self.conn.clone();
-        let marker: Result<(Option<u64>,), RedisError> = pipe.query_async(&mut conn).await;
-        match marker {
-            Ok((marker,)) => {
+        type Members = std::collections::HashMap<String, String>;
+        let answer: Result<(Option<u64>, Option<Members>), RedisError> = if self.advertise.is_some()
+        {
+            pipe.query_async(&mut conn)
+                .await
+                .map(|(m, all): (Option<u64>, Members)| (m, Some(all)))
+        } else {
+            pipe.query_async(&mut conn)
+                .await
+                .map(|(m,): (Option<u64>,)| (m, None))
+        };
+        match answer {
+            Ok((marker, members)) => {
                 self.came_up();
+                if let Some(members) = members {
+                    self.note_members(&members, now_ms);
+                }
                 if marker != Some(self.boot) {
                     let ids = self.records(|r| r.ids());
                     if marker.is_some() || !ids.is_empty() {
@@ -379,6 +459,49 @@ impl Shared {
                 self.went_down("heartbeat", &e);
                 false
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Keep the members Redis listed (`HGETALL` of [`keys::members`]) for
+    /// `/admin/cluster`, and set their metrics.
+    fn note_members(&self, members: &std::collections::HashMap<String, String>, now_ms: u64) {
+        let mut views: Vec<MemberView> = members
+            .iter()
+            .filter_map(|(host, json)| {
+                let m: Member = serde_json::from_str(json)
+                    .inspect_err(|e| debug!(host, error = %e, "unreadable cluster member entry"))
+                    .ok()?;
+                let age = now_ms.saturating_sub(m.beat_ms);
+                Some(MemberView {
+                    host: host.clone(),
+                    advertise: m.advertise,
+                    heartbeat_age_ms: age,
+                    sessions: m.sessions,
+                    live: age <= self.heartbeat_ttl_ms,
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| a.host.cmp(&b.host));
+        self.metrics.member_sessions.reset();
+        self.metrics.member_age.reset();
+        for v in &views {
+            self.metrics
+                .member_sessions
+                .with_label_values(&[&v.host])
+                .set(i64::try_from(v.sessions).unwrap_or(i64::MAX));
+            self.metrics
+                .member_age
+                .with_label_values(&[&v.host])
+                .set(v.heartbeat_age_ms as f64 / 1000.0);
+        }
+        self.metrics
+            .members_live
+            .set(views.iter().filter(|v| v.live).count() as i64);
+        match self.members.lock() {
+            Ok(mut m) => *m = views,
+            Err(poisoned) => *poisoned.into_inner() = views,
         }
     }
 }
@@ -451,8 +574,11 @@ impl SessionStore for RedisStore {
                 .await
             {
                 Ok(Ok(record)) => Fetched::Record(Box::new(record)),
-                Ok(Err(true)) => Fetched::Absent,
-                Ok(Err(false)) | Err(_) => Fetched::Withheld,
+                Ok(Err(Miss::Absent)) => Fetched::Absent,
+                Ok(Err(Miss::Elsewhere { host, advertise })) => {
+                    Fetched::Elsewhere { host, advertise }
+                }
+                Ok(Err(Miss::Withheld)) | Err(_) => Fetched::Withheld,
             }
         })
     }
@@ -504,6 +630,14 @@ impl SessionStore for RedisStore {
             p.live.clear();
             p.live.extend_from_slice(live);
         });
+    }
+
+    fn members(&self) -> Option<Vec<MemberView>> {
+        self.shared.advertise.as_ref()?;
+        Some(match self.shared.members.lock() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -584,10 +718,10 @@ mod tests {
                 let mut won = 0;
                 for id in ids.iter().rev() {
                     if scripts
-                        .claim(&mut conn, id, dead, claimer, true, 60_000)
+                        .claim(&mut conn, id, dead, claimer, true, None, 60_000)
                         .await
                         .expect("claim")
-                        .is_some()
+                        != Claim::Changed
                     {
                         won += 1;
                     }
@@ -633,6 +767,25 @@ mod tests {
         assert_eq!(dead_set, 0);
     }
 
+    /// `west/0/1` claims the session of `east/0/1` (a cluster member).
+    async fn claim_as_west(scripts: &Scripts, conn: &mut ConnectionManager) -> Claim {
+        let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
+        scripts
+            .claim(
+                conn,
+                &id,
+                "east/0/1",
+                "west/0/1",
+                true,
+                Some("east"),
+                60_000,
+            )
+            .await
+            .expect("claim")
+    }
+
+    const CLAIMED: &str = "abcdefghijklmnopqrstuvwxyz";
+
     /// A claim on another host's worker waits for its heartbeat to expire;
     /// a put never overwrites another host's record.
     #[tokio::test]
@@ -640,7 +793,7 @@ mod tests {
         let server = RedisServer::start().expect("redis-server");
         let mut conn = connect(&server.url()).expect("client");
         let scripts = Scripts::new("hb:");
-        let id = SessionId::mint_for_slot(0, 1).expect("id");
+        let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
         let owner = "east/0/1";
         assert!(
             scripts
@@ -655,10 +808,25 @@ mod tests {
             .await
             .expect("set heartbeat");
         let claim = scripts
-            .claim(&mut conn, &id, owner, "west/0/1", true, 60_000)
+            .claim(&mut conn, &id, owner, "west/0/1", true, None, 60_000)
             .await
             .expect("claim");
-        assert_eq!(claim, None, "the owner is alive");
+        assert_eq!(claim, Claim::Alive(None), "the owner is alive");
+        // A cluster member: its entry comes back, to forward to.
+        let _: () = redis::cmd("HSET")
+            .arg(keys::members("hb:"))
+            .arg("east")
+            .arg(r#"{"advertise":"10.0.0.1:9000","beat_ms":1,"sessions":1}"#)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let claim = claim_as_west(&scripts, &mut conn).await;
+        assert_eq!(
+            claim,
+            Claim::Alive(Some(
+                r#"{"advertise":"10.0.0.1:9000","beat_ms":1,"sessions":1}"#.into()
+            ))
+        );
         assert!(
             !scripts
                 .put(&mut conn, "west", "west/0/1", &record(&id), &id, 60_000)
@@ -677,11 +845,11 @@ mod tests {
             .query_async(&mut conn)
             .await
             .expect("del heartbeat");
-        let claim = scripts
-            .claim(&mut conn, &id, owner, "west/0/1", true, 60_000)
-            .await
-            .expect("claim");
-        assert!(claim.is_some(), "a dead owner's session is claimed");
+        let claim = claim_as_west(&scripts, &mut conn).await;
+        assert!(
+            matches!(claim, Claim::Claimed(_)),
+            "a dead owner's session is claimed"
+        );
         let (now, _) = scripts
             .get(&mut conn, &id)
             .await

@@ -33,15 +33,31 @@ return 1
 
 const CLAIM: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur ~= ARGV[1] then return false end
-if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then return false end
+if cur ~= ARGV[1] then return {0, ''} end
+if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then
+  local member = false
+  if ARGV[7] ~= '' then member = redis.call('HGET', ARGV[7], ARGV[8]) end
+  return {1, member or ''}
+end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('SREM', ARGV[4] .. cur, ARGV[5])
 redis.call('SADD', ARGV[4] .. ARGV[2], ARGV[5])
 redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[6])
-return redis.call('HGET', KEYS[1], 'record')
+return {2, redis.call('HGET', KEYS[1], 'record') or ''}
 ";
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The record (JSON), now the asker's.
+    Claimed(String),
+    /// The expected owner still has a heartbeat; with its host's entry in
+    /// the cluster's members (JSON), if asked for and present.
+    Alive(Option<String>),
+    /// The record is gone or has another owner now.
+    Changed,
+}
 
 const REASSIGN: &str = r"
 local moved = 0
@@ -128,8 +144,10 @@ impl Scripts {
     }
 
     /// Compare-and-swap the owner of `id` from `expected` to `new`; with
-    /// `unless_heartbeat`, only while `expected` has no heartbeat. Returns
-    /// the record (JSON) if the swap happened.
+    /// `unless_heartbeat`, only while `expected` has no heartbeat, and then
+    /// an owner that is alive comes back with its host's member entry
+    /// (`owner_host`, when given).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn claim(
         &self,
         conn: &mut ConnectionManager,
@@ -137,14 +155,17 @@ impl Scripts {
         expected: &str,
         new: &str,
         unless_heartbeat: bool,
+        owner_host: Option<&str>,
         ttl_ms: u64,
-    ) -> Result<Option<String>, RedisError> {
+    ) -> Result<Claim, RedisError> {
         let hb = if unless_heartbeat {
             keys::heartbeat(&self.prefix, expected)
         } else {
             String::new()
         };
-        self.claim
+        let members = owner_host.map_or(String::new(), |_| keys::members(&self.prefix));
+        let (kind, value): (i64, String) = self
+            .claim
             .key(keys::session(&self.prefix, id))
             .arg(expected)
             .arg(new)
@@ -152,8 +173,15 @@ impl Scripts {
             .arg(keys::owner_sessions(&self.prefix, ""))
             .arg(id.as_str())
             .arg(ttl_ms)
+            .arg(members)
+            .arg(owner_host.unwrap_or(""))
             .invoke_async(conn)
-            .await
+            .await?;
+        Ok(match kind {
+            2 => Claim::Claimed(value),
+            1 => Claim::Alive((!value.is_empty()).then_some(value)),
+            _ => Claim::Changed,
+        })
     }
 
     /// Compare-and-swap every session of `from` to `to`; returns how many.

@@ -26,6 +26,20 @@ pub(crate) enum Origin {
     },
     /// Forwarded by another worker over the internal socket.
     Internal,
+    /// Forwarded by another gateway host to the cluster listener
+    /// (`[cluster]`): trusted like [`Origin::Internal`] once its signature
+    /// is checked ([`crate::front::handle`]), and never forwarded to a
+    /// third host.
+    Peer,
+}
+
+impl Origin {
+    /// Forwarded by a worker of this host or of another one: the host
+    /// policy was applied and the principal established where the client
+    /// connected, and the `x-mcpgw-` headers are the forwarder's.
+    pub(crate) fn is_forwarded(self) -> bool {
+        matches!(self, Self::Internal | Self::Peer)
+    }
 }
 
 /// The client's IP address, from the connection that received the request

@@ -48,13 +48,21 @@ use crate::jsonrpc;
 pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin) -> Response<Body> {
     // One snapshot of the reloadable configuration for the whole request.
     let live = ctx.live();
+    // Another host's request is believed only with its signature.
+    let req = match origin {
+        Origin::Peer => match check_peer(&ctx, &live, req) {
+            Ok(req) => req,
+            Err(why) => return peer_refused(&ctx, why),
+        },
+        Origin::Public { .. } | Origin::Internal => req,
+    };
     // Forwarded requests were checked by the worker that received them.
     let (refused, repeated) = match origin {
         Origin::Public { .. } => match common::repeated_singleton(req.headers()) {
             Some(name) => (None, Some(name)),
             None => (live.host_policy.check(req.headers()).err(), None),
         },
-        Origin::Internal => (None, None),
+        Origin::Internal | Origin::Peer => (None, None),
     };
     let mut resp = match refused {
         _ if let Some(name) = repeated => {
@@ -92,7 +100,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
                 })
         }
         None => {
-            if origin == Origin::Internal {
+            if origin.is_forwarded() {
                 ctx.metrics.forwarded.with_label_values(&["in"]).inc();
             }
             stateful::serve(&ctx, &live, req, origin).await
@@ -112,6 +120,42 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<ReqBody>, origin: Origin)
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// A request on the cluster listener, if another host of the cluster
+/// signed it; else why not.
+fn check_peer(
+    ctx: &Ctx,
+    live: &crate::ctx::Live,
+    req: Request<ReqBody>,
+) -> Result<Request<ReqBody>, mcpgw_protocol::cluster::Refusal> {
+    let (parts, body) = req.into_parts();
+    let checked = match (&live.cluster_key, &body) {
+        (Some(key), ReqBody::Whole(bytes)) => crate::cluster::check(
+            key,
+            &ctx.replays,
+            &parts,
+            bytes.as_deref().unwrap_or_default(),
+        ),
+        // Not in a cluster (any more: a reload), or a body past the limit,
+        // which a forwarding host never sends.
+        _ => Err(mcpgw_protocol::cluster::Refusal::Missing),
+    };
+    checked.map(|()| Request::from_parts(parts, body))
+}
+
+/// The 403 for a request on the cluster listener that another host of the
+/// cluster did not sign (counted, logged at most once a second).
+fn peer_refused(ctx: &Ctx, why: mcpgw_protocol::cluster::Refusal) -> Response<Body> {
+    ctx.metrics
+        .cluster_refused
+        .with_label_values(&[why.label()])
+        .inc();
+    ctx.refusals.note(why);
+    common::plain(
+        StatusCode::FORBIDDEN,
+        "forwarding between gateway hosts needs the cluster's signature\n",
+    )
 }
 
 /// Path of the worker's own status on its internal socket (never public).

@@ -34,13 +34,16 @@ pub(crate) fn serve_handed(
     let peer = stream.peer_addr().ok().map(|a| a.ip().to_canonical());
     let handler = Serving {
         ctx: ctx.clone(),
-        origin: Origin::Public {
-            client: peer.map(ClientAddr),
-            tls: matches!(meta, ConnMeta::Tls { .. }),
+        origin: match meta {
+            ConnMeta::Peer => Origin::Peer,
+            ConnMeta::Plain | ConnMeta::Tls { .. } => Origin::Public {
+                client: peer.map(ClientAddr),
+                tls: matches!(meta, ConnMeta::Tls { .. }),
+            },
         },
     };
     match meta {
-        ConnMeta::Plain => {
+        ConnMeta::Plain | ConnMeta::Peer => {
             // Boxed (here and below): a connection future is several KiB,
             // the endpoint's request future inside it, and spawning it by
             // value would copy it more than once.

@@ -101,7 +101,9 @@ pub(crate) async fn initialize(
     ) else {
         return invalid_params(accept, id, "initialize params must be an object");
     };
-    let session_id = match SessionId::mint_for_slot(ctx.id.slot, ctx.slot_count()) {
+    // Tagged in a cluster, so that every host tells it from a forged id.
+    let key = ctx.live().cluster_key.clone();
+    let session_id = match SessionId::mint(ctx.id.slot, ctx.slot_count(), key.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot mint a session id");

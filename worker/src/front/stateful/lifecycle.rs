@@ -75,23 +75,56 @@ pub(crate) fn get(ctx: &Arc<Ctx>, session: Option<Arc<Session>>, accept: Accept)
     r
 }
 
+/// What the store knew of a session this worker does not hold.
+pub(crate) enum Resumed {
+    /// Inherited: rebuilt here.
+    Session(Arc<Session>),
+    /// A live worker of another gateway host owns it (`[cluster]`).
+    Elsewhere(Arc<crate::cluster::Peer>),
+    /// Unknown, ended, or not this worker's to take.
+    Unknown,
+}
+
 /// Rebuild a session this worker inherited (its owner died and the store
 /// moved it here) from its record, re-attaching every upstream session by
-/// its stored id: no new `initialize`, so upstream state carries on.
-pub(crate) async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session>> {
+/// its stored id: no new `initialize`, so upstream state carries on; or
+/// say which other host owns it.
+pub(crate) async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Resumed {
+    match resume_here(ctx, id).await {
+        Ok(Some(session)) => Resumed::Session(session),
+        Ok(None) => Resumed::Unknown,
+        Err(peer) => Resumed::Elsewhere(peer),
+    }
+}
+
+/// [`resume`]; `Err`: the host that owns the session.
+async fn resume_here(
+    ctx: &Arc<Ctx>,
+    id: &SessionId,
+) -> Result<Option<Arc<Session>>, Arc<crate::cluster::Peer>> {
     let record = match ctx.store.fetch(id).await {
         Lookup::CachedAbsent => {
             ctx.metrics.store_fetches_cached.inc();
-            return None;
+            return Ok(None);
         }
         Lookup::Asked(answer) => {
             let label = match &answer {
                 Fetched::Record(_) => "record",
                 Fetched::Absent => "absent",
                 Fetched::Withheld => "withheld",
+                Fetched::Elsewhere { .. } => "elsewhere",
             };
             ctx.metrics.store_fetches.with_label_values(&[label]).inc();
-            answer.into_record()?
+            match answer {
+                Fetched::Record(r) => r,
+                Fetched::Elsewhere { host, advertise } => {
+                    return Err(Arc::new(crate::cluster::Peer {
+                        host: host.into(),
+                        addr: advertise.into(),
+                    }));
+                }
+                Fetched::Absent | Fetched::Withheld => return Ok(None),
+            }
         }
     };
     let live = ctx.live();
@@ -105,7 +138,7 @@ pub(crate) async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session
                 session: id.to_string(),
             })
             .await;
-        return None;
+        return Ok(None);
     };
     // The principal travels with the record: after a failover the session
     // still answers only to whoever opened it.
@@ -139,7 +172,7 @@ pub(crate) async fn resume(ctx: &Arc<Ctx>, id: &SessionId) -> Option<Arc<Session
         ctx.metrics.resumed.inc();
         ctx.registry.adopt(&session, attached).await;
     }
-    Some(session)
+    Ok(Some(session))
 }
 
 /// End the session: close its upstream sessions (bounded), then answer.

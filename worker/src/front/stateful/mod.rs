@@ -10,13 +10,15 @@ mod initialize;
 mod lifecycle;
 mod messages;
 
+use crate::cluster::Peer;
+use crate::forward::{HostConn, HostOutcome};
 use crate::front::common::{
     Caller, ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found,
     trace_context,
 };
 use crate::front::rate::over_limit;
 use crate::front::stateful::initialize::initialize;
-use crate::front::stateful::lifecycle::{delete, get, resume};
+use crate::front::stateful::lifecycle::{Resumed, delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
 use crate::front::stateless;
 use crate::route::reply::{Accept, rpc_error};
@@ -59,8 +61,9 @@ pub(crate) async fn serve(
     let principal = match (&live.auth, origin) {
         (None, _) => None,
         // The forwarding worker checked the token and names the principal.
-        (Some(_), Origin::Internal)
-            if req.headers().contains_key(crate::auth::PRINCIPAL_HEADER) =>
+        (Some(_), origin)
+            if origin.is_forwarded()
+                && req.headers().contains_key(crate::auth::PRINCIPAL_HEADER) =>
         {
             Principal::from_forwarded(req.headers())
         }
@@ -118,13 +121,18 @@ pub(crate) async fn serve(
                     );
                 }
                 None => {
+                    // `[cluster]`: an id no gateway of the cluster minted is
+                    // unknown everywhere, and no store is asked about it.
+                    if let Some(key) = &live.cluster_key
+                        && !id.tagged_by(key)
+                    {
+                        ctx.metrics.untagged_ids.inc();
+                        return session_not_found(accept, &id, "unknown or expired");
+                    }
+                    let client = client_of(origin, req.headers());
                     let owner = ctx.owner_of(&id);
-                    if owner != ctx.id.slot && matches!(origin, Origin::Public { .. }) {
+                    if owner != ctx.id.slot && origin != Origin::Internal {
                         ctx.metrics.forwarded.with_label_values(&["out"]).inc();
-                        let client = match origin {
-                            Origin::Public { client, .. } => client.map(|c| c.0),
-                            Origin::Internal => None,
-                        };
                         return Box::pin(ctx.forwarder.forward(
                             owner,
                             req,
@@ -133,9 +141,37 @@ pub(crate) async fn serve(
                         ))
                         .await;
                     }
-                    // Ours but unknown: maybe inherited from a dead worker.
-                    match Box::pin(resume(ctx, &id)).await {
-                        Some(s) if s.endpoint().path == endpoint.path && owned_by(&s) => Some(s),
+                    // Not held here: another host's, inherited from a dead
+                    // worker, or unknown. A request another host forwarded
+                    // never goes on to a third.
+                    let key = live.cluster_key.as_ref().filter(|_| origin != Origin::Peer);
+                    match Box::pin(locate(ctx, key, &id)).await {
+                        Located::Host(peer, conn) => {
+                            return Box::pin(forward_to_host(
+                                ctx,
+                                key,
+                                peer,
+                                conn,
+                                id,
+                                req,
+                                principal.as_ref(),
+                                client,
+                            ))
+                            .await;
+                        }
+                        Located::Here(Resumed::Session(s))
+                            if s.endpoint().path == endpoint.path && owned_by(&s) =>
+                        {
+                            Some(s)
+                        }
+                        Located::Here(Resumed::Elsewhere(_)) if origin == Origin::Peer => {
+                            // The forwarding host's view is stale.
+                            return plain(
+                                StatusCode::MISDIRECTED_REQUEST,
+                                "this gateway host does not own the session\n",
+                            );
+                        }
+                        Located::Unreachable => return unavailable_owner(),
                         _ => return session_not_found(accept, &id, "unknown or expired"),
                     }
                 }
@@ -145,15 +181,7 @@ pub(crate) async fn serve(
     match *req.method() {
         Method::POST => {
             let caller = Caller {
-                addr: match origin {
-                    Origin::Public { client, .. } => client,
-                    // The client's, as the forwarding worker saw it.
-                    Origin::Internal => req
-                        .headers()
-                        .get(CLIENT_ADDR)
-                        .and_then(|v| v.to_str().ok()?.parse().ok())
-                        .map(ClientAddr),
-                },
+                addr: client_of(origin, req.headers()).map(ClientAddr),
                 principal,
             };
             post(ctx, endpoint, session, accept, req, &caller, stateless).await
@@ -168,6 +196,124 @@ pub(crate) async fn serve(
             r
         }
     }
+}
+
+/// The client's address: the connection's, or on a forwarded request the
+/// one the forwarding worker saw (`x-mcpgw-client`).
+fn client_of(origin: Origin, headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    match origin {
+        Origin::Public { client, .. } => client.map(|c| c.0),
+        Origin::Internal | Origin::Peer => headers
+            .get(CLIENT_ADDR)
+            .and_then(|v| v.to_str().ok()?.parse().ok()),
+    }
+}
+
+/// Forward a request for a session `peer` owns to that host (`[cluster]`),
+/// counting the outcome; a miss of any kind drops the cached owner.
+#[allow(clippy::too_many_arguments)]
+async fn forward_to_host(
+    ctx: &Arc<Ctx>,
+    key: Option<&Arc<mcpgw_protocol::cluster::ClusterKey>>,
+    peer: Arc<Peer>,
+    conn: HostConn,
+    id: SessionId,
+    req: Request<ReqBody>,
+    principal: Option<&Principal>,
+    client: Option<std::net::IpAddr>,
+) -> Response<Body> {
+    let Some(key) = key else {
+        return unavailable_owner();
+    };
+    let (resp, outcome) = ctx
+        .forwarder
+        .forward_to_host(conn, &peer, req, principal, client, key)
+        .await;
+    let label = match outcome {
+        HostOutcome::Answered if resp.status() != StatusCode::NOT_FOUND => "ok",
+        HostOutcome::Answered => {
+            // The session ended there (or expired): nothing to remember.
+            ctx.owners.forget(&id);
+            "ok"
+        }
+        HostOutcome::Misdirected => {
+            ctx.owners.forget(&id);
+            "misdirected"
+        }
+        HostOutcome::Failed => {
+            ctx.owners.forget(&id);
+            "unreachable"
+        }
+    };
+    ctx.metrics
+        .cluster_forwarded
+        .with_label_values(&[&peer.host, label])
+        .inc();
+    resp
+}
+
+/// Where a session this worker does not hold is served.
+enum Located {
+    /// By another gateway host, connected to.
+    Host(Arc<Peer>, HostConn),
+    /// Here, or nowhere (what the store said).
+    Here(Resumed),
+    /// By another gateway host that cannot be reached now.
+    Unreachable,
+}
+
+/// Find a session this worker does not hold: another host's (cached, or
+/// as the store says; `key` is `None` when the request may not go to
+/// another host), else inherited here from a dead worker, or unknown.
+async fn locate(
+    ctx: &Arc<Ctx>,
+    key: Option<&Arc<mcpgw_protocol::cluster::ClusterKey>>,
+    id: &SessionId,
+) -> Located {
+    if key.is_some()
+        && let Some(peer) = ctx.owners.get(id)
+    {
+        match ctx.forwarder.connect_host(&peer).await {
+            Some(conn) => return Located::Host(peer, conn),
+            // Dead or moved: ask the store again.
+            None => unreachable(ctx, &peer, id),
+        }
+    }
+    match resume(ctx, id).await {
+        Resumed::Elsewhere(peer) if key.is_some() => {
+            match ctx.forwarder.connect_host(&peer).await {
+                Some(conn) => {
+                    ctx.owners.insert(*id, peer.clone());
+                    Located::Host(peer, conn)
+                }
+                None => {
+                    unreachable(ctx, &peer, id);
+                    Located::Unreachable
+                }
+            }
+        }
+        other => Located::Here(other),
+    }
+}
+
+/// `peer` could not be reached for `id`: forget where the session was.
+fn unreachable(ctx: &Ctx, peer: &Peer, id: &SessionId) {
+    ctx.owners.forget(id);
+    ctx.metrics
+        .cluster_forwarded
+        .with_label_values(&[&peer.host, "unreachable"])
+        .inc();
+}
+
+/// The host that owns the session cannot be reached now: 503, retry.
+fn unavailable_owner() -> Response<Body> {
+    let mut r = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway host that owns this session is unreachable; retry\n",
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// POST, counted and timed by method and outcome.

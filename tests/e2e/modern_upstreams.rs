@@ -1,20 +1,21 @@
 //! mcpgw in front of upstreams of the stateless revision (2026-07-28 only): the
-//! `modern-server` test upstream (rmcp), reached by stateful clients, stateless clients
-//! and the rmcp client, alone or federated with the stateful counter-server, and pinned
-//! to the wrong era.
+//! `modern-server` test upstream (rmcp), reached by stateful clients, stateless clients,
+//! the rmcp client in its three lifecycle modes and the Python SDK's client, alone or
+//! federated with the stateful counter-server, and pinned to the wrong era.
 
 use std::time::Duration;
 
 use mcpgw_tests::http::{HttpConn, Request};
 use mcpgw_tests::modern::ModernServer;
-use mcpgw_tests::rmcp_client;
 use mcpgw_tests::stream::MessageStream;
 use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, start_counter, start_modern, wait_until};
+use mcpgw_tests::{python, rmcp_client};
 use serde_json::{Value, json};
 
-fn modern_behind_gateway() -> (ModernServer, Gateway) {
+/// The modern server alone behind a gateway with `workers` workers.
+fn modern_behind_gateway(workers: usize) -> (ModernServer, Gateway) {
     let modern = start_modern!("modern").expect("start modern-server");
-    let gateway = Gateway::start(&GatewayConfig::new(1).upstream("modern", &modern.url()))
+    let gateway = Gateway::start(&GatewayConfig::new(workers).upstream("modern", &modern.url()))
         .expect("start mcpgw");
     (modern, gateway)
 }
@@ -43,7 +44,7 @@ fn json_text(text: &str) -> Value {
 /// and the upstream never sees an `initialize` or a `DELETE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_client_reaches_a_modern_upstream() {
-    let (modern, gateway) = modern_behind_gateway();
+    let (modern, gateway) = modern_behind_gateway(1);
     let mut client = gateway.client();
     let init = client
         .initialize_with(json!({"roots": {"listChanged": true}}))
@@ -135,7 +136,7 @@ fn stateless_request(method: &str, name: Option<&str>, params: Value) -> Request
 /// A stateless client reaches the modern upstream; its `_meta` reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateless_client_reaches_a_modern_upstream() {
-    let (modern, gateway) = modern_behind_gateway();
+    let (modern, gateway) = modern_behind_gateway(1);
     let mut conn = HttpConn::connect(gateway.addr).await.expect("connect");
     let call = |name: &str, args: Value| {
         stateless_request(
@@ -292,28 +293,97 @@ async fn a_modern_upstream_pinned_stateful_fails_clearly() {
     );
 }
 
-/// The rmcp client in its default (auto) mode, through mcpgw, in front of the modern
-/// server: it settles on 2026-07-28 with the gateway and completes a tool call.
+/// The official Rust SDK (rmcp) as a client in each of its lifecycle modes, through mcpgw
+/// (two workers), in front of the modern server alone. `auto` (its default) and
+/// `discover` settle on 2026-07-28 with the gateway (modern → modern: passed through);
+/// `initialize` opens a session of a stateful version (stateful → modern: bridged, the
+/// gateway speaks 2026-07-28 upstream for it). Each lists the modern server's tools and
+/// calls `add`; `echo_meta` shows that the upstream got the client's own name and
+/// 2026-07-28 in every request's `_meta`, whichever era the client speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rmcp_auto_client_through_mcpgw_to_a_modern_upstream() {
+async fn rmcp_client_in_each_lifecycle_mode_through_mcpgw_to_a_modern_upstream() {
+    use rmcp::ClientHandler as _;
     use rmcp::model::CallToolRequestParams;
+    use rmcp::service::ClientLifecycleMode;
 
-    let (_modern, gateway) = modern_behind_gateway();
-    let client = rmcp_client::connect(&format!("http://{}/mcp", gateway.addr), rmcp_client::auto())
-        .await
-        .expect("rmcp client in auto mode");
-    let info = client.peer_info().expect("server info");
-    assert_eq!(info.protocol_version.to_string(), "2026-07-28");
-    let mut args = serde_json::Map::new();
-    args.insert("a".into(), json!(20));
-    args.insert("b".into(), json!(22));
-    let result = client
-        .call_tool(CallToolRequestParams::new("add").with_arguments(args))
-        .await
-        .expect("tools/call add");
-    let text = serde_json::to_value(&result.content).expect("content");
-    assert_eq!(text[0]["text"], "42", "{text}");
-    client.cancel().await.expect("close the client");
+    let (modern, gateway) = modern_behind_gateway(2);
+    let url = format!("http://{}/mcp", gateway.addr);
+    let own_name = ().get_info().client_info.name;
+    let modes = [
+        ("auto", rmcp_client::auto(), true),
+        ("discover", rmcp_client::discover(), true),
+        ("initialize", ClientLifecycleMode::Initialize, false),
+    ];
+    for (what, mode, stateless) in modes {
+        let client = rmcp_client::connect(&url, mode)
+            .await
+            .unwrap_or_else(|e| panic!("rmcp client in {what} mode: {e:#}"));
+        let info = client.peer_info().expect("what the server said of itself");
+        let version = info.protocol_version.to_string();
+        assert_eq!(version == "2026-07-28", stateless, "{what}: {info:?}");
+        let server = info.server_info.as_ref().map(|s| s.name.as_str());
+        assert_eq!(server, Some("modern"), "{what}: {info:?}");
+
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["add", "ask_name", "deploy", "echo_meta", "needs_input"],
+            "{what}"
+        );
+
+        let mut args = serde_json::Map::new();
+        args.insert("a".into(), json!(20));
+        args.insert("b".into(), json!(22));
+        let result = client
+            .call_tool(CallToolRequestParams::new("add").with_arguments(args))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: tools/call add: {e}"));
+        let content = serde_json::to_value(&result.content).expect("content");
+        assert_eq!(content[0]["text"], "42", "{what}: {content}");
+
+        let result = client
+            .call_tool(CallToolRequestParams::new("echo_meta"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: tools/call echo_meta: {e}"));
+        let content = serde_json::to_value(&result.content).expect("content");
+        let said = json_text(content[0]["text"].as_str().expect("echo_meta text"));
+        assert_eq!(said["clientInfo"], own_name.as_str(), "{what}: {said}");
+        assert_eq!(said["protocolVersion"], "2026-07-28", "{what}: {said}");
+        client.cancel().await.expect("close the client");
+    }
+    let log = modern.log().await.expect("log");
+    assert!(
+        !log.iter()
+            .any(|e| e["method"] == "initialize" || e["http"] != "POST"),
+        "the modern server never gets an initialize, a GET or a DELETE: {log:?}"
+    );
+}
+
+/// The official Python MCP SDK (2.3, in `tests/.venv`) as a client in its default mode,
+/// through mcpgw in front of the modern server alone: it must negotiate 2026-07-28
+/// with the gateway, list the modern server's tools, get `add`'s sum, and `echo_meta`
+/// must show that its own client name reached the upstream (`tests/python/modern_client.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_client_through_mcpgw_to_a_modern_upstream() {
+    let (modern, gateway) = modern_behind_gateway(2);
+    let url = format!("http://{}/mcp", gateway.addr);
+    let out = python::expect_ok(
+        "modern_client.py",
+        python::script("modern_client.py").arg(&url),
+    )
+    .await;
+    assert!(out.contains("protocol version: 2026-07-28"), "{out}");
+    let log = modern.log().await.expect("log");
+    assert!(
+        log.iter().any(|e| e["method"] == "tools/call"),
+        "the calls reached the modern server: {log:?}"
+    );
+    assert!(
+        !log.iter().any(|e| e["method"] == "initialize"),
+        "no initialize upstream: {log:?}"
+    );
 }
 
 /// `subscriptions/listen` of a stateless client on an endpoint over the stateful counter
@@ -379,7 +449,7 @@ async fn a_subscription_spans_a_stateful_and_a_modern_upstream() {
 /// open, and passes what comes on it to the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_clients_stream_hears_a_modern_upstream() {
-    let (modern, gateway) = modern_behind_gateway();
+    let (modern, gateway) = modern_behind_gateway(1);
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");
     // The upstream handle exists once the session used it.
@@ -426,7 +496,7 @@ async fn a_stateful_clients_stream_hears_a_modern_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_client_answers_a_modern_upstreams_elicitation() {
     let within = Duration::from_secs(15);
-    let (modern, gateway) = modern_behind_gateway();
+    let (modern, gateway) = modern_behind_gateway(1);
     let mut client = gateway.client();
     client
         .initialize_with(json!({"elicitation": {"form": {}}}))
@@ -523,7 +593,7 @@ async fn a_stateful_client_answers_a_modern_upstreams_elicitation() {
 /// body before anything goes upstream (-32020 when they disagree).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameter_headers_are_mirrored_upstream_and_checked_from_clients() {
-    let (modern, gateway) = modern_behind_gateway();
+    let (modern, gateway) = modern_behind_gateway(1);
     // A stateful client: its requests reach the upstream as 2026-07-28 ones.
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");

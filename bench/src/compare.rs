@@ -9,6 +9,8 @@
 //! - a new TCP connection per request (default C = 16);
 //! - stateless (2026-07-28) clients through mcpgw beside stateful ones and direct, at
 //!   C = 1 and 16 ([`crate::stateless`]; `--no-stateless` skips it);
+//! - a 2026-07-28 client in front of a 2026-07-28 upstream (`modern-server`): direct,
+//!   nginx, mcpgw at C = 1 and 16 ([`crate::modern`]; `--no-modern` skips it);
 //! - mcpgw only, on a fresh gateway: RSS per idle session after opening 10 000 sessions
 //!   with one upstream session each;
 //! - mcpgw only: failed requests during 20 SIGHUPs (config reloads) under keep-alive
@@ -56,6 +58,9 @@ pub(crate) struct Settings {
     /// Concurrencies of the stateless-client scenario (empty: skipped).
     #[serde(default)]
     pub(crate) stateless_concurrency: Vec<usize>,
+    /// Concurrencies of the modern-upstream scenario (empty: skipped).
+    #[serde(default)]
+    pub(crate) modern_concurrency: Vec<usize>,
     pub(crate) idle_sessions: usize,
     pub(crate) idle_concurrency: usize,
     pub(crate) reload: bool,
@@ -174,6 +179,9 @@ pub(crate) struct Comparison {
     /// The stateless-client scenario, one entry per concurrency.
     #[serde(default)]
     pub(crate) stateless: Vec<Scenario>,
+    /// The modern-upstream scenario, one entry per concurrency.
+    #[serde(default)]
+    pub(crate) modern: Vec<Scenario>,
     /// The https-upstream scenario.
     #[serde(default)]
     pub(crate) tls: Option<Scenario>,
@@ -221,7 +229,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
     let (counter, upstream) = procs::start_counter(&settings.bin_dir, dir).await?;
     eprintln!("# counter-server on {upstream} (pid {})", counter.pid());
     let (nginx, nginx_addr) =
-        procs::start_nginx(&settings.nginx, dir, settings.workers, upstream).await?;
+        procs::start_nginx(&settings.nginx, dir, "nginx", settings.workers, upstream).await?;
     eprintln!("# nginx on {nginx_addr} (pid {})", nginx.pid());
     let procs::Gateway {
         proc: gateway,
@@ -255,28 +263,16 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
 
     // Warm-up: every target once, unrecorded; a target that fails it stops the run.
     for (target, ep) in TARGETS.iter().zip(&endpoints) {
-        let r = with_logs(
-            load::run(spec(
-                settings,
-                ep,
-                16,
-                false,
-                Duration::from_secs(1),
-                None,
-                Era::Stateful,
-            ))
-            .await,
-            &procs,
-        )
-        .with_context(|| format!("warm-up of {target}"))?;
-        if r.errors.total > 0 {
-            bail!(
-                "warm-up of {target}: {} errors, first: {}",
-                r.errors.total,
-                r.errors.first.unwrap_or_default()
-            );
-        }
-        eprintln!("# warm-up {target}: {:.0} req/s", r.throughput);
+        let warm = spec(
+            settings,
+            ep,
+            16,
+            false,
+            Duration::from_secs(1),
+            None,
+            Era::Stateful,
+        );
+        warm_up(warm, target, &procs).await?;
     }
 
     let mut scenarios: Vec<(String, usize, bool)> = settings
@@ -295,31 +291,24 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
     let duration = Duration::from_secs_f64(settings.duration_secs);
     let mut results = Vec::with_capacity(scenarios.len());
     for (name, c, new_connection) in scenarios {
-        let mut scenario = Scenario {
-            name: name.clone(),
+        let spec_of = |i: usize| {
+            spec(
+                settings,
+                &endpoints[i],
+                c,
+                new_connection,
+                duration,
+                Some(probes[i].clone()),
+                Era::Stateful,
+            )
+        };
+        let at = Interleaved {
+            name: &name,
             concurrency: c,
             new_connection,
-            targets: TARGETS.iter().map(|t| TargetRuns::new(t)).collect(),
+            targets: &TARGETS,
         };
-        for rep in 0..settings.reps {
-            for (i, ep) in endpoints.iter().enumerate() {
-                let spec = spec(
-                    settings,
-                    ep,
-                    c,
-                    new_connection,
-                    duration,
-                    Some(probes[i].clone()),
-                    Era::Stateful,
-                );
-                let r = measured_run(spec, &name, rep, settings.reps, TARGETS[i], &procs).await?;
-                scenario.targets[i].runs.push(r);
-            }
-        }
-        for t in &mut scenario.targets {
-            t.summarize(ticks_per_second);
-        }
-        results.push(scenario);
+        results.push(at.run(settings, spec_of, ticks_per_second, &procs).await?);
     }
 
     let stateless = if settings.stateless_concurrency.is_empty() {
@@ -333,6 +322,12 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
             &procs,
         )
         .await?
+    };
+
+    let modern = if settings.modern_concurrency.is_empty() {
+        Vec::new()
+    } else {
+        crate::modern::run(settings, dir, ticks_per_second, &procs).await?
     };
 
     let tls = if settings.tls {
@@ -385,6 +380,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         settings: settings.clone(),
         scenarios: results,
         stateless,
+        modern,
         tls,
         idle,
         reload,
@@ -440,6 +436,60 @@ async fn tls_scenario(
 
 fn endpoint(addr: SocketAddr) -> Result<Endpoint> {
     Endpoint::parse(&format!("http://{addr}/mcp"), &[])
+}
+
+/// An unrecorded run of `target` before it is measured: it fills pools and caches, and
+/// a target that fails it stops the comparison.
+pub(crate) async fn warm_up(spec: LoadSpec, target: &str, procs: &[&Proc]) -> Result<()> {
+    let r = with_logs(load::run(spec).await, procs)
+        .with_context(|| format!("warm-up of {target}"))?;
+    if r.errors.total > 0 {
+        bail!(
+            "warm-up of {target}: {} errors, first: {}",
+            r.errors.total,
+            r.errors.first.unwrap_or_default()
+        );
+    }
+    eprintln!("# warm-up {target}: {:.0} req/s", r.throughput);
+    Ok(())
+}
+
+/// A scenario whose targets run back to back in every repetition (a b c a b c …), so
+/// that slow drifts in the machine's background load fall on all of them alike.
+pub(crate) struct Interleaved<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) concurrency: usize,
+    pub(crate) new_connection: bool,
+    pub(crate) targets: &'a [&'a str],
+}
+
+impl Interleaved<'_> {
+    /// Runs it: `spec_of(i)` is the load of target `i` for one run.
+    pub(crate) async fn run(
+        &self,
+        settings: &Settings,
+        spec_of: impl Fn(usize) -> LoadSpec,
+        ticks_per_second: u64,
+        procs: &[&Proc],
+    ) -> Result<Scenario> {
+        let mut scenario = Scenario {
+            name: self.name.to_owned(),
+            concurrency: self.concurrency,
+            new_connection: self.new_connection,
+            targets: self.targets.iter().map(|t| TargetRuns::new(t)).collect(),
+        };
+        for rep in 0..settings.reps {
+            for (i, target) in self.targets.iter().enumerate() {
+                let r =
+                    measured_run(spec_of(i), self.name, rep, settings.reps, target, procs).await?;
+                scenario.targets[i].runs.push(r);
+            }
+        }
+        for t in &mut scenario.targets {
+            t.summarize(ticks_per_second);
+        }
+        Ok(scenario)
+    }
 }
 
 /// One measured run of a scenario's `target`, logged as it ends.

@@ -22,6 +22,7 @@ mod load;
 mod mcp;
 mod procs;
 mod report;
+mod modern;
 mod stateless;
 mod tls;
 
@@ -166,6 +167,13 @@ struct CompareArgs {
     /// Skip the stateless-client scenario.
     #[arg(long)]
     no_stateless: bool,
+    /// Concurrencies of the modern-upstream scenario (a 2026-07-28 client and upstream,
+    /// direct, through nginx and through mcpgw), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    modern_concurrency: Vec<usize>,
+    /// Skip the modern-upstream scenario.
+    #[arg(long)]
+    no_modern: bool,
     /// Skip the reload scenario (failed requests during SIGHUPs under load).
     #[arg(long)]
     no_reload: bool,
@@ -326,8 +334,11 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
         || args.concurrency.is_empty()
         || args.concurrency.contains(&0)
         || args.stateless_concurrency.contains(&0)
+        || args.modern_concurrency.contains(&0)
     {
-        bail!("--reps and every --concurrency and --stateless-concurrency must be at least 1");
+        bail!(
+            "--reps and every --concurrency, --stateless-concurrency and --modern-concurrency must be at least 1"
+        );
     }
     seconds("--duration", args.duration)?;
     seconds("--warmup", args.warmup)?;
@@ -347,6 +358,11 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
             Vec::new()
         } else {
             args.stateless_concurrency
+        },
+        modern_concurrency: if args.no_modern {
+            Vec::new()
+        } else {
+            args.modern_concurrency
         },
         idle_sessions: args.idle_sessions,
         idle_concurrency: args.idle_concurrency,

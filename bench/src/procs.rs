@@ -168,9 +168,10 @@ fn drain(lines: tokio::io::Lines<BufReader<ChildStdout>>) {
 
 /// The counter MCP server (`counter-server` from the tests crate).
 pub(crate) async fn start_counter(bin_dir: &Path, dir: &Path) -> Result<(Proc, SocketAddr)> {
-    spawn_counter(
+    spawn_server(
         bin_dir,
         dir,
+        "counter-server",
         "counter",
         &[],
         "counter-server listening http://",
@@ -192,9 +193,10 @@ pub(crate) async fn start_tls_counter(
         "--tls-key".as_ref(),
         key.as_os_str(),
     ];
-    spawn_counter(
+    spawn_server(
         bin_dir,
         dir,
+        "counter-server",
         "counter-tls",
         &tls,
         "counter-server listening https://",
@@ -202,22 +204,39 @@ pub(crate) async fn start_tls_counter(
     .await
 }
 
-async fn spawn_counter(
+/// The test crate's `modern-server` (a 2026-07-28 upstream on rmcp, tool `add`),
+/// without its request log.
+pub(crate) async fn start_modern(bin_dir: &Path, dir: &Path) -> Result<(Proc, SocketAddr)> {
+    spawn_server(
+        bin_dir,
+        dir,
+        "modern-server",
+        "modern",
+        &["--no-log".as_ref()],
+        "modern-server listening http://",
+    )
+    .await
+}
+
+/// A test server `program` on an ephemeral port, logging to `dir/name.log`; the
+/// address it printed after `announced`.
+async fn spawn_server(
     bin_dir: &Path,
     dir: &Path,
+    program: &'static str,
     name: &str,
     args: &[&std::ffi::OsStr],
     announced: &str,
 ) -> Result<(Proc, SocketAddr)> {
-    let bin = binary(bin_dir, "counter-server")?;
+    let bin = binary(bin_dir, program)?;
     let mut command = Command::new(&bin);
     command.args(["--listen", "127.0.0.1:0"]).args(args);
-    let (proc, stdout) = Proc::spawn("counter-server", command, dir.join(format!("{name}.log")))?;
+    let (proc, stdout) = Proc::spawn(program, command, dir.join(format!("{name}.log")))?;
     let mut lines = BufReader::new(stdout).lines();
-    let addr = wait_for_line("counter-server", &mut lines, announced)
+    let addr = wait_for_line(program, &mut lines, announced)
         .await?
         .parse()
-        .context("counter-server printed an unparsable address")?;
+        .with_context(|| format!("{program} printed an unparsable address"))?;
     drain(lines);
     Ok((proc, addr))
 }
@@ -321,10 +340,11 @@ pub(crate) async fn start_mcpgw_with(
 pub(crate) async fn start_nginx(
     nginx: &Path,
     dir: &Path,
+    name: &str,
     workers: u16,
     upstream: SocketAddr,
 ) -> Result<(Proc, SocketAddr)> {
-    let prefix = dir.join("nginx");
+    let prefix = dir.join(name);
     std::fs::create_dir(&prefix)?;
     let port = free_port()?;
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -378,7 +398,7 @@ http {{
         .arg(&conf)
         .arg("-e")
         .arg(prefix.join("error.log"));
-    let (mut proc, stdout) = Proc::spawn("nginx", command, dir.join("nginx.log"))?;
+    let (mut proc, stdout) = Proc::spawn("nginx", command, dir.join(format!("{name}.log")))?;
     drop(stdout);
     // nginx cannot report its port: wait until it accepts on the one it was given.
     let deadline = Instant::now() + STARTUP_TIMEOUT;

@@ -268,6 +268,15 @@ fn checks(c: &Comparison) -> Vec<Check> {
             met: measured >= min,
         });
     }
+    for s in c.modern.iter().filter(|s| s.concurrency > 1) {
+        let measured = paired_throughput_ratio(s);
+        out.push(Check {
+            what: format!("{} throughput, mcpgw / nginx", s.name),
+            measured,
+            bound: "≥ 0.85".to_owned(),
+            met: measured >= 0.85,
+        });
+    }
     if let Some((p50, _)) = added_latency(c) {
         let measured = if p50[0] > 0.0 {
             p50[1] / p50[0]
@@ -351,39 +360,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
         "| scenario | metric | (a) direct | (b) nginx | (c) mcpgw | c / a | c / b | b / a |"
     );
     let _ = writeln!(o, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for s in &c.scenarios {
-        let v = values(s, |t| t.median_throughput);
-        let r = paired_ratios(s, |r| r.throughput);
-        let _ = writeln!(
-            o,
-            "| {} | req/s | {} | {} | {} | {} | {} | {} |",
-            s.name,
-            thousands(v[0]),
-            thousands(v[1]),
-            thousands(v[2]),
-            r[0],
-            r[1],
-            r[2],
-        );
-    }
-    for s in &c.scenarios {
-        for (metric, f, g) in [
-            (
-                "p50 ms",
-                (|t: &crate::compare::TargetRuns| t.median_p50_ms) as fn(&_) -> f64,
-                (|r: &LoadReport| r.latency_ms.p50) as fn(&_) -> f64,
-            ),
-            ("p99 ms", |t| t.median_p99_ms, |r| r.latency_ms.p99),
-        ] {
-            let v = values(s, f);
-            let r = paired_ratios(s, g);
-            let _ = writeln!(
-                o,
-                "| {} | {metric} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
-                s.name, v[0], v[1], v[2], r[0], r[1], r[2],
-            );
-        }
-    }
+    three_target_rows(&c.scenarios, &mut o);
     if let Some((p50, p99)) = added_latency(c) {
         for (metric, v) in [("added p50 ms", p50), ("added p99 ms", p99)] {
             let _ = writeln!(
@@ -395,36 +372,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
             );
         }
     }
-    let errors: Vec<u64> = TARGETS
-        .iter()
-        .map(|t| {
-            c.scenarios
-                .iter()
-                .filter_map(|s| s.target(t))
-                .map(|r| r.errors)
-                .sum()
-        })
-        .collect();
-    let requests: Vec<u64> = TARGETS
-        .iter()
-        .map(|t| {
-            c.scenarios
-                .iter()
-                .filter_map(|s| s.target(t))
-                .flat_map(|r| r.runs.iter().map(|x| x.requests))
-                .sum()
-        })
-        .collect();
-    let _ = writeln!(
-        o,
-        "| all scenarios | failed / successful requests | {} / {} | {} / {} | {} / {} | | | |",
-        errors[0],
-        thousands(requests[0] as f64),
-        errors[1],
-        thousands(requests[1] as f64),
-        errors[2],
-        thousands(requests[2] as f64),
-    );
+    totals_row(&c.scenarios, "all scenarios", &mut o);
     if let Some(idle) = &c.idle {
         let _ = writeln!(
             o,
@@ -443,27 +391,10 @@ pub(crate) fn markdown(c: &Comparison) -> String {
         "| scenario | proxy: (b) nginx | proxy: (c) mcpgw | c / b | upstream under a / b / c | load generator under a / b / c |"
     );
     let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: |");
-    for s in &c.scenarios {
-        let proxy = values(s, |t| t.median_proxy_cpu_us);
-        let up = values(s, |t| t.median_upstream_cpu_us);
-        let lg = values(s, |t| t.median_loadgen_cpu_us);
-        let _ = writeln!(
-            o,
-            "| {} | {:.1} | {:.1} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |",
-            s.name,
-            proxy[1],
-            proxy[2],
-            ratio(proxy[2], proxy[1]),
-            up[0],
-            up[1],
-            up[2],
-            lg[0],
-            lg[1],
-            lg[2],
-        );
-    }
+    cpu_rows(&c.scenarios, &mut o);
     o.push('\n');
     stateless_markdown(c, &mut o);
+    modern_markdown(c, &mut o);
     tls_markdown(c, &mut o);
     if let Some(idle) = &c.idle {
         let _ = writeln!(
@@ -528,6 +459,113 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     }
     o.push_str("\n![throughput and latency by concurrency](bench/results/compare.svg)\n\n");
     o
+}
+
+/// Throughput, p50 and p99 rows of scenarios whose targets are direct, nginx, mcpgw.
+fn three_target_rows(scenarios: &[Scenario], o: &mut String) {
+    for s in scenarios {
+        let v = values(s, |t| t.median_throughput);
+        let r = paired_ratios(s, |r| r.throughput);
+        let _ = writeln!(
+            o,
+            "| {} | req/s | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            thousands(v[0]),
+            thousands(v[1]),
+            thousands(v[2]),
+            r[0],
+            r[1],
+            r[2],
+        );
+    }
+    for s in scenarios {
+        for (metric, f, g) in [
+            (
+                "p50 ms",
+                (|t: &crate::compare::TargetRuns| t.median_p50_ms) as fn(&_) -> f64,
+                (|r: &LoadReport| r.latency_ms.p50) as fn(&_) -> f64,
+            ),
+            ("p99 ms", |t| t.median_p99_ms, |r| r.latency_ms.p99),
+        ] {
+            let v = values(s, f);
+            let r = paired_ratios(s, g);
+            let _ = writeln!(
+                o,
+                "| {} | {metric} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+                s.name, v[0], v[1], v[2], r[0], r[1], r[2],
+            );
+        }
+    }
+}
+
+/// The failed and successful requests of each of direct, nginx, mcpgw over `scenarios`.
+fn totals_row(scenarios: &[Scenario], label: &str, o: &mut String) {
+    let sum = |t: &str, f: &dyn Fn(&crate::compare::TargetRuns) -> u64| -> u64 {
+        scenarios.iter().filter_map(|s| s.target(t)).map(f).sum()
+    };
+    let cell = |t: &str| {
+        format!(
+            "{} / {}",
+            sum(t, &|r| r.errors),
+            thousands(sum(t, &|r| r.runs.iter().map(|x| x.requests).sum()) as f64)
+        )
+    };
+    let _ = writeln!(
+        o,
+        "| {label} | failed / successful requests | {} | {} | {} | | | |",
+        cell(TARGETS[0]),
+        cell(TARGETS[1]),
+        cell(TARGETS[2]),
+    );
+}
+
+/// CPU per request rows (proxy, upstream, load generator) of direct/nginx/mcpgw scenarios.
+fn cpu_rows(scenarios: &[Scenario], o: &mut String) {
+    for s in scenarios {
+        let proxy = values(s, |t| t.median_proxy_cpu_us);
+        let up = values(s, |t| t.median_upstream_cpu_us);
+        let lg = values(s, |t| t.median_loadgen_cpu_us);
+        let _ = writeln!(
+            o,
+            "| {} | {:.1} | {:.1} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |",
+            s.name,
+            proxy[1],
+            proxy[2],
+            ratio(proxy[2], proxy[1]),
+            up[0],
+            up[1],
+            up[2],
+            lg[0],
+            lg[1],
+            lg[2],
+        );
+    }
+}
+
+/// The modern-upstream table (a 2026-07-28 client and upstream): direct, nginx, mcpgw;
+/// nothing when the scenario did not run.
+fn modern_markdown(c: &Comparison, o: &mut String) {
+    if c.modern.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Modern upstream (2026-07-28 on both sides: a stateless client calling `add` on rmcp's `modern-server`, no sessions anywhere), interleaved per repetition: (a) the server directly, (b) nginx, (c) mcpgw, which checks each request's headers against its body and `_meta` and passes it through.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | metric | (a) direct | (b) nginx | (c) mcpgw | c / a | c / b | b / a |"
+    );
+    let _ = writeln!(o, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    three_target_rows(&c.modern, o);
+    totals_row(&c.modern, "modern upstream", o);
+    let _ = writeln!(
+        o,
+        "\n| scenario | proxy: (b) nginx | proxy: (c) mcpgw | c / b | upstream under a / b / c | load generator under a / b / c |"
+    );
+    let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    cpu_rows(&c.modern, o);
+    o.push('\n');
 }
 
 /// The https-upstream table: mcpgw with the plain upstream (c) and with the same
@@ -961,6 +999,7 @@ mod tests {
                 concurrency: vec![1],
                 new_connection_concurrency: 16,
                 stateless_concurrency: vec![1],
+                modern_concurrency: Vec::new(),
                 idle_sessions: 0,
                 idle_concurrency: 64,
                 reload: false,
@@ -971,11 +1010,57 @@ mod tests {
             },
             scenarios: Vec::new(),
             stateless,
+            modern: Vec::new(),
             tls: None,
             idle: None,
             reload: None,
             failover: None,
         }
+    }
+
+    #[test]
+    fn the_modern_table_and_its_throughput_target() {
+        // Per repetition: direct, nginx, mcpgw. mcpgw / nginx: 0.90 and 0.80, median 0.85.
+        let runs = [
+            [(20_000.0, 0.5), (10_000.0, 1.0), (9_000.0, 1.2)],
+            [(20_000.0, 0.5), (10_000.0, 1.0), (8_000.0, 1.3)],
+        ];
+        let mut targets: Vec<TargetRuns> = TARGETS.iter().map(|t| TargetRuns::new(t)).collect();
+        for rep in runs {
+            for (i, (tp, p50)) in rep.into_iter().enumerate() {
+                targets[i].runs.push(run(Era::Stateless, tp, p50));
+            }
+        }
+        for t in &mut targets {
+            t.summarize(100);
+        }
+        let mut c = comparison(Vec::new());
+        c.modern.push(Scenario {
+            name: "modern upstream, keep-alive C=16".into(),
+            concurrency: 16,
+            new_connection: false,
+            targets,
+        });
+        let md = markdown(&c);
+        assert!(
+            md.contains(
+                "| modern upstream, keep-alive C=16 | req/s | 20,000 | 10,000 | 8,500 | 0.43 | 0.85 | 0.50 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| modern upstream | failed / successful requests | 0 / 2,000 | 0 / 2,000 | 0 / 2,000 |"),
+            "{md}"
+        );
+        let check = checks(&c)
+            .into_iter()
+            .find(|ch| ch.what.starts_with("modern upstream"))
+            .map(|ch| (ch.measured, ch.met));
+        assert!(
+            matches!(check, Some((m, true)) if (m - 0.85).abs() < 1e-9),
+            "{md}"
+        );
+        assert!(!markdown(&comparison(Vec::new())).contains("Modern upstream"));
     }
 
     #[test]

@@ -16,10 +16,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 
-use crate::compare::{Scenario, Settings, TargetRuns, measured_run, spec, with_logs};
-use crate::load::{self, Probe};
+use crate::compare::{Interleaved, Scenario, Settings, spec, warm_up};
+use crate::load::Probe;
 use crate::mcp::{Endpoint, Era};
 use crate::procs::Proc;
 
@@ -54,37 +54,23 @@ pub(crate) async fn run(
         None,
         Era::Stateless,
     );
-    let r = with_logs(load::run(warm).await, procs).context("warm-up of mcpgw stateless")?;
-    if r.errors.total > 0 {
-        bail!(
-            "warm-up of mcpgw stateless: {} errors, first: {}",
-            r.errors.total,
-            r.errors.first.unwrap_or_default()
-        );
-    }
-    eprintln!("# warm-up mcpgw stateless: {:.0} req/s", r.throughput);
+    warm_up(warm, "mcpgw stateless", procs).await?;
 
     let duration = Duration::from_secs_f64(settings.duration_secs);
     let mut out = Vec::with_capacity(settings.stateless_concurrency.len());
     for &c in &settings.stateless_concurrency {
         let name = format!("stateless client, keep-alive C={c}");
-        let mut scenario = Scenario {
-            name: name.clone(),
+        let spec_of = |i: usize| {
+            let (ep, era, probe) = targets[i];
+            spec(settings, ep, c, false, duration, Some(probe.clone()), era)
+        };
+        let at = Interleaved {
+            name: &name,
             concurrency: c,
             new_connection: false,
-            targets: TARGETS.iter().map(|t| TargetRuns::new(t)).collect(),
+            targets: &TARGETS,
         };
-        for rep in 0..settings.reps {
-            for (i, &(ep, era, probe)) in targets.iter().enumerate() {
-                let spec = spec(settings, ep, c, false, duration, Some(probe.clone()), era);
-                let r = measured_run(spec, &name, rep, settings.reps, TARGETS[i], procs).await?;
-                scenario.targets[i].runs.push(r);
-            }
-        }
-        for t in &mut scenario.targets {
-            t.summarize(ticks_per_second);
-        }
-        out.push(scenario);
+        out.push(at.run(settings, spec_of, ticks_per_second, procs).await?);
     }
     Ok(out)
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
-use crate::compare::{Scenario, Settings, TargetRuns, measured_run, spec};
+use crate::compare::{Interleaved, Scenario, Settings, spec, warm_up};
 use crate::load::Probe;
 use crate::mcp::{Endpoint, Era};
 use crate::procs::Proc;
@@ -115,41 +115,25 @@ pub(crate) async fn run(
         None,
         Era::Stateful,
     );
-    let r = crate::compare::with_logs(crate::load::run(warm).await, procs)
-        .context("warm-up of mcpgw with an https upstream")?;
-    if r.errors.total > 0 {
-        bail!(
-            "warm-up of mcpgw with an https upstream: {} errors, first: {}",
-            r.errors.total,
-            r.errors.first.unwrap_or_default()
-        );
-    }
-    eprintln!("# warm-up mcpgw, https upstream: {:.0} req/s", r.throughput);
+    warm_up(warm, "mcpgw with an https upstream", procs).await?;
     let name = format!("https upstream, keep-alive C={CONCURRENCY}");
-    let mut scenario = Scenario {
-        name: name.clone(),
+    let duration = Duration::from_secs_f64(settings.duration_secs);
+    let spec_of = |i: usize| {
+        spec(
+            settings,
+            endpoints[i],
+            CONCURRENCY,
+            false,
+            duration,
+            Some(probes[i].clone()),
+            Era::Stateful,
+        )
+    };
+    let at = Interleaved {
+        name: &name,
         concurrency: CONCURRENCY,
         new_connection: false,
-        targets: TARGETS.iter().map(|t| TargetRuns::new(t)).collect(),
+        targets: &TARGETS,
     };
-    let duration = Duration::from_secs_f64(settings.duration_secs);
-    for rep in 0..settings.reps {
-        for (i, (ep, probe)) in endpoints.iter().zip(probes).enumerate() {
-            let spec = spec(
-                settings,
-                ep,
-                CONCURRENCY,
-                false,
-                duration,
-                Some(probe.clone()),
-                Era::Stateful,
-            );
-            let r = measured_run(spec, &name, rep, settings.reps, TARGETS[i], procs).await?;
-            scenario.targets[i].runs.push(r);
-        }
-    }
-    for t in &mut scenario.targets {
-        t.summarize(ticks_per_second);
-    }
-    Ok(scenario)
+    at.run(settings, spec_of, ticks_per_second, procs).await
 }

@@ -17,7 +17,8 @@
 //! - `GET /log`: every HTTP request received, as `{"http": METHOD, "method": body method}`,
 //!   so tests can check that no `initialize` or `DELETE` was sent.
 //!
-//! Prints `modern-server listening http://ADDR` on stdout once it serves.
+//! Prints `modern-server listening http://ADDR` on stdout once it serves. Two
+//! runtime threads, as the counter server has, so the benchmark compares like with like.
 
 use std::borrow::Cow;
 use std::io::Write as _;
@@ -50,6 +51,10 @@ struct Args {
     listen: SocketAddr,
     #[arg(long, default_value = "modern")]
     name: String,
+    /// Keep no request log (`GET /log` answers `[]`): for the benchmark, where
+    /// the log would grow with every request and serialise them on its lock.
+    #[arg(long)]
+    no_log: bool,
 }
 
 /// Every HTTP request seen, in order.
@@ -275,7 +280,7 @@ async fn show_log(State(log): State<Log>) -> Response {
     axum::Json(Value::Array(entries)).into_response()
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let handler = Modern {
@@ -291,9 +296,10 @@ async fn main() -> anyhow::Result<()> {
             .disable_allowed_hosts(),
     );
     let log: Log = Arc::default();
-    let mcp = Router::new()
-        .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(log.clone(), record));
+    let mut mcp = Router::new().nest_service("/mcp", service);
+    if !args.no_log {
+        mcp = mcp.layer(axum::middleware::from_fn_with_state(log.clone(), record));
+    }
     let app = Router::new()
         .route("/log", axum::routing::get(show_log))
         .with_state(log)

@@ -441,8 +441,8 @@ fn endpoint(addr: SocketAddr) -> Result<Endpoint> {
 /// An unrecorded run of `target` before it is measured: it fills pools and caches, and
 /// a target that fails it stops the comparison.
 pub(crate) async fn warm_up(spec: LoadSpec, target: &str, procs: &[&Proc]) -> Result<()> {
-    let r = with_logs(load::run(spec).await, procs)
-        .with_context(|| format!("warm-up of {target}"))?;
+    let r =
+        with_logs(load::run(spec).await, procs).with_context(|| format!("warm-up of {target}"))?;
     if r.errors.total > 0 {
         bail!(
             "warm-up of {target}: {} errors, first: {}",

@@ -20,9 +20,9 @@ mod failover;
 mod http;
 mod load;
 mod mcp;
+mod modern;
 mod procs;
 mod report;
-mod modern;
 mod stateless;
 mod tls;
 

@@ -264,11 +264,12 @@ pub struct Sessions {
     /// A worker silent this long is taken for hung: it is killed and its
     /// sessions move to its replacement.
     pub heartbeat_ttl_ms: u64,
-    /// Upstream sessions opened ahead of need for stateless (2026-07-28)
-    /// clients, per upstream and kind of client (its capabilities and
-    /// info): a stateless request takes one instead of waiting for an
-    /// `initialize` round trip. Each serves one request and is closed; 0
-    /// opens them on demand.
+    /// The most upstream sessions opened ahead of need for stateless
+    /// (2026-07-28) clients, per upstream and kind of client (its
+    /// capabilities and info): a stateless request takes one instead of
+    /// waiting for an `initialize` round trip. A kind starts with one and
+    /// doubles it whenever a request finds none ready, up to this. Each
+    /// serves one request and is closed; 0 opens them on demand.
     pub stateless_warm_sessions: u32,
     /// How long a stateless client's call whose upstream asked it
     /// something (MRTR) waits, parked, for the client's retry.
@@ -283,7 +284,7 @@ impl Default for Sessions {
             upstream_close_grace_ms: 2_000,
             heartbeat_ms: 1_000,
             heartbeat_ttl_ms: 3_000,
-            stateless_warm_sessions: 2,
+            stateless_warm_sessions: 8,
             input_wait_secs: 300,
         }
     }

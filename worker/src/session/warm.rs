@@ -11,6 +11,12 @@
 //! take asks for a replacement in the background, so a steady stream of
 //! requests of one kind finds its sessions ready.
 //!
+//! Adaptive: a kind starts with one session kept ahead and doubles that
+//! each time a request finds none ready (its requests come faster than
+//! one background `initialize`), up to `depth`. A client seen once costs
+//! the upstream one idle session, not `depth` of them; a busy kind gets
+//! the depth that keeps its requests off the `initialize` path.
+//!
 //! Bounded: `depth` sessions per (upstream, kind), at most [`MAX_KINDS`]
 //! kinds per upstream (the least recently used kind is dropped and its
 //! sessions closed), kinds whose description is over [`MAX_KEY_BYTES`]
@@ -34,6 +40,9 @@ pub(crate) const MAX_KEY_BYTES: usize = 4096;
 struct Kind {
     ready: Vec<Arc<UpstreamSession>>,
     opening: usize,
+    /// Sessions kept ahead for this kind: 1 at first, doubled on a miss,
+    /// at most the pool's depth.
+    ahead: usize,
     /// For the least-recently-used choice.
     last_used: u64,
 }
@@ -114,6 +123,7 @@ impl WarmPool {
             }
         }
         let kind = st.kinds.entry(key).or_default();
+        let seen_before = kind.ahead > 0;
         kind.last_used = now;
         while let Some(us) = kind.ready.pop() {
             if Arc::ptr_eq(&us.server, server) && us.idle_for() < self.max_idle {
@@ -122,7 +132,12 @@ impl WarmPool {
             }
             taken.discard.push(us);
         }
-        let wanted = self.depth.saturating_sub(kind.ready.len() + kind.opening);
+        kind.ahead = match (seen_before, &taken.session) {
+            (false, _) => 1,
+            (true, None) => (kind.ahead * 2).min(self.depth),
+            (true, Some(_)) => kind.ahead,
+        };
+        let wanted = kind.ahead.saturating_sub(kind.ready.len() + kind.opening);
         kind.opening += wanted;
         taken.refill = wanted;
         taken
@@ -144,7 +159,7 @@ impl WarmPool {
         };
         kind.opening = kind.opening.saturating_sub(1);
         let us = opened?;
-        if kind.ready.len() >= self.depth || !Arc::ptr_eq(&us.server, server) {
+        if kind.ready.len() >= kind.ahead || !Arc::ptr_eq(&us.server, server) {
             return Some(us);
         }
         kind.ready.push(us);
@@ -186,22 +201,49 @@ mod tests {
         let server = server(&up.url);
         let pool = WarmPool::new(2, Duration::from_secs(60));
 
-        // Empty: nothing to hand out, two to open.
+        // A new kind: nothing to hand out, one to open ahead.
         let first = pool.take(&server, KIND_A);
         assert!(first.session.is_none());
-        assert_eq!(first.refill, 2);
-        // Asking again while those are being opened opens no more.
+        assert_eq!(first.refill, 1);
+        // A miss while it is being opened: the kind wants two ahead now.
+        assert_eq!(pool.take(&server, KIND_A).refill, 1);
+        // And never more than the pool's depth.
         assert_eq!(pool.take(&server, KIND_A).refill, 0);
         for _ in 0..2 {
             let us = open(&server, KIND_A).await;
             assert!(pool.put(&server, KIND_A, Some(us)).is_none());
         }
-        let a = pool.take(&server, KIND_A).session.expect("a ready session");
+        let a = pool.take(&server, KIND_A);
+        assert_eq!(a.refill, 1, "each take asks for its replacement");
+        let a = a.session.expect("a ready session");
         let b = pool.take(&server, KIND_A).session.expect("another one");
         assert!(!Arc::ptr_eq(&a, &b), "a session goes out once");
         // Another kind of client never gets them.
         assert!(pool.take(&server, KIND_B).session.is_none());
         assert_eq!(pool.drain().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kind_seen_once_keeps_one_session_ahead() {
+        let up = fake_upstream("up").await;
+        let server = server(&up.url);
+        let pool = WarmPool::new(8, Duration::from_secs(60));
+        assert_eq!(pool.take(&server, KIND_A).refill, 1);
+        assert!(
+            pool.put(&server, KIND_A, Some(open(&server, KIND_A).await))
+                .is_none()
+        );
+        // Found ready: the kind keeps one ahead, and a second one offered
+        // for it finds no room.
+        let taken = pool.take(&server, KIND_A);
+        assert!(taken.session.is_some());
+        assert_eq!(taken.refill, 1);
+        assert!(
+            pool.put(&server, KIND_A, Some(open(&server, KIND_A).await))
+                .is_none()
+        );
+        let extra = open(&server, KIND_A).await;
+        assert!(pool.put(&server, KIND_A, Some(extra)).is_some(), "no room");
     }
 
     #[tokio::test]

@@ -79,6 +79,13 @@ pub struct Member {
     pub beat_ms: u64,
     /// Sessions it holds.
     pub sessions: u64,
+    /// Its worker slots (0: not published, by a host before this field).
+    #[serde(default)]
+    pub slots: u16,
+    /// The owner ids of its live workers: where another host may hand a
+    /// session over to (`cluster.handover_on_stop`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
 }
 
 /// Everything needed to rebuild a session on another worker.

@@ -209,7 +209,10 @@ mod tests {
             assert_ne!(second, h);
         }
         assert!(counts.iter().all(|c| *c > 700), "{counts:?}");
-        assert_eq!(best_host(&SessionId::mint_for_slot(0, 1).expect("id"), []), None);
+        assert_eq!(
+            best_host(&SessionId::mint_for_slot(0, 1).expect("id"), []),
+            None
+        );
     }
 
     fn id(text: &str) -> SessionId {

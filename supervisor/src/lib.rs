@@ -421,7 +421,7 @@ async fn run_async(
             break;
         }
     }
-    sup.store.close().await;
+    sup.store.close(sup.config.cluster.handover_on_stop).await;
     info!("all workers exited; supervisor stops");
     sup.runtime_dir.remove();
     Ok(())
@@ -553,7 +553,7 @@ impl Supervisor {
             .filter_map(|l| l.current.as_ref())
             .map(|w| (w.id, w.pid))
             .collect();
-        self.store.heartbeat(&live);
+        self.store.heartbeat(&live, self.pool.len());
         let idle = Duration::from_secs(self.config.sessions.idle_timeout_secs) + ttl;
         let swept = self.store.sweep(idle);
         if !swept.is_empty() {

@@ -636,7 +636,10 @@ fn cluster_needs_redis_a_key_and_an_address_peers_can_reach() {
         Some("10.0.0.2:9000".parse().expect("addr"))
     );
     assert_eq!(ok.cluster.advertise, None);
-    assert!(!ok.cluster.handover_on_stop, "hosts keep their sessions by default");
+    assert!(
+        !ok.cluster.handover_on_stop,
+        "hosts keep their sessions by default"
+    );
     assert!(Config::default().cluster.listen.is_none());
     let handing = Config::parse(&format!(
         "{redis}[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/k\"\nhandover_on_stop = true\n"

@@ -200,7 +200,7 @@ impl Metrics {
         let cluster_claimed = IntCounterVec::new(
             Opts::new(
                 "mcpgw_cluster_claimed_sessions_total",
-                "Sessions this host claimed from a dead gateway host of the cluster (all its heartbeats expired, or it handed them over on stop), by the host they came from.",
+                "Sessions this host claimed from a dead gateway host of the cluster (all its heartbeats expired; or, after a handover on stop, what it could not hand over), by the host they came from.",
             ),
             &["from_host"],
         )?;

@@ -736,6 +736,7 @@ impl SessionStore for RedisStore {
 mod tests {
     use super::*;
     use mcpgw_tests::redis::RedisServer;
+    use scripts::Moved;
 
     fn record(id: &SessionId) -> SessionRecord {
         crate::store::test_record(
@@ -1056,6 +1057,107 @@ mod tests {
             in_memory,
             ids.len(),
             "each claimed record is held by its new host"
+        );
+    }
+
+    /// A batch moves a session only away from an owner without a heartbeat
+    /// (when asked to check), only to an owner with one, and only if the
+    /// session is still the expected owner's; ids it no longer holds leave
+    /// its set.
+    #[tokio::test]
+    async fn batch_moves_go_only_from_dead_owners_to_live_ones() {
+        let server = RedisServer::start().expect("redis-server");
+        let mut conn = connect(&server.url()).expect("client");
+        let scripts = Scripts::new("mb:");
+        let (dead, to) = ("gw-a/0/1", "gw-b/1/7");
+        let id = SessionId::mint_for_slot(0, 1).expect("id");
+        let stale = SessionId::mint_for_slot(0, 1).expect("id");
+        assert!(
+            scripts
+                .put(&mut conn, "gw-a", dead, &record(&id), &id, 60_000)
+                .await
+                .expect("put")
+        );
+        let set_key = |conn: ConnectionManager, k: String| async move {
+            let mut conn = conn;
+            let _: () = redis::cmd("SET")
+                .arg(k)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .expect("set");
+        };
+        // A session whose record is gone, still listed in the owner's set.
+        let _: () = redis::cmd("SADD")
+            .arg(keys::owner_sessions("mb:", dead))
+            .arg(stale.as_str())
+            .query_async(&mut conn)
+            .await
+            .expect("sadd");
+        let moves = vec![(id, to.to_owned()), (stale, to.to_owned())];
+        let batch = |conn: &mut ConnectionManager| {
+            let (scripts, moves) = (&scripts, &moves);
+            let mut conn = conn.clone();
+            async move {
+                scripts
+                    .move_batch(&mut conn, dead, true, moves, 60_000)
+                    .await
+                    .expect("move")
+            }
+        };
+        assert_eq!(
+            batch(&mut conn).await,
+            Moved::Done(Vec::new()),
+            "the new owner has no heartbeat"
+        );
+        set_key(conn.clone(), keys::heartbeat("mb:", dead)).await;
+        set_key(conn.clone(), keys::heartbeat("mb:", to)).await;
+        assert_eq!(batch(&mut conn).await, Moved::OwnerAlive);
+        let _: () = redis::cmd("DEL")
+            .arg(keys::heartbeat("mb:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+        match batch(&mut conn).await {
+            Moved::Done(moved) => {
+                assert_eq!(moved.len(), 1, "{moved:?}");
+                assert_eq!(moved[0].0, id.as_str());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (owner, _) = scripts
+            .get(&mut conn, &id)
+            .await
+            .expect("get")
+            .expect("rec");
+        assert_eq!(owner, to);
+        let left: i64 = redis::cmd("SCARD")
+            .arg(keys::owner_sessions("mb:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("scard");
+        assert_eq!(
+            left, 0,
+            "the moved and the stale id left the dead owner's set"
+        );
+        assert_eq!(
+            batch(&mut conn).await,
+            Moved::Done(Vec::new()),
+            "a second move finds another owner"
+        );
+        assert_eq!(
+            scripts
+                .owners_of_host(&mut conn, "gw-b")
+                .await
+                .expect("scan"),
+            vec![to.to_owned()]
+        );
+        assert!(
+            scripts
+                .owners_of_host(&mut conn, "gw-a")
+                .await
+                .expect("scan")
+                .is_empty()
         );
     }
 }

@@ -40,6 +40,19 @@ pub fn best_slot(id: &SessionId, slots: u16, allowed: impl Fn(u16) -> bool) -> O
     best.map(|(slot, _)| slot)
 }
 
+/// The host among `hosts` that takes over `id` when its own host is gone
+/// (`[cluster]`): rendezvous over host names, so every survivor that sees
+/// the same live members picks the same one, each takes about an equal
+/// share, and a host joining or leaving moves only its own share.
+pub fn best_host<'a>(id: &SessionId, hosts: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let base = fnv1a(id.as_bytes());
+    hosts
+        .into_iter()
+        .map(|h| (h, mix(base ^ fnv1a(h.as_bytes()).rotate_left(17))))
+        .max_by(|(ha, a), (hb, b)| a.cmp(b).then_with(|| hb.cmp(ha)))
+        .map(|(h, _)| h)
+}
+
 /// A change to the routing exceptions, sent by the supervisor to every
 /// worker (workers forward requests by the same table).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -180,6 +193,27 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_host_is_order_free_and_spreads() {
+        let hosts = ["gw-a", "gw-b", "gw-c"];
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            let id = SessionId::mint_for_slot(0, 1).expect("id");
+            let h = best_host(&id, hosts).expect("a host");
+            assert_eq!(best_host(&id, hosts.iter().rev().copied()), Some(h));
+            counts[hosts.iter().position(|x| *x == h).expect("listed")] += 1;
+            // Without the winner, the others keep their sessions.
+            let others: Vec<&str> = hosts.iter().copied().filter(|x| *x != h).collect();
+            let second = best_host(&id, others.iter().copied()).expect("a host");
+            assert_ne!(second, h);
+        }
+        assert!(counts.iter().all(|c| *c > 700), "{counts:?}");
+        assert_eq!(
+            best_host(&SessionId::mint_for_slot(0, 1).expect("id"), []),
+            None
+        );
+    }
 
     fn id(text: &str) -> SessionId {
         SessionId::parse(text.as_bytes()).expect("valid id")

@@ -17,7 +17,7 @@
 //! | `P w:<owner id>` | set | the session ids that owner holds | same, renewed on write |
 //! | `P hb:<owner id>` | string | the worker's pid | heartbeat TTL, renewed every heartbeat |
 //! | `P host:<host>` | string | the start time of the gateway now running as `<host>` | none (it tells a Redis that lost its data) |
-//! | `P members` | hash | field `<host>` = [`Member`] as JSON, rewritten every heartbeat by hosts with `[cluster]` | none (a member's age says whether it is alive) |
+//! | `P members` | hash | field `<host>` = [`Member`] as JSON, rewritten every heartbeat by hosts with `[cluster]` | none (a member's age says whether it is alive); a dead member's field is deleted by a survivor once it holds no sessions, a host that handed everything over deletes its own |
 //!
 //! An owner id is `<host>/<slot>/<generation>` ([`owner_id`]). Session ids
 //! are validated ([`crate::session_id::SessionId`]) and hosts restricted to
@@ -79,6 +79,13 @@ pub struct Member {
     pub beat_ms: u64,
     /// Sessions it holds.
     pub sessions: u64,
+    /// Its worker slots (0: not published, by a host before this field).
+    #[serde(default)]
+    pub slots: u16,
+    /// The owner ids of its live workers: where another host may hand a
+    /// session over to (`cluster.handover_on_stop`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
 }
 
 /// Everything needed to rebuild a session on another worker.

@@ -1,6 +1,8 @@
 //! Stopping: the first stop signal closes the listeners, lets connections
 //! already accepted reach their worker, and tells every worker to drain
-//! (keeping its sessions in Redis when there is one); a second signal or
+//! (keeping its sessions in Redis when there is one: for this host's next
+//! run, or, with `cluster.handover_on_stop`, for the other hosts, to which
+//! the store hands them once the workers are gone); a second signal or
 //! the drain deadline kills what is left. The main loop decides when the
 //! supervisor itself exits.
 

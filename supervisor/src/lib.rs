@@ -21,7 +21,8 @@
 //!   with the workers.
 //! - [`store`]: the session store trait, the records and the embedded
 //!   backend; [`redis_store`]: the Redis backend (its Lua scripts in
-//!   `redis_store::scripts`).
+//!   `redis_store::scripts`; dead cluster members' sessions, the previous
+//!   run's, and the handover on stop in `redis_store::takeover`).
 //! - [`admin`]: the admin listener (`/metrics`, JSON status), gathered from
 //!   the workers; [`metrics`]: the supervisor's own metrics and merging;
 //!   [`admin_guard`]: who may use it (Host/Origin policy, bearer token).
@@ -421,7 +422,7 @@ async fn run_async(
             break;
         }
     }
-    sup.store.close().await;
+    sup.store.close(sup.config.cluster.handover_on_stop).await;
     info!("all workers exited; supervisor stops");
     sup.runtime_dir.remove();
     Ok(())
@@ -553,7 +554,7 @@ impl Supervisor {
             .filter_map(|l| l.current.as_ref())
             .map(|w| (w.id, w.pid))
             .collect();
-        self.store.heartbeat(&live);
+        self.store.heartbeat(&live, self.pool.len());
         let idle = Duration::from_secs(self.config.sessions.idle_timeout_secs) + ttl;
         let swept = self.store.sweep(idle);
         if !swept.is_empty() {

@@ -55,6 +55,9 @@ pub(crate) struct Metrics {
     pub member_age: prometheus::GaugeVec,
     /// `[cluster]`: member hosts whose heartbeat is younger than the TTL.
     pub members_live: IntGauge,
+    /// `[cluster]`: sessions this host took over from a dead host before
+    /// any request asked, by `from_host` (bounded by the cluster's size).
+    pub cluster_claimed: IntCounterVec,
 }
 
 impl Metrics {
@@ -194,6 +197,14 @@ impl Metrics {
         registry.register(Box::new(member_sessions.clone()))?;
         registry.register(Box::new(member_age.clone()))?;
         registry.register(Box::new(members_live.clone()))?;
+        let cluster_claimed = IntCounterVec::new(
+            Opts::new(
+                "mcpgw_cluster_claimed_sessions_total",
+                "Sessions this host claimed from a dead gateway host of the cluster (all its heartbeats expired; or, after a handover on stop, what it could not hand over), by the host they came from.",
+            ),
+            &["from_host"],
+        )?;
+        registry.register(Box::new(cluster_claimed.clone()))?;
         store_up.set(1);
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
@@ -225,6 +236,7 @@ impl Metrics {
             member_sessions,
             member_age,
             members_live,
+            cluster_claimed,
         })
     }
 

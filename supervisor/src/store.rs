@@ -62,15 +62,17 @@ pub(crate) trait SessionStore: Send + Sync {
     /// Drop records unused for `idle`; returns their ids.
     fn sweep(&self, idle: Duration) -> Vec<SessionId>;
     fn len(&self) -> usize;
-    /// Every heartbeat period, with the workers alive now (id, pid).
-    fn heartbeat(&self, live: &[(WorkerId, u32)]);
+    /// Every heartbeat period, with the workers alive now (id, pid) and
+    /// the number of slots.
+    fn heartbeat(&self, live: &[(WorkerId, u32)], slots: u16);
     /// `[cluster]`: the member hosts as of the last heartbeat; `None` when
     /// this host is not in a cluster.
     fn members(&self) -> Option<Vec<crate::redis_store::MemberView>> {
         None
     }
-    /// The supervisor is exiting.
-    fn close(&self) -> BoxFuture<'_, ()>;
+    /// The supervisor is exiting, its workers gone; with `handover`
+    /// (`cluster.handover_on_stop`), its sessions go to the other hosts.
+    fn close(&self, handover: bool) -> BoxFuture<'_, ()>;
 }
 
 /// The embedded backend: the records in the supervisor's memory.
@@ -140,9 +142,9 @@ impl SessionStore for EmbeddedStore {
         self.with(|r| r.len())
     }
 
-    fn heartbeat(&self, _live: &[(WorkerId, u32)]) {}
+    fn heartbeat(&self, _live: &[(WorkerId, u32)], _slots: u16) {}
 
-    fn close(&self) -> BoxFuture<'_, ()> {
+    fn close(&self, _handover: bool) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 }

@@ -26,6 +26,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Cluster {
     hosts: Vec<Gateway>,
+    /// Each host's configuration, to start it again.
+    configs: Vec<GatewayConfig>,
     counter: CounterServer,
     redis: RedisServer,
     _keys: TempDir,
@@ -33,27 +35,38 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Three hosts; `more` is appended to each one's configuration
+    /// (`[sessions]` heartbeats, more `[cluster]` keys: the table is last).
+    fn start_with(more: &str) -> Self {
         let redis = RedisServer::start().expect("redis-server");
         let counter = start_counter!().expect("counter-server");
         let keys = TempDir::new("mcpgw-cluster-key").expect("temp dir");
         let key_file = keys.path().join("cluster.key");
         std::fs::write(&key_file, KEY).expect("write key");
-        let hosts = HOSTS
+        let configs: Vec<GatewayConfig> = HOSTS
             .iter()
             .map(|(name, ip)| {
                 let mut config = GatewayConfig::new(2).upstream("counter", &counter.url());
                 config.ip = Some((*ip).to_owned());
                 // Loopback names other than 127.0.0.1 are allowed by name.
                 config.extra = format!(
-                    "[security]\nallowed_hosts = [\"{ip}\"]\n\n[store]\nredis_url = {:?}\nhost = {name:?}\n\n[cluster]\nlisten = \"{ip}:0\"\nkey_file = {:?}\n",
+                    "[security]\nallowed_hosts = [\"{ip}\"]\n\n[store]\nredis_url = {:?}\nhost = {name:?}\n\n[cluster]\nlisten = \"{ip}:0\"\nkey_file = {:?}\n{more}",
                     redis.url(),
                     key_file.display().to_string(),
                 );
-                Gateway::start(&config).expect("start a gateway host")
+                config
             })
+            .collect();
+        let hosts = configs
+            .iter()
+            .map(|config| Gateway::start(config).expect("start a gateway host"))
             .collect();
         Self {
             hosts,
+            configs,
             counter,
             redis,
             _keys: keys,
@@ -107,6 +120,11 @@ impl Spread {
             addrs,
             next: first + 1,
         }
+    }
+
+    /// The load balancer takes hosts out (or puts new addresses in).
+    fn over(&mut self, addrs: Vec<std::net::SocketAddr>) {
+        self.addrs = addrs;
     }
 
     fn rotate(&mut self) -> std::net::SocketAddr {
@@ -238,6 +256,358 @@ async fn sessions_spread_over_three_hosts_keep_their_counters() {
         let resp = s.client.delete().await.expect("delete");
         assert_eq!(resp.status, 200, "{}", resp.text());
     }
+}
+
+/// The owner id of each session in Redis (`None`: no record).
+async fn owners_in_redis(redis: &RedisServer, ids: &[String]) -> Vec<Option<String>> {
+    let mut conn = redis.connect().await.expect("redis");
+    let mut owners = Vec::new();
+    for id in ids {
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(format!("mcpgw:s:{id}"))
+            .arg("owner")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        owners.push(owner);
+    }
+    owners
+}
+
+/// The members hash (`mcpgw:members`): host → entry.
+async fn members_in_redis(redis: &RedisServer) -> std::collections::HashMap<String, Value> {
+    let mut conn = redis.connect().await.expect("redis");
+    let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("mcpgw:members")
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    all.into_iter()
+        .map(|(h, json)| (h, serde_json::from_str(&json).expect("member JSON")))
+        .collect()
+}
+
+/// Opens `n` sessions, the i-th on host `i % 3` (its owner), and gives
+/// each one `calls` increments spread over every host.
+async fn open_and_count(cluster: &Cluster, n: usize, calls: u64) -> Vec<Spread> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut s = Spread::open(cluster, i).await;
+        tasks.push(tokio::spawn(async move {
+            for want in 1..=calls {
+                assert_eq!(s.increment().await, Ok(want), "before the failure");
+            }
+            s
+        }));
+    }
+    let mut spreads = Vec::new();
+    for t in tasks {
+        spreads.push(t.await.expect("load task"));
+    }
+    spreads
+}
+
+const HEARTBEAT_MS: u64 = 250;
+/// Short, so that a dead host's heartbeats run out soon.
+const KILL_TTL_MS: u64 = 1_500;
+
+/// A host loses power under load: its whole process tree is SIGKILLed. Its
+/// sessions are claimed by the two survivors before any request asks for
+/// them, within the heartbeat TTL plus one second, and carry on there with
+/// their upstream sessions (no re-initialize: each counter continues);
+/// the other hosts' sessions see no error at any time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_sessions_continue_on_the_survivors() {
+    let cluster = Cluster::start_with(&format!(
+        "\n[sessions]\nheartbeat_ms = {HEARTBEAT_MS}\nheartbeat_ttl_ms = {KILL_TTL_MS}\n"
+    ));
+    cluster.wait_for_members().await;
+    const SESSIONS: usize = 12;
+    const BEFORE: u64 = 6;
+    let spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
+    let ids: Vec<String> = spreads
+        .iter()
+        .map(|s| s.client.session_id().expect("id").to_owned())
+        .collect();
+    let owners = owners_in_redis(&cluster.redis, &ids).await;
+    let (mut doomed, mut others) = (Vec::new(), Vec::new());
+    for (s, owner) in spreads.into_iter().zip(&owners) {
+        let owner = owner.as_deref().expect("a record in Redis");
+        if owner.starts_with("gw-a/") {
+            doomed.push(s);
+        } else {
+            others.push(s);
+        }
+    }
+    assert_eq!(doomed.len(), SESSIONS / 3, "{owners:?}");
+    let doomed_ids: Vec<String> = doomed
+        .iter()
+        .map(|s| s.client.session_id().expect("id").to_owned())
+        .collect();
+
+    // The other hosts' sessions run on, through the survivors (the load
+    // balancer takes the dead host out), for the whole failover.
+    let survivors: Vec<_> = cluster.hosts[1..].iter().map(|h| h.addr).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for mut s in others {
+        s.over(survivors.clone());
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(s.increment().await);
+            }
+            seen
+        }));
+    }
+    // Some load before the kill.
+    let forwarded = cluster.metric("mcpgw_cluster_forwarded_total{").await;
+    wait_until("load on the survivors", WAIT, || async {
+        Ok(
+            (cluster.metric("mcpgw_cluster_forwarded_total{").await >= forwarded + 8.0)
+                .then_some(()),
+        )
+    })
+    .await
+    .expect("load");
+
+    let mut cluster = cluster;
+    cluster.hosts[0].kill();
+    let killed = std::time::Instant::now();
+    let cluster = cluster;
+
+    // Claimed proactively: Redis says the survivors own every one of the
+    // dead host's sessions while no request has asked for any.
+    let claimed_after = wait_until("the dead host's sessions claimed", WAIT, || async {
+        let owners = owners_in_redis(&cluster.redis, &doomed_ids).await;
+        Ok(owners
+            .iter()
+            .all(|o| {
+                o.as_deref()
+                    .is_some_and(|o| o.starts_with("gw-b/") || o.starts_with("gw-c/"))
+            })
+            .then(|| killed.elapsed()))
+    })
+    .await
+    .expect("proactive claims");
+    // Each of them answers on the survivors, its counter where it was,
+    // within the heartbeat TTL plus one second of the kill.
+    let deadline = killed + Duration::from_millis(KILL_TTL_MS + 1_000);
+    let mut answering = Vec::new();
+    for mut s in doomed {
+        s.over(survivors.clone());
+        answering.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            loop {
+                match s.increment().await {
+                    Ok(count) => return (s, count, killed.elapsed(), failures),
+                    Err(e) => failures.push(e),
+                }
+                if std::time::Instant::now() >= deadline {
+                    return (s, 0, killed.elapsed(), failures);
+                }
+            }
+        }));
+    }
+    let mut doomed = Vec::new();
+    let mut answered_after = Duration::ZERO;
+    for t in answering {
+        let (s, count, after, failures) = t.await.expect("answering task");
+        assert_eq!(
+            count,
+            BEFORE + 1,
+            "served within the TTL plus 1 s of the kill, the counter carried on (no re-initialize): {failures:?}"
+        );
+        answered_after = answered_after.max(after);
+        doomed.push(s);
+    }
+    assert!(
+        answered_after <= Duration::from_millis(KILL_TTL_MS + 1_000),
+        "served {answered_after:?} after the kill"
+    );
+    let mut claimed = 0.0;
+    for host in &cluster.hosts[1..] {
+        claimed += metric_sum(
+            host,
+            "mcpgw_cluster_claimed_sessions_total{from_host=\"gw-a\"}",
+        )
+        .await;
+    }
+    assert_eq!(
+        claimed,
+        doomed.len() as f64,
+        "claimed before any request asked"
+    );
+    eprintln!(
+        "failover: claimed {claimed_after:?} after SIGKILL, every session answered {answered_after:?} after it (heartbeat TTL {KILL_TTL_MS} ms)"
+    );
+    for s in &mut doomed {
+        for want in BEFORE + 2..BEFORE + 6 {
+            assert_eq!(s.increment().await, Ok(want));
+        }
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        let seen = t.await.expect("load task");
+        let errors: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            errors.is_empty(),
+            "errors on the other hosts' sessions: {errors:?}"
+        );
+        let counts: Vec<u64> = seen.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(
+            counts,
+            (BEFORE + 1..=BEFORE + counts.len() as u64).collect::<Vec<_>>(),
+            "a counter reset or skipped"
+        );
+    }
+    let stats = cluster.counter.stats().await.expect("stats");
+    assert_eq!(
+        stats.initialize, SESSIONS as u64,
+        "no upstream session was opened again: {stats:?}"
+    );
+    // The dead host held nothing more: it left the members.
+    wait_until("gw-a removed from the members", WAIT, || async {
+        Ok((!members_in_redis(&cluster.redis).await.contains_key("gw-a")).then_some(()))
+    })
+    .await
+    .expect("members");
+}
+
+/// A drained host (SIGTERM) with `handover_on_stop = true` gives its
+/// sessions to the live hosts before it exits: the next request for each,
+/// on any host, is served with its upstream session. With the default
+/// (false), a host restarted within the TTL keeps its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_hands_over_only_when_configured() {
+    const SESSIONS: usize = 6;
+    const BEFORE: u64 = 3;
+    // Handover: the sessions go to gw-b and gw-c, and gw-a leaves.
+    let mut cluster = Cluster::start_with(&format!(
+        "handover_on_stop = true\n\n[sessions]\nheartbeat_ms = {HEARTBEAT_MS}\nheartbeat_ttl_ms = 5000\n"
+    ));
+    cluster.wait_for_members().await;
+    let mut spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
+    let ids: Vec<String> = spreads
+        .iter()
+        .map(|s| s.client.session_id().expect("id").to_owned())
+        .collect();
+    let before = owners_in_redis(&cluster.redis, &ids).await;
+    let on_a = before
+        .iter()
+        .filter(|o| o.as_deref().is_some_and(|o| o.starts_with("gw-a/")))
+        .count();
+    assert_eq!(on_a, SESSIONS / 3, "{before:?}");
+    let survivors: Vec<_> = cluster.hosts[1..].iter().map(|h| h.addr).collect();
+    cluster.hosts[0].stop().await;
+    let after = owners_in_redis(&cluster.redis, &ids).await;
+    for (b, a) in before.iter().zip(&after) {
+        let a = a.as_deref().expect("a record");
+        assert!(
+            !a.starts_with("gw-a/"),
+            "handed over before exit: {after:?}"
+        );
+        if !b.as_deref().is_some_and(|b| b.starts_with("gw-a/")) {
+            assert_eq!(b.as_deref(), Some(a), "only gw-a's sessions moved");
+        }
+    }
+    assert!(
+        !members_in_redis(&cluster.redis).await.contains_key("gw-a"),
+        "a host that handed everything over leaves the members"
+    );
+    for s in &mut spreads {
+        s.over(survivors.clone());
+        for want in BEFORE + 1..=BEFORE + 3 {
+            assert_eq!(
+                s.increment().await,
+                Ok(want),
+                "served at once, counter kept"
+            );
+        }
+    }
+    let stats = cluster.counter.stats().await.expect("stats");
+    assert_eq!(stats.initialize, SESSIONS as u64, "{stats:?}");
+    drop(spreads);
+    drop(cluster);
+
+    // The default: gw-a drained and restarted within the TTL keeps them.
+    let mut cluster = Cluster::start_with(&format!(
+        "\n[sessions]\nheartbeat_ms = {HEARTBEAT_MS}\nheartbeat_ttl_ms = 5000\n"
+    ));
+    cluster.wait_for_members().await;
+    let mut spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
+    let ids: Vec<String> = spreads
+        .iter()
+        .map(|s| s.client.session_id().expect("id").to_owned())
+        .collect();
+    let before = owners_in_redis(&cluster.redis, &ids).await;
+    cluster.hosts[0].stop().await;
+    assert_eq!(
+        owners_in_redis(&cluster.redis, &ids).await,
+        before,
+        "nothing moved at the stop"
+    );
+    let restarted = Gateway::start(&cluster.configs[0]).expect("gw-a again");
+    cluster.hosts[0] = restarted;
+    // Its previous run's sessions are its new workers' now, adopted at
+    // start, none taken by another host.
+    let want_a: Vec<usize> = (0..SESSIONS)
+        .filter(|i| {
+            before[*i]
+                .as_deref()
+                .is_some_and(|o| o.starts_with("gw-a/"))
+        })
+        .collect();
+    assert_eq!(want_a.len(), SESSIONS / 3);
+    wait_until("gw-a's sessions adopted by its new run", WAIT, || async {
+        let members = members_in_redis(&cluster.redis).await;
+        let workers: Vec<String> = members
+            .get("gw-a")
+            .and_then(|m| m["workers"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|w| w.as_str().map(str::to_owned))
+            .collect();
+        let now = owners_in_redis(&cluster.redis, &ids).await;
+        for (i, (b, n)) in before.iter().zip(&now).enumerate() {
+            if want_a.contains(&i) {
+                anyhow::ensure!(
+                    n.as_deref().is_some_and(|n| n.starts_with("gw-a/")),
+                    "taken by another host: {now:?}"
+                );
+                if !n.as_ref().is_some_and(|n| workers.contains(n)) {
+                    return Ok(None);
+                }
+            } else {
+                anyhow::ensure!(b == n, "another host's session moved: {now:?}");
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .expect("kept by gw-a");
+    let addrs: Vec<_> = cluster.hosts.iter().map(|h| h.addr).collect();
+    for s in &mut spreads {
+        s.over(addrs.clone());
+        for want in BEFORE + 1..=BEFORE + 3 {
+            assert_eq!(
+                s.increment().await,
+                Ok(want),
+                "counter kept after the restart"
+            );
+        }
+    }
+    let now = owners_in_redis(&cluster.redis, &ids).await;
+    for i in &want_a {
+        assert!(
+            now[*i].as_deref().is_some_and(|o| o.starts_with("gw-a/")),
+            "still gw-a's: {now:?}"
+        );
+    }
+    let stats = cluster.counter.stats().await.expect("stats");
+    assert_eq!(stats.initialize, SESSIONS as u64, "{stats:?}");
 }
 
 /// Sum of the samples of `family` (a prefix up to `{`) whose labels contain

@@ -414,6 +414,12 @@ impl Gateway {
         self.child.log_tail()
     }
 
+    /// SIGKILLs the whole process group (supervisor and workers) at once, as
+    /// a host that loses power, and reaps the supervisor.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
     /// Sends a signal to the supervisor only.
     pub fn signal(&self, signal: Signal) -> Result<()> {
         self.child.signal(signal)

@@ -370,6 +370,11 @@ pub struct Cluster {
     /// e.g. `openssl rand -hex 32`): it signs forwarded requests and tags
     /// session ids.
     pub key_file: Option<PathBuf>,
+    /// On SIGTERM (a drain), hand this host's sessions over to the live
+    /// members of the cluster instead of keeping them for this host's next
+    /// run: for rolling upgrades, so that nothing moves twice. Default
+    /// false: a host back within `sessions.heartbeat_ttl_ms` keeps them.
+    pub handover_on_stop: bool,
 }
 
 impl Cluster {
@@ -378,6 +383,7 @@ impl Cluster {
             for (key, set) in [
                 ("cluster.advertise", self.advertise.is_some()),
                 ("cluster.key_file", self.key_file.is_some()),
+                ("cluster.handover_on_stop", self.handover_on_stop),
             ] {
                 if set {
                     return Err(invalid(key, "needs cluster.listen"));

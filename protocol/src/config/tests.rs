@@ -636,7 +636,26 @@ fn cluster_needs_redis_a_key_and_an_address_peers_can_reach() {
         Some("10.0.0.2:9000".parse().expect("addr"))
     );
     assert_eq!(ok.cluster.advertise, None);
+    assert!(
+        !ok.cluster.handover_on_stop,
+        "hosts keep their sessions by default"
+    );
     assert!(Config::default().cluster.listen.is_none());
+    let handing = Config::parse(&format!(
+        "{redis}[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/k\"\nhandover_on_stop = true\n"
+    ))
+    .expect("handover on stop");
+    assert!(handing.cluster.handover_on_stop);
+    assert!(
+        err("[cluster]\nhandover_on_stop = true\n")
+            .starts_with("cluster.handover_on_stop: needs cluster.listen")
+    );
+    assert!(
+        err(&format!(
+            "{redis}[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/k\"\nhandover_on_stop = \"yes\"\n"
+        ))
+        .contains("handover_on_stop")
+    );
 
     assert!(
         err("[cluster]\nlisten = \"10.0.0.2:9000\"\nkey_file = \"/k\"\n")

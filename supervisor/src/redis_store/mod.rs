@@ -16,7 +16,10 @@
 //!   record another host has claimed is never overwritten);
 //! - `CLAIM` moves one record from a given dead owner to the asker, and,
 //!   for another host's worker, only while that worker has no heartbeat;
-//! - `REASSIGN` moves every session of a dead worker to its replacement.
+//! - `REASSIGN` moves every session of a dead worker to its replacement;
+//! - `MOVE_BATCH` moves a bounded batch of one dead owner's sessions, each
+//!   to a live worker, for the takeovers of [`takeover`] (a dead cluster
+//!   member's sessions, this host's previous run's, a handover on stop).
 //!
 //! Once a heartbeat period the task publishes heartbeats of the live
 //! workers, renews the expiry of sessions used since, and checks this host's
@@ -24,7 +27,7 @@
 //! is a new run) and every live record is written again.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::store::{BoxFuture, Records, SessionStore};
 
 mod scripts;
+mod takeover;
 
 use scripts::{Claim, Scripts};
 
@@ -106,6 +110,8 @@ struct Pending {
     touched: HashSet<SessionId>,
     /// Workers alive now, with their pids.
     live: Vec<(WorkerId, u32)>,
+    /// The number of worker slots.
+    slots: u16,
 }
 
 struct Shared {
@@ -128,6 +134,10 @@ struct Shared {
     advertise: Option<String>,
     /// `[cluster]`: the members as of the last heartbeat.
     members: Mutex<Vec<MemberView>>,
+    /// `[cluster]`: the same, for taking over dead members' sessions.
+    view: Mutex<takeover::ClusterView>,
+    /// `[cluster]`: passes left to adopt the previous run's sessions.
+    adopt_passes: AtomicU32,
 }
 
 pub(crate) struct RedisStore {
@@ -169,6 +179,8 @@ impl RedisStore {
             metrics,
             advertise: settings.advertise,
             members: Mutex::new(Vec::new()),
+            view: Mutex::new(takeover::ClusterView::default()),
+            adopt_passes: AtomicU32::new(takeover::ADOPT_PASSES),
         });
         tokio::spawn(sync(shared.clone()));
         Ok(Self { shared })
@@ -379,7 +391,8 @@ impl Shared {
     /// Heartbeats, expiry renewal, and the check that Redis still has our
     /// records. Returns false if Redis failed.
     async fn beat(&self) -> bool {
-        let (live, touched) = self.pending(|p| (p.live.clone(), std::mem::take(&mut p.touched)));
+        let (live, touched, slots) =
+            self.pending(|p| (p.live.clone(), std::mem::take(&mut p.touched), p.slots));
         let mut pipe = redis::pipe();
         for (w, pid) in &live {
             pipe.cmd("SET")
@@ -403,6 +416,8 @@ impl Shared {
                 advertise: advertise.clone(),
                 beat_ms: now_ms,
                 sessions: self.records(|r| r.len()) as u64,
+                slots,
+                workers: live.iter().map(|(w, _)| self.owner(*w)).collect(),
             };
             let members = keys::members(&self.scripts.prefix);
             if let Ok(json) = serde_json::to_string(&me) {
@@ -467,6 +482,7 @@ impl Shared {
     /// Keep the members Redis listed (`HGETALL` of [`keys::members`]) for
     /// `/admin/cluster`, and set their metrics.
     fn note_members(&self, members: &std::collections::HashMap<String, String>, now_ms: u64) {
+        let mut cluster = takeover::ClusterView::default();
         let mut views: Vec<MemberView> = members
             .iter()
             .filter_map(|(host, json)| {
@@ -474,6 +490,18 @@ impl Shared {
                     .inspect_err(|e| debug!(host, error = %e, "unreadable cluster member entry"))
                     .ok()?;
                 let age = now_ms.saturating_sub(m.beat_ms);
+                if age <= self.heartbeat_ttl_ms || *host == self.host {
+                    cluster.live.push(host.clone());
+                    if *host != self.host {
+                        cluster.peers.push((host.clone(), m.clone()));
+                    }
+                } else {
+                    cluster.dead.push(takeover::DeadMember {
+                        host: host.clone(),
+                        entry: json.clone(),
+                        dead_for_ms: age - self.heartbeat_ttl_ms,
+                    });
+                }
                 Some(MemberView {
                     host: host.clone(),
                     advertise: m.advertise,
@@ -503,6 +531,10 @@ impl Shared {
             Ok(mut m) => *m = views,
             Err(poisoned) => *poisoned.into_inner() = views,
         }
+        match self.view.lock() {
+            Ok(mut v) => *v = cluster,
+            Err(poisoned) => *poisoned.into_inner() = cluster,
+        }
     }
 }
 
@@ -514,6 +546,8 @@ async fn sync(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Duration::ZERO;
     loop {
+        // A heartbeat was published: time for a takeover pass too.
+        let mut beat = true;
         if backoff.is_zero() {
             tokio::select! {
                 _ = tick.tick() => {
@@ -522,7 +556,7 @@ async fn sync(shared: Arc<Shared>) {
                         continue;
                     }
                 }
-                _ = shared.wake.notified() => {}
+                _ = shared.wake.notified() => beat = false,
             }
         } else {
             tokio::time::sleep(backoff).await;
@@ -532,6 +566,9 @@ async fn sync(shared: Arc<Shared>) {
             }
         }
         backoff = if shared.flush().await {
+            if beat {
+                shared.take_over().await;
+            }
             Duration::ZERO
         } else {
             (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
@@ -625,10 +662,11 @@ impl SessionStore for RedisStore {
         self.shared.records(|r| r.len())
     }
 
-    fn heartbeat(&self, live: &[(WorkerId, u32)]) {
+    fn heartbeat(&self, live: &[(WorkerId, u32)], slots: u16) {
         self.shared.pending(|p| {
             p.live.clear();
             p.live.extend_from_slice(live);
+            p.slots = slots;
         });
     }
 
@@ -640,19 +678,46 @@ impl SessionStore for RedisStore {
         })
     }
 
-    fn close(&self) -> BoxFuture<'_, ()> {
+    fn close(&self, handover: bool) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // Write what is pending, then drop our workers' heartbeats: the
-            // next run (or another host) may take their sessions at once.
             let shared = &self.shared;
+            let cluster = shared.advertise.is_some();
+            if cluster && handover {
+                // Generous: every session is one compare-and-swap.
+                let done = tokio::time::timeout(RESPONSE_TIMEOUT * 10, async {
+                    shared.flush().await;
+                    let live = shared.pending(|p| std::mem::take(&mut p.live));
+                    let mut conn = shared.conn.clone();
+                    let left = shared.hand_over(&mut conn).await?;
+                    shared.leave(&mut conn, &live, left).await
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "handover on stop failed; the other hosts claim the sessions once this host's heartbeats expire")
+                    }
+                    Err(_) => warn!(
+                        "handover on stop took too long; the other hosts claim the rest once this host's heartbeats expire"
+                    ),
+                }
+                return;
+            }
+            // Write what is pending. Outside a cluster, drop our workers'
+            // heartbeats too: the next run may take their sessions at once.
+            // In a cluster they run out by themselves: until then the other
+            // hosts leave this host's sessions to its next run (a restart
+            // within the TTL keeps them).
             let done = tokio::time::timeout(RESPONSE_TIMEOUT * 2, async {
                 shared.flush().await;
                 let live = shared.pending(|p| std::mem::take(&mut p.live));
                 let mut pipe = redis::pipe();
-                for (w, _) in &live {
-                    pipe.cmd("DEL")
-                        .arg(keys::heartbeat(&shared.scripts.prefix, &shared.owner(*w)))
-                        .ignore();
+                if !cluster {
+                    for (w, _) in &live {
+                        pipe.cmd("DEL")
+                            .arg(keys::heartbeat(&shared.scripts.prefix, &shared.owner(*w)))
+                            .ignore();
+                    }
                 }
                 let mut conn = shared.conn.clone();
                 pipe.query_async::<()>(&mut conn).await
@@ -671,6 +736,7 @@ impl SessionStore for RedisStore {
 mod tests {
     use super::*;
     use mcpgw_tests::redis::RedisServer;
+    use scripts::Moved;
 
     fn record(id: &SessionId) -> SessionRecord {
         crate::store::test_record(
@@ -856,5 +922,242 @@ mod tests {
             .expect("get")
             .expect("rec");
         assert_eq!(now, "west/0/1");
+    }
+
+    /// Two survivors take over a dead member's sessions at once, on a real
+    /// Redis: each session ends with exactly one owner, a live worker of
+    /// one survivor at the slot its hash gives, both get a share, nothing
+    /// moves while the dead host's heartbeat is there, and the member
+    /// leaves the members hash once it holds nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survivors_split_a_dead_hosts_sessions_without_two_owners() {
+        let server = RedisServer::start().expect("redis-server");
+        let mut conn = connect(&server.url()).expect("client");
+        let scripts = Scripts::new("mcpgw:");
+        let dead = "gw-a/0/1";
+        let ids: Vec<SessionId> = (0..150)
+            .map(|_| SessionId::mint_for_slot(0, 1).expect("id"))
+            .collect();
+        for id in &ids {
+            assert!(
+                scripts
+                    .put(&mut conn, "gw-a", dead, &record(id), id, 60_000)
+                    .await
+                    .expect("put")
+            );
+        }
+        let _: () = redis::cmd("SET")
+            .arg(keys::heartbeat("mcpgw:", dead))
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("heartbeat");
+        // Its last heartbeat just now: it expires after the TTL, and the
+        // survivors share its sessions until twice that.
+        let entry = format!(
+            r#"{{"advertise":"127.0.0.2:1","beat_ms":{},"sessions":150}}"#,
+            mcpgw_protocol::cluster::now_ms()
+        );
+        let _: () = redis::cmd("HSET")
+            .arg(keys::members("mcpgw:"))
+            .arg("gw-a")
+            .arg(&entry)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let mut stores = Vec::new();
+        for (i, host) in ["gw-b", "gw-c"].into_iter().enumerate() {
+            let store = RedisStore::start(
+                &StoreConfig::default(),
+                &server.url(),
+                Settings {
+                    host: host.into(),
+                    boot: 10,
+                    idle_timeout: Duration::from_secs(60),
+                    heartbeat_every: Duration::from_millis(50),
+                    heartbeat_ttl: Duration::from_millis(200),
+                    advertise: Some(format!("127.0.0.{}:1", i + 3)),
+                },
+                Arc::new(Metrics::new(2).expect("metrics")),
+            )
+            .expect("store");
+            let workers: Vec<(WorkerId, u32)> = (0..2)
+                .map(|slot| {
+                    (
+                        WorkerId {
+                            slot,
+                            generation: 10,
+                        },
+                        100 + u32::from(slot),
+                    )
+                })
+                .collect();
+            store.heartbeat(&workers, 2);
+            stores.push(store);
+        }
+        let owner_of = |mut conn: ConnectionManager, id: SessionId| async move {
+            Scripts::new("mcpgw:")
+                .get(&mut conn, &id)
+                .await
+                .expect("get")
+                .map(|(o, _)| o)
+        };
+        // The dead host's heartbeat is still there: nothing moves.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(owner_of(conn.clone(), ids[0]).await.as_deref(), Some(dead));
+        let _: () = redis::cmd("DEL")
+            .arg(keys::heartbeat("mcpgw:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let gone: bool = redis::cmd("HEXISTS")
+                .arg(keys::members("mcpgw:"))
+                .arg("gw-a")
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("hexists")
+                == 0;
+            if gone {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gw-a never left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut per_host = std::collections::HashMap::<String, usize>::new();
+        for id in &ids {
+            let owner = owner_of(conn.clone(), *id).await.expect("an owner");
+            let (host, w) = parse_owner_id(&owner).expect("owner id");
+            assert_eq!(w.slot, mcpgw_protocol::routing::slot_for(id, 2), "{id}");
+            let holders = {
+                let mut n = 0;
+                for o in ["gw-b/0/10", "gw-b/1/10", "gw-c/0/10", "gw-c/1/10", dead] {
+                    let member: bool = redis::cmd("SISMEMBER")
+                        .arg(keys::owner_sessions("mcpgw:", o))
+                        .arg(id.as_str())
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .expect("sismember")
+                        == 1;
+                    n += usize::from(member);
+                }
+                n
+            };
+            assert_eq!(holders, 1, "{id} is in exactly one owner set");
+            *per_host.entry(host.to_owned()).or_default() += 1;
+        }
+        assert_eq!(
+            per_host.len(),
+            2,
+            "both survivors took a share: {per_host:?}"
+        );
+        let in_memory: usize = stores.iter().map(|s| s.len()).sum();
+        assert_eq!(
+            in_memory,
+            ids.len(),
+            "each claimed record is held by its new host"
+        );
+    }
+
+    /// A batch moves a session only away from an owner without a heartbeat
+    /// (when asked to check), only to an owner with one, and only if the
+    /// session is still the expected owner's; ids it no longer holds leave
+    /// its set.
+    #[tokio::test]
+    async fn batch_moves_go_only_from_dead_owners_to_live_ones() {
+        let server = RedisServer::start().expect("redis-server");
+        let mut conn = connect(&server.url()).expect("client");
+        let scripts = Scripts::new("mb:");
+        let (dead, to) = ("gw-a/0/1", "gw-b/1/7");
+        let id = SessionId::mint_for_slot(0, 1).expect("id");
+        let stale = SessionId::mint_for_slot(0, 1).expect("id");
+        assert!(
+            scripts
+                .put(&mut conn, "gw-a", dead, &record(&id), &id, 60_000)
+                .await
+                .expect("put")
+        );
+        let set_key = |conn: ConnectionManager, k: String| async move {
+            let mut conn = conn;
+            let _: () = redis::cmd("SET")
+                .arg(k)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .expect("set");
+        };
+        // A session whose record is gone, still listed in the owner's set.
+        let _: () = redis::cmd("SADD")
+            .arg(keys::owner_sessions("mb:", dead))
+            .arg(stale.as_str())
+            .query_async(&mut conn)
+            .await
+            .expect("sadd");
+        let moves = vec![(id, to.to_owned()), (stale, to.to_owned())];
+        let batch = |conn: &mut ConnectionManager| {
+            let (scripts, moves) = (&scripts, &moves);
+            let mut conn = conn.clone();
+            async move {
+                scripts
+                    .move_batch(&mut conn, dead, true, moves, 60_000)
+                    .await
+                    .expect("move")
+            }
+        };
+        assert_eq!(
+            batch(&mut conn).await,
+            Moved::Done(Vec::new()),
+            "the new owner has no heartbeat"
+        );
+        set_key(conn.clone(), keys::heartbeat("mb:", dead)).await;
+        set_key(conn.clone(), keys::heartbeat("mb:", to)).await;
+        assert_eq!(batch(&mut conn).await, Moved::OwnerAlive);
+        let _: () = redis::cmd("DEL")
+            .arg(keys::heartbeat("mb:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+        match batch(&mut conn).await {
+            Moved::Done(moved) => {
+                assert_eq!(moved.len(), 1, "{moved:?}");
+                assert_eq!(moved[0].0, id.as_str());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (owner, _) = scripts
+            .get(&mut conn, &id)
+            .await
+            .expect("get")
+            .expect("rec");
+        assert_eq!(owner, to);
+        let left: i64 = redis::cmd("SCARD")
+            .arg(keys::owner_sessions("mb:", dead))
+            .query_async(&mut conn)
+            .await
+            .expect("scard");
+        assert_eq!(
+            left, 0,
+            "the moved and the stale id left the dead owner's set"
+        );
+        assert_eq!(
+            batch(&mut conn).await,
+            Moved::Done(Vec::new()),
+            "a second move finds another owner"
+        );
+        assert_eq!(
+            scripts
+                .owners_of_host(&mut conn, "gw-b")
+                .await
+                .expect("scan"),
+            vec![to.to_owned()]
+        );
+        assert!(
+            scripts
+                .owners_of_host(&mut conn, "gw-a")
+                .await
+                .expect("scan")
+                .is_empty()
+        );
     }
 }

@@ -74,6 +74,58 @@ if moved > 0 then redis.call('PEXPIRE', ARGV[4] .. ARGV[2], ARGV[5]) end
 return moved
 ";
 
+/// Move a batch of one owner's sessions, each to the worker given with it
+/// (ARGV from 7: id, new owner, id, new owner, ...): compare-and-swap per
+/// session (owner == ARGV[1]), only while ARGV[1] has no heartbeat (key
+/// ARGV[2], unless empty), and only to a new owner whose heartbeat exists
+/// (a session never moves to a worker that is gone). Ids the owner no longer
+/// holds leave its set. Returns 'alive' first if the owner has a heartbeat,
+/// else 'ok' followed by id, record pairs of the sessions moved.
+const MOVE_BATCH: &str = r"
+if ARGV[2] ~= '' and redis.call('EXISTS', ARGV[2]) == 1 then return {'alive'} end
+local out = {'ok'}
+local live = {}
+for i = 7, #ARGV, 2 do
+  local id, to = ARGV[i], ARGV[i + 1]
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'owner') ~= ARGV[1] then
+    redis.call('SREM', ARGV[4] .. ARGV[1], id)
+  else
+    if live[to] == nil then live[to] = redis.call('EXISTS', ARGV[5] .. to) == 1 end
+    if live[to] then
+      redis.call('HSET', key, 'owner', to)
+      redis.call('PEXPIRE', key, ARGV[6])
+      redis.call('SREM', ARGV[4] .. ARGV[1], id)
+      redis.call('SADD', ARGV[4] .. to, id)
+      redis.call('PEXPIRE', ARGV[4] .. to, ARGV[6])
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HGET', key, 'record') or ''
+    end
+  end
+end
+return out
+";
+
+/// Remove a member from the cluster's members hash if its entry is still
+/// the one read (it did not come back meanwhile).
+const FORGET_MEMBER: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// What a batch move found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// The owner still has a heartbeat: nothing moved.
+    OwnerAlive,
+    /// The sessions moved (id, record JSON); the rest had another owner
+    /// or a target without a heartbeat.
+    Done(Vec<(String, String)>),
+}
+
 /// The Lua scripts and the key names, shared by the store and its tests.
 pub(crate) struct Scripts {
     pub(crate) prefix: String,
@@ -81,6 +133,8 @@ pub(crate) struct Scripts {
     remove: Script,
     claim: Script,
     reassign: Script,
+    move_batch: Script,
+    forget_member: Script,
 }
 
 impl Scripts {
@@ -91,6 +145,8 @@ impl Scripts {
             remove: Script::new(REMOVE),
             claim: Script::new(CLAIM),
             reassign: Script::new(REASSIGN),
+            move_batch: Script::new(MOVE_BATCH),
+            forget_member: Script::new(FORGET_MEMBER),
         }
     }
 
@@ -203,6 +259,111 @@ impl Scripts {
             .await
     }
 
+    /// Compare-and-swap each of `moves` (session, new owner) away from
+    /// `expected`; with `unless_heartbeat`, only while `expected` has no
+    /// heartbeat. See [`MOVE_BATCH`].
+    pub(crate) async fn move_batch(
+        &self,
+        conn: &mut ConnectionManager,
+        expected: &str,
+        unless_heartbeat: bool,
+        moves: &[(SessionId, String)],
+        ttl_ms: u64,
+    ) -> Result<Moved, RedisError> {
+        let hb = if unless_heartbeat {
+            keys::heartbeat(&self.prefix, expected)
+        } else {
+            String::new()
+        };
+        let mut call = self.move_batch.prepare_invoke();
+        call.arg(expected)
+            .arg(hb)
+            .arg(format!("{}s:", self.prefix))
+            .arg(keys::owner_sessions(&self.prefix, ""))
+            .arg(keys::heartbeat(&self.prefix, ""))
+            .arg(ttl_ms);
+        for (id, to) in moves {
+            call.arg(id.as_str()).arg(to);
+        }
+        let answer: Vec<String> = call.invoke_async(conn).await?;
+        let mut it = answer.into_iter();
+        match it.next().as_deref() {
+            Some("ok") => {}
+            _ => return Ok(Moved::OwnerAlive),
+        }
+        let mut moved = Vec::new();
+        while let (Some(id), Some(record)) = (it.next(), it.next()) {
+            moved.push((id, record));
+        }
+        Ok(Moved::Done(moved))
+    }
+
+    /// Remove `host` from the members hash if its entry is still `entry`.
+    pub(crate) async fn forget_member(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+        entry: &str,
+    ) -> Result<bool, RedisError> {
+        let done: i64 = self
+            .forget_member
+            .key(keys::members(&self.prefix))
+            .arg(host)
+            .arg(entry)
+            .invoke_async(conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// The owner ids of `host` that hold a set of sessions in Redis
+    /// (`SCAN` for `w:<host>/*`: only while a host is being taken over).
+    pub(crate) async fn owners_of_host(
+        &self,
+        conn: &mut ConnectionManager,
+        host: &str,
+    ) -> Result<Vec<String>, RedisError> {
+        let sets = keys::owner_sessions(&self.prefix, "");
+        let pattern = format!("{}{host}/*", glob_escape(&sets));
+        let mut cursor: u64 = 0;
+        let mut owners = Vec::new();
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            owners.extend(found.into_iter().filter_map(|k| {
+                k.strip_prefix(sets.as_str())
+                    .filter(|o| {
+                        mcpgw_protocol::store::parse_owner_id(o).is_some_and(|(h, _)| h == host)
+                    })
+                    .map(str::to_owned)
+            }));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        owners.sort();
+        owners.dedup();
+        Ok(owners)
+    }
+
+    /// The sessions `owner`'s set lists.
+    pub(crate) async fn sessions_of(
+        &self,
+        conn: &mut ConnectionManager,
+        owner: &str,
+    ) -> Result<Vec<String>, RedisError> {
+        redis::cmd("SMEMBERS")
+            .arg(keys::owner_sessions(&self.prefix, owner))
+            .query_async(conn)
+            .await
+    }
+
     /// The owner and record of `id`, if Redis has it.
     pub(crate) async fn get(
         &self,
@@ -217,4 +378,16 @@ impl Scripts {
             .await?;
         Ok(owner.zip(record))
     }
+}
+
+/// `text` as a literal in a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

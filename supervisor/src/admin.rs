@@ -522,7 +522,10 @@ mod tests {
             assert!(!doc.contains(secret), "{secret} in {doc}");
         }
         assert!(doc.contains("\"x-api-key\":\"<redacted>\""), "{doc}");
-        assert!(doc.contains("http://127.0.0.1:4318/?key=<redacted>"), "{doc}");
+        assert!(
+            doc.contains("http://127.0.0.1:4318/?key=<redacted>"),
+            "{doc}"
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub use admin_token::AdminToken;
 pub use auth::{Auth, AuthSetting};
 pub use authz::{AuthzRule, Effect, Rate, RateLimit, When};
 pub use error::ConfigError;
-pub use tracing::Tracing;
 use error::{invalid, with_reason_prefix};
+pub use tracing::Tracing;
 pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 
 /// An address a listener binds: an IP address and a port. Host names are

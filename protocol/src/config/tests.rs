@@ -698,7 +698,8 @@ fn tracing_is_off_by_default_and_its_keys_are_checked() {
         Some("https://otel.example/v1/traces")
     );
 
-    let text = "workers = 1\n\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5\n";
+    let text =
+        "workers = 1\n\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5\n";
     assert_eq!(
         err_in_file(text),
         "f.toml:5: tracing.sample_ratio: must be between 0.0 and 1.0 (a share of traces), got 1.5"
@@ -709,9 +710,15 @@ fn tracing_is_off_by_default_and_its_keys_are_checked() {
         "{e}"
     );
     let e = err("[tracing]\notlp_endpoint = \"http://u:pw@h:4318\"");
-    assert!(e.starts_with("tracing.otlp_endpoint:") && !e.contains("pw"), "{e}");
+    assert!(
+        e.starts_with("tracing.otlp_endpoint:") && !e.contains("pw"),
+        "{e}"
+    );
     let e = err("[tracing]\nheaders = { a = \"b\" }");
-    assert!(e.starts_with("tracing.headers: needs tracing.otlp_endpoint"), "{e}");
+    assert!(
+        e.starts_with("tracing.headers: needs tracing.otlp_endpoint"),
+        "{e}"
+    );
     let e = err("[tracing]\notlp_endpoint = \"http://h\"\nheaders = { \"a b\" = \"s3cret\" }");
     assert!(e.starts_with("tracing.headers: header \"a b\": "), "{e}");
     let e = err("[tracing]\notlp_endpoint = \"http://h\"\nheaders = { a = \"s3cret\\n\" }");
@@ -741,5 +748,8 @@ fn tracing_headers_and_endpoint_take_references() {
     )
     .expect_err("unset")
     .to_string();
-    assert!(e.starts_with("tracing.headers: header \"k\": ${MISSING_TOKEN}"), "{e}");
+    assert!(
+        e.starts_with("tracing.headers: header \"k\": ${MISSING_TOKEN}"),
+        "{e}"
+    );
 }

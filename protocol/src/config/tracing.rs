@@ -96,7 +96,10 @@ impl Tracing {
         for (name, value) in &self.headers {
             let reason = if name.is_empty() || !name.bytes().all(is_token_byte) {
                 "is not an HTTP header name"
-            } else if !value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+            } else if !value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
                 // Never the value itself: it is likely a credential.
                 "its value has control or non-ASCII characters"
             } else {

@@ -75,10 +75,14 @@ async fn a_request_span_joins_the_clients_trace_and_its_upstream_call_is_a_child
     assert!(answer["error"].is_object(), "{answer}");
 
     let spans = receiver
-        .wait_for("both requests and their upstream calls", EXPORTED_WITHIN, |s| {
-            request_and_upstream(s, TRACE).is_some()
-                && request_and_upstream(s, "0af7651916cd43dd8448eb211c80319c").is_some()
-        })
+        .wait_for(
+            "both requests and their upstream calls",
+            EXPORTED_WITHIN,
+            |s| {
+                request_and_upstream(s, TRACE).is_some()
+                    && request_and_upstream(s, "0af7651916cd43dd8448eb211c80319c").is_some()
+            },
+        )
         .await
         .expect("spans exported");
     let (server, upstream) = request_and_upstream(&spans, TRACE).expect("found above");
@@ -112,8 +116,8 @@ async fn a_request_span_joins_the_clients_trace_and_its_upstream_call_is_a_child
     );
     assert_eq!(calls[0]["tracestate"], "congo=t61rcWkgMzE");
 
-    let (failed, _) = request_and_upstream(&spans, "0af7651916cd43dd8448eb211c80319c")
-        .expect("found above");
+    let (failed, _) =
+        request_and_upstream(&spans, "0af7651916cd43dd8448eb211c80319c").expect("found above");
     assert_eq!(failed.attr("mcpgw.outcome"), Some("jsonrpc_error"));
     let code: i64 = failed
         .attr("rpc.jsonrpc.error_code")
@@ -135,7 +139,12 @@ async fn sample_ratio_zero_exports_only_what_the_client_sampled() {
     client.initialize().await.expect("initialize");
     call(&mut client, "increment", None).await;
     // Sent after: once its spans are in, the first request's would be too.
-    call(&mut client, "increment", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    call(
+        &mut client,
+        "increment",
+        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
+    )
+    .await;
 
     let spans = receiver
         .wait_for("the sampled request", EXPORTED_WITHIN, |s| {
@@ -149,7 +158,11 @@ async fn sample_ratio_zero_exports_only_what_the_client_sampled() {
     );
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let seen = counter.events_of("traceparent").await.expect("events");
-    assert_eq!(seen.len(), 1, "nothing invented for the unsampled: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "nothing invented for the unsampled: {seen:?}"
+    );
 }
 
 /// Tracing off at start and turned on by a reload (SIGHUP) exports from then on.
@@ -172,7 +185,12 @@ async fn a_reload_turns_tracing_on() {
     std::fs::write(gateway.config_path(), traced.to_toml()).expect("rewrite config");
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
     super::wait_for_reloads(&gateway, "ok", 1.0).await;
-    call(&mut client, "increment", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    call(
+        &mut client,
+        "increment",
+        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
+    )
+    .await;
     let spans = receiver
         .wait_for("the request after the reload", EXPORTED_WITHIN, |s| {
             request_and_upstream(s, TRACE).is_some()
@@ -202,7 +220,9 @@ fn check_config_refuses_a_bad_sample_ratio_or_collector_url() {
     );
     assert_ne!(code, Some(0), "{out}");
     assert!(
-        out.contains("url.toml:2: tracing.otlp_endpoint: \"grpc://127.0.0.1:4317\" must start with http"),
+        out.contains(
+            "url.toml:2: tracing.otlp_endpoint: \"grpc://127.0.0.1:4317\" must start with http"
+        ),
         "{out}"
     );
     let (code, out) = check_config(

@@ -137,7 +137,9 @@ impl Otel {
         let parent = headers
             .get("traceparent")
             .and_then(|v| remote_parent(v.as_bytes()))
-            .map_or_else(Context::new, |sc| Context::new().with_remote_span_context(sc));
+            .map_or_else(Context::new, |sc| {
+                Context::new().with_remote_span_context(sc)
+            });
         let span = tracer
             .span_builder("mcp")
             .with_kind(SpanKind::Server)
@@ -200,8 +202,7 @@ fn build(config: &Tracing, worker: WorkerId) -> Option<Pipeline> {
 /// its last export, which runs on this runtime.
 async fn flush(old: Pipeline) {
     let provider = old.provider;
-    match tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT)).await
-    {
+    match tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "[tracing]: spans may be lost: the last export failed"),
         Err(e) => warn!(error = %e, "[tracing]: the exporter's shutdown did not finish"),

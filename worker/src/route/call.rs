@@ -296,8 +296,7 @@ pub(crate) fn failed_call(
 ) -> Response<Body> {
     warn!(session = %who, error = %e, "upstream request failed");
     ctx.outcome.set(Outcome::UpstreamError);
-    ctx.outcome
-        .note_error_code(jsonrpc::INTERNAL_ERROR.into());
+    ctx.outcome.note_error_code(jsonrpc::INTERNAL_ERROR.into());
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
         ctx.metrics

@@ -16,12 +16,12 @@ use crate::front::common::{
     Caller, ClientAddr, Origin, accepted, is_json_content_type, plain, session_not_found,
     trace_context,
 };
-use crate::otel::RequestSpan;
 use crate::front::rate::over_limit;
 use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{Resumed, delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
 use crate::front::stateless;
+use crate::otel::RequestSpan;
 use crate::route::reply::{Accept, rpc_error};
 use crate::route::request;
 use crate::route::source::InSession;
@@ -339,8 +339,8 @@ pub(crate) async fn post(
     let logged = ctx.access_log.load(std::sync::atomic::Ordering::Relaxed);
     // What the access log and the span need that the request takes away
     // (only when either is on).
-    let kept = (logged || span.is_some())
-        .then(|| (endpoint.path.clone(), session.as_ref().map(|s| s.id)));
+    let kept =
+        (logged || span.is_some()).then(|| (endpoint.path.clone(), session.as_ref().map(|s| s.id)));
     let resp = post_inner(
         ctx,
         endpoint,

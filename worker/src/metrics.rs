@@ -103,8 +103,9 @@ pub(crate) struct OutcomeSlot {
     /// request (`traceparent: …\r\n`, `tracestate: …\r\n`); empty without.
     trace: Box<[u8]>,
     /// With `[tracing]`, when the request is sampled: its span, which its
-    /// upstream exchanges are children of.
-    span: Option<crate::otel::Parent>,
+    /// upstream exchanges are children of. Boxed: it is large, and every
+    /// request's future carries this slot, traced or not.
+    span: Option<Box<crate::otel::Parent>>,
     /// The JSON-RPC error code of the answer, where known (`NO_CODE`
     /// otherwise); recorded for the request's span.
     error_code: std::sync::atomic::AtomicI64,
@@ -128,7 +129,7 @@ impl OutcomeSlot {
 
     /// For a request that carries a trace context (header lines, or
     /// empty), and has a span when it is traced.
-    pub(crate) fn with_trace(trace: Box<[u8]>, span: Option<crate::otel::Parent>) -> Self {
+    pub(crate) fn with_trace(trace: Box<[u8]>, span: Option<Box<crate::otel::Parent>>) -> Self {
         Self {
             outcome: std::sync::atomic::AtomicU8::new(Self::UNSET),
             routed: OnceLock::new(),
@@ -142,7 +143,7 @@ impl OutcomeSlot {
     pub(crate) fn trace(&self) -> crate::otel::TraceRef<'_> {
         crate::otel::TraceRef {
             lines: &self.trace,
-            parent: self.span.as_ref(),
+            parent: self.span.as_deref(),
         }
     }
 

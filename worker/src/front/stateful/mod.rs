@@ -21,7 +21,6 @@ use crate::front::stateful::initialize::initialize;
 use crate::front::stateful::lifecycle::{Resumed, delete, get, resume};
 use crate::front::stateful::messages::{client_notification, client_response};
 use crate::front::stateless;
-use crate::otel::RequestSpan;
 use crate::route::reply::{Accept, rpc_error};
 use crate::route::request;
 use crate::route::source::InSession;
@@ -334,7 +333,7 @@ pub(crate) async fn post(
     // Filled by routing when the status cannot tell (see `OutcomeSlot`).
     let outcome = OutcomeSlot::with_trace(
         trace_context(req.headers()),
-        span.as_ref().map(RequestSpan::parent),
+        span.as_ref().map(|s| Box::new(s.parent())),
     );
     let logged = ctx.access_log.load(std::sync::atomic::Ordering::Relaxed);
     // What the access log and the span need that the request takes away

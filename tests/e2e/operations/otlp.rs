@@ -200,6 +200,33 @@ async fn a_reload_turns_tracing_on() {
     assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
 }
 
+/// Spans still queued when the gateway stops are exported on the way out: with a
+/// batch delay far beyond the test, the stop's flush is the only way they can arrive.
+#[tokio::test]
+async fn a_stop_flushes_the_spans_still_queued() {
+    let receiver = OtlpReceiver::start().await.expect("OTLP receiver");
+    let counter = start_counter!().expect("start counter-server");
+    let mut config = GatewayConfig::new(1).upstream("counter", &counter.url());
+    config.extra = format!("[tracing]\notlp_endpoint = \"{}\"\n", receiver.endpoint());
+    config.env = vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "3600000".into())];
+    let mut gateway = Gateway::start(&config).expect("start mcpgw");
+    let mut client = gateway.client();
+    client.initialize().await.expect("initialize");
+    call(
+        &mut client,
+        "increment",
+        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
+    )
+    .await;
+    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+    gateway.stop().await;
+    let spans = receiver.spans();
+    assert!(
+        request_and_upstream(&spans, TRACE).is_some(),
+        "flushed at stop: {spans:#?}"
+    );
+}
+
 #[test]
 fn check_config_refuses_a_bad_sample_ratio_or_collector_url() {
     let dir = TempDir::new("mcpgw-tracing-config").expect("temp dir");

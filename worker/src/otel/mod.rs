@@ -181,7 +181,11 @@ fn build(config: &Tracing, worker: WorkerId) -> Option<Pipeline> {
         .build();
     let resource = opentelemetry_sdk::Resource::builder_empty()
         .with_service_name(config.service_name.clone())
-        .with_attribute(KeyValue::new("service.instance.id", worker.to_string()))
+        // As `x-mcpgw-worker` says it: slot/generation/pid.
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            format!("{worker}/{}", std::process::id()),
+        ))
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(batches)
@@ -446,6 +450,57 @@ mod tests {
             .expect("valid");
         assert!(!sc.is_sampled());
         assert!(remote_parent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7").is_none());
+    }
+
+    const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[tokio::test]
+    async fn off_builds_nothing_and_on_follows_the_parent_then_the_ratio() {
+        let id = WorkerId {
+            slot: 0,
+            generation: 1,
+        };
+        let mut sampled = HeaderMap::new();
+        sampled.insert("traceparent", http::HeaderValue::from_static(SAMPLED));
+        let off = Otel::new(&Tracing::default(), id);
+        assert!(off.current.read().expect("lock").is_none());
+        assert!(off.request_span(&sampled).is_none());
+
+        let never = Tracing {
+            // Nothing listens there: the export at shutdown fails, logged.
+            otlp_endpoint: Some("http://127.0.0.1:9".to_owned()),
+            sample_ratio: 0.0,
+            ..Tracing::default()
+        };
+        let on = Otel::new(&never, id);
+        assert!(on.request_span(&HeaderMap::new()).is_none(), "ratio 0");
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            ),
+        );
+        assert!(on.request_span(&unsampled).is_none(), "parent not sampled");
+        let span = on
+            .request_span(&sampled)
+            .expect("a sampled parent is followed");
+        let child = span
+            .parent()
+            .upstream_span("up", "http://127.0.0.1:3000/mcp");
+        let lines = child.header_lines(b"traceparent: x\r\ntracestate: a=b\r\n");
+        let text = String::from_utf8(lines).expect("text");
+        let own = traceparent(child.span.span_context());
+        assert_eq!(text, format!("traceparent: {own}\r\ntracestate: a=b\r\n"));
+        assert!(own.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && own.ends_with("-01"));
+        assert!(
+            !own.contains("00f067aa0ba902b7"),
+            "the child's own id: {own}"
+        );
+        child.finish(Ok(200));
+        drop(span);
+        on.shutdown().await;
+        assert!(!on.on.load(Ordering::Relaxed));
     }
 
     #[test]

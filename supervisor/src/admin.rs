@@ -414,7 +414,8 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
 /// often passed as flags, and no rule tells a flag's value from a path),
 /// an upstream's `oauth.client_secret` (even a reference: it names where the
 /// secret lives), and the user info and query values of the upstream, token
-/// endpoint and Redis URLs.
+/// endpoint and Redis URLs; `[tracing]`'s header values and the user info
+/// and query values of its collector URL.
 pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
     use mcpgw_protocol::redact::{self, REDACTED};
     // As written: `${…}` references, not what they resolved to.
@@ -453,6 +454,16 @@ pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String
     }
     if let Some(url) = doc.get_mut("store").and_then(|s| s.get_mut("redis_url")) {
         redact_url(url);
+    }
+    if let Some(tracing) = doc.get_mut("tracing").and_then(|t| t.as_object_mut()) {
+        if let Some(map) = tracing.get_mut("headers").and_then(|h| h.as_object_mut()) {
+            for v in map.values_mut() {
+                *v = serde_json::Value::from(REDACTED);
+            }
+        }
+        if let Some(url) = tracing.get_mut("otlp_endpoint") {
+            redact_url(url);
+        }
     }
     doc.to_string()
 }
@@ -497,6 +508,24 @@ mod tests {
         assert!(!doc.contains("p4th-s3cret"), "{doc}");
         assert!(doc.contains("/${file:"), "{doc}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tracing_headers_and_collector_url_secrets_are_redacted() {
+        let c = mcpgw_protocol::config::Config::parse(concat!(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/?key=c0llector\"\n",
+            "headers = { x-api-key = \"h3ader\" }\n",
+        ))
+        .expect("config");
+        let doc = redacted_config(&c);
+        for secret in ["c0llector", "h3ader"] {
+            assert!(!doc.contains(secret), "{secret} in {doc}");
+        }
+        assert!(doc.contains("\"x-api-key\":\"<redacted>\""), "{doc}");
+        assert!(
+            doc.contains("http://127.0.0.1:4318/?key=<redacted>"),
+            "{doc}"
+        );
     }
 
     #[test]

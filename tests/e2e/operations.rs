@@ -17,6 +17,10 @@ use mcpgw_tests::{CounterServer, Gateway, GatewayConfig, McpClient, start_counte
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+/// `[tracing]`: OTLP export of request spans.
+#[path = "operations/otlp.rs"]
+mod otlp;
+
 async fn started(workers: usize) -> (CounterServer, Gateway) {
     let counter = start_counter!().expect("start counter-server");
     let gateway = Gateway::start(&GatewayConfig::new(workers).upstream("counter", &counter.url()))

@@ -22,6 +22,7 @@
 //! - [`pki`]: a throwaway CA and certificates (`openssl`), for TLS listeners and https
 //!   upstreams.
 //! - [`redis`]: a real `redis-server` on a private Unix socket.
+//! - [`otlp`]: a test OTLP/HTTP collector that keeps the spans it receives.
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]), never on a fixed
 //! sleep.
@@ -33,6 +34,7 @@ pub mod idp;
 pub mod mcp;
 pub mod modern;
 pub mod ops;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod python;

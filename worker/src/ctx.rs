@@ -41,6 +41,8 @@ pub(crate) struct Ctx {
     /// `[log] access`, as of the last (re)load: read by every request, so
     /// kept apart from `live`.
     pub access_log: std::sync::atomic::AtomicBool,
+    /// `[tracing]`: request spans exported to a collector, or off.
+    pub otel: crate::otel::Otel,
     /// `[cluster]`: which host owns sessions of other hosts (a cache).
     pub owners: crate::cluster::Owners,
     /// `[cluster]`: nonces of requests other hosts forwarded here.
@@ -83,7 +85,8 @@ impl Ctx {
             outcome,
             tool_call: false,
             learns_tools: false,
-            access_log: self.access_log.load(std::sync::atomic::Ordering::Relaxed),
+            notes_route: self.access_log.load(std::sync::atomic::Ordering::Relaxed)
+                || outcome.traced(),
             caller: caller.map(crate::auth::Principal::claims),
         }
     }
@@ -279,6 +282,7 @@ pub(crate) fn build_ctx(
         parked,
         stopping,
         access_log: std::sync::atomic::AtomicBool::new(config.log.access),
+        otel: crate::otel::Otel::new(&config.tracing, id),
         owners: crate::cluster::Owners::default(),
         replays: crate::cluster::Replays::default(),
         refusals: crate::cluster::RefusalLog::default(),

@@ -33,7 +33,8 @@
 //!   behind Streamable HTTP) and the [`upstream::answer_budget`].
 //! - [`http`]: HTTP, blind to MCP: the server, the pooled client, framing,
 //!   bodies, SSE, the `Host`/`Origin` policy.
-//! - [`metrics`]: this worker's Prometheus registry.
+//! - [`metrics`]: this worker's Prometheus registry; [`otel`]: `[tracing]`,
+//!   request and upstream spans exported over OTLP/HTTP (off by default).
 //! - [`bounded`]: background jobs under one time bound (closing paths);
 //!   [`error`]: why a worker stops.
 //!
@@ -56,6 +57,7 @@ mod front;
 pub mod fuzz;
 mod http;
 mod metrics;
+mod otel;
 mod rate_limit;
 mod relay;
 mod route;

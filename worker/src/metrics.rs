@@ -102,6 +102,13 @@ pub(crate) struct OutcomeSlot {
     /// The client's W3C trace context as header lines for the upstream
     /// request (`traceparent: …\r\n`, `tracestate: …\r\n`); empty without.
     trace: Box<[u8]>,
+    /// With `[tracing]`, when the request is sampled: its span, which its
+    /// upstream exchanges are children of. Boxed: it is large, and every
+    /// request's future carries this slot, traced or not.
+    span: Option<Box<crate::otel::Parent>>,
+    /// The JSON-RPC error code of the answer, where known (`NO_CODE`
+    /// otherwise); recorded for the request's span.
+    error_code: std::sync::atomic::AtomicI64,
 }
 
 /// Where a request was routed: the upstream, and the tool or prompt name
@@ -114,22 +121,52 @@ pub(crate) struct Routed {
 impl OutcomeSlot {
     const UNSET: u8 = u8::MAX;
 
+    const NO_CODE: i64 = i64::MIN;
+
     pub(crate) fn new() -> Self {
-        Self::with_trace(Box::default())
+        Self::with_trace(Box::default(), None)
     }
 
-    /// For a request that carries a trace context (header lines, or empty).
-    pub(crate) fn with_trace(trace: Box<[u8]>) -> Self {
+    /// For a request that carries a trace context (header lines, or
+    /// empty), and has a span when it is traced.
+    pub(crate) fn with_trace(trace: Box<[u8]>, span: Option<Box<crate::otel::Parent>>) -> Self {
         Self {
             outcome: std::sync::atomic::AtomicU8::new(Self::UNSET),
             routed: OnceLock::new(),
             trace,
+            span,
+            error_code: std::sync::atomic::AtomicI64::new(Self::NO_CODE),
         }
     }
 
-    /// The trace context header lines to send upstream (maybe empty).
-    pub(crate) fn trace(&self) -> &[u8] {
-        &self.trace
+    /// What upstream exchanges carry of the request's trace.
+    pub(crate) fn trace(&self) -> crate::otel::TraceRef<'_> {
+        crate::otel::TraceRef {
+            lines: &self.trace,
+            parent: self.span.as_deref(),
+        }
+    }
+
+    /// Whether the request has a span (routing then notes where it went).
+    pub(crate) fn traced(&self) -> bool {
+        self.span.is_some()
+    }
+
+    /// A JSON-RPC error answered with `code`.
+    pub(crate) fn fail(&self, code: i64) {
+        self.set(Outcome::JsonrpcError);
+        self.note_error_code(code);
+    }
+
+    /// The answer's JSON-RPC error code, whatever the outcome says.
+    pub(crate) fn note_error_code(&self, code: i64) {
+        self.error_code
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn error_code(&self) -> Option<i64> {
+        Some(self.error_code.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|c| *c != Self::NO_CODE)
     }
 
     pub(crate) fn set(&self, outcome: Outcome) {

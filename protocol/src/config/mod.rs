@@ -10,7 +10,7 @@
 //! `admin_token` (the admin API's bearer token), `auth` (the OAuth front
 //! door's settings), `authz` (an endpoint's authorization rules and rate
 //! limits), `upstream_oauth` (an upstream's own OAuth client credentials),
-//! `tests`.
+//! `tracing` (OTLP export of request spans), `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ mod admin_token;
 mod auth;
 mod authz;
 mod error;
+mod tracing;
 mod upstream_oauth;
 mod validate;
 
@@ -31,6 +32,7 @@ pub use auth::{Auth, AuthSetting};
 pub use authz::{AuthzRule, Effect, Rate, RateLimit, When};
 pub use error::ConfigError;
 use error::{invalid, with_reason_prefix};
+pub use tracing::Tracing;
 pub use upstream_oauth::{ClientAuthMethod, UpstreamOAuth};
 
 /// An address a listener binds: an IP address and a port. Host names are
@@ -121,6 +123,8 @@ pub struct Config {
     pub sessions: Sessions,
     pub diagnostics: Diagnostics,
     pub log: Log,
+    /// `[tracing]`: OTLP export of request spans (off by default).
+    pub tracing: Tracing,
     pub security: Security,
     pub shutdown: Shutdown,
     pub store: Store,
@@ -152,6 +156,7 @@ impl Default for Config {
             sessions: Sessions::default(),
             diagnostics: Diagnostics::default(),
             log: Log::default(),
+            tracing: Tracing::default(),
             security: Security::default(),
             shutdown: Shutdown::default(),
             store: Store::default(),
@@ -774,6 +779,13 @@ impl Config {
         }
         if let Some(url) = &mut self.store.redis_url {
             one("store.redis_url".to_owned(), url)?;
+        }
+        if let Some(url) = &mut self.tracing.otlp_endpoint {
+            one("tracing.otlp_endpoint".to_owned(), url)?;
+        }
+        for (name, value) in &mut self.tracing.headers {
+            one("tracing.headers".to_owned(), value)
+                .map_err(|e| with_reason_prefix(e, &format!("header {name:?}: ")))?;
         }
         if changed {
             self.as_written = Some(Box::new(written));

@@ -690,3 +690,85 @@ fn cluster_needs_redis_a_key_and_an_address_peers_can_reach() {
     );
     assert!(err("[cluster]\nlisten = \"gw-2:9000\"\n").contains("not an IP address"));
 }
+
+#[test]
+fn tracing_is_off_by_default_and_its_keys_are_checked() {
+    let c = Config::parse("").expect("valid");
+    assert!(!c.tracing.is_on());
+    assert_eq!(c.tracing.traces_url(), None);
+    assert_eq!(c.tracing.service_name, "mcpgw");
+    assert_eq!(c.tracing.sample_ratio, 1.0);
+    let c = Config::parse(
+        "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\nservice_name = \"gw\"\nheaders = { x-api-key = \"k\" }",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.tracing.traces_url().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    let bytes = bincode::serde::encode_to_vec(&c, bincode::config::standard()).expect("enc");
+    let (back, _): (Config, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("dec");
+    assert_eq!(back, c);
+    let full = Config::parse("[tracing]\notlp_endpoint = \"https://otel.example/v1/traces/\"")
+        .expect("valid");
+    assert_eq!(
+        full.tracing.traces_url().as_deref(),
+        Some("https://otel.example/v1/traces")
+    );
+
+    let text =
+        "workers = 1\n\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5\n";
+    assert_eq!(
+        err_in_file(text),
+        "f.toml:5: tracing.sample_ratio: must be between 0.0 and 1.0 (a share of traces), got 1.5"
+    );
+    let e = err_in_file("[tracing]\notlp_endpoint = \"127.0.0.1:4318\"\n");
+    assert!(
+        e.starts_with("f.toml:2: tracing.otlp_endpoint: \"127.0.0.1:4318\" must start with http"),
+        "{e}"
+    );
+    let e = err("[tracing]\notlp_endpoint = \"http://u:pw@h:4318\"");
+    assert!(
+        e.starts_with("tracing.otlp_endpoint:") && !e.contains("pw"),
+        "{e}"
+    );
+    let e = err("[tracing]\nheaders = { a = \"b\" }");
+    assert!(
+        e.starts_with("tracing.headers: needs tracing.otlp_endpoint"),
+        "{e}"
+    );
+    let e = err("[tracing]\notlp_endpoint = \"http://h\"\nheaders = { \"a b\" = \"s3cret\" }");
+    assert!(e.starts_with("tracing.headers: header \"a b\": "), "{e}");
+    let e = err("[tracing]\notlp_endpoint = \"http://h\"\nheaders = { a = \"s3cret\\n\" }");
+    assert!(e.contains("control") && !e.contains("s3cret"), "{e}");
+    assert!(err("[tracing]\nservice_name = \"\"").starts_with("tracing.service_name:"));
+    assert!(err("[tracing]\nsample_ratio = -0.1").starts_with("tracing.sample_ratio:"));
+    assert!(err("[tracing]\nsample_ratio = nan").starts_with("tracing.sample_ratio:"));
+    assert!(err("[tracing]\notlp = \"http://h\"").contains("unknown field `otlp`"));
+}
+
+#[test]
+fn tracing_headers_and_endpoint_take_references() {
+    let text = "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/${UPSTREAM_TOKEN}\"\nheaders = { authorization = \"Bearer ${UPSTREAM_TOKEN}\" }\n";
+    let c = Config::parse_with(text, &Env).expect("valid");
+    assert_eq!(c.tracing.headers["authorization"], "Bearer s3cret");
+    assert_eq!(
+        c.tracing.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4318/s3cret")
+    );
+    assert_eq!(
+        c.as_written().tracing.headers["authorization"],
+        "Bearer ${UPSTREAM_TOKEN}"
+    );
+    let e = Config::parse_with(
+        "[tracing]\notlp_endpoint = \"http://h\"\nheaders = { k = \"${MISSING_TOKEN}\" }",
+        &Env,
+    )
+    .expect_err("unset")
+    .to_string();
+    assert!(
+        e.starts_with("tracing.headers: header \"k\": ${MISSING_TOKEN}"),
+        "{e}"
+    );
+}

@@ -59,6 +59,7 @@ impl Config {
             ));
         }
         self.store.validate()?;
+        self.tracing.validate()?;
         self.cluster.validate(&self.store)?;
         self.validate_auth()?;
         self.validate_authz()?;

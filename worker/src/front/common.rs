@@ -134,7 +134,7 @@ pub(crate) fn trace_context(headers: &http::HeaderMap) -> Box<[u8]> {
     let Some(parent) = headers.get("traceparent").map(HeaderValue::as_bytes) else {
         return Box::default();
     };
-    if !is_traceparent(parent) {
+    if !crate::otel::is_traceparent(parent) {
         return Box::default();
     }
     let mut lines = Vec::with_capacity(96);
@@ -151,31 +151,6 @@ pub(crate) fn trace_context(headers: &http::HeaderMap) -> Box<[u8]> {
         lines.extend_from_slice(b"\r\n");
     }
     lines.into_boxed_slice()
-}
-
-/// `version-traceid-parentid-flags` in lowercase hex (2-32-16-2), version
-/// not `ff`, trace and parent ids not all zero.
-fn is_traceparent(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    };
-    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
-    // Later versions may append fields after the four: only the four are read.
-    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
-        return false;
-    }
-    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
-    v[2] == b'-'
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(version)
-        && version != b"ff"
-        && hex(trace)
-        && !zero(trace)
-        && hex(parent)
-        && !zero(parent)
-        && hex(flags)
 }
 
 pub(crate) fn accepted() -> Response<Body> {

@@ -41,7 +41,7 @@ pub(crate) async fn passthrough<S: Source>(
     progress: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    if ctx.access_log {
+    if ctx.notes_route {
         ctx.outcome.note_route(&server.id, None);
     }
     let resp = call(ctx, src, server, body, id, accept, progress).await;
@@ -107,6 +107,14 @@ async fn call<S: Source>(
                 return upstream_failure(ctx, accept, id, src.who(), &e);
             }
         }
+    }
+}
+
+/// An upstream's error answer's code, for the request's span (parsed
+/// only when the request has one).
+fn note_error_code(ctx: Env<'_>, answer: &[u8]) {
+    if let Some(jsonrpc::Answer::Error { code, .. }) = jsonrpc::answer(answer) {
+        ctx.outcome.note_error_code(code);
     }
 }
 
@@ -239,7 +247,7 @@ fn bridge<S: Source>(
         token: sent.token.cloned(),
         deadline,
         closed: src.closed(),
-        trace: ctx.outcome.trace().into(),
+        trace: ctx.outcome.trace().lines.into(),
         tool_call: ctx.tool_call,
     }
 }
@@ -288,6 +296,7 @@ pub(crate) fn failed_call(
 ) -> Response<Body> {
     warn!(session = %who, error = %e, "upstream request failed");
     ctx.outcome.set(Outcome::UpstreamError);
+    ctx.outcome.note_error_code(jsonrpc::INTERNAL_ERROR.into());
     if !matches!(e, UpstreamError::Initialize { .. }) {
         // Initialize failures are counted where the registry makes them.
         ctx.metrics
@@ -342,6 +351,9 @@ pub(crate) async fn answer_call<S: Source>(
             Err(e) => return bad_answer(ctx, accept, id, src.who(), &e),
         };
         ctx.outcome.set(Outcome::of_answer(kind));
+        if kind == jsonrpc::AnswerKind::Error && ctx.outcome.traced() {
+            note_error_code(ctx, &held.bytes);
+        }
         if ctx.learns_tools {
             learn_tools(server, &held.bytes);
         }
@@ -434,6 +446,9 @@ pub(crate) async fn answer_call<S: Source>(
                 // scan (no parse) of it tells its outcome.
                 if let Some((_, kind)) = jsonrpc::response_kind(&message, ctx.tool_call) {
                     ctx.outcome.set(Outcome::of_answer(kind));
+                    if kind == jsonrpc::AnswerKind::Error && ctx.outcome.traced() {
+                        note_error_code(ctx, &message);
+                    }
                 }
                 if ctx.learns_tools {
                     learn_tools(server, &message);

@@ -4,7 +4,7 @@
 use crate::authz::{Claims, Kind};
 use crate::endpoints::Endpoint;
 use crate::http::body::Body;
-use crate::metrics::{Metrics, Outcome, OutcomeSlot};
+use crate::metrics::{Metrics, OutcomeSlot};
 use crate::route::reply::{self, Accept};
 use http::{Response, StatusCode};
 
@@ -22,8 +22,9 @@ pub(crate) struct Env<'a> {
     /// teach the upstream's `Mcp-Param-*` headers
     /// ([`crate::upstream::ToolParams`]).
     pub(crate) learns_tools: bool,
-    /// The access log is on: routing notes where each request went.
-    pub(crate) access_log: bool,
+    /// The access log is on, or the request has a span: routing notes
+    /// where it went.
+    pub(crate) notes_route: bool,
     /// What the caller's token said, for the endpoint's authorization
     /// rules (`None` without `[auth]`).
     pub(crate) caller: Option<&'a Claims>,
@@ -47,17 +48,17 @@ impl Env<'_> {
         code: i32,
         message: &str,
     ) -> Response<Body> {
-        self.outcome.set(Outcome::JsonrpcError);
+        self.outcome.fail(code.into());
         reply::rpc_error(accept, StatusCode::OK, id, code, message)
     }
 
     pub(crate) fn invalid_params(&self, accept: Accept, id: &str, message: &str) -> Response<Body> {
-        self.outcome.set(Outcome::JsonrpcError);
+        self.outcome.fail(crate::jsonrpc::INVALID_PARAMS.into());
         reply::invalid_params(accept, id, message)
     }
 
     pub(crate) fn cancelled(&self, accept: Accept, id: &str) -> Response<Body> {
-        self.outcome.set(Outcome::JsonrpcError);
+        self.outcome.fail(reply::REQUEST_CANCELLED.into());
         reply::cancelled(accept, id)
     }
 }

@@ -222,7 +222,14 @@ impl Bridge {
         let failed = |e: upstream::UpstreamError| Stop::Failed(e.to_string());
         let resp = self
             .upstream
-            .send_traced(retry, self.deadline, &self.trace)
+            .send_traced(
+                retry,
+                self.deadline,
+                crate::otel::TraceRef {
+                    lines: &self.trace,
+                    parent: None,
+                },
+            )
             .await
             .map_err(failed)?;
         let sse = resp

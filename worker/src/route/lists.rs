@@ -557,7 +557,7 @@ mod tests {
             outcome: &outcome,
             tool_call: false,
             learns_tools: false,
-            access_log: false,
+            notes_route: false,
             caller: Some(&contractor),
         };
         let tools = br#"{"jsonrpc":"2.0","id":"q1","result":{"tools":[{"name":"delete","x":1},{"name":"list"},{"name":"delete_all"}],"nextCursor":"c2"}}"#;

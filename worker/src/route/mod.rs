@@ -222,7 +222,7 @@ pub(crate) async fn by_name<S: Source>(
     };
     let progress = p.meta.is_some_and(|m| m.progress_token.is_some());
     let server = &endpoint.upstreams[pos];
-    if ctx.access_log {
+    if ctx.notes_route {
         ctx.outcome.note_route(&server.id, Some(&p.name));
     }
     let resp = passthrough(ctx, src, server, body, id, accept, progress).await;
@@ -269,7 +269,7 @@ pub(crate) async fn by_uri<S: Source>(
     progress: bool,
 ) -> Response<Body> {
     let endpoint = src.endpoint();
-    if ctx.access_log
+    if ctx.notes_route
         && let Some(only) = endpoint.upstreams.first()
         && !endpoint.namespaced()
     {
@@ -292,7 +292,7 @@ pub(crate) async fn by_uri<S: Source>(
                 .cloned()
         });
     if let Some(server) = known {
-        if ctx.access_log {
+        if ctx.notes_route {
             ctx.outcome.note_route(&server.id, Some(uri));
         }
         return passthrough(ctx, src, &server, body, id, accept, progress).await;
@@ -310,7 +310,7 @@ pub(crate) async fn by_uri<S: Source>(
         match attempt.await {
             Ok(message) => match jsonrpc::answer(&message) {
                 Some(jsonrpc::Answer::Result(_)) => {
-                    if ctx.access_log {
+                    if ctx.notes_route {
                         ctx.outcome.note_route(&server.id, Some(uri));
                     }
                     if let Ok(mut m) = src.relay().resource_routes.lock() {

@@ -116,7 +116,7 @@ async fn route(src: &Direct, method: &str, params: Value) -> Value {
         outcome: &outcome,
         tool_call: false,
         learns_tools: false,
-        access_log: false,
+        notes_route: false,
         caller: None,
     };
     let env = jsonrpc::parse(&body).expect("envelope");

@@ -236,6 +236,8 @@ pub(crate) async fn serve(
     // session: nothing resumes them, so they are closed whatever happens to
     // the sessions.
     ctx.registry.close_warm().await;
+    // The spans of the requests just finished go out before the process ends.
+    ctx.otel.shutdown().await;
     if after != AfterStop::Close {
         // The records stay in the store and the upstream sessions open:
         // another worker (or the gateway's next run) resumes these sessions.

@@ -19,6 +19,7 @@ pub(crate) async fn reload(ctx: &Arc<Ctx>, config: Config) -> Result<(), WorkerE
     ctx.store.forget_absent();
     ctx.access_log
         .store(config.log.access, std::sync::atomic::Ordering::Relaxed);
+    ctx.otel.apply(&config.tracing).await;
     let (live, gone) = Live::build(ctx.id, Arc::new(config), Some(&previous))?;
     let live = Arc::new(live);
     ctx.set_live(live.clone());

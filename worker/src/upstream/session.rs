@@ -290,12 +290,39 @@ impl UpstreamSession {
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        self.send_traced(body, deadline, b"").await
+        self.send_traced(body, deadline, crate::otel::TraceRef::default())
+            .await
     }
 
-    /// [`Self::send`] carrying the client's trace context (`traceparent`
-    /// and `tracestate` header lines, or nothing).
+    /// [`Self::send`] carrying the request's trace: with a span
+    /// (`[tracing]`), a child span for this exchange whose id goes in the
+    /// `traceparent`; else the client's trace context header lines as they
+    /// came (or nothing). The span ends with the answer's head.
     pub(crate) async fn send_traced(
+        &self,
+        body: Bytes,
+        deadline: Instant,
+        trace: crate::otel::TraceRef<'_>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let Some(parent) = trace.parent else {
+            return self.send_lines(body, deadline, trace.lines).await;
+        };
+        let url = match self.server.config.transport {
+            mcpgw_protocol::config::Transport::Stdio => "",
+            _ => &self.server.config.url,
+        };
+        let span = parent.upstream_span(&self.server.id, url);
+        let lines = span.header_lines(trace.lines);
+        let sent = self.send_lines(body, deadline, &lines).await;
+        span.finish(match &sent {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(UpstreamError::Status { status, .. }) => Ok(status.as_u16()),
+            Err(e) => Err(e.kind()),
+        });
+        sent
+    }
+
+    async fn send_lines(
         &self,
         body: Bytes,
         deadline: Instant,

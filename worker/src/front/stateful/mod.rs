@@ -328,13 +328,18 @@ pub(crate) async fn post(
 ) -> Response<Body> {
     let start = Instant::now();
     let mut method = "other";
+    // With `[tracing]`, when sampled: the request's span.
+    let span = ctx.otel.request_span(req.headers());
     // Filled by routing when the status cannot tell (see `OutcomeSlot`).
-    let outcome = OutcomeSlot::with_trace(trace_context(req.headers()));
-    // What the access log needs that the request takes away (only when on).
-    let access = ctx
-        .access_log
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(|| (endpoint.path.clone(), session.as_ref().map(|s| s.id)));
+    let outcome = OutcomeSlot::with_trace(
+        trace_context(req.headers()),
+        span.as_ref().map(|s| Box::new(s.parent())),
+    );
+    let logged = ctx.access_log.load(std::sync::atomic::Ordering::Relaxed);
+    // What the access log and the span need that the request takes away
+    // (only when either is on).
+    let kept =
+        (logged || span.is_some()).then(|| (endpoint.path.clone(), session.as_ref().map(|s| s.id)));
     let resp = post_inner(
         ctx,
         endpoint,
@@ -352,15 +357,30 @@ pub(crate) async fn post(
         start.elapsed().as_secs_f64(),
     );
     ctx.metrics.observe_request(method, ended, seconds);
-    if let Some((path, session)) = access {
-        // A new session's id is in its initialize answer.
-        let session = session.map(|s| s.to_string()).or_else(|| {
-            resp.headers()
-                .get(MCP_SESSION_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+    let Some((path, session)) = kept else {
+        return resp;
+    };
+    // A new session's id is in its initialize answer.
+    let session = session.map(|s| s.to_string()).or_else(|| {
+        resp.headers()
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let routed = outcome.routed();
+    if let Some(span) = span {
+        span.finish(crate::otel::Ended {
+            method,
+            endpoint: &path,
+            name: routed.and_then(|r| r.name.as_deref()),
+            upstream: routed.map(|r| &*r.upstream),
+            session: session.as_deref(),
+            outcome: ended,
+            error_code: outcome.error_code(),
+            status: resp.status().as_u16(),
         });
-        let routed = outcome.routed();
+    }
+    if logged {
         info!(
             target: "mcpgw::access",
             endpoint = %path,

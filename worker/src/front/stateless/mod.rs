@@ -376,6 +376,7 @@ fn refuse(accept: Accept, outcome: &OutcomeSlot, id: &str, refusal: Refusal) -> 
         ),
         Refusal::NoMethod(_) => (StatusCode::NOT_FOUND, jsonrpc::METHOD_NOT_FOUND, None),
     };
+    outcome.note_error_code(code.into());
     rpc(
         accept,
         status,

@@ -16,7 +16,7 @@ use crate::routing::RouteUpdate;
 use crate::store::{Fetched, SessionCap, SessionCaps, SessionRecord, StoreWrite};
 
 /// Bumped on any change to these types or their encoding.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The fd a worker finds its control channel at (the supervisor puts it
 /// there before exec; carries [`ToWorker`] / [`FromWorker`]).

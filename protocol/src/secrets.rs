@@ -2,7 +2,7 @@
 //! that the secrets themselves can stay out of the file.
 //!
 //! In upstream `url`, `headers` values, `args` and `env` values, and in
-//! `store.redis_url`:
+//! `store.redis_url` and `store.sentinel_password`:
 //!
 //! - `${NAME}` is the environment variable `NAME` (`[A-Za-z_][A-Za-z0-9_]*`);
 //! - `${file:/absolute/path}` is that file's content, trailing whitespace

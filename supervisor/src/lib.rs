@@ -21,7 +21,8 @@
 //!   with the workers.
 //! - [`store`]: the session store trait, the records and the embedded
 //!   backend; [`redis_store`]: the Redis backend (its Lua scripts in
-//!   `redis_store::scripts`).
+//!   `redis_store::scripts`; the connection, direct or through Sentinel, in
+//!   `redis_store::conn`).
 //! - [`admin`]: the admin listener (`/metrics`, JSON status), gathered from
 //!   the workers; [`metrics`]: the supervisor's own metrics and merging;
 //!   [`admin_guard`]: who may use it (Host/Origin policy, bearer token).

@@ -6,8 +6,9 @@
 
 use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::{SessionRecord, keys};
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
+
+use super::RedisConn;
 
 const PUT: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'owner')
@@ -97,7 +98,7 @@ impl Scripts {
     /// Write `record` as owned by `owner`, unless another host owns it.
     pub(crate) async fn put(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
         owner: &str,
         record: &SessionRecord,
@@ -128,7 +129,7 @@ impl Scripts {
     /// Delete the record of `id`, unless another host owns it.
     pub(crate) async fn remove(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
         id: &SessionId,
     ) -> Result<bool, RedisError> {
@@ -150,7 +151,7 @@ impl Scripts {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn claim(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         id: &SessionId,
         expected: &str,
         new: &str,
@@ -187,7 +188,7 @@ impl Scripts {
     /// Compare-and-swap every session of `from` to `to`; returns how many.
     pub(crate) async fn reassign(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         from: &str,
         to: &str,
         ttl_ms: u64,
@@ -206,7 +207,7 @@ impl Scripts {
     /// The owner and record of `id`, if Redis has it.
     pub(crate) async fn get(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         id: &SessionId,
     ) -> Result<Option<(String, String)>, RedisError> {
         let (owner, record): (Option<String>, Option<String>) = redis::cmd("HMGET")

@@ -509,13 +509,13 @@ mod tests {
     #[test]
     fn redis_credentials_are_redacted() {
         let c = mcpgw_protocol::config::Config::parse(concat!(
-            "[store]\nredis_url = \"rediss://mcpgw:hunter2@mymaster/0\"\n",
+            "[store]\nredis_url = \"rediss://gwuser:hunter2@mymaster/0\"\n",
             "sentinels = [\"10.0.0.1:26379\"]\nsentinel_master = \"mymaster\"\n",
             "sentinel_password = \"s3ntinel\"\n",
         ))
         .expect("config");
         let doc = redacted_config(&c);
-        for secret in ["hunter2", "s3ntinel", "mcpgw:"] {
+        for secret in ["hunter2", "s3ntinel", "gwuser"] {
             assert!(!doc.contains(secret), "{secret} in {doc}");
         }
         assert!(doc.contains("rediss://<redacted>@mymaster/0"), "{doc}");

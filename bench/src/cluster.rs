@@ -162,10 +162,7 @@ pub(crate) async fn run(
                 forward_failures += after.1 - before.1;
                 requests += r.requests + r.errors.total;
             } else if after.0 != before.0 {
-                bail!(
-                    "the one-host run forwarded {} requests",
-                    after.0 - before.0
-                );
+                bail!("the one-host run forwarded {} requests", after.0 - before.0);
             }
             scenario.targets[i].runs.push(r);
         }

@@ -358,7 +358,10 @@ pub(crate) async fn start_redis(dir: &Path) -> Result<(Proc, PathBuf)> {
             }
         }
         if Instant::now() >= deadline {
-            bail!("redis-server did not answer on {} within {STARTUP_TIMEOUT:?}", socket.display());
+            bail!(
+                "redis-server did not answer on {} within {STARTUP_TIMEOUT:?}",
+                socket.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

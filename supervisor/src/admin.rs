@@ -519,7 +519,10 @@ mod tests {
             assert!(!doc.contains(secret), "{secret} in {doc}");
         }
         assert!(doc.contains("rediss://<redacted>@mymaster/0"), "{doc}");
-        assert!(doc.contains("\"sentinel_password\":\"<redacted>\""), "{doc}");
+        assert!(
+            doc.contains("\"sentinel_password\":\"<redacted>\""),
+            "{doc}"
+        );
         assert!(doc.contains("\"sentinels\":[\"10.0.0.1:26379\"]"), "{doc}");
     }
 

@@ -34,9 +34,7 @@ async fn wait_for_store_down(gateway: &Gateway) {
     wait_until(
         "the gateway to count Redis as down",
         Duration::from_secs(20),
-        || async {
-            Ok((supervisor_metric(gateway, "mcpgw_store_up").await == 0.0).then_some(()))
-        },
+        || async { Ok((supervisor_metric(gateway, "mcpgw_store_up").await == 0.0).then_some(())) },
     )
     .await
     .expect("store down");
@@ -107,10 +105,8 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
     // sessions are served from memory.
     let other = Pki::with_ca_name("another CA");
     let mut config = GatewayConfig::new(1).upstream("counter", &counter.url());
-    config.extra = store(&other.path("ca.pem")).replace(
-        "[store]\n",
-        "[store]\nhost = \"gw-untrusted\"\n",
-    );
+    config.extra =
+        store(&other.path("ca.pem")).replace("[store]\n", "[store]\nhost = \"gw-untrusted\"\n");
     let untrusted = Gateway::start(&config).expect("start mcpgw");
     let (mut c, count) = session(&untrusted).await;
     wait_for_store_down(&untrusted).await;
@@ -135,9 +131,17 @@ async fn an_acl_user_with_the_right_and_a_wrong_password() {
     let port = free_port();
     let redis = RedisServer::start_with(RedisOptions {
         port: Some(port),
-        args: ["--user", "mcpgw", "on", ">s3cret-pw", "~mcpgw:*", "&*", "+@all"]
-            .map(str::to_owned)
-            .to_vec(),
+        args: [
+            "--user",
+            "mcpgw",
+            "on",
+            ">s3cret-pw",
+            "~mcpgw:*",
+            "&*",
+            "+@all",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         ..RedisOptions::default()
     })
     .expect("redis-server with an ACL user");
@@ -251,15 +255,16 @@ async fn sentinel_names_the_master_and_follows_a_failover() {
         "the sentinel to promote the replica",
         Duration::from_secs(60),
         || async {
-            Ok((sentinel.master_port("mymaster").await.ok() == Some(replica_port))
-                .then_some(()))
+            Ok((sentinel.master_port("mymaster").await.ok() == Some(replica_port)).then_some(()))
         },
     )
     .await
     .expect("failover");
-    wait_until("the replica to be master", Duration::from_secs(30), || async {
-        Ok((replica.role().await? == "master").then_some(()))
-    })
+    wait_until(
+        "the replica to be master",
+        Duration::from_secs(30),
+        || async { Ok((replica.role().await? == "master").then_some(())) },
+    )
     .await
     .expect("promoted");
     // Sessions opened before go on; new ones are written to the new master.

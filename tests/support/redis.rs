@@ -273,4 +273,3 @@ where
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-

@@ -69,11 +69,13 @@ pub(crate) fn connect(store: &StoreConfig, url: &str) -> Result<RedisConn, Redis
     let info = url.into_connection_info().map_err(RedisStoreError::Url)?;
     let db = info.redis_settings().db();
     let source = match store.redis_target() {
-        RedisTarget::Direct => Source::Direct(match certificates {
-            Some(certs) => Client::build_with_tls(info, certs),
-            None => Client::open(info),
-        }
-        .map_err(RedisStoreError::Url)?),
+        RedisTarget::Direct => Source::Direct(
+            match certificates {
+                Some(certs) => Client::build_with_tls(info, certs),
+                None => Client::open(info),
+            }
+            .map_err(RedisStoreError::Url)?,
+        ),
         RedisTarget::Sentinel { sentinels, master } => {
             let settings = info.redis_settings();
             let tls = certificates.is_some();
@@ -81,10 +83,9 @@ pub(crate) fn connect(store: &StoreConfig, url: &str) -> Result<RedisConn, Redis
                 .iter()
                 .map(|s| sentinel_addr(s, tls))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut builder =
-                SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-                    .map_err(RedisStoreError::Sentinel)?
-                    .set_client_to_redis_db(db);
+            let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+                .map_err(RedisStoreError::Sentinel)?
+                .set_client_to_redis_db(db);
             if let Some(user) = settings.username() {
                 builder = builder.set_client_to_redis_username(user);
             }
@@ -180,7 +181,10 @@ fn sentinel_addr(text: &str, tls: bool) -> Result<ConnectionAddr, RedisStoreErro
     let bad = || RedisStoreError::SentinelAddr(text.to_owned());
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let port = port.parse::<u16>().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok(if tls {
         ConnectionAddr::TcpTls {
             host,
@@ -233,9 +237,8 @@ impl RedisConn {
         let manager = ConnectionManager::new_lazy_with_config(client, self.0.config.clone())?;
         let mut current = self.0.lock_current();
         // Another command may have made one meanwhile: use that.
-        let made = current.get_or_insert_with(|| {
-            (self.0.numbers.fetch_add(1, Ordering::Relaxed), manager)
-        });
+        let made = current
+            .get_or_insert_with(|| (self.0.numbers.fetch_add(1, Ordering::Relaxed), manager));
         Ok(made.clone())
     }
 

@@ -211,8 +211,14 @@ impl RedisConn {
                 master,
                 last,
             } => {
-                let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
-                    client.lock().await.async_get_client().await
+                let asked = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+                    let mut client = client.lock().await;
+                    // Another command may have found the master while this one
+                    // waited for the lock: one question to the sentinels is enough.
+                    if let Some(current) = self.0.lock_current().clone() {
+                        return Ok(Err(current));
+                    }
+                    client.async_get_client().await.map(Ok)
                 })
                 .await
                 .map_err(|_| {
@@ -222,6 +228,10 @@ impl RedisConn {
                         format!("{RESOLVE_TIMEOUT:?}"),
                     ))
                 })??;
+                let found = match asked {
+                    Ok(found) => found,
+                    Err(current) => return Ok(current),
+                };
                 let addr = found.get_connection_info().addr().to_string();
                 let mut last = match last.lock() {
                     Ok(l) => l,

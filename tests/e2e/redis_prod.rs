@@ -197,6 +197,25 @@ async fn an_acl_user_with_the_right_and_a_wrong_password() {
     for (c, count) in &mut sessions {
         assert_eq!(c.count("increment").await.expect("increment"), *count + 1);
     }
+    // The operator gives the user that password too: the refused gateway
+    // picks it up without a restart and writes what it holds.
+    let mut conn = redis.connect().await.expect("connect");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("mcpgw")
+        .arg(">not-the-pw")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    wait_until(
+        "the refused gateway's heartbeats in Redis",
+        Duration::from_secs(30),
+        || async { Ok((redis.keys("mcpgw:hb:gw-wrong*").await?.len() == 1).then_some(())) },
+    )
+    .await
+    .expect("credentials accepted after the fix");
+    wait_for_records(&redis, 5).await;
+    assert_eq!(supervisor_metric(&refused, "mcpgw_store_up").await, 1.0);
 }
 
 /// `sentinels` and `sentinel_master`: the gateway asks a sentinel for the

@@ -3,7 +3,7 @@
 #
 #     bench/run.sh [extra `mcpgw-bench compare` flags]
 #
-# Installs nginx if it is missing (Debian package), builds the three binaries it needs
+# Installs nginx and redis-server if they are missing (Debian packages), builds the three binaries it needs
 # in release mode, runs the comparison (direct upstream vs nginx vs mcpgw, interleaved)
 # and rewrites the results section of BENCHMARKS.md, bench/results/compare.{json,md,svg}.
 set -euo pipefail
@@ -16,6 +16,16 @@ if [ -z "$(nginx_bin)" ]; then
         apt-get update -qq && apt-get install -y -qq nginx >&2
     else
         sudo apt-get update -qq && sudo apt-get install -y -qq nginx >&2
+    fi
+fi
+
+# The two-host scenario (`--no-cluster` skips it) starts its own redis-server.
+if ! command -v redis-server >/dev/null 2>&1 && [[ " $* " != *" --no-cluster "* ]]; then
+    echo "# installing redis-server" >&2
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >&2
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends redis-server >&2
     fi
 fi
 

@@ -20,7 +20,9 @@ fi
 
 # promtool (Debian package prometheus) checks the /metrics page; the openssl
 # command makes the TLS tests' certificates; the store tests start their own
-# redis-server (the package's service is not used); systemd-analyze (Debian
+# redis-server (the package's service is not used), also with a TLS port, ACL users,
+# a replica and as a sentinel (`redis-server --sentinel`): Debian's build has TLS,
+# so neither redis-sentinel nor anything else is needed; systemd-analyze (Debian
 # package systemd; needs no running systemd, and its postinst starts nothing
 # where systemd is not PID 1) checks the unit files in deploy/.
 missing=()

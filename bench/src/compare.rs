@@ -16,7 +16,10 @@
 //! - mcpgw only: failed requests during 20 SIGHUPs (config reloads) under keep-alive
 //!   load at C = 16, with the reloads counted from `/metrics` (`--no-reload` skips it);
 //! - mcpgw only: failover, the time from SIGKILL of a worker to each of its sessions
-//!   being served again ([`crate::failover`]; `--failover-kills 0` skips it).
+//!   being served again ([`crate::failover`]; `--failover-kills 0` skips it);
+//! - mcpgw only: two gateway hosts with `[cluster]` on one Redis, half of the requests
+//!   on the host that does not own their session, against one host
+//!   ([`crate::cluster`]; `--no-cluster` skips it).
 //!
 //! It builds nothing: the binaries come from `--bin-dir` (default: beside this one).
 
@@ -68,6 +71,9 @@ pub(crate) struct Settings {
     /// Run the https-upstream scenario.
     #[serde(default)]
     pub(crate) tls: bool,
+    /// Run the two-host (`[cluster]`) scenario.
+    #[serde(default)]
+    pub(crate) cluster: bool,
     #[serde(default)]
     pub(crate) failover_kills: usize,
     #[serde(default)]
@@ -189,6 +195,9 @@ pub(crate) struct Comparison {
     pub(crate) reload: Option<Reload>,
     #[serde(default)]
     pub(crate) failover: Option<crate::failover::Failover>,
+    /// The two-host (`[cluster]`) scenario.
+    #[serde(default)]
+    pub(crate) two_hosts: Option<crate::cluster::TwoHosts>,
 }
 
 /// The median of some values (0 for none).
@@ -345,6 +354,13 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         None
     };
 
+    let two_hosts = if settings.cluster {
+        let r = crate::cluster::run(settings, dir, upstream, &counter, ticks_per_second).await;
+        Some(r.context("two-host scenario")?)
+    } else {
+        None
+    };
+
     let reload = if settings.reload {
         Some(reload_scenario(settings, &endpoints[2], &gateway, gateway_admin, &procs).await?)
     } else {
@@ -385,6 +401,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
         idle,
         reload,
         failover,
+        two_hosts,
     })
 }
 
@@ -541,6 +558,7 @@ pub(crate) fn spec(
         setup_calls: 1,
         delete_sessions: true,
         probe,
+        alternate: None,
     }
 }
 
@@ -599,6 +617,7 @@ async fn idle_scenario(
         setup_calls: 1,
         delete_sessions: false,
         probe: None,
+        alternate: None,
     };
     let started = Instant::now();
     let r = with_logs(load::run(spec).await, &[counter, &gateway])

@@ -13,6 +13,11 @@
 //! also make a gateway open its upstream sessions) and teardown (DELETE) are not
 //! measured; neither is the warm-up.
 //!
+//! With an `alternate` address (a second gateway host of a cluster), odd clients open
+//! their sessions there, and each client alternates its requests between the two
+//! addresses so that every session's requests reach the host that does not own it half
+//! of the time.
+//!
 //! A stateless (2026-07-28) client has no sessions: each of the C clients is one caller
 //! whose every request stands alone, so N does not apply; its setup is the
 //! `setup_calls` calls alone, and there is nothing to tear down.
@@ -69,6 +74,11 @@ pub(crate) struct LoadSpec {
     /// Read at the start and at the end of the measured part (e.g. CPU time of the
     /// processes under test); the report carries the differences.
     pub(crate) probe: Option<Probe>,
+    /// A second address of the same service (another gateway host of a cluster, which
+    /// takes the endpoint's `Host`): odd clients open their sessions there, and every
+    /// client sends each session's requests to its home and to the other address in
+    /// turn, so that half of them land on the host that does not own the session.
+    pub(crate) alternate: Option<std::net::SocketAddr>,
 }
 
 /// Counters read at the start and the end of the measured part.
@@ -175,8 +185,12 @@ struct Link {
 
 impl Link {
     fn new(spec: &LoadSpec) -> Self {
+        Self::to(spec.endpoint.addr, spec)
+    }
+
+    fn to(addr: std::net::SocketAddr, spec: &LoadSpec) -> Self {
         Self {
-            addr: spec.endpoint.addr,
+            addr,
             keep_alive: !spec.new_connection,
             conn: None,
             closing: None,
@@ -421,7 +435,10 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<LoadReport> {
 async fn open_sessions(shared: Rc<Shared>, k: usize) -> Result<(Link, Vec<Rc<Session>>)> {
     let spec = &shared.spec;
     let close = spec.new_connection;
-    let mut link = Link::new(spec);
+    let mut link = match spec.alternate {
+        Some(other) if k % 2 == 1 => Link::to(other, spec),
+        _ => Link::new(spec),
+    };
     let mut request = Vec::with_capacity(1024);
     if spec.call.era() == Era::Stateless {
         let caller = Session::stateless(&spec.endpoint, &spec.call, close);
@@ -510,6 +527,16 @@ async fn drive(
     let mut request = Vec::with_capacity(1024);
     let mut opened_at_measure = None;
     let mut next = 0usize;
+    // With an alternate address: the other host, for every other request of a session.
+    let mut away = spec.alternate.map(|other| {
+        let addr = if link.addr == other {
+            spec.endpoint.addr
+        } else {
+            other
+        };
+        Link::to(addr, &spec)
+    });
+    let mut away_opened = (0, 0);
     loop {
         let now = Instant::now();
         if now >= shared.hard_deadline.get() {
@@ -519,6 +546,9 @@ async fn drive(
         if measured {
             if opened_at_measure.is_none() {
                 opened_at_measure = Some((link.opened, link.server_closes));
+                if let Some(away) = &away {
+                    away_opened = (away.opened, away.server_closes);
+                }
             }
             match spec.stop {
                 Stop::Duration(_) if now >= shared.deadline.get() => break,
@@ -533,9 +563,15 @@ async fn drive(
             }
         }
         let session = &sessions[next % sessions.len()];
+        // Round r of the rotation sends session j to its home when r + j is even.
+        let to_away = (next / sessions.len() + next % sessions.len()) % 2 == 1;
         next += 1;
         let id = shared.next_id();
         session.render_call(&spec.call, id, &mut request);
+        let link = match &mut away {
+            Some(away) if to_away => away,
+            _ => &mut link,
+        };
         let t0 = Instant::now();
         let result = tokio::time::timeout(REQUEST_TIMEOUT, link.exchange(&request)).await;
         let t1 = Instant::now();
@@ -573,6 +609,12 @@ async fn drive(
     let mut stats = shared.stats.borrow_mut();
     stats.connections_opened += link.opened - opened0;
     stats.server_closes += link.server_closes - closes0;
+    if let Some(away) = &away
+        && opened_at_measure.is_some()
+    {
+        stats.connections_opened += away.opened - away_opened.0;
+        stats.server_closes += away.server_closes - away_opened.1;
+    }
     drop(stats);
     link
 }

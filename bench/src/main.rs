@@ -10,11 +10,13 @@
 //! - `compare`: the scenarios, interleaved over the three targets;
 //! - `failover`: the SIGKILL-a-worker scenario (mcpgw only);
 //! - `stateless`: stateless (2026-07-28) clients through mcpgw beside stateful ones;
+//! - `cluster`: two mcpgw hosts with `[cluster]` on one Redis against one host;
 //! - `report`: tables, targets, JSON, SVG.
 //!
 //! The whole tool runs on one single-threaded tokio runtime, so that the generator takes
 //! at most one of the machine's cores from the processes it measures.
 
+mod cluster;
 mod compare;
 mod failover;
 mod http;
@@ -181,6 +183,10 @@ struct CompareArgs {
     /// one; needs the `openssl` command).
     #[arg(long)]
     no_tls: bool,
+    /// Skip the two-host scenario (two mcpgw hosts with `[cluster]` on one
+    /// redis-server, half of the requests forwarded; needs redis-server).
+    #[arg(long)]
+    no_cluster: bool,
     /// SIGHUPs sent in the reload scenario.
     #[arg(long, default_value_t = 20)]
     reload_signals: u32,
@@ -256,6 +262,7 @@ async fn load_command(args: LoadArgs) -> Result<()> {
         setup_calls: args.setup_calls,
         delete_sessions: !args.keep_sessions,
         probe: None,
+        alternate: None,
     };
     let r = load::run(spec).await?;
     if args.json {
@@ -368,6 +375,7 @@ async fn compare_command(args: CompareArgs) -> Result<()> {
         idle_concurrency: args.idle_concurrency,
         reload: !args.no_reload,
         tls: !args.no_tls,
+        cluster: !args.no_cluster,
         reload_signals: args.reload_signals,
         failover_kills: args.failover_kills,
         failover_sessions: args.failover_sessions,

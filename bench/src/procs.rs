@@ -287,22 +287,37 @@ pub(crate) async fn start_mcpgw_with(
     workers: u16,
     upstream_keys: &str,
 ) -> Result<Gateway> {
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n\
+         admin_listen = \"127.0.0.1:0\"\n\
+         workers = {workers}\n\
+         runtime_dir = {{runtime_dir}}\n\
+         \n\
+         [[upstream]]\n\
+         id = \"counter\"\n\
+         {upstream_keys}"
+    );
+    start_mcpgw_config(bin_dir, dir, name, workers, &text).await
+}
+
+/// mcpgw with the configuration `text`, in which `{runtime_dir}` stands for a fresh
+/// runtime directory of its own (a TOML string).
+pub(crate) async fn start_mcpgw_config(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    workers: u16,
+    text: &str,
+) -> Result<Gateway> {
     let bin = binary(bin_dir, "mcpgw")?;
     let config = dir.join(format!("{name}.toml"));
     let runtime_dir = dir.join(format!("{name}-run"));
     std::fs::create_dir(&runtime_dir)?;
     std::fs::write(
         &config,
-        format!(
-            "listen = [\"127.0.0.1:0\"]\n\
-             admin_listen = \"127.0.0.1:0\"\n\
-             workers = {workers}\n\
-             runtime_dir = {runtime:?}\n\
-             \n\
-             [[upstream]]\n\
-             id = \"counter\"\n\
-             {upstream_keys}",
-            runtime = runtime_dir.display().to_string(),
+        text.replace(
+            "{runtime_dir}",
+            &format!("{:?}", runtime_dir.display().to_string()),
         ),
     )?;
     let mut command = Command::new(&bin);
@@ -333,6 +348,42 @@ pub(crate) async fn start_mcpgw_with(
     let admin = admin.context("mcpgw printed no `mcpgw admin` line")?;
     drain(lines);
     Ok(Gateway { proc, addr, admin })
+}
+
+/// redis-server (Debian package redis-server) on a Unix socket in `dir`: no TCP port,
+/// nothing persisted. Returns the process and the socket's path.
+pub(crate) async fn start_redis(dir: &Path) -> Result<(Proc, PathBuf)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = dir.join("redis.sock");
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir);
+    let (proc, stdout) = Proc::spawn("redis-server", command, dir.join("redis.log"))
+        .context("starting redis-server (Debian package redis-server)")?;
+    drain(BufReader::new(stdout).lines());
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(mut conn) = tokio::net::UnixStream::connect(&socket).await {
+            let mut reply = [0u8; 7];
+            if conn.write_all(b"PING\r\n").await.is_ok()
+                && conn.read_exact(&mut reply).await.is_ok()
+                && &reply == b"+PONG\r\n"
+            {
+                return Ok((proc, socket));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "redis-server did not answer on {} within {STARTUP_TIMEOUT:?}",
+                socket.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// nginx as a plain HTTP/1.1 reverse proxy in front of `upstream`: upstream keep-alive,

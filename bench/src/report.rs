@@ -396,6 +396,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     stateless_markdown(c, &mut o);
     modern_markdown(c, &mut o);
     tls_markdown(c, &mut o);
+    two_hosts_markdown(c, &mut o);
     if let Some(idle) = &c.idle {
         let _ = writeln!(
             o,
@@ -620,6 +621,73 @@ fn tls_markdown(c: &Comparison, o: &mut String) {
         let _ = writeln!(o, "| {} | {metric} | {a} | {b} | {ratio} |", s.name);
     }
     o.push('\n');
+}
+
+/// The two-host table: one mcpgw host (1), two hosts with half of the requests
+/// forwarded (2); nothing when the scenario did not run.
+fn two_hosts_markdown(c: &Comparison, o: &mut String) {
+    let Some(t) = &c.two_hosts else {
+        return;
+    };
+    let s = &t.scenario;
+    let (Some(one), Some(two)) = (s.targets.first(), s.targets.get(1)) else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "Two gateway hosts (`[cluster]`, 127.0.0.2 and 127.0.0.3, sessions in one redis-server), interleaved per repetition: (1) one host, every request on the host that owns its session; (2) sessions spread over both hosts and each session's requests alternating between the two, so that half of them are forwarded to the owner. Both hosts share this machine's cores. CPU is per request, µs, of both hosts and Redis.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| scenario | metric | (1) one host | (2) two hosts, half forwarded | 2 / 1 |"
+    );
+    let _ = writeln!(o, "| --- | --- | ---: | ---: | ---: |");
+    let ms = |v: f64| format!("{v:.3}");
+    let rows: [(&str, String, String, String); 4] = [
+        (
+            "req/s",
+            thousands(one.median_throughput),
+            thousands(two.median_throughput),
+            paired_ratio(s, 1, 0, |r| r.throughput),
+        ),
+        (
+            "p50 ms",
+            ms(one.median_p50_ms),
+            ms(two.median_p50_ms),
+            paired_ratio(s, 1, 0, |r| r.latency_ms.p50),
+        ),
+        (
+            "p99 ms",
+            ms(one.median_p99_ms),
+            ms(two.median_p99_ms),
+            paired_ratio(s, 1, 0, |r| r.latency_ms.p99),
+        ),
+        (
+            "gateways + Redis CPU µs/request",
+            format!("{:.1}", one.median_proxy_cpu_us),
+            format!("{:.1}", two.median_proxy_cpu_us),
+            format!(
+                "{:.2}",
+                two.median_proxy_cpu_us / one.median_proxy_cpu_us.max(f64::MIN_POSITIVE)
+            ),
+        ),
+    ];
+    for (metric, a, b, ratio) in rows {
+        let _ = writeln!(o, "| {} | {metric} | {a} | {b} | {ratio} |", s.name);
+    }
+    let _ = writeln!(
+        o,
+        "| {} | forwarded / sent (`mcpgw_cluster_forwarded_total`) | 0 | {} / {} = {:.1} % | |",
+        s.name,
+        thousands(t.forwarded as f64),
+        thousands(t.requests as f64),
+        100.0 * t.forwarded_share()
+    );
+    let _ = writeln!(
+        o,
+        "| {} | failed requests; failed forwards | {} | {}; {} | |\n",
+        s.name, one.errors, two.errors, t.forward_failures
+    );
 }
 
 /// The stateless-client table: direct, mcpgw with a stateful client, mcpgw with a
@@ -1004,6 +1072,7 @@ mod tests {
                 idle_concurrency: 64,
                 reload: false,
                 tls: false,
+                cluster: false,
                 reload_signals: 0,
                 failover_kills: 0,
                 failover_sessions: 0,
@@ -1015,6 +1084,7 @@ mod tests {
             idle: None,
             reload: None,
             failover: None,
+            two_hosts: None,
         }
     }
 

@@ -2,8 +2,8 @@
 //! that the secrets themselves can stay out of the file.
 //!
 //! In upstream `url`, `headers` values, `args` and `env` values, in
-//! `store.redis_url`, and in `tracing.otlp_endpoint` and `tracing.headers`
-//! values:
+//! `store.redis_url` and `store.sentinel_password`, and in
+//! `tracing.otlp_endpoint` and `tracing.headers` values:
 //!
 //! - `${NAME}` is the environment variable `NAME` (`[A-Za-z_][A-Za-z0-9_]*`);
 //! - `${file:/absolute/path}` is that file's content, trailing whitespace

@@ -414,8 +414,8 @@ fn workers_json(gathered: &[(Arc<Worker>, Option<Box<Gathered>>)]) -> String {
 /// often passed as flags, and no rule tells a flag's value from a path),
 /// an upstream's `oauth.client_secret` (even a reference: it names where the
 /// secret lives), and the user info and query values of the upstream, token
-/// endpoint and Redis URLs; `[tracing]`'s header values and the user info
-/// and query values of its collector URL.
+/// endpoint and Redis URLs, and `store.sentinel_password`; `[tracing]`'s
+/// header values and the user info and query values of its collector URL.
 pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String {
     use mcpgw_protocol::redact::{self, REDACTED};
     // As written: `${…}` references, not what they resolved to.
@@ -452,8 +452,15 @@ pub(crate) fn redacted_config(config: &mcpgw_protocol::config::Config) -> String
             }
         }
     }
-    if let Some(url) = doc.get_mut("store").and_then(|s| s.get_mut("redis_url")) {
-        redact_url(url);
+    if let Some(store) = doc.get_mut("store").and_then(|s| s.as_object_mut()) {
+        if let Some(url) = store.get_mut("redis_url") {
+            redact_url(url);
+        }
+        if let Some(password) = store.get_mut("sentinel_password")
+            && !password.is_null()
+        {
+            *password = serde_json::Value::from(REDACTED);
+        }
     }
     if let Some(tracing) = doc.get_mut("tracing").and_then(|t| t.as_object_mut()) {
         if let Some(map) = tracing.get_mut("headers").and_then(|h| h.as_object_mut()) {
@@ -526,6 +533,26 @@ mod tests {
             doc.contains("http://127.0.0.1:4318/?key=<redacted>"),
             "{doc}"
         );
+    }
+
+    #[test]
+    fn redis_credentials_are_redacted() {
+        let c = mcpgw_protocol::config::Config::parse(concat!(
+            "[store]\nredis_url = \"rediss://gwuser:hunter2@mymaster/0\"\n",
+            "sentinels = [\"10.0.0.1:26379\"]\nsentinel_master = \"mymaster\"\n",
+            "sentinel_password = \"s3ntinel\"\n",
+        ))
+        .expect("config");
+        let doc = redacted_config(&c);
+        for secret in ["hunter2", "s3ntinel", "gwuser"] {
+            assert!(!doc.contains(secret), "{secret} in {doc}");
+        }
+        assert!(doc.contains("rediss://<redacted>@mymaster/0"), "{doc}");
+        assert!(
+            doc.contains("\"sentinel_password\":\"<redacted>\""),
+            "{doc}"
+        );
+        assert!(doc.contains("\"sentinels\":[\"10.0.0.1:26379\"]"), "{doc}");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! - [`store`]: the session store trait, the records and the embedded
 //!   backend; [`redis_store`]: the Redis backend (its Lua scripts in
 //!   `redis_store::scripts`; dead cluster members' sessions, the previous
-//!   run's, and the handover on stop in `redis_store::takeover`).
+//!   run's, and the handover on stop in `redis_store::takeover`; the
+//!   connection, direct or through Sentinel, in `redis_store::conn`).
 //! - [`admin`]: the admin listener (`/metrics`, JSON status), gathered from
 //!   the workers; [`metrics`]: the supervisor's own metrics and merging;
 //!   [`admin_guard`]: who may use it (Host/Origin policy, bearer token).

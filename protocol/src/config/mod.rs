@@ -299,9 +299,29 @@ impl Default for Sessions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
-    /// `redis://host:port/db` or `unix:///path/redis.sock`; unset keeps the
-    /// records in the supervisor's memory (one host, lost on restart).
+    /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS) or
+    /// `unix:///path/redis.sock`; unset keeps the records in the
+    /// supervisor's memory (one host, lost on restart). With `sentinels`,
+    /// its host is `sentinel_master` and Sentinel tells the address.
     pub redis_url: Option<String>,
+    /// `rediss://` only: a PEM bundle of the certificate authorities the
+    /// Redis server's certificate must chain to, instead of the system roots.
+    pub redis_ca_file: Option<PathBuf>,
+    /// `rediss://` only: the certificate chain (PEM, leaf first) presented
+    /// to a Redis that asks for one (`tls-auth-clients`). Set with
+    /// `redis_client_key_file` or not at all.
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// `rediss://` only: the private key (PEM) of `redis_client_cert_file`.
+    pub redis_client_key_file: Option<PathBuf>,
+    /// Redis Sentinel: `host:port` of each sentinel. The master's address
+    /// is asked of them, and asked again after a connection failure or a
+    /// write refused by a demoted master.
+    pub sentinels: Vec<String>,
+    /// Redis Sentinel: the name of the master the sentinels monitor.
+    pub sentinel_master: Option<String>,
+    /// Redis Sentinel: the password of the sentinels themselves
+    /// (`requirepass` in their configuration); unset: they ask none.
+    pub sentinel_password: Option<String>,
     /// Prefix of every Redis key, so that several gateways can share one
     /// Redis without seeing each other's records.
     pub prefix: String,
@@ -310,19 +330,89 @@ pub struct Store {
     pub host: Option<String>,
 }
 
+/// How the supervisor reaches Redis, as [`Store::redis_target`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisTarget<'a> {
+    /// One server at the address of `redis_url`.
+    Direct,
+    /// The master named `master`, whose address the sentinels tell.
+    Sentinel {
+        sentinels: &'a [String],
+        master: &'a str,
+    },
+}
+
 impl Store {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("unix://"))
-        {
-            return Err(invalid(
-                "store.redis_url",
-                format!(
-                    "{:?}: must start with redis:// or unix:// (TLS to Redis is not supported)",
-                    crate::redact::url(url)
-                ),
-            ));
+    /// The TLS files for `rediss://` (CA bundle, client certificate and
+    /// key); `None` for each unset one.
+    pub fn redis_tls_files(&self) -> crate::tls::UpstreamTlsFiles<'_> {
+        crate::tls::UpstreamTlsFiles {
+            ca_file: self.redis_ca_file.as_deref(),
+            identity: self
+                .redis_client_cert_file
+                .as_deref()
+                .zip(self.redis_client_key_file.as_deref()),
         }
+    }
+
+    /// Direct or through Sentinel (valid configurations only: `sentinels`
+    /// and `sentinel_master` go together).
+    pub fn redis_target(&self) -> RedisTarget<'_> {
+        match &self.sentinel_master {
+            Some(master) if !self.sentinels.is_empty() => RedisTarget::Sentinel {
+                sentinels: &self.sentinels,
+                master,
+            },
+            _ => RedisTarget::Direct,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let tls = match &self.redis_url {
+            None => false,
+            Some(url) if url.starts_with("redis://") || url.starts_with("unix://") => false,
+            Some(url) if url.starts_with("rediss://") => true,
+            Some(url) => {
+                return Err(invalid(
+                    "store.redis_url",
+                    format!(
+                        "{:?}: must start with redis://, rediss:// (TLS) or unix://",
+                        crate::redact::url(url)
+                    ),
+                ));
+            }
+        };
+        for (key, set) in [
+            ("store.redis_ca_file", self.redis_ca_file.is_some()),
+            (
+                "store.redis_client_cert_file",
+                self.redis_client_cert_file.is_some(),
+            ),
+            (
+                "store.redis_client_key_file",
+                self.redis_client_key_file.is_some(),
+            ),
+        ] {
+            if set && !tls {
+                return Err(invalid(key, "needs a rediss:// store.redis_url"));
+            }
+        }
+        match (&self.redis_client_cert_file, &self.redis_client_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "store.redis_client_key_file",
+                    "required with store.redis_client_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "store.redis_client_cert_file",
+                    "required with store.redis_client_key_file",
+                ));
+            }
+            _ => {}
+        }
+        self.validate_sentinel()?;
         if !self.prefix.is_empty()
             && !self
                 .prefix
@@ -344,12 +434,91 @@ impl Store {
         }
         Ok(())
     }
-}
 
+    /// `sentinels`, `sentinel_master` and `sentinel_password` go together,
+    /// and `redis_url` then names the master by its Sentinel name.
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
+        let Some(master) = &self.sentinel_master else {
+            if !self.sentinels.is_empty() {
+                return Err(invalid(
+                    "store.sentinel_master",
+                    "required with store.sentinels: the name the sentinels know the master by",
+                ));
+            }
+            if self.sentinel_password.is_some() {
+                return Err(invalid("store.sentinel_password", "needs store.sentinels"));
+            }
+            return Ok(());
+        };
+        if self.sentinels.is_empty() {
+            return Err(invalid(
+                "store.sentinels",
+                "required with store.sentinel_master: host:port of each sentinel",
+            ));
+        }
+        if master.is_empty() || !master.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "store.sentinel_master",
+                format!("{master:?}: must be printable ASCII without spaces"),
+            ));
+        }
+        for (i, s) in self.sentinels.iter().enumerate() {
+            if !is_host_port(s) || s.contains('@') {
+                return Err(invalid(
+                    format!("store.sentinels[{i}]"),
+                    format!(
+                        "{s:?} must be host:port (a name or an IP address, and a port 1-65535)"
+                    ),
+                ));
+            }
+        }
+        let example = format!("e.g. redis://user:password@{master}/0 or rediss://…@{master}/0");
+        let Some(url) = &self.redis_url else {
+            return Err(invalid(
+                "store.redis_url",
+                format!(
+                    "required with store.sentinels: it gives the scheme, credentials and \
+                     database of the master, whose host is the master's name ({example})"
+                ),
+            ));
+        };
+        let Some(rest) = url
+            .strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"))
+        else {
+            return Err(invalid(
+                "store.redis_url",
+                format!(
+                    "{:?}: with store.sentinels it must be redis:// or rediss:// ({example})",
+                    crate::redact::url(url)
+                ),
+            ));
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host != master {
+            return Err(invalid(
+                "store.redis_url",
+                format!(
+                    "{:?}: with store.sentinels its host must be the master's name {master:?}, \
+                     without a port (Sentinel tells the address; {example})",
+                    crate::redact::url(url)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 impl Default for Store {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            sentinel_password: None,
             prefix: "mcpgw:".to_owned(),
             host: None,
         }
@@ -787,6 +956,9 @@ impl Config {
             one("tracing.headers".to_owned(), value)
                 .map_err(|e| with_reason_prefix(e, &format!("header {name:?}: ")))?;
         }
+        if let Some(password) = &mut self.store.sentinel_password {
+            one("store.sentinel_password".to_owned(), password)?;
+        }
         if changed {
             self.as_written = Some(Box::new(written));
         }
@@ -806,6 +978,15 @@ impl Config {
                 .map_err(|e| invalid(format!("tls_listener[{i}]"), e.to_string()))?;
         }
         let mut roots = crate::tls::SystemRoots::default();
+        if self
+            .store
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            crate::tls::client_config(self.store.redis_tls_files(), &mut roots)
+                .map_err(|e| invalid(format!("store.redis_{}", e.key), e.cause.to_string()))?;
+        }
         for (i, u) in self.upstream.iter().enumerate() {
             if u.needs_tls() {
                 crate::tls::client_config(u.tls_files(), &mut roots).map_err(|e| {

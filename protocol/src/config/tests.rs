@@ -217,10 +217,116 @@ fn errors_never_show_a_password() {
     );
     let e = err("[[upstream]]\nid = \"a\"\nurl = \"https://u:s3cret@x/?key=k3y\"");
     assert!(!e.contains("s3cret") && !e.contains("k3y"), "{e}");
-    let e = err("[store]\nredis_url = \"rediss://:hunter2@10.0.0.1/\"");
+    let e = err("[store]\nredis_url = \"http://:hunter2@10.0.0.1/\"");
     assert!(
         e.starts_with("store.redis_url:") && !e.contains("hunter2"),
         "{e}"
+    );
+    let e = err(concat!(
+        "[store]\nredis_url = \"redis://u:hunter2@10.0.0.1/0\"\n",
+        "sentinels = [\"10.0.0.2:26379\"]\nsentinel_master = \"mymaster\"\n",
+    ));
+    assert!(
+        e.starts_with("store.redis_url:") && !e.contains("hunter2"),
+        "{e}"
+    );
+}
+
+/// `rediss://`, its TLS files, ACL credentials in the URL, and Sentinel:
+/// what is accepted and how the rest is refused.
+#[test]
+fn redis_for_production() {
+    let c = Config::parse(concat!(
+        "[store]\nredis_url = \"rediss://mcpgw:pw@redis.internal:6380/2\"\n",
+        "redis_ca_file = \"/etc/mcpgw/redis-ca.pem\"\n",
+        "redis_client_cert_file = \"/etc/mcpgw/redis.crt\"\n",
+        "redis_client_key_file = \"/etc/mcpgw/redis.key\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(c.store.redis_target(), RedisTarget::Direct);
+    let files = c.store.redis_tls_files();
+    assert_eq!(files.ca_file, Some(Path::new("/etc/mcpgw/redis-ca.pem")));
+    assert!(files.identity.is_some());
+    let c = Config::parse(concat!(
+        "[store]\nredis_url = \"redis://mcpgw:pw@mymaster/0\"\n",
+        "sentinels = [\"10.0.0.1:26379\", \"sentinel-2:26379\"]\n",
+        "sentinel_master = \"mymaster\"\nsentinel_password = \"s3nt\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.store.redis_target(),
+        RedisTarget::Sentinel {
+            sentinels: &["10.0.0.1:26379".to_owned(), "sentinel-2:26379".to_owned()],
+            master: "mymaster"
+        }
+    );
+    for (text, expected) in [
+        (
+            "redis_url = \"redis://h/\"\nredis_ca_file = \"/ca.pem\"",
+            "store.redis_ca_file: needs a rediss:// store.redis_url",
+        ),
+        (
+            "redis_client_cert_file = \"/c.pem\"",
+            "store.redis_client_cert_file: needs a rediss:// store.redis_url",
+        ),
+        (
+            "redis_url = \"rediss://h/\"\nredis_client_cert_file = \"/c.pem\"",
+            "store.redis_client_key_file: required with store.redis_client_cert_file",
+        ),
+        (
+            "redis_url = \"rediss://h/\"\nredis_client_key_file = \"/k.pem\"",
+            "store.redis_client_cert_file: required with store.redis_client_key_file",
+        ),
+        (
+            "redis_url = \"redis://m/\"\nsentinels = [\"h:26379\"]",
+            "store.sentinel_master: required with store.sentinels",
+        ),
+        (
+            "redis_url = \"redis://m/\"\nsentinel_master = \"m\"",
+            "store.sentinels: required with store.sentinel_master",
+        ),
+        (
+            "sentinel_password = \"p\"",
+            "store.sentinel_password: needs store.sentinels",
+        ),
+        (
+            "redis_url = \"redis://m/\"\nsentinel_master = \"m\"\nsentinels = [\"h\"]",
+            "store.sentinels[0]: \"h\" must be host:port",
+        ),
+        (
+            "sentinel_master = \"m\"\nsentinels = [\"h:26379\"]",
+            "store.redis_url: required with store.sentinels",
+        ),
+        (
+            "redis_url = \"unix:///r.sock\"\nsentinel_master = \"m\"\nsentinels = [\"h:1\"]",
+            "store.redis_url: \"unix:///r.sock\": with store.sentinels it must be redis:// or rediss://",
+        ),
+        (
+            "redis_url = \"redis://m:6379/\"\nsentinel_master = \"m\"\nsentinels = [\"h:1\"]",
+            "store.redis_url: \"redis://m:6379/\": with store.sentinels its host must be the master's name \"m\"",
+        ),
+    ] {
+        let e = err(&format!("[store]\n{text}\n"));
+        assert!(e.starts_with(expected), "{text}: {e}");
+    }
+}
+
+/// The sentinels' password may come from a reference, like `redis_url`'s.
+#[test]
+fn the_sentinel_password_may_be_a_reference() {
+    let c = Config::parse_with(
+        concat!(
+            "[store]\nredis_url = \"redis://:${REDIS_PASSWORD}@m/\"\n",
+            "sentinels = [\"h:26379\"]\nsentinel_master = \"m\"\n",
+            "sentinel_password = \"${REDIS_PASSWORD}\"\n",
+        ),
+        &Env,
+    )
+    .expect("valid");
+    assert_eq!(c.store.sentinel_password.as_deref(), Some("hunter2"));
+    assert_eq!(
+        c.as_written().store.sentinel_password.as_deref(),
+        Some("${REDIS_PASSWORD}")
     );
 }
 

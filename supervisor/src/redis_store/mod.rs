@@ -1,4 +1,5 @@
-//! The Redis backend of the session store (`[store] redis_url`).
+//! The Redis backend of the session store (`[store] redis_url`; how it is
+//! reached, directly or through Sentinel, is `conn`).
 //!
 //! The supervisor keeps its own workers' records in memory ([`Records`]),
 //! exactly as the embedded store does, and writes them through to Redis in
@@ -39,39 +40,36 @@ use mcpgw_protocol::store::{
     parse_owner_id,
 };
 use redis::RedisError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{BoxFuture, Records, SessionStore};
 
+mod conn;
 mod scripts;
 mod takeover;
 
+use conn::{RESPONSE_TIMEOUT, RedisConn, connect};
+
 use scripts::{Claim, Scripts};
 
-/// Longest wait for one Redis answer; a fetch (a client waiting) gives up
-/// sooner than the worker's own deadline.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1_000);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RedisStoreError {
     #[error("store.redis_url: {0}")]
     Url(RedisError),
-}
-
-/// A connection manager that reconnects by itself, with bounded waits.
-pub(crate) fn connect(url: &str) -> Result<ConnectionManager, RedisStoreError> {
-    let client = redis::Client::open(url).map_err(RedisStoreError::Url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config).map_err(RedisStoreError::Url)
+    #[error("{key}: cannot read {}: {cause}", path.display())]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("store.sentinels: {0}")]
+    Sentinel(RedisError),
+    #[error("store.sentinels: {0:?} is not host:port")]
+    SentinelAddr(String),
 }
 
 /// Why Redis handed out no record.
@@ -122,7 +120,7 @@ struct Shared {
     heartbeat_ttl_ms: u64,
     heartbeat_every: Duration,
     scripts: Scripts,
-    conn: ConnectionManager,
+    conn: RedisConn,
     records: Mutex<Records>,
     pending: Mutex<Pending>,
     wake: Notify,
@@ -163,7 +161,7 @@ impl RedisStore {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RedisStoreError> {
-        let conn = connect(url)?;
+        let conn = connect(config, url)?;
         let shared = Arc::new(Shared {
             host: settings.host,
             boot: settings.boot,
@@ -754,7 +752,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_reassigners_never_make_two_owners() {
         let server = RedisServer::start().expect("redis-server");
-        let conn = connect(&server.url()).expect("client");
+        let conn = conn::connect_url(&server.url()).expect("client");
         let scripts = Arc::new(Scripts::new("race:"));
         let dead = "h/0/1";
         let ids: Vec<SessionId> = (0..200)
@@ -834,7 +832,7 @@ mod tests {
     }
 
     /// `west/0/1` claims the session of `east/0/1` (a cluster member).
-    async fn claim_as_west(scripts: &Scripts, conn: &mut ConnectionManager) -> Claim {
+    async fn claim_as_west(scripts: &Scripts, conn: &mut RedisConn) -> Claim {
         let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
         scripts
             .claim(
@@ -857,7 +855,7 @@ mod tests {
     #[tokio::test]
     async fn claims_respect_heartbeats_and_hosts() {
         let server = RedisServer::start().expect("redis-server");
-        let mut conn = connect(&server.url()).expect("client");
+        let mut conn = conn::connect_url(&server.url()).expect("client");
         let scripts = Scripts::new("hb:");
         let id = SessionId::parse(CLAIMED.as_bytes()).expect("id");
         let owner = "east/0/1";
@@ -932,7 +930,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn survivors_split_a_dead_hosts_sessions_without_two_owners() {
         let server = RedisServer::start().expect("redis-server");
-        let mut conn = connect(&server.url()).expect("client");
+        let mut conn = conn::connect_url(&server.url()).expect("client");
         let scripts = Scripts::new("mcpgw:");
         let dead = "gw-a/0/1";
         let ids: Vec<SessionId> = (0..150)
@@ -995,7 +993,7 @@ mod tests {
             store.heartbeat(&workers, 2);
             stores.push(store);
         }
-        let owner_of = |mut conn: ConnectionManager, id: SessionId| async move {
+        let owner_of = |mut conn: RedisConn, id: SessionId| async move {
             Scripts::new("mcpgw:")
                 .get(&mut conn, &id)
                 .await
@@ -1067,7 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn batch_moves_go_only_from_dead_owners_to_live_ones() {
         let server = RedisServer::start().expect("redis-server");
-        let mut conn = connect(&server.url()).expect("client");
+        let mut conn = conn::connect_url(&server.url()).expect("client");
         let scripts = Scripts::new("mb:");
         let (dead, to) = ("gw-a/0/1", "gw-b/1/7");
         let id = SessionId::mint_for_slot(0, 1).expect("id");
@@ -1078,7 +1076,7 @@ mod tests {
                 .await
                 .expect("put")
         );
-        let set_key = |conn: ConnectionManager, k: String| async move {
+        let set_key = |conn: RedisConn, k: String| async move {
             let mut conn = conn;
             let _: () = redis::cmd("SET")
                 .arg(k)
@@ -1095,7 +1093,7 @@ mod tests {
             .await
             .expect("sadd");
         let moves = vec![(id, to.to_owned()), (stale, to.to_owned())];
-        let batch = |conn: &mut ConnectionManager| {
+        let batch = |conn: &mut RedisConn| {
             let (scripts, moves) = (&scripts, &moves);
             let mut conn = conn.clone();
             async move {

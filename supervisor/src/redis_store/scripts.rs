@@ -6,8 +6,9 @@
 
 use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::{SessionRecord, keys};
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
+
+use super::RedisConn;
 
 const PUT: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'owner')
@@ -153,7 +154,7 @@ impl Scripts {
     /// Write `record` as owned by `owner`, unless another host owns it.
     pub(crate) async fn put(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
         owner: &str,
         record: &SessionRecord,
@@ -184,7 +185,7 @@ impl Scripts {
     /// Delete the record of `id`, unless another host owns it.
     pub(crate) async fn remove(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
         id: &SessionId,
     ) -> Result<bool, RedisError> {
@@ -206,7 +207,7 @@ impl Scripts {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn claim(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         id: &SessionId,
         expected: &str,
         new: &str,
@@ -243,7 +244,7 @@ impl Scripts {
     /// Compare-and-swap every session of `from` to `to`; returns how many.
     pub(crate) async fn reassign(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         from: &str,
         to: &str,
         ttl_ms: u64,
@@ -264,7 +265,7 @@ impl Scripts {
     /// heartbeat. See [`MOVE_BATCH`].
     pub(crate) async fn move_batch(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         expected: &str,
         unless_heartbeat: bool,
         moves: &[(SessionId, String)],
@@ -301,7 +302,7 @@ impl Scripts {
     /// Remove `host` from the members hash if its entry is still `entry`.
     pub(crate) async fn forget_member(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
         entry: &str,
     ) -> Result<bool, RedisError> {
@@ -319,7 +320,7 @@ impl Scripts {
     /// (`SCAN` for `w:<host>/*`: only while a host is being taken over).
     pub(crate) async fn owners_of_host(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         host: &str,
     ) -> Result<Vec<String>, RedisError> {
         let sets = keys::owner_sessions(&self.prefix, "");
@@ -355,7 +356,7 @@ impl Scripts {
     /// The sessions `owner`'s set lists.
     pub(crate) async fn sessions_of(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         owner: &str,
     ) -> Result<Vec<String>, RedisError> {
         redis::cmd("SMEMBERS")
@@ -367,7 +368,7 @@ impl Scripts {
     /// The owner and record of `id`, if Redis has it.
     pub(crate) async fn get(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         id: &SessionId,
     ) -> Result<Option<(String, String)>, RedisError> {
         let (owner, record): (Option<String>, Option<String>) = redis::cmd("HMGET")

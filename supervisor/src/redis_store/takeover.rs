@@ -19,12 +19,12 @@
 //! (`Shared::fetch_remote`) stays the backstop. Upstream sessions follow
 //! with the record: the new owner's worker re-attaches them by id.
 
+use super::RedisConn;
 use mcpgw_protocol::control::WorkerId;
 use mcpgw_protocol::routing;
 use mcpgw_protocol::session_id::SessionId;
 use mcpgw_protocol::store::{Member, SessionRecord, keys, parse_owner_id};
 use redis::RedisError;
-use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn};
 
 use super::Shared;
@@ -90,7 +90,7 @@ impl Shared {
         }
     }
 
-    async fn take_over_with(&self, conn: &mut ConnectionManager) -> Result<(), RedisError> {
+    async fn take_over_with(&self, conn: &mut RedisConn) -> Result<(), RedisError> {
         let passes = self.adopt_passes.load(std::sync::atomic::Ordering::Relaxed);
         if passes > 0 {
             let left = self.adopt_previous_run(conn).await?;
@@ -146,7 +146,7 @@ impl Shared {
     /// Adopt the sessions of this host's workers of an earlier run (their
     /// generations never repeat, so they are dead for sure), each for the
     /// live worker of its hash slot. Returns how many are left.
-    async fn adopt_previous_run(&self, conn: &mut ConnectionManager) -> Result<usize, RedisError> {
+    async fn adopt_previous_run(&self, conn: &mut RedisConn) -> Result<usize, RedisError> {
         let live: Vec<String> =
             self.pending(|p| p.live.iter().map(|(w, _)| self.owner(*w)).collect());
         if live.is_empty() {
@@ -177,7 +177,7 @@ impl Shared {
     /// and how many `owner` still holds.
     async fn move_sessions(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         owner: &str,
         unless_heartbeat: bool,
         pick: &Pick<'_>,
@@ -239,10 +239,7 @@ impl Shared {
     /// live worker of another member (rendezvous over the live members, then
     /// the slot its routing hash gives there). Returns how many could not
     /// be handed over (no live member, or its worker is gone).
-    pub(super) async fn hand_over(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> Result<usize, RedisError> {
+    pub(super) async fn hand_over(&self, conn: &mut RedisConn) -> Result<usize, RedisError> {
         let view = self.view();
         let peers: Vec<&(String, Member)> = view
             .peers
@@ -299,7 +296,7 @@ impl Shared {
     /// so the survivors claim the rest at once.
     pub(super) async fn leave(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         live: &[(WorkerId, u32)],
         left: usize,
     ) -> Result<(), RedisError> {

@@ -203,6 +203,18 @@ async fn sessions_spread_over_three_hosts_keep_their_counters() {
     let ok =
         metric_sum_matching(&cluster, "mcpgw_cluster_forwarded_total{", "outcome=\"ok\"").await;
     assert_eq!(ok, (SESSIONS as u64 * CALLS * 2 / 3) as f64);
+    // Forwarded requests reuse connections between hosts: every connection a
+    // host's supervisor handed to a worker is a client's (one per request
+    // here: initialize and the calls) or another
+    // host's, and those are far fewer than the requests they carried.
+    let dispatched =
+        metric_sum_matching(&cluster, "mcpgw_connections_dispatched_total{", "worker=").await;
+    let from_clients = (SESSIONS as u64 * (CALLS + 1)) as f64;
+    let between_hosts = dispatched - from_clients;
+    assert!(
+        between_hosts <= ok / 2.0,
+        "{between_hosts} connections between hosts for {ok} forwarded requests ({dispatched} dispatched in all)"
+    );
 
     // An answer streamed as SSE crosses hosts too: progress, then the result.
     let mut s = spreads.pop().expect("a session");

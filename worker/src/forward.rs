@@ -17,8 +17,19 @@
 //! cannot be reached is the caller's to handle ([`Forwarder::connect_host`]
 //! gives the request back untouched); one that answers 421 (it does not own
 //! the session any more) becomes a 503 with `Retry-After` for the client.
+//!
+//! Connections are kept for the next request ([`Idle`]), per owner worker
+//! and per host: opening one costs a connect, a handshake and, on the
+//! other side, an accept and a hand-off through its supervisor. A
+//! connection goes back once its answer has been read to the end, and is
+//! used again only while it is idle for less than [`IDLE_FOR`] (well within
+//! the other side's header timeout, which closes idle connections). A
+//! request the kept connection could not take (closed meanwhile) goes on a
+//! new one; one it took and lost is the caller's 503, as before.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -40,6 +51,103 @@ const HOST_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A connection to another host's cluster listener, ready for one request.
 pub(crate) type HostConn = hyper::client::conn::http1::SendRequest<ReqBody>;
 
+/// The longest a kept connection stays idle before it is no longer used.
+const IDLE_FOR: Duration = Duration::from_secs(2);
+/// Idle connections kept per destination.
+const IDLE_PER_DESTINATION: usize = 32;
+
+/// Where a kept connection goes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Destination {
+    /// The worker in this slot (its internal socket).
+    Worker(u16),
+    /// Another gateway host's cluster listener, by address.
+    Host(Arc<str>),
+}
+
+/// Idle connections, ready for another request.
+#[derive(Default)]
+struct Idle {
+    kept: Mutex<HashMap<Destination, Vec<(HostConn, Instant)>>>,
+}
+
+impl Idle {
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<Destination, Vec<(HostConn, Instant)>>> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `to` that is still open.
+    fn take(&self, to: &Destination) -> Option<HostConn> {
+        let mut kept = self.kept();
+        let conns = kept.get_mut(to)?;
+        let fresh_since = Instant::now().checked_sub(IDLE_FOR);
+        while let Some((conn, since)) = conns.pop() {
+            if conn.is_ready() && fresh_since.is_none_or(|f| since > f) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keep `conn` once the answer on it has been read to the end (it is
+    /// dropped, and so closed, if it fails meanwhile or there is no room).
+    fn give_back(self: &Arc<Self>, to: Destination, mut conn: HostConn) {
+        let idle = self.clone();
+        tokio::spawn(async move {
+            if conn.ready().await.is_err() {
+                return;
+            }
+            let mut kept = idle.kept();
+            let conns = kept.entry(to).or_default();
+            if conns.len() < IDLE_PER_DESTINATION {
+                conns.push((conn, Instant::now()));
+            }
+        });
+    }
+}
+
+/// Sends `req` on a kept connection to `to` if one takes it, else on one
+/// `connect` opens; the connection is kept again after the answer.
+async fn send_kept<F, Fut>(
+    idle: &Arc<Idle>,
+    to: Destination,
+    req: Request<ReqBody>,
+    connect: F,
+) -> Result<hyper::Response<hyper::body::Incoming>, SendError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<HostConn>>,
+{
+    let mut req = req;
+    if let Some(mut conn) = idle.take(&to) {
+        match conn.try_send_request(req).await {
+            Ok(resp) => {
+                idle.give_back(to, conn);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                // Never written: it goes on a new connection.
+                Some(unsent) => req = unsent,
+                None => return Err(SendError::Lost(e.into_error())),
+            },
+        }
+    }
+    let Some(mut conn) = connect().await else {
+        return Err(SendError::NoConnection);
+    };
+    let resp = conn.send_request(req).await.map_err(SendError::Lost)?;
+    idle.give_back(to, conn);
+    Ok(resp)
+}
+
+/// Why a forwarded request has no answer.
+enum SendError {
+    /// No connection could be opened (the reason is logged).
+    NoConnection,
+    /// The request was sent, and the exchange failed.
+    Lost(hyper::Error),
+}
+
 /// How a request forwarded to another host ended, for
 /// `mcpgw_cluster_forwarded_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +164,7 @@ pub(crate) struct Forwarder {
     runtime_dir: PathBuf,
     my_slot: HeaderValue,
     wait: Duration,
+    idle: Arc<Idle>,
 }
 
 /// The internal socket of the worker in `slot`.
@@ -69,6 +178,7 @@ impl Forwarder {
             runtime_dir,
             my_slot: HeaderValue::from(my_slot),
             wait,
+            idle: Arc::default(),
         }
     }
 
@@ -85,6 +195,26 @@ impl Forwarder {
         if let ReqBody::TooLarge { limit } = req.body() {
             return too_large(*limit);
         }
+        let (mut parts, body) = req.into_parts();
+        self.prepare(&mut parts, principal, client);
+        let req = Request::from_parts(parts, body);
+        match send_kept(&self.idle, Destination::Worker(owner), req, || {
+            self.connect_worker(owner)
+        })
+        .await
+        {
+            Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
+            Err(SendError::NoConnection) => unavailable(),
+            Err(SendError::Lost(e)) => {
+                warn!(owner, error = %e, "forwarded request failed");
+                unavailable()
+            }
+        }
+    }
+
+    /// A new connection to the worker in `owner`'s internal socket, retried
+    /// for the dispatch wait while it restarts; `None` (logged) after that.
+    async fn connect_worker(&self, owner: u16) -> Option<HostConn> {
         let path = socket_path(&self.runtime_dir, owner);
         let deadline = Instant::now() + self.wait;
         let stream = loop {
@@ -96,30 +226,22 @@ impl Forwarder {
                 }
                 Err(e) => {
                     warn!(owner, error = %e, "owner worker unreachable; answering 503");
-                    return unavailable();
+                    return None;
                 }
             }
         };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(owner, error = %e, "handshake with owner failed");
-                    return unavailable();
-                }
-            };
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "forward connection ended with an error");
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "forward connection ended with an error");
+                    }
+                });
+                Some(sender)
             }
-        });
-        let (mut parts, body) = req.into_parts();
-        self.prepare(&mut parts, principal, client);
-        match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
             Err(e) => {
-                warn!(owner, error = %e, "forwarded request failed");
-                unavailable()
+                warn!(owner, error = %e, "handshake with owner failed");
+                None
             }
         }
     }
@@ -160,9 +282,18 @@ impl Forwarder {
         }
     }
 
-    /// A connection to `peer`'s cluster listener; `None` (logged) if it
-    /// cannot be had within [`HOST_CONNECT_TIMEOUT`].
+    /// A connection to `peer`'s cluster listener: a kept one, else a new
+    /// one; `None` (logged) if it cannot be had within
+    /// [`HOST_CONNECT_TIMEOUT`].
     pub(crate) async fn connect_host(&self, peer: &Peer) -> Option<HostConn> {
+        match self.idle.take(&Destination::Host(peer.addr.clone())) {
+            Some(kept) => Some(kept),
+            None => self.open_host(peer).await,
+        }
+    }
+
+    /// A new connection to `peer`'s cluster listener.
+    async fn open_host(&self, peer: &Peer) -> Option<HostConn> {
         let stream = match tokio::time::timeout(
             HOST_CONNECT_TIMEOUT,
             tokio::net::TcpStream::connect(&*peer.addr),
@@ -218,7 +349,21 @@ impl Forwarder {
             warn!(error = %e, "cannot sign a forwarded request (no randomness)");
             return (unavailable(), HostOutcome::Failed);
         }
-        match conn.send_request(Request::from_parts(parts, body)).await {
+        let req = Request::from_parts(parts, body);
+        // The connection given is used first (kept or new); a kept one that
+        // was closed meanwhile gives the request back for a new one.
+        let to = Destination::Host(peer.addr.clone());
+        let sent = match conn.try_send_request(req).await {
+            Ok(resp) => {
+                self.idle.give_back(to, conn);
+                Ok(resp)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => send_kept(&self.idle, to, unsent, || self.open_host(peer)).await,
+                None => Err(SendError::Lost(e.into_error())),
+            },
+        };
+        match sent {
             Ok(resp) if resp.status() == StatusCode::MISDIRECTED_REQUEST => {
                 info!(peer = %peer.host, "gateway host no longer owns the session; the client retries");
                 (unavailable(), HostOutcome::Misdirected)
@@ -227,7 +372,8 @@ impl Forwarder {
                 resp.map(|b| b.map_err(Into::into).boxed()),
                 HostOutcome::Answered,
             ),
-            Err(e) => {
+            Err(SendError::NoConnection) => (unavailable(), HostOutcome::Failed),
+            Err(SendError::Lost(e)) => {
                 warn!(peer = %peer.host, error = %e, "request forwarded to a gateway host failed");
                 (unavailable(), HostOutcome::Failed)
             }

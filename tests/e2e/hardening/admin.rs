@@ -241,7 +241,7 @@ fn config_errors_never_print_a_password_and_name_the_admin_token_file() {
     assert!(!out.contains("s3cret") && !out.contains("k3y"), "{out}");
     let (ok, out) = config_accepted(
         dir.path(),
-        "[store]\nredis_url = \"rediss://:hunter2@127.0.0.1:6379\"\n",
+        "[store]\nredis_url = \"http://:hunter2@127.0.0.1:6379\"\n",
     );
     assert!(!ok && out.contains("store.redis_url"), "{out}");
     assert!(!out.contains("hunter2"), "{out}");

@@ -250,18 +250,7 @@ async fn run_in(settings: &Settings, dir: &Path) -> Result<Comparison> {
     let ticks_per_second = procs::clock_ticks_per_second();
     let probes: Vec<Probe> = [None, Some(nginx.pid()), Some(gateway.pid())]
         .into_iter()
-        .map(|proxy| {
-            let upstream = counter.pid();
-            let own = std::process::id();
-            let probe: Probe = Rc::new(move || {
-                vec![
-                    proxy.map_or(0, procs::tree_cpu_ticks),
-                    procs::tree_cpu_ticks(upstream),
-                    procs::cpu_ticks(own),
-                ]
-            });
-            probe
-        })
+        .map(|proxy| cpu_probe(proxy, counter.pid()))
         .collect();
 
     let endpoints = [
@@ -430,14 +419,7 @@ async fn tls_scenario(
         "# mcpgw with an https upstream on {addr} (pid {})",
         gateway.pid()
     );
-    let (proxy, upstream, own) = (gateway.pid(), counter.pid(), std::process::id());
-    let probe: Probe = Rc::new(move || {
-        vec![
-            procs::tree_cpu_ticks(proxy),
-            procs::tree_cpu_ticks(upstream),
-            procs::cpu_ticks(own),
-        ]
-    });
+    let probe = cpu_probe(Some(gateway.pid()), counter.pid());
     let ep = endpoint(addr)?;
     let mut all: Vec<&Proc> = procs.to_vec();
     all.extend([&counter, &gateway]);
@@ -507,6 +489,19 @@ impl Interleaved<'_> {
         }
         Ok(scenario)
     }
+}
+
+/// The CPU ticks a run reads before and after: of the proxy's process tree (none for
+/// a direct target), of the upstream's, and of this load generator.
+pub(crate) fn cpu_probe(proxy: Option<u32>, upstream: u32) -> Probe {
+    let own = std::process::id();
+    Rc::new(move || {
+        vec![
+            proxy.map_or(0, procs::tree_cpu_ticks),
+            procs::tree_cpu_ticks(upstream),
+            procs::cpu_ticks(own),
+        ]
+    })
 }
 
 /// One measured run of a scenario's `target`, logged as it ends.

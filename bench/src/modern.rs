@@ -11,13 +11,12 @@
 //! other scenarios' processes are untouched.
 
 use std::path::Path;
-use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
-use crate::compare::{Interleaved, Scenario, Settings, TARGETS, spec, warm_up};
+use crate::compare::{Interleaved, Scenario, Settings, TARGETS, cpu_probe, spec, warm_up};
 use crate::load::{LoadSpec, Probe};
 use crate::mcp::{CallTemplate, Endpoint, Era};
 use crate::procs::{self, Proc};
@@ -69,17 +68,7 @@ pub(crate) async fn run(
     let endpoints: [Endpoint; 3] = [direct, via_nginx, via_mcpgw];
     let probes: Vec<Probe> = [None, Some(nginx.pid()), Some(gateway.proc.pid())]
         .into_iter()
-        .map(|proxy| {
-            let (upstream, own) = (server.pid(), std::process::id());
-            let probe: Probe = Rc::new(move || {
-                vec![
-                    proxy.map_or(0, procs::tree_cpu_ticks),
-                    procs::tree_cpu_ticks(upstream),
-                    procs::cpu_ticks(own),
-                ]
-            });
-            probe
-        })
+        .map(|proxy| cpu_probe(proxy, server.pid()))
         .collect();
     let modern = |mut spec: LoadSpec| {
         spec.call = call();

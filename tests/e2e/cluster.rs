@@ -270,6 +270,14 @@ async fn sessions_spread_over_three_hosts_keep_their_counters() {
     }
 }
 
+/// The session ids of `spreads`, in order.
+fn session_ids(spreads: &[Spread]) -> Vec<String> {
+    spreads
+        .iter()
+        .map(|s| s.client.session_id().expect("id").to_owned())
+        .collect()
+}
+
 /// The owner id of each session in Redis (`None`: no record).
 async fn owners_in_redis(redis: &RedisServer, ids: &[String]) -> Vec<Option<String>> {
     let mut conn = redis.connect().await.expect("redis");
@@ -337,10 +345,7 @@ async fn a_killed_hosts_sessions_continue_on_the_survivors() {
     const SESSIONS: usize = 12;
     const BEFORE: u64 = 6;
     let spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
-    let ids: Vec<String> = spreads
-        .iter()
-        .map(|s| s.client.session_id().expect("id").to_owned())
-        .collect();
+    let ids = session_ids(&spreads);
     let owners = owners_in_redis(&cluster.redis, &ids).await;
     let (mut doomed, mut others) = (Vec::new(), Vec::new());
     for (s, owner) in spreads.into_iter().zip(&owners) {
@@ -352,10 +357,7 @@ async fn a_killed_hosts_sessions_continue_on_the_survivors() {
         }
     }
     assert_eq!(doomed.len(), SESSIONS / 3, "{owners:?}");
-    let doomed_ids: Vec<String> = doomed
-        .iter()
-        .map(|s| s.client.session_id().expect("id").to_owned())
-        .collect();
+    let doomed_ids = session_ids(&doomed);
 
     // The other hosts' sessions run on, through the survivors (the load
     // balancer takes the dead host out), for the whole failover.
@@ -502,10 +504,7 @@ async fn a_drained_host_hands_over_only_when_configured() {
     ));
     cluster.wait_for_members().await;
     let mut spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
-    let ids: Vec<String> = spreads
-        .iter()
-        .map(|s| s.client.session_id().expect("id").to_owned())
-        .collect();
+    let ids = session_ids(&spreads);
     let before = owners_in_redis(&cluster.redis, &ids).await;
     let on_a = before
         .iter()
@@ -550,10 +549,7 @@ async fn a_drained_host_hands_over_only_when_configured() {
     ));
     cluster.wait_for_members().await;
     let mut spreads = open_and_count(&cluster, SESSIONS, BEFORE).await;
-    let ids: Vec<String> = spreads
-        .iter()
-        .map(|s| s.client.session_id().expect("id").to_owned())
-        .collect();
+    let ids = session_ids(&spreads);
     let before = owners_in_redis(&cluster.redis, &ids).await;
     cluster.hosts[0].stop().await;
     assert_eq!(

@@ -106,36 +106,34 @@ impl Idle {
     }
 }
 
-/// Sends `req` on a kept connection to `to` if one takes it, else on one
-/// `connect` opens; the connection is kept again after the answer.
-async fn send_kept<F, Fut>(
+/// Sends `req` on `conn` (kept or new); a request it never took (closed
+/// meanwhile) goes on one `reconnect` opens. The connection that carried it
+/// is kept again after the answer.
+async fn send_on<F, Fut>(
     idle: &Arc<Idle>,
     to: Destination,
+    mut conn: HostConn,
     req: Request<ReqBody>,
-    connect: F,
+    reconnect: F,
 ) -> Result<hyper::Response<hyper::body::Incoming>, SendError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<HostConn>>,
 {
-    let mut req = req;
-    if let Some(mut conn) = idle.take(&to) {
-        match conn.try_send_request(req).await {
-            Ok(resp) => {
-                idle.give_back(to, conn);
-                return Ok(resp);
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written: it goes on a new connection.
-                Some(unsent) => req = unsent,
-                None => return Err(SendError::Lost(e.into_error())),
-            },
+    let unsent = match conn.try_send_request(req).await {
+        Ok(resp) => {
+            idle.give_back(to, conn);
+            return Ok(resp);
         }
-    }
-    let Some(mut conn) = connect().await else {
+        Err(mut e) => match e.take_message() {
+            Some(unsent) => unsent,
+            None => return Err(SendError::Lost(e.into_error())),
+        },
+    };
+    let Some(mut conn) = reconnect().await else {
         return Err(SendError::NoConnection);
     };
-    let resp = conn.send_request(req).await.map_err(SendError::Lost)?;
+    let resp = conn.send_request(unsent).await.map_err(SendError::Lost)?;
     idle.give_back(to, conn);
     Ok(resp)
 }
@@ -198,11 +196,15 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         self.prepare(&mut parts, principal, client);
         let req = Request::from_parts(parts, body);
-        match send_kept(&self.idle, Destination::Worker(owner), req, || {
-            self.connect_worker(owner)
-        })
-        .await
-        {
+        let to = Destination::Worker(owner);
+        let conn = match self.idle.take(&to) {
+            Some(kept) => kept,
+            None => match self.connect_worker(owner).await {
+                Some(new) => new,
+                None => return unavailable(),
+            },
+        };
+        match send_on(&self.idle, to, conn, req, || self.connect_worker(owner)).await {
             Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed()),
             Err(SendError::NoConnection) => unavailable(),
             Err(SendError::Lost(e)) => {
@@ -332,7 +334,7 @@ impl Forwarder {
     /// and relay the answer (streamed).
     pub(crate) async fn forward_to_host(
         &self,
-        mut conn: HostConn,
+        conn: HostConn,
         peer: &Peer,
         req: Request<ReqBody>,
         principal: Option<&crate::auth::Principal>,
@@ -350,19 +352,8 @@ impl Forwarder {
             return (unavailable(), HostOutcome::Failed);
         }
         let req = Request::from_parts(parts, body);
-        // The connection given is used first (kept or new); a kept one that
-        // was closed meanwhile gives the request back for a new one.
         let to = Destination::Host(peer.addr.clone());
-        let sent = match conn.try_send_request(req).await {
-            Ok(resp) => {
-                self.idle.give_back(to, conn);
-                Ok(resp)
-            }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => send_kept(&self.idle, to, unsent, || self.open_host(peer)).await,
-                None => Err(SendError::Lost(e.into_error())),
-            },
-        };
+        let sent = send_on(&self.idle, to, conn, req, || self.open_host(peer)).await;
         match sent {
             Ok(resp) if resp.status() == StatusCode::MISDIRECTED_REQUEST => {
                 info!(peer = %peer.host, "gateway host no longer owns the session; the client retries");

@@ -33,13 +33,16 @@ struct Direct {
     relay: Arc<Relay>,
     opened: Mutex<HashMap<Arc<str>, Arc<UpstreamSession>>>,
     closed: watch::Sender<bool>,
+    /// The process-wide answer budget, shared with the other tests that
+    /// read answers while this one lives.
+    _budget: std::sync::RwLockReadGuard<'static, ()>,
 }
 
 impl Direct {
     fn new(upstreams: &[(&str, &str)]) -> Self {
-        // The worker sizes the process-wide answer budget at start; the
-        // same figures every time, as tests share the process.
-        crate::upstream::answer_budget::configure(1 << 20, 64 << 20);
+        // The worker sizes the process-wide answer budget at start; tests
+        // share the process, and so the budget.
+        let budget = crate::upstream::answer_budget::shared_for_tests();
         let upstreams = upstreams
             .iter()
             .map(|(id, url)| {
@@ -57,6 +60,7 @@ impl Direct {
             relay: Arc::new(Relay::new(INIT_PARAMS)),
             opened: Mutex::new(HashMap::new()),
             closed: watch::Sender::new(false),
+            _budget: budget,
         }
     }
 

@@ -188,8 +188,9 @@ mod tests {
         Arc::new(UpstreamServer::new(&Upstream::http("up", url), None).expect("server"))
     }
 
+    #[allow(clippy::await_holding_lock)] // a shared guard, see `answer_budget::TESTS`
     async fn open(server: &Arc<UpstreamServer>, kind: &str) -> Arc<UpstreamSession> {
-        crate::upstream::answer_budget::configure(1 << 20, 64 << 20);
+        let _budget = crate::upstream::answer_budget::shared_for_tests();
         UpstreamSession::initialize(server.clone(), kind)
             .await
             .expect("initialize")

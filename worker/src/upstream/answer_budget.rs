@@ -26,6 +26,24 @@ static ROOM: Semaphore = Semaphore::const_new(0);
 static TOTAL: AtomicUsize = AtomicUsize::new(0);
 static MAX_ANSWER: AtomicUsize = AtomicUsize::new(64 * 1024 * 1024);
 
+/// Unit tests share the process-wide budget: those that read answers hold
+/// a read guard ([`shared_for_tests`]), and the budget's own test, which
+/// resizes it to a few bytes, holds the write guard, so neither disturbs
+/// the other.
+#[cfg(test)]
+static TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The budget sized as a worker sizes it by default, for a test that reads
+/// answers; hold the guard while it does.
+#[cfg(test)]
+pub(crate) fn shared_for_tests() -> std::sync::RwLockReadGuard<'static, ()> {
+    let guard = TESTS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    configure(1 << 20, 64 << 20);
+    guard
+}
+
 /// Size the budget (worker start and reloads). Shrinking takes effect as
 /// held answers are released.
 pub(crate) fn configure(max_answer: usize, max_buffered: usize) {
@@ -200,7 +218,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    #[allow(clippy::await_holding_lock)] // held alone on purpose: see `TESTS`
     async fn the_budget_is_taken_and_given_back() {
+        // Polled, never queued: a queued writer would block the read guard
+        // a test takes while it already holds one (two sources in a test).
+        let _alone = loop {
+            match TESTS.try_write() {
+                Ok(alone) => break alone,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        };
         configure(1024, 100);
         let mut a = Held {
             bytes: Bytes::new(),

@@ -629,8 +629,9 @@ async fn the_warm_pool_serves_each_request_a_session_opened_ahead() {
             .await
             .expect("increment");
         assert_eq!(reply.count().expect("count"), 1, "{}", reply.message);
-        let stats = pool_holds(1).await;
-        assert_eq!(stats.live_sessions, 1, "one kept ahead: {stats:?}");
+        // At least one kept ahead (a refill slower than the next request
+        // is a miss, and the kind then keeps two).
+        pool_holds(1).await;
     }
     // Four at once: one takes the ready session, the others find none and open their
     // own; the kind now keeps more ahead.

@@ -108,6 +108,8 @@ pub(crate) struct PerRequest {
     init_params: Box<str>,
     relay: Arc<Relay>,
     opened: std::sync::Mutex<Vec<Arc<UpstreamSession>>>,
+    /// The client as a stateless upstream hears it, made once per request.
+    client: std::sync::OnceLock<modern::ClientMeta>,
     /// Never flips while the request runs; the request's end drops it.
     closed: watch::Sender<bool>,
 }
@@ -124,8 +126,14 @@ impl PerRequest {
             relay: Arc::new(Relay::new(&init_params)),
             init_params: init_params.into_boxed_str(),
             opened: std::sync::Mutex::new(Vec::new()),
+            client: std::sync::OnceLock::new(),
             closed: watch::Sender::new(false),
         }
+    }
+
+    fn client(&self) -> &modern::ClientMeta {
+        self.client
+            .get_or_init(|| modern::ClientMeta::from_init_params(&self.init_params))
     }
 
     fn opened(&self) -> std::sync::MutexGuard<'_, Vec<Arc<UpstreamSession>>> {
@@ -161,13 +169,10 @@ impl PerRequest {
     /// of their own, never mid-call; one that cannot be asked counts as
     /// not.
     pub(crate) async fn all_modern(&self) -> bool {
-        let client = modern::ClientMeta::from_init_params(&self.init_params);
-        let each = self.endpoint.upstreams.iter().map(|server| {
-            let client = &client;
-            async move {
-                let deadline = tokio::time::Instant::now() + server.request_timeout();
-                matches!(server.era(client, deadline).await, Ok(KnownEra::Modern(_)))
-            }
+        let client = self.client();
+        let each = self.endpoint.upstreams.iter().map(|server| async move {
+            let deadline = tokio::time::Instant::now() + server.request_timeout();
+            matches!(server.era(client, deadline).await, Ok(KnownEra::Modern(_)))
         });
         futures_util::future::join_all(each)
             .await
@@ -217,7 +222,10 @@ impl Source for PerRequest {
         {
             return Ok(us.clone());
         }
-        let us = self.registry.open_unkept(server, &self.init_params).await?;
+        let us = self
+            .registry
+            .open_unkept(server, &self.init_params, self.client())
+            .await?;
         self.opened().push(us.clone());
         Ok(us)
     }

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::session::store::StoreClient;
 use crate::session::warm::WarmPool;
-use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession};
+use crate::upstream::{UpstreamError, UpstreamServer, UpstreamSession, modern};
 use mcpgw_protocol::store::StoreWrite;
 
 pub(crate) struct Registry {
@@ -186,7 +186,17 @@ impl Registry {
         self: &Arc<Self>,
         server: &Arc<UpstreamServer>,
         init_params: &str,
+        client: &modern::ClientMeta,
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
+        if let Some(found) = server.known_modern() {
+            // A server of the stateless revision has no session to open
+            // ahead or to close after: its handle is made on the spot, off
+            // the warm pool and its refills.
+            let us = UpstreamSession::modern(server.clone(), &found, client.clone());
+            self.event(&server.id, "created");
+            self.live(&server.id, 1);
+            return Ok(us);
+        }
         let taken = self.warm.take(server, init_params);
         self.close_unkept(taken.discard);
         for _ in 0..taken.refill {
@@ -249,7 +259,16 @@ impl Registry {
 
     /// Close upstream sessions made by [`Registry::open_unkept`], in the
     /// background: the request they served has its answer already.
-    pub(crate) fn close_unkept(self: &Arc<Self>, taken: Vec<Arc<UpstreamSession>>) {
+    pub(crate) fn close_unkept(self: &Arc<Self>, mut taken: Vec<Arc<UpstreamSession>>) {
+        // A handle with no upstream session (a stateless server's) has
+        // nothing to send: accounted for here, without a task.
+        taken.retain(|us| {
+            if !us.has_session() {
+                self.live(&us.server.id, -1);
+                self.event(&us.server.id, "closed");
+            }
+            us.has_session()
+        });
         if taken.is_empty() {
             return;
         }

@@ -342,6 +342,16 @@ impl UpstreamServer {
         Ok(era)
     }
 
+    /// What the server said of itself, when it is known to speak the
+    /// stateless revision; `None` when it is not, is not known yet, or is
+    /// being asked right now (callers then take the path that asks).
+    pub(crate) fn known_modern(&self) -> Option<Arc<modern::Discovered>> {
+        match self.era.try_lock().ok()?.as_ref()? {
+            KnownEra::Modern(found) => Some(found.clone()),
+            KnownEra::Stateful => None,
+        }
+    }
+
     /// Ask again on next use: the server may have been replaced by one of
     /// another era behind the same URL. A probe in flight decides anyway.
     pub(crate) fn forget_era(&self) {

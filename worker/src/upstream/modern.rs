@@ -86,7 +86,13 @@ struct DiscoverResult<'a> {
 /// request: the three `_meta` members, rendered once per upstream
 /// session (`"key":value,…`, without braces).
 #[derive(Debug, Clone)]
-pub(crate) struct ClientMeta(Box<str>);
+pub(crate) struct ClientMeta {
+    rendered: Box<str>,
+    /// Where the capabilities' and the client info's values are in
+    /// `rendered`.
+    capabilities: std::ops::Range<usize>,
+    info: std::ops::Range<usize>,
+}
 
 #[derive(Deserialize)]
 struct InitParams<'a> {
@@ -122,21 +128,57 @@ impl ClientMeta {
         out.push(',');
         jsonrpc::push_json_string(&mut out, META_CLIENT_CAPABILITIES);
         out.push(':');
+        let capabilities_at = out.len()..out.len() + capabilities.len();
         out.push_str(capabilities);
         out.push(',');
         jsonrpc::push_json_string(&mut out, META_CLIENT_INFO);
         out.push(':');
+        let info_at = out.len()..out.len() + info.len();
         out.push_str(info);
-        Self(out.into_boxed_str())
+        Self {
+            rendered: out.into_boxed_str(),
+            capabilities: capabilities_at,
+            info: info_at,
+        }
+    }
+
+    /// Whether `meta` already says what these members say, each once: a
+    /// stateless client's own `_meta`, which this was made from, needs no
+    /// rewriting.
+    fn already_in(&self, meta: &RawObject<'_>) -> bool {
+        let mut seen = [false; 3];
+        for (k, v) in &meta.0 {
+            let (i, same) = match &**k {
+                META_PROTOCOL_VERSION => (
+                    0,
+                    v.get().strip_prefix('"').and_then(|v| v.strip_suffix('"'))
+                        == Some(VERSION.as_str()),
+                ),
+                META_CLIENT_CAPABILITIES => {
+                    (1, v.get() == &self.rendered[self.capabilities.clone()])
+                }
+                META_CLIENT_INFO => (2, v.get() == &self.rendered[self.info.clone()]),
+                _ => continue,
+            };
+            if seen[i] || !same {
+                return false;
+            }
+            seen[i] = true;
+        }
+        seen == [true; 3]
     }
 
     /// `_meta` (raw JSON object) with these members set, every other
-    /// member of `existing` (a progress token, a client's own keys) kept.
-    fn merged_into(&self, existing: Option<&str>) -> Option<String> {
-        let mut out = String::with_capacity(self.0.len() + existing.map_or(0, str::len) + 2);
+    /// member of `existing` (a progress token, a client's own keys) kept;
+    /// `Some(None)` when `existing` says it all already.
+    fn merged_into(&self, existing: Option<&str>) -> Option<Option<String>> {
+        let mut out = String::with_capacity(self.rendered.len() + existing.map_or(0, str::len) + 2);
         out.push('{');
         if let Some(raw) = existing {
             let obj: RawObject<'_> = serde_json::from_str(raw).ok()?;
+            if self.already_in(&obj) {
+                return Some(None);
+            }
             for (k, v) in &obj.0 {
                 if matches!(
                     &**k,
@@ -150,9 +192,9 @@ impl ClientMeta {
                 out.push(',');
             }
         }
-        out.push_str(&self.0);
+        out.push_str(&self.rendered);
         out.push('}');
-        Some(out)
+        Some(Some(out))
     }
 }
 
@@ -222,7 +264,10 @@ pub(crate) fn rewrite(
             }
         }
     }
-    let meta = client.merged_into(routed.as_ref().and_then(|r| r.meta).map(RawValue::get))?;
+    let Some(meta) = client.merged_into(routed.as_ref().and_then(|r| r.meta).map(RawValue::get))?
+    else {
+        return Some((body.clone(), headers));
+    };
     let text = match env.params {
         Some(p) => jsonrpc::with_param(body, p.get(), "_meta", &meta)?,
         None => {
@@ -350,7 +395,7 @@ mod tests {
         let m = ClientMeta::from_init_params(
             r#"{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"c","version":"1"}}"#,
         );
-        let v = json(m.merged_into(None).expect("meta").as_bytes());
+        let v = json(m.merged_into(None).flatten().expect("meta").as_bytes());
         assert_eq!(v[META_PROTOCOL_VERSION], "2026-07-28");
         assert_eq!(
             v[META_CLIENT_CAPABILITIES],
@@ -360,6 +405,7 @@ mod tests {
         let bare = json(
             ClientMeta::from_init_params("not json")
                 .merged_into(None)
+                .flatten()
                 .expect("meta")
                 .as_bytes(),
         );
@@ -398,6 +444,38 @@ mod tests {
         let (_, h) =
             rewrite(&read, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
         assert_eq!(h[&MCP_NAME], "mem://a/b");
+    }
+
+    #[test]
+    fn a_stateless_clients_own_meta_is_sent_as_it_is() {
+        let m = ClientMeta::from_init_params(
+            r#"{"capabilities":{"elicitation":{}},"clientInfo":{"name":"c","version":"1"}}"#,
+        );
+        let own = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","_meta":{"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}}}"#,
+        );
+        let (out, h) =
+            rewrite(&own, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+        assert_eq!(out, own, "the same bytes, not a copy rewritten");
+        assert_eq!(h[&MCP_NAME], "add");
+        // One member that differs (or is given twice) and the whole is rewritten.
+        for other in [
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{"name":"d","version":"1"},"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}},"io.modelcontextprotocol/clientInfo":{"name":"x"}}}}"#,
+        ] {
+            let body = Bytes::from(other);
+            let (out, _) =
+                rewrite(&body, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+            assert_ne!(out, body, "{other}");
+            let meta = &json(&out)["params"]["_meta"];
+            assert_eq!(meta[META_CLIENT_INFO]["name"], "c", "{other}");
+            assert_eq!(
+                meta[META_CLIENT_CAPABILITIES],
+                serde_json::json!({"elicitation": {}}),
+                "{other}"
+            );
+        }
     }
 
     #[test]

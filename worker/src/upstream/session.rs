@@ -86,7 +86,7 @@ impl UpstreamSession {
 
     /// A handle on a server of the stateless revision: nothing is opened
     /// upstream; every request carries `client` and the revision's version.
-    fn modern(
+    pub(crate) fn modern(
         server: Arc<UpstreamServer>,
         found: &modern::Discovered,
         client: modern::ClientMeta,
@@ -101,6 +101,12 @@ impl UpstreamSession {
         us.modern = Some(client);
         debug!(upstream = %us.server.id, "stateless upstream handle made");
         Arc::new(us)
+    }
+
+    /// Whether there is an upstream session to end ([`Self::close`] sends
+    /// nothing otherwise).
+    pub(crate) fn has_session(&self) -> bool {
+        self.session_id.is_some()
     }
 
     /// Whether the server speaks the stateless revision (no session).

@@ -498,8 +498,8 @@ pub(crate) async fn post_inner(
     // An `initialize` is stateless only by its body (`by_body`): by the
     // header alone it is still the stateful handshake.
     if session.is_none()
-        && (stateless::by_body(&env)
-            || (stateless && !matches!(env.kind(), Kind::Request("initialize"))))
+        && ((stateless && !matches!(env.kind(), Kind::Request("initialize")))
+            || stateless::by_body(&env))
     {
         return Box::pin(stateless::post(
             ctx, endpoint, accept, &parts, &env, &body, outcome, caller,

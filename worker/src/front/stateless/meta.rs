@@ -42,10 +42,19 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The client, as one request describes it.
+/// The client, as one request describes it, and what else its params say
+/// that the front end acts on: read in one pass over the params.
 pub(crate) struct RequestMeta<'a> {
     capabilities: &'a RawValue,
     info: Option<&'a RawValue>,
+    /// `params.name` (a tool's or prompt's), as sent.
+    pub(crate) name: Option<Cow<'a, str>>,
+    /// `params.arguments` of a `tools/call`.
+    pub(crate) arguments: Option<&'a RawValue>,
+    /// `params.requestState`: what a retry (MRTR) echoes.
+    pub(crate) request_state: Option<Cow<'a, str>>,
+    /// `params.inputResponses`: a retry's answers to what it was asked.
+    pub(crate) input_responses: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +75,12 @@ struct Params<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(rename = "requestState", borrow, default)]
+    request_state: Option<Cow<'a, str>>,
+    #[serde(rename = "inputResponses", borrow, default)]
+    input_responses: Option<&'a RawValue>,
 }
 
 impl<'a> RequestMeta<'a> {
@@ -82,8 +97,9 @@ impl<'a> RequestMeta<'a> {
             ))
         };
         let params: Params<'a> = match params {
-            Some(p) => serde_json::from_str(p.get())
-                .map_err(|_| Refusal::Meta("params must be an object".into()))?,
+            Some(p) => {
+                serde_json::from_str(p.get()).map_err(|e| Refusal::Meta(format!("params: {e}")))?
+            }
             None => return Err(missing(META_PROTOCOL_VERSION)),
         };
         let meta = params.meta.ok_or_else(|| missing(META_PROTOCOL_VERSION))?;
@@ -95,14 +111,14 @@ impl<'a> RequestMeta<'a> {
 
         one_header(headers, &MCP_PROTOCOL_VERSION, &version)?;
         one_header(headers, &MCP_METHOD, method)?;
-        let name = match method {
-            "tools/call" | "prompts/get" => Some(("params.name", params.name)),
-            "resources/read" => Some(("params.uri", params.uri)),
+        let routed = match method {
+            "tools/call" | "prompts/get" => Some(("params.name", params.name.as_deref())),
+            "resources/read" => Some(("params.uri", params.uri.as_deref())),
             _ => None,
         };
-        if let Some((what, value)) = name {
+        if let Some((what, value)) = routed {
             let value = value.ok_or_else(|| Refusal::Meta(format!("{method} needs {what}")))?;
-            one_header(headers, &MCP_NAME, &value)?;
+            one_header(headers, &MCP_NAME, value)?;
         }
 
         if ProtocolVersion::parse(&version) != Some(VERSION) {
@@ -111,6 +127,10 @@ impl<'a> RequestMeta<'a> {
         Ok(Self {
             capabilities,
             info: meta.info,
+            name: params.name,
+            arguments: params.arguments,
+            request_state: params.request_state,
+            input_responses: params.input_responses,
         })
     }
 
@@ -158,26 +178,16 @@ impl<'a> RequestMeta<'a> {
 pub(super) fn check_param_headers(
     endpoint: &Endpoint,
     headers: &HeaderMap,
-    params: Option<&RawValue>,
+    name: &str,
+    arguments: Option<&RawValue>,
 ) -> Result<(), Refusal> {
-    #[derive(Deserialize)]
-    struct Call<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[serde(borrow, default)]
-        arguments: Option<&'a RawValue>,
-    }
-    let Some(call) = params.and_then(|p| serde_json::from_str::<Call<'_>>(p.get()).ok()) else {
-        return Ok(());
-    };
     let Some(bindings) = endpoint
-        .resolve(&call.name)
+        .resolve(name)
         .and_then(|(pos, name)| endpoint.upstreams[pos].tool_params.of(name))
     else {
         return Ok(());
     };
-    let arguments = call
-        .arguments
+    let arguments = arguments
         .and_then(|a| serde_json::from_str(a.get()).ok())
         .unwrap_or(serde_json::Value::Null);
     mcpgw_mcp::params::check(&bindings, &arguments, |name| {

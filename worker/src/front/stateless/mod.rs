@@ -165,7 +165,8 @@ pub(crate) async fn post(
         Err(refusal) => return refuse(accept, outcome, id, refusal),
     };
     if method == "tools/call"
-        && let Err(refusal) = meta::check_param_headers(&endpoint, headers, env.params)
+        && let Some(name) = meta.name.as_deref()
+        && let Err(refusal) = meta::check_param_headers(&endpoint, headers, name, meta.arguments)
     {
         return refuse(accept, outcome, id, refusal);
     }
@@ -185,14 +186,7 @@ pub(crate) async fn post(
     }
     // MRTR: the retry of a call the gateway parked (its `requestState` is
     // one of the gateway's handles), or a call that may ask its client.
-    let retry = if mrtr::may_ask(method) {
-        match serde_json::from_str::<Retry<'_>>(env.params.map_or("{}", RawValue::get)) {
-            Ok(retry) => Some(retry),
-            Err(e) => return refuse(accept, outcome, id, Refusal::Meta(format!("params: {e}"))),
-        }
-    } else {
-        None
-    };
+    let may_ask = mrtr::may_ask(method);
     let call = |name| mrtr::Call {
         id,
         method,
@@ -200,9 +194,7 @@ pub(crate) async fn post(
         body,
         principal,
     };
-    if let Some(retry) = &retry
-        && let Some(handle) = retry.request_state.as_deref().and_then(mrtr::Handle::parse)
-    {
+    if may_ask && let Some(handle) = meta.request_state.as_deref().and_then(mrtr::Handle::parse) {
         // A slot beyond the pool's was never one that made a handle.
         let handle = match handle.and_then(|h| h.within(ctx.slot_count())) {
             Ok(handle) => handle,
@@ -226,8 +218,8 @@ pub(crate) async fn post(
         return match mrtr::resume(
             ctx,
             handle,
-            call(retry.name.as_deref()),
-            retry.input_responses,
+            call(meta.name.as_deref()),
+            meta.input_responses,
         )
         .await
         {
@@ -244,11 +236,8 @@ pub(crate) async fn post(
     // call runs where it can be parked. Upstreams of the revision ask with
     // `input_required` results of their own, passed on as they are: then
     // the call is routed like any other request.
-    if let Some(retry) = &retry
-        && src.relay().caps.can_be_asked()
-        && !src.all_modern().await
-    {
-        let message = mrtr::start(ctx, src, call(retry.name.as_deref())).await;
+    if may_ask && src.relay().caps.can_be_asked() && !src.all_modern().await {
+        let message = mrtr::start(ctx, src, call(meta.name.as_deref())).await;
         return rpc(
             accept,
             StatusCode::OK,
@@ -345,18 +334,6 @@ fn completed_stream(resp: Response<Body>, src: PerRequest, cache_hints: bool) ->
         }
     });
     Response::from_parts(parts, body::channel(rx))
-}
-
-/// What a request that may be a retry (MRTR) says in its params.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Retry<'a> {
-    #[serde(borrow, default)]
-    name: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    request_state: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    input_responses: Option<&'a RawValue>,
 }
 
 /// A refused request: the status and JSON-RPC error the revision gives

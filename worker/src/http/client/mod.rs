@@ -266,6 +266,17 @@ impl Conn {
     fn idle_and_open(&mut self) -> bool {
         !self.unfit.is_set() && self.io.is_quiet()
     }
+
+    /// Worth dropping from the pool's old end: marked unfit, or closed (or
+    /// sent bytes) as far as the runtime has seen, confirmed by
+    /// [`Self::idle_and_open`]. A close the runtime has not seen yet waits
+    /// for the next sweep; a connection handed out is always checked in
+    /// full, so this only delays releasing an fd, never reuses a bad one.
+    fn seen_unfit(&mut self) -> bool {
+        self.unfit.is_set()
+            || self.io.tls_has_pending()
+            || (self.io.may_have_input() && !self.idle_and_open())
+    }
 }
 
 /// Set when an answer read on a connection proved the upstream out of step
@@ -310,10 +321,13 @@ impl Shared {
     /// Drop from the old end (entries are in the order they were put back)
     /// the connections unused for too long and those the upstream closed:
     /// an upstream's own keep-alive timeout closes the oldest first, and
-    /// nothing else would release their fds before [`IDLE_TIMEOUT`].
+    /// nothing else would release their fds before [`IDLE_TIMEOUT`]. This
+    /// runs at every checkout and checkin, so it asks the kernel only about
+    /// a connection the runtime saw something arrive on (two system calls
+    /// per request saved on the hot path).
     fn expire(&self, idle: &mut VecDeque<Idle>, now: Instant) {
         while idle.front_mut().is_some_and(|i| {
-            now.duration_since(i.since) >= self.idle_timeout || !i.conn.idle_and_open()
+            now.duration_since(i.since) >= self.idle_timeout || i.conn.seen_unfit()
         }) {
             idle.pop_front();
         }

@@ -56,6 +56,24 @@ impl Stream {
         }
     }
 
+    /// Whether the runtime has seen anything arrive (bytes, the end, an
+    /// error) since the last read: its cached readiness, no system call. It
+    /// may lag the kernel (see `Conn::idle_and_open`), so it can only say
+    /// "look closer", never "quiet"; the pool's sweep of its old end uses it
+    /// to peek only at connections something happened to.
+    pub(super) fn may_have_input(&mut self) -> bool {
+        let tcp = match self {
+            Self::Plain(tcp) => &*tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+            #[cfg(feature = "fuzzing")]
+            Self::Mem(mem) => return mem.unread() != 0,
+        };
+        // An idle pooled connection has no reader, so the no-op waker
+        // this leaves registered replaces nobody's.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_read_ready(&mut cx).is_ready()
+    }
+
     /// Whether the TLS layer holds something for the application already:
     /// plaintext it decrypted and nobody read, or the server's close. The
     /// kernel peek in `Conn::idle_and_open` cannot see what rustls has

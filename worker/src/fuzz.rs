@@ -164,11 +164,10 @@ pub fn rewrite(data: &[u8]) {
         std::str::from_utf8(init).unwrap_or("{}"),
     );
     let body = Bytes::copy_from_slice(body);
-    let Some((out, headers)) =
-        crate::upstream::modern::rewrite(&body, &client, &http::HeaderMap::new(), &TOOL_PARAMS)
-    else {
+    let Some((out, lines)) = crate::upstream::modern::rewrite(&body, &client, &TOOL_PARAMS) else {
         return;
     };
+    let headers = crate::upstream::modern::lines_to_map(&lines);
     let env = crate::jsonrpc::parse(&body).expect("a rewritten body was a JSON-RPC object");
     let Some(method) = env.method.as_deref() else {
         assert_eq!(out, body, "a message without a method was changed");

@@ -40,9 +40,15 @@ pub(crate) struct HeaderBlock(Bytes);
 
 impl HeaderBlock {
     pub(crate) fn new(headers: &HeaderMap) -> Self {
+        Self::except(headers, |_| false)
+    }
+
+    /// As [`Self::new`], without the headers `left_out` names (those a
+    /// request sets for itself).
+    pub(crate) fn except(headers: &HeaderMap, left_out: impl Fn(&HeaderName) -> bool) -> Self {
         let mut out = Vec::with_capacity(headers.len() * 32);
         for (name, value) in headers {
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || left_out(name) {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());

@@ -11,8 +11,10 @@
 //! handle built on this lives in [`super::UpstreamSession`].
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use crate::http::client::HeaderBlock;
+use mcpgw_mcp::headers::{MCP_METHOD, MCP_NAME};
 use mcpgw_mcp::params;
 use mcpgw_mcp::version::{META_PROTOCOL_VERSION, ProtocolVersion};
 use serde::Deserialize;
@@ -217,23 +219,31 @@ struct Routed<'a> {
     arguments: Option<&'a RawValue>,
 }
 
+/// Whether header `name` is one [`rewrite`] sets per request: left out
+/// of the blocks its lines are appended to, so that no header is sent
+/// twice (an operator's `[upstream] headers` cannot override them).
+pub(crate) fn is_routing_header(name: &HeaderName) -> bool {
+    name == MCP_METHOD || name == MCP_NAME || name.as_str().starts_with("mcp-param-")
+}
+
 /// One request for a modern upstream: the body with `params._meta`
-/// carrying the client, and the headers the revision requires (added to
-/// `base`, the session's). A message that is not a request or
-/// notification (a response) goes unchanged. `None` when the body is
-/// not a JSON-RPC object (the gateway never sends one).
+/// carrying the client, and the header lines the revision requires
+/// (`name: value\r\n` each, to append to a block of the session's
+/// headers without [`is_routing_header`]s). A message that is not a
+/// request or notification (a response) goes unchanged, with no lines.
+/// `None` when the body is not a JSON-RPC object (the gateway never sends
+/// one).
 pub(crate) fn rewrite(
     body: &Bytes,
     client: &ClientMeta,
-    base: &HeaderMap,
     tool_params: &super::ToolParams,
-) -> Option<(Bytes, HeaderMap)> {
+) -> Option<(Bytes, Vec<u8>)> {
     let env = jsonrpc::parse(body)?;
-    let mut headers = base.clone();
     let Some(method) = env.method.as_deref() else {
-        return Some((body.clone(), headers));
+        return Some((body.clone(), Vec::new()));
     };
-    headers.insert(MCP_METHOD, params::encode(method));
+    let mut lines = Vec::with_capacity(96);
+    push_line(&mut lines, &MCP_METHOD, &params::encode(method));
     let routed = match env.params {
         Some(p) => Some(serde_json::from_str::<Routed<'_>>(p.get()).ok()?),
         None => None,
@@ -244,7 +254,7 @@ pub(crate) fn rewrite(
         _ => None,
     };
     if let Some(name) = name {
-        headers.insert(MCP_NAME, params::encode(name));
+        push_line(&mut lines, &MCP_NAME, &params::encode(name));
     }
     // A tool's annotated arguments, mirrored as the revision asks.
     if method == "tools/call"
@@ -255,18 +265,24 @@ pub(crate) fn rewrite(
             .and_then(|r| r.arguments)
             .and_then(|a| serde_json::from_str::<serde_json::Value>(a.get()).ok())
             .unwrap_or(serde_json::Value::Null);
+        // One value per header name, the last binding's (as a map would).
+        let mut mirrored: Vec<(HeaderName, HeaderValue)> = Vec::new();
         for b in bindings.iter() {
             if let (Some(value), Ok(name)) = (
                 b.value_in(&arguments),
-                http::HeaderName::from_bytes(b.header_name().as_bytes()),
+                HeaderName::from_bytes(b.header_name().as_bytes()),
             ) {
-                headers.insert(name, params::encode(&value));
+                mirrored.retain(|(n, _)| *n != name);
+                mirrored.push((name, params::encode(&value)));
             }
+        }
+        for (name, value) in &mirrored {
+            push_line(&mut lines, name, value);
         }
     }
     let Some(meta) = client.merged_into(routed.as_ref().and_then(|r| r.meta).map(RawValue::get))?
     else {
-        return Some((body.clone(), headers));
+        return Some((body.clone(), lines));
     };
     let text = match env.params {
         Some(p) => jsonrpc::with_param(body, p.get(), "_meta", &meta)?,
@@ -278,7 +294,32 @@ pub(crate) fn rewrite(
             jsonrpc::with_member(std::str::from_utf8(body).ok()?, "params", &params)?
         }
     };
-    Some((Bytes::from(text), headers))
+    Some((Bytes::from(text), lines))
+}
+
+/// Header lines as [`rewrite`] makes them, read back (tests and fuzzing).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn lines_to_map(lines: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let line = line.strip_suffix(b"\r").expect("CRLF");
+        let at = line
+            .windows(2)
+            .position(|w| w == b": ")
+            .expect("name: value");
+        map.append(
+            HeaderName::from_bytes(&line[..at]).expect("name"),
+            HeaderValue::from_bytes(&line[at + 2..]).expect("value"),
+        );
+    }
+    map
+}
+
+fn push_line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What `server/discover` said of a server's era.
@@ -298,15 +339,13 @@ pub(crate) async fn probe(
     deadline: Instant,
 ) -> Result<Probed, UpstreamError> {
     let request = jsonrpc::request(DISCOVER_ID, "server/discover", Some("{}"));
-    let (body, headers) = rewrite(&request, client, &server.headers, &server.tool_params)
+    let (body, lines) = rewrite(&request, client, &server.tool_params)
         .ok_or_else(|| server.protocol_error("server/discover could not be written"))?;
-    let mut headers = headers;
-    headers.insert(
-        MCP_PROTOCOL_VERSION,
-        HeaderValue::from_static(VERSION.as_str()),
-    );
-    let block = crate::http::client::HeaderBlock::new(&headers);
-    let resp = server.send(&Method::POST, &block, body, deadline).await?;
+    let headers = server.headers_for(None, Some(&HeaderValue::from_static(VERSION.as_str())));
+    let block = HeaderBlock::except(&headers, is_routing_header);
+    let resp = server
+        .send_with(&Method::POST, &block, &lines, body, deadline)
+        .await?;
     let status = resp.status();
     if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
         // The body may still hold a JSON-RPC error of the revision (a
@@ -390,6 +429,16 @@ mod tests {
         serde_json::from_slice(b).expect("json")
     }
 
+    /// [`rewrite`], its header lines read back into a map.
+    pub(crate) fn rewrite_map(
+        body: &Bytes,
+        client: &ClientMeta,
+        tool_params: &ToolParams,
+    ) -> Option<(Bytes, http::HeaderMap)> {
+        let (out, lines) = rewrite(body, client, tool_params)?;
+        Some((out, lines_to_map(&lines)))
+    }
+
     #[test]
     fn client_meta_comes_from_init_params() {
         let m = ClientMeta::from_init_params(
@@ -419,8 +468,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"h\u00e9","arguments":{"a":1},"_meta":{"progressToken":"t","io.modelcontextprotocol/clientInfo":{"name":"old"}}}}"#,
         );
-        let (out, h) =
-            rewrite(&body, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+        let (out, h) = rewrite_map(&body, &m, &ToolParams::default()).expect("rewritten");
         let v = json(&out);
         assert_eq!(v["id"], 7);
         assert_eq!(v["params"]["arguments"]["a"], 1);
@@ -430,8 +478,7 @@ mod tests {
         assert_eq!(h[&MCP_NAME], "=?base64?aMOp?=");
 
         let list = Bytes::from_static(br#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#);
-        let (out, h) =
-            rewrite(&list, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+        let (out, h) = rewrite_map(&list, &m, &ToolParams::default()).expect("rewritten");
         assert_eq!(
             json(&out)["params"]["_meta"][META_PROTOCOL_VERSION],
             "2026-07-28"
@@ -441,8 +488,7 @@ mod tests {
         let read = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"mem://a/b"}}"#,
         );
-        let (_, h) =
-            rewrite(&read, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+        let (_, h) = rewrite_map(&read, &m, &ToolParams::default()).expect("rewritten");
         assert_eq!(h[&MCP_NAME], "mem://a/b");
     }
 
@@ -454,8 +500,7 @@ mod tests {
         let own = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","_meta":{"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"progressToken":1,"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}}}}}"#,
         );
-        let (out, h) =
-            rewrite(&own, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+        let (out, h) = rewrite_map(&own, &m, &ToolParams::default()).expect("rewritten");
         assert_eq!(out, own, "the same bytes, not a copy rewritten");
         assert_eq!(h[&MCP_NAME], "add");
         // One member that differs (or is given twice) and the whole is rewritten.
@@ -465,8 +510,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}},"io.modelcontextprotocol/clientInfo":{"name":"x"}}}}"#,
         ] {
             let body = Bytes::from(other);
-            let (out, _) =
-                rewrite(&body, &m, &HeaderMap::new(), &ToolParams::default()).expect("rewritten");
+            let (out, _) = rewrite_map(&body, &m, &ToolParams::default()).expect("rewritten");
             assert_ne!(out, body, "{other}");
             let meta = &json(&out)["params"]["_meta"];
             assert_eq!(meta[META_CLIENT_INFO]["name"], "c", "{other}");
@@ -490,7 +534,7 @@ mod tests {
         let call = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"deploy","arguments":{"region":"\u00e9u"}}}"#,
         );
-        let (_, h) = rewrite(&call, &m, &HeaderMap::new(), &params).expect("rewritten");
+        let (_, h) = rewrite_map(&call, &m, &params).expect("rewritten");
         assert_eq!(h["mcp-param-region"], "=?base64?w6l1?=");
         assert!(
             h.get("mcp-param-force").is_none(),
@@ -499,7 +543,7 @@ mod tests {
         let other = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"other","arguments":{"region":"x"}}}"#,
         );
-        let (_, h) = rewrite(&other, &m, &HeaderMap::new(), &params).expect("rewritten");
+        let (_, h) = rewrite_map(&other, &m, &params).expect("rewritten");
         assert!(h.get("mcp-param-region").is_none());
     }
 

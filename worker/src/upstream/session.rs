@@ -98,6 +98,8 @@ impl UpstreamSession {
             found.capabilities.clone(),
             Some(found.identity()),
         );
+        // The routing headers are each request's own (`modern::rewrite`).
+        us.block = HeaderBlock::except(&us.headers, modern::is_routing_header);
         us.modern = Some(client);
         debug!(upstream = %us.server.id, "stateless upstream handle made");
         Arc::new(us)
@@ -342,21 +344,18 @@ impl UpstreamSession {
                     .await
             }
             Some(client) => {
-                let (body, headers) =
-                    modern::rewrite(&body, client, &self.headers, &self.server.tool_params)
-                        .ok_or_else(|| {
-                            self.server
-                                .protocol_error("the request could not be rewritten for 2026-07-28")
-                        })?;
+                let (body, mut lines) = modern::rewrite(&body, client, &self.server.tool_params)
+                    .ok_or_else(|| {
+                        self.server
+                            .protocol_error("the request could not be rewritten for 2026-07-28")
+                    })?;
+                if !trace.is_empty() {
+                    lines.splice(0..0, trace.iter().copied());
+                }
+                // `self.block` has no routing headers (see `Self::modern`).
                 let sent = self
                     .server
-                    .send_with(
-                        &Method::POST,
-                        &HeaderBlock::new(&headers),
-                        trace,
-                        body,
-                        deadline,
-                    )
+                    .send_with(&Method::POST, &self.block, &lines, body, deadline)
                     .await;
                 if matches!(sent, Err(UpstreamError::Transport { .. })) {
                     // It may come back as another server: ask its era again.

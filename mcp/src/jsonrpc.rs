@@ -382,20 +382,30 @@ pub fn with_member(raw: &str, key: &str, value: &str) -> Option<String> {
 
 /// Append `s` as a JSON string literal.
 pub fn push_json_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of characters that need no escape are copied whole: every byte
+    // that needs one is ASCII, so each cut is on a character boundary.
+    let mut clean = 0;
+    for (at, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[clean..at]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(escaped);
         }
+        clean = at + 1;
     }
+    out.push_str(&s[clean..]);
     out.push('"');
 }
 
@@ -481,6 +491,24 @@ pub fn answer(message: &[u8]) -> Option<Answer<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_escaped_and_read_back_the_same() {
+        for s in [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "line\nfeed\r\ttab",
+            "\u{0}\u{1f}\u{7f}",
+            "é \u{1F600} \"é\"",
+            "\"",
+        ] {
+            let out = json_string(s);
+            let back: String = serde_json::from_str(&out).expect(&out);
+            assert_eq!(back, s, "{out}");
+        }
+        assert_eq!(json_string("a\u{1}b"), r#""a\u0001b""#);
+    }
 
     #[test]
     fn answer_kinds_in_the_id_scan() {

@@ -40,6 +40,21 @@ async fn call(client: &mut McpClient, tool: &str, traceparent: Option<&str>) -> 
     serde_json::from_str(&resp.text()).expect("a JSON answer")
 }
 
+/// `call`, as part of the client's sampled trace `TRACE`.
+async fn call_in_trace(client: &mut McpClient, tool: &str) -> Value {
+    call(client, tool, Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await
+}
+
+/// The spans exported once `TRACE`'s request and upstream call are in.
+async fn wait_for_trace(receiver: &OtlpReceiver, what: &str) -> Vec<ReceivedSpan> {
+    receiver
+        .wait_for(what, EXPORTED_WITHIN, |s| {
+            request_and_upstream(s, TRACE).is_some()
+        })
+        .await
+        .expect("spans exported")
+}
+
 /// The trace's server span and the client span under it.
 fn request_and_upstream<'a>(
     spans: &'a [ReceivedSpan],
@@ -66,8 +81,7 @@ async fn a_request_span_joins_the_clients_trace_and_its_upstream_call_is_a_child
     client.initialize().await.expect("initialize");
     let session = client.session_id().expect("a session").to_owned();
 
-    let parent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
-    let answer = call(&mut client, "increment", Some(&parent)).await;
+    let answer = call_in_trace(&mut client, "increment").await;
     assert!(answer["result"].is_object(), "{answer}");
     // A failed call, in a trace of its own.
     let failing = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -139,19 +153,9 @@ async fn sample_ratio_zero_exports_only_what_the_client_sampled() {
     client.initialize().await.expect("initialize");
     call(&mut client, "increment", None).await;
     // Sent after: once its spans are in, the first request's would be too.
-    call(
-        &mut client,
-        "increment",
-        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
-    )
-    .await;
+    call_in_trace(&mut client, "increment").await;
 
-    let spans = receiver
-        .wait_for("the sampled request", EXPORTED_WITHIN, |s| {
-            request_and_upstream(s, TRACE).is_some()
-        })
-        .await
-        .expect("spans exported");
+    let spans = wait_for_trace(&receiver, "the sampled request").await;
     assert!(
         spans.iter().all(|s| s.trace_id == TRACE),
         "only the client-sampled trace: {spans:#?}"
@@ -185,18 +189,8 @@ async fn a_reload_turns_tracing_on() {
     std::fs::write(gateway.config_path(), traced.to_toml()).expect("rewrite config");
     gateway.signal(Signal::SIGHUP).expect("SIGHUP");
     super::wait_for_reloads(&gateway, "ok", 1.0).await;
-    call(
-        &mut client,
-        "increment",
-        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
-    )
-    .await;
-    let spans = receiver
-        .wait_for("the request after the reload", EXPORTED_WITHIN, |s| {
-            request_and_upstream(s, TRACE).is_some()
-        })
-        .await
-        .expect("spans exported");
+    call_in_trace(&mut client, "increment").await;
+    let spans = wait_for_trace(&receiver, "the request after the reload").await;
     assert!(spans.iter().all(|s| s.trace_id == TRACE), "{spans:#?}");
 }
 
@@ -212,12 +206,7 @@ async fn a_stop_flushes_the_spans_still_queued() {
     let mut gateway = Gateway::start(&config).expect("start mcpgw");
     let mut client = gateway.client();
     client.initialize().await.expect("initialize");
-    call(
-        &mut client,
-        "increment",
-        Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01")),
-    )
-    .await;
+    call_in_trace(&mut client, "increment").await;
     assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
     gateway.stop().await;
     let spans = receiver.spans();

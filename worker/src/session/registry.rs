@@ -83,6 +83,18 @@ impl Registry {
             .inc();
     }
 
+    /// One more live upstream session, counted as `created`.
+    fn note_created(&self, upstream: &str) {
+        self.event(upstream, "created");
+        self.live(upstream, 1);
+    }
+
+    /// One live upstream session fewer, counted as `event`.
+    fn note_gone(&self, us: &UpstreamSession, event: &str) {
+        self.live(&us.server.id, -1);
+        self.event(&us.server.id, event);
+    }
+
     fn live(&self, upstream: &str, delta: i64) {
         self.metrics
             .upstream_sessions
@@ -192,10 +204,12 @@ impl Registry {
             // A server of the stateless revision has no session to open
             // ahead or to close after: its handle is made on the spot, off
             // the warm pool and its refills.
-            let us = UpstreamSession::modern(server.clone(), &found, client.clone());
-            self.event(&server.id, "created");
-            self.live(&server.id, 1);
-            return Ok(us);
+            self.note_created(&server.id);
+            return Ok(UpstreamSession::modern(
+                server.clone(),
+                &found,
+                client.clone(),
+            ));
         }
         let taken = self.warm.take(server, init_params);
         self.close_unkept(taken.discard);
@@ -243,8 +257,7 @@ impl Registry {
     ) -> Result<Arc<UpstreamSession>, UpstreamError> {
         match UpstreamSession::open(server.clone(), init_params).await {
             Ok(created) => {
-                self.event(&server.id, "created");
-                self.live(&server.id, 1);
+                self.note_created(&server.id);
                 Ok(created)
             }
             Err(e) => {
@@ -264,8 +277,7 @@ impl Registry {
         // nothing to send: accounted for here, without a task.
         taken.retain(|us| {
             if !us.has_session() {
-                self.live(&us.server.id, -1);
-                self.event(&us.server.id, "closed");
+                self.note_gone(us, "closed");
             }
             us.has_session()
         });
@@ -365,8 +377,7 @@ impl Registry {
             return;
         }
         for us in &taken {
-            self.live(&us.server.id, -1);
-            self.event(&us.server.id, event);
+            self.note_gone(us, event);
         }
         let grace = self.close_grace;
         let closes = taken

@@ -349,9 +349,7 @@ impl UpstreamSession {
                         self.server
                             .protocol_error("the request could not be rewritten for 2026-07-28")
                     })?;
-                if !trace.is_empty() {
-                    lines.splice(0..0, trace.iter().copied());
-                }
+                lines.extend_from_slice(trace);
                 // `self.block` has no routing headers (see `Self::modern`).
                 let sent = self
                     .server

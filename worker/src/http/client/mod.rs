@@ -273,9 +273,7 @@ impl Conn {
     /// for the next sweep; a connection handed out is always checked in
     /// full, so this only delays releasing an fd, never reuses a bad one.
     fn seen_unfit(&mut self) -> bool {
-        self.unfit.is_set()
-            || self.io.tls_has_pending()
-            || (self.io.may_have_input() && !self.idle_and_open())
+        self.unfit.is_set() || (self.io.may_have_input() && !self.idle_and_open())
     }
 }
 

@@ -56,12 +56,16 @@ impl Stream {
         }
     }
 
-    /// Whether the runtime has seen anything arrive (bytes, the end, an
-    /// error) since the last read: its cached readiness, no system call. It
-    /// may lag the kernel (see `Conn::idle_and_open`), so it can only say
-    /// "look closer", never "quiet"; the pool's sweep of its old end uses it
-    /// to peek only at connections something happened to.
+    /// Whether anything arrived (bytes, the end, an error) since the last
+    /// read, as far as the TLS layer and the runtime's cached readiness
+    /// know: no system call. It may lag the kernel (see
+    /// `Conn::idle_and_open`), so it can only say "look closer", never
+    /// "quiet"; the pool's sweep of its old end uses it to peek only at
+    /// connections something happened to.
     pub(super) fn may_have_input(&mut self) -> bool {
+        if self.tls_has_pending() {
+            return true;
+        }
         let tcp = match self {
             Self::Plain(tcp) => &*tcp,
             Self::Tls(tls) => tls.get_ref().0,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{Scenario, Settings, TargetRuns, measured_run, spec, with_logs};
+use crate::compare::{Scenario, Settings, TargetRuns, measured_run, spec, warm_up};
 use crate::http::Conn;
 use crate::load::Probe;
 use crate::mcp::{Endpoint, Era};
@@ -128,19 +128,12 @@ pub(crate) async fn run(
         s
     };
     for (target, alternate) in TARGETS.iter().zip([None, Some(b.addr)]) {
-        let r = with_logs(
-            crate::load::run(load(Duration::from_secs(1), alternate, None)).await,
+        warm_up(
+            load(Duration::from_secs(1), alternate, None),
+            target,
             &procs,
         )
-        .with_context(|| format!("warm-up of {target}"))?;
-        if r.errors.total > 0 {
-            bail!(
-                "warm-up of {target}: {} errors, first: {}",
-                r.errors.total,
-                r.errors.first.unwrap_or_default()
-            );
-        }
-        eprintln!("# warm-up {target}: {:.0} req/s", r.throughput);
+        .await?;
     }
     let name = format!("two hosts, keep-alive C={CONCURRENCY}");
     let mut scenario = Scenario {
